@@ -1,0 +1,300 @@
+//! The one error type of the crate, with enough context to act on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything that can go wrong between a prompt and its [`Response`](crate::Response).
+///
+/// Errors are cheap to clone (I/O errors sit behind an [`Arc`]) so that one failure can be
+/// reported to every item it affected. Secrets given through
+/// [`SessionBuilder::env`](crate::SessionBuilder::env) are redacted from every message.
+///
+/// # Examples
+///
+/// ```
+/// use claude_rayon::Error;
+///
+/// let err = Error::Api { status: Some(529), message: "Overloaded".into() };
+/// assert!(err.is_retryable());
+/// assert_eq!(err.to_string(), "API error (status 529): Overloaded");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No `claude` executable was found.
+    #[error(
+        "the claude CLI was not found (looked in: {}). Install it with \
+         `npm install -g @anthropic-ai/claude-code`, or set CLAUDE_CODE_BIN or \
+         SessionBuilder::cli_path to its path",
+        display_paths(.searched)
+    )]
+    CliNotFound {
+        /// Every place that was searched, in order.
+        searched: Vec<PathBuf>,
+    },
+
+    /// The settings given to a builder are invalid or contradict each other.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The CLI could not be started.
+    #[error("could not start {path}: {source}")]
+    Spawn {
+        /// The executable that failed to start.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// The CLI process ended while an item was in flight.
+    #[error("the claude process exited ({}) while an item was in flight; stderr: {stderr_tail:?}",
+        describe_exit(*.code, *.signal))]
+    ProcessExited {
+        /// Exit code, when it exited normally.
+        code: Option<i32>,
+        /// Signal number, when a signal ended it.
+        signal: Option<i32>,
+        /// The last lines the process wrote to stderr (secrets redacted).
+        stderr_tail: String,
+    },
+
+    /// The CLI wrote something this crate cannot read as its stream-json protocol.
+    #[error("protocol error: {reason}; line: {line:?}")]
+    Protocol {
+        /// What was wrong.
+        reason: String,
+        /// The offending line, shortened.
+        line: String,
+    },
+
+    /// An item ran longer than the configured timeout; its process was killed and replaced.
+    #[error("the item timed out after {0:?}; its claude process was killed")]
+    Timeout(Duration),
+
+    /// The Messages API returned an error (after the CLI's own retries).
+    #[error("API error{}: {message}", .status.map(|s| format!(" (status {s})")).unwrap_or_default())]
+    Api {
+        /// The HTTP status the API answered with, when the CLI reported one.
+        status: Option<u16>,
+        /// The CLI's message.
+        message: String,
+    },
+
+    /// The API rejected the credentials (HTTP 401 or an auth failure).
+    #[error(
+        "authentication failed: {message}. Log in with `claude` (then /login), or set \
+         ANTHROPIC_API_KEY for the process (SessionBuilder::env)"
+    )]
+    Authentication {
+        /// The CLI's message.
+        message: String,
+    },
+
+    /// The conversation hit `max_turns` before a final answer.
+    #[error("the item used up its max_turns ({turns} turns) without a final answer")]
+    MaxTurns {
+        /// Turns used.
+        turns: u32,
+    },
+
+    /// The CLI stopped the item for a reason of its own (`error_during_execution` and others).
+    #[error("the CLI failed the item ({subtype}): {message}")]
+    Execution {
+        /// The result's `subtype`.
+        subtype: String,
+        /// Whatever message came with it.
+        message: String,
+    },
+
+    /// A `json_schema` was set but the answer carried no structured output.
+    #[error("a json_schema was set but the answer has no structured output; answer text: {text:?}")]
+    StructuredOutputMissing {
+        /// The plain text the model gave instead (shortened).
+        text: String,
+    },
+
+    /// The structured output did not match what was asked for.
+    #[error("invalid structured output: {0}")]
+    StructuredOutputInvalid(String),
+
+    /// A prompt closure or a user callback panicked while handling the item.
+    #[error("panicked: {0}")]
+    Panicked(String),
+
+    /// The run was cancelled before this item started.
+    #[error("cancelled before the item started")]
+    Cancelled,
+
+    /// An earlier fatal error stopped the run before this item started.
+    #[error("not started: the run was stopped by an earlier fatal error: {0}")]
+    Stopped(Box<Error>),
+
+    /// The session's `max_budget_usd` is spent; no further calls are made.
+    #[error("budget spent: {spent_usd:.4} USD of {budget_usd:.4} USD used or reserved")]
+    BudgetExceeded {
+        /// The configured budget.
+        budget_usd: f64,
+        /// What was spent or reserved when this item was refused.
+        spent_usd: f64,
+    },
+
+    /// A strict answer (a yes/no verdict or a category) was not one of the allowed tokens.
+    #[error("answer {answer:?} is not one of the allowed answers {allowed:?}")]
+    InvalidAnswer {
+        /// What the model said (shortened).
+        answer: String,
+        /// What it was allowed to say.
+        allowed: Vec<String>,
+    },
+
+    /// An I/O error talking to the CLI.
+    #[error("I/O error talking to the claude process: {0}")]
+    Io(#[source] Arc<std::io::Error>),
+
+    /// The session was closed.
+    #[error("the session is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Whether trying the same item again may succeed: rate limits (429), overload (529),
+    /// server errors (5xx), API errors without a status (cut streams), timeouts and crashed or
+    /// garbled processes. Client errors (400, 401), `max_turns`, invalid answers and
+    /// configuration errors are not retryable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::Error;
+    /// assert!(Error::Api { status: Some(429), message: String::new() }.is_retryable());
+    /// assert!(!Error::Api { status: Some(400), message: String::new() }.is_retryable());
+    /// assert!(!Error::Authentication { message: String::new() }.is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Api { status, .. } => match status {
+                None => true,
+                Some(s) => *s == 408 || *s == 409 || *s == 429 || *s >= 500,
+            },
+            Error::Timeout(_)
+            | Error::ProcessExited { .. }
+            | Error::Protocol { .. }
+            | Error::Io(_)
+            | Error::Spawn { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this error means no other item can succeed either (bad credentials, a spent
+    /// budget, a missing CLI), so a run should stop instead of trying the rest.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Error::Authentication { .. }
+                | Error::BudgetExceeded { .. }
+                | Error::CliNotFound { .. }
+                | Error::InvalidConfig(_)
+                | Error::Closed
+        )
+    }
+
+    /// The HTTP status of an API error, if the CLI reported one.
+    pub fn api_status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => *status,
+            Error::Authentication { .. } => Some(401),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(err: std::io::Error) -> Error {
+        Error::Io(Arc::new(err))
+    }
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nowhere".into();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => "exit status unknown".into(),
+    }
+}
+
+/// Shorten `text` to at most `max` bytes (on a char boundary), marking the cut.
+pub(crate) fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_by_status() {
+        let api = |s| Error::Api {
+            status: s,
+            message: String::new(),
+        };
+        assert!(api(Some(429)).is_retryable());
+        assert!(api(Some(529)).is_retryable());
+        assert!(api(Some(500)).is_retryable());
+        assert!(api(None).is_retryable());
+        assert!(!api(Some(400)).is_retryable());
+        assert!(!api(Some(404)).is_retryable());
+        assert!(Error::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(!Error::MaxTurns { turns: 1 }.is_retryable());
+        assert!(!Error::StructuredOutputInvalid("x".into()).is_retryable());
+    }
+
+    #[test]
+    fn fatal_errors() {
+        assert!(Error::Authentication {
+            message: String::new()
+        }
+        .is_fatal());
+        assert!(!Error::Timeout(Duration::from_secs(1)).is_fatal());
+    }
+
+    #[test]
+    fn not_found_says_how_to_install() {
+        let e = Error::CliNotFound {
+            searched: vec![PathBuf::from("/usr/bin/claude")],
+        };
+        let s = e.to_string();
+        assert!(s.contains("/usr/bin/claude") && s.contains("npm install"), "{s}");
+    }
+
+    #[test]
+    fn shorten_respects_char_boundaries() {
+        let s = "ééééé";
+        let out = shorten(s, 3);
+        assert!(out.starts_with('é') && out.contains("10 bytes"), "{out}");
+        assert_eq!(shorten("abc", 10), "abc");
+    }
+
+    #[test]
+    fn error_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<Error>();
+    }
+}

@@ -1,0 +1,105 @@
+//! How an adaptor's items reach the session's threads.
+//!
+//! rayon cannot move an indexed producer into another pool's `install`, so an adaptor, when
+//! driven, first gathers its base's items (on whatever thread drives it), then hands them to
+//! `concurrency` workers on the session's own pool that pull from one shared queue: a slow
+//! item never holds back a queue of others behind it, and no thread outside the session's
+//! pool ever waits on a CLI process.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use parking_lot::Mutex;
+
+use crate::cancel::RunControl;
+use crate::{Error, Failed, Session};
+
+/// Run `work` on every item on the session's threads; results come back in input order.
+pub(crate) fn dispatch<T, R, W>(session: &Session, items: Vec<T>, control: &RunControl, work: W) -> Vec<R>
+where
+    T: Send,
+    R: Send,
+    W: Fn(T, &RunControl) -> R + Sync,
+{
+    let total = items.len();
+    if total == 0 {
+        return Vec::new();
+    }
+    let (queue_tx, queue_rx) = crossbeam_channel::bounded(total);
+    for pair in items.into_iter().enumerate() {
+        queue_tx.send(pair).expect("the queue has room for every item");
+    }
+    drop(queue_tx);
+    let slots: Vec<Mutex<Option<R>>> = (0..total).map(|_| Mutex::new(None)).collect();
+    let workers = session.concurrency().min(total);
+    session.threads().scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|_| {
+                while let Ok((index, item)) = queue_rx.try_recv() {
+                    let result = work(item, control);
+                    *slots[index].lock() = Some(result);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| slot.into_inner().expect("every item was processed"))
+        .collect()
+}
+
+/// Build the prompt for an item, turning a panic into a failure that hands the item back.
+pub(crate) fn prompt_for<T, P, F>(prompt_fn: &F, item: T) -> Result<(T, String), Failed<T>>
+where
+    F: Fn(&T) -> P,
+    P: AsRef<str>,
+{
+    match catch_unwind(AssertUnwindSafe(|| prompt_fn(&item).as_ref().to_string())) {
+        Ok(prompt) => Ok((item, prompt)),
+        Err(panic) => Err(Failed {
+            item,
+            error: Error::Panicked(panic_message(panic.as_ref())),
+            attempts: 0,
+        }),
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".into()
+    }
+}
+
+/// One item through the session: stop check, prompt, then the call.
+pub(crate) fn run_one<T, P, F>(
+    session: &Session,
+    control: &RunControl,
+    prompt_fn: &F,
+    item: T,
+) -> Result<(T, crate::Response), Failed<T>>
+where
+    F: Fn(&T) -> P,
+    P: AsRef<str>,
+{
+    if let Some(reason) = control.stop_reason() {
+        return Err(Failed {
+            item,
+            error: reason,
+            attempts: 0,
+        });
+    }
+    // The prompt is built before a process is taken, so a prompt closure that itself uses
+    // Claude cannot starve the pool.
+    let (item, prompt) = prompt_for(prompt_fn, item)?;
+    match session.inner.execute(&prompt, control) {
+        Ok((response, _)) => Ok((item, response)),
+        Err((error, attempts)) => Err(Failed {
+            item,
+            error,
+            attempts,
+        }),
+    }
+}

@@ -1,0 +1,95 @@
+//! `claude_map`: one prompt per item, the answer beside the item.
+
+use rayon::iter::plumbing::{Consumer, ProducerCallback, UnindexedConsumer};
+use rayon::iter::{IndexedParallelIterator, IntoParallelIterator, ParallelIterator};
+
+use super::dispatch::{dispatch, run_one};
+use crate::cancel::RunControl;
+use crate::{Cancel, Failed, Response, Session};
+
+/// The adaptor behind [`claude_map`](crate::prelude::ClaudeParallelIterator::claude_map).
+/// Lazy: nothing runs until it is driven (collected, iterated with `for_each`, …).
+///
+/// Yields `Ok((item, response))` or `Err(Failed { item, .. })` per item, in input order when
+/// collected from an indexed iterator.
+#[must_use = "parallel adaptors are lazy and do nothing unless consumed"]
+pub struct ClaudeMap<I, F> {
+    base: I,
+    session: Session,
+    prompt_fn: F,
+    cancel: Option<Cancel>,
+}
+
+impl<I, F> ClaudeMap<I, F> {
+    pub(crate) fn new(base: I, session: &Session, prompt_fn: F) -> Self {
+        ClaudeMap {
+            base,
+            session: session.clone(),
+            prompt_fn,
+            cancel: None,
+        }
+    }
+
+    /// Stop starting new items once `cancel` is set; the rest come back as failed with
+    /// [`Error::Cancelled`](crate::Error::Cancelled).
+    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
+        self.cancel = Some(cancel.clone());
+        self
+    }
+}
+
+impl<I, F, P> ClaudeMap<I, F>
+where
+    I: ParallelIterator,
+    F: Fn(&I::Item) -> P + Sync + Send,
+    P: AsRef<str>,
+{
+    fn run(self) -> Vec<Result<(I::Item, Response), Failed<I::Item>>> {
+        let items: Vec<I::Item> = self.base.collect();
+        let control = RunControl::new(self.cancel);
+        let session = &self.session;
+        let prompt_fn = &self.prompt_fn;
+        dispatch(session, items, &control, |item, control| {
+            run_one(session, control, prompt_fn, item)
+        })
+    }
+}
+
+impl<I, F, P> ParallelIterator for ClaudeMap<I, F>
+where
+    I: ParallelIterator,
+    F: Fn(&I::Item) -> P + Sync + Send,
+    P: AsRef<str>,
+{
+    type Item = Result<(I::Item, Response), Failed<I::Item>>;
+
+    fn drive_unindexed<C>(self, consumer: C) -> C::Result
+    where
+        C: UnindexedConsumer<Self::Item>,
+    {
+        self.run().into_par_iter().drive_unindexed(consumer)
+    }
+
+    fn opt_len(&self) -> Option<usize> {
+        self.base.opt_len()
+    }
+}
+
+impl<I, F, P> IndexedParallelIterator for ClaudeMap<I, F>
+where
+    I: IndexedParallelIterator,
+    F: Fn(&I::Item) -> P + Sync + Send,
+    P: AsRef<str>,
+{
+    fn len(&self) -> usize {
+        self.base.len()
+    }
+
+    fn drive<C: Consumer<Self::Item>>(self, consumer: C) -> C::Result {
+        self.run().into_par_iter().drive(consumer)
+    }
+
+    fn with_producer<CB: ProducerCallback<Self::Item>>(self, callback: CB) -> CB::Output {
+        self.run().into_par_iter().with_producer(callback)
+    }
+}

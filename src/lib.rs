@@ -1,0 +1,52 @@
+//! Push thousands of items through Claude from synchronous Rust, in parallel, safely and
+//! cheaply.
+//!
+//! `claude-rayon` drives the Claude Code CLI (`claude`) as a pool of warm processes with
+//! fresh context per item, and adds extension traits to rayon's parallel iterators:
+//!
+//! ```no_run
+//! use claude_rayon::prelude::*;
+//! use claude_rayon::Session;
+//! use rayon::prelude::*;
+//!
+//! let session = Session::builder().model("sonnet").concurrency(8).requests_per_minute(50).build()?;
+//! let files = vec!["src/lib.rs".to_string(), "src/main.rs".to_string()];
+//! let reviews: Vec<_> = files
+//!     .par_iter()
+//!     .claude_map(&session, |f| format!("Find bugs in:\n{}", std::fs::read_to_string(f).unwrap_or_default()))
+//!     .collect();
+//! # Ok::<(), claude_rayon::Error>(())
+//! ```
+//!
+//! The pieces:
+//! - [`Session`]: the processes, their threads, and one item's life (budget, [`Throttle`],
+//!   process, retries with [`RetryPolicy`]); [`Session::query`] for one prompt,
+//!   [`Conversation`] for several turns with context.
+//! - [`prelude`]: the extension traits (`claude_map` and friends).
+//! - [`simulator`]: a stand-in CLI for trying things without an API key.
+//!
+//! See `ARCHITECTURE.md` for how they fit together.
+
+#![deny(missing_docs)]
+#![cfg(unix)]
+
+mod budget;
+mod cancel;
+mod error;
+pub mod iter;
+pub mod prelude;
+mod response;
+pub mod retry;
+mod session;
+pub mod simulator;
+mod stats;
+pub mod throttle;
+
+pub use cancel::Cancel;
+pub use error::Error;
+pub use iter::{Failed, Outcome};
+pub use response::{Response, Usage};
+pub use retry::RetryPolicy;
+pub use session::{Conversation, Session, SessionBuilder, CLI_ENV_VAR};
+pub use stats::Stats;
+pub use throttle::Throttle;

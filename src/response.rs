@@ -1,0 +1,157 @@
+//! What one item's answer looks like.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Tokens one item used, as the API reported them for that item alone.
+///
+/// # Examples
+///
+/// ```
+/// use claude_rayon::Usage;
+/// let u = Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() };
+/// assert_eq!(u.total(), 15);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Input tokens billed at the normal rate.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_creation_input_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read_input_tokens: u64,
+}
+
+impl Usage {
+    /// All tokens of every kind: what a tokens-per-minute limit counts.
+    pub fn total(&self) -> u64 {
+        self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
+    }
+
+    pub(crate) fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens;
+        self.cache_read_input_tokens += other.cache_read_input_tokens;
+    }
+}
+
+/// One item's answer.
+///
+/// `usage` and `cost_usd` are this item's own: the CLI reports a running cost total per
+/// process, and the session hands back the difference.
+///
+/// # Examples
+///
+/// ```
+/// use claude_rayon::Response;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Verdict { score: u32 }
+///
+/// let response = Response {
+///     structured: Some(serde_json::json!({ "score": 7 })),
+///     ..Response::default()
+/// };
+/// let verdict: Verdict = response.parse().unwrap();
+/// assert_eq!(verdict.score, 7);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The final answer text.
+    pub text: String,
+    /// The structured answer, when the session has a `json_schema`.
+    pub structured: Option<serde_json::Value>,
+    /// Tokens this item used.
+    pub usage: Usage,
+    /// What this item cost, in US dollars, as the CLI computed it.
+    pub cost_usd: f64,
+    /// Wall time from sending the prompt to reading its result.
+    pub duration: Duration,
+    /// Model turns the CLI took (1 for a plain answer).
+    pub num_turns: u32,
+    /// The CLI's conversation id for this item.
+    pub session_id: String,
+    /// How many times the CLI retried the API call on its own before answering.
+    pub api_retries: u32,
+}
+
+impl Response {
+    /// Deserialize the structured answer (or, without one, the text as JSON) into `R`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StructuredOutputMissing`] when there is neither a structured answer nor text
+    /// that parses as JSON, [`Error::StructuredOutputInvalid`] when it does not fit `R`.
+    pub fn parse<R: DeserializeOwned>(&self) -> Result<R, Error> {
+        match &self.structured {
+            Some(value) => serde_json::from_value(value.clone())
+                .map_err(|e| Error::StructuredOutputInvalid(e.to_string())),
+            None => serde_json::from_str(self.text.trim()).map_err(|_| {
+                Error::StructuredOutputMissing {
+                    text: crate::error::shorten(&self.text, 200),
+                }
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_reports_mismatch() {
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Need {
+            n: u32,
+        }
+        let r = Response {
+            structured: Some(serde_json::json!({"m": 1})),
+            ..Response::default()
+        };
+        assert!(matches!(
+            r.parse::<Need>(),
+            Err(Error::StructuredOutputInvalid(_))
+        ));
+        let r = Response {
+            text: "no json here".into(),
+            ..Response::default()
+        };
+        assert!(matches!(
+            r.parse::<Need>(),
+            Err(Error::StructuredOutputMissing { .. })
+        ));
+        let r = Response {
+            text: " {\"n\": 3} ".into(),
+            ..Response::default()
+        };
+        assert_eq!(r.parse::<Need>().unwrap().n, 3);
+    }
+
+    #[test]
+    fn response_round_trips_through_serde() {
+        let r = Response {
+            text: "hi".into(),
+            usage: Usage {
+                input_tokens: 1,
+                ..Usage::default()
+            },
+            cost_usd: 0.5,
+            ..Response::default()
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Response = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,678 @@
+//! `SessionBuilder`: every setting of a session, checked once in `build()`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::retry::RetryPolicy;
+use crate::throttle::Throttle;
+use crate::{Error, Session};
+
+/// Effort levels the CLI accepts for `--effort`.
+const EFFORTS: &[&str] = &["low", "medium", "high", "xhigh", "max"];
+/// Permission modes the CLI accepts for `--permission-mode`.
+const PERMISSION_MODES: &[&str] = &[
+    "acceptEdits",
+    "auto",
+    "bypassPermissions",
+    "default",
+    "dontAsk",
+    "plan",
+];
+/// Linux caps one argv string at 128 KiB; stay clear of it.
+const MAX_ARG_BYTES: usize = 120 * 1024;
+/// Environment keys whose values are never shown.
+const SECRET_HINTS: &[&str] = &["KEY", "TOKEN", "SECRET", "PASSWORD", "AUTH", "CREDENTIAL"];
+
+/// Settings of a [`Session`], built with [`Session::builder`].
+///
+/// The defaults suit batch work: no tools and an empty system prompt, so a request carries
+/// little more than the prompt (about 1.2 KB instead of about 76 KB with the CLI's defaults),
+/// and no transcripts are written to `~/.claude`.
+///
+/// # System prompts and what they cost
+///
+/// Every item's request carries the system prompt, so its size is billed on every item.
+/// - [`system_prompt`](Self::system_prompt) replaces the CLI's own system prompt. The default
+///   here is the empty string.
+/// - [`append_system_prompt`](Self::append_system_prompt) is added after it: after the empty
+///   default, it is in effect your whole system prompt; after `system_prompt(None)` (the CLI's
+///   own, about 6 KB) it extends that.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use claude_rayon::Session;
+///
+/// let builder = Session::builder()
+///     .model("sonnet")
+///     .append_system_prompt("Answer in one line.")
+///     .concurrency(4)
+///     .timeout(Duration::from_secs(120))
+///     .env("ANTHROPIC_API_KEY", "sk-ant-secret");
+/// // The secret never shows:
+/// assert!(!format!("{builder:?}").contains("sk-ant-secret"));
+/// ```
+#[derive(Clone)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct SessionBuilder {
+    pub(crate) config: Config,
+}
+
+/// The checked settings a session runs with.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub cli_path: Option<PathBuf>,
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    pub append_system_prompt: Option<String>,
+    pub tools: Option<Vec<String>>,
+    pub allowed_tools: Vec<String>,
+    pub disallowed_tools: Vec<String>,
+    pub permission_mode: Option<String>,
+    pub max_turns: Option<u32>,
+    pub json_schema: Option<serde_json::Value>,
+    pub effort: Option<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub persist_sessions: bool,
+    pub fresh_process_per_item: bool,
+    pub extra_args: Vec<String>,
+    pub throttle: Option<Arc<Throttle>>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub burst: Option<u32>,
+    pub output_token_allowance: u64,
+    pub retry: RetryPolicy,
+    pub max_budget_usd: Option<f64>,
+    pub cost_estimate_usd: Option<f64>,
+    pub cli_max_retries: Option<u32>,
+}
+
+impl Default for SessionBuilder {
+    fn default() -> Self {
+        SessionBuilder {
+            config: Config {
+                cli_path: None,
+                model: None,
+                system_prompt: Some(String::new()),
+                append_system_prompt: None,
+                tools: Some(Vec::new()),
+                allowed_tools: Vec::new(),
+                disallowed_tools: Vec::new(),
+                permission_mode: None,
+                max_turns: None,
+                json_schema: None,
+                effort: None,
+                cwd: None,
+                env: Vec::new(),
+                concurrency: 4,
+                timeout: Duration::from_secs(600),
+                persist_sessions: false,
+                fresh_process_per_item: false,
+                extra_args: Vec::new(),
+                throttle: None,
+                requests_per_minute: None,
+                tokens_per_minute: None,
+                burst: None,
+                output_token_allowance: 1024,
+                retry: RetryPolicy::default(),
+                max_budget_usd: None,
+                cost_estimate_usd: None,
+                cli_max_retries: Some(2),
+            },
+        }
+    }
+}
+
+impl SessionBuilder {
+    /// The `claude` executable to run. Without it: `CLAUDE_CODE_BIN`, then `claude` on `PATH`,
+    /// then the usual install folders.
+    pub fn cli_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.cli_path = Some(path.into());
+        self
+    }
+
+    /// The model (`--model`): an alias such as `"sonnet"` or a full model name.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.config.model = Some(model.into());
+        self
+    }
+
+    /// The system prompt (`--system-prompt`). The default is empty; `None` keeps the CLI's own
+    /// (about 6 KB, billed on every item).
+    pub fn system_prompt(mut self, prompt: impl Into<Option<String>>) -> Self {
+        self.config.system_prompt = prompt.into();
+        self
+    }
+
+    /// Text added after the system prompt (`--append-system-prompt`).
+    pub fn append_system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.config.append_system_prompt = Some(prompt.into());
+        self
+    }
+
+    /// The built-in tools offered to the model (`--tools`). The default is none (`--tools ""`):
+    /// tool definitions add about 64 KB to every request. Pass `["default"]` for all of them.
+    pub fn tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.config.tools = Some(tools.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Tools the model may use without asking (`--allowedTools`), e.g. `"Bash(git *)"`.
+    pub fn allowed_tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.config.allowed_tools = tools.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Tools the model may never use (`--disallowedTools`).
+    pub fn disallowed_tools<S: Into<String>>(
+        mut self,
+        tools: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.config.disallowed_tools = tools.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The permission mode (`--permission-mode`): one of `acceptEdits`, `auto`,
+    /// `bypassPermissions`, `default`, `dontAsk`, `plan`.
+    pub fn permission_mode(mut self, mode: impl Into<String>) -> Self {
+        self.config.permission_mode = Some(mode.into());
+        self
+    }
+
+    /// The most model turns per item (`--max-turns`); running out is [`Error::MaxTurns`].
+    pub fn max_turns(mut self, turns: u32) -> Self {
+        self.config.max_turns = Some(turns);
+        self
+    }
+
+    /// A JSON Schema every answer must follow (`--json-schema`); answers then carry
+    /// [`Response::structured`](crate::Response::structured). An answer without one is
+    /// [`Error::StructuredOutputMissing`].
+    pub fn json_schema(mut self, schema: serde_json::Value) -> Self {
+        self.config.json_schema = Some(schema);
+        self
+    }
+
+    /// The effort level (`--effort`): `low`, `medium`, `high`, `xhigh` or `max`.
+    pub fn effort(mut self, effort: impl Into<String>) -> Self {
+        self.config.effort = Some(effort.into());
+        self
+    }
+
+    /// The working directory of the CLI processes.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.cwd = Some(dir.into());
+        self
+    }
+
+    /// Set an environment variable for the CLI processes (for example `ANTHROPIC_API_KEY`).
+    /// Values are never shown in `Debug` output, logs or errors.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        self.config.env.retain(|(k, _)| *k != key);
+        self.config.env.push((key, value.into()));
+        self
+    }
+
+    /// How many CLI processes the session keeps, and so how many items run at once
+    /// (default 4). Each warm process holds about 185 MB.
+    pub fn concurrency(mut self, processes: usize) -> Self {
+        self.config.concurrency = processes;
+        self
+    }
+
+    /// The longest one item may take (default 10 minutes). A process that runs past it is
+    /// killed and replaced, and the item fails with [`Error::Timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// Keep the CLI's transcripts under `~/.claude/projects` (default: off, so a batch does
+    /// not flood the user's `claude --resume` list).
+    pub fn persist_sessions(mut self, persist: bool) -> Self {
+        self.config.persist_sessions = persist;
+        self
+    }
+
+    /// Start a new CLI process for every item instead of reusing warm ones. Costs about
+    /// 0.8 s of CPU and 300 MB per item; use it only when items must not share a process.
+    pub fn fresh_process_per_item(mut self, fresh: bool) -> Self {
+        self.config.fresh_process_per_item = fresh;
+        self
+    }
+
+    /// An extra command-line argument for the CLI, passed as is after the ones this crate sets.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.config.extra_args.push(arg.into());
+        self
+    }
+
+    /// Run on the built-in [`simulator`](crate::simulator) instead of the real CLI: this
+    /// program re-runs itself as the simulator, so its `main` must call
+    /// [`simulator::serve_if_requested`](crate::simulator::serve_if_requested) first. Answers
+    /// are labelled as simulated; no API is called and nothing is billed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the path of the running program cannot be found.
+    pub fn simulated(self) -> Result<Self, Error> {
+        let exe = std::env::current_exe().map_err(Error::io)?;
+        Ok(self
+            .cli_path(exe)
+            .env(crate::simulator::SIMULATOR_ENV_VAR, "1")
+            .env("CLAUDE_RAYON_SIM_DEMO", "1"))
+    }
+
+    /// Limit requests per minute on a throttle of this session's own.
+    pub fn requests_per_minute(mut self, limit: u32) -> Self {
+        self.config.requests_per_minute = Some(limit);
+        self
+    }
+
+    /// Limit tokens (input plus output, of every kind) per minute on this session's throttle.
+    pub fn tokens_per_minute(mut self, limit: u64) -> Self {
+        self.config.tokens_per_minute = Some(limit);
+        self
+    }
+
+    /// How many requests may go at once after an idle spell (default: one minute's worth).
+    pub fn burst(mut self, requests: u32) -> Self {
+        self.config.burst = Some(requests);
+        self
+    }
+
+    /// Output tokens reserved per item on the tokens-per-minute bucket before the real usage
+    /// is known (default 1024).
+    pub fn output_token_allowance(mut self, tokens: u64) -> Self {
+        self.config.output_token_allowance = tokens;
+        self
+    }
+
+    /// Share one throttle between sessions that use one API key. Overrides
+    /// `requests_per_minute`, `tokens_per_minute` and `burst`.
+    pub fn throttle(mut self, throttle: Arc<Throttle>) -> Self {
+        self.config.throttle = Some(throttle);
+        self
+    }
+
+    /// How often an item is tried again after a retryable error (default 3).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.config.retry.max_retries = retries;
+        self
+    }
+
+    /// The whole retry policy: counts, delays and which errors are retried.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// How often the CLI itself retries an API call before reporting an error
+    /// (`CLAUDE_CODE_MAX_RETRIES`; default here 2, the CLI's own default is 10). `None` keeps
+    /// the CLI's default. See the crate's retry documentation for how the two share the work.
+    pub fn cli_max_retries(mut self, retries: Option<u32>) -> Self {
+        self.config.cli_max_retries = retries;
+        self
+    }
+
+    /// A spending cap for the whole session, in US dollars. Once the next item's estimated
+    /// cost no longer fits, no further call is made and items fail with
+    /// [`Error::BudgetExceeded`].
+    pub fn max_budget_usd(mut self, budget: f64) -> Self {
+        self.config.max_budget_usd = Some(budget);
+        self
+    }
+
+    /// The cost reserved for an item before it runs, when no item has finished yet to learn
+    /// from (default: 0.01 USD). After that, the largest cost seen is reserved.
+    pub fn cost_estimate_usd(mut self, estimate: f64) -> Self {
+        self.config.cost_estimate_usd = Some(estimate);
+        self
+    }
+
+    /// Check the settings and create the session. No process starts until the first item.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CliNotFound`] when no CLI is found, [`Error::InvalidConfig`] for invalid or
+    /// contradictory settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Error, Session};
+    ///
+    /// let err = Session::builder().concurrency(0).cli_path("/bin/sh").build().unwrap_err();
+    /// assert!(matches!(err, Error::InvalidConfig(_)));
+    /// ```
+    pub fn build(self) -> Result<Session, Error> {
+        self.config.validate()?;
+        let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
+        Session::from_config(self.config, cli)
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |msg: String| Err(Error::InvalidConfig(msg));
+        if self.concurrency == 0 {
+            return invalid("concurrency must be at least 1".into());
+        }
+        if self.concurrency > 256 {
+            return invalid(format!(
+                "concurrency {} is more processes than is sensible (each holds ~185 MB); use at most 256",
+                self.concurrency
+            ));
+        }
+        if self.timeout.is_zero() {
+            return invalid("timeout must be longer than zero".into());
+        }
+        if self.max_turns == Some(0) {
+            return invalid("max_turns must be at least 1".into());
+        }
+        if let Some(effort) = &self.effort {
+            if !EFFORTS.contains(&effort.as_str()) {
+                return invalid(format!("effort {effort:?} is not one of {EFFORTS:?}"));
+            }
+        }
+        if let Some(mode) = &self.permission_mode {
+            if !PERMISSION_MODES.contains(&mode.as_str()) {
+                return invalid(format!(
+                    "permission_mode {mode:?} is not one of {PERMISSION_MODES:?}"
+                ));
+            }
+        }
+        if let Some(schema) = &self.json_schema {
+            if !schema.is_object() {
+                return invalid("json_schema must be a JSON object (a JSON Schema)".into());
+            }
+        }
+        let tools_off = matches!(&self.tools, Some(t) if t.is_empty());
+        if tools_off && !self.allowed_tools.is_empty() {
+            return invalid(format!(
+                "allowed_tools {:?} given but tools are off (the default); enable them with .tools([...])",
+                self.allowed_tools
+            ));
+        }
+        if let Some(both) = self
+            .allowed_tools
+            .iter()
+            .find(|t| self.disallowed_tools.contains(t))
+        {
+            return invalid(format!("tool {both:?} is both allowed and disallowed"));
+        }
+        for (key, _) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return invalid(format!("environment variable name {key:?} is not valid"));
+            }
+        }
+        for (name, text) in [
+            ("system_prompt", self.system_prompt.as_deref()),
+            ("append_system_prompt", self.append_system_prompt.as_deref()),
+        ] {
+            if let Some(text) = text {
+                if text.contains('\0') {
+                    return invalid(format!("{name} contains a NUL byte"));
+                }
+                if text.len() > MAX_ARG_BYTES {
+                    return invalid(format!(
+                        "{name} is {} bytes; the CLI takes it on the command line, which Linux caps at 128 KiB",
+                        text.len()
+                    ));
+                }
+            }
+        }
+        if let Some(dir) = &self.cwd {
+            if !dir.is_dir() {
+                return invalid(format!("cwd {} is not a directory", dir.display()));
+            }
+        }
+        if self.requests_per_minute == Some(0) || self.tokens_per_minute == Some(0) {
+            return invalid("a rate limit of 0 per minute would never admit a request".into());
+        }
+        if self.burst == Some(0) {
+            return invalid("burst must be at least 1".into());
+        }
+        if self.throttle.is_some()
+            && (self.requests_per_minute.is_some()
+                || self.tokens_per_minute.is_some()
+                || self.burst.is_some())
+        {
+            return invalid(
+                "throttle(...) and requests_per_minute/tokens_per_minute/burst both given; set the limits on the shared Throttle".into(),
+            );
+        }
+        if let Some(budget) = self.max_budget_usd {
+            if !(budget.is_finite() && budget >= 0.0) {
+                return invalid(format!(
+                    "max_budget_usd must be a finite, non-negative amount, not {budget}"
+                ));
+            }
+        }
+        if let Some(estimate) = self.cost_estimate_usd {
+            if !(estimate.is_finite() && estimate >= 0.0) {
+                return invalid(format!("cost_estimate_usd must be non-negative, not {estimate}"));
+            }
+        }
+        if self.cli_max_retries.is_some_and(|r| r > 15) {
+            return invalid("cli_max_retries is capped at 15 by the CLI".into());
+        }
+        self.retry.validate()?;
+        Ok(())
+    }
+
+    /// The CLI's arguments, in the order the CLI documents them. Prompts never go here.
+    pub(crate) fn cli_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = [
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let mut push = |flag: &str, value: &str| {
+            args.push(flag.into());
+            args.push(value.into());
+        };
+        if let Some(model) = &self.model {
+            push("--model", model);
+        }
+        if let Some(prompt) = &self.system_prompt {
+            push("--system-prompt", prompt);
+        }
+        if let Some(prompt) = &self.append_system_prompt {
+            push("--append-system-prompt", prompt);
+        }
+        if let Some(tools) = &self.tools {
+            push("--tools", &tools.join(","));
+        }
+        if !self.allowed_tools.is_empty() {
+            push("--allowedTools", &self.allowed_tools.join(","));
+        }
+        if !self.disallowed_tools.is_empty() {
+            push("--disallowedTools", &self.disallowed_tools.join(","));
+        }
+        if let Some(mode) = &self.permission_mode {
+            push("--permission-mode", mode);
+        }
+        if let Some(turns) = self.max_turns {
+            push("--max-turns", &turns.to_string());
+        }
+        if let Some(schema) = &self.json_schema {
+            push("--json-schema", &schema.to_string());
+        }
+        if let Some(effort) = &self.effort {
+            push("--effort", effort);
+        }
+        if !self.persist_sessions {
+            args.push("--no-session-persistence".into());
+        }
+        args.extend(self.extra_args.iter().map(OsString::from));
+        args
+    }
+
+    /// The environment the CLI runs with: ours on top of the inherited one.
+    pub(crate) fn cli_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(retries) = self.cli_max_retries {
+            env.push(("CLAUDE_CODE_MAX_RETRIES".to_string(), retries.to_string()));
+        }
+        env.extend(self.env.iter().cloned());
+        env
+    }
+
+    /// Values that must never appear in text we show: secret-looking variables we pass and
+    /// the credentials the CLI would inherit.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self
+            .env
+            .iter()
+            .filter(|(k, _)| is_secret_key(k))
+            .map(|(_, v)| v.clone())
+            .collect();
+        for key in [
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+        ] {
+            if let Ok(value) = std::env::var(key) {
+                secrets.push(value);
+            }
+        }
+        // Very short values would redact ordinary words; keys are never that short.
+        secrets.retain(|s| s.len() >= 6);
+        secrets
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let upper = key.to_ascii_uppercase();
+    SECRET_HINTS.iter().any(|hint| upper.contains(hint))
+}
+
+/// Replace every secret in `text` with a marker.
+pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "[REDACTED]");
+        }
+    }
+    out
+}
+
+impl fmt::Debug for SessionBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values of environment variables can be credentials: show names only.
+        let env_names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Config")
+            .field("cli_path", &self.cli_path)
+            .field("model", &self.model)
+            .field("system_prompt", &self.system_prompt)
+            .field("append_system_prompt", &self.append_system_prompt)
+            .field("tools", &self.tools)
+            .field("allowed_tools", &self.allowed_tools)
+            .field("disallowed_tools", &self.disallowed_tools)
+            .field("permission_mode", &self.permission_mode)
+            .field("max_turns", &self.max_turns)
+            .field("json_schema", &self.json_schema)
+            .field("effort", &self.effort)
+            .field("cwd", &self.cwd)
+            .field("env (values hidden)", &env_names)
+            .field("concurrency", &self.concurrency)
+            .field("timeout", &self.timeout)
+            .field("persist_sessions", &self.persist_sessions)
+            .field("fresh_process_per_item", &self.fresh_process_per_item)
+            .field("throttle", &self.throttle)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("tokens_per_minute", &self.tokens_per_minute)
+            .field("retry", &self.retry)
+            .field("max_budget_usd", &self.max_budget_usd)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(b: SessionBuilder) -> Vec<String> {
+        b.config
+            .cli_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn defaults_turn_tools_and_system_prompt_off() {
+        let a = args(SessionBuilder::default());
+        let joined = a.join(" ");
+        assert!(joined.contains("--tools  ") || a.windows(2).any(|w| w == ["--tools", ""]));
+        assert!(a.windows(2).any(|w| w == ["--system-prompt", ""]));
+        assert!(a.contains(&"--no-session-persistence".to_string()));
+        assert!(a.contains(&"stream-json".to_string()));
+    }
+
+    #[test]
+    fn contradictions_are_rejected() {
+        let check = |b: SessionBuilder| b.config.validate().unwrap_err().to_string();
+        assert!(check(SessionBuilder::default().allowed_tools(["Bash"])).contains("tools are off"));
+        assert!(check(
+            SessionBuilder::default()
+                .tools(["Bash"])
+                .allowed_tools(["Bash"])
+                .disallowed_tools(["Bash"])
+        )
+        .contains("both allowed and disallowed"));
+        assert!(check(SessionBuilder::default().effort("huge")).contains("effort"));
+        assert!(check(SessionBuilder::default().permission_mode("yolo")).contains("permission"));
+        assert!(check(SessionBuilder::default().max_turns(0)).contains("max_turns"));
+        assert!(
+            check(SessionBuilder::default().json_schema(serde_json::json!("x"))).contains("object")
+        );
+        assert!(check(SessionBuilder::default().timeout(Duration::ZERO)).contains("timeout"));
+        assert!(check(SessionBuilder::default().cwd("/nonexistent/dir")).contains("cwd"));
+        assert!(check(SessionBuilder::default().env("A=B", "c")).contains("not valid"));
+        assert!(check(SessionBuilder::default().max_budget_usd(f64::NAN)).contains("budget"));
+        assert!(check(
+            SessionBuilder::default()
+                .requests_per_minute(10)
+                .throttle(Arc::new(Throttle::unlimited()))
+        )
+        .contains("throttle"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_hidden_from_debug() {
+        let b = SessionBuilder::default()
+            .env("ANTHROPIC_API_KEY", "sk-ant-very-secret")
+            .env("HOME", "/tmp/home");
+        assert!(!format!("{b:?}").contains("sk-ant-very-secret"));
+        let secrets = b.config.secrets();
+        assert!(secrets.contains(&"sk-ant-very-secret".to_string()));
+        assert!(!secrets.contains(&"/tmp/home".to_string()));
+        assert_eq!(
+            redact("key=sk-ant-very-secret!", &secrets),
+            "key=[REDACTED]!"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! A multi-turn exchange on one process, with its context kept between turns.
+
+use std::fmt;
+
+use super::process::{ApiRetry, CliProcess};
+use crate::throttle::estimate_tokens;
+use crate::{Error, Response, Session};
+
+/// One CLI process held for a multi-turn exchange ([`Session::conversation`]).
+///
+/// Unlike [`Session::query`], turns share context: the second turn sees the first. Costs:
+/// the process is held (it counts against `concurrency`) until the conversation is dropped,
+/// and every turn re-sends the exchange so far, so turns grow. Turns are not retried, because
+/// a replacement process would not have the context; a failed turn whose process died makes
+/// the next turn start on a fresh process with no context ([`turns`](Self::turns) resets).
+///
+/// # Examples
+///
+/// ```no_run
+/// let session = claude_rayon::Session::builder().build()?;
+/// let mut chat = session.conversation();
+/// chat.send("Remember the number 42.")?;
+/// let answer = chat.send("Which number did I ask you to remember?")?;
+/// println!("{}", answer.text);
+/// # Ok::<(), claude_rayon::Error>(())
+/// ```
+pub struct Conversation {
+    session: Session,
+    process: Option<CliProcess>,
+    turns: u32,
+}
+
+impl Conversation {
+    pub(crate) fn new(session: Session) -> Self {
+        Conversation {
+            session,
+            process: None,
+            turns: 0,
+        }
+    }
+
+    /// Send the next turn and wait for its answer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::query`], without retries.
+    pub fn send(&mut self, prompt: impl AsRef<str>) -> Result<Response, Error> {
+        let prompt = prompt.as_ref();
+        let inner = &self.session.inner;
+        if inner.is_closed() {
+            return Err(Error::Closed);
+        }
+        let reservation = inner.budget().reserve()?;
+        let estimate = estimate_tokens(prompt) + inner.config.output_token_allowance;
+        let permit = inner
+            .throttle
+            .acquire(estimate, &|| false)
+            .map_err(|_| Error::Cancelled)?;
+        let mut process = match self.process.take() {
+            Some(process) => process,
+            None => {
+                self.turns = 0;
+                inner.pool().checkout()?.detach()
+            }
+        };
+        if self.turns > 0 {
+            process.keep_context();
+        }
+        let mut on_retry = |_: ApiRetry| inner.throttle.note_extra_requests(1);
+        let outcome = process.run_turn(
+            prompt,
+            inner.config.timeout,
+            inner.config.json_schema.is_some(),
+            &mut on_retry,
+        );
+        match &outcome {
+            Ok(response) => {
+                inner.throttle.settle(permit, response.usage.total());
+                inner.budget().settle(reservation, response.cost_usd);
+                self.turns += 1;
+            }
+            Err(_) => {
+                inner.throttle.settle(permit, 0);
+                inner.budget().settle(reservation, 0.0);
+            }
+        }
+        if process.is_reusable() {
+            self.process = Some(process);
+        } else {
+            inner.pool().give_back(process);
+        }
+        outcome
+    }
+
+    /// Turns answered so far in this conversation's context.
+    pub fn turns(&self) -> u32 {
+        self.turns
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            // The next user of this process must not see this conversation.
+            process.mark_dirty();
+            self.session.inner.pool().give_back(process);
+        }
+    }
+}
+
+impl fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conversation")
+            .field("turns", &self.turns)
+            .field("pid", &self.process.as_ref().map(CliProcess::pid))
+            .finish()
+    }
+}

@@ -1,0 +1,470 @@
+//! The session: warm `claude` processes, the threads that drive them, and one item's life
+//! (budget, throttle, process, retries).
+//!
+//! - `builder`: every setting, checked once.
+//! - `locate`: finding the CLI.
+//! - `protocol`: the stream-json lines.
+//! - `process`: one persistent CLI process.
+//! - `pool`: up to `concurrency` of them.
+//! - `conversation`: one process held for a multi-turn exchange.
+
+pub(crate) mod builder;
+mod conversation;
+pub(crate) mod locate;
+pub(crate) mod pool;
+pub(crate) mod process;
+pub(crate) mod protocol;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use builder::SessionBuilder;
+pub use conversation::Conversation;
+pub use locate::CLI_ENV_VAR;
+
+use crate::budget::Budget;
+use crate::cancel::RunControl;
+use crate::stats::Counters;
+use crate::throttle::{estimate_tokens, Throttle};
+use crate::{Error, Response, Stats};
+use builder::Config;
+use pool::Pool;
+use process::{ApiRetry, Launch};
+
+/// Request overhead on top of the prompt with the default flags (system prompt off, no tools):
+/// about 1.2 KB, so roughly 300 tokens.
+const REQUEST_OVERHEAD_TOKENS: u64 = 300;
+
+/// A pool of warm `claude` processes and the threads that drive them.
+///
+/// A `Session` is a cheap handle: clone it freely and share it between threads. The CLI
+/// processes end when the last handle is dropped (or at [`close`](Session::close)); none
+/// outlives the session, and on Linux none outlives the program even if it is killed.
+///
+/// Each item gets fresh context: the process's conversation is cleared between items, so no
+/// item sees another. For a multi-turn exchange use [`conversation`](Session::conversation).
+///
+/// # Examples
+///
+/// ```no_run
+/// use claude_rayon::Session;
+///
+/// let session = Session::builder().model("sonnet").concurrency(2).build()?;
+/// let response = session.query("Name one prime number. Answer with the number only.")?;
+/// println!("{} ({} tokens, ${:.4})", response.text, response.usage.total(), response.cost_usd);
+/// # Ok::<(), claude_rayon::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    id: u64,
+    pub(crate) config: Config,
+    cli: PathBuf,
+    pool: Pool,
+    threads: OnceLock<rayon::ThreadPool>,
+    pub(crate) throttle: Arc<Throttle>,
+    budget: Budget,
+    pub(crate) counters: Counters,
+    created: Instant,
+    closed: AtomicBool,
+    /// 429/529 results in a row, for the exponential cooldown on the shared throttle.
+    consecutive_throttled: AtomicU64,
+}
+
+impl Session {
+    /// Start configuring a session.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = claude_rayon::Session::builder().model("haiku").concurrency(2);
+    /// ```
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    pub(crate) fn from_config(config: Config, cli: PathBuf) -> Result<Session, Error> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let throttle = match &config.throttle {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let mut throttle =
+                    Throttle::new(config.requests_per_minute, config.tokens_per_minute)?;
+                if let Some(burst) = config.burst {
+                    // The token burst scales with the request burst: burst/rpm of a minute.
+                    let tokens = match (config.tokens_per_minute, config.requests_per_minute) {
+                        (Some(tpm), Some(rpm)) => {
+                            Some((tpm * u64::from(burst) / u64::from(rpm)).max(1))
+                        }
+                        _ => None,
+                    };
+                    throttle = throttle.with_burst(Some(burst), tokens)?;
+                }
+                Arc::new(throttle)
+            }
+        };
+        let launch = Launch {
+            program: cli.clone(),
+            args: config.cli_args(),
+            env: config.cli_env(),
+            cwd: config.cwd.clone(),
+            secrets: Arc::new(config.secrets()),
+        };
+        let pool = Pool::new(launch, config.concurrency, config.fresh_process_per_item);
+        let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
+        Ok(Session {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                config,
+                cli,
+                pool,
+                threads: OnceLock::new(),
+                throttle,
+                budget,
+                counters: Counters::default(),
+                created: Instant::now(),
+                closed: AtomicBool::new(false),
+                consecutive_throttled: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Run one prompt with fresh context and wait for its answer. Several threads may call
+    /// this at once: each gets its own process, up to `concurrency`, then waits for one.
+    /// Retries, throttling and the budget apply as configured.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the last attempt failed with; see [`Error`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let session = claude_rayon::Session::builder().build()?;
+    /// let answer = session.query("Say hi")?;
+    /// assert!(!answer.text.is_empty());
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn query(&self, prompt: impl AsRef<str>) -> Result<Response, Error> {
+        let control = RunControl::new(None);
+        self.inner
+            .execute(prompt.as_ref(), &control)
+            .map(|(response, _)| response)
+            .map_err(|(error, _)| error)
+    }
+
+    /// Hold one process for a multi-turn exchange that keeps its context. The process counts
+    /// against `concurrency` until the conversation is dropped. Each turn re-sends the whole
+    /// exchange so far, so turns grow in tokens and cost.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let session = claude_rayon::Session::builder().build()?;
+    /// let mut chat = session.conversation();
+    /// chat.send("My name is Ada.")?;
+    /// let answer = chat.send("What is my name?")?;
+    /// assert!(answer.text.contains("Ada"));
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn conversation(&self) -> Conversation {
+        Conversation::new(self.clone())
+    }
+
+    /// A snapshot of what the session has done so far.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.inner.counters.snapshot();
+        stats.processes_started = self.inner.pool.started_pids().len() as u64;
+        stats
+    }
+
+    /// The shared throttle this session waits on.
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.inner.throttle
+    }
+
+    /// Change the spending cap. Raising it lets a session whose budget was spent go on.
+    pub fn set_max_budget_usd(&self, budget: Option<f64>) {
+        self.inner.budget.set_limit(budget);
+    }
+
+    /// The CLI executable this session runs.
+    pub fn cli_path(&self) -> &Path {
+        &self.inner.cli
+    }
+
+    /// How many items may run at once (the number of processes and of threads).
+    pub fn concurrency(&self) -> usize {
+        self.inner.config.concurrency
+    }
+
+    /// The operating system ids of every CLI process this session has started, for
+    /// monitoring (and for tests that check none is left behind).
+    pub fn process_ids(&self) -> Vec<u32> {
+        self.inner.pool.started_pids()
+    }
+
+    /// How many CLI processes exist right now (idle or busy).
+    pub fn live_processes(&self) -> usize {
+        self.inner.pool.live()
+    }
+
+    /// End the processes cleanly (stdin closed, then a kill for any that lingers) and return
+    /// what the session did. Other handles to the session then get [`Error::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the session was already closed through another handle.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let session = claude_rayon::Session::builder().build()?;
+    /// session.query("hello")?;
+    /// let stats = session.close()?;
+    /// println!("{} items, {:.4} USD", stats.succeeded, stats.cost_usd);
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn close(self) -> Result<Stats, Error> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        self.inner.pool.close();
+        Ok(self.stats())
+    }
+
+    /// The session's own thread pool, built on first use: `concurrency` named threads.
+    pub(crate) fn threads(&self) -> &rayon::ThreadPool {
+        self.inner.threads.get_or_init(|| {
+            let id = self.inner.id;
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.inner.config.concurrency)
+                .thread_name(move |i| format!("claude-rayon-s{id}-{i}"))
+                .build()
+                .expect("cannot start the session's threads")
+        })
+    }
+
+    /// The prefix of this session's thread names.
+    pub fn thread_name_prefix(&self) -> String {
+        format!("claude-rayon-s{}-", self.inner.id)
+    }
+}
+
+impl Inner {
+    /// One item, with its budget reservation, throttle permit, retries and statistics.
+    /// Returns the number of attempts made with either outcome.
+    pub(crate) fn execute(
+        &self,
+        prompt: &str,
+        control: &RunControl,
+    ) -> Result<(Response, u32), (Error, u32)> {
+        Counters::add(&self.counters.started, 1);
+        let outcome = self.execute_attempts(prompt, control);
+        match &outcome {
+            Ok(_) => Counters::add(&self.counters.succeeded, 1),
+            Err(_) => Counters::add(&self.counters.failed, 1),
+        }
+        outcome
+    }
+
+    fn execute_attempts(
+        &self,
+        prompt: &str,
+        control: &RunControl,
+    ) -> Result<(Response, u32), (Error, u32)> {
+        let mut attempt = 0;
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err((Error::Closed, attempt));
+            }
+            if let Some(reason) = control.stop_reason() {
+                return Err((reason, attempt));
+            }
+            attempt += 1;
+            match self.attempt_once(prompt, control) {
+                Ok(response) => return Ok((response, attempt)),
+                Err(AttemptError::NotStarted(error)) => {
+                    if error.is_fatal() {
+                        control.fail_fatally(&error);
+                    }
+                    return Err((error, attempt - 1));
+                }
+                Err(AttemptError::Failed(error)) => {
+                    if error.is_fatal() {
+                        control.fail_fatally(&error);
+                        return Err((error, attempt));
+                    }
+                    if !self.config.retry.should_retry(&error, attempt) {
+                        return Err((error, attempt));
+                    }
+                    Counters::add(&self.counters.retried, 1);
+                    let wait = self.config.retry.backoff(attempt);
+                    log::debug!("retrying an item in {wait:?} (attempt {attempt} failed: {error})");
+                    if !sleep_unless_stopped(wait, control) {
+                        // Stopped while waiting: the item fails with what it last failed with.
+                        return Err((error, attempt));
+                    }
+                }
+            }
+        }
+    }
+
+    fn attempt_once(&self, prompt: &str, control: &RunControl) -> Result<Response, AttemptError> {
+        let reservation = self.budget.reserve().map_err(AttemptError::NotStarted)?;
+        let estimate =
+            estimate_tokens(prompt) + REQUEST_OVERHEAD_TOKENS + self.config.output_token_allowance;
+        let permit = match self.throttle.acquire(estimate, &|| control.should_stop()) {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.budget.settle(reservation, 0.0);
+                let reason = control.stop_reason().unwrap_or(Error::Cancelled);
+                return Err(AttemptError::NotStarted(reason));
+            }
+        };
+        if !permit.waited().is_zero() {
+            Counters::add(&self.counters.throttle_waits, 1);
+            Counters::add(
+                &self.counters.throttle_wait_nanos,
+                permit.waited().as_nanos() as u64,
+            );
+        }
+        let mut lease = match self.pool.checkout() {
+            Ok(lease) => lease,
+            Err(error) => {
+                self.throttle.settle(permit, 0);
+                self.budget.settle(reservation, 0.0);
+                return Err(AttemptError::Failed(error));
+            }
+        };
+        Counters::add(&self.counters.requests, 1);
+        let mut on_retry = |retry: ApiRetry| self.on_cli_retry(retry);
+        let outcome = lease.process().run_turn(
+            prompt,
+            self.config.timeout,
+            self.config.json_schema.is_some(),
+            &mut on_retry,
+        );
+        drop(lease);
+        match outcome {
+            Ok(response) => {
+                self.throttle.settle(permit, response.usage.total());
+                self.budget.settle(reservation, response.cost_usd);
+                self.consecutive_throttled.store(0, Ordering::Relaxed);
+                self.record_success(&response);
+                Ok(response)
+            }
+            Err(error) => {
+                // A failed call used no tokens we can know of; the request itself is counted.
+                self.throttle.settle(permit, 0);
+                self.budget.settle(reservation, 0.0);
+                if matches!(error.api_status(), Some(429 | 529)) {
+                    self.back_off(None);
+                }
+                Err(AttemptError::Failed(error))
+            }
+        }
+    }
+
+    fn record_success(&self, response: &Response) {
+        let mut totals = self.counters.totals.lock();
+        totals.usage.add(&response.usage);
+        totals.cost_usd += response.cost_usd;
+        drop(totals);
+        self.counters.latency.lock().record(response.duration);
+        let since_start = self.created.elapsed().as_nanos().max(1) as u64;
+        let _ = self.counters.first_result_nanos.compare_exchange(
+            0,
+            since_start,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The CLI is retrying on its own: each retry is one more API request, and a 429 or 529
+    /// tells every worker on the throttle to hold off for as long as the CLI waits.
+    fn on_cli_retry(&self, retry: ApiRetry) {
+        Counters::add(&self.counters.cli_api_retries, 1);
+        self.throttle.note_extra_requests(1);
+        if matches!(retry.status, Some(429 | 529)) {
+            self.back_off(Some(retry.delay));
+        }
+    }
+
+    /// Pause new requests on the shared throttle: for the API's own delay when known, else
+    /// for an exponential cooldown that grows with consecutive throttled results.
+    fn back_off(&self, delay: Option<Duration>) {
+        let wait = delay.unwrap_or_else(|| {
+            let n = self.consecutive_throttled.fetch_add(1, Ordering::Relaxed) + 1;
+            self.config.retry.ceiling(n.min(32) as u32)
+        });
+        if wait.is_zero() {
+            return;
+        }
+        let until = Instant::now() + wait;
+        if self.throttle.paused_until().is_none_or(|p| p < until) {
+            Counters::add(&self.counters.backoff_pauses, 1);
+            log::info!("the API is throttling: pausing new requests for {wait:?}");
+            self.throttle.pause_until(until);
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+enum AttemptError {
+    /// Refused before any call (budget, stop): not an attempt.
+    NotStarted(Error),
+    /// The call was made and failed.
+    Failed(Error),
+}
+
+/// Sleep for `wait` in short slices, returning false as soon as the run is told to stop.
+fn sleep_unless_stopped(wait: Duration, control: &RunControl) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if control.should_stop() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("cli", &self.inner.cli)
+            .field("config", &self.inner.config)
+            .field("live_processes", &self.inner.pool.live())
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The pool's drop kills and reaps idle processes; leased ones cannot exist here
+        // because a lease borrows the session.
+        log::debug!("session {} dropped", self.id);
+    }
+}

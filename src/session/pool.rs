@@ -1,0 +1,164 @@
+//! The pool of warm CLI processes a session keeps, at most `concurrency` of them.
+
+use parking_lot::{Condvar, Mutex};
+
+use super::process::{CliProcess, Launch};
+use crate::Error;
+
+pub(crate) struct Pool {
+    launch: Launch,
+    capacity: usize,
+    fresh_per_item: bool,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+struct State {
+    idle: Vec<CliProcess>,
+    /// Processes that exist: idle, leased, or being started.
+    live: usize,
+    closed: bool,
+    /// Ids of every process ever started, for tests and diagnostics.
+    started_pids: Vec<u32>,
+}
+
+/// A process checked out of the pool. It goes back when dropped, unless it is broken.
+pub(crate) struct Lease<'a> {
+    pool: &'a Pool,
+    process: Option<CliProcess>,
+}
+
+impl Pool {
+    pub(crate) fn new(launch: Launch, capacity: usize, fresh_per_item: bool) -> Pool {
+        Pool {
+            launch,
+            capacity,
+            fresh_per_item,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                live: 0,
+                closed: false,
+                started_pids: Vec::new(),
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Take an idle process, start a new one if there is room, or wait for one.
+    pub(crate) fn checkout(&self) -> Result<Lease<'_>, Error> {
+        let mut state = self.state.lock();
+        loop {
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            // Most recently used first: its pages are warm.
+            while let Some(mut process) = state.idle.pop() {
+                if process.is_reusable() {
+                    return Ok(Lease {
+                        pool: self,
+                        process: Some(process),
+                    });
+                }
+                state.live -= 1;
+                drop(process);
+            }
+            if state.live < self.capacity {
+                state.live += 1;
+                drop(state);
+                return match CliProcess::spawn(&self.launch) {
+                    Ok(process) => {
+                        self.state.lock().started_pids.push(process.pid());
+                        Ok(Lease {
+                            pool: self,
+                            process: Some(process),
+                        })
+                    }
+                    Err(err) => {
+                        self.state.lock().live -= 1;
+                        self.freed.notify_one();
+                        Err(err)
+                    }
+                };
+            }
+            self.freed.wait(&mut state);
+        }
+    }
+
+    /// Return a process taken with [`Lease::detach`].
+    pub(crate) fn give_back(&self, process: CliProcess) {
+        self.checkin(process);
+    }
+
+    fn checkin(&self, mut process: CliProcess) {
+        let reusable = !self.fresh_per_item && process.is_reusable();
+        let mut state = self.state.lock();
+        if reusable && !state.closed {
+            state.idle.push(process);
+        } else {
+            state.live -= 1;
+            drop(state);
+            if reusable {
+                process.shutdown();
+            } else {
+                drop(process);
+            }
+        }
+        self.freed.notify_one();
+    }
+
+    /// End every idle process and refuse new checkouts. Leased processes end when returned.
+    pub(crate) fn close(&self) {
+        let idle = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            state.live -= state.idle.len();
+            std::mem::take(&mut state.idle)
+        };
+        self.freed.notify_all();
+        // Close every stdin first so the processes exit side by side.
+        let handles: Vec<_> = idle
+            .into_iter()
+            .map(|p| std::thread::spawn(move || p.shutdown()))
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    pub(crate) fn started_pids(&self) -> Vec<u32> {
+        self.state.lock().started_pids.clone()
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.state.lock().live
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Idle processes die with the pool (CliProcess kills and reaps on drop).
+        let idle = std::mem::take(&mut self.state.get_mut().idle);
+        drop(idle);
+    }
+}
+
+impl Lease<'_> {
+    pub(crate) fn process(&mut self) -> &mut CliProcess {
+        self.process.as_mut().expect("lease holds a process")
+    }
+}
+
+impl Lease<'_> {
+    /// Keep the process beyond the lease; hand it back with [`Pool::give_back`].
+    pub(crate) fn detach(mut self) -> CliProcess {
+        self.process.take().expect("lease holds a process")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            self.pool.checkin(process);
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! One persistent `claude` process speaking stream-json, and how it is started and ended.
+//!
+//! Children are spawned from one long-lived thread: Linux delivers the parent-death signal
+//! when the *thread* that forked a child exits, so spawning from short-lived worker threads
+//! would kill healthy children. Each child gets its own process group so that killing it also
+//! kills anything it started.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+
+use super::builder::redact;
+use super::protocol::{self, Event, ResultLine};
+use crate::error::shorten;
+use crate::{Error, Response};
+
+/// How much of stderr is kept for error messages.
+const STDERR_TAIL_BYTES: usize = 4096;
+/// How long a process may take to exit after its stdin closes before it is killed.
+const GRACEFUL_EXIT: Duration = Duration::from_millis(500);
+
+/// What the process needs to start.
+#[derive(Clone)]
+pub(crate) struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub secrets: Arc<Vec<String>>,
+}
+
+/// A line from the stdout reader thread.
+enum Out {
+    Line(String),
+    Eof,
+    Failed(std::io::Error),
+}
+
+/// Something the CLI reported while a turn ran, for throttling and statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ApiRetry {
+    pub attempt: u32,
+    pub delay: Duration,
+    pub status: Option<u16>,
+}
+
+/// A running CLI process.
+pub(crate) struct CliProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<Out>,
+    stderr_tail: Arc<Mutex<VecDeque<u8>>>,
+    secrets: Arc<Vec<String>>,
+    /// The CLI reports cost as a running total per process; an item's cost is the difference.
+    last_total_cost: f64,
+    /// The context holds an earlier item; `/clear` goes before the next prompt.
+    needs_clear: bool,
+    /// A failure left the process in an unknown state: do not reuse it.
+    broken: bool,
+    /// How many items this process has answered.
+    pub items: u64,
+}
+
+impl CliProcess {
+    /// Start a process. Returns as soon as it is forked; the CLI loads while the first prompt
+    /// waits in its stdin pipe, so start-ups of several processes overlap.
+    pub(crate) fn spawn(launch: &Launch) -> Result<CliProcess, Error> {
+        let mut cmd = Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Inside Claude Code, the CLI refuses to nest; our children are not nested sessions.
+            .env_remove("CLAUDECODE");
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        if let Some(dir) = &launch.cwd {
+            cmd.current_dir(dir);
+        }
+        prepare_child(&mut cmd);
+        let mut child = spawn_on_spawner_thread(cmd).map_err(|e| Error::Spawn {
+            path: launch.program.clone(),
+            source: Arc::new(e),
+        })?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let pid = child.id();
+        thread::Builder::new()
+            .name(format!("claude-rayon-stdout-{pid}"))
+            .spawn(move || read_stdout(stdout, tx))
+            .map_err(Error::io)?;
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_BYTES)));
+        let tail_writer = Arc::clone(&tail);
+        thread::Builder::new()
+            .name(format!("claude-rayon-stderr-{pid}"))
+            .spawn(move || drain_stderr(stderr, tail_writer))
+            .map_err(Error::io)?;
+        log::debug!("started claude process {pid}");
+        Ok(CliProcess {
+            child,
+            stdin,
+            stdout: rx,
+            stderr_tail: tail,
+            secrets: Arc::clone(&launch.secrets),
+            last_total_cost: 0.0,
+            needs_clear: false,
+            broken: false,
+            items: 0,
+        })
+    }
+
+    /// The operating system's id of the process.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process can take another item.
+    pub(crate) fn is_reusable(&mut self) -> bool {
+        !self.broken && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Keep the context for the next prompt (a conversation's next turn).
+    pub(crate) fn keep_context(&mut self) {
+        self.needs_clear = false;
+    }
+
+    /// Forget the context before the next prompt (fresh context per item).
+    pub(crate) fn mark_dirty(&mut self) {
+        self.needs_clear = true;
+    }
+
+    /// Run one prompt to its result. `keep_context` leaves the conversation as is (for
+    /// [`Conversation`](crate::Conversation)); otherwise the previous item's context is
+    /// cleared first. On any error but an API-level one, the process is marked broken.
+    pub(crate) fn run_turn(
+        &mut self,
+        prompt: &str,
+        timeout: Duration,
+        want_structured: bool,
+        on_retry: &mut dyn FnMut(ApiRetry),
+    ) -> Result<Response, Error> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        // Both lines go in one write: the CLI reads them in order, so the clear costs no round
+        // trip of its own.
+        let mut input = String::new();
+        let mut pending_clears = 0;
+        if self.needs_clear {
+            input.push_str(&protocol::user_line(protocol::CLEAR));
+            pending_clears = 1;
+        }
+        input.push_str(&protocol::user_line(prompt));
+        if let Err(e) = self.write(input.as_bytes()) {
+            return Err(self.fail_after_io(e, deadline));
+        }
+        let mut api_retries = 0;
+        loop {
+            let event = match self.stdout.recv_deadline(deadline) {
+                Ok(Out::Line(line)) => match protocol::parse_line(&line) {
+                    Ok(event) => event,
+                    Err(err) => {
+                        self.broken = true;
+                        return Err(self.redact_error(err));
+                    }
+                },
+                Ok(Out::Eof) => return Err(self.exited(deadline)),
+                Ok(Out::Failed(e)) => {
+                    self.broken = true;
+                    return Err(self.redact_error(Error::io(e)));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.broken = true;
+                    self.kill();
+                    return Err(Error::Timeout(timeout));
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(self.exited(deadline)),
+            };
+            match event {
+                Event::Result(result) if pending_clears > 0 => {
+                    pending_clears -= 1;
+                    if result.is_error {
+                        self.broken = true;
+                        return Err(self.redact_error(Error::Protocol {
+                            reason: "the CLI failed to clear the context between items".into(),
+                            line: shorten(result.result.as_deref().unwrap_or(""), 200),
+                        }));
+                    }
+                    self.needs_clear = false;
+                }
+                Event::Result(result) => {
+                    self.needs_clear = true;
+                    self.items += 1;
+                    return self.finish(result, started, api_retries, want_structured);
+                }
+                Event::ControlRequest {
+                    request_id,
+                    subtype,
+                } => {
+                    log::debug!("answering unexpected control_request {subtype} with an error");
+                    let line = protocol::control_error_line(&request_id, &subtype);
+                    if let Err(e) = self.write(line.as_bytes()) {
+                        return Err(self.fail_after_io(e, deadline));
+                    }
+                }
+                Event::ApiRetry {
+                    attempt,
+                    delay_ms,
+                    status,
+                } => {
+                    api_retries += 1;
+                    log::debug!(
+                        "the CLI retries an API call (attempt {attempt}, status {status:?}, in {delay_ms} ms)"
+                    );
+                    on_retry(ApiRetry {
+                        attempt,
+                        delay: Duration::from_millis(delay_ms),
+                        status,
+                    });
+                }
+                Event::Other => {}
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        result: ResultLine,
+        started: Instant,
+        api_retries: u32,
+        want_structured: bool,
+    ) -> Result<Response, Error> {
+        let total = result.total_cost_usd;
+        // A total lower than the last one means the CLI restarted its count.
+        let cost = if total >= self.last_total_cost {
+            total - self.last_total_cost
+        } else {
+            total
+        };
+        self.last_total_cost = total;
+        let result = result
+            .into_outcome(want_structured)
+            .map_err(|e| self.redact_error(e))?;
+        Ok(Response {
+            text: result.result.unwrap_or_default(),
+            structured: result.structured_output,
+            usage: result.usage,
+            cost_usd: cost,
+            duration: started.elapsed(),
+            num_turns: result.num_turns,
+            session_id: result.session_id,
+            api_retries,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stdin closed"))?;
+        stdin.write_all(bytes)?;
+        stdin.flush()
+    }
+
+    /// A write failed: the process most likely died. Report its exit if it did.
+    fn fail_after_io(&mut self, err: std::io::Error, deadline: Instant) -> Error {
+        self.broken = true;
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            return self.exited(deadline.min(Instant::now() + GRACEFUL_EXIT));
+        }
+        self.redact_error(Error::io(err))
+    }
+
+    /// Stdout ended: wait briefly for the exit status and report it with stderr's tail.
+    fn exited(&mut self, deadline: Instant) -> Error {
+        self.broken = true;
+        let wait_until = deadline.min(Instant::now() + GRACEFUL_EXIT);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < wait_until => {
+                    thread::sleep(Duration::from_millis(2))
+                }
+                _ => break None,
+            }
+        };
+        if status.is_none() {
+            self.kill();
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Error::ProcessExited {
+            code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            stderr_tail: self.stderr_tail(),
+        }
+    }
+
+    /// The last lines of stderr, secrets removed.
+    pub(crate) fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock();
+        let bytes: Vec<u8> = tail.iter().copied().collect();
+        redact(
+            String::from_utf8_lossy(&bytes).trim(),
+            self.secrets.as_slice(),
+        )
+    }
+
+    fn redact_error(&self, err: Error) -> Error {
+        match err {
+            Error::Protocol { reason, line } => Error::Protocol {
+                reason,
+                line: redact(&line, &self.secrets),
+            },
+            Error::Api { status, message } => Error::Api {
+                status,
+                message: redact(&message, &self.secrets),
+            },
+            Error::Authentication { message } => Error::Authentication {
+                message: redact(&message, &self.secrets),
+            },
+            other => other,
+        }
+    }
+
+    /// Kill the process group at once and reap the child.
+    pub(crate) fn kill(&mut self) {
+        self.stdin = None;
+        kill_group(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Close stdin and give the CLI a moment to exit on its own (it does in ~25 ms), then kill.
+    pub(crate) fn shutdown(mut self) {
+        self.shutdown_in_place();
+    }
+
+    fn shutdown_in_place(&mut self) {
+        self.stdin = None;
+        let deadline = Instant::now() + GRACEFUL_EXIT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
+                Ok(None) => {
+                    self.kill();
+                    break;
+                }
+            }
+        }
+        // Kill anything the CLI left in its group.
+        kill_group(self.child.id());
+    }
+}
+
+impl Drop for CliProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        } else {
+            kill_group(self.child.id());
+        }
+        log::debug!("claude process {} ended", self.child.id());
+    }
+}
+
+fn read_stdout(stdout: impl Read, tx: Sender<Out>) {
+    // No cap on line length: a 10 MB answer is one line.
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                let _ = tx.send(Out::Eof);
+                return;
+            }
+            Ok(_) => {
+                if tx.send(Out::Line(line)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // Not UTF-8: report it as a protocol problem through the parser.
+                let _ = tx.send(Out::Line("<line is not valid UTF-8>".into()));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Out::Failed(e));
+                return;
+            }
+        }
+    }
+}
+
+fn drain_stderr(stderr: impl Read, tail: Arc<Mutex<VecDeque<u8>>>) {
+    // A full stderr pipe would block the child, so read it all, keeping only the tail.
+    let mut reader = BufReader::new(stderr);
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut tail = tail.lock();
+                tail.extend(&buf[..n]);
+                let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+                tail.drain(..excess);
+            }
+        }
+    }
+}
+
+/// Kill a whole process group (the child is its leader).
+fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 0 {
+            // SAFETY: killpg with a positive group id only sends a signal.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn prepare_child(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    cmd.process_group(0);
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Die with the program, even if it is killed with SIGKILL.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn prepare_child(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+}
+
+type SpawnRequest = (Command, Sender<std::io::Result<Child>>);
+
+/// Spawn on the one spawner thread that lives as long as the program (see the module docs).
+fn spawn_on_spawner_thread(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<SpawnRequest>();
+        thread::Builder::new()
+            .name("claude-rayon-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("cannot start the claude-rayon spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+    spawner
+        .lock()
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+/// Used by tests and diagnostics: whether a process with this id still exists (not a zombie).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    let status = Path::new("/proc").join(pid.to_string()).join("stat");
+    match std::fs::read_to_string(status) {
+        // The state follows the parenthesised command name; Z is a zombie, X is dead.
+        Ok(stat) => match stat.rsplit_once(')') {
+            Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')),
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_tail_is_bounded() {
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let data = vec![b'x'; STDERR_TAIL_BYTES * 3];
+        drain_stderr(&data[..], Arc::clone(&tail));
+        assert_eq!(tail.lock().len(), STDERR_TAIL_BYTES);
+    }
+
+    #[test]
+    fn huge_lines_are_read_whole() {
+        let mut data = "y".repeat(3 * 1024 * 1024);
+        data.push('\n');
+        let (tx, rx) = crossbeam_channel::unbounded();
+        read_stdout(data.as_bytes(), tx);
+        match rx.recv().unwrap() {
+            Out::Line(l) => assert_eq!(l.len(), data.len()),
+            _ => panic!("expected a line"),
+        }
+        assert!(matches!(rx.recv().unwrap(), Out::Eof));
+    }
+
+    #[test]
+    fn own_pid_is_alive_and_a_made_up_one_is_not() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(u32::MAX - 7));
+    }
+}

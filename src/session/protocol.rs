@@ -1,0 +1,331 @@
+//! The CLI's stream-json protocol: the lines we write and how we read the lines it writes.
+//!
+//! Only the fields this crate uses are read, from a loosely typed [`serde_json::Value`], so a
+//! new CLI version that adds message types or fields does not break us.
+
+use serde_json::{json, Value};
+
+use crate::error::shorten;
+use crate::{Error, Usage};
+
+/// The prompt that resets a persistent process's context between items.
+pub(crate) const CLEAR: &str = "/clear";
+
+/// One line of input carrying a user prompt.
+pub(crate) fn user_line(prompt: &str) -> String {
+    let mut line = json!({
+        "type": "user",
+        "message": { "role": "user", "content": prompt },
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+/// The answer to a `control_request` we do not handle, so the CLI never waits on us.
+pub(crate) fn control_error_line(request_id: &str, subtype: &str) -> String {
+    let mut line = json!({
+        "type": "control_response",
+        "response": {
+            "subtype": "error",
+            "request_id": request_id,
+            "error": format!("claude-rayon does not handle control requests ({subtype})"),
+        },
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+/// What one stdout line means to us.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Event {
+    /// The end of a turn.
+    Result(ResultLine),
+    /// The CLI asks us something; it waits for an answer.
+    ControlRequest { request_id: String, subtype: String },
+    /// The CLI is retrying an API call on its own.
+    ApiRetry {
+        attempt: u32,
+        delay_ms: u64,
+        status: Option<u16>,
+    },
+    /// Anything else (init, assistant, status, conversation_reset, unknown types).
+    Other,
+}
+
+/// The fields of a `result` line this crate uses.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct ResultLine {
+    pub subtype: String,
+    pub is_error: bool,
+    pub api_error_status: Option<u16>,
+    pub result: Option<String>,
+    pub structured_output: Option<Value>,
+    pub usage: Usage,
+    pub total_cost_usd: f64,
+    pub num_turns: u32,
+    pub session_id: String,
+}
+
+/// Parse one stdout line. An empty line is `Other`; a line that is not JSON is an error.
+pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Ok(Event::Other);
+    }
+    let value: Value = serde_json::from_str(trimmed).map_err(|e| Error::Protocol {
+        reason: format!("not a JSON line ({e})"),
+        line: shorten(trimmed, 200),
+    })?;
+    let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+    let subtype = value.get("subtype").and_then(Value::as_str).unwrap_or("");
+    Ok(match (kind, subtype) {
+        ("result", _) => Event::Result(parse_result(&value)),
+        ("control_request", _) => Event::ControlRequest {
+            request_id: str_field(&value, "request_id"),
+            subtype: value
+                .pointer("/request/subtype")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        },
+        ("system", "api_retry") => Event::ApiRetry {
+            attempt: u64_field(&value, "attempt") as u32,
+            delay_ms: u64_field(&value, "retry_delay_ms"),
+            status: value
+                .get("error_status")
+                .and_then(Value::as_u64)
+                .map(|s| s as u16),
+        },
+        _ => Event::Other,
+    })
+}
+
+fn parse_result(value: &Value) -> ResultLine {
+    let usage = value.get("usage").cloned().unwrap_or(Value::Null);
+    let tokens = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+    ResultLine {
+        subtype: str_field(value, "subtype"),
+        is_error: value
+            .get("is_error")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        api_error_status: value
+            .get("api_error_status")
+            .and_then(Value::as_u64)
+            .map(|s| s as u16),
+        result: value
+            .get("result")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        structured_output: value
+            .get("structured_output")
+            .filter(|v| !v.is_null())
+            .cloned(),
+        usage: Usage {
+            input_tokens: tokens("input_tokens"),
+            output_tokens: tokens("output_tokens"),
+            cache_creation_input_tokens: tokens("cache_creation_input_tokens"),
+            cache_read_input_tokens: tokens("cache_read_input_tokens"),
+        },
+        total_cost_usd: value
+            .get("total_cost_usd")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
+        num_turns: u64_field(value, "num_turns") as u32,
+        session_id: str_field(value, "session_id"),
+    }
+}
+
+fn str_field(value: &Value, name: &str) -> String {
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn u64_field(value: &Value, name: &str) -> u64 {
+    value.get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+impl ResultLine {
+    /// Turn a result into this item's outcome. Classified by `is_error` and
+    /// `api_error_status` first; the subtype only names the CLI's own stops.
+    pub(crate) fn into_outcome(self, want_structured: bool) -> Result<ResultLine, Error> {
+        let message = self.result.clone().unwrap_or_default();
+        if self.is_error {
+            return Err(match self.api_error_status {
+                Some(401) => Error::Authentication { message },
+                Some(status) => Error::Api {
+                    status: Some(status),
+                    message,
+                },
+                None if looks_like_auth_failure(&message) => Error::Authentication { message },
+                None if self.subtype == "success" || self.subtype.is_empty() => Error::Api {
+                    status: None,
+                    message,
+                },
+                None => self.subtype_error(message),
+            });
+        }
+        match self.subtype.as_str() {
+            "success" | "" => {}
+            _ => return Err(self.subtype_error(message)),
+        }
+        if want_structured && self.structured_output.is_none() {
+            return Err(Error::StructuredOutputMissing {
+                text: shorten(&message, 200),
+            });
+        }
+        Ok(self)
+    }
+
+    fn subtype_error(&self, message: String) -> Error {
+        match self.subtype.as_str() {
+            "error_max_turns" => Error::MaxTurns {
+                turns: self.num_turns,
+            },
+            "error_max_structured_output_retries" => Error::StructuredOutputInvalid(if message
+                .is_empty()
+            {
+                "the model did not produce output matching the json_schema".into()
+            } else {
+                message
+            }),
+            other => Error::Execution {
+                subtype: other.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+/// The CLI reports a missing or rejected key in plain text when no HTTP status is involved.
+fn looks_like_auth_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("invalid api key")
+        || m.contains("not logged in")
+        || m.contains("please run /login")
+        || m.contains("authentication_error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_line_is_one_json_line() {
+        let line = user_line("two\nlines \"quoted\"");
+        assert!(line.ends_with('\n'));
+        assert_eq!(line.matches('\n').count(), 1);
+        let v: Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["message"]["content"], "two\nlines \"quoted\"");
+    }
+
+    #[test]
+    fn parses_success_result() {
+        let line = r#"{"type":"result","subtype":"success","is_error":false,"num_turns":1,
+            "result":"hi","session_id":"s","total_cost_usd":0.25,
+            "usage":{"input_tokens":3,"output_tokens":4,"cache_read_input_tokens":5}}"#
+            .replace('\n', "");
+        let Event::Result(r) = parse_line(&line).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.result.as_deref(), Some("hi"));
+        assert_eq!(r.usage.total(), 12);
+        assert_eq!(r.total_cost_usd, 0.25);
+        assert!(r.into_outcome(false).is_ok());
+    }
+
+    #[test]
+    fn classifies_by_is_error_and_status_not_subtype() {
+        let r = |status: Option<u16>, msg: &str| ResultLine {
+            subtype: "success".into(),
+            is_error: true,
+            api_error_status: status,
+            result: Some(msg.into()),
+            ..ResultLine::default()
+        };
+        assert!(matches!(
+            r(Some(401), "x").into_outcome(false),
+            Err(Error::Authentication { .. })
+        ));
+        assert!(matches!(
+            r(Some(529), "x").into_outcome(false),
+            Err(Error::Api {
+                status: Some(529),
+                ..
+            })
+        ));
+        assert!(matches!(
+            r(None, "API Error: Connection error.").into_outcome(false),
+            Err(Error::Api { status: None, .. })
+        ));
+        assert!(matches!(
+            r(None, "Invalid API key · Please run /login").into_outcome(false),
+            Err(Error::Authentication { .. })
+        ));
+    }
+
+    #[test]
+    fn max_turns_and_missing_structured_output() {
+        let r = ResultLine {
+            subtype: "error_max_turns".into(),
+            num_turns: 2,
+            ..ResultLine::default()
+        };
+        assert!(matches!(
+            r.into_outcome(false),
+            Err(Error::MaxTurns { turns: 2 })
+        ));
+        let r = ResultLine {
+            subtype: "success".into(),
+            result: Some("plain".into()),
+            ..ResultLine::default()
+        };
+        assert!(matches!(
+            r.into_outcome(true),
+            Err(Error::StructuredOutputMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_types_are_skipped_and_garbage_is_an_error() {
+        assert_eq!(
+            parse_line(r#"{"type":"rate_limit_event"}"#).unwrap(),
+            Event::Other
+        );
+        assert_eq!(parse_line("").unwrap(), Event::Other);
+        assert!(matches!(
+            parse_line("Segmentation fault"),
+            Err(Error::Protocol { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_api_retry_and_control_request() {
+        let e = parse_line(
+            r#"{"type":"system","subtype":"api_retry","attempt":2,"retry_delay_ms":1000,"error_status":429}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            Event::ApiRetry {
+                attempt: 2,
+                delay_ms: 1000,
+                status: Some(429)
+            }
+        );
+        let e = parse_line(
+            r#"{"type":"control_request","request_id":"r1","request":{"subtype":"can_use_tool"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(e, Event::ControlRequest { ref request_id, .. } if request_id == "r1"));
+        let answer = control_error_line("r1", "can_use_tool");
+        let v: Value = serde_json::from_str(answer.trim()).unwrap();
+        assert_eq!(v["response"]["request_id"], "r1");
+        assert_eq!(v["response"]["subtype"], "error");
+    }
+}

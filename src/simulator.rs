@@ -1,0 +1,444 @@
+//! A stand-in for the `claude` CLI that speaks the same stream-json protocol, for trying the
+//! library without an API key and for tests.
+//!
+//! It answers every prompt at once with an echo (`echo: PROMPT`), or, in demo mode, with a
+//! plausible answer that says it is simulated. Prompts may carry directives that script a
+//! behaviour for that item:
+//!
+//! | directive | effect |
+//! |---|---|
+//! | `[[sim:delay=MS]]` | answer after MS milliseconds |
+//! | `[[sim:reply=TEXT]]` | answer exactly TEXT |
+//! | `[[sim:error=STATUS]]` | an API error result (`is_error`, `api_error_status`; `none` for no status) |
+//! | `[[sim:retry=STATUS,N]]` | N `api_retry` lines before the answer |
+//! | `[[sim:fail-times=KEY,N,STATUS]]` | the first N attempts at KEY (across processes) are API errors |
+//! | `[[sim:crash]]` | exit with code 3 mid-item |
+//! | `[[sim:stderr-env=NAME]]` | print the variable NAME to stderr, then crash |
+//! | `[[sim:garbage]]` | print a line that is not JSON |
+//! | `[[sim:huge=BYTES]]` | answer with BYTES bytes of text |
+//! | `[[sim:hang]]` | never answer |
+//! | `[[sim:control]]` | send a `control_request` and wait for its answer first |
+//! | `[[sim:max-turns]]` | an `error_max_turns` result |
+//! | `[[sim:no-structured]]` | no structured output even with `--json-schema` |
+//! | `[[sim:structured=JSON]]` | this structured output |
+//! | `[[sim:context]]` | answer with the prompts currently in context |
+//!
+//! The environment scripts the process: `CLAUDE_RAYON_SIM_RECORD=FILE` appends a JSON line
+//! per start (its arguments) and per prompt (with the context it saw);
+//! `CLAUDE_RAYON_SIM_STATE=DIR` holds the `fail-times` counters; `CLAUDE_RAYON_SIM_STARTUP_MS`
+//! delays the start; `CLAUDE_RAYON_SIM_LATENCY_MS` delays every answer;
+//! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers.
+//!
+//! To host it in your own program (as the examples do), call [`serve_if_requested`] first
+//! thing in `main` and build the session with
+//! [`SessionBuilder::simulated`](crate::SessionBuilder::simulated).
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Set to `1` in a child's environment to make [`serve_if_requested`] run the simulator.
+pub const SIMULATOR_ENV_VAR: &str = "CLAUDE_RAYON_SIMULATOR";
+
+/// If this process was started as the simulator (by a session built with
+/// [`SessionBuilder::simulated`](crate::SessionBuilder::simulated)), run it and exit;
+/// otherwise return at once. Call it first thing in `main`.
+///
+/// # Examples
+///
+/// ```
+/// fn main() {
+///     claude_rayon::simulator::serve_if_requested();
+///     // ... the program proper
+/// }
+/// ```
+pub fn serve_if_requested() {
+    if std::env::var_os(SIMULATOR_ENV_VAR).is_some_and(|v| v == "1") {
+        std::process::exit(run());
+    }
+}
+
+/// Run the simulator on this process's stdin and stdout until stdin ends; returns the exit
+/// code.
+pub fn run() -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut sim = Simulator::new(args);
+    sim.record(json!({"event": "start", "pid": std::process::id(), "args": sim.args}));
+    if let Some(ms) = env_u64("CLAUDE_RAYON_SIM_STARTUP_MS") {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    while let Some(Ok(line)) = lines.next() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(message) = serde_json::from_str::<Value>(&line) else {
+            // The real CLI exits on a line that is not JSON.
+            eprintln!("Error: invalid JSON on stdin");
+            return 1;
+        };
+        if message.get("type").and_then(Value::as_str) != Some("user") {
+            continue;
+        }
+        let prompt = match &message["message"]["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        };
+        if let Some(code) = sim.handle(&prompt, &mut lines) {
+            return code;
+        }
+    }
+    0
+}
+
+struct Simulator {
+    args: Vec<String>,
+    session_id: String,
+    context: Vec<String>,
+    total_cost: f64,
+    started: bool,
+    json_schema: Option<Value>,
+    model: String,
+    demo: bool,
+    latency: Option<u64>,
+}
+
+impl Simulator {
+    fn new(args: Vec<String>) -> Self {
+        let flag = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1).cloned())
+        };
+        let json_schema = flag("--json-schema").and_then(|s| serde_json::from_str(&s).ok());
+        let model = flag("--model").unwrap_or_else(|| "claude-simulated".into());
+        Simulator {
+            session_id: new_session_id(),
+            args,
+            context: Vec::new(),
+            total_cost: 0.0,
+            started: false,
+            json_schema,
+            model,
+            demo: std::env::var("CLAUDE_RAYON_SIM_DEMO").is_ok_and(|v| v == "1"),
+            latency: env_u64("CLAUDE_RAYON_SIM_LATENCY_MS"),
+        }
+    }
+
+    fn emit(&self, value: Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{value}");
+        let _ = out.flush();
+    }
+
+    fn record(&self, value: Value) {
+        if let Ok(path) = std::env::var("CLAUDE_RAYON_SIM_RECORD") {
+            if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+                // One write per line keeps lines whole when processes append at once.
+                let _ = f.write_all(format!("{value}\n").as_bytes());
+            }
+        }
+    }
+
+    /// Handle one prompt; `Some(code)` ends the process.
+    fn handle(
+        &mut self,
+        prompt: &str,
+        lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    ) -> Option<i32> {
+        if !self.started {
+            self.started = true;
+            self.emit(json!({"type": "system", "subtype": "init", "session_id": self.session_id,
+                "tools": [], "model": self.model, "claude_code_version": "simulated"}));
+        }
+        if prompt.trim() == "/clear" {
+            self.context.clear();
+            self.session_id = new_session_id();
+            self.emit(json!({"type": "system", "subtype": "conversation_reset"}));
+            self.emit(self.result_line(0, "", 0, 0, false, None, None));
+            return None;
+        }
+        self.context.push(prompt.to_string());
+        self.record(json!({"event": "prompt", "pid": std::process::id(), "prompt": prompt,
+            "context_turns": self.context.len()}));
+        let d = |name: &str| directive(prompt, name);
+        // Unexpected chatter that a client must skip.
+        self.emit(json!({"type": "rate_limit_event", "note": "simulated"}));
+        if let Some(ms) = d("delay").and_then(|v| v.parse::<u64>().ok()).or(self.latency) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        if let Some(spec) = d("retry") {
+            let (status, n) = spec.split_once(',').unwrap_or((spec.as_str(), "1"));
+            for attempt in 1..=n.parse::<u32>().unwrap_or(1) {
+                self.emit(json!({"type": "system", "subtype": "api_retry", "attempt": attempt,
+                    "max_retries": 10, "retry_delay_ms": 1, "error_status": status.parse::<u16>().ok(),
+                    "error": "simulated"}));
+            }
+        }
+        if d("hang").is_some() {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        if d("crash").is_some() {
+            eprintln!("simulated crash");
+            return Some(3);
+        }
+        if let Some(name) = d("stderr-env") {
+            eprintln!("{name}={}", std::env::var(&name).unwrap_or_default());
+            return Some(3);
+        }
+        if d("garbage").is_some() {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "this is not json {{");
+            let _ = out.flush();
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        if d("control").is_some() {
+            self.emit(json!({"type": "control_request", "request_id": "sim-1",
+                "request": {"subtype": "can_use_tool", "tool_name": "Bash"}}));
+            // Wait for the answer before going on, as the real CLI does.
+            loop {
+                match lines.next() {
+                    Some(Ok(line)) if line.contains("control_response") => {
+                        self.record(json!({"event": "control_response", "line": line}));
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    _ => return Some(0),
+                }
+            }
+        }
+        if d("max-turns").is_some() {
+            self.emit(json!({"type": "result", "subtype": "error_max_turns", "is_error": false,
+                "num_turns": 2, "session_id": self.session_id,
+                "total_cost_usd": self.total_cost, "usage": {"input_tokens": 0, "output_tokens": 0}}));
+            return None;
+        }
+        let error = d("error").or_else(|| self.scheduled_failure(prompt));
+        if let Some(status) = error {
+            let status = status.parse::<u16>().ok();
+            let text = match status {
+                Some(401) => "API Error: 401 {\"type\":\"error\",\"error\":{\"type\":\"authentication_error\",\"message\":\"invalid x-api-key\"}} · Please run /login".to_string(),
+                Some(s) => format!("API Error: {s} simulated failure"),
+                None => "API Error: Connection error.".to_string(),
+            };
+            self.total_cost += 0.0;
+            self.emit(self.result_line(1, &text, 0, 0, true, status, None));
+            return None;
+        }
+        let text = if let Some(bytes) = d("huge").and_then(|v| v.parse::<usize>().ok()) {
+            "z".repeat(bytes)
+        } else if let Some(reply) = d("reply") {
+            reply
+        } else if d("context").is_some() {
+            format!("context: {}", self.context.join(" | "))
+        } else if self.demo {
+            demo_answer(prompt)
+        } else {
+            format!("echo: {prompt}")
+        };
+        let structured = match &self.json_schema {
+            Some(schema) if d("no-structured").is_none() => Some(
+                d("structured")
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .unwrap_or_else(|| instance_of(schema)),
+            ),
+            _ => None,
+        };
+        let input_tokens = (self.context.iter().map(String::len).sum::<usize>() / 4 + 1) as u64;
+        let output_tokens = (text.len() / 4 + 1) as u64;
+        // Priced like a mid-size model: $3 per million input tokens, $15 per million output.
+        self.total_cost += input_tokens as f64 * 3e-6 + output_tokens as f64 * 15e-6;
+        self.emit(json!({"type": "assistant", "session_id": self.session_id,
+            "message": {"role": "assistant", "model": self.model,
+                "content": [{"type": "text", "text": if text.len() > 200 { "…" } else { text.as_str() }}]}}));
+        self.emit(self.result_line(
+            1,
+            &text,
+            input_tokens,
+            output_tokens,
+            false,
+            None,
+            structured,
+        ));
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn result_line(
+        &self,
+        turns: u32,
+        text: &str,
+        input_tokens: u64,
+        output_tokens: u64,
+        is_error: bool,
+        status: Option<u16>,
+        structured: Option<Value>,
+    ) -> Value {
+        let mut line = json!({"type": "result", "subtype": "success", "is_error": is_error,
+            "duration_ms": 1, "num_turns": turns, "result": text, "session_id": self.session_id,
+            "total_cost_usd": self.total_cost, "api_error_status": status,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}});
+        if let Some(value) = structured {
+            line["structured_output"] = value;
+        }
+        line
+    }
+
+    /// `fail-times=KEY,N[,STATUS]`: count attempts at KEY in the state folder, shared by all
+    /// processes, and fail the first N.
+    fn scheduled_failure(&self, prompt: &str) -> Option<String> {
+        let spec = directive(prompt, "fail-times")?;
+        let mut parts = spec.split(',');
+        let key = parts.next()?.to_string();
+        let times: u32 = parts.next()?.parse().ok()?;
+        let status = parts.next().unwrap_or("529").to_string();
+        let dir = PathBuf::from(std::env::var("CLAUDE_RAYON_SIM_STATE").ok()?);
+        let mut attempt = 1;
+        // create_new is atomic, so concurrent processes never count the same attempt twice.
+        while OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(format!("{key}.{attempt}")))
+            .is_err()
+        {
+            attempt += 1;
+            if attempt > 10_000 {
+                return None;
+            }
+        }
+        (attempt <= times).then_some(status)
+    }
+}
+
+/// The value of `[[sim:NAME=VALUE]]` (or `Some("")` for `[[sim:NAME]]`) in a prompt.
+fn directive(prompt: &str, name: &str) -> Option<String> {
+    let open = format!("[[sim:{name}");
+    let start = prompt.find(&open)? + open.len();
+    let rest = &prompt[start..];
+    let end = rest.find("]]")?;
+    let body = &rest[..end];
+    match body.strip_prefix('=') {
+        Some(value) => Some(value.to_string()),
+        None if body.is_empty() => Some(String::new()),
+        None => None,
+    }
+}
+
+fn new_session_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "sim-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// A small value that satisfies a JSON Schema's types, required fields and enums.
+fn instance_of(schema: &Value) -> Value {
+    if let Some(first) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") | None if schema.get("properties").is_some() => {
+            let mut object = serde_json::Map::new();
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (name, sub) in props {
+                    object.insert(name.clone(), instance_of(sub));
+                }
+            }
+            Value::Object(object)
+        }
+        Some("object") => json!({}),
+        Some("array") => match schema.get("items") {
+            Some(items) => json!([instance_of(items)]),
+            None => json!([]),
+        },
+        Some("string") => json!("simulated"),
+        Some("integer") => json!(1),
+        Some("number") => json!(1.0),
+        Some("boolean") => json!(true),
+        _ => Value::Null,
+    }
+}
+
+/// Demo answers: an allowed-answer question gets one of its allowed answers (picked by a hash
+/// of the prompt, so runs repeat), anything else a short labelled note.
+fn demo_answer(prompt: &str) -> String {
+    let hash = prompt
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    if let Some(line) = prompt
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(crate::iter::strict::ALLOWED_PREFIX))
+    {
+        let options: Vec<&str> = line
+            .split('|')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !options.is_empty() {
+            return options[(hash % options.len() as u64) as usize].to_string();
+        }
+    }
+    let severities = ["LOW", "MEDIUM", "HIGH"];
+    format!(
+        "[simulated] {}: no real analysis was made; this answer stands in for a model's ({} prompt bytes)",
+        severities[(hash % 3) as usize],
+        prompt.len(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives_are_found() {
+        assert_eq!(
+            directive("x [[sim:delay=50]] y", "delay").as_deref(),
+            Some("50")
+        );
+        assert_eq!(directive("[[sim:crash]]", "crash").as_deref(), Some(""));
+        assert_eq!(directive("[[sim:crashed]]", "crash"), None);
+        assert_eq!(directive("nothing", "crash"), None);
+        assert_eq!(
+            directive("[[sim:reply=Yes.]]", "reply").as_deref(),
+            Some("Yes.")
+        );
+    }
+
+    #[test]
+    fn schema_instances_follow_the_schema() {
+        let schema = json!({"type": "object", "properties": {
+            "n": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
+            "level": {"enum": ["low", "high"]}}});
+        assert_eq!(
+            instance_of(&schema),
+            json!({"n": 1, "tags": ["simulated"], "level": "low"})
+        );
+    }
+}

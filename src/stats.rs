@@ -1,0 +1,237 @@
+//! What a session did: counters, tokens, cost and a latency histogram of constant size.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::Usage;
+
+/// A snapshot of what a session has done so far ([`Session::stats`](crate::Session::stats)).
+///
+/// # Examples
+///
+/// ```
+/// use claude_rayon::Stats;
+/// let stats = Stats::default();
+/// assert_eq!(stats.succeeded + stats.failed, 0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Items started (each item once, however often it was tried).
+    pub started: u64,
+    /// Items that ended with an answer.
+    pub succeeded: u64,
+    /// Items that ended with an error (after their retries).
+    pub failed: u64,
+    /// Retries this crate made (not counting the CLI's own).
+    pub retried: u64,
+    /// API calls the CLI retried on its own (`api_retry` lines).
+    pub cli_api_retries: u64,
+    /// Prompts sent to a CLI process (attempts).
+    pub requests: u64,
+    /// Times a request waited on the throttle.
+    pub throttle_waits: u64,
+    /// Total time requests spent waiting on the throttle.
+    pub throttle_wait: Duration,
+    /// Shared back-off pauses (after a 429 or 529).
+    pub backoff_pauses: u64,
+    /// Tokens used, summed over items.
+    pub usage: Usage,
+    /// What the session has cost, in US dollars.
+    pub cost_usd: f64,
+    /// CLI processes started.
+    pub processes_started: u64,
+    /// Time from the session's start to its first answer.
+    pub time_to_first_result: Option<Duration>,
+    /// Median item latency (prompt sent to result read, successful attempts).
+    pub latency_p50: Option<Duration>,
+    /// 90th percentile of item latency.
+    pub latency_p90: Option<Duration>,
+    /// 99th percentile of item latency.
+    pub latency_p99: Option<Duration>,
+    /// The longest item latency.
+    pub latency_max: Option<Duration>,
+}
+
+impl Stats {
+    /// Input tokens of every kind plus output tokens.
+    pub fn total_tokens(&self) -> u64 {
+        self.usage.total()
+    }
+}
+
+/// Live counters behind [`Stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    pub cli_api_retries: AtomicU64,
+    pub requests: AtomicU64,
+    pub throttle_waits: AtomicU64,
+    pub throttle_wait_nanos: AtomicU64,
+    pub backoff_pauses: AtomicU64,
+    pub processes_started: AtomicU64,
+    pub first_result_nanos: AtomicU64,
+    pub totals: Mutex<Totals>,
+    pub latency: Mutex<Histogram>,
+}
+
+#[derive(Default)]
+pub(crate) struct Totals {
+    pub usage: Usage,
+    pub cost_usd: f64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let totals = self.totals.lock();
+        let latency = self.latency.lock();
+        let first = load(&self.first_result_nanos);
+        Stats {
+            started: load(&self.started),
+            succeeded: load(&self.succeeded),
+            failed: load(&self.failed),
+            retried: load(&self.retried),
+            cli_api_retries: load(&self.cli_api_retries),
+            requests: load(&self.requests),
+            throttle_waits: load(&self.throttle_waits),
+            throttle_wait: Duration::from_nanos(load(&self.throttle_wait_nanos)),
+            backoff_pauses: load(&self.backoff_pauses),
+            usage: totals.usage,
+            cost_usd: totals.cost_usd,
+            processes_started: load(&self.processes_started),
+            time_to_first_result: (first > 0).then(|| Duration::from_nanos(first)),
+            latency_p50: latency.quantile(0.50),
+            latency_p90: latency.quantile(0.90),
+            latency_p99: latency.quantile(0.99),
+            latency_max: latency.max(),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Sub-buckets per power of two: quantiles are within 1/8 (12.5%) of the truth.
+const SUB_BUCKETS: usize = 8;
+/// Powers of two covered, in microseconds: up to 2^36 µs, about 19 hours.
+const OCTAVES: usize = 36;
+
+/// A log-linear latency histogram in microseconds: fixed memory however long the run.
+pub(crate) struct Histogram {
+    counts: Box<[u64; SUB_BUCKETS * OCTAVES]>,
+    total: u64,
+    max_micros: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: Box::new([0; SUB_BUCKETS * OCTAVES]),
+            total: 0,
+            max_micros: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub(crate) fn record(&mut self, latency: Duration) {
+        let micros = latency.as_micros().min(u64::MAX as u128) as u64;
+        self.counts[Self::bucket(micros)] += 1;
+        self.total += 1;
+        self.max_micros = self.max_micros.max(micros);
+    }
+
+    fn bucket(micros: u64) -> usize {
+        if micros < SUB_BUCKETS as u64 {
+            return micros as usize;
+        }
+        let octave = 63 - micros.leading_zeros() as usize; // >= 3
+        let shift = octave - 3; // keep 3 bits below the leading one
+        let sub = ((micros >> shift) as usize) & (SUB_BUCKETS - 1);
+        ((octave - 2) * SUB_BUCKETS + sub).min(SUB_BUCKETS * OCTAVES - 1)
+    }
+
+    /// The upper edge of a bucket, in microseconds.
+    fn upper_edge(index: usize) -> u64 {
+        if index < SUB_BUCKETS {
+            return index as u64;
+        }
+        let octave = index / SUB_BUCKETS + 2;
+        let sub = (index % SUB_BUCKETS) as u64;
+        let shift = octave - 3;
+        ((SUB_BUCKETS as u64 + sub + 1) << shift) - 1
+    }
+
+    pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let edge = Self::upper_edge(index).min(self.max_micros);
+                return Some(Duration::from_micros(edge));
+            }
+        }
+        self.max()
+    }
+
+    pub(crate) fn max(&self) -> Option<Duration> {
+        (self.total > 0).then(|| Duration::from_micros(self.max_micros))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_an_eighth() {
+        let mut h = Histogram::default();
+        for ms in 1..=1000u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let check = |q: f64, want_ms: f64| {
+            let got = h.quantile(q).unwrap().as_secs_f64() * 1000.0;
+            assert!(
+                (got - want_ms).abs() <= want_ms / 8.0 + 0.01,
+                "q{q}: got {got} want {want_ms}"
+            );
+        };
+        check(0.5, 500.0);
+        check(0.9, 900.0);
+        check(0.99, 990.0);
+        assert_eq!(h.max(), Some(Duration::from_millis(1000)));
+    }
+
+    #[test]
+    fn empty_and_extreme_values() {
+        let mut h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        h.record(Duration::ZERO);
+        h.record(Duration::from_secs(1_000_000));
+        assert_eq!(h.quantile(0.0), Some(Duration::ZERO));
+        assert!(h.quantile(1.0).unwrap() >= Duration::from_secs(60 * 60));
+    }
+
+    #[test]
+    fn buckets_are_monotonic() {
+        let mut last = 0;
+        for micros in (0..5_000_000u64).step_by(997) {
+            let b = Histogram::bucket(micros);
+            assert!(b >= last);
+            assert!(Histogram::upper_edge(b) >= micros, "{micros}");
+            last = b;
+        }
+    }
+}

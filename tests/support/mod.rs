@@ -1,0 +1,150 @@
+//! Shared test support: the fake CLI, a recorder of what it saw, waiting on conditions, and
+//! finding the real CLI.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use claude_rayon::{Session, SessionBuilder};
+use serde_json::Value;
+
+/// The fake `claude` built from this crate (src/bin/claude-rayon-sim.rs).
+pub fn fake_cli() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_claude-rayon-sim"))
+}
+
+/// A test's fake-CLI setup: a temp folder for the record and the fail-times state.
+pub struct Fake {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fake {
+    pub fn new() -> Fake {
+        Fake {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn record_path(&self) -> PathBuf {
+        self.dir.path().join("record.jsonl")
+    }
+
+    /// A builder pointed at the fake CLI, recording into this folder, with tiny backoffs.
+    pub fn builder(&self) -> SessionBuilder {
+        let state = self.dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        Session::builder()
+            .cli_path(fake_cli())
+            .env("CLAUDE_RAYON_SIM_RECORD", self.record_path().to_str().unwrap())
+            .env("CLAUDE_RAYON_SIM_STATE", state.to_str().unwrap())
+            .retry_policy(
+                claude_rayon::RetryPolicy::default()
+                    .initial_backoff(Duration::from_millis(1))
+                    .max_backoff(Duration::from_millis(5)),
+            )
+            .timeout(Duration::from_secs(30))
+    }
+
+    /// Every event the fake processes recorded, in order.
+    pub fn events(&self) -> Vec<Value> {
+        read_events(&self.record_path())
+    }
+
+    /// The argument lists of every process start.
+    pub fn starts(&self) -> Vec<Vec<String>> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "start")
+            .map(|e| {
+                e["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Every prompt the fake processes saw (not `/clear`), with the context size then.
+    pub fn prompts(&self) -> Vec<(String, u64)> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "prompt")
+            .map(|e| {
+                (
+                    e["prompt"].as_str().unwrap().to_string(),
+                    e["context_turns"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+pub fn read_events(path: &Path) -> Vec<Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Wait until `condition` holds, failing the test at the deadline. Never a fixed sleep.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => match stat.rsplit_once(')') {
+            Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')),
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+/// Name of the variable that turns a skipped real-CLI test into a failure.
+pub const REQUIRE_REAL_CLI: &str = "CLAUDE_RAYON_REQUIRE_REAL_CLI";
+
+/// The real `claude` for the real tier: `CLAUDE_CODE_BIN`, else `claude` on PATH. `None`
+/// (with a notice on the terminal that the harness does not capture) when it is missing,
+/// unless CLAUDE_RAYON_REQUIRE_REAL_CLI=1 demands it.
+pub fn real_cli(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("CLAUDE_CODE_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("claude"))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_some() {
+        return found;
+    }
+    if std::env::var(REQUIRE_REAL_CLI).is_ok_and(|v| v == "1") {
+        panic!(
+            "{REQUIRE_REAL_CLI}=1 but no claude CLI was found (set CLAUDE_CODE_BIN or put claude on PATH)"
+        );
+    }
+    use std::io::Write;
+    // Written to the stderr handle itself: the test harness captures print macros only.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nNOTICE: real-CLI test `{test}` SKIPPED: no claude CLI found. Install it with \
+         `npm install --prefix ~/.cache/claude-rayon/npm @anthropic-ai/claude-code` and set \
+         CLAUDE_CODE_BIN=~/.cache/claude-rayon/npm/node_modules/.bin/claude \
+         (CI sets {REQUIRE_REAL_CLI}=1 to make this a failure).\n"
+    );
+    None
+}
