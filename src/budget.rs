@@ -87,6 +87,7 @@ impl Budget {
         s.exhausted = false;
     }
 
+    #[cfg(test)]
     pub(crate) fn spent(&self) -> f64 {
         self.state.lock().spent
     }

@@ -109,7 +109,9 @@ pub enum Error {
     },
 
     /// A `json_schema` was set but the answer carried no structured output.
-    #[error("a json_schema was set but the answer has no structured output; answer text: {text:?}")]
+    #[error(
+        "a json_schema was set but the answer has no structured output; answer text: {text:?}"
+    )]
     StructuredOutputMissing {
         /// The plain text the model gave instead (shortened).
         text: String,
@@ -281,7 +283,10 @@ mod tests {
             searched: vec![PathBuf::from("/usr/bin/claude")],
         };
         let s = e.to_string();
-        assert!(s.contains("/usr/bin/claude") && s.contains("npm install"), "{s}");
+        assert!(
+            s.contains("/usr/bin/claude") && s.contains("npm install"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -96,11 +96,11 @@ impl Response {
         match &self.structured {
             Some(value) => serde_json::from_value(value.clone())
                 .map_err(|e| Error::StructuredOutputInvalid(e.to_string())),
-            None => serde_json::from_str(self.text.trim()).map_err(|_| {
-                Error::StructuredOutputMissing {
+            None => {
+                serde_json::from_str(self.text.trim()).map_err(|_| Error::StructuredOutputMissing {
                     text: crate::error::shorten(&self.text, 200),
-                }
-            }),
+                })
+            }
         }
     }
 }

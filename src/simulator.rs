@@ -50,10 +50,9 @@ pub const SIMULATOR_ENV_VAR: &str = "CLAUDE_RAYON_SIMULATOR";
 /// # Examples
 ///
 /// ```
-/// fn main() {
-///     claude_rayon::simulator::serve_if_requested();
-///     // ... the program proper
-/// }
+/// // First thing in `main`:
+/// claude_rayon::simulator::serve_if_requested();
+/// // ... the program proper
 /// ```
 pub fn serve_if_requested() {
     if std::env::var_os(SIMULATOR_ENV_VAR).is_some_and(|v| v == "1") {
@@ -157,23 +156,29 @@ impl Simulator {
     ) -> Option<i32> {
         if !self.started {
             self.started = true;
-            self.emit(json!({"type": "system", "subtype": "init", "session_id": self.session_id,
-                "tools": [], "model": self.model, "claude_code_version": "simulated"}));
+            self.emit(
+                json!({"type": "system", "subtype": "init", "session_id": self.session_id,
+                "tools": [], "model": self.model, "claude_code_version": "simulated"}),
+            );
         }
         if prompt.trim() == "/clear" {
             self.context.clear();
             self.session_id = new_session_id();
-            self.emit(json!({"type": "system", "subtype": "conversation_reset"}));
             self.emit(self.result_line(0, "", 0, 0, false, None, None));
             return None;
         }
         self.context.push(prompt.to_string());
-        self.record(json!({"event": "prompt", "pid": std::process::id(), "prompt": prompt,
-            "context_turns": self.context.len()}));
+        self.record(
+            json!({"event": "prompt", "pid": std::process::id(), "prompt": prompt,
+            "context_turns": self.context.len()}),
+        );
         let d = |name: &str| directive(prompt, name);
         // Unexpected chatter that a client must skip.
         self.emit(json!({"type": "rate_limit_event", "note": "simulated"}));
-        if let Some(ms) = d("delay").and_then(|v| v.parse::<u64>().ok()).or(self.latency) {
+        if let Some(ms) = d("delay")
+            .and_then(|v| v.parse::<u64>().ok())
+            .or(self.latency)
+        {
             std::thread::sleep(Duration::from_millis(ms));
         }
         if let Some(spec) = d("retry") {
@@ -219,8 +224,8 @@ impl Simulator {
             }
         }
         if d("max-turns").is_some() {
-            self.emit(json!({"type": "result", "subtype": "error_max_turns", "is_error": false,
-                "num_turns": 2, "session_id": self.session_id,
+            self.emit(json!({"type": "result", "subtype": "error_max_turns", "is_error": true,
+                "num_turns": 2, "errors": ["Reached maximum number of turns (1)"], "session_id": self.session_id,
                 "total_cost_usd": self.total_cost, "usage": {"input_tokens": 0, "output_tokens": 0}}));
             return None;
         }
@@ -232,7 +237,6 @@ impl Simulator {
                 Some(s) => format!("API Error: {s} simulated failure"),
                 None => "API Error: Connection error.".to_string(),
             };
-            self.total_cost += 0.0;
             self.emit(self.result_line(1, &text, 0, 0, true, status, None));
             return None;
         }
@@ -385,11 +389,9 @@ fn instance_of(schema: &Value) -> Value {
 /// Demo answers: an allowed-answer question gets one of its allowed answers (picked by a hash
 /// of the prompt, so runs repeat), anything else a short labelled note.
 fn demo_answer(prompt: &str) -> String {
-    let hash = prompt
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+    let hash = prompt.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     if let Some(line) = prompt
         .lines()
         .rev()

@@ -42,6 +42,8 @@ pub struct Stats {
     pub usage: Usage,
     /// What the session has cost, in US dollars.
     pub cost_usd: f64,
+    /// Whether the session's `max_budget_usd` is spent (no further calls are made).
+    pub budget_exhausted: bool,
     /// CLI processes started.
     pub processes_started: u64,
     /// Time from the session's start to its first answer.
@@ -105,6 +107,7 @@ impl Counters {
             backoff_pauses: load(&self.backoff_pauses),
             usage: totals.usage,
             cost_usd: totals.cost_usd,
+            budget_exhausted: false,
             processes_started: load(&self.processes_started),
             time_to_first_result: (first > 0).then(|| Duration::from_nanos(first)),
             latency_p50: latency.quantile(0.50),

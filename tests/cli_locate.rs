@@ -26,7 +26,10 @@ fn cli_is_found_through_the_environment_variable() {
     std::env::set_var("HOME", "/nonexistent-home");
     match Session::builder().build().unwrap_err() {
         Error::CliNotFound { searched } => {
-            assert!(searched.iter().any(|p| p.starts_with("/nonexistent-home")), "{searched:?}");
+            assert!(
+                searched.iter().any(|p| p.starts_with("/nonexistent-home")),
+                "{searched:?}"
+            );
             assert!(searched.len() >= 4, "{searched:?}");
         }
         other => panic!("{other:?}"),

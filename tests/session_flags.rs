@@ -24,8 +24,14 @@ fn defaults_disable_tools_system_prompt_and_transcripts() {
     for flag in ["-p", "--verbose", "--no-session-persistence"] {
         assert!(args.contains(&flag.to_string()), "{flag} missing: {args:?}");
     }
-    assert_eq!(flag_value(args, "--input-format").as_deref(), Some("stream-json"));
-    assert_eq!(flag_value(args, "--output-format").as_deref(), Some("stream-json"));
+    assert_eq!(
+        flag_value(args, "--input-format").as_deref(),
+        Some("stream-json")
+    );
+    assert_eq!(
+        flag_value(args, "--output-format").as_deref(),
+        Some("stream-json")
+    );
     assert_eq!(flag_value(args, "--tools").as_deref(), Some(""));
     assert_eq!(flag_value(args, "--system-prompt").as_deref(), Some(""));
     assert!(!args.contains(&"--model".to_string()));
@@ -71,14 +77,22 @@ fn every_setting_maps_to_its_flag() {
         ("--effort", "low"),
     ];
     for (flag, value) in expect {
-        assert_eq!(flag_value(args, flag).as_deref(), Some(value), "{flag} in {args:?}");
+        assert_eq!(
+            flag_value(args, flag).as_deref(),
+            Some(value),
+            "{flag} in {args:?}"
+        );
     }
     let sent: serde_json::Value =
         serde_json::from_str(&flag_value(args, "--json-schema").unwrap()).unwrap();
     assert_eq!(sent, schema);
     assert!(!args.contains(&"--no-session-persistence".to_string()));
     assert_eq!(args.last().map(String::as_str), Some("--strict-mcp-config"));
-    let start = fake.events().into_iter().find(|e| e["event"] == "start").unwrap();
+    let start = fake
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "start")
+        .unwrap();
     assert!(start["pid"].as_u64().is_some());
 }
 

@@ -14,7 +14,12 @@ use crate::cancel::RunControl;
 use crate::{Error, Failed, Session};
 
 /// Run `work` on every item on the session's threads; results come back in input order.
-pub(crate) fn dispatch<T, R, W>(session: &Session, items: Vec<T>, control: &RunControl, work: W) -> Vec<R>
+pub(crate) fn dispatch<T, R, W>(
+    session: &Session,
+    items: Vec<T>,
+    control: &RunControl,
+    work: W,
+) -> Vec<R>
 where
     T: Send,
     R: Send,
@@ -26,7 +31,9 @@ where
     }
     let (queue_tx, queue_rx) = crossbeam_channel::bounded(total);
     for pair in items.into_iter().enumerate() {
-        queue_tx.send(pair).expect("the queue has room for every item");
+        queue_tx
+            .send(pair)
+            .expect("the queue has room for every item");
     }
     drop(queue_tx);
     let slots: Vec<Mutex<Option<R>>> = (0..total).map(|_| Mutex::new(None)).collect();

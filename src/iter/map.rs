@@ -7,6 +7,9 @@ use super::dispatch::{dispatch, run_one};
 use crate::cancel::RunControl;
 use crate::{Cancel, Failed, Response, Session};
 
+/// One item's result from [`ClaudeMap`].
+pub type MapResult<T> = Result<(T, Response), Failed<T>>;
+
 /// The adaptor behind [`claude_map`](crate::prelude::ClaudeParallelIterator::claude_map).
 /// Lazy: nothing runs until it is driven (collected, iterated with `for_each`, …).
 ///
@@ -44,7 +47,7 @@ where
     F: Fn(&I::Item) -> P + Sync + Send,
     P: AsRef<str>,
 {
-    fn run(self) -> Vec<Result<(I::Item, Response), Failed<I::Item>>> {
+    fn run(self) -> Vec<MapResult<I::Item>> {
         let items: Vec<I::Item> = self.base.collect();
         let control = RunControl::new(self.cancel);
         let session = &self.session;
@@ -61,7 +64,7 @@ where
     F: Fn(&I::Item) -> P + Sync + Send,
     P: AsRef<str>,
 {
-    type Item = Result<(I::Item, Response), Failed<I::Item>>;
+    type Item = MapResult<I::Item>;
 
     fn drive_unindexed<C>(self, consumer: C) -> C::Result
     where

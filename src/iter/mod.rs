@@ -8,4 +8,4 @@ mod map;
 pub(crate) mod strict;
 
 pub use failed::{Failed, Outcome};
-pub use map::ClaudeMap;
+pub use map::{ClaudeMap, MapResult};

@@ -78,6 +78,7 @@ pub(crate) struct Config {
     pub effort: Option<String>,
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+    pub env_remove: Vec<String>,
     pub concurrency: usize,
     pub timeout: Duration,
     pub persist_sessions: bool,
@@ -111,6 +112,7 @@ impl Default for SessionBuilder {
                 effort: None,
                 cwd: None,
                 env: Vec::new(),
+                env_remove: Vec::new(),
                 concurrency: 4,
                 timeout: Duration::from_secs(600),
                 persist_sessions: false,
@@ -171,10 +173,7 @@ impl SessionBuilder {
     }
 
     /// Tools the model may never use (`--disallowedTools`).
-    pub fn disallowed_tools<S: Into<String>>(
-        mut self,
-        tools: impl IntoIterator<Item = S>,
-    ) -> Self {
+    pub fn disallowed_tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
         self.config.disallowed_tools = tools.into_iter().map(Into::into).collect();
         self
     }
@@ -218,6 +217,15 @@ impl SessionBuilder {
         let key = key.into();
         self.config.env.retain(|(k, _)| *k != key);
         self.config.env.push((key, value.into()));
+        self
+    }
+
+    /// Remove an inherited environment variable from the CLI processes (for example
+    /// `ANTHROPIC_AUTH_TOKEN`, so that an API key given with [`env`](Self::env) is used).
+    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.config.env.retain(|(k, _)| *k != key);
+        self.config.env_remove.push(key);
         self
     }
 
@@ -459,7 +467,9 @@ impl Config {
         }
         if let Some(estimate) = self.cost_estimate_usd {
             if !(estimate.is_finite() && estimate >= 0.0) {
-                return invalid(format!("cost_estimate_usd must be non-negative, not {estimate}"));
+                return invalid(format!(
+                    "cost_estimate_usd must be non-negative, not {estimate}"
+                ));
             }
         }
         if self.cli_max_retries.is_some_and(|r| r > 15) {

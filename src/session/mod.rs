@@ -113,6 +113,7 @@ impl Session {
             program: cli.clone(),
             args: config.cli_args(),
             env: config.cli_env(),
+            env_remove: config.env_remove.clone(),
             cwd: config.cwd.clone(),
             secrets: Arc::new(config.secrets()),
         };
@@ -181,6 +182,7 @@ impl Session {
     pub fn stats(&self) -> Stats {
         let mut stats = self.inner.counters.snapshot();
         stats.processes_started = self.inner.pool.started_pids().len() as u64;
+        stats.budget_exhausted = self.inner.budget.is_exhausted();
         stats
     }
 

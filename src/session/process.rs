@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -33,6 +33,7 @@ pub(crate) struct Launch {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
+    pub env_remove: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub secrets: Arc<Vec<String>>,
 }
@@ -58,6 +59,8 @@ pub(crate) struct CliProcess {
     stdin: Option<ChildStdin>,
     stdout: Receiver<Out>,
     stderr_tail: Arc<Mutex<VecDeque<u8>>>,
+    /// Closed by the stderr thread at end of stream, so an exit report has all of stderr.
+    stderr_done: Receiver<()>,
     secrets: Arc<Vec<String>>,
     /// The CLI reports cost as a running total per process; an item's cost is the difference.
     last_total_cost: f64,
@@ -80,6 +83,9 @@ impl CliProcess {
             .stderr(Stdio::piped())
             // Inside Claude Code, the CLI refuses to nest; our children are not nested sessions.
             .env_remove("CLAUDECODE");
+        for k in &launch.env_remove {
+            cmd.env_remove(k);
+        }
         for (k, v) in &launch.env {
             cmd.env(k, v);
         }
@@ -102,9 +108,13 @@ impl CliProcess {
             .map_err(Error::io)?;
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_BYTES)));
         let tail_writer = Arc::clone(&tail);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         thread::Builder::new()
             .name(format!("claude-rayon-stderr-{pid}"))
-            .spawn(move || drain_stderr(stderr, tail_writer))
+            .spawn(move || {
+                drain_stderr(stderr, tail_writer);
+                drop(done_tx);
+            })
             .map_err(Error::io)?;
         log::debug!("started claude process {pid}");
         Ok(CliProcess {
@@ -112,6 +122,7 @@ impl CliProcess {
             stdin,
             stdout: rx,
             stderr_tail: tail,
+            stderr_done: done_rx,
             secrets: Arc::clone(&launch.secrets),
             last_total_cost: 0.0,
             needs_clear: false,
@@ -288,15 +299,17 @@ impl CliProcess {
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < wait_until => {
-                    thread::sleep(Duration::from_millis(2))
-                }
+                Ok(None) if Instant::now() < wait_until => thread::sleep(Duration::from_millis(2)),
                 _ => break None,
             }
         };
         if status.is_none() {
             self.kill();
         }
+        // Stdout may close before the last of stderr has been read.
+        let _ = self
+            .stderr_done
+            .recv_deadline(Instant::now() + GRACEFUL_EXIT);
         use std::os::unix::process::ExitStatusExt;
         Error::ProcessExited {
             code: status.and_then(|s| s.code()),
@@ -484,19 +497,6 @@ fn spawn_on_spawner_thread(cmd: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
-/// Used by tests and diagnostics: whether a process with this id still exists (not a zombie).
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    let status = Path::new("/proc").join(pid.to_string()).join("stat");
-    match std::fs::read_to_string(status) {
-        // The state follows the parenthesised command name; Z is a zombie, X is dead.
-        Ok(stat) => match stat.rsplit_once(')') {
-            Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')),
-            None => true,
-        },
-        Err(_) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,11 +520,5 @@ mod tests {
             _ => panic!("expected a line"),
         }
         assert!(matches!(rx.recv().unwrap(), Out::Eof));
-    }
-
-    #[test]
-    fn own_pid_is_alive_and_a_made_up_one_is_not() {
-        assert!(pid_alive(std::process::id()));
-        assert!(!pid_alive(u32::MAX - 7));
     }
 }

@@ -115,10 +115,16 @@ fn parse_result(value: &Value) -> ResultLine {
             .get("api_error_status")
             .and_then(Value::as_u64)
             .map(|s| s as u16),
+        // Error subtypes carry no `result`, but an `errors` list.
         result: value
             .get("result")
             .and_then(Value::as_str)
-            .map(str::to_string),
+            .map(str::to_string)
+            .or_else(|| {
+                let errors = value.get("errors")?.as_array()?;
+                let joined: Vec<&str> = errors.iter().filter_map(Value::as_str).collect();
+                (!joined.is_empty()).then(|| joined.join("; "))
+            }),
         structured_output: value
             .get("structured_output")
             .filter(|v| !v.is_null())
@@ -157,7 +163,7 @@ impl ResultLine {
         let message = self.result.clone().unwrap_or_default();
         if self.is_error {
             return Err(match self.api_error_status {
-                Some(401) => Error::Authentication { message },
+                Some(401 | 403) => Error::Authentication { message },
                 Some(status) => Error::Api {
                     status: Some(status),
                     message,
@@ -187,13 +193,13 @@ impl ResultLine {
             "error_max_turns" => Error::MaxTurns {
                 turns: self.num_turns,
             },
-            "error_max_structured_output_retries" => Error::StructuredOutputInvalid(if message
-                .is_empty()
-            {
-                "the model did not produce output matching the json_schema".into()
-            } else {
-                message
-            }),
+            "error_max_structured_output_retries" => {
+                Error::StructuredOutputInvalid(if message.is_empty() {
+                    "the model did not produce output matching the json_schema".into()
+                } else {
+                    message
+                })
+            }
             other => Error::Execution {
                 subtype: other.to_string(),
                 message,

@@ -2,6 +2,8 @@
 //! finding the real CLI.
 #![allow(dead_code)]
 
+pub mod mock_api;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,10 @@ impl Fake {
         std::fs::create_dir_all(&state).unwrap();
         Session::builder()
             .cli_path(fake_cli())
-            .env("CLAUDE_RAYON_SIM_RECORD", self.record_path().to_str().unwrap())
+            .env(
+                "CLAUDE_RAYON_SIM_RECORD",
+                self.record_path().to_str().unwrap(),
+            )
             .env("CLAUDE_RAYON_SIM_STATE", state.to_str().unwrap())
             .retry_policy(
                 claude_rayon::RetryPolicy::default()
@@ -147,4 +152,66 @@ pub fn real_cli(test: &str) -> Option<PathBuf> {
          (CI sets {REQUIRE_REAL_CLI}=1 to make this a failure).\n"
     );
     None
+}
+
+/// The real tier's setup: the real CLI, a mock Messages API, and temp HOME and cwd.
+pub struct Real {
+    pub cli: PathBuf,
+    pub api: mock_api::MockApi,
+    pub home: tempfile::TempDir,
+    pub cwd: tempfile::TempDir,
+}
+
+impl Real {
+    /// `None` (after a notice) when the real CLI is not installed; see [`real_cli`].
+    pub fn start(test: &str) -> Option<Real> {
+        let cli = real_cli(test)?;
+        Some(Real {
+            cli,
+            api: mock_api::MockApi::start(),
+            home: tempfile::tempdir().unwrap(),
+            cwd: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// A builder for the real CLI against the mock, with tiny backoffs and no CLI retries.
+    pub fn builder(&self) -> SessionBuilder {
+        let mut builder = Session::builder()
+            .cli_path(&self.cli)
+            .cwd(self.cwd.path())
+            .model("claude-sonnet-4-5")
+            .cli_max_retries(Some(0))
+            .timeout(Duration::from_secs(60))
+            .retry_policy(
+                claude_rayon::RetryPolicy::default()
+                    .initial_backoff(Duration::from_millis(1))
+                    .max_backoff(Duration::from_millis(20)),
+            );
+        for key in mock_api::CLI_ENV_REMOVE {
+            builder = builder.env_remove(*key);
+        }
+        for (key, value) in self.api.cli_env(self.home.path()) {
+            builder = builder.env(key, value);
+        }
+        builder
+    }
+
+    /// Transcript files the CLI left under HOME/.claude/projects.
+    pub fn transcripts(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        walk(&path, out);
+                    } else {
+                        out.push(path);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.home.path().join(".claude/projects"), &mut out);
+        out
+    }
 }

@@ -1,0 +1,166 @@
+//! No child outlives its session: drop, close, panic, a killed parent; concurrency limits.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use claude_rayon::Error;
+use support::{pid_alive, wait_until, Fake};
+
+const GONE: Duration = Duration::from_secs(10);
+
+#[test]
+fn every_child_is_gone_after_drop() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(3).build().unwrap();
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let session = &session;
+            s.spawn(move || session.query(format!("[[sim:delay=30]] {i}")).unwrap());
+        }
+    });
+    let pids = session.process_ids();
+    assert!(!pids.is_empty() && pids.len() <= 3, "{pids:?}");
+    assert!(pids.iter().all(|&p| pid_alive(p)));
+    let clone = session.clone();
+    drop(session);
+    assert!(pids.iter().all(|&p| pid_alive(p)), "a clone keeps them");
+    drop(clone);
+    for pid in pids {
+        wait_until("child gone after drop", GONE, || !pid_alive(pid));
+    }
+}
+
+#[test]
+fn close_ends_processes_and_reports_stats() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(2).build().unwrap();
+    session.query("a").unwrap();
+    session.query("b").unwrap();
+    let other = session.clone();
+    let pids = session.process_ids();
+    let stats = session.close().unwrap();
+    assert_eq!(stats.succeeded, 2);
+    assert!(stats.usage.output_tokens > 0 && stats.cost_usd > 0.0);
+    assert!(stats.time_to_first_result.is_some());
+    for pid in pids {
+        wait_until("child gone after close", GONE, || !pid_alive(pid));
+    }
+    assert!(matches!(other.query("c"), Err(Error::Closed)));
+    assert!(matches!(other.close(), Err(Error::Closed)));
+}
+
+#[test]
+fn children_die_when_the_thread_owning_the_session_panics() {
+    let fake = Fake::new();
+    let builder = fake.builder().concurrency(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let session = builder.build().unwrap();
+        session.query("x").unwrap();
+        tx.send(session.process_ids()).unwrap();
+        panic!("boom");
+    })
+    .join();
+    assert!(result.is_err());
+    for pid in rx.recv().unwrap() {
+        wait_until("child gone after a panic", GONE, || !pid_alive(pid));
+    }
+}
+
+#[test]
+fn processes_outlive_the_thread_that_started_them() {
+    // The parent-death signal follows the forking thread; children must not die with it.
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| session.query("from a short-lived thread").unwrap());
+    });
+    let pid = session.process_ids()[0];
+    assert!(pid_alive(pid));
+    assert_eq!(session.query("again").unwrap().text, "echo: again");
+    assert_eq!(session.process_ids(), vec![pid]);
+}
+
+#[test]
+fn concurrency_caps_processes() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(2).build().unwrap();
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let session = &session;
+            s.spawn(move || session.query(format!("[[sim:delay=20]] {i}")).unwrap());
+        }
+    });
+    assert_eq!(session.process_ids().len(), 2);
+    assert_eq!(session.stats().succeeded, 8);
+}
+
+#[test]
+fn fresh_process_per_item_starts_one_per_item_and_ends_each() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(2)
+        .fresh_process_per_item(true)
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            session.query(format!("q{i}")).unwrap().text,
+            format!("echo: q{i}")
+        );
+    }
+    let pids = session.process_ids();
+    assert_eq!(pids.len(), 3);
+    for pid in pids {
+        wait_until("per-item process ended", GONE, || !pid_alive(pid));
+    }
+    assert_eq!(session.live_processes(), 0);
+}
+
+/// Run by `children_die_with_a_killed_parent` in a child copy of this test binary.
+#[test]
+fn parent_for_kill_test() {
+    if std::env::var("CLAUDE_RAYON_TEST_PARENT").is_err() {
+        return;
+    }
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    session.query("x").unwrap();
+    println!("CHILD_PID {}", session.process_ids()[0]);
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn children_die_with_a_killed_parent() {
+    let mut parent = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "parent_for_kill_test",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CLAUDE_RAYON_TEST_PARENT", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = parent.stdout.take().unwrap();
+    let child_pid: u32 = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_once("CHILD_PID ")
+                .map(|(_, p)| p.trim().parse().unwrap())
+        })
+        .expect("the parent reports its child");
+    assert!(pid_alive(child_pid));
+    parent.kill().unwrap(); // SIGKILL: no destructor runs in the parent.
+    parent.wait().unwrap();
+    wait_until("child gone after its parent was killed", GONE, || {
+        !pid_alive(child_pid)
+    });
+}

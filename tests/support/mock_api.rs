@@ -1,0 +1,981 @@
+//! A loopback mock of the Anthropic Messages API, for driving the real `claude` CLI in tests.
+//!
+//! Std-only HTTP/1.1 (plus `serde_json`). Each [`MockApi`] binds `127.0.0.1:0`, serves one
+//! thread per connection (keep-alive, `Content-Length` or chunked request bodies) and stops on
+//! `Drop` (the accept loop is woken by a self-connection and joined; open connections are shut
+//! down and their threads joined).
+//!
+//! ```ignore
+//! #[path = "support/mock_api.rs"]
+//! mod mock_api;
+//! use mock_api::{Fault, MockApi, Reply, CLI_ENV_REMOVE};
+//!
+//! let api = MockApi::start();
+//! api.set_reply(|prompt| match prompt {
+//!     "boom" => Reply::status(529, None),
+//!     p => Reply::Text(format!("len {}", p.len())),
+//! });
+//! let home = tempfile::tempdir().unwrap();
+//! let mut cmd = std::process::Command::new(claude_bin);
+//! for k in CLI_ENV_REMOVE { cmd.env_remove(k); }
+//! cmd.envs(api.cli_env(home.path())).env("CLAUDE_CODE_MAX_RETRIES", "0");
+//! // ... write {"type":"user","message":{"role":"user","content":"hi"}} lines on stdin ...
+//! assert_eq!(api.requests()[0].user_turns, 1);
+//! ```
+//!
+//! The reply function runs on the connection thread; it may sleep but must not block forever
+//! (drop joins the connection threads).
+//!
+//! # Routes
+//! * `POST /v1/messages` (any query string; the CLI sends `?beta=true`): the scripted [`Reply`],
+//!   as server-sent events when the body has `"stream": true` (what the CLI sends), else as one
+//!   JSON `Message`. SSE responses use `Transfer-Encoding: chunked` so a keep-alive connection
+//!   stays usable and [`Fault::CutStream`] is a genuinely truncated stream.
+//! * Anything else (any method/path, e.g. `/v1/messages/count_tokens`, `HEAD /`): `200 {}`.
+//!
+//! # What the CLI (2.1.197) sends, and how the mock reads it
+//! Measured with `-p --input-format stream-json --output-format stream-json --verbose
+//! --no-session-persistence --tools "" --system-prompt "" --model claude-sonnet-4-5`:
+//! * One `HEAD /` at start-up (answered 200), then `POST /v1/messages?beta=true` with
+//!   `"stream": true`, `max_tokens: 32000`, `thinking: {type: enabled, budget_tokens: 31999}`,
+//!   `tools: []` (with `--json-schema`: exactly one tool, `StructuredOutput`), ~1.1 KB.
+//! * User content is always an array of text blocks. The first user message starts with a
+//!   `<system-reminder>` block (current date); after `/clear` the same first user message also
+//!   holds `<local-command-caveat>`, `<command-name>/clear…` and `<local-command-stdout>` blocks
+//!   before the prompt. When the model answers plain text under `--json-schema`, the CLI adds a
+//!   user message `[structured-output-enforce] You MUST call the StructuredOutput tool…`.
+//!   The mock treats a text block as *user text* unless it starts (after whitespace) with one of
+//!   [`CLI_CONTEXT_PREFIXES`]. The **prompt** is the last user-text block of the last user
+//!   message that has one (so an enforce request re-asks the reply function with the original
+//!   prompt); **`user_turns`** counts user messages carrying user text (tool_result-only and
+//!   enforce messages do not count): a fresh context counts 1, the second prompt of a
+//!   conversation 2, the first prompt after `/clear` 1 again.
+//! * Structured output: a `tool_use` of `StructuredOutput` whose input matches the schema ends
+//!   the turn at once (result after ONE request, `num_turns: 2`, `structured_output` set); the
+//!   CLI sends no follow-up. If the input fails the schema the CLI sends a follow-up whose last
+//!   user message is a `tool_result` with `is_error: true`; the mock then asks the reply function
+//!   again with the original prompt (5 failures → `error_max_structured_output_retries`). Any
+//!   other tool_result follow-up (e.g. after [`Reply::ToolUse`]) is answered by the mock with
+//!   [`AFTER_TOOL_TEXT`] (`end_turn`) without calling the reply function.
+//! * Usage: `input_tokens = body bytes / 4`, `output_tokens = max(1, reply chars / 4)`
+//!   (tool_use: chars of the input JSON), sent in `message_start` (output 1) and in full in
+//!   `message_delta`. The CLI's `result.usage` is that turn's own (`total_cost_usd` accumulates
+//!   for the process). After a non-streaming fallback `result.usage` is all zeros.
+//! * A cut stream makes the CLI retry once without streaming (`"stream": false`), at once; if
+//!   that is cut too the result is `is_error: true, api_error_status: null` ("Connection to the
+//!   API was lost (ECONNRESET)"), never retried further.
+//!
+//! # Retries
+//! [`MockApi::cli_env`] leaves `CLAUDE_CODE_MAX_RETRIES` at the CLI default: 10 retries for
+//! 401, 429, 5xx and 529 (not 400/403), backoff ~0.5 s doubling to ~32 s (+ up to 25 % jitter),
+//! delay = max(`retry-after`, backoff): a persistent 401 or 429 takes ~183 s to fail. Tests that
+//! script faults should pass `("CLAUDE_CODE_MAX_RETRIES", "0")` (or "1") to the child; the CLI
+//! honours it and emits one `{"type":"system","subtype":"api_retry",…}` line per retry.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Text-block prefixes the CLI injects into user messages that are not the user's text.
+pub const CLI_CONTEXT_PREFIXES: &[&str] = &[
+    "<system-reminder>",
+    "<local-command-caveat>",
+    "<local-command-stdout>",
+    "<local-command-stderr>",
+    "<command-name>",
+    "<command-message>",
+    "<command-args>",
+    "[structured-output-enforce]",
+];
+
+/// Variables to remove from a child CLI's environment (with `Command::env_remove`) so it
+/// talks to the mock with the mock's key and no parent session leaks in.
+pub const CLI_ENV_REMOVE: &[&str] = &[
+    "CLAUDECODE",
+    "CLAUDE_CODE_ENTRYPOINT",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+    "ANTHROPIC_MODEL",
+    "ANTHROPIC_SMALL_FAST_MODEL",
+    "CLAUDE_CODE_MAX_RETRIES",
+];
+
+/// Name of the tool the CLI offers for `--json-schema`.
+pub const STRUCTURED_OUTPUT_TOOL: &str = "StructuredOutput";
+
+/// Text the mock answers a successful `StructuredOutput` tool_result with.
+pub const AFTER_TOOL_TEXT: &str = "Done.";
+
+/// What the mock answers one `/v1/messages` request with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// One text content block, `stop_reason: end_turn`.
+    Text(String),
+    /// A `tool_use` block calling `StructuredOutput` with this input, `stop_reason: tool_use`.
+    StructuredOutput(Value),
+    /// A `tool_use` block calling any tool `name` with `input`, `stop_reason: tool_use`.
+    ToolUse { name: String, input: Value },
+    /// A failure; see [`Fault`].
+    Fault(Fault),
+    /// Wait, then answer with the inner reply.
+    After(Duration, Box<Reply>),
+}
+
+/// Scripted failures.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// An HTTP error with an Anthropic-style JSON body
+    /// (`{"type":"error","error":{"type":"rate_limit_error","message":...}}`), plus a
+    /// `retry-after` header (seconds) when given.
+    Status { code: u16, retry_after: Option<u32> },
+    /// Send the 200 headers and `message_start`, then close the connection. For a
+    /// non-streaming request: headers and half a body, then close.
+    CutStream,
+    /// Wait this long, then answer with the echo text.
+    Slow(Duration),
+}
+
+impl Reply {
+    /// `Reply::Text(s.into())`.
+    pub fn text(s: impl Into<String>) -> Reply {
+        Reply::Text(s.into())
+    }
+    /// `Reply::Fault(Fault::Status { code, retry_after })`.
+    pub fn status(code: u16, retry_after: Option<u32>) -> Reply {
+        Reply::Fault(Fault::Status { code, retry_after })
+    }
+}
+
+/// One `/v1/messages` request as the mock saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// Last user-text block (see module docs); empty if none.
+    pub prompt: String,
+    /// User messages carrying user text (fresh context = 1; tool_result-only messages = 0).
+    pub user_turns: usize,
+    /// Request body size in bytes.
+    pub bytes: usize,
+    /// Names of the tools offered.
+    pub tools: Vec<String>,
+    /// `model` field.
+    pub model: String,
+    /// `stream` field (false when absent).
+    pub stream: bool,
+    /// When the request body had been read.
+    pub at: Instant,
+    /// HTTP status the mock answered (200 also for a cut stream; 0 while still in progress).
+    pub status: u16,
+    /// True if the last user message was a tool_result (a follow-up after a tool call).
+    pub tool_result: bool,
+    /// Path with query string, e.g. `/v1/messages?beta=true`.
+    pub path: String,
+    /// The parsed body (`Value::Null` if it was not JSON).
+    pub body: Value,
+}
+
+type ReplyFn = dyn Fn(&RecordedRequest) -> Reply + Send + Sync;
+
+struct Bucket {
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// Take a token, or return the seconds until one is available.
+    fn take(&mut self) -> Result<(), u32> {
+        let now = Instant::now();
+        let per_sec = self.capacity / 60.0;
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * per_sec)
+            .min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else if per_sec <= 0.0 {
+            Err(60)
+        } else {
+            Err((((1.0 - self.tokens) / per_sec).ceil() as u32).max(1))
+        }
+    }
+}
+
+struct Inner {
+    addr: SocketAddr,
+    shutdown: AtomicBool,
+    reply: RwLock<Arc<ReplyFn>>,
+    bucket: Mutex<Option<Bucket>>,
+    rate_limited: AtomicUsize,
+    requests: Mutex<Vec<RecordedRequest>>,
+    other: Mutex<Vec<String>>,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The running mock server. Stops on drop.
+pub struct MockApi {
+    inner: Arc<Inner>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Default for MockApi {
+    fn default() -> Self {
+        Self::start()
+    }
+}
+
+impl MockApi {
+    /// Bind `127.0.0.1:0` and start serving. Default reply: `Reply::Text("echo: {prompt}")`.
+    pub fn start() -> MockApi {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr");
+        let inner = Arc::new(Inner {
+            addr,
+            shutdown: AtomicBool::new(false),
+            reply: RwLock::new(Arc::new(|r: &RecordedRequest| echo(&r.prompt))),
+            bucket: Mutex::new(None),
+            rate_limited: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+            other: Mutex::new(Vec::new()),
+            conns: Mutex::new(HashMap::new()),
+            handles: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+        });
+        let inner2 = Arc::clone(&inner);
+        let accept = thread::Builder::new()
+            .name("mock-api-accept".into())
+            .spawn(move || accept_loop(listener, inner2))
+            .expect("spawn accept thread");
+        MockApi {
+            inner,
+            accept: Some(accept),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Script the reply as a function of the prompt (see module docs for what "prompt" is).
+    pub fn set_reply(&self, f: impl Fn(&str) -> Reply + Send + Sync + 'static) {
+        *self.inner.reply.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(move |r: &RecordedRequest| f(&r.prompt));
+    }
+
+    /// Script the reply from the whole request (its `status` is 0 at that point).
+    pub fn set_reply_with(&self, f: impl Fn(&RecordedRequest) -> Reply + Send + Sync + 'static) {
+        *self.inner.reply.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(f);
+    }
+
+    /// Token bucket of capacity `r`, refilled continuously at `r` per minute (starts full);
+    /// when empty, answer 429 `rate_limit_error` with `retry-after` (seconds, rounded up).
+    /// `None` removes the limit.
+    pub fn set_rate_limit(&self, r: Option<u32>) {
+        *lock(&self.inner.bucket) = r.map(|r| Bucket {
+            capacity: r as f64,
+            tokens: r as f64,
+            last: Instant::now(),
+        });
+    }
+
+    /// How many 429s the rate limiter has answered (scripted `Fault::Status` 429s not included).
+    pub fn rate_limited(&self) -> usize {
+        self.inner.rate_limited.load(Ordering::SeqCst)
+    }
+
+    /// Every `/v1/messages` request so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.inner.requests).clone()
+    }
+
+    /// The latest `/v1/messages` request, if any.
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        lock(&self.inner.requests).last().cloned()
+    }
+
+    /// Number of `/v1/messages` requests so far (cheaper than `requests().len()`).
+    pub fn request_count(&self) -> usize {
+        lock(&self.inner.requests).len()
+    }
+
+    /// Forget recorded requests.
+    pub fn clear_requests(&self) {
+        lock(&self.inner.requests).clear();
+    }
+
+    /// `"METHOD PATH"` of every request to another route.
+    pub fn other_requests(&self) -> Vec<String> {
+        lock(&self.inner.other).clone()
+    }
+
+    /// Environment for a child `claude` pointed at this mock with `HOME=home`.
+    /// Also remove `CLAUDECODE` from the child's env (`Command::env_remove`).
+    /// Retries are left at the CLI default; add `CLAUDE_CODE_MAX_RETRIES` for fault tests.
+    pub fn cli_env(&self, home: &Path) -> Vec<(String, String)> {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        vec![
+            kv("ANTHROPIC_BASE_URL", &self.url()),
+            kv("ANTHROPIC_API_KEY", "sk-ant-test-mock-key"),
+            kv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+            kv("HOME", &home.to_string_lossy()),
+            // Keep the CLI off every other host and out of the user's real config.
+            kv("XDG_CONFIG_HOME", &home.join(".config").to_string_lossy()),
+            kv("CLAUDE_CONFIG_DIR", &home.join(".claude").to_string_lossy()),
+            kv("DISABLE_AUTOUPDATER", "1"),
+            kv("DISABLE_TELEMETRY", "1"),
+            kv("DISABLE_ERROR_REPORTING", "1"),
+            kv("CLAUDE_CODE_ENABLE_TELEMETRY", "0"),
+            kv("NO_PROXY", "127.0.0.1,localhost"),
+            kv("no_proxy", "127.0.0.1,localhost"),
+        ]
+    }
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        // Wake the accept loop; if even that fails, leave the thread rather than hang.
+        let woke = TcpStream::connect_timeout(&self.inner.addr, Duration::from_secs(1)).is_ok();
+        if let Some(h) = self.accept.take() {
+            if woke {
+                let _ = h.join();
+            }
+        }
+        for (_, s) in lock(&self.inner.conns).drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let handles: Vec<_> = lock(&self.inner.handles).drain(..).collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+fn echo(prompt: &str) -> Reply {
+    Reply::Text(format!("echo: {prompt}"))
+}
+
+fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    for stream in listener.incoming() {
+        if inner.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(_) => {
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
+        if let Ok(clone) = stream.try_clone() {
+            lock(&inner.conns).insert(id, clone);
+        }
+        let inner2 = Arc::clone(&inner);
+        let spawned = thread::Builder::new()
+            .name("mock-api-conn".into())
+            .spawn(move || {
+                let _ = serve_connection(stream, &inner2);
+                lock(&inner2.conns).remove(&id);
+            });
+        let mut handles = lock(&inner.handles);
+        handles.retain(|h| !h.is_finished());
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(_) => {
+                lock(&inner.conns).remove(&id);
+            }
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+const MAX_BODY: usize = 64 << 20;
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+fn read_line(r: &mut impl BufRead) -> io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = r.by_ref().take(64 << 10).read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        buf.pop();
+    }
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+/// Read one request; `Ok(None)` on a clean EOF between requests.
+fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    while line.is_empty() {
+        match read_line(r)? {
+            None => return Ok(None),
+            Some(l) => line = l,
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("/").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let l = read_line(r)?.ok_or_else(|| bad("eof in headers"))?;
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        if headers.len() > 1000 {
+            return Err(bad("too many headers"));
+        }
+    }
+    let mut req = Request {
+        method,
+        path,
+        headers,
+        body: Vec::new(),
+    };
+    if req
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    {
+        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let chunked = req
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        loop {
+            let l = read_line(r)?.ok_or_else(|| bad("eof in chunk size"))?;
+            let size_str = l.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_str, 16).map_err(|_| bad("chunk size"))?;
+            if size == 0 {
+                // Trailers until an empty line.
+                while let Some(t) = read_line(r)? {
+                    if t.is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            if req.body.len() + size > MAX_BODY {
+                return Err(bad("body too large"));
+            }
+            let start = req.body.len();
+            req.body.resize(start + size, 0);
+            r.read_exact(&mut req.body[start..])?;
+            let _ = read_line(r)?; // CRLF after the chunk
+        }
+    } else if let Some(len) = req.header("content-length") {
+        let len: usize = len.parse().map_err(|_| bad("content-length"))?;
+        if len > MAX_BODY {
+            return Err(bad("body too large"));
+        }
+        req.body.resize(len, 0);
+        r.read_exact(&mut req.body)?;
+    }
+    Ok(Some(req))
+}
+
+fn serve_connection(stream: TcpStream, inner: &Inner) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    while !inner.shutdown.load(Ordering::SeqCst) {
+        let req = match read_request(&mut r, &mut w)? {
+            Some(q) => q,
+            None => return Ok(()),
+        };
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let route = req.path.split('?').next().unwrap_or("");
+        let keep = if req.method.eq_ignore_ascii_case("POST") && route == "/v1/messages" {
+            handle_messages(&req, inner, &mut w)?
+        } else {
+            lock(&inner.other).push(format!("{} {}", req.method, req.path));
+            let head = req.method.eq_ignore_ascii_case("HEAD");
+            write_response(&mut w, 200, &[], "application/json", b"{}", head)?;
+            true
+        };
+        if close || !keep {
+            let _ = w.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn write_response(
+    w: &mut TcpStream,
+    code: u16,
+    extra: &[(&str, String)],
+    ctype: &str,
+    body: &[u8],
+    head_only: bool,
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {code} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n",
+        reason(code),
+        body.len()
+    );
+    for (k, v) in extra {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if !head_only {
+        bytes.extend_from_slice(body);
+    }
+    w.write_all(&bytes)?;
+    w.flush()
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        529 => "Overloaded",
+        _ => "Status",
+    }
+}
+
+fn error_type(code: u16) -> &'static str {
+    match code {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+fn is_context_text(t: &str) -> bool {
+    let t = t.trim_start();
+    CLI_CONTEXT_PREFIXES.iter().any(|p| t.starts_with(p))
+}
+
+/// User-text blocks of one message's content.
+fn user_texts(content: &Value) -> Vec<&str> {
+    match content {
+        Value::String(s) if !is_context_text(s) => vec![s.as_str()],
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .filter(|t| !is_context_text(t))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Inspect the parsed body: (prompt, user_turns, tools, model, stream, last user message is a
+/// tool_result, that tool_result is_error).
+fn inspect(body: &Value) -> (String, usize, Vec<String>, String, bool, bool, bool) {
+    let empty = Vec::new();
+    let msgs = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let users: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .collect();
+    let mut prompt = String::new();
+    let mut turns = 0;
+    for m in &users {
+        let texts = user_texts(m.get("content").unwrap_or(&Value::Null));
+        if let Some(last) = texts.last() {
+            turns += 1;
+            prompt = last.to_string();
+        }
+    }
+    let (mut tool_result, mut tool_error) = (false, false);
+    if let Some(Value::Array(blocks)) = users.last().and_then(|m| m.get("content")) {
+        for b in blocks {
+            if b.get("type").and_then(Value::as_str) == Some("tool_result") {
+                tool_result = true;
+                tool_error |= b.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+            }
+        }
+    }
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    (prompt, turns, tools, model, stream, tool_result, tool_error)
+}
+
+/// Answer one `/v1/messages` request. Returns whether the connection may be reused.
+fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Result<bool> {
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let (prompt, user_turns, tools, model, stream, tool_result, tool_error) = inspect(&body);
+    let rec = RecordedRequest {
+        prompt,
+        user_turns,
+        bytes: req.body.len(),
+        tools,
+        model,
+        stream,
+        at: Instant::now(),
+        status: 0,
+        tool_result,
+        path: req.path.clone(),
+        body,
+    };
+    let idx = {
+        let mut reqs = lock(&inner.requests);
+        reqs.push(rec.clone());
+        reqs.len() - 1
+    };
+    let set_status = |code: u16| {
+        if let Some(r) = lock(&inner.requests).get_mut(idx) {
+            r.status = code;
+        }
+    };
+
+    // Rate limit first, as the real API does.
+    let limited = lock(&inner.bucket)
+        .as_mut()
+        .map(|b| b.take())
+        .unwrap_or(Ok(()));
+    if let Err(secs) = limited {
+        inner.rate_limited.fetch_add(1, Ordering::SeqCst);
+        set_status(429);
+        send_error(
+            w,
+            429,
+            Some(secs),
+            "Number of requests has exceeded your rate limit (mock).",
+        )?;
+        return Ok(true);
+    }
+
+    let mut reply = if tool_result && !tool_error {
+        Reply::Text(AFTER_TOOL_TEXT.to_string())
+    } else {
+        let f = Arc::clone(&*inner.reply.read().unwrap_or_else(|e| e.into_inner()));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&rec))) {
+            Ok(r) => r,
+            Err(_) => {
+                set_status(500);
+                send_error(w, 500, None, "mock reply function panicked")?;
+                return Ok(true);
+            }
+        }
+    };
+    loop {
+        match reply {
+            Reply::After(d, next) => {
+                sleep_unless_shutdown(inner, d);
+                reply = *next;
+            }
+            Reply::Fault(Fault::Slow(d)) => {
+                sleep_unless_shutdown(inner, d);
+                reply = echo(&rec.prompt);
+            }
+            _ => break,
+        }
+    }
+    let (code, keep) = match &reply {
+        Reply::Fault(Fault::Status { code, retry_after }) => {
+            send_error(w, *code, *retry_after, &format!("mock fault {code}"))?;
+            (*code, true)
+        }
+        Reply::Fault(Fault::CutStream) => {
+            set_status(200);
+            cut(w, stream, &rec.model, req.body.len())?;
+            (200, false)
+        }
+        Reply::Text(t) => {
+            send_message(w, stream, &rec.model, req.body.len(), Block::Text(t))?;
+            (200, true)
+        }
+        Reply::StructuredOutput(v) => {
+            send_message(
+                w,
+                stream,
+                &rec.model,
+                req.body.len(),
+                Block::Tool(STRUCTURED_OUTPUT_TOOL, v),
+            )?;
+            (200, true)
+        }
+        Reply::ToolUse { name, input } => {
+            send_message(
+                w,
+                stream,
+                &rec.model,
+                req.body.len(),
+                Block::Tool(name, input),
+            )?;
+            (200, true)
+        }
+        Reply::After(..) | Reply::Fault(Fault::Slow(_)) => unreachable!(),
+    };
+    set_status(code);
+    Ok(keep)
+}
+
+fn sleep_unless_shutdown(inner: &Inner, d: Duration) {
+    let end = Instant::now() + d;
+    while !inner.shutdown.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn send_error(w: &mut TcpStream, code: u16, retry_after: Option<u32>, msg: &str) -> io::Result<()> {
+    let body = json!({
+        "type": "error",
+        "error": {"type": error_type(code), "message": msg},
+        "request_id": "req_mock",
+    })
+    .to_string();
+    let mut extra = vec![("request-id", "req_mock".to_string())];
+    if let Some(s) = retry_after {
+        extra.push(("retry-after", s.to_string()));
+    }
+    write_response(w, code, &extra, "application/json", body.as_bytes(), false)
+}
+
+enum Block<'a> {
+    Text(&'a str),
+    Tool(&'a str, &'a Value),
+}
+
+static MSG_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+fn usage(body_bytes: usize, out_chars: usize) -> Value {
+    json!({
+        "input_tokens": body_bytes / 4,
+        "output_tokens": (out_chars / 4).max(1),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    })
+}
+
+fn message_start(id: &str, model: &str, body_bytes: usize) -> Value {
+    json!({
+        "type": "message_start",
+        "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {
+                "input_tokens": body_bytes / 4, "output_tokens": 1,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+            },
+        },
+    })
+}
+
+fn sse(event: &str, data: &Value) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
+
+fn chunk(w: &mut TcpStream, s: &str) -> io::Result<()> {
+    w.write_all(format!("{:x}\r\n{s}\r\n", s.len()).as_bytes())
+}
+
+fn sse_head(w: &mut TcpStream) -> io::Result<()> {
+    w.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
+cache-control: no-cache\r\nrequest-id: req_mock\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+}
+
+/// Split on char boundaries into pieces of about `n` bytes.
+fn pieces(s: &str, n: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < s.len() {
+        let mut end = (start + n).min(s.len());
+        while !s.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(&s[start..end]);
+        start = end;
+    }
+    if out.is_empty() {
+        out.push("");
+    }
+    out
+}
+
+fn send_message(
+    w: &mut TcpStream,
+    stream: bool,
+    model: &str,
+    body_bytes: usize,
+    block: Block,
+) -> io::Result<()> {
+    let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
+    let (content, stop, out_chars) = match &block {
+        Block::Text(t) => (
+            json!({"type": "text", "text": t}),
+            "end_turn",
+            t.chars().count(),
+        ),
+        Block::Tool(name, input) => {
+            let tid = format!(
+                "toolu_mock_{:06}",
+                MSG_COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let n = input.to_string().chars().count();
+            (
+                json!({"type": "tool_use", "id": tid, "name": name, "input": input}),
+                "tool_use",
+                n,
+            )
+        }
+    };
+    let usage = usage(body_bytes, out_chars);
+    if !stream {
+        let msg = json!({
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [content], "stop_reason": stop, "stop_sequence": null, "usage": usage,
+        });
+        return write_response(
+            w,
+            200,
+            &[("request-id", "req_mock".into())],
+            "application/json",
+            msg.to_string().as_bytes(),
+            false,
+        );
+    }
+    sse_head(w)?;
+    let mut out = sse("message_start", &message_start(&id, model, body_bytes));
+    let (start_block, deltas): (Value, Vec<Value>) = match &block {
+        Block::Text(t) => (
+            json!({"type": "text", "text": ""}),
+            pieces(t, 256)
+                .into_iter()
+                .map(|p| json!({"type": "text_delta", "text": p}))
+                .collect(),
+        ),
+        Block::Tool(..) => {
+            let mut start = content.clone();
+            start["input"] = json!({});
+            let input = content["input"].to_string();
+            (
+                start,
+                pieces(&input, 256)
+                    .into_iter()
+                    .map(|p| json!({"type": "input_json_delta", "partial_json": p}))
+                    .collect(),
+            )
+        }
+    };
+    out += &sse(
+        "content_block_start",
+        &json!({"type": "content_block_start", "index": 0, "content_block": start_block}),
+    );
+    for d in deltas {
+        out += &sse(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": d}),
+        );
+    }
+    out += &sse(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    );
+    out += &sse(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": usage}),
+    );
+    out += &sse("message_stop", &json!({"type": "message_stop"}));
+    chunk(w, &out)?;
+    w.write_all(b"0\r\n\r\n")?;
+    w.flush()
+}
+
+fn cut(w: &mut TcpStream, stream: bool, model: &str, body_bytes: usize) -> io::Result<()> {
+    let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
+    if stream {
+        sse_head(w)?;
+        chunk(
+            w,
+            &sse("message_start", &message_start(&id, model, body_bytes)),
+        )?;
+    } else {
+        let body = message_start(&id, model, body_bytes)["message"].to_string();
+        let half = &body.as_bytes()[..body.len() / 2];
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        w.write_all(head.as_bytes())?;
+        w.write_all(half)?;
+    }
+    w.flush()?;
+    let _ = w.shutdown(Shutdown::Both);
+    Ok(())
+}
