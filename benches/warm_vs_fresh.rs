@@ -1,0 +1,2 @@
+//! Warm session versus a fresh process per prompt (being written).
+fn main() {}
