@@ -1,41 +1,1092 @@
-//! TEMPORARY bootstrap version; replaced by the real bucket.
-#![allow(missing_docs, dead_code)]
+//! A shared token bucket that keeps a pool of CLI processes under the API's rate limits.
+//!
+//! The bucket has two dimensions, requests per minute and tokens per minute, refilled
+//! continuously. The pure core, `Bucket`, does all the arithmetic on explicit
+//! [`Instant`]s so it can be tested without a clock; [`Throttle`] is the thin blocking shell
+//! around it (a `parking_lot` mutex and condition variable).
+
+use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::Error;
+
+/// Longest a waiter sleeps before rechecking `should_stop`, even when nothing wakes it.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Cap on a computed wait, so an absurd debt can never overflow `Instant` arithmetic.
+const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Levels are kept in units of 1/60e9 of a request or token, so a rate "per minute" is
+/// exactly "scaled units per nanosecond" and refill needs no floating point.
+const SCALE: i128 = 60_000_000_000;
+
+/// Estimates the tokens a prompt costs before it is sent: about four bytes per token,
+/// rounded up.
+///
+/// The estimate only needs to be in the right ballpark: [`Throttle::settle`] corrects the
+/// bucket with the real usage once it is known.
+///
+/// # Examples
+///
+/// ```
+/// use claude_rayon::throttle::estimate_tokens;
+///
+/// assert_eq!(estimate_tokens(""), 0);
+/// assert_eq!(estimate_tokens("four"), 1);
+/// assert_eq!(estimate_tokens("fives"), 2);
+/// ```
+pub fn estimate_tokens(prompt: &str) -> u64 {
+    prompt.len().div_ceil(4) as u64
+}
+
+fn scaled(amount: u64) -> i128 {
+    i128::from(amount) * SCALE
+}
+
+/// One dimension of the bucket (requests or tokens).
+#[derive(Debug, Clone)]
+struct Dim {
+    /// Units per minute, which is also scaled units per nanosecond.
+    rate: i128,
+    /// Scaled.
+    capacity: i128,
+    /// Scaled; negative means debt.
+    level: i128,
+}
+
+impl Dim {
+    /// Starts full, so the first burst is not delayed.
+    fn new(per_minute: u64, burst: u64) -> Dim {
+        Dim {
+            rate: i128::from(per_minute),
+            capacity: scaled(burst),
+            level: scaled(burst),
+        }
+    }
+
+    fn refill(&mut self, elapsed_nanos: i128) {
+        let added = self.rate.saturating_mul(elapsed_nanos);
+        self.level = self.level.saturating_add(added).min(self.capacity);
+    }
+
+    /// Nanoseconds until `amount` can be taken. A request larger than the whole capacity
+    /// only needs a full bucket, or it would wait forever.
+    fn wait_nanos(&self, amount: u64) -> i128 {
+        let need = scaled(amount).min(self.capacity);
+        let deficit = need - self.level;
+        if deficit <= 0 {
+            0
+        } else {
+            // Round up so that at the returned instant the level really is enough.
+            (deficit + self.rate - 1) / self.rate
+        }
+    }
+
+    fn take(&mut self, amount: u64) {
+        self.level = self.level.saturating_sub(scaled(amount));
+    }
+
+    fn give(&mut self, amount: u64) {
+        self.level = self.level.saturating_add(scaled(amount)).min(self.capacity);
+    }
+}
+
+/// A place in the arrival queue of a [`Bucket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket(u64);
+
+/// What a [`Bucket`] handed out: one request and `tokens` estimated tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    ticket: Ticket,
+    tokens: u64,
+}
+
+/// The pure token bucket: no clock reads, no blocking.
+///
+/// Callers [`join`](Bucket::join) the FIFO queue, then poll
+/// [`try_acquire`](Bucket::try_acquire). Whoever polls admits every waiter at the head of
+/// the queue that fits, in order, not just itself: a waiter never has to be the one awake
+/// at the right moment, and `try_acquire` never returns a `ready_at` in the past for a
+/// waiter that is merely queued behind an admissible one.
 #[derive(Debug)]
-pub struct Throttle;
+pub(crate) struct Bucket {
+    requests: Option<Dim>,
+    tokens: Option<Dim>,
+    refilled_at: Instant,
+    paused_until: Option<Instant>,
+    queue: VecDeque<Waiter>,
+    /// Admitted but not yet collected by their own `try_acquire`. Small: at most the
+    /// number of blocked threads.
+    granted: Vec<(Ticket, Grant)>,
+    next_ticket: u64,
+}
+
+impl Bucket {
+    /// `requests` and `tokens` are `(per_minute, burst)`, both non-zero; `None` is unlimited.
+    pub(crate) fn new(
+        now: Instant,
+        requests: Option<(u64, u64)>,
+        tokens: Option<(u64, u64)>,
+    ) -> Bucket {
+        Bucket {
+            requests: requests.map(|(rate, burst)| Dim::new(rate, burst)),
+            tokens: tokens.map(|(rate, burst)| Dim::new(rate, burst)),
+            refilled_at: now,
+            paused_until: None,
+            queue: VecDeque::new(),
+            granted: Vec::new(),
+            next_ticket: 0,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        // Instants given out of order are ignored rather than draining the bucket.
+        if now <= self.refilled_at {
+            return;
+        }
+        let elapsed =
+            i128::try_from(now.duration_since(self.refilled_at).as_nanos()).unwrap_or(i128::MAX);
+        for dim in [&mut self.requests, &mut self.tokens].into_iter().flatten() {
+            dim.refill(elapsed);
+        }
+        self.refilled_at = now;
+    }
+
+    /// Joins the back of the queue for one request costing `estimated_tokens`.
+    pub(crate) fn join(&mut self, estimated_tokens: u64) -> Ticket {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        self.queue.push_back(Waiter {
+            ticket,
+            tokens: estimated_tokens,
+        });
+        ticket
+    }
+
+    /// Admits `ticket` if it is its turn and both dimensions allow it (debiting the
+    /// bucket), or returns the earliest instant worth trying again.
+    pub(crate) fn try_acquire(&mut self, now: Instant, ticket: Ticket) -> Result<Grant, Instant> {
+        self.refill(now);
+        self.admit_ready(now);
+        if let Some(i) = self.granted.iter().position(|(t, _)| *t == ticket) {
+            return Ok(self.granted.swap_remove(i).1);
+        }
+        debug_assert!(
+            self.queue.iter().any(|w| w.ticket == ticket),
+            "unknown ticket {ticket:?}"
+        );
+        Err(self.head_ready_at(now))
+    }
+
+    /// Admits waiters from the head of the queue while they fit.
+    fn admit_ready(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|until| until > now) {
+            return;
+        }
+        while let Some(head) = self.queue.front().copied() {
+            if self.wait_nanos(head.tokens) > 0 {
+                // Strict FIFO: nobody overtakes a head that does not fit yet.
+                break;
+            }
+            if let Some(dim) = &mut self.requests {
+                dim.take(1);
+            }
+            if let Some(dim) = &mut self.tokens {
+                dim.take(head.tokens);
+            }
+            self.queue.pop_front();
+            self.granted.push((
+                head.ticket,
+                Grant {
+                    tokens: head.tokens,
+                },
+            ));
+        }
+    }
+
+    fn wait_nanos(&self, tokens: u64) -> i128 {
+        let requests = self.requests.as_ref().map_or(0, |d| d.wait_nanos(1));
+        let tokens = self.tokens.as_ref().map_or(0, |d| d.wait_nanos(tokens));
+        requests.max(tokens)
+    }
+
+    /// When the head of the queue can be admitted; nobody behind it can go earlier.
+    fn head_ready_at(&self, now: Instant) -> Instant {
+        let Some(head) = self.queue.front() else {
+            // Only reachable with an unknown ticket; the shell polls anyway.
+            return now + MAX_WAIT;
+        };
+        let nanos = u64::try_from(self.wait_nanos(head.tokens)).unwrap_or(u64::MAX);
+        let ready = now + Duration::from_nanos(nanos).min(MAX_WAIT);
+        match self.paused_until {
+            Some(until) if until > ready => until,
+            _ => ready,
+        }
+    }
+
+    /// Leaves the queue without a permit. A grant made on the waiter's behalf in the
+    /// meantime is given back.
+    pub(crate) fn cancel(&mut self, now: Instant, ticket: Ticket) {
+        if let Some(i) = self.queue.iter().position(|w| w.ticket == ticket) {
+            self.queue.remove(i);
+        } else if let Some(i) = self.granted.iter().position(|(t, _)| *t == ticket) {
+            let (_, grant) = self.granted.swap_remove(i);
+            self.refill(now);
+            if let Some(dim) = &mut self.requests {
+                dim.give(1);
+            }
+            if let Some(dim) = &mut self.tokens {
+                dim.give(grant.tokens);
+            }
+        }
+    }
+
+    /// Corrects the token level once the real usage of a grant is known: a refund when
+    /// `actual_tokens` is below the estimate, debt when above.
+    pub(crate) fn settle(&mut self, now: Instant, granted_tokens: u64, actual_tokens: u64) {
+        // Refill first so the capacity clamp in `give` applies to the current level.
+        self.refill(now);
+        if let Some(dim) = &mut self.tokens {
+            if actual_tokens < granted_tokens {
+                dim.give(granted_tokens - actual_tokens);
+            } else {
+                dim.take(actual_tokens - granted_tokens);
+            }
+        }
+    }
+
+    /// Charges `n` requests made without a permit (the CLI's own retries).
+    pub(crate) fn note_extra_requests(&mut self, now: Instant, n: u32) {
+        self.refill(now);
+        if let Some(dim) = &mut self.requests {
+            dim.take(u64::from(n));
+        }
+    }
+
+    /// Admits nobody before `until`; never shortens a pause already in force.
+    pub(crate) fn pause_until(&mut self, until: Instant) {
+        self.paused_until = Some(
+            self.paused_until
+                .map_or(until, |current| current.max(until)),
+        );
+    }
+
+    /// The end of the pause, if it is still in the future at `now`.
+    pub(crate) fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|until| *until > now)
+    }
+
+    /// Queued plus admitted-but-uncollected: the callers still inside `acquire`.
+    pub(crate) fn waiters(&self) -> usize {
+        self.queue.len() + self.granted.len()
+    }
+}
+
+/// A shared token bucket limiting requests per minute and tokens per minute across every
+/// process of a pool.
+///
+/// Each dimension may be unlimited (`None`). Both refill continuously at their rate and hold
+/// at most a burst's worth, by default one minute's worth, which is how the Anthropic API
+/// documents its own limits; the bucket starts full. [`acquire`](Throttle::acquire) blocks
+/// until both dimensions allow one more request costing the estimated tokens, serving
+/// callers strictly in arrival order so a large request is not overtaken forever by small
+/// ones.
+///
+/// Token costs are estimated up front (see [`estimate_tokens`]) and corrected with
+/// [`settle`](Throttle::settle) once the real usage is known, so the bucket can go into
+/// debt; a refund wakes the waiters. A single request larger than the whole burst is
+/// admitted, into debt, once the bucket is full, so it is never starved.
+///
+/// Share it as `Arc<Throttle>`.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use claude_rayon::throttle::estimate_tokens;
+/// use claude_rayon::Throttle;
+///
+/// // 50 requests and 40,000 tokens per minute, bursts of at most 10 requests.
+/// let throttle = Arc::new(
+///     Throttle::new(Some(50), Some(40_000))
+///         .and_then(|t| t.with_burst(Some(10), None))
+///         .expect("valid limits"),
+/// );
+///
+/// let prompt = "Summarise the following text: ...";
+/// let permit = throttle
+///     .acquire(estimate_tokens(prompt), &|| false)
+///     .expect("never asked to stop");
+/// // ... send the request, then report what it really used.
+/// throttle.settle(permit, 120);
+///
+/// // The API asked us to back off: every caller waits until then.
+/// throttle.pause_until(std::time::Instant::now() + std::time::Duration::from_millis(10));
+/// assert!(throttle.paused_until().is_some());
+/// ```
 #[derive(Debug)]
-pub struct Permit;
+pub struct Throttle {
+    requests_per_minute: Option<u32>,
+    tokens_per_minute: Option<u64>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
 #[derive(Debug)]
-pub struct Stopped;
+struct State {
+    bucket: Bucket,
+    /// Bumped by `wake_all`, so a waiter that was checking `should_stop` (unlocked) when
+    /// the notification went out still notices it.
+    wake_epoch: u64,
+}
+
+/// Permission to send one request, from [`Throttle::acquire`].
+///
+/// Hand it back to [`Throttle::settle`] with the real token usage. Dropping it instead
+/// settles it with the estimate: the estimate was charged when it was granted, so nothing
+/// leaks.
+#[must_use = "settle the permit with the real token usage"]
+#[derive(Debug)]
+pub struct Permit {
+    estimated_tokens: u64,
+    waited: Duration,
+}
+
 impl Permit {
+    /// How long [`Throttle::acquire`] blocked before granting this permit.
     pub fn waited(&self) -> Duration {
-        Duration::ZERO
+        self.waited
+    }
+
+    /// The tokens charged for this permit when it was granted.
+    pub fn estimated_tokens(&self) -> u64 {
+        self.estimated_tokens
     }
 }
+
+/// [`Throttle::acquire`] gave up because its `should_stop` returned true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped while waiting for the rate limit")]
+pub struct Stopped;
+
 impl Throttle {
-    pub fn new(_r: Option<u32>, _t: Option<u64>) -> Result<Throttle, crate::Error> {
-        Ok(Throttle)
+    /// A throttle allowing `requests_per_minute` requests and `tokens_per_minute` tokens
+    /// per minute; `None` leaves that dimension unlimited.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if either limit is zero.
+    pub fn new(
+        requests_per_minute: Option<u32>,
+        tokens_per_minute: Option<u64>,
+    ) -> Result<Throttle, Error> {
+        if requests_per_minute == Some(0) {
+            return Err(Error::InvalidConfig(
+                "requests per minute must be at least 1 (use None for unlimited)".into(),
+            ));
+        }
+        if tokens_per_minute == Some(0) {
+            return Err(Error::InvalidConfig(
+                "tokens per minute must be at least 1 (use None for unlimited)".into(),
+            ));
+        }
+        let requests = requests_per_minute.map(|r| (u64::from(r), u64::from(r)));
+        let tokens = tokens_per_minute.map(|t| (t, t));
+        Ok(Throttle {
+            requests_per_minute,
+            tokens_per_minute,
+            state: Mutex::new(State {
+                bucket: Bucket::new(Instant::now(), requests, tokens),
+                wake_epoch: 0,
+            }),
+            changed: Condvar::new(),
+        })
     }
-    pub fn with_burst(self, _r: Option<u32>, _t: Option<u64>) -> Result<Throttle, crate::Error> {
-        Ok(self)
+
+    /// Overrides the burst (bucket capacity) of each dimension; `None` keeps the default of
+    /// one minute's worth. The bucket is refilled to the new capacity, so call this when
+    /// building the throttle, before sharing it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if a burst is zero, or is given for a dimension that is
+    /// unlimited.
+    pub fn with_burst(self, requests: Option<u32>, tokens: Option<u64>) -> Result<Throttle, Error> {
+        fn check<T: PartialEq + From<u8>>(
+            burst: Option<T>,
+            limited: bool,
+            what: &str,
+        ) -> Result<(), Error> {
+            match burst {
+                Some(b) if b == T::from(0) => Err(Error::InvalidConfig(format!(
+                    "{what} burst must be at least 1"
+                ))),
+                Some(_) if !limited => Err(Error::InvalidConfig(format!(
+                    "{what} burst given but {what} per minute is unlimited"
+                ))),
+                _ => Ok(()),
+            }
+        }
+        check(requests, self.requests_per_minute.is_some(), "requests")?;
+        check(tokens, self.tokens_per_minute.is_some(), "tokens")?;
+        let requests = self
+            .requests_per_minute
+            .map(|r| (u64::from(r), u64::from(requests.unwrap_or(r))));
+        let tokens = self.tokens_per_minute.map(|t| (t, tokens.unwrap_or(t)));
+        let mut state = self.state.into_inner();
+        state.bucket = Bucket::new(Instant::now(), requests, tokens);
+        Ok(Throttle {
+            state: Mutex::new(state),
+            ..self
+        })
     }
+
+    /// A throttle that never waits.
     pub fn unlimited() -> Throttle {
-        Throttle
+        Throttle::new(None, None).expect("no limits is a valid configuration")
     }
-    pub fn acquire(&self, _e: u64, _s: &dyn Fn() -> bool) -> Result<Permit, Stopped> {
-        Ok(Permit)
+
+    /// Blocks until one request costing `estimated_tokens` is allowed, in arrival order.
+    ///
+    /// `should_stop` is checked before blocking, whenever the waiter is woken (see
+    /// [`wake_all`](Throttle::wake_all)) and at least every 50 ms; it runs without the
+    /// throttle's lock held.
+    ///
+    /// # Errors
+    ///
+    /// [`Stopped`] if `should_stop` returned true before the request was admitted; the
+    /// caller then holds no permit and has been charged nothing.
+    pub fn acquire(
+        &self,
+        estimated_tokens: u64,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Permit, Stopped> {
+        let start = Instant::now();
+        let mut state = self.state.lock();
+        let ticket = state.bucket.join(estimated_tokens);
+        let mut check_stop = true;
+        loop {
+            let now = Instant::now();
+            let ready_at = match state.bucket.try_acquire(now, ticket) {
+                Ok(grant) => {
+                    // Our poll may have admitted the waiters behind us too.
+                    if state.bucket.waiters() > 0 {
+                        self.changed.notify_all();
+                    }
+                    return Ok(Permit {
+                        estimated_tokens: grant.tokens,
+                        waited: now.saturating_duration_since(start),
+                    });
+                }
+                Err(ready_at) => ready_at,
+            };
+            if check_stop {
+                let epoch = state.wake_epoch;
+                // Unlocked, so a `should_stop` that touches this throttle cannot deadlock;
+                // a panic in it must not leave our ticket blocking the queue forever.
+                let stop = MutexGuard::unlocked(&mut state, || {
+                    panic::catch_unwind(AssertUnwindSafe(should_stop))
+                });
+                match stop {
+                    Ok(false) => {
+                        // The state may have changed while unlocked: poll again before
+                        // sleeping, and recheck `should_stop` if `wake_all` was missed.
+                        check_stop = state.wake_epoch != epoch;
+                        continue;
+                    }
+                    Ok(true) => {
+                        self.leave(&mut state, ticket);
+                        return Err(Stopped);
+                    }
+                    Err(payload) => {
+                        self.leave(&mut state, ticket);
+                        drop(state);
+                        panic::resume_unwind(payload);
+                    }
+                }
+            }
+            self.changed
+                .wait_until(&mut state, ready_at.min(now + POLL_INTERVAL));
+            check_stop = true;
+        }
     }
-    pub fn settle(&self, _p: Permit, _a: u64) {}
-    pub fn note_extra_requests(&self, _n: u32) {}
-    pub fn pause_until(&self, _u: Instant) {}
+
+    fn leave(&self, state: &mut State, ticket: Ticket) {
+        state.bucket.cancel(Instant::now(), ticket);
+        // The queue head may have changed, or a grant been given back.
+        self.changed.notify_all();
+    }
+
+    /// Settles a permit with the tokens the request really used: a refund (waking the
+    /// waiters) when below the estimate, debt when above.
+    pub fn settle(&self, permit: Permit, actual_tokens: u64) {
+        let refund = actual_tokens < permit.estimated_tokens;
+        if actual_tokens > permit.estimated_tokens {
+            log::trace!(
+                "throttle: request used {actual_tokens} tokens, {} estimated",
+                permit.estimated_tokens
+            );
+        }
+        self.state
+            .lock()
+            .bucket
+            .settle(Instant::now(), permit.estimated_tokens, actual_tokens);
+        if refund {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Charges `n` requests made without a permit, such as the CLI's own internal retries.
+    /// Never waits; the bucket may go into debt.
+    pub fn note_extra_requests(&self, n: u32) {
+        if n > 0 {
+            self.state
+                .lock()
+                .bucket
+                .note_extra_requests(Instant::now(), n);
+        }
+    }
+
+    /// Makes every [`acquire`](Throttle::acquire) wait until at least `until`, for a shared
+    /// back-off after a rate-limit or overload error. A later instant extends the pause; an
+    /// earlier one does not shorten it.
+    pub fn pause_until(&self, until: Instant) {
+        let mut state = self.state.lock();
+        // Log only when this pause outlasts the one in force, to keep repeats quiet.
+        if state.bucket.paused_until(until).is_none() {
+            log::debug!(
+                "throttle: pausing all requests for {:?}",
+                until.saturating_duration_since(Instant::now())
+            );
+        }
+        state.bucket.pause_until(until);
+    }
+
+    /// The end of the current pause, or `None` if no pause is in force.
     pub fn paused_until(&self) -> Option<Instant> {
-        None
+        self.state.lock().bucket.paused_until(Instant::now())
     }
+
+    /// How many callers are currently blocked in [`acquire`](Throttle::acquire).
     pub fn waiters(&self) -> usize {
-        0
+        self.state.lock().bucket.waiters()
     }
-    pub fn wake_all(&self) {}
+
+    /// Wakes every blocked [`acquire`](Throttle::acquire) so it rechecks its `should_stop`.
+    pub fn wake_all(&self) {
+        let mut state = self.state.lock();
+        state.wake_epoch = state.wake_epoch.wrapping_add(1);
+        self.changed.notify_all();
+    }
+
+    /// The requests-per-minute limit, `None` if unlimited.
+    pub fn requests_per_minute(&self) -> Option<u32> {
+        self.requests_per_minute
+    }
+
+    /// The tokens-per-minute limit, `None` if unlimited.
+    pub fn tokens_per_minute(&self) -> Option<u64> {
+        self.tokens_per_minute
+    }
 }
-pub(crate) fn estimate_tokens(prompt: &str) -> u64 {
-    (prompt.len() as u64).div_ceil(4)
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::thread;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn millis(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    /// Joins and tries once, leaving the queue on failure: a caller that is not waiting.
+    fn try_now(b: &mut Bucket, now: Instant, tokens: u64) -> Result<Grant, Instant> {
+        let ticket = b.join(tokens);
+        let result = b.try_acquire(now, ticket);
+        if result.is_err() {
+            b.cancel(now, ticket);
+        }
+        result
+    }
+
+    fn grant(tokens: u64) -> Result<Grant, Instant> {
+        Ok(Grant { tokens })
+    }
+
+    // ---- pure core ----
+
+    #[test]
+    fn starts_full_then_refills_continuously() {
+        let t0 = Instant::now();
+        // One request per second.
+        let mut b = Bucket::new(t0, Some((60, 60)), None);
+        for _ in 0..60 {
+            assert_eq!(try_now(&mut b, t0, 0), grant(0));
+        }
+        assert_eq!(try_now(&mut b, t0, 0), Err(t0 + secs(1)));
+        assert_eq!(try_now(&mut b, t0 + millis(999), 0), Err(t0 + secs(1)));
+        assert_eq!(try_now(&mut b, t0 + secs(1), 0), grant(0));
+        // Half a request accrues in half a second and counts towards the next.
+        assert_eq!(try_now(&mut b, t0 + millis(1500), 0), Err(t0 + secs(2)));
+        assert_eq!(try_now(&mut b, t0 + secs(2), 0), grant(0));
+    }
+
+    #[test]
+    fn tokens_limit_independently_of_requests() {
+        let t0 = Instant::now();
+        // Plenty of requests, 1,000 tokens per minute.
+        let mut b = Bucket::new(t0, Some((1_000, 1_000)), Some((1_000, 1_000)));
+        assert_eq!(try_now(&mut b, t0, 600), grant(600));
+        // 400 left, 200 short: 12 s at 1,000 per minute.
+        assert_eq!(try_now(&mut b, t0, 600), Err(t0 + secs(12)));
+        assert_eq!(try_now(&mut b, t0, 400), grant(400));
+    }
+
+    #[test]
+    fn requests_limit_independently_of_tokens() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((2, 2)), Some((1_000_000, 1_000_000)));
+        assert_eq!(try_now(&mut b, t0, 1), grant(1));
+        assert_eq!(try_now(&mut b, t0, 1), grant(1));
+        assert_eq!(try_now(&mut b, t0, 1), Err(t0 + secs(30)));
+    }
+
+    #[test]
+    fn ready_at_is_the_later_of_both_dimensions() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((60, 1)), Some((60, 60)));
+        assert_eq!(try_now(&mut b, t0, 60), grant(60));
+        // Requests need 1 s, tokens 10 s.
+        assert_eq!(try_now(&mut b, t0, 10), Err(t0 + secs(10)));
+        // Tokens need 1 s, requests 1 s: either alone would say 1 s.
+        assert_eq!(try_now(&mut b, t0, 1), Err(t0 + secs(1)));
+    }
+
+    #[test]
+    fn burst_caps_what_idle_time_accumulates() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((60, 5)), None);
+        let later = t0 + secs(3600);
+        for _ in 0..5 {
+            assert_eq!(try_now(&mut b, later, 0), grant(0));
+        }
+        assert_eq!(try_now(&mut b, later, 0), Err(later + secs(1)));
+    }
+
+    #[test]
+    fn debt_delays_the_next_request() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, None, Some((60, 60)));
+        assert_eq!(try_now(&mut b, t0, 60), grant(60));
+        b.settle(t0, 60, 90);
+        // Level -30: 10 more tokens need 40 s.
+        assert_eq!(try_now(&mut b, t0, 10), Err(t0 + secs(40)));
+        // Even a zero estimate waits out the debt.
+        assert_eq!(try_now(&mut b, t0, 0), Err(t0 + secs(30)));
+        assert_eq!(try_now(&mut b, t0 + secs(40), 10), grant(10));
+    }
+
+    #[test]
+    fn refund_frees_tokens_but_never_beyond_capacity() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, None, Some((60, 60)));
+        assert_eq!(try_now(&mut b, t0, 60), grant(60));
+        b.settle(t0, 60, 20);
+        assert_eq!(try_now(&mut b, t0, 40), grant(40));
+        assert_eq!(try_now(&mut b, t0, 1), Err(t0 + secs(1)));
+
+        // Refilled to full after a minute; a refund on top is clamped.
+        let t1 = t0 + secs(60);
+        b.settle(t1, 60, 0);
+        assert_eq!(try_now(&mut b, t1, 60), grant(60));
+        assert_eq!(try_now(&mut b, t1, 1), Err(t1 + secs(1)));
+    }
+
+    #[test]
+    fn oversized_request_is_admitted_into_debt_once_full() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, None, Some((60, 60)));
+        assert_eq!(try_now(&mut b, t0, 1), grant(1));
+        // 59 of 60: one more second until full.
+        assert_eq!(try_now(&mut b, t0, 100), Err(t0 + secs(1)));
+        let t1 = t0 + secs(1);
+        assert_eq!(try_now(&mut b, t1, 100), grant(100));
+        // Level -40: the next oversized one needs a full bucket again, 100 s later.
+        assert_eq!(try_now(&mut b, t1, 100), Err(t1 + secs(100)));
+    }
+
+    #[test]
+    fn waiters_are_served_in_arrival_order() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, None, Some((60, 60)));
+        assert_eq!(try_now(&mut b, t0, 60), grant(60));
+        let big = b.join(60);
+        let small = b.join(1);
+        assert_eq!(b.waiters(), 2);
+        assert_eq!(b.try_acquire(t0, big), Err(t0 + secs(60)));
+        // One token is there after a second, but the big waiter is ahead.
+        let t1 = t0 + secs(1);
+        assert_eq!(b.try_acquire(t1, small), Err(t0 + secs(60)));
+        // A newcomer queues too, rather than slipping in.
+        assert_eq!(try_now(&mut b, t1, 1), Err(t0 + secs(60)));
+
+        // The small waiter's poll admits the big one on its behalf, then waits its turn.
+        let t60 = t0 + secs(60);
+        assert_eq!(b.try_acquire(t60, small), Err(t60 + secs(1)));
+        assert_eq!(b.waiters(), 2);
+        assert_eq!(b.try_acquire(t60, big), grant(60));
+        assert_eq!(b.try_acquire(t60 + secs(1), small), grant(1));
+        assert_eq!(b.waiters(), 0);
+    }
+
+    #[test]
+    fn one_poll_admits_every_head_that_fits() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((60, 60)), None);
+        b.pause_until(t0 + secs(5));
+        let tickets: Vec<_> = (0..3).map(|_| b.join(0)).collect();
+        assert_eq!(b.try_acquire(t0, tickets[2]), Err(t0 + secs(5)));
+        assert_eq!(b.try_acquire(t0 + secs(5), tickets[2]), grant(0));
+        // The others were admitted by that poll and only need to collect.
+        assert_eq!(b.waiters(), 2);
+        assert_eq!(b.try_acquire(t0 + secs(5), tickets[0]), grant(0));
+        assert_eq!(b.try_acquire(t0 + secs(5), tickets[1]), grant(0));
+    }
+
+    #[test]
+    fn cancelled_head_unblocks_the_queue_and_grants_are_given_back() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((60, 60)), Some((60, 60)));
+        assert_eq!(try_now(&mut b, t0, 50), grant(50));
+        let big = b.join(60);
+        let small = b.join(10);
+        assert_eq!(b.try_acquire(t0, small), Err(t0 + secs(50)));
+        b.cancel(t0, big);
+        assert_eq!(b.try_acquire(t0, small), grant(10));
+
+        // A grant made on a waiter's behalf is returned when it cancels.
+        let first = b.join(0);
+        let second = b.join(0);
+        assert_eq!(b.try_acquire(t0, second), grant(0));
+        b.cancel(t0, first);
+        assert_eq!(b.waiters(), 0);
+        // 60 - 1 (first try) - 1 (small) - 1 (second) requests are left, not one fewer.
+        for _ in 0..57 {
+            assert_eq!(try_now(&mut b, t0, 0), grant(0));
+        }
+        assert!(try_now(&mut b, t0, 0).is_err());
+    }
+
+    #[test]
+    fn pause_blocks_until_its_end_and_is_only_extended() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((60, 60)), None);
+        b.pause_until(t0 + secs(20));
+        b.pause_until(t0 + secs(10));
+        assert_eq!(b.paused_until(t0), Some(t0 + secs(20)));
+        assert_eq!(try_now(&mut b, t0 + secs(5), 0), Err(t0 + secs(20)));
+        b.pause_until(t0 + secs(30));
+        assert_eq!(try_now(&mut b, t0 + secs(20), 0), Err(t0 + secs(30)));
+        assert_eq!(try_now(&mut b, t0 + secs(30), 0), grant(0));
+        assert_eq!(b.paused_until(t0 + secs(30)), None);
+    }
+
+    #[test]
+    fn pause_and_rate_limit_combine() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((60, 1)), None);
+        assert_eq!(try_now(&mut b, t0, 0), grant(0));
+        b.pause_until(t0 + millis(500));
+        // The pause ends first; the refill decides.
+        assert_eq!(try_now(&mut b, t0, 0), Err(t0 + secs(1)));
+    }
+
+    #[test]
+    fn extra_requests_are_charged_without_waiting() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((60, 60)), None);
+        b.note_extra_requests(t0, 62);
+        // Level -2: one request needs 3 s.
+        assert_eq!(try_now(&mut b, t0, 0), Err(t0 + secs(3)));
+        assert_eq!(try_now(&mut b, t0 + secs(3), 0), grant(0));
+    }
+
+    #[test]
+    fn unlimited_bucket_never_waits() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, None, None);
+        b.note_extra_requests(t0, u32::MAX);
+        b.settle(t0, 0, u64::MAX);
+        for _ in 0..1000 {
+            assert_eq!(try_now(&mut b, t0, u64::MAX), grant(u64::MAX));
+        }
+    }
+
+    #[test]
+    fn huge_debt_does_not_overflow() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, Some((1, 1)), Some((1, 1)));
+        b.settle(t0, 0, u64::MAX);
+        b.note_extra_requests(t0, u32::MAX);
+        assert_eq!(try_now(&mut b, t0, 1), Err(t0 + MAX_WAIT));
+    }
+
+    #[test]
+    fn instants_out_of_order_do_not_drain_the_bucket() {
+        let t0 = Instant::now() + secs(10);
+        let mut b = Bucket::new(t0, Some((60, 1)), None);
+        assert_eq!(try_now(&mut b, t0, 0), grant(0));
+        assert_eq!(
+            try_now(&mut b, t0 - secs(5), 0),
+            Err(t0 - secs(5) + secs(1))
+        );
+        assert_eq!(try_now(&mut b, t0 + secs(1), 0), grant(0));
+    }
+
+    #[test]
+    fn estimate_is_bytes_over_four_rounded_up() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abc"), 1);
+        assert_eq!(estimate_tokens("abcd"), 1);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        assert_eq!(estimate_tokens("ééé"), 2); // 6 bytes
+    }
+
+    // ---- configuration ----
+
+    #[test]
+    fn invalid_configurations_are_rejected() {
+        assert!(matches!(
+            Throttle::new(Some(0), None),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            Throttle::new(None, Some(0)),
+            Err(Error::InvalidConfig(_))
+        ));
+        let t = || Throttle::new(Some(10), Some(1000)).unwrap();
+        assert!(matches!(
+            t().with_burst(Some(0), None),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            t().with_burst(None, Some(0)),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            Throttle::new(None, Some(1000))
+                .unwrap()
+                .with_burst(Some(5), None),
+            Err(Error::InvalidConfig(_))
+        ));
+        let t = Throttle::unlimited();
+        assert_eq!(
+            (t.requests_per_minute(), t.tokens_per_minute()),
+            (None, None)
+        );
+        let t = Throttle::new(Some(10), Some(1000))
+            .unwrap()
+            .with_burst(Some(3), None)
+            .unwrap();
+        assert_eq!(t.requests_per_minute(), Some(10));
+        assert_eq!(t.tokens_per_minute(), Some(1000));
+    }
+
+    #[test]
+    fn throttle_is_shareable() {
+        fn check<T: Send + Sync + std::fmt::Debug>() {}
+        check::<Throttle>();
+        check::<Permit>();
+    }
+
+    // ---- blocking shell ----
+
+    /// Polls (never a fixed sleep) until `n` callers are blocked in `acquire`.
+    fn wait_for_waiters(t: &Throttle, n: usize) {
+        let deadline = Instant::now() + secs(10);
+        while t.waiters() != n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} waiters, have {}",
+                t.waiters()
+            );
+            thread::yield_now();
+        }
+    }
+
+    const NEVER: &dyn Fn() -> bool = &|| false;
+
+    /// Runs `acquire` on another thread, stopping when `stop` is set. Results come back on a
+    /// channel so a broken throttle fails the test by timeout instead of hanging it.
+    fn spawn_acquire(
+        t: &Arc<Throttle>,
+        tokens: u64,
+        stop: &Arc<AtomicBool>,
+    ) -> mpsc::Receiver<Result<Permit, Stopped>> {
+        let (tx, rx) = mpsc::channel();
+        let (t, stop) = (Arc::clone(t), Arc::clone(stop));
+        thread::spawn(move || {
+            let _ = tx.send(t.acquire(tokens, &|| stop.load(Ordering::SeqCst)));
+        });
+        rx
+    }
+
+    fn recv<T>(rx: &mpsc::Receiver<T>) -> T {
+        rx.recv_timeout(secs(10))
+            .expect("acquire should have returned")
+    }
+
+    fn stop_flag() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
+    }
+
+    #[test]
+    fn with_burst_limits_the_first_burst() {
+        let t = Throttle::new(Some(1), None)
+            .unwrap()
+            .with_burst(Some(2), None)
+            .unwrap();
+        let _a = t.acquire(0, NEVER).unwrap();
+        let _b = t.acquire(0, NEVER).unwrap();
+        let t = Arc::new(t);
+        let stop = stop_flag();
+        let rx = spawn_acquire(&t, 0, &stop);
+        wait_for_waiters(&t, 1);
+        stop.store(true, Ordering::SeqCst);
+        t.wake_all();
+        assert_eq!(recv(&rx).map(drop), Err(Stopped));
+    }
+
+    #[test]
+    fn refund_lets_a_blocked_waiter_proceed() {
+        let t = Arc::new(Throttle::new(None, Some(60)).unwrap());
+        let permit = t.acquire(60, NEVER).unwrap();
+        assert_eq!(permit.estimated_tokens(), 60);
+        // Without a refund this waits 30 s.
+        let rx = spawn_acquire(&t, 30, &stop_flag());
+        wait_for_waiters(&t, 1);
+        t.settle(permit, 10);
+        let got = recv(&rx).unwrap();
+        assert_eq!(got.estimated_tokens(), 30);
+        assert!(got.waited() > Duration::ZERO);
+        assert_eq!(t.waiters(), 0);
+    }
+
+    #[test]
+    fn blocked_waiters_are_admitted_in_arrival_order() {
+        // 100 tokens per second, burst 10, and an hour's debt so nothing refills during setup.
+        let t = Arc::new(
+            Throttle::new(None, Some(6_000))
+                .unwrap()
+                .with_burst(None, Some(10))
+                .unwrap(),
+        );
+        let debt = recv(&spawn_acquire(&t, 360_000, &stop_flag())).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for (i, tokens) in [(0, 10), (1, 1), (2, 1)] {
+            let (t2, tx) = (Arc::clone(&t), tx.clone());
+            thread::spawn(move || {
+                let p = t2.acquire(tokens, NEVER).unwrap();
+                tx.send(i).unwrap();
+                t2.settle(p, tokens);
+            });
+            wait_for_waiters(&t, i + 1);
+        }
+        // Refills to exactly the burst: the big head fits, the small ones must then wait.
+        t.settle(debt, 0);
+        let order: Vec<_> = (0..3).map(|_| recv(&rx)).collect();
+        assert_eq!(order, [0, 1, 2]);
+    }
+
+    #[test]
+    fn should_stop_ends_the_wait_after_wake_all() {
+        let t = Arc::new(Throttle::new(Some(60), None).unwrap());
+        t.pause_until(Instant::now() + secs(3600));
+        assert!(t.paused_until().is_some());
+        let stop = stop_flag();
+        let rx = spawn_acquire(&t, 0, &stop);
+        wait_for_waiters(&t, 1);
+        stop.store(true, Ordering::SeqCst);
+        t.wake_all();
+        assert_eq!(recv(&rx).map(drop), Err(Stopped));
+        assert_eq!(t.waiters(), 0);
+    }
+
+    #[test]
+    fn should_stop_may_call_into_the_throttle() {
+        let t = Arc::new(Throttle::new(Some(60), None).unwrap());
+        t.pause_until(Instant::now() + secs(3600));
+        let (tx, rx) = mpsc::channel();
+        let t2 = Arc::clone(&t);
+        thread::spawn(move || {
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            // Runs unlocked, so this neither deadlocks nor loses its own wake-up.
+            let stop = || {
+                t2.wake_all();
+                calls.fetch_add(1, Ordering::SeqCst) == 1 && t2.waiters() == 1
+            };
+            let result = t2.acquire(0, &stop).map(drop);
+            let _ = tx.send((result, calls.load(Ordering::SeqCst)));
+        });
+        assert_eq!(recv(&rx), (Err(Stopped), 2));
+        assert_eq!(t.waiters(), 0);
+    }
+
+    #[test]
+    fn stopping_head_lets_the_next_waiter_through() {
+        let t = Arc::new(Throttle::new(None, Some(60)).unwrap());
+        let _permit = t.acquire(50, NEVER).unwrap();
+        let stop = stop_flag();
+        // Needs 60 with 10 left: blocks everyone behind it for 50 s.
+        let big = spawn_acquire(&t, 60, &stop);
+        wait_for_waiters(&t, 1);
+        let small = spawn_acquire(&t, 5, &stop_flag());
+        wait_for_waiters(&t, 2);
+        stop.store(true, Ordering::SeqCst);
+        t.wake_all();
+        assert_eq!(recv(&big).map(drop), Err(Stopped));
+        assert_eq!(recv(&small).map(|p| p.estimated_tokens()), Ok(5));
+    }
+
+    #[test]
+    fn panicking_should_stop_leaves_the_queue() {
+        let t = Arc::new(Throttle::new(Some(60), None).unwrap());
+        t.pause_until(Instant::now() + secs(3600));
+        let (tx, rx) = mpsc::channel();
+        let t2 = Arc::clone(&t);
+        thread::spawn(move || {
+            let result = panic::catch_unwind(AssertUnwindSafe(|| {
+                let _ = t2.acquire(0, &|| panic!("should_stop panicked on purpose"));
+            }));
+            let _ = tx.send(result.is_err());
+        });
+        assert!(recv(&rx), "the panic should propagate");
+        assert_eq!(t.waiters(), 0);
+    }
+
+    #[test]
+    fn immediate_admission_does_not_consult_should_stop() {
+        let t = Throttle::unlimited();
+        let p = t.acquire(5, &|| true).unwrap();
+        assert_eq!(p.estimated_tokens(), 5);
+        t.settle(p, 7);
+        t.note_extra_requests(3);
+        assert_eq!(t.waiters(), 0);
+        assert_eq!(t.paused_until(), None);
+    }
 }

@@ -1,0 +1,79 @@
+//! Pooled warm processes versus a fresh process per item, same items, concurrency 2, 4 and 8,
+//! in one run: on the fake CLI, then on the real CLI against a loopback mock Messages API
+//! (when CLAUDE_CODE_BIN is set).
+//!
+//! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench pool_vs_fresh`
+
+mod common;
+#[allow(dead_code)]
+#[path = "../tests/support/mock_api.rs"]
+mod mock_api;
+
+use std::time::Instant;
+
+use claude_rayon::prelude::*;
+use claude_rayon::{Session, SessionBuilder};
+use rayon::prelude::*;
+
+fn run(builder: SessionBuilder, items: usize) -> f64 {
+    let session = builder.build().expect("session");
+    let started = Instant::now();
+    let results: Vec<_> = (0..items)
+        .into_par_iter()
+        .claude_map(&session, |i| format!("item {i}"))
+        .collect();
+    let elapsed = started.elapsed();
+    let failures = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(failures, 0, "every item must succeed in a benchmark");
+    drop(session);
+    items as f64 / elapsed.as_secs_f64()
+}
+
+fn compare(label: &str, make: &dyn Fn() -> SessionBuilder, plan: &[(usize, usize)]) {
+    println!("\n{label}");
+    println!("concurrency  items  pooled items/s  fresh items/s  ratio");
+    for &(concurrency, items) in plan {
+        let pooled = run(make().concurrency(concurrency), items);
+        let fresh = run(
+            make().concurrency(concurrency).fresh_process_per_item(true),
+            items,
+        );
+        println!(
+            "{concurrency:>11}  {items:>5}  {pooled:>14.1}  {fresh:>13.1}  {:>5.1}x",
+            pooled / fresh
+        );
+    }
+}
+
+fn main() {
+    compare(
+        "fake CLI (claude-rayon-sim, instant answers)",
+        &|| common::fake_builder(),
+        &[(2, 400), (4, 400), (8, 400)],
+    );
+    let Some(cli) = common::real_cli() else {
+        println!("\nreal CLI: skipped (set CLAUDE_CODE_BIN to the claude executable)");
+        return;
+    };
+    let api = mock_api::MockApi::start();
+    let home = tempfile::tempdir().unwrap();
+    let env = api.cli_env(home.path());
+    let make = || {
+        let mut builder = Session::builder()
+            .cli_path(&cli)
+            .model("claude-sonnet-4-5")
+            .cli_max_retries(Some(0));
+        for key in mock_api::CLI_ENV_REMOVE {
+            builder = builder.env_remove(*key);
+        }
+        for (key, value) in &env {
+            builder = builder.env(key.clone(), value.clone());
+        }
+        builder
+    };
+    compare(
+        "real CLI 'claude' against an instant loopback mock API",
+        &make,
+        &[(2, 100), (4, 60), (8, 60)],
+    );
+}
