@@ -5,7 +5,6 @@
 //! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench pool_vs_fresh`
 
 mod common;
-#[allow(dead_code)]
 #[path = "../tests/support/mock_api.rs"]
 mod mock_api;
 
