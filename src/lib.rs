@@ -40,6 +40,7 @@ pub mod retry;
 mod session;
 pub mod simulator;
 mod stats;
+pub mod stream;
 pub mod throttle;
 
 pub use cancel::Cancel;

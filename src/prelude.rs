@@ -6,6 +6,7 @@
 use rayon::iter::ParallelIterator;
 
 use crate::iter::ClaudeMap;
+pub use crate::stream::ClaudeIterator;
 use crate::Session;
 
 /// Claude adaptors on every [`ParallelIterator`].

@@ -2,7 +2,7 @@
 //!
 //! Use them through the extension traits in [`prelude`](crate::prelude).
 
-mod dispatch;
+pub(crate) mod dispatch;
 mod failed;
 mod map;
 pub(crate) mod strict;
