@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `[[sim:delay=MS]]` | answer after MS milliseconds |
 //! | `[[sim:reply=TEXT]]` | answer exactly TEXT |
+//! | `[[sim:replies=KEY,A|B|C]]` | the nth attempt at KEY (across processes) answers the nth text; the last repeats |
 //! | `[[sim:error=STATUS]]` | an API error result (`is_error`, `api_error_status`; `none` for no status) |
 //! | `[[sim:retry=STATUS,N]]` | N `api_retry` lines before the answer |
 //! | `[[sim:fail-times=KEY,N,STATUS]]` | the first N attempts at KEY (across processes) are API errors |
@@ -242,6 +243,8 @@ impl Simulator {
         }
         let text = if let Some(bytes) = d("huge").and_then(|v| v.parse::<usize>().ok()) {
             "z".repeat(bytes)
+        } else if let Some(reply) = d("replies").and_then(|spec| self.nth_reply(&spec)) {
+            reply
         } else if let Some(reply) = d("reply") {
             reply
         } else if d("context").is_some() {
@@ -300,30 +303,42 @@ impl Simulator {
         line
     }
 
-    /// `fail-times=KEY,N[,STATUS]`: count attempts at KEY in the state folder, shared by all
-    /// processes, and fail the first N.
+    /// `fail-times=KEY,N[,STATUS]`: fail the first N attempts at KEY.
     fn scheduled_failure(&self, prompt: &str) -> Option<String> {
         let spec = directive(prompt, "fail-times")?;
         let mut parts = spec.split(',');
         let key = parts.next()?.to_string();
         let times: u32 = parts.next()?.parse().ok()?;
         let status = parts.next().unwrap_or("529").to_string();
-        let dir = PathBuf::from(std::env::var("CLAUDE_RAYON_SIM_STATE").ok()?);
-        let mut attempt = 1;
-        // create_new is atomic, so concurrent processes never count the same attempt twice.
-        while OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(dir.join(format!("{key}.{attempt}")))
-            .is_err()
-        {
-            attempt += 1;
-            if attempt > 10_000 {
-                return None;
-            }
-        }
-        (attempt <= times).then_some(status)
+        (next_attempt(&key)? <= times).then_some(status)
     }
+
+    /// `replies=KEY,A|B|C`: the nth attempt at KEY answers the nth text (the last repeats).
+    fn nth_reply(&self, spec: &str) -> Option<String> {
+        let (key, replies) = spec.split_once(',')?;
+        let replies: Vec<&str> = replies.split('|').collect();
+        let n = next_attempt(&format!("replies-{key}"))? as usize;
+        Some(replies[(n - 1).min(replies.len() - 1)].to_string())
+    }
+}
+
+/// Count one more attempt at `key` in the state folder, shared by all processes; 1-based.
+fn next_attempt(key: &str) -> Option<u32> {
+    let dir = PathBuf::from(std::env::var("CLAUDE_RAYON_SIM_STATE").ok()?);
+    let mut attempt = 1;
+    // create_new is atomic, so concurrent processes never count the same attempt twice.
+    while OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(format!("{key}.{attempt}")))
+        .is_err()
+    {
+        attempt += 1;
+        if attempt > 100_000 {
+            return None;
+        }
+    }
+    Some(attempt)
 }
 
 /// The value of `[[sim:NAME=VALUE]]` (or `Some("")` for `[[sim:NAME]]`) in a prompt.

@@ -267,16 +267,28 @@ impl Inner {
         prompt: &str,
         control: &RunControl,
     ) -> Result<(Response, u32), (Error, u32)> {
-        Counters::add(&self.counters.started, 1);
+        self.count_started();
         let outcome = self.execute_attempts(prompt, control);
-        match &outcome {
-            Ok(_) => Counters::add(&self.counters.succeeded, 1),
-            Err(_) => Counters::add(&self.counters.failed, 1),
-        }
+        self.count_finished(outcome.is_ok());
         outcome
     }
 
-    fn execute_attempts(
+    /// Count an item as started; for runners that make several calls per item.
+    pub(crate) fn count_started(&self) {
+        Counters::add(&self.counters.started, 1);
+    }
+
+    /// Count an item as finished, once, however many calls it took.
+    pub(crate) fn count_finished(&self, succeeded: bool) {
+        if succeeded {
+            Counters::add(&self.counters.succeeded, 1);
+        } else {
+            Counters::add(&self.counters.failed, 1);
+        }
+    }
+
+    /// One call with its retries, without counting an item (see `count_started`).
+    pub(crate) fn execute_attempts(
         &self,
         prompt: &str,
         control: &RunControl,
