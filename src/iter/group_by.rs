@@ -120,7 +120,9 @@ where
     let mut groups = Groups::empty(categories.iter().cloned());
     let refused = check_categories(&categories)
         .and_then(|()| strict::check_session(session, "claude_group_by"));
-    let results: Vec<Result<(usize, I::Item), Failed<I::Item>>> = match refused {
+    // Each item with the index of its category, or failed.
+    type Sorted<T> = Result<(usize, T), Failed<T>>;
+    let results: Vec<Sorted<I::Item>> = match refused {
         Err(error) => refuse_all(items, error),
         Ok(()) => {
             let control = RunControl::new(cancel);
