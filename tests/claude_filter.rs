@@ -26,7 +26,8 @@ fn accepted_verdict_forms_keep_or_drop() {
         .enumerate()
         .map(|(i, (a, keep))| (i, *a, *keep))
         .collect();
-    let kept: Vec<Result<(usize, &str, bool), Failed<(usize, &str, bool)>>> = items
+    type Case<'a> = (usize, &'a str, bool);
+    let kept: Vec<Result<Case, Failed<Case>>> = items
         .clone()
         .into_par_iter()
         .claude_filter(&session, |(_, answer, _)| {
