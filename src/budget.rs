@@ -2,9 +2,16 @@
 //!
 //! How far a run can overshoot: every item in flight reserved an estimate (the largest cost
 //! seen so far, or the configured first estimate), and the cap is checked against spent plus
-//! reserved. An item can still cost more than its reservation, so the overshoot is at most
-//! `concurrency × (largest single-item cost − its estimate)`; with uniform items it is close
-//! to zero, and it is never more than the in-flight items' own costs.
+//! reserved. When a cost larger than the estimate is seen, the items still in flight are
+//! valued at it too, since they probably cost as much. An item can still cost more than the
+//! estimate it was admitted on, so the overshoot is at most the sum, over the items in flight,
+//! of (real cost − that estimate): at most `concurrency × (largest item cost − estimate)`.
+//! With uniform items and a known cost it is zero; a first estimate below the real cost lets
+//! the first wave of `concurrency` items overshoot.
+//!
+//! Once an item is refused the budget stays spent, for every later run on the session, until
+//! the cap is changed: a later item that happens to fit (a cheaper estimate, a reservation
+//! released by a failed call) must not slip through after the session said it was done.
 
 use parking_lot::Mutex;
 
@@ -20,7 +27,10 @@ pub(crate) struct Budget {
 struct State {
     limit: Option<f64>,
     spent: f64,
+    /// The sum of the in-flight reservations, as made.
     reserved: f64,
+    /// How many reservations are in flight.
+    in_flight: u32,
     largest_seen: f64,
     first_estimate: f64,
     /// Once refused, every later item is refused too, until the cap is raised.
@@ -38,6 +48,7 @@ impl Budget {
                 limit,
                 spent: 0.0,
                 reserved: 0.0,
+                in_flight: 0,
                 largest_seen: 0.0,
                 first_estimate: first_estimate.unwrap_or(DEFAULT_FIRST_ESTIMATE_USD),
                 exhausted: false,
@@ -48,6 +59,8 @@ impl Budget {
     pub(crate) fn reserve(&self) -> Result<Reservation, Error> {
         let mut s = self.state.lock();
         let Some(limit) = s.limit else {
+            // Counted all the same: the cap may be set while this item is in flight.
+            s.in_flight += 1;
             return Ok(Reservation(0.0));
         };
         let estimate = if s.largest_seen > 0.0 {
@@ -55,27 +68,32 @@ impl Budget {
         } else {
             s.first_estimate
         };
-        if s.exhausted || s.spent + s.reserved + estimate > limit {
+        // In-flight items valued at the current estimate if that has grown past what they
+        // reserved: they are likely to cost what the others did.
+        let committed = s.spent + s.reserved.max(f64::from(s.in_flight) * s.largest_seen);
+        if s.exhausted || committed + estimate > limit {
             if !s.exhausted {
                 log::warn!(
-                    "budget spent: {:.4} USD spent and {:.4} USD reserved of {limit:.4} USD; no further calls",
+                    "budget spent: {:.4} USD spent and {:.4} USD in flight of {limit:.4} USD; no further calls",
                     s.spent,
-                    s.reserved
+                    committed - s.spent
                 );
             }
             s.exhausted = true;
             return Err(Error::BudgetExceeded {
                 budget_usd: limit,
-                spent_usd: s.spent + s.reserved,
+                spent_usd: committed,
             });
         }
         s.reserved += estimate;
+        s.in_flight += 1;
         Ok(Reservation(estimate))
     }
 
     pub(crate) fn settle(&self, reservation: Reservation, actual: f64) {
         let mut s = self.state.lock();
         s.reserved = (s.reserved - reservation.0).max(0.0);
+        s.in_flight = s.in_flight.saturating_sub(1);
         s.spent += actual;
         s.largest_seen = s.largest_seen.max(actual);
     }
@@ -124,6 +142,49 @@ mod tests {
         assert!(b.is_exhausted());
         assert!(b.reserve().is_err());
         b.set_limit(Some(1.0));
+        assert!(b.reserve().is_ok());
+    }
+
+    #[test]
+    fn a_larger_cost_seen_revalues_the_items_still_in_flight() {
+        // Room for 2.5 items at 0.10; the first estimate says 0.01.
+        let b = Budget::new(Some(0.25), Some(0.01));
+        let held: Vec<_> = (0..4).map(|_| b.reserve().unwrap()).collect();
+        b.settle(held[0], 0.10);
+        // 0.10 spent and three in flight that will likely cost 0.10 each: nothing more fits,
+        // although their reservations (0.03) would leave room.
+        assert!(b.reserve().is_err());
+        for r in &held[1..] {
+            b.settle(*r, 0.10);
+        }
+        assert!((b.spent() - 0.40).abs() < 1e-9);
+        assert!(b.reserve().is_err(), "stays spent");
+    }
+
+    #[test]
+    fn a_conservative_first_estimate_is_kept_for_the_items_in_flight() {
+        let b = Budget::new(Some(0.10), Some(0.04));
+        let first = b.reserve().unwrap();
+        let second = b.reserve().unwrap();
+        b.settle(first, 0.001);
+        // 0.04 still reserved for the second: 0.001 + 0.04 + 0.001 fits.
+        let third = b.reserve().unwrap();
+        b.settle(second, 0.001);
+        b.settle(third, 0.001);
+        assert!(!b.is_exhausted());
+    }
+
+    #[test]
+    fn refused_once_stays_refused_even_where_an_item_would_now_fit() {
+        let b = Budget::new(Some(0.025), Some(0.01));
+        let held: Vec<_> = (0..2).map(|_| b.reserve().unwrap()).collect();
+        assert!(b.reserve().is_err());
+        for r in held {
+            b.settle(r, 0.0001);
+        }
+        // 0.0002 spent and 0.0001 to reserve would fit; the session said it was done.
+        assert!(b.reserve().is_err());
+        b.set_limit(Some(0.025));
         assert!(b.reserve().is_ok());
     }
 

@@ -45,6 +45,8 @@ impl Cancel {
 #[derive(Default)]
 pub(crate) struct RunControl {
     cancel: Option<Cancel>,
+    /// The adaptor's own stop, beside the user's: set when a stream is dropped before its end.
+    abandon: Option<Cancel>,
     fatal: Mutex<Option<Error>>,
     has_fatal: AtomicBool,
 }
@@ -57,6 +59,17 @@ impl RunControl {
         }
     }
 
+    /// Also stop (as cancelled) once `abandon` is set, whatever the user's cancel says.
+    pub(crate) fn abandoned_by(mut self, abandon: Cancel) -> Self {
+        self.abandon = Some(abandon);
+        self
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+            || self.abandon.as_ref().is_some_and(Cancel::is_cancelled)
+    }
+
     /// Why the run must not start another item, if it must not.
     pub(crate) fn stop_reason(&self) -> Option<Error> {
         if self.has_fatal.load(Ordering::Acquire) {
@@ -67,15 +80,14 @@ impl RunControl {
                 other => Error::Stopped(Box::new(other)),
             });
         }
-        if self.cancel.as_ref().is_some_and(Cancel::is_cancelled) {
+        if self.is_cancelled() {
             return Some(Error::Cancelled);
         }
         None
     }
 
     pub(crate) fn should_stop(&self) -> bool {
-        self.has_fatal.load(Ordering::Acquire)
-            || self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+        self.has_fatal.load(Ordering::Acquire) || self.is_cancelled()
     }
 
     /// Record a fatal error: the run starts no further item.

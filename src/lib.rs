@@ -23,6 +23,8 @@
 //!   process, retries with [`RetryPolicy`]); [`Session::query`] for one prompt,
 //!   [`Conversation`] for several turns with context.
 //! - [`prelude`]: the extension traits (`claude_map` and friends).
+//! - [`stream`]: the same on plain iterators (stdin lines, a log being read), lazily and in
+//!   order: `claude_stream_map` and `claude_windows`.
 //! - [`simulator`]: a stand-in CLI for trying things without an API key.
 //!
 //! See `ARCHITECTURE.md` for how they fit together.

@@ -134,6 +134,7 @@ pub trait ClaudeIntoParallelIterator: IntoParallelIterator + Sized {
     /// ```no_run
     /// use claude_rayon::prelude::*;
     /// use claude_rayon::Session;
+    /// use rayon::prelude::*;
     ///
     /// let session = Session::builder().build()?;
     /// let docs = vec!["first".to_string(), "second".to_string()];

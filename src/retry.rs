@@ -9,11 +9,21 @@
 //! short blips are absorbed inside the CLI, and its `api_retry` lines pause the shared
 //! throttle at once, while longer trouble comes back to this crate, which retries the item
 //! [`max_retries`](RetryPolicy::max_retries) times with exponential backoff and full jitter.
+//!
+//! A 429 or 529 also pauses the session's shared throttle, so that no worker sends a new
+//! request while the API is refusing them: for the delay the CLI announces on its `api_retry`
+//! lines (the API's `retry-after`, or the CLI's own backoff if longer), or, for a throttled
+//! result that came without one, for a cooldown that doubles (from
+//! [`initial_backoff`](RetryPolicy::initial_backoff) up to
+//! [`max_backoff`](RetryPolicy::max_backoff)) with each throttled request sent after the
+//! previous pause began, and starts over after a success.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::Error;
 
@@ -144,6 +154,51 @@ impl fmt::Debug for RetryPolicy {
     }
 }
 
+/// The exponential cooldown after throttled results (429, 529) that carry no delay of the API's.
+///
+/// Escalation is per episode, not per result: requests that were already in flight when a
+/// pause began come back throttled together, and counting each of them would turn one burst
+/// of `concurrency` 429s into a pause `2^concurrency` times too long. Likewise only a success
+/// sent after the pause began shows that the API has recovered.
+#[derive(Default)]
+pub(crate) struct Cooldown {
+    state: Mutex<CooldownState>,
+}
+
+#[derive(Default)]
+struct CooldownState {
+    /// Pauses in a row without a success in between.
+    level: u32,
+    /// When the latest pause began.
+    since: Option<Instant>,
+}
+
+impl Cooldown {
+    /// A request sent at `sent_at` came back throttled at `now`: how long to pause.
+    pub(crate) fn throttled(
+        &self,
+        policy: &RetryPolicy,
+        sent_at: Instant,
+        now: Instant,
+    ) -> Duration {
+        let mut s = self.state.lock();
+        let same_episode = s.since.is_some_and(|since| sent_at < since);
+        if !same_episode {
+            s.level = s.level.saturating_add(1).min(32);
+            s.since = Some(now);
+        }
+        policy.ceiling(s.level)
+    }
+
+    /// A request sent at `sent_at` succeeded: the next throttled one starts from the bottom.
+    pub(crate) fn succeeded(&self, sent_at: Instant) {
+        let mut s = self.state.lock();
+        if s.since.is_none_or(|since| sent_at >= since) {
+            *s = CooldownState::default();
+        }
+    }
+}
+
 /// A number in [0, 1) from a small xorshift generator; jitter needs spread, not secrecy.
 pub(crate) fn random_unit() -> f64 {
     static STATE: AtomicU64 = AtomicU64::new(0);
@@ -217,6 +272,43 @@ mod tests {
             },
             1
         ));
+    }
+
+    #[test]
+    fn cooldown_doubles_per_episode_and_resets_on_a_later_success() {
+        let p = RetryPolicy::default()
+            .initial_backoff(Duration::from_millis(100))
+            .max_backoff(Duration::from_millis(1000));
+        let c = Cooldown::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(c.throttled(&p, at(0), at(10)), Duration::from_millis(100));
+        // Sent before that pause began: the same burst, no escalation.
+        assert_eq!(c.throttled(&p, at(5), at(11)), Duration::from_millis(100));
+        // Sent after it: the API still refuses, so the next pause is twice as long.
+        assert_eq!(
+            c.throttled(&p, at(200), at(210)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            c.throttled(&p, at(500), at(510)),
+            Duration::from_millis(400)
+        );
+        // A success from a request sent before the latest pause says nothing about now.
+        c.succeeded(at(300));
+        assert_eq!(
+            c.throttled(&p, at(600), at(610)),
+            Duration::from_millis(800)
+        );
+        assert_eq!(
+            c.throttled(&p, at(700), at(710)),
+            Duration::from_millis(1000)
+        );
+        c.succeeded(at(800));
+        assert_eq!(
+            c.throttled(&p, at(900), at(910)),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

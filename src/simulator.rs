@@ -14,6 +14,7 @@
 //! | `[[sim:retry=STATUS,N]]` | N `api_retry` lines before the answer |
 //! | `[[sim:fail-times=KEY,N,STATUS]]` | the first N attempts at KEY (across processes) are API errors |
 //! | `[[sim:crash]]` | exit with code 3 mid-item |
+//! | `[[sim:crash-times=KEY,N]]` | the first N attempts at KEY (across processes) crash like `crash` |
 //! | `[[sim:stderr-env=NAME]]` | print the variable NAME to stderr, then crash |
 //! | `[[sim:garbage]]` | print a line that is not JSON |
 //! | `[[sim:huge=BYTES]]` | answer with BYTES bytes of text |
@@ -25,7 +26,8 @@
 //! | `[[sim:context]]` | answer with the prompts currently in context |
 //!
 //! The environment scripts the process: `CLAUDE_RAYON_SIM_RECORD=FILE` appends a JSON line
-//! per start (its arguments) and per prompt (with the context it saw);
+//! per start (its arguments) and per prompt (with the context it saw and `t_ms`, when it
+//! arrived in milliseconds since the UNIX epoch);
 //! `CLAUDE_RAYON_SIM_STATE=DIR` holds the `fail-times` counters; `CLAUDE_RAYON_SIM_STARTUP_MS`
 //! delays the start; `CLAUDE_RAYON_SIM_LATENCY_MS` delays every answer;
 //! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers.
@@ -169,11 +171,19 @@ impl Simulator {
             return None;
         }
         self.context.push(prompt.to_string());
+        // `t_ms` (milliseconds since the UNIX epoch) is when the prompt arrived, for tests and
+        // benches that check how requests were spaced.
+        let t_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         self.record(
             json!({"event": "prompt", "pid": std::process::id(), "prompt": prompt,
-            "context_turns": self.context.len()}),
+            "context_turns": self.context.len(), "t_ms": t_ms}),
         );
-        let d = |name: &str| directive(prompt, name);
+        // Demo mode answers any text, including text that happens to contain directives
+        // (the simulator's own source, say); directives are for tests.
+        let demo = self.demo;
+        let d = |name: &str| if demo { None } else { directive(prompt, name) };
         // Unexpected chatter that a client must skip.
         self.emit(json!({"type": "rate_limit_event", "note": "simulated"}));
         if let Some(ms) = d("delay")
@@ -195,7 +205,7 @@ impl Simulator {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        if d("crash").is_some() {
+        if d("crash").is_some() || (!demo && self.scheduled_crash(prompt)) {
             eprintln!("simulated crash");
             return Some(3);
         }
@@ -230,7 +240,13 @@ impl Simulator {
                 "total_cost_usd": self.total_cost, "usage": {"input_tokens": 0, "output_tokens": 0}}));
             return None;
         }
-        let error = d("error").or_else(|| self.scheduled_failure(prompt));
+        let error = d("error").or_else(|| {
+            if demo {
+                None
+            } else {
+                self.scheduled_failure(prompt)
+            }
+        });
         if let Some(status) = error {
             let status = status.parse::<u16>().ok();
             let text = match status {
@@ -258,7 +274,7 @@ impl Simulator {
             Some(schema) if d("no-structured").is_none() => Some(
                 d("structured")
                     .and_then(|s| serde_json::from_str(&s).ok())
-                    .unwrap_or_else(|| instance_of(schema)),
+                    .unwrap_or_else(|| instance_of(schema, demo.then(|| fnv_hash(prompt)))),
             ),
             _ => None,
         };
@@ -311,6 +327,21 @@ impl Simulator {
         let times: u32 = parts.next()?.parse().ok()?;
         let status = parts.next().unwrap_or("529").to_string();
         (next_attempt(&key)? <= times).then_some(status)
+    }
+
+    /// `crash-times=KEY,N`: crash on the first N attempts at KEY.
+    fn scheduled_crash(&self, prompt: &str) -> bool {
+        let Some(spec) = directive(prompt, "crash-times") else {
+            return false;
+        };
+        let Some((key, times)) = spec.split_once(',') else {
+            return false;
+        };
+        let Ok(times) = times.parse::<u32>() else {
+            return false;
+        };
+        // Its own counter, so a prompt may also carry `fail-times` for the same key.
+        next_attempt(&format!("crash-{key}")).is_some_and(|n| n <= times)
     }
 
     /// `replies=KEY,A|B|C`: the nth attempt at KEY answers the nth text (the last repeats).
@@ -369,36 +400,54 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
 }
 
-/// A small value that satisfies a JSON Schema's types, required fields and enums.
-fn instance_of(schema: &Value) -> Value {
-    if let Some(first) = schema
-        .get("enum")
-        .and_then(Value::as_array)
-        .and_then(|e| e.first())
-    {
-        return first.clone();
+/// A small value that satisfies a JSON Schema's types, required fields and enums. With a
+/// `seed` (demo mode), enums and array lengths vary with it, so demo output is not uniform.
+fn instance_of(schema: &Value, seed: Option<u64>) -> Value {
+    let pick = |len: usize| seed.map_or(0, |s| (s % len as u64) as usize);
+    if let Some(options) = schema.get("enum").and_then(Value::as_array) {
+        if !options.is_empty() {
+            return options[pick(options.len())].clone();
+        }
     }
+    let next = seed.map(|s| s.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15);
     match schema.get("type").and_then(Value::as_str) {
         Some("object") | None if schema.get("properties").is_some() => {
             let mut object = serde_json::Map::new();
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                 for (name, sub) in props {
-                    object.insert(name.clone(), instance_of(sub));
+                    object.insert(name.clone(), instance_of(sub, next));
                 }
             }
             Value::Object(object)
         }
         Some("object") => json!({}),
-        Some("array") => match schema.get("items") {
-            Some(items) => json!([instance_of(items)]),
-            None => json!([]),
-        },
-        Some("string") => json!("simulated"),
-        Some("integer") => json!(1),
+        Some("array") => {
+            let len = seed.map_or(1, |s| (s % 3) as usize);
+            match schema.get("items") {
+                Some(items) => Value::Array(
+                    (0..len as u64)
+                        .map(|i| instance_of(items, next.map(|n| n.wrapping_add(i * 7919))))
+                        .collect(),
+                ),
+                None => json!([]),
+            }
+        }
+        Some("string") => json!(if seed.is_some() {
+            "simulated: no model was called"
+        } else {
+            "simulated"
+        }),
+        Some("integer") => json!(1 + seed.map_or(0, |s| s % 40) as i64),
         Some("number") => json!(1.0),
         Some("boolean") => json!(true),
         _ => Value::Null,
     }
+}
+
+fn fnv_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Demo answers: an allowed-answer question gets one of its allowed answers (picked by a hash
@@ -454,7 +503,7 @@ mod tests {
             "n": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
             "level": {"enum": ["low", "high"]}}});
         assert_eq!(
-            instance_of(&schema),
+            instance_of(&schema, None),
             json!({"n": 1, "tags": ["simulated"], "level": "low"})
         );
     }

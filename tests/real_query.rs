@@ -55,10 +55,17 @@ fn query_returns_the_answer_with_its_own_usage_and_cost() {
     assert_eq!(requests.len(), 2, "one API call per item: {requests:?}");
     assert_usage_matches_mock(&first, &requests[0], &first.text);
     assert_usage_matches_mock(&second, &requests[1], &second.text);
-    assert!(second.cost_usd > first.cost_usd, "the longer reply costs more");
+    assert!(
+        second.cost_usd > first.cost_usd,
+        "the longer reply costs more"
+    );
     assert_eq!((first.num_turns, second.num_turns), (1, 1));
     assert!(!first.session_id.is_empty());
-    assert_eq!(session.process_ids().len(), 1, "both items ran on one process");
+    assert_eq!(
+        session.process_ids().len(),
+        1,
+        "both items ran on one process"
+    );
 
     let stats = session.close().unwrap();
     assert_eq!((stats.succeeded, stats.failed), (2, 0));
@@ -77,7 +84,10 @@ fn each_query_reaches_the_api_with_only_its_own_prompt() {
     let session = real.builder().concurrency(1).build().unwrap();
     let prompts = ["the first item", "the second item", "the third item"];
     for prompt in prompts {
-        assert_eq!(session.query(prompt).unwrap().text, format!("echo: {prompt}"));
+        assert_eq!(
+            session.query(prompt).unwrap().text,
+            format!("echo: {prompt}")
+        );
     }
     let requests = real.api.requests();
     assert_eq!(requests.len(), prompts.len(), "{requests:?}");
@@ -94,7 +104,11 @@ fn each_query_reaches_the_api_with_only_its_own_prompt() {
             assert!(!body.contains(other), "{prompt:?} carried {other:?}");
         }
     }
-    assert_eq!(session.process_ids().len(), 1, "all items ran on one process");
+    assert_eq!(
+        session.process_ids().len(),
+        1,
+        "all items ran on one process"
+    );
 }
 
 #[test]
@@ -103,19 +117,27 @@ fn the_default_request_carries_no_tools_and_is_small() {
         return;
     };
     let session = real.builder().concurrency(1).build().unwrap();
+    // The second item also carries the CLI's `/clear` caveat blocks (about 0.5 KB more).
     session.query("How big is this request?").unwrap();
-    let request = real.api.last_request().unwrap();
-    assert!(request.tools.is_empty(), "tools: {:?}", request.tools);
-    assert!(
-        request.body.get("tools").is_none_or(|t| t == &serde_json::json!([])),
-        "tools field: {}",
-        request.body["tools"]
-    );
-    assert!(
-        request.bytes < 4096,
-        "the request is {} bytes: {}",
-        request.bytes,
-        request.body
-    );
-    assert_eq!(request.model, "claude-sonnet-4-5");
+    session.query("And this one?").unwrap();
+    let requests = real.api.requests();
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        assert!(request.tools.is_empty(), "tools: {:?}", request.tools);
+        assert!(
+            request
+                .body
+                .get("tools")
+                .is_none_or(|t| t == &serde_json::json!([])),
+            "tools field: {}",
+            request.body["tools"]
+        );
+        assert!(
+            request.bytes < 4096,
+            "the request is {} bytes: {}",
+            request.bytes,
+            request.body
+        );
+        assert_eq!(request.model, "claude-sonnet-4-5");
+    }
 }

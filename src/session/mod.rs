@@ -27,6 +27,7 @@ pub use locate::CLI_ENV_VAR;
 
 use crate::budget::Budget;
 use crate::cancel::RunControl;
+use crate::retry::Cooldown;
 use crate::stats::Counters;
 use crate::throttle::{estimate_tokens, Throttle};
 use crate::{Error, Response, Stats};
@@ -73,8 +74,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     created: Instant,
     closed: AtomicBool,
-    /// 429/529 results in a row, for the exponential cooldown on the shared throttle.
-    consecutive_throttled: AtomicU64,
+    /// The exponential pause after 429/529 results that carry no delay of the API's.
+    cooldown: Cooldown,
 }
 
 impl Session {
@@ -131,7 +132,7 @@ impl Session {
                 counters: Counters::default(),
                 created: Instant::now(),
                 closed: AtomicBool::new(false),
-                consecutive_throttled: AtomicU64::new(0),
+                cooldown: Cooldown::default(),
             }),
         })
     }
@@ -287,45 +288,62 @@ impl Inner {
         }
     }
 
-    /// One call with its retries, without counting an item (see `count_started`).
+    /// One call with its retries, without counting an item (see `count_started`). The count
+    /// returned with either outcome is the number of calls made (prompts sent to a process).
+    ///
+    /// An item stopped between its tries (cancel, or a fatal error elsewhere in the run) keeps
+    /// the error of its last call: that is what went wrong with it, the stop only ended the
+    /// retries. A spent budget is the exception: it is reported as itself, since it is why the
+    /// item was not tried again and it stays until the cap is raised.
     pub(crate) fn execute_attempts(
         &self,
         prompt: &str,
         control: &RunControl,
     ) -> Result<(Response, u32), (Error, u32)> {
-        let mut attempt = 0;
+        // Tries count towards `max_retries` even when no call could be made (a process that
+        // failed to start), so that a persistent failure still ends.
+        let mut tries = 0;
+        let mut calls = 0;
+        let mut last: Option<Error> = None;
         loop {
             if self.closed.load(Ordering::SeqCst) {
-                return Err((Error::Closed, attempt));
+                return Err((Error::Closed, calls));
             }
             if let Some(reason) = control.stop_reason() {
-                return Err((reason, attempt));
+                return Err((last.unwrap_or(reason), calls));
             }
-            attempt += 1;
-            match self.attempt_once(prompt, control) {
-                Ok(response) => return Ok((response, attempt)),
+            tries += 1;
+            let error = match self.attempt_once(prompt, control) {
+                Ok(response) => return Ok((response, calls + 1)),
                 Err(AttemptError::NotStarted(error)) => {
                     if error.is_fatal() {
                         control.fail_fatally(&error);
                     }
-                    return Err((error, attempt - 1));
+                    let error = match (last, &error) {
+                        (Some(previous), Error::Cancelled | Error::Stopped(_)) => previous,
+                        _ => error,
+                    };
+                    return Err((error, calls));
                 }
-                Err(AttemptError::Failed(error)) => {
-                    if error.is_fatal() {
-                        control.fail_fatally(&error);
-                        return Err((error, attempt));
-                    }
-                    if !self.config.retry.should_retry(&error, attempt) {
-                        return Err((error, attempt));
-                    }
-                    Counters::add(&self.counters.retried, 1);
-                    let wait = self.config.retry.backoff(attempt);
-                    log::debug!("retrying an item in {wait:?} (attempt {attempt} failed: {error})");
-                    if !sleep_unless_stopped(wait, control) {
-                        // Stopped while waiting: the item fails with what it last failed with.
-                        return Err((error, attempt));
-                    }
+                Err(AttemptError::Failed { error, called }) => {
+                    calls += u32::from(called);
+                    error
                 }
+            };
+            if error.is_fatal() {
+                control.fail_fatally(&error);
+                return Err((error, calls));
+            }
+            if !self.config.retry.should_retry(&error, tries) {
+                return Err((error, calls));
+            }
+            Counters::add(&self.counters.retried, 1);
+            let wait = self.config.retry.backoff(tries);
+            log::debug!("retrying an item in {wait:?} (try {tries} failed: {error})");
+            let stopped = !sleep_unless_stopped(wait, control);
+            last = Some(error);
+            if stopped {
+                return Err((last.expect("just set"), calls));
             }
         }
     }
@@ -354,10 +372,14 @@ impl Inner {
             Err(error) => {
                 self.throttle.settle(permit, 0);
                 self.budget.settle(reservation, 0.0);
-                return Err(AttemptError::Failed(error));
+                return Err(AttemptError::Failed {
+                    error,
+                    called: false,
+                });
             }
         };
         Counters::add(&self.counters.requests, 1);
+        let sent_at = Instant::now();
         let mut on_retry = |retry: ApiRetry| self.on_cli_retry(retry);
         let outcome = lease.process().run_turn(
             prompt,
@@ -370,7 +392,7 @@ impl Inner {
             Ok(response) => {
                 self.throttle.settle(permit, response.usage.total());
                 self.budget.settle(reservation, response.cost_usd);
-                self.consecutive_throttled.store(0, Ordering::Relaxed);
+                self.cooldown.succeeded(sent_at);
                 self.record_success(&response);
                 Ok(response)
             }
@@ -379,9 +401,14 @@ impl Inner {
                 self.throttle.settle(permit, 0);
                 self.budget.settle(reservation, 0.0);
                 if matches!(error.api_status(), Some(429 | 529)) {
-                    self.back_off(None);
+                    let now = Instant::now();
+                    let wait = self.cooldown.throttled(&self.config.retry, sent_at, now);
+                    self.back_off(now, wait);
                 }
-                Err(AttemptError::Failed(error))
+                Err(AttemptError::Failed {
+                    error,
+                    called: true,
+                })
             }
         }
     }
@@ -407,21 +434,18 @@ impl Inner {
         Counters::add(&self.counters.cli_api_retries, 1);
         self.throttle.note_extra_requests(1);
         if matches!(retry.status, Some(429 | 529)) {
-            self.back_off(Some(retry.delay));
+            // The CLI's delay is max(retry-after, its own backoff): the API's word on when.
+            self.back_off(Instant::now(), retry.delay);
         }
     }
 
-    /// Pause new requests on the shared throttle: for the API's own delay when known, else
-    /// for an exponential cooldown that grows with consecutive throttled results.
-    fn back_off(&self, delay: Option<Duration>) {
-        let wait = delay.unwrap_or_else(|| {
-            let n = self.consecutive_throttled.fetch_add(1, Ordering::Relaxed) + 1;
-            self.config.retry.ceiling(n.min(32) as u32)
-        });
+    /// Pause new requests on the shared throttle (every session using it) for `wait` from
+    /// `now`; a pause already in force that ends later is kept.
+    fn back_off(&self, now: Instant, wait: Duration) {
         if wait.is_zero() {
             return;
         }
-        let until = Instant::now() + wait;
+        let until = now + wait;
         if self.throttle.paused_until().is_none_or(|p| p < until) {
             Counters::add(&self.counters.backoff_pauses, 1);
             log::info!("the API is throttling: pausing new requests for {wait:?}");
@@ -443,10 +467,10 @@ impl Inner {
 }
 
 enum AttemptError {
-    /// Refused before any call (budget, stop): not an attempt.
+    /// Refused before any call (budget, stop): not a try.
     NotStarted(Error),
-    /// The call was made and failed.
-    Failed(Error),
+    /// The try failed: in the call (`called`), or before it in starting a process.
+    Failed { error: Error, called: bool },
 }
 
 /// Sleep for `wait` in short slices, returning false as soon as the run is told to stop.

@@ -1,0 +1,125 @@
+//! Sort a folder of documents into given categories with `claude_group_by`, and print each
+//! category with its documents, then the documents that could not be sorted.
+//!
+//! ```sh
+//! cargo run --example categorize -- examples/data/docs
+//! cargo run --example categorize -- --categories "finance,engineering,personal" --simulate examples/data/docs
+//! ```
+//!
+//! Flags: `--categories a,b,c` (default: finance, engineering, personal, other),
+//! `--simulate`, `--model NAME`, `--concurrency N`. Reads `.txt` and `.md` files.
+
+mod common;
+
+use std::path::PathBuf;
+
+use claude_rayon::prelude::*;
+use claude_rayon::Session;
+use rayon::prelude::*;
+
+const DEFAULT_CATEGORIES: &str = "finance,engineering,personal,other";
+/// Long documents are cut: the first part is enough to tell the category.
+const MAX_CHARS: usize = 8_000;
+
+fn main() {
+    claude_rayon::simulator::serve_if_requested();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(run(&args));
+}
+
+fn run(args: &[String]) -> i32 {
+    let positional = common::positional(args, &["--categories", "--model", "--concurrency"]);
+    let Some(dir) = positional.first().map(PathBuf::from) else {
+        eprintln!(
+            "usage: categorize [--categories a,b,c] [--simulate] [--model M] [--concurrency N] DIR"
+        );
+        return 2;
+    };
+    let categories: Vec<String> = common::flag_value(args, "--categories")
+        .unwrap_or_else(|| DEFAULT_CATEGORIES.to_string())
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    let mut documents: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "md"))
+            })
+            .collect(),
+        Err(err) => {
+            eprintln!("cannot read {}: {err}", dir.display());
+            return 1;
+        }
+    };
+    documents.sort();
+    if documents.is_empty() {
+        eprintln!("no .txt or .md documents in {}", dir.display());
+        return 1;
+    }
+
+    let mut builder = Session::builder().concurrency(
+        common::flag_value(args, "--concurrency")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4),
+    );
+    if let Some(model) = common::flag_value(args, "--model") {
+        builder = builder.model(model);
+    }
+    let backend = match common::connect(builder, args.iter().any(|a| a == "--simulate")) {
+        Ok(backend) => backend,
+        Err(err) => {
+            eprintln!("cannot start: {err}");
+            return 1;
+        }
+    };
+    let label = backend.label();
+
+    let groups = documents.par_iter().claude_group_by(
+        &backend.session,
+        categories.iter().cloned(),
+        |path| {
+            let text: String = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .chars()
+                .take(MAX_CHARS)
+                .collect();
+            format!(
+                "Which category does this document belong to?\n\nDocument `{}`:\n{text}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )
+        },
+    );
+    if let Some(message) = groups
+        .failed
+        .iter()
+        .find_map(|f| common::explain_fatal(&f.error))
+    {
+        eprintln!("{message}");
+        return 1;
+    }
+    for (category, members) in groups.iter() {
+        println!("{label}{category} ({})", members.len());
+        for path in members {
+            println!("{label}  {}", path.display());
+        }
+    }
+    if !groups.failed.is_empty() {
+        println!("not sorted ({})", groups.failed.len());
+        for failed in &groups.failed {
+            println!("  {}: {}", failed.item.display(), failed.error);
+        }
+    }
+    let stats = backend.session.stats();
+    println!(
+        "{label}{} documents, {} sorted, {} failed, {} requests, ${:.4}",
+        groups.len(),
+        groups.len() - groups.failed.len(),
+        groups.failed.len(),
+        stats.requests,
+        stats.cost_usd
+    );
+    i32::from(!groups.failed.is_empty())
+}

@@ -1,0 +1,90 @@
+//! What the examples share: finding the CLI or falling back to the simulator, and stopping
+//! plainly on an authentication failure.
+#![allow(dead_code)]
+
+use claude_rayon::{Error, Session, SessionBuilder};
+
+/// How the session was made, so output can be labelled.
+pub struct Backend {
+    pub session: Session,
+    pub simulated: bool,
+}
+
+impl Backend {
+    /// The label that goes before any line that could be mistaken for a real finding.
+    pub fn label(&self) -> &'static str {
+        if self.simulated {
+            "[simulated] "
+        } else {
+            ""
+        }
+    }
+}
+
+/// Build on the real CLI, or on the built-in simulator when `simulate` is set or no CLI is
+/// found (saying so plainly). The caller's `main` must call
+/// `claude_rayon::simulator::serve_if_requested()` first.
+pub fn connect(builder: SessionBuilder, simulate: bool) -> Result<Backend, Error> {
+    if !simulate {
+        match builder.clone().build() {
+            Ok(session) => {
+                eprintln!("using the claude CLI at {}", session.cli_path().display());
+                return Ok(Backend {
+                    session,
+                    simulated: false,
+                });
+            }
+            Err(err @ Error::CliNotFound { .. }) => {
+                eprintln!("{err}");
+                eprintln!("running on the built-in simulator instead: findings are NOT real.\n");
+            }
+            Err(err) => return Err(err),
+        }
+    } else {
+        eprintln!("--simulate: running on the built-in simulator: findings are NOT real.\n");
+    }
+    Ok(Backend {
+        session: builder.simulated()?.build()?,
+        simulated: true,
+    })
+}
+
+/// If `error` means no item can succeed (bad credentials, spent budget), say what to do.
+pub fn explain_fatal(error: &Error) -> Option<String> {
+    let root = match error {
+        Error::Stopped(cause) => cause.as_ref(),
+        other => other,
+    };
+    match root {
+        Error::Authentication { .. } => Some(format!(
+            "stopped: {root}\n(or run with --simulate to try the example on the built-in simulator)"
+        )),
+        Error::BudgetExceeded { .. } => Some(format!("stopped: {root}")),
+        _ => None,
+    }
+}
+
+/// `--name value` from the arguments.
+pub fn flag_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The arguments that are neither flags nor flag values.
+pub fn positional(args: &[String], flags_with_values: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for arg in args {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if flags_with_values.contains(&arg.as_str()) {
+            skip = true;
+        } else if !arg.starts_with("--") {
+            out.push(arg.clone());
+        }
+    }
+    out
+}

@@ -1,0 +1,195 @@
+//! The examples run in simulate mode on small fixtures, and their outputs (report, JSONL,
+//! summary) are checked for content.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The example's binary. `cargo build` makes sure it is current: `cargo test --test examples`
+/// alone does not rebuild examples, and a stale one would test old code.
+fn example(name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building example {name}");
+    let deps = std::env::current_exe().unwrap();
+    deps.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+fn run(name: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(example(name))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CLAUDE_CODE_BIN")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &Path, name: &str, content: &[u8]) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+#[test]
+fn analyze_codebase_writes_a_report_jsonl_and_summary() {
+    let tree = tempfile::tempdir().unwrap();
+    let root = tree.path();
+    write(root, ".gitignore", b"generated/\n");
+    write(
+        root,
+        "src/main.rs",
+        b"fn main() {\n    println!(\"hi\");\n}\n",
+    );
+    write(
+        root,
+        "app/views.py",
+        b"def index(request):\n    return eval(request.GET['q'])\n",
+    );
+    write(
+        root,
+        "web/util.ts",
+        b"export const add = (a: number, b: number) => a + b;\n",
+    );
+    write(root, "lib/tasks.ex", b"defmodule Tasks do\nend\n");
+    write(root, "generated/skip.rs", b"fn ignored() {}\n");
+    write(root, "blob.rb", b"puts 1\0\0\0binary");
+    write(root, "huge.go", &vec![b'a'; 300 * 1024]);
+    write(root, "README.md", b"# not source\n");
+    let out = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(
+        "analyze_codebase",
+        &[
+            "--simulate",
+            "--out",
+            out.path().to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("built-in simulator"), "{stderr}");
+    assert!(stderr.contains("2 skipped as binary or huge"), "{stderr}");
+
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    for file in ["src/main.rs", "app/views.py", "web/util.ts", "lib/tasks.ex"] {
+        assert!(report.contains(file), "{file} missing from the report");
+    }
+    for skipped in ["generated/skip.rs", "blob.rb", "huge.go", "README.md"] {
+        assert!(
+            !report.contains(skipped),
+            "{skipped} should have been skipped"
+        );
+    }
+    assert!(report.contains("### security") && report.contains("### documentation"));
+    assert!(report.contains("Python") && report.contains("Elixir"));
+    // Every line that could pass for a finding says it is simulated.
+    let finding_lines: Vec<&str> = report.lines().filter(|l| l.starts_with("- ")).collect();
+    assert!(!finding_lines.is_empty());
+    assert!(
+        finding_lines
+            .iter()
+            .all(|l| l.starts_with("- [simulated] **")),
+        "{finding_lines:?}"
+    );
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4 * 3, "one line per file and analysis");
+    assert!(lines
+        .iter()
+        .all(|l| l["simulated"] == true && l["findings"].is_array()));
+    let analyses: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|l| l["analysis"].as_str().unwrap())
+        .collect();
+    assert_eq!(analyses.len(), 3);
+
+    assert!(stdout.contains("[simulated] summary"), "{stdout}");
+    assert!(stdout.contains("files analysed   4"), "{stdout}");
+    assert!(stdout.contains("12 ok, 0 failed"), "{stdout}");
+    assert!(stdout.contains("simulated, nothing billed"), "{stdout}");
+}
+
+#[test]
+fn categorize_prints_every_category_and_every_document_once() {
+    let docs = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("a.txt", "Invoice for March"),
+        ("b.md", "Our build broke"),
+        ("c.txt", "Birthday on Saturday"),
+        ("d.txt", "Quarterly revenue"),
+        ("skip.pdf", "not a text document"),
+    ] {
+        write(docs.path(), name, text.as_bytes());
+    }
+    let (code, stdout, stderr) = run(
+        "categorize",
+        &[
+            "--simulate",
+            "--categories",
+            "money,tech,life",
+            docs.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for category in ["money", "tech", "life"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("[simulated] {category} ("))),
+            "{category} missing:\n{stdout}"
+        );
+    }
+    for doc in ["a.txt", "b.md", "c.txt", "d.txt"] {
+        let mentions = stdout.lines().filter(|l| l.ends_with(doc)).count();
+        assert_eq!(mentions, 1, "{doc} listed {mentions} times:\n{stdout}");
+    }
+    assert!(!stdout.contains("skip.pdf"));
+    assert!(
+        stdout.contains("[simulated] 4 documents, 4 sorted, 0 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn log_anomalies_reports_windows_in_order_with_line_numbers() {
+    let (code, stdout, stderr) = run("log_anomalies", &["--simulate", "examples/data/sample.log"]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let windows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("[simulated] lines "))
+        .collect();
+    assert!(windows.len() >= 2, "{stdout}");
+    assert!(windows[0].starts_with("[simulated] lines 1-"), "{stdout}");
+    let starts: Vec<usize> = windows
+        .iter()
+        .map(|l| {
+            l["[simulated] lines ".len()..]
+                .split('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] < w[1]),
+        "in order: {starts:?}"
+    );
+}

@@ -1,0 +1,48 @@
+//! Real tier: with the library's throttle at the API's own limit, a batch larger than the
+//! burst gets no 429. The mock Messages API refuses requests beyond a token bucket of R per
+//! minute (capacity R), the same shape as the library's default (burst = one minute's worth).
+//! Slow by design: the 15 items beyond the burst go at one per 2 s, so about 30 s.
+//! Skipped with a notice when no CLI is installed.
+
+mod support;
+
+use claude_rayon::prelude::*;
+use rayon::prelude::*;
+use support::Real;
+
+#[test]
+fn a_batch_at_the_apis_rate_limit_gets_no_429() {
+    const R: u32 = 30;
+    const ITEMS: usize = 45;
+    let Some(real) = Real::start("a_batch_at_the_apis_rate_limit_gets_no_429") else {
+        return;
+    };
+    real.api.set_rate_limit(Some(R));
+    let session = real
+        .builder()
+        .concurrency(2)
+        .requests_per_minute(R)
+        .build()
+        .unwrap();
+
+    let results: Vec<_> = (0..ITEMS)
+        .into_par_iter()
+        .claude_map(&session, |i| format!("item {i}"))
+        .collect();
+
+    assert_eq!(real.api.rate_limited(), 0, "the API answered 429");
+    assert_eq!(results.len(), ITEMS);
+    for (i, result) in results.iter().enumerate() {
+        let (item, response) = result.as_ref().unwrap_or_else(|f| panic!("item {i}: {f}"));
+        assert_eq!(*item, i);
+        assert_eq!(response.text, format!("echo: item {i}"));
+    }
+    // One prompt, one API call: what the throttle counts is what the API counts.
+    assert_eq!(real.api.request_count(), ITEMS);
+    let stats = session.stats();
+    assert_eq!(stats.requests, ITEMS as u64);
+    assert_eq!(stats.cli_api_retries, 0);
+    assert_eq!(stats.retried, 0);
+    // The mock's bucket is the same as ours, so the items beyond the burst had to wait.
+    assert!(stats.throttle_waits > 0, "{stats:?}");
+}
