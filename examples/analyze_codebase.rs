@@ -217,7 +217,9 @@ fn run(args: &[String]) -> i32 {
     let mut builder = Session::builder()
         .concurrency(concurrency)
         .json_schema(schema())
-        .timeout(Duration::from_secs(300));
+        .timeout(Duration::from_secs(300))
+        // A bar on stderr when it is a terminal (built with `--features progress`).
+        .progress(true);
     if let Some(model) = common::flag_value(args, "--model") {
         builder = builder.model(model);
     }

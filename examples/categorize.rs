@@ -60,7 +60,7 @@ fn run(args: &[String]) -> i32 {
         return 1;
     }
 
-    let mut builder = Session::builder().concurrency(
+    let mut builder = Session::builder().progress(true).concurrency(
         common::flag_value(args, "--concurrency")
             .and_then(|v| v.parse().ok())
             .unwrap_or(4),

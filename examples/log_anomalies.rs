@@ -75,7 +75,7 @@ fn run(args: &[String]) -> i32 {
         }
     };
 
-    let mut builder = Session::builder().concurrency(concurrency);
+    let mut builder = Session::builder().progress(true).concurrency(concurrency);
     if let Some(model) = common::flag_value(args, "--model") {
         builder = builder.model(model);
     }

@@ -37,6 +37,9 @@ mod cancel;
 mod error;
 pub mod iter;
 pub mod prelude;
+mod progress;
+#[cfg(feature = "progress")]
+mod progress_bar;
 mod response;
 pub mod retry;
 mod session;
@@ -48,6 +51,7 @@ pub mod throttle;
 pub use cancel::Cancel;
 pub use error::Error;
 pub use iter::{Failed, Outcome};
+pub use progress::{Progress, ProgressCallback};
 pub use response::{Response, Usage};
 pub use retry::RetryPolicy;
 pub use session::{Conversation, Session, SessionBuilder, CLI_ENV_VAR};

@@ -26,7 +26,7 @@ fn a_batch_over_the_apis_rate_limit_completes_through_back_off_and_retries() {
     // One CLI retry (Real::builder turns them off): its api_retry line carries the API's
     // retry-after, which pauses the shared throttle for exactly that long. With none, every
     // 429 comes back without a delay and the cooldown has to probe for it: measured, about
-    // twice the 429s (34-39 against 20-21 here), and an item can use up its 8 retries.
+    // twice the 429s (34-39 against 20-22 here), and an item can use up its 8 retries.
     let session = real
         .builder()
         .concurrency(2)

@@ -11,13 +11,21 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use parking_lot::Mutex;
 
 use crate::cancel::RunControl;
+use crate::progress::RunProgress;
 use crate::{Error, Failed, Session};
+
+/// How a run names itself in progress reports and tells a success from a failure.
+pub(crate) struct RunKind<R> {
+    pub name: &'static str,
+    pub succeeded: fn(&R) -> bool,
+}
 
 /// Run `work` on every item on the session's threads; results come back in input order.
 pub(crate) fn dispatch<T, R, W>(
     session: &Session,
     items: Vec<T>,
     control: &RunControl,
+    kind: RunKind<R>,
     work: W,
 ) -> Vec<R>
 where
@@ -26,7 +34,11 @@ where
     W: Fn(T, &RunControl) -> R + Sync,
 {
     let total = items.len();
+    let progress = RunProgress::start(session, kind.name, Some(total as u64));
     if total == 0 {
+        if let Some(progress) = &progress {
+            progress.finish();
+        }
         return Vec::new();
     }
     let (queue_tx, queue_rx) = crossbeam_channel::bounded(total);
@@ -43,11 +55,17 @@ where
             scope.spawn(|_| {
                 while let Ok((index, item)) = queue_rx.try_recv() {
                     let result = work(item, control);
+                    if let Some(progress) = &progress {
+                        progress.item_done((kind.succeeded)(&result));
+                    }
                     *slots[index].lock() = Some(result);
                 }
             });
         }
     });
+    if let Some(progress) = &progress {
+        progress.finish();
+    }
     slots
         .into_iter()
         .map(|slot| slot.into_inner().expect("every item was processed"))

@@ -3,7 +3,7 @@
 use rayon::iter::plumbing::UnindexedConsumer;
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
-use super::dispatch::{dispatch, prompt_for};
+use super::dispatch::{dispatch, prompt_for, RunKind};
 use super::strict;
 use crate::cancel::RunControl;
 use crate::{Cancel, Failed, Session};
@@ -69,7 +69,12 @@ where
         let session = &self.session;
         let question_fn = &self.question_fn;
         let allowed = verdicts();
-        let verdicts = dispatch(session, items, &control, |item, control| {
+        let kind = RunKind {
+            name: "claude_filter",
+            // A dropped item (judged false) is a success too.
+            succeeded: |r: &Option<Result<I::Item, Failed<I::Item>>>| !matches!(r, Some(Err(_))),
+        };
+        let verdicts = dispatch(session, items, &control, kind, |item, control| {
             if let Some(reason) = control.stop_reason() {
                 return Some(Err(Failed {
                     item,

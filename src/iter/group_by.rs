@@ -2,7 +2,7 @@
 
 use rayon::iter::ParallelIterator;
 
-use super::dispatch::{dispatch, prompt_for};
+use super::dispatch::{dispatch, prompt_for, RunKind};
 use super::filter::refuse_all;
 use super::strict;
 use crate::cancel::RunControl;
@@ -127,7 +127,11 @@ where
         Ok(()) => {
             let control = RunControl::new(cancel);
             let interpret = |answer: &str| strict::match_answer(answer, &categories);
-            dispatch(session, items, &control, |item, control| {
+            let kind = RunKind {
+                name: "claude_group_by",
+                succeeded: |r: &Sorted<I::Item>| r.is_ok(),
+            };
+            dispatch(session, items, &control, kind, |item, control| {
                 if let Some(reason) = control.stop_reason() {
                     return Err(Failed {
                         item,

@@ -3,7 +3,7 @@
 use rayon::iter::plumbing::{Consumer, ProducerCallback, UnindexedConsumer};
 use rayon::iter::{IndexedParallelIterator, IntoParallelIterator, ParallelIterator};
 
-use super::dispatch::{dispatch, run_one};
+use super::dispatch::{dispatch, run_one, RunKind};
 use crate::cancel::RunControl;
 use crate::{Cancel, Failed, Response, Session};
 
@@ -52,7 +52,11 @@ where
         let control = RunControl::new(self.cancel);
         let session = &self.session;
         let prompt_fn = &self.prompt_fn;
-        dispatch(session, items, &control, |item, control| {
+        let kind = RunKind {
+            name: "claude_map",
+            succeeded: |r: &MapResult<I::Item>| r.is_ok(),
+        };
+        dispatch(session, items, &control, kind, |item, control| {
             run_one(session, control, prompt_fn, item)
         })
     }

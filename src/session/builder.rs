@@ -93,6 +93,10 @@ pub(crate) struct Config {
     pub max_budget_usd: Option<f64>,
     pub cost_estimate_usd: Option<f64>,
     pub cli_max_retries: Option<u32>,
+    pub progress: bool,
+    pub on_progress: Option<crate::progress::ProgressCallback>,
+    #[cfg(feature = "progress")]
+    pub progress_draw_target: Option<crate::progress_bar::DrawTargetFactory>,
 }
 
 impl Default for SessionBuilder {
@@ -127,6 +131,10 @@ impl Default for SessionBuilder {
                 max_budget_usd: None,
                 cost_estimate_usd: None,
                 cli_max_retries: Some(2),
+                progress: false,
+                on_progress: None,
+                #[cfg(feature = "progress")]
+                progress_draw_target: None,
             },
         }
     }
@@ -343,6 +351,47 @@ impl SessionBuilder {
     /// from (default: 0.01 USD). After that, the largest cost seen is reserved.
     pub fn cost_estimate_usd(mut self, estimate: f64) -> Self {
         self.config.cost_estimate_usd = Some(estimate);
+        self
+    }
+
+    /// Call `callback` with a [`Progress`](crate::Progress) snapshot as a run's items finish,
+    /// at most about ten times a second, and once at the end of each run (with
+    /// `finished: true`). The progress bar of the `progress` feature is built on the same
+    /// snapshots.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = claude_rayon::Session::builder().on_progress(|p| {
+    ///     eprintln!("{}/{:?} done, ${:.4}", p.done, p.total, p.cost_usd);
+    /// });
+    /// ```
+    pub fn on_progress(
+        mut self,
+        callback: impl Fn(&crate::Progress) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.on_progress = Some(Arc::new(callback));
+        self
+    }
+
+    /// Draw a progress bar on stderr for this session's runs: items done and total, failures,
+    /// retries, throttle waits and pauses, tokens, cost, rate and ETA. Needs the `progress`
+    /// feature (without it this does nothing). No bar is drawn when stderr is not a terminal,
+    /// unless a target is given with `progress_draw_target`.
+    pub fn progress(mut self, show: bool) -> Self {
+        self.config.progress = show;
+        self
+    }
+
+    /// Draw the progress bar somewhere else than stderr (a new target per run), even when
+    /// stderr is not a terminal. Implies `progress(true)`.
+    #[cfg(feature = "progress")]
+    pub fn progress_draw_target(
+        mut self,
+        target: impl Fn() -> indicatif::ProgressDrawTarget + Send + Sync + 'static,
+    ) -> Self {
+        self.config.progress = true;
+        self.config.progress_draw_target = Some(Arc::new(target));
         self
     }
 

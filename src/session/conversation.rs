@@ -52,31 +52,46 @@ impl Conversation {
         }
         let reservation = inner.budget().reserve()?;
         let estimate = estimate_tokens(prompt) + inner.config.output_token_allowance;
-        let permit = inner
-            .throttle
-            .acquire(estimate, &|| false)
-            .map_err(|_| Error::Cancelled)?;
+        let permit = match inner.throttle.acquire(estimate, &|| false) {
+            Ok(permit) => permit,
+            Err(_) => {
+                inner.budget().settle(reservation, 0.0);
+                return Err(Error::Cancelled);
+            }
+        };
         let mut process = match self.process.take() {
             Some(process) => process,
-            None => {
-                self.turns = 0;
-                inner.pool().checkout()?.detach()
-            }
+            None => match inner.pool().checkout() {
+                Ok(lease) => {
+                    self.turns = 0;
+                    lease.detach()
+                }
+                Err(error) => {
+                    // Nothing was sent: give back what was taken.
+                    inner.throttle.settle(permit, 0);
+                    inner.budget().settle(reservation, 0.0);
+                    return Err(error);
+                }
+            },
         };
         if self.turns > 0 {
             process.keep_context();
         }
-        let mut on_retry = |_: ApiRetry| inner.throttle.note_extra_requests(1);
+        inner.count_started();
+        inner.count_request();
+        let mut on_retry = |retry: ApiRetry| inner.on_cli_retry(retry);
         let outcome = process.run_turn(
             prompt,
             inner.config.timeout,
             inner.config.json_schema.is_some(),
             &mut on_retry,
         );
+        inner.count_finished(outcome.is_ok());
         match &outcome {
             Ok(response) => {
                 inner.throttle.settle(permit, response.usage.total());
                 inner.budget().settle(reservation, response.cost_usd);
+                inner.record_success(response);
                 self.turns += 1;
             }
             Err(_) => {

@@ -413,7 +413,7 @@ impl Inner {
         }
     }
 
-    fn record_success(&self, response: &Response) {
+    pub(crate) fn record_success(&self, response: &Response) {
         let mut totals = self.counters.totals.lock();
         totals.usage.add(&response.usage);
         totals.cost_usd += response.cost_usd;
@@ -430,7 +430,7 @@ impl Inner {
 
     /// The CLI is retrying on its own: each retry is one more API request, and a 429 or 529
     /// tells every worker on the throttle to hold off for as long as the CLI waits.
-    fn on_cli_retry(&self, retry: ApiRetry) {
+    pub(crate) fn on_cli_retry(&self, retry: ApiRetry) {
         Counters::add(&self.counters.cli_api_retries, 1);
         self.throttle.note_extra_requests(1);
         if matches!(retry.status, Some(429 | 529)) {
@@ -451,6 +451,10 @@ impl Inner {
             log::info!("the API is throttling: pausing new requests for {wait:?}");
             self.throttle.pause_until(until);
         }
+    }
+
+    pub(crate) fn count_request(&self) {
+        Counters::add(&self.counters.requests, 1);
     }
 
     pub(crate) fn pool(&self) -> &Pool {

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::cancel::RunControl;
 use crate::iter::dispatch::run_one;
 use crate::iter::MapResult;
+use crate::progress::RunProgress;
 use crate::{Cancel, Failed, Session};
 
 /// How an adaptor turns one of its items into a prompt.
@@ -44,6 +45,8 @@ pub(crate) struct Engine<I: Iterator, B> {
     yielded: u64,
     tx: Sender<Finished<I::Item>>,
     rx: Receiver<Finished<I::Item>>,
+    /// Progress reports, when the session has a callback or a bar; taken at the end.
+    progress: Option<RunProgress>,
 }
 
 impl<I: Iterator, B> Engine<I, B> {
@@ -66,6 +69,7 @@ impl<I: Iterator, B> Engine<I, B> {
             yielded: 0,
             tx,
             rx,
+            progress: RunProgress::start(session, "stream", None),
         }
     }
 
@@ -105,6 +109,9 @@ impl<I: Iterator, B> Engine<I, B> {
         self.running -= 1;
         match result {
             Ok(result) => {
+                if let Some(progress) = &self.progress {
+                    progress.item_done(result.is_ok());
+                }
                 let index = (seq - self.yielded) as usize;
                 self.slots[index] = Some(result);
             }
@@ -144,6 +151,9 @@ where
             if self.running == 0 {
                 // Nothing running, the head not ready and nothing to pull: the end.
                 debug_assert!(self.slots.is_empty());
+                if let Some(progress) = self.progress.take() {
+                    progress.finish();
+                }
                 return None;
             }
             let finished = self.wait();
@@ -157,6 +167,9 @@ where
         if let Some(error) = self.control.stop_reason() {
             // Stopped or cancelled: the item comes back at once, without a trip to the
             // session's threads.
+            if let Some(progress) = &self.progress {
+                progress.item_done(false);
+            }
             self.slots.push_back(Some(Err(Failed {
                 item,
                 error,
