@@ -217,21 +217,12 @@ fn run(args: &[String]) -> i32 {
     let mut builder = Session::builder()
         .concurrency(concurrency)
         .json_schema(schema())
-        .timeout(Duration::from_secs(300))
-        // A bar on stderr when it is a terminal (built with `--features progress`).
-        .progress(true);
-    if let Some(model) = common::flag_value(args, "--model") {
-        builder = builder.model(model);
-    }
+        .timeout(Duration::from_secs(300));
     if let Some(budget) = common::flag_value(args, "--budget").and_then(|v| v.parse().ok()) {
         builder = builder.max_budget_usd(budget);
     }
-    let backend = match common::connect(builder, args.iter().any(|a| a == "--simulate")) {
-        Ok(backend) => backend,
-        Err(err) => {
-            eprintln!("cannot start: {err}");
-            return 1;
-        }
+    let Some(backend) = common::start(builder, args) else {
+        return 1;
     };
     let label = backend.label();
     let session = &backend.session;

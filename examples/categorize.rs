@@ -60,20 +60,8 @@ fn run(args: &[String]) -> i32 {
         return 1;
     }
 
-    let mut builder = Session::builder().progress(true).concurrency(
-        common::flag_value(args, "--concurrency")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4),
-    );
-    if let Some(model) = common::flag_value(args, "--model") {
-        builder = builder.model(model);
-    }
-    let backend = match common::connect(builder, args.iter().any(|a| a == "--simulate")) {
-        Ok(backend) => backend,
-        Err(err) => {
-            eprintln!("cannot start: {err}");
-            return 1;
-        }
+    let Some(backend) = common::start(Session::builder().concurrency(4), args) else {
+        return 1;
     };
     let label = backend.label();
 

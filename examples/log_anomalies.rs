@@ -75,16 +75,8 @@ fn run(args: &[String]) -> i32 {
         }
     };
 
-    let mut builder = Session::builder().progress(true).concurrency(concurrency);
-    if let Some(model) = common::flag_value(args, "--model") {
-        builder = builder.model(model);
-    }
-    let backend = match common::connect(builder, args.iter().any(|a| a == "--simulate")) {
-        Ok(backend) => backend,
-        Err(err) => {
-            eprintln!("cannot start: {err}");
-            return 1;
-        }
+    let Some(backend) = common::start(Session::builder().concurrency(concurrency), args) else {
+        return 1;
     };
     let label = backend.label();
 

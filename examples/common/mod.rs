@@ -49,6 +49,26 @@ pub fn connect(builder: SessionBuilder, simulate: bool) -> Result<Backend, Error
     })
 }
 
+/// The flags every example takes (`--model`, `--concurrency`, `--simulate`) applied to
+/// `builder`, a progress bar asked for, and the session started; `None` after saying why not.
+pub fn start(mut builder: SessionBuilder, args: &[String]) -> Option<Backend> {
+    // A bar on stderr when it is a terminal (built with `--features progress`).
+    builder = builder.progress(true);
+    if let Some(model) = flag_value(args, "--model") {
+        builder = builder.model(model);
+    }
+    if let Some(n) = flag_value(args, "--concurrency").and_then(|v| v.parse().ok()) {
+        builder = builder.concurrency(n);
+    }
+    match connect(builder, args.iter().any(|a| a == "--simulate")) {
+        Ok(backend) => Some(backend),
+        Err(err) => {
+            eprintln!("cannot start: {err}");
+            None
+        }
+    }
+}
+
 /// If `error` means no item can succeed (bad credentials, spent budget), say what to do.
 pub fn explain_fatal(error: &Error) -> Option<String> {
     let root = match error {
