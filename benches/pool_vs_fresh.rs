@@ -14,32 +14,46 @@ use claude_rayon::prelude::*;
 use claude_rayon::{Session, SessionBuilder};
 use rayon::prelude::*;
 
-fn run(builder: SessionBuilder, items: usize) -> f64 {
+/// Items per second for `items` items through `claude_map`, on a session that first ran
+/// `warm_up` items (not timed). Returns (timed items/s, items/s including the warm-up).
+fn run(builder: SessionBuilder, items: usize, warm_up: usize) -> (f64, f64) {
     let session = builder.build().expect("session");
     let started = Instant::now();
-    let results: Vec<_> = (0..items)
-        .into_par_iter()
-        .claude_map(&session, |i| format!("item {i}"))
-        .collect();
-    let elapsed = started.elapsed();
-    let failures = results.iter().filter(|r| r.is_err()).count();
-    assert_eq!(failures, 0, "every item must succeed in a benchmark");
+    let batch = |range: std::ops::Range<usize>| {
+        let results: Vec<_> = range
+            .into_par_iter()
+            .claude_map(&session, |i| format!("item {i}"))
+            .collect();
+        let failures = results.iter().filter(|r| r.is_err()).count();
+        assert_eq!(failures, 0, "every item must succeed in a benchmark");
+    };
+    batch(0..warm_up);
+    let timed = Instant::now();
+    batch(warm_up..warm_up + items);
+    let (timed, total) = (timed.elapsed(), started.elapsed());
     drop(session);
-    items as f64 / elapsed.as_secs_f64()
+    (
+        items as f64 / timed.as_secs_f64(),
+        (items + warm_up) as f64 / total.as_secs_f64(),
+    )
 }
 
 fn compare(label: &str, make: &dyn Fn() -> SessionBuilder, plan: &[(usize, usize)]) {
     println!("\n{label}");
-    println!("concurrency  items  pooled items/s  fresh items/s  ratio");
+    println!("pooled: warm processes (start-up excluded) and the whole batch (start-up included)");
+    println!("concurrency  items  pooled warm/s  pooled whole/s  fresh/s  ratio warm  ratio whole");
     for &(concurrency, items) in plan {
-        let pooled = run(make().concurrency(concurrency), items);
-        let fresh = run(
+        // One item per process first, so every process has started.
+        let (warm, whole) = run(make().concurrency(concurrency), items, concurrency);
+        let (fresh, _) = run(
             make().concurrency(concurrency).fresh_process_per_item(true),
             items,
+            0,
         );
         println!(
-            "{concurrency:>11}  {items:>5}  {pooled:>14.1}  {fresh:>13.1}  {:>5.1}x",
-            pooled / fresh
+            "{concurrency:>11}  {items:>5}  {warm:>13.1}  {whole:>14.1}  {fresh:>7.1}  {:>9.1}x  {:>10.1}x",
+            warm / fresh,
+            whole / fresh
         );
     }
 }
