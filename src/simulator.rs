@@ -17,6 +17,7 @@
 //! | `[[sim:crash-times=KEY,N]]` | the first N attempts at KEY (across processes) crash like `crash` |
 //! | `[[sim:stderr-env=NAME]]` | print the variable NAME to stderr, then crash |
 //! | `[[sim:garbage]]` | print a line that is not JSON |
+//! | `[[sim:garbage-env=NAME]]` | print a long non-JSON line holding the variable NAME |
 //! | `[[sim:huge=BYTES]]` | answer with BYTES bytes of text |
 //! | `[[sim:hang]]` | never answer |
 //! | `[[sim:control]]` | send a `control_request` and wait for its answer first |
@@ -213,6 +214,19 @@ impl Simulator {
             eprintln!("{name}={}", std::env::var(&name).unwrap_or_default());
             return Some(3);
         }
+        if let Some(name) = d("garbage-env") {
+            // A long non-JSON line with a secret where a 200-byte cut would split it.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{}{}={} trailing text",
+                "x".repeat(180),
+                name,
+                std::env::var(&name).unwrap_or_default()
+            );
+            let _ = out.flush();
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         if d("garbage").is_some() {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "this is not json {{");
@@ -235,6 +249,8 @@ impl Simulator {
             }
         }
         if d("max-turns").is_some() {
+            // Turns that ran out are billed like any other.
+            self.total_cost += 0.01;
             self.emit(json!({"type": "result", "subtype": "error_max_turns", "is_error": true,
                 "num_turns": 2, "errors": ["Reached maximum number of turns (1)"], "session_id": self.session_id,
                 "total_cost_usd": self.total_cost, "usage": {"input_tokens": 0, "output_tokens": 0}}));

@@ -20,7 +20,9 @@ use crate::Usage;
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Items started (each item once, however often it was tried).
+    /// Items taken up by a run or a query (each once, however often it was tried), including
+    /// those that failed before any call (cancelled, stopped, refused, a panicking prompt
+    /// closure): `started == succeeded + failed` once a run is over.
     pub started: u64,
     /// Items that ended with an answer.
     pub succeeded: u64,

@@ -241,3 +241,75 @@ fn retryable_failures_are_retried_until_they_succeed() {
     session.query("[[sim:error=400]]").unwrap_err();
     assert_eq!(session.stats().requests, before + 1);
 }
+
+#[test]
+fn a_failed_call_is_billed_to_the_stats_and_the_budget() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(1)
+        .max_retries(0)
+        .max_budget_usd(0.025)
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let err = session.query("[[sim:max-turns]]").unwrap_err();
+        assert!(matches!(err, Error::MaxTurns { .. }));
+    }
+    let stats = session.stats();
+    assert!((stats.cost_usd - 0.02).abs() < 1e-9, "{}", stats.cost_usd);
+    // 0.02 spent, and the largest cost seen (0.01) no longer fits under 0.025.
+    let err = session.query("[[sim:max-turns]]").unwrap_err();
+    assert!(matches!(err, Error::BudgetExceeded { .. }), "{err:?}");
+    assert_eq!(fake.prompts().len(), 2);
+}
+
+#[test]
+fn a_cli_that_stops_reading_cannot_block_past_the_timeout() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(1)
+        .max_retries(0)
+        .timeout(Duration::from_millis(500))
+        // Stuck before it reads stdin: a large prompt fills the pipe and the write blocks.
+        .env("CLAUDE_RAYON_SIM_STARTUP_MS", "60000")
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = session.clone();
+    std::thread::spawn(move || {
+        let prompt = "y".repeat(1 << 20);
+        tx.send(worker.query(prompt)).unwrap();
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the query returned instead of blocking on the write");
+    assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+    let pid = session.process_ids()[0];
+    wait_until(
+        "the stuck process is killed",
+        Duration::from_secs(5),
+        || !pid_alive(pid),
+    );
+}
+
+#[test]
+fn a_secret_split_by_shortening_is_still_redacted() {
+    let secret = "sk-ant-api03-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(1)
+        .max_retries(0)
+        .env("ANTHROPIC_API_KEY", secret)
+        .build()
+        .unwrap();
+    let err = session
+        .query("[[sim:garbage-env=ANTHROPIC_API_KEY]]")
+        .unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(matches!(err, Error::Protocol { .. }), "{shown}");
+    // Not even a prefix of the key survives the cut.
+    assert!(!shown.contains(&secret[..14]), "{shown}");
+}

@@ -164,3 +164,51 @@ fn children_die_with_a_killed_parent() {
         !pid_alive(child_pid)
     });
 }
+
+#[test]
+fn close_ends_a_conversations_process_too() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let mut chat = session.conversation();
+    chat.send("hello").unwrap();
+    let pid = session.process_ids()[0];
+    session.clone().close().unwrap();
+    wait_until("the conversation's process ends at close", GONE, || {
+        !pid_alive(pid)
+    });
+    assert!(matches!(chat.send("again"), Err(Error::Closed)));
+    assert_eq!(session.live_processes(), 0);
+}
+
+#[test]
+fn an_item_waiting_for_a_process_is_not_sent_after_a_cancel() {
+    use claude_rayon::prelude::*;
+    use rayon::prelude::*;
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let mut chat = session.conversation();
+    chat.send("holding the only process").unwrap();
+    let cancel = claude_rayon::Cancel::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (runner, run_cancel) = (session.clone(), cancel.clone());
+    std::thread::spawn(move || {
+        let results: Vec<_> = vec![1u32, 2]
+            .into_par_iter()
+            .claude_map(&runner, |i| format!("item {i}"))
+            .with_cancel(&run_cancel)
+            .collect();
+        tx.send(results).unwrap();
+    });
+    wait_until("an item is waiting", GONE, || session.stats().started >= 1);
+    cancel.cancel();
+    drop(chat);
+    let results = rx.recv_timeout(GONE).unwrap();
+    assert!(results
+        .iter()
+        .all(|r| matches!(r, Err(f) if matches!(f.error, Error::Cancelled))));
+    assert_eq!(
+        fake.prompts().len(),
+        1,
+        "only the conversation's prompt was sent"
+    );
+}

@@ -72,6 +72,14 @@ where
         .collect()
 }
 
+/// Count an item that failed before any call (stopped, cancelled, refused, or a panicking
+/// prompt closure) once as started and failed, so that stats and progress agree.
+pub(crate) fn not_started<T>(session: &Session, failed: Failed<T>) -> Failed<T> {
+    session.inner.count_started();
+    session.inner.count_finished(false);
+    failed
+}
+
 /// Build the prompt for an item, turning a panic into a failure that hands the item back.
 pub(crate) fn prompt_for<T, P, F>(prompt_fn: &F, item: T) -> Result<(T, String), Failed<T>>
 where
@@ -110,15 +118,18 @@ where
     P: AsRef<str>,
 {
     if let Some(reason) = control.stop_reason() {
-        return Err(Failed {
-            item,
-            error: reason,
-            attempts: 0,
-        });
+        return Err(not_started(
+            session,
+            Failed {
+                item,
+                error: reason,
+                attempts: 0,
+            },
+        ));
     }
     // The prompt is built before a process is taken, so a prompt closure that itself uses
     // Claude cannot starve the pool.
-    let (item, prompt) = prompt_for(prompt_fn, item)?;
+    let (item, prompt) = prompt_for(prompt_fn, item).map_err(|f| not_started(session, f))?;
     match session.inner.execute(&prompt, control) {
         Ok((response, _)) => Ok((item, response)),
         Err((error, attempts)) => Err(Failed {

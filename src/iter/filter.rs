@@ -3,7 +3,7 @@
 use rayon::iter::plumbing::UnindexedConsumer;
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
-use super::dispatch::{dispatch, prompt_for, RunKind};
+use super::dispatch::{dispatch, not_started, prompt_for, RunKind};
 use super::strict;
 use crate::cancel::RunControl;
 use crate::{Cancel, Failed, Session};
@@ -63,7 +63,7 @@ where
     fn run(self) -> Vec<Result<I::Item, Failed<I::Item>>> {
         let items: Vec<I::Item> = self.base.collect();
         if let Err(error) = strict::check_session(&self.session, "claude_filter") {
-            return refuse_all(items, error);
+            return refuse_all(&self.session, items, error);
         }
         let control = RunControl::new(self.cancel);
         let session = &self.session;
@@ -76,15 +76,18 @@ where
         };
         let verdicts = dispatch(session, items, &control, kind, |item, control| {
             if let Some(reason) = control.stop_reason() {
-                return Some(Err(Failed {
-                    item,
-                    error: reason,
-                    attempts: 0,
-                }));
+                return Some(Err(not_started(
+                    session,
+                    Failed {
+                        item,
+                        error: reason,
+                        attempts: 0,
+                    },
+                )));
             }
             let (item, question) = match prompt_for(question_fn, item) {
                 Ok(pair) => pair,
-                Err(failed) => return Some(Err(failed)),
+                Err(failed) => return Some(Err(not_started(session, failed))),
             };
             match strict::ask(session, control, &question, &allowed, &interpret_verdict) {
                 Ok((0, _, _)) => Some(Ok(item)),
@@ -101,15 +104,22 @@ where
 }
 
 /// Every item back as failed with the same error, without a call.
-pub(crate) fn refuse_all<T, O>(items: Vec<T>, error: crate::Error) -> Vec<Result<O, Failed<T>>> {
+pub(crate) fn refuse_all<T, O>(
+    session: &Session,
+    items: Vec<T>,
+    error: crate::Error,
+) -> Vec<Result<O, Failed<T>>> {
     items
         .into_iter()
         .map(|item| {
-            Err(Failed {
-                item,
-                error: error.clone(),
-                attempts: 0,
-            })
+            Err(not_started(
+                session,
+                Failed {
+                    item,
+                    error: error.clone(),
+                    attempts: 0,
+                },
+            ))
         })
         .collect()
 }

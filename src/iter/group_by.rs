@@ -2,7 +2,7 @@
 
 use rayon::iter::ParallelIterator;
 
-use super::dispatch::{dispatch, prompt_for, RunKind};
+use super::dispatch::{dispatch, not_started, prompt_for, RunKind};
 use super::filter::refuse_all;
 use super::strict;
 use crate::cancel::RunControl;
@@ -123,7 +123,7 @@ where
     // Each item with the index of its category, or failed.
     type Sorted<T> = Result<(usize, T), Failed<T>>;
     let results: Vec<Sorted<I::Item>> = match refused {
-        Err(error) => refuse_all(items, error),
+        Err(error) => refuse_all(session, items, error),
         Ok(()) => {
             let control = RunControl::new(cancel);
             let interpret = |answer: &str| strict::match_answer(answer, &categories);
@@ -133,13 +133,17 @@ where
             };
             dispatch(session, items, &control, kind, |item, control| {
                 if let Some(reason) = control.stop_reason() {
-                    return Err(Failed {
-                        item,
-                        error: reason,
-                        attempts: 0,
-                    });
+                    return Err(not_started(
+                        session,
+                        Failed {
+                            item,
+                            error: reason,
+                            attempts: 0,
+                        },
+                    ));
                 }
-                let (item, prompt) = prompt_for(&prompt_fn, item)?;
+                let (item, prompt) =
+                    prompt_for(&prompt_fn, item).map_err(|f| not_started(session, f))?;
                 match strict::ask(session, control, &prompt, &categories, &interpret) {
                     Ok((index, _, _)) => Ok((index, item)),
                     Err((error, attempts)) => Err(Failed {

@@ -15,6 +15,10 @@ pub type MapResult<T> = Result<(T, Response), Failed<T>>;
 ///
 /// Yields `Ok((item, response))` or `Err(Failed { item, .. })` per item, in input order when
 /// collected from an indexed iterator.
+///
+/// Every item is sent even if the consumer stops early (`find_any`, `take_any`, `any`): the
+/// results are gathered before the consumer sees the first. To stop a run early, use
+/// [`with_cancel`](Self::with_cancel).
 #[must_use = "parallel adaptors are lazy and do nothing unless consumed"]
 pub struct ClaudeMap<I, F> {
     base: I,

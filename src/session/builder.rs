@@ -93,6 +93,7 @@ pub(crate) struct Config {
     pub max_budget_usd: Option<f64>,
     pub cost_estimate_usd: Option<f64>,
     pub cli_max_retries: Option<u32>,
+    pub cancel: Option<crate::Cancel>,
     pub progress: bool,
     pub on_progress: Option<crate::progress::ProgressCallback>,
     #[cfg(feature = "progress")]
@@ -131,6 +132,7 @@ impl Default for SessionBuilder {
                 max_budget_usd: None,
                 cost_estimate_usd: None,
                 cli_max_retries: Some(2),
+                cancel: None,
                 progress: false,
                 on_progress: None,
                 #[cfg(feature = "progress")]
@@ -351,6 +353,24 @@ impl SessionBuilder {
     /// from (default: 0.01 USD). After that, the largest cost seen is reserved.
     pub fn cost_estimate_usd(mut self, estimate: f64) -> Self {
         self.config.cost_estimate_usd = Some(estimate);
+        self
+    }
+
+    /// Stop every run and query of this session from starting new items once `cancel` is set
+    /// (for example from a Ctrl-C handler); items in flight finish, the rest fail with
+    /// [`Error::Cancelled`]. This is how a `claude_group_by` (which is terminal) is cancelled;
+    /// the other adaptors also take a per-run `with_cancel`. [`Cancel::reset`](crate::Cancel::reset)
+    /// lets the session work again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cancel = claude_rayon::Cancel::new();
+    /// let builder = claude_rayon::Session::builder().cancel_on(&cancel);
+    /// // in a signal handler: cancel.cancel();
+    /// ```
+    pub fn cancel_on(mut self, cancel: &crate::Cancel) -> Self {
+        self.config.cancel = Some(cancel.clone());
         self
     }
 

@@ -48,15 +48,22 @@ impl Conversation {
         let prompt = prompt.as_ref();
         let inner = &self.session.inner;
         if inner.is_closed() {
+            // Let the process go now rather than when the conversation is dropped.
+            if let Some(process) = self.process.take() {
+                inner.pool().give_back(process);
+            }
             return Err(Error::Closed);
         }
         let reservation = inner.budget().reserve()?;
-        let estimate = estimate_tokens(prompt) + inner.config.output_token_allowance;
-        let permit = match inner.throttle.acquire(estimate, &|| false) {
+        let estimate = estimate_tokens(prompt)
+            + super::REQUEST_OVERHEAD_TOKENS
+            + inner.config.output_token_allowance;
+        // A close() from another handle ends the wait.
+        let permit = match inner.throttle.acquire(estimate, &|| inner.is_closed()) {
             Ok(permit) => permit,
             Err(_) => {
                 inner.budget().settle(reservation, 0.0);
-                return Err(Error::Cancelled);
+                return Err(Error::Closed);
             }
         };
         let mut process = match self.process.take() {
@@ -87,6 +94,7 @@ impl Conversation {
             &mut on_retry,
         );
         inner.count_finished(outcome.is_ok());
+        let failed_cost = process.take_failed_turn_cost();
         match &outcome {
             Ok(response) => {
                 inner.throttle.settle(permit, response.usage.total());
@@ -95,8 +103,10 @@ impl Conversation {
                 self.turns += 1;
             }
             Err(_) => {
-                inner.throttle.settle(permit, 0);
-                inner.budget().settle(reservation, 0.0);
+                let (cost, usage) = failed_cost.unwrap_or_default();
+                inner.throttle.settle(permit, usage.total());
+                inner.budget().settle(reservation, cost);
+                inner.record_cost(cost, &usage);
             }
         }
         if process.is_reusable() {

@@ -30,6 +30,7 @@ use crate::cancel::RunControl;
 use crate::retry::Cooldown;
 use crate::stats::Counters;
 use crate::throttle::{estimate_tokens, Throttle};
+use crate::Cancel;
 use crate::{Error, Response, Stats};
 use builder::Config;
 use pool::Pool;
@@ -37,7 +38,7 @@ use process::{ApiRetry, Launch};
 
 /// Request overhead on top of the prompt with the default flags (system prompt off, no tools):
 /// about 1.2 KB, so roughly 300 tokens.
-const REQUEST_OVERHEAD_TOKENS: u64 = 300;
+pub(crate) const REQUEST_OVERHEAD_TOKENS: u64 = 300;
 
 /// A pool of warm `claude` processes and the threads that drive them.
 ///
@@ -100,9 +101,10 @@ impl Session {
                 if let Some(burst) = config.burst {
                     // The token burst scales with the request burst: burst/rpm of a minute.
                     let tokens = match (config.tokens_per_minute, config.requests_per_minute) {
-                        (Some(tpm), Some(rpm)) => {
-                            Some((tpm * u64::from(burst) / u64::from(rpm)).max(1))
-                        }
+                        (Some(tpm), Some(rpm)) => Some(
+                            (u128::from(tpm) * u128::from(burst) / u128::from(rpm))
+                                .clamp(1, u128::from(u64::MAX)) as u64,
+                        ),
                         _ => None,
                     };
                     throttle = throttle.with_burst(Some(burst), tokens)?;
@@ -309,7 +311,7 @@ impl Inner {
             if self.closed.load(Ordering::SeqCst) {
                 return Err((Error::Closed, calls));
             }
-            if let Some(reason) = control.stop_reason() {
+            if let Some(reason) = self.stop_reason(control) {
                 return Err((last.unwrap_or(reason), calls));
             }
             tries += 1;
@@ -340,7 +342,7 @@ impl Inner {
             Counters::add(&self.counters.retried, 1);
             let wait = self.config.retry.backoff(tries);
             log::debug!("retrying an item in {wait:?} (try {tries} failed: {error})");
-            let stopped = !sleep_unless_stopped(wait, control);
+            let stopped = !sleep_unless_stopped(wait, &|| self.should_stop(control));
             last = Some(error);
             if stopped {
                 return Err((last.expect("just set"), calls));
@@ -352,11 +354,14 @@ impl Inner {
         let reservation = self.budget.reserve().map_err(AttemptError::NotStarted)?;
         let estimate =
             estimate_tokens(prompt) + REQUEST_OVERHEAD_TOKENS + self.config.output_token_allowance;
-        let permit = match self.throttle.acquire(estimate, &|| control.should_stop()) {
+        let permit = match self
+            .throttle
+            .acquire(estimate, &|| self.should_stop(control))
+        {
             Ok(permit) => permit,
             Err(_) => {
                 self.budget.settle(reservation, 0.0);
-                let reason = control.stop_reason().unwrap_or(Error::Cancelled);
+                let reason = self.stop_reason(control).unwrap_or(Error::Cancelled);
                 return Err(AttemptError::NotStarted(reason));
             }
         };
@@ -378,6 +383,13 @@ impl Inner {
                 });
             }
         };
+        // Waiting for a process can take long; a stop that came meanwhile still holds.
+        if let Some(reason) = self.stop_reason(control) {
+            drop(lease);
+            self.throttle.settle(permit, 0);
+            self.budget.settle(reservation, 0.0);
+            return Err(AttemptError::NotStarted(reason));
+        }
         Counters::add(&self.counters.requests, 1);
         let sent_at = Instant::now();
         let mut on_retry = |retry: ApiRetry| self.on_cli_retry(retry);
@@ -387,6 +399,7 @@ impl Inner {
             self.config.json_schema.is_some(),
             &mut on_retry,
         );
+        let failed_cost = lease.process().take_failed_turn_cost();
         drop(lease);
         match outcome {
             Ok(response) => {
@@ -397,9 +410,12 @@ impl Inner {
                 Ok(response)
             }
             Err(error) => {
-                // A failed call used no tokens we can know of; the request itself is counted.
-                self.throttle.settle(permit, 0);
-                self.budget.settle(reservation, 0.0);
+                // An error result is billed as the CLI reports it (max turns, a missing
+                // structured answer); a crash or timeout reports nothing, so it costs 0 here.
+                let (cost, usage) = failed_cost.unwrap_or_default();
+                self.throttle.settle(permit, usage.total());
+                self.budget.settle(reservation, cost);
+                self.record_cost(cost, &usage);
                 if matches!(error.api_status(), Some(429 | 529)) {
                     let now = Instant::now();
                     let wait = self.cooldown.throttled(&self.config.retry, sent_at, now);
@@ -410,6 +426,15 @@ impl Inner {
                     called: true,
                 })
             }
+        }
+    }
+
+    /// Add what a failed call cost to the totals.
+    pub(crate) fn record_cost(&self, cost: f64, usage: &crate::Usage) {
+        if cost > 0.0 || usage.total() > 0 {
+            let mut totals = self.counters.totals.lock();
+            totals.usage.add(usage);
+            totals.cost_usd += cost;
         }
     }
 
@@ -453,6 +478,26 @@ impl Inner {
         }
     }
 
+    /// Why an item of this run must not start: the run's own stop, or the session's cancel.
+    fn stop_reason(&self, control: &RunControl) -> Option<Error> {
+        control.stop_reason().or_else(|| {
+            self.config
+                .cancel
+                .as_ref()
+                .is_some_and(Cancel::is_cancelled)
+                .then_some(Error::Cancelled)
+        })
+    }
+
+    fn should_stop(&self, control: &RunControl) -> bool {
+        control.should_stop()
+            || self
+                .config
+                .cancel
+                .as_ref()
+                .is_some_and(Cancel::is_cancelled)
+    }
+
     pub(crate) fn count_request(&self) {
         Counters::add(&self.counters.requests, 1);
     }
@@ -478,10 +523,10 @@ enum AttemptError {
 }
 
 /// Sleep for `wait` in short slices, returning false as soon as the run is told to stop.
-fn sleep_unless_stopped(wait: Duration, control: &RunControl) -> bool {
+fn sleep_unless_stopped(wait: Duration, should_stop: &dyn Fn() -> bool) -> bool {
     let deadline = Instant::now() + wait;
     loop {
-        if control.should_stop() {
+        if should_stop() {
             return false;
         }
         let now = Instant::now();

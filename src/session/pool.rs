@@ -20,6 +20,8 @@ struct State {
     closed: bool,
     /// Ids of every process ever started, for tests and diagnostics.
     started_pids: Vec<u32>,
+    /// Processes held outside the pool (conversations), so `close` can end them too.
+    detached: Vec<u32>,
 }
 
 /// A process checked out of the pool. It goes back when dropped, unless it is broken.
@@ -39,6 +41,7 @@ impl Pool {
                 live: 0,
                 closed: false,
                 started_pids: Vec::new(),
+                detached: Vec::new(),
             }),
             freed: Condvar::new(),
         }
@@ -90,15 +93,20 @@ impl Pool {
     }
 
     fn checkin(&self, mut process: CliProcess) {
-        let reusable = !self.fresh_per_item && process.is_reusable();
+        let healthy = process.is_reusable();
         let mut state = self.state.lock();
-        if reusable && !state.closed {
+        state.detached.retain(|&pid| pid != process.pid());
+        if healthy && !self.fresh_per_item && !state.closed {
             state.idle.push(process);
         } else {
             state.live -= 1;
             drop(state);
-            if reusable {
-                process.shutdown();
+            if healthy {
+                // A healthy process may still be writing (telemetry, a transcript): let it
+                // exit on its own, off this worker's path.
+                let _ = std::thread::Builder::new()
+                    .name("claude-rayon-shutdown".into())
+                    .spawn(move || process.shutdown());
             } else {
                 drop(process);
             }
@@ -112,6 +120,10 @@ impl Pool {
             let mut state = self.state.lock();
             state.closed = true;
             state.live -= state.idle.len();
+            // Conversations still hold theirs: end them now (their owners reap them).
+            for &pid in &state.detached {
+                super::process::kill_group(pid);
+            }
             std::mem::take(&mut state.idle)
         };
         self.freed.notify_all();
@@ -151,7 +163,9 @@ impl Lease<'_> {
 impl Lease<'_> {
     /// Keep the process beyond the lease; hand it back with [`Pool::give_back`].
     pub(crate) fn detach(mut self) -> CliProcess {
-        self.process.take().expect("lease holds a process")
+        let process = self.process.take().expect("lease holds a process");
+        self.pool.state.lock().detached.push(process.pid());
+        process
     }
 }
 

@@ -20,10 +20,12 @@ use parking_lot::Mutex;
 use super::builder::redact;
 use super::protocol::{self, Event, ResultLine};
 use crate::error::shorten;
-use crate::{Error, Response};
+use crate::{Error, Response, Usage};
 
-/// How much of stderr is kept for error messages.
-const STDERR_TAIL_BYTES: usize = 4096;
+/// How much of stderr an error message shows.
+const STDERR_TAIL_SHOWN: usize = 4096;
+/// How much is kept: the shown tail plus a margin for redacting a secret cut at the front.
+const STDERR_TAIL_BYTES: usize = STDERR_TAIL_SHOWN + 1024;
 /// How long a process may take to exit after its stdin closes before it is killed.
 const GRACEFUL_EXIT: Duration = Duration::from_millis(500);
 
@@ -56,7 +58,16 @@ pub(crate) struct ApiRetry {
 /// A running CLI process.
 pub(crate) struct CliProcess {
     child: Child,
-    stdin: Option<ChildStdin>,
+    /// Bytes for stdin go to a writer thread, so a CLI that stops reading cannot block a
+    /// worker past its deadline; dropping the sender closes stdin.
+    stdin: Option<Sender<Vec<u8>>>,
+    /// One acknowledgement per write, from the writer thread.
+    written: Receiver<std::io::Result<()>>,
+    /// Set once the child has been waited for: its pid (and group id) may then belong to
+    /// someone else, so no signal may be sent to it.
+    reaped: bool,
+    /// What the last failed turn cost, as the CLI reported it (error results are billed too).
+    failed_turn_cost: Option<(f64, Usage)>,
     stdout: Receiver<Out>,
     stderr_tail: Arc<Mutex<VecDeque<u8>>>,
     /// Closed by the stderr thread at end of stream, so an exit report has all of stderr.
@@ -97,11 +108,17 @@ impl CliProcess {
             path: launch.program.clone(),
             source: Arc::new(e),
         })?;
-        let stdin = child.stdin.take();
+        let child_stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = crossbeam_channel::unbounded();
         let pid = child.id();
+        let (stdin_tx, stdin_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        thread::Builder::new()
+            .name(format!("claude-rayon-stdin-{pid}"))
+            .spawn(move || write_stdin(child_stdin, stdin_rx, ack_tx))
+            .map_err(Error::io)?;
         thread::Builder::new()
             .name(format!("claude-rayon-stdout-{pid}"))
             .spawn(move || read_stdout(stdout, tx))
@@ -119,7 +136,10 @@ impl CliProcess {
         log::debug!("started claude process {pid}");
         Ok(CliProcess {
             child,
-            stdin,
+            stdin: Some(stdin_tx),
+            written: ack_rx,
+            reaped: false,
+            failed_turn_cost: None,
             stdout: rx,
             stderr_tail: tail,
             stderr_done: done_rx,
@@ -138,7 +158,33 @@ impl CliProcess {
 
     /// Whether the process can take another item.
     pub(crate) fn is_reusable(&mut self) -> bool {
-        !self.broken && matches!(self.child.try_wait(), Ok(None))
+        !self.broken && !self.reaped && !self.has_exited()
+    }
+
+    /// Whether the child has exited, without reaping it: an unreaped child keeps its pid, so
+    /// its process group can still be signalled safely.
+    fn has_exited(&self) -> bool {
+        if self.reaped {
+            return true;
+        }
+        let pid: libc::id_t = self.child.id();
+        // SAFETY: waitid only writes into the siginfo we pass; WNOWAIT leaves the child
+        // waitable, so std's own wait still reaps it later.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let rc = libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            rc == 0 && info.si_pid() != 0
+        }
+    }
+
+    /// The cost and usage of the last failed turn, once (error results are billed too).
+    pub(crate) fn take_failed_turn_cost(&mut self) -> Option<(f64, Usage)> {
+        self.failed_turn_cost.take()
     }
 
     /// Keep the context for the next prompt (a conversation's next turn).
@@ -172,14 +218,25 @@ impl CliProcess {
             pending_clears = 1;
         }
         input.push_str(&protocol::user_line(prompt));
-        if let Err(e) = self.write(input.as_bytes()) {
-            return Err(self.fail_after_io(e, deadline));
+        self.failed_turn_cost = None;
+        if let Err(e) = self.write(input.into_bytes(), deadline, timeout) {
+            return Err(e);
         }
         let mut api_retries = 0;
         loop {
             let event = match self.stdout.recv_deadline(deadline) {
                 Ok(Out::Line(line)) => match protocol::parse_line(&line) {
                     Ok(event) => event,
+                    Err(Error::Protocol { reason, .. }) => {
+                        self.broken = true;
+                        // Redact the whole line before shortening: a cut secret is no longer
+                        // recognisable.
+                        let line = redact(line.trim(), &self.secrets);
+                        return Err(Error::Protocol {
+                            reason,
+                            line: shorten(&line, 200),
+                        });
+                    }
                     Err(err) => {
                         self.broken = true;
                         return Err(self.redact_error(err));
@@ -220,9 +277,7 @@ impl CliProcess {
                 } => {
                     log::debug!("answering unexpected control_request {subtype} with an error");
                     let line = protocol::control_error_line(&request_id, &subtype);
-                    if let Err(e) = self.write(line.as_bytes()) {
-                        return Err(self.fail_after_io(e, deadline));
-                    }
+                    self.write(line.into_bytes(), deadline, timeout)?;
                 }
                 Event::ApiRetry {
                     attempt,
@@ -259,9 +314,14 @@ impl CliProcess {
             total
         };
         self.last_total_cost = total;
-        let result = result
-            .into_outcome(want_structured)
-            .map_err(|e| self.redact_error(e))?;
+        let usage = result.usage;
+        let result = match result.into_outcome(want_structured) {
+            Ok(result) => result,
+            Err(error) => {
+                self.failed_turn_cost = Some((cost, usage));
+                return Err(self.redact_error(error));
+            }
+        };
         Ok(Response {
             text: result.result.unwrap_or_default(),
             structured: result.structured_output,
@@ -274,38 +334,43 @@ impl CliProcess {
         })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stdin closed"))?;
-        stdin.write_all(bytes)?;
-        stdin.flush()
-    }
-
-    /// A write failed: the process most likely died. Report its exit if it did.
-    fn fail_after_io(&mut self, err: std::io::Error, deadline: Instant) -> Error {
-        self.broken = true;
-        if err.kind() == std::io::ErrorKind::BrokenPipe {
-            return self.exited(deadline.min(Instant::now() + GRACEFUL_EXIT));
+    /// Hand bytes to the writer thread and wait for them to be written, until the deadline.
+    fn write(&mut self, bytes: Vec<u8>, deadline: Instant, timeout: Duration) -> Result<(), Error> {
+        let sent = self.stdin.as_ref().is_some_and(|tx| tx.send(bytes).is_ok());
+        if !sent {
+            self.broken = true;
+            return Err(self.exited(deadline));
         }
-        self.redact_error(Error::io(err))
+        match self.written.recv_deadline(deadline) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => {
+                self.broken = true;
+                if err.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Err(self.exited(deadline.min(Instant::now() + GRACEFUL_EXIT)));
+                }
+                Err(self.redact_error(Error::io(err)))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // The CLI stopped reading: killing it fails the blocked write, ending the thread.
+                self.broken = true;
+                self.kill();
+                Err(Error::Timeout(timeout))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.broken = true;
+                Err(self.exited(deadline))
+            }
+        }
     }
 
     /// Stdout ended: wait briefly for the exit status and report it with stderr's tail.
     fn exited(&mut self, deadline: Instant) -> Error {
         self.broken = true;
         let wait_until = deadline.min(Instant::now() + GRACEFUL_EXIT);
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < wait_until => thread::sleep(Duration::from_millis(2)),
-                _ => break None,
-            }
-        };
-        if status.is_none() {
-            self.kill();
+        while !self.has_exited() && Instant::now() < wait_until {
+            thread::sleep(Duration::from_millis(2));
         }
+        let status = self.reap();
         // Stdout may close before the last of stderr has been read.
         let _ = self
             .stderr_done
@@ -322,68 +387,94 @@ impl CliProcess {
     pub(crate) fn stderr_tail(&self) -> String {
         let tail = self.stderr_tail.lock();
         let bytes: Vec<u8> = tail.iter().copied().collect();
-        redact(
-            String::from_utf8_lossy(&bytes).trim(),
-            self.secrets.as_slice(),
-        )
+        drop(tail);
+        // The buffer keeps a margin before the tail shown, so a secret cut at the front of the
+        // buffer is redacted whole or dropped with the margin, never shown in part.
+        let text = redact(&String::from_utf8_lossy(&bytes), self.secrets.as_slice());
+        let mut start = text.len().saturating_sub(STDERR_TAIL_SHOWN);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].trim().to_string()
     }
 
     fn redact_error(&self, err: Error) -> Error {
+        let clean = |text: String| redact(&text, &self.secrets);
         match err {
             Error::Protocol { reason, line } => Error::Protocol {
                 reason,
-                line: redact(&line, &self.secrets),
+                line: clean(line),
             },
             Error::Api { status, message } => Error::Api {
                 status,
-                message: redact(&message, &self.secrets),
+                message: clean(message),
             },
             Error::Authentication { message } => Error::Authentication {
-                message: redact(&message, &self.secrets),
+                message: clean(message),
             },
+            Error::Execution { subtype, message } => Error::Execution {
+                subtype,
+                message: clean(message),
+            },
+            Error::StructuredOutputMissing { text } => {
+                Error::StructuredOutputMissing { text: clean(text) }
+            }
+            Error::StructuredOutputInvalid(message) => {
+                Error::StructuredOutputInvalid(clean(message))
+            }
             other => other,
         }
     }
 
-    /// Kill the process group at once and reap the child.
-    pub(crate) fn kill(&mut self) {
+    /// Kill the whole group before reaping (the unreaped leader keeps the group id ours), then
+    /// reap. Returns the exit status when there was one to collect.
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        if self.reaped {
+            return None;
+        }
         self.stdin = None;
         kill_group(self.child.id());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.reaped = true;
+        self.child.wait().ok()
     }
 
-    /// Close stdin and give the CLI a moment to exit on its own (it does in ~25 ms), then kill.
+    /// Kill the process (and its group) at once and reap it.
+    pub(crate) fn kill(&mut self) {
+        self.broken = true;
+        self.reap();
+    }
+
+    /// Close stdin and give the CLI a moment to exit on its own (it does in ~25 ms); then kill
+    /// whatever is left in its group and reap.
     pub(crate) fn shutdown(mut self) {
-        self.shutdown_in_place();
-    }
-
-    fn shutdown_in_place(&mut self) {
         self.stdin = None;
         let deadline = Instant::now() + GRACEFUL_EXIT;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
-                Ok(None) => {
-                    self.kill();
-                    break;
-                }
-            }
+        while !self.has_exited() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
         }
-        // Kill anything the CLI left in its group.
-        kill_group(self.child.id());
+        self.reap();
     }
 }
 
 impl Drop for CliProcess {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill();
-        } else {
-            kill_group(self.child.id());
-        }
+        self.reap();
         log::debug!("claude process {} ended", self.child.id());
+    }
+}
+
+/// The writer thread: one acknowledgement per write, and stdin closes when the sender goes.
+fn write_stdin(
+    mut stdin: ChildStdin,
+    bytes: Receiver<Vec<u8>>,
+    written: Sender<std::io::Result<()>>,
+) {
+    for chunk in bytes {
+        let result = stdin.write_all(&chunk).and_then(|()| stdin.flush());
+        let failed = result.is_err();
+        if written.send(result).is_err() || failed {
+            return;
+        }
     }
 }
 
@@ -432,8 +523,9 @@ fn drain_stderr(stderr: impl Read, tail: Arc<Mutex<VecDeque<u8>>>) {
     }
 }
 
-/// Kill a whole process group (the child is its leader).
-fn kill_group(pid: u32) {
+/// Kill a whole process group (the child is its leader). Only for a child not yet reaped:
+/// after that its id may belong to someone else.
+pub(crate) fn kill_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         if pid > 0 {
             // SAFETY: killpg with a positive group id only sends a signal.

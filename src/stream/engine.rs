@@ -10,7 +10,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::cancel::RunControl;
-use crate::iter::dispatch::run_one;
+use crate::iter::dispatch::{not_started, run_one};
 use crate::iter::MapResult;
 use crate::progress::RunProgress;
 use crate::{Cancel, Failed, Session};
@@ -170,11 +170,13 @@ where
             if let Some(progress) = &self.progress {
                 progress.item_done(false);
             }
-            self.slots.push_back(Some(Err(Failed {
+            let failed = Failed {
                 item,
                 error,
                 attempts: 0,
-            })));
+            };
+            self.slots
+                .push_back(Some(Err(not_started(&self.session, failed))));
             return;
         }
         self.slots.push_back(None);
