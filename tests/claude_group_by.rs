@@ -129,3 +129,45 @@ fn every_item_ends_exactly_once() {
     assert_eq!(groups.failed.len(), 4);
     assert_eq!(groups.get("even").unwrap().len(), 20);
 }
+
+#[test]
+fn a_session_wide_cancel_stops_a_group_by() {
+    let fake = Fake::new();
+    let cancel = claude_rayon::Cancel::new();
+    let session = fake
+        .builder()
+        .concurrency(2)
+        .cancel_on(&cancel)
+        .build()
+        .unwrap();
+    let groups = std::thread::scope(|s| {
+        let (watch, handle) = (session.clone(), cancel.clone());
+        s.spawn(move || {
+            support::wait_until(
+                "a few items sorted",
+                std::time::Duration::from_secs(20),
+                || watch.stats().succeeded >= 3,
+            );
+            handle.cancel();
+        });
+        (0..200u32)
+            .into_par_iter()
+            .claude_group_by(&session, ["a", "b"], |i| {
+                format!("[[sim:delay=10]] [[sim:reply=a]] {i}")
+            })
+    });
+    assert_eq!(groups.len(), 200, "every item accounted for");
+    assert!(!groups.failed.is_empty() && groups.failed.len() < 200);
+    assert!(groups
+        .failed
+        .iter()
+        .all(|f| matches!(f.error, Error::Cancelled)));
+    let stats = session.stats();
+    assert_eq!(stats.started, stats.succeeded + stats.failed);
+    assert_eq!(stats.failed as usize, groups.failed.len());
+    cancel.reset();
+    let again = vec![1]
+        .into_par_iter()
+        .claude_group_by(&session, ["a"], |_| "[[sim:reply=a]]");
+    assert_eq!(again.get("a").unwrap().len(), 1);
+}
