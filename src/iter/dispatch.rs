@@ -106,6 +106,30 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The start of every item: the run's stop check, then its prompt, built before a process is
+/// taken so that a prompt closure that itself uses Claude cannot starve the pool. Either
+/// failure hands the item back, counted.
+pub(crate) fn begin<T, P, F>(
+    session: &Session,
+    control: &RunControl,
+    prompt_fn: &F,
+    item: T,
+) -> Result<(T, String), Failed<T>>
+where
+    F: Fn(&T) -> P,
+    P: AsRef<str>,
+{
+    if let Some(reason) = control.stop_reason() {
+        let failed = Failed {
+            item,
+            error: reason,
+            attempts: 0,
+        };
+        return Err(not_started(session, failed));
+    }
+    prompt_for(prompt_fn, item).map_err(|f| not_started(session, f))
+}
+
 /// One item through the session: stop check, prompt, then the call.
 pub(crate) fn run_one<T, P, F>(
     session: &Session,
@@ -117,19 +141,7 @@ where
     F: Fn(&T) -> P,
     P: AsRef<str>,
 {
-    if let Some(reason) = control.stop_reason() {
-        return Err(not_started(
-            session,
-            Failed {
-                item,
-                error: reason,
-                attempts: 0,
-            },
-        ));
-    }
-    // The prompt is built before a process is taken, so a prompt closure that itself uses
-    // Claude cannot starve the pool.
-    let (item, prompt) = prompt_for(prompt_fn, item).map_err(|f| not_started(session, f))?;
+    let (item, prompt) = begin(session, control, prompt_fn, item)?;
     match session.inner.execute(&prompt, control) {
         Ok((response, _)) => Ok((item, response)),
         Err((error, attempts)) => Err(Failed {

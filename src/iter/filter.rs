@@ -3,7 +3,7 @@
 use rayon::iter::plumbing::UnindexedConsumer;
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
-use super::dispatch::{dispatch, not_started, prompt_for, RunKind};
+use super::dispatch::{begin, dispatch, not_started, RunKind};
 use super::strict;
 use crate::cancel::RunControl;
 use crate::{Cancel, Failed, Session};
@@ -75,19 +75,9 @@ where
             succeeded: |r: &Option<Result<I::Item, Failed<I::Item>>>| !matches!(r, Some(Err(_))),
         };
         let verdicts = dispatch(session, items, &control, kind, |item, control| {
-            if let Some(reason) = control.stop_reason() {
-                return Some(Err(not_started(
-                    session,
-                    Failed {
-                        item,
-                        error: reason,
-                        attempts: 0,
-                    },
-                )));
-            }
-            let (item, question) = match prompt_for(question_fn, item) {
+            let (item, question) = match begin(session, control, question_fn, item) {
                 Ok(pair) => pair,
-                Err(failed) => return Some(Err(not_started(session, failed))),
+                Err(failed) => return Some(Err(failed)),
             };
             match strict::ask(session, control, &question, &allowed, &interpret_verdict) {
                 Ok((0, _, _)) => Some(Ok(item)),

@@ -2,7 +2,7 @@
 
 use rayon::iter::ParallelIterator;
 
-use super::dispatch::{dispatch, not_started, prompt_for, RunKind};
+use super::dispatch::{begin, dispatch, RunKind};
 use super::filter::refuse_all;
 use super::strict;
 use crate::cancel::RunControl;
@@ -132,18 +132,7 @@ where
                 succeeded: |r: &Sorted<I::Item>| r.is_ok(),
             };
             dispatch(session, items, &control, kind, |item, control| {
-                if let Some(reason) = control.stop_reason() {
-                    return Err(not_started(
-                        session,
-                        Failed {
-                            item,
-                            error: reason,
-                            attempts: 0,
-                        },
-                    ));
-                }
-                let (item, prompt) =
-                    prompt_for(&prompt_fn, item).map_err(|f| not_started(session, f))?;
+                let (item, prompt) = begin(session, control, &prompt_fn, item)?;
                 match strict::ask(session, control, &prompt, &categories, &interpret) {
                     Ok((index, _, _)) => Ok((index, item)),
                     Err((error, attempts)) => Err(Failed {

@@ -219,9 +219,7 @@ impl CliProcess {
         }
         input.push_str(&protocol::user_line(prompt));
         self.failed_turn_cost = None;
-        if let Err(e) = self.write(input.into_bytes(), deadline, timeout) {
-            return Err(e);
-        }
+        self.write(input.into_bytes(), deadline, timeout)?;
         let mut api_retries = 0;
         loop {
             let event = match self.stdout.recv_deadline(deadline) {
