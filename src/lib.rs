@@ -25,6 +25,8 @@
 //! - [`prelude`]: the extension traits (`claude_map` and friends).
 //! - [`stream`]: the same on plain iterators (stdin lines, a log being read), lazily and in
 //!   order: `claude_stream_map` and `claude_windows`.
+//! - [`pipeline`]: [`Pipeline`], for sources that never end (a queue, a channel) and
+//!   results that go to a store in batches, with bounded memory and a graceful stop.
 //! - [`simulator`]: a stand-in CLI for trying things without an API key.
 //!
 //! See `ARCHITECTURE.md` for how they fit together.
@@ -36,6 +38,7 @@ mod budget;
 mod cancel;
 mod error;
 pub mod iter;
+pub mod pipeline;
 pub mod prelude;
 mod progress;
 #[cfg(feature = "progress")]
@@ -51,6 +54,7 @@ pub mod throttle;
 pub use cancel::Cancel;
 pub use error::Error;
 pub use iter::{Failed, Outcome};
+pub use pipeline::Pipeline;
 pub use progress::{Progress, ProgressCallback};
 pub use response::{Response, Usage};
 pub use retry::RetryPolicy;

@@ -24,10 +24,13 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// # Examples
 ///
 /// ```
-/// use claude_rayon::Progress;
+/// use claude_rayon::Session;
 ///
-/// let p = Progress { done: 25, total: Some(100), ..Progress::default() };
-/// assert_eq!(p.fraction(), Some(0.25));
+/// let builder = Session::builder().on_progress(|p| {
+///     if let Some(fraction) = p.fraction() {
+///         eprintln!("{:.0}% done, {} failed, ${:.4}", fraction * 100.0, p.failed, p.cost_usd);
+///     }
+/// });
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
@@ -94,9 +97,26 @@ pub(crate) struct RunProgress {
 impl RunProgress {
     /// Progress for a run, or `None` when nobody watches (no callback, no bar).
     pub(crate) fn start(session: &Session, run: &'static str, total: Option<u64>) -> Option<Self> {
+        Self::start_with_bar(session, run, total, None)
+    }
+
+    /// As [`start`](Self::start), with the session's bar setting overridden (a pipeline's own).
+    pub(crate) fn start_with_bar(
+        session: &Session,
+        run: &'static str,
+        total: Option<u64>,
+        show_bar: Option<bool>,
+    ) -> Option<Self> {
         let callback = session.inner.config.on_progress.clone();
         #[cfg(feature = "progress")]
-        let bar = crate::progress_bar::Bar::for_session(session, run, total);
+        let bar = crate::progress_bar::Bar::for_session(
+            session,
+            run,
+            total,
+            show_bar.unwrap_or(session.inner.config.progress),
+        );
+        #[cfg(not(feature = "progress"))]
+        let _ = show_bar;
         #[cfg(feature = "progress")]
         let watched = callback.is_some() || bar.is_some();
         #[cfg(not(feature = "progress"))]

@@ -13,14 +13,15 @@ pub(crate) struct Bar {
 }
 
 impl Bar {
-    /// A bar for a run, when the session asked for one and there is somewhere to draw it.
+    /// A bar for a run, when one is asked for (`show`) and there is somewhere to draw it.
     pub(crate) fn for_session(
         session: &Session,
         run: &'static str,
         total: Option<u64>,
+        show: bool,
     ) -> Option<Bar> {
         let config = &session.inner.config;
-        if !config.progress {
+        if !show {
             return None;
         }
         let target = match &config.progress_draw_target {

@@ -193,3 +193,48 @@ fn log_anomalies_reports_windows_in_order_with_line_numbers() {
         "in order: {starts:?}"
     );
 }
+
+#[test]
+fn pipeline_sqlite_stores_one_row_per_success_and_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tickets.sqlite");
+    let (code, stdout, stderr) = run(
+        "pipeline_sqlite",
+        &[
+            "--simulate",
+            "--items",
+            "60",
+            "--batch-size",
+            "7",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("built-in simulator"), "{stderr}");
+    let figure = |name: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("[simulated] {name} ")))
+            .unwrap_or_else(|| panic!("no {name:?} line:\n{stdout}"));
+        line[format!("[simulated] {name} ").len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{line}"))
+    };
+    let (received, succeeded, rows) = (
+        figure("received"),
+        figure("succeeded"),
+        figure("rows stored"),
+    );
+    assert!(received >= 60, "{stdout}");
+    assert!(succeeded > 0, "{stdout}");
+    assert_eq!(rows, succeeded, "one row per success:\n{stdout}");
+    assert!(
+        stdout.contains("[simulated] batch   0:"),
+        "batches are labelled:\n{stdout}"
+    );
+    assert!(stdout.contains("simulated, nothing billed"), "{stdout}");
+}

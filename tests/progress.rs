@@ -169,3 +169,42 @@ fn no_bar_when_stderr_is_not_a_terminal() {
         "escape codes on a pipe:\n{stderr}"
     );
 }
+
+#[cfg(feature = "progress")]
+#[test]
+fn a_pipeline_turns_its_own_bar_on_or_off() {
+    use claude_rayon::Pipeline;
+    use indicatif::{InMemoryTerm, ProgressDrawTarget};
+    let draw = |show: bool| {
+        let fake = Fake::new();
+        let term = InMemoryTerm::new(4, 200);
+        let target_term = term.clone();
+        // The session has somewhere to draw but does not ask for a bar itself.
+        let session = fake
+            .builder()
+            .concurrency(2)
+            .progress_draw_target(move || {
+                ProgressDrawTarget::term_like(Box::new(target_term.clone()))
+            })
+            .progress(false)
+            .build()
+            .unwrap();
+        let stats = Pipeline::builder()
+            .source(0..12u32)
+            .session(&session)
+            .prompt(|i: &u32| format!("item {i}"))
+            .batch_size(5)
+            .progress(show)
+            .on_batch(|_| {})
+            .run()
+            .unwrap();
+        assert_eq!(stats.succeeded, 12);
+        term.contents()
+    };
+    let shown = draw(true);
+    assert!(
+        shown.contains("pipeline") && shown.contains("12 done"),
+        "{shown}"
+    );
+    assert!(draw(false).trim().is_empty());
+}

@@ -361,7 +361,9 @@ impl Inner {
             Ok(permit) => permit,
             Err(_) => {
                 self.budget.settle(reservation, 0.0);
-                let reason = self.stop_reason(control).unwrap_or(Error::Cancelled);
+                let reason = self
+                    .stop_holding_reservation(control)
+                    .unwrap_or(Error::Cancelled);
                 return Err(AttemptError::NotStarted(reason));
             }
         };
@@ -384,7 +386,7 @@ impl Inner {
             }
         };
         // Waiting for a process can take long; a stop that came meanwhile still holds.
-        if let Some(reason) = self.stop_reason(control) {
+        if let Some(reason) = self.stop_holding_reservation(control) {
             drop(lease);
             self.throttle.settle(permit, 0);
             self.budget.settle(reservation, 0.0);
@@ -487,6 +489,13 @@ impl Inner {
                 .is_some_and(Cancel::is_cancelled)
                 .then_some(Error::Cancelled)
         })
+    }
+
+    /// Why an item that already holds its budget reservation must not be sent: a cancel or a
+    /// fatal error, but not a spent budget (the reservation was made before it ran out).
+    fn stop_holding_reservation(&self, control: &RunControl) -> Option<Error> {
+        self.stop_reason(control)
+            .filter(|reason| !matches!(reason, Error::BudgetExceeded { .. }))
     }
 
     fn should_stop(&self, control: &RunControl) -> bool {
