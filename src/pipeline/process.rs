@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use super::shared::Shared;
-use crate::iter::dispatch::{panic_message, prompt_for};
+use crate::iter::dispatch::{not_started, panic_message, prompt_for};
 use crate::{Error, Failed, Response};
 
 /// The prompt closure, its answer made a `String` so that the builder needs no type for it.
@@ -76,19 +76,20 @@ where
 
     fn process(&self, item: T) -> Processed<T, O, K> {
         let control = &self.shared.control;
+        let session = &self.shared.session;
         if let Some(error) = control.stop_reason() {
             let failed = Failed {
                 item,
                 error,
                 attempts: 0,
             };
-            return Processed::Failed(failed, true);
+            return Processed::Failed(not_started(session, failed), true);
         }
         // The prompt is built before a process is taken (a prompt closure that itself uses
         // Claude cannot starve the pool), and a panic in it fails this item only.
         let (item, prompt) = match prompt_for(&|item: &T| (self.prompt)(item), item) {
             Ok(pair) => pair,
-            Err(failed) => return Processed::Failed(failed, false),
+            Err(failed) => return Processed::Failed(not_started(session, failed), false),
         };
         match self.shared.session.inner.execute(&prompt, control) {
             Ok((response, attempts)) => self.shape(item, response, attempts),
