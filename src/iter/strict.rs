@@ -84,39 +84,31 @@ pub(crate) fn ask(
 ) -> Result<(usize, Response, u32), (Error, u32)> {
     let inner = &session.inner;
     inner.count_started();
-    let outcome = ask_uncounted(session, control, prompt, allowed, interpret);
+    // One item however many calls it takes: counted as finished once, here.
+    let outcome = (|| -> Result<(usize, Response, u32), (Error, u32)> {
+        let (first, attempts) = inner.execute_attempts(&instruction(prompt, allowed), control)?;
+        if let Some(index) = interpret(&first.text) {
+            return Ok((index, first, attempts));
+        }
+        log::debug!("answer {:?} is not allowed; asking once more", first.text);
+        let again = reminder(prompt, &first.text, allowed);
+        let (second, more) = inner
+            .execute_attempts(&again, control)
+            .map_err(|(error, more)| (error, attempts + more))?;
+        let attempts = attempts + more;
+        match interpret(&second.text) {
+            Some(index) => Ok((index, second, attempts)),
+            None => Err((
+                Error::InvalidAnswer {
+                    answer: shorten(second.text.trim(), 200),
+                    allowed: allowed.to_vec(),
+                },
+                attempts,
+            )),
+        }
+    })();
     inner.count_finished(outcome.is_ok());
     outcome
-}
-
-fn ask_uncounted(
-    session: &Session,
-    control: &RunControl,
-    prompt: &str,
-    allowed: &[String],
-    interpret: &dyn Fn(&str) -> Option<usize>,
-) -> Result<(usize, Response, u32), (Error, u32)> {
-    let inner = &session.inner;
-    let (first, attempts) = inner.execute_attempts(&instruction(prompt, allowed), control)?;
-    if let Some(index) = interpret(&first.text) {
-        return Ok((index, first, attempts));
-    }
-    log::debug!("answer {:?} is not allowed; asking once more", first.text);
-    let again = reminder(prompt, &first.text, allowed);
-    let (second, more) = inner
-        .execute_attempts(&again, control)
-        .map_err(|(error, more)| (error, attempts + more))?;
-    let attempts = attempts + more;
-    match interpret(&second.text) {
-        Some(index) => Ok((index, second, attempts)),
-        None => Err((
-            Error::InvalidAnswer {
-                answer: shorten(second.text.trim(), 200),
-                allowed: allowed.to_vec(),
-            },
-            attempts,
-        )),
-    }
 }
 
 /// Refuse sessions whose answers are bound to the user's own JSON schema.
