@@ -34,6 +34,35 @@ pub enum Error {
         searched: Vec<PathBuf>,
     },
 
+    /// The CLI found is too old (or does not say its version) for the flags that seal its
+    /// processes; the library never runs it unsealed.
+    #[error(
+        "the claude CLI at {} reports version {version:?}, but claude-rayon needs {minimum} or \
+         newer to seal its processes (no memory files, hooks, MCP servers, project settings \
+         or @-file mentions). Update it with `npm install -g @anthropic-ai/claude-code@latest` \
+         (or `claude update`)",
+        .path.display()
+    )]
+    CliUnsupported {
+        /// The executable that was checked.
+        path: PathBuf,
+        /// What `claude --version` printed (shortened), or why it could not be read.
+        version: String,
+        /// The oldest version this crate accepts.
+        minimum: String,
+    },
+
+    /// A prompt was empty or only white space; the CLI would drop it and the model would
+    /// answer something else, so it is refused without a call.
+    #[error("the prompt is empty or only white space; nothing was sent")]
+    EmptyPrompt,
+
+    /// A process did not reset its context between two items (its `/clear` did not start a
+    /// new conversation). The process was killed and replaced so that items never share
+    /// context; the item is retried.
+    #[error("the claude process did not reset its context between items ({0}); it was killed and replaced")]
+    ContextNotReset(String),
+
     /// The settings given to a builder are invalid or contradict each other.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -184,6 +213,7 @@ impl Error {
             | Error::ProcessExited { .. }
             | Error::Protocol { .. }
             | Error::Io(_)
+            | Error::ContextNotReset(_)
             | Error::Spawn { .. } => true,
             _ => false,
         }
@@ -197,6 +227,7 @@ impl Error {
             Error::Authentication { .. }
                 | Error::BudgetExceeded { .. }
                 | Error::CliNotFound { .. }
+                | Error::CliUnsupported { .. }
                 | Error::InvalidConfig(_)
                 | Error::Closed
         )

@@ -31,7 +31,12 @@
 //! arrived in milliseconds since the UNIX epoch);
 //! `CLAUDE_RAYON_SIM_STATE=DIR` holds the `fail-times` counters; `CLAUDE_RAYON_SIM_STARTUP_MS`
 //! delays the start; `CLAUDE_RAYON_SIM_LATENCY_MS` delays every answer;
-//! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers.
+//! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers; `CLAUDE_RAYON_SIM_VERSION` is what
+//! `--version` prints; `CLAUDE_RAYON_SIM_CLEAR` breaks `/clear` on purpose (`as-text`: sent
+//! to the "model" like any prompt; `same-session`: no new session id; `keep-context`: the
+//! context stays). Like the CLI, text that starts with `/` is a command: `/clear` resets the
+//! context and starts a new session id, anything else answers `Unknown command` without a
+//! model turn.
 //!
 //! To host it in your own program (as the examples do), call [`serve_if_requested`] first
 //! thing in `main` and build the session with
@@ -68,6 +73,13 @@ pub fn serve_if_requested() {
 /// code.
 pub fn run() -> i32 {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version") {
+        // The newest CLI version the library was checked against; tests may claim another.
+        let version = std::env::var("CLAUDE_RAYON_SIM_VERSION")
+            .unwrap_or_else(|_| "2.1.332 (Claude Code; claude-rayon simulator)".into());
+        println!("{version}");
+        return 0;
+    }
     let mut sim = Simulator::new(args);
     sim.record(json!({"event": "start", "pid": std::process::id(), "args": sim.args}));
     if let Some(ms) = env_u64("CLAUDE_RAYON_SIM_STARTUP_MS") {
@@ -165,11 +177,29 @@ impl Simulator {
                 "tools": [], "model": self.model, "claude_code_version": "simulated"}),
             );
         }
-        if prompt.trim() == "/clear" {
-            self.context.clear();
-            self.session_id = new_session_id();
-            self.emit(self.result_line(0, "", 0, 0, false, None, None));
-            return None;
+        // As the CLI: text that starts with `/` (nothing before it) is a command.
+        if let Some(command) = prompt.strip_prefix('/') {
+            let name = command.split_whitespace().next().unwrap_or("");
+            let clear_mode = std::env::var("CLAUDE_RAYON_SIM_CLEAR").unwrap_or_default();
+            if name == "clear" && clear_mode != "as-text" {
+                self.record(json!({"event": "clear", "pid": std::process::id()}));
+                if clear_mode != "keep-context" {
+                    self.context.clear();
+                }
+                if clear_mode != "same-session" {
+                    self.session_id = new_session_id();
+                }
+                self.emit(self.result_line(0, "", 0, 0, false, None, None));
+                return None;
+            }
+            if name != "clear" {
+                self.record(
+                    json!({"event": "command", "pid": std::process::id(), "command": name}),
+                );
+                let text = format!("Unknown command: /{name}");
+                self.emit(self.result_line(0, &text, 0, 0, false, None, None));
+                return None;
+            }
         }
         self.context.push(prompt.to_string());
         // `t_ms` (milliseconds since the UNIX epoch) is when the prompt arrived, for tests and

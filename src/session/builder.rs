@@ -84,6 +84,8 @@ pub(crate) struct Config {
     pub persist_sessions: bool,
     pub fresh_process_per_item: bool,
     pub extra_args: Vec<String>,
+    pub load_user_config: bool,
+    pub interpret_item_text: bool,
     pub throttle: Option<Arc<Throttle>>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
@@ -123,6 +125,8 @@ impl Default for SessionBuilder {
                 persist_sessions: false,
                 fresh_process_per_item: false,
                 extra_args: Vec::new(),
+                load_user_config: false,
+                interpret_item_text: false,
                 throttle: None,
                 requests_per_minute: None,
                 tokens_per_minute: None,
@@ -215,7 +219,10 @@ impl SessionBuilder {
         self
     }
 
-    /// The working directory of the CLI processes.
+    /// The working directory of the CLI processes. Without it, each session runs its
+    /// processes in a private, empty folder of its own (mode 0700, removed at close). Either
+    /// way, the project configuration in that folder (its `CLAUDE.md`, `.mcp.json`,
+    /// `.claude/settings.json`, skills and commands) does not apply.
     pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.cwd = Some(dir.into());
         self
@@ -267,7 +274,41 @@ impl SessionBuilder {
         self
     }
 
+    /// Load your own Claude Code configuration into every process: `~/.claude/CLAUDE.md`,
+    /// your hooks, MCP servers, skills, plugins, agents and output styles (default: off).
+    ///
+    /// Off, the processes are sealed: they read no memory files, run no hooks, start no MCP
+    /// servers and load no customizations, while your login or API key works as usual. The
+    /// project's configuration (in the working directory) stays off either way, and an
+    /// item's text still cannot attach files or run commands; see
+    /// [`interpret_item_text`](Self::interpret_item_text) for that.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Items may use the MCP servers and memory configured in ~/.claude.
+    /// let builder = claude_rayon::Session::builder().load_user_config(true);
+    /// ```
+    pub fn load_user_config(mut self, load: bool) -> Self {
+        self.config.load_user_config = load;
+        self
+    }
+
+    /// Let an item's text do what text typed into the CLI does (default: off): `@path`
+    /// attaches that file to the request and a leading `/` runs a CLI command (`/config`
+    /// can rewrite your settings). Turn it on only for prompts you wrote yourself.
+    ///
+    /// Off, an item's text is always sent as text: `@` mentions stay text, and text that
+    /// begins with `/` is sent with one leading space so that the CLI does not run it.
+    pub fn interpret_item_text(mut self, interpret: bool) -> Self {
+        self.config.interpret_item_text = interpret;
+        self
+    }
+
     /// An extra command-line argument for the CLI, passed as is after the ones this crate sets.
+    /// Flags that would undo the sealing (`--settings`, `--setting-sources`, `--mcp-config`,
+    /// `--plugin-dir`, `--plugin-url`, `--agents`, `--agent`, `--add-dir`) are refused by
+    /// `build()` unless [`load_user_config`](Self::load_user_config) is on.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.config.extra_args.push(arg.into());
         self
@@ -419,8 +460,9 @@ impl SessionBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::CliNotFound`] when no CLI is found, [`Error::InvalidConfig`] for invalid or
-    /// contradictory settings.
+    /// [`Error::CliNotFound`] when no CLI is found, [`Error::CliUnsupported`] when it is too
+    /// old to be sealed (or does not say its version), [`Error::InvalidConfig`] for invalid
+    /// or contradictory settings.
     ///
     /// # Examples
     ///
@@ -433,6 +475,7 @@ impl SessionBuilder {
     pub fn build(self) -> Result<Session, Error> {
         self.config.validate()?;
         let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
+        super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
         Session::from_config(self.config, cli)
     }
 }
@@ -541,6 +584,20 @@ impl Config {
                 ));
             }
         }
+        if !self.load_user_config {
+            let flag_name = |arg: &str| arg.split('=').next().unwrap_or("").to_string();
+            if let Some(arg) = self
+                .extra_args
+                .iter()
+                .find(|a| super::seal::UNSEALING_ARGS.contains(&flag_name(a).as_str()))
+            {
+                return invalid(format!(
+                    "arg({:?}) would load configuration into sealed processes; turn on \
+                     load_user_config(true) to pass it",
+                    flag_name(arg)
+                ));
+            }
+        }
         if self.cli_max_retries.is_some_and(|r| r > 15) {
             return invalid("cli_max_retries is capped at 15 by the CLI".into());
         }
@@ -598,13 +655,24 @@ impl Config {
         if !self.persist_sessions {
             args.push("--no-session-persistence".into());
         }
+        args.extend(
+            super::seal::seal_args(self.load_user_config)
+                .into_iter()
+                .map(OsString::from),
+        );
+        if let Some(settings) =
+            super::seal::seal_settings(self.load_user_config, self.interpret_item_text)
+        {
+            args.push("--settings".into());
+            args.push(settings.into());
+        }
         args.extend(self.extra_args.iter().map(OsString::from));
         args
     }
 
     /// The environment the CLI runs with: ours on top of the inherited one.
     pub(crate) fn cli_env(&self) -> Vec<(String, String)> {
-        let mut env = Vec::new();
+        let mut env = super::seal::seal_env(self.load_user_config, self.interpret_item_text);
         if let Some(retries) = self.cli_max_retries {
             env.push(("CLAUDE_CODE_MAX_RETRIES".to_string(), retries.to_string()));
         }
@@ -679,6 +747,8 @@ impl fmt::Debug for Config {
             .field("concurrency", &self.concurrency)
             .field("timeout", &self.timeout)
             .field("persist_sessions", &self.persist_sessions)
+            .field("load_user_config", &self.load_user_config)
+            .field("interpret_item_text", &self.interpret_item_text)
             .field("fresh_process_per_item", &self.fresh_process_per_item)
             .field("throttle", &self.throttle)
             .field("requests_per_minute", &self.requests_per_minute)

@@ -54,6 +54,9 @@ impl Conversation {
             }
             return Err(Error::Closed);
         }
+        if super::seal::is_blank(prompt) {
+            return Err(Error::EmptyPrompt);
+        }
         let reservation = inner.budget().reserve()?;
         let estimate = estimate_tokens(prompt)
             + super::REQUEST_OVERHEAD_TOKENS

@@ -14,6 +14,8 @@ pub(crate) mod locate;
 pub(crate) mod pool;
 pub(crate) mod process;
 pub(crate) mod protocol;
+pub(crate) mod seal;
+pub(crate) mod spawner;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -77,6 +79,8 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     /// The exponential pause after 429/529 results that carry no delay of the API's.
     cooldown: Cooldown,
+    /// The processes' private working folder when no `cwd` was given; removed at close.
+    private_dir: parking_lot::Mutex<Option<seal::PrivateDir>>,
 }
 
 impl Session {
@@ -93,6 +97,11 @@ impl Session {
 
     pub(crate) fn from_config(config: Config, cli: PathBuf) -> Result<Session, Error> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let private_dir = match &config.cwd {
+            Some(_) => None,
+            None => Some(seal::PrivateDir::create(id).map_err(Error::io)?),
+        };
         let throttle = match &config.throttle {
             Some(shared) => Arc::clone(shared),
             None => {
@@ -117,14 +126,19 @@ impl Session {
             args: config.cli_args(),
             env: config.cli_env(),
             env_remove: config.env_remove.clone(),
-            cwd: config.cwd.clone(),
+            cwd: config
+                .cwd
+                .clone()
+                .or_else(|| private_dir.as_ref().map(|d| d.path().to_path_buf())),
             secrets: Arc::new(config.secrets()),
+            interpret_item_text: config.interpret_item_text,
+            clear_timeout: config.timeout.min(Duration::from_secs(30)),
         };
         let pool = Pool::new(launch, config.concurrency, config.fresh_process_per_item);
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
         Ok(Session {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                id,
                 config,
                 cli,
                 pool,
@@ -135,6 +149,7 @@ impl Session {
                 created: Instant::now(),
                 closed: AtomicBool::new(false),
                 cooldown: Cooldown::default(),
+                private_dir: parking_lot::Mutex::new(private_dir),
             }),
         })
     }
@@ -241,6 +256,8 @@ impl Session {
             return Err(Error::Closed);
         }
         self.inner.pool.close();
+        // The processes are gone; their private folder goes too.
+        drop(self.inner.private_dir.lock().take());
         Ok(self.stats())
     }
 
@@ -302,6 +319,10 @@ impl Inner {
         prompt: &str,
         control: &RunControl,
     ) -> Result<(Response, u32), (Error, u32)> {
+        // The CLI drops a blank prompt and the model would answer something else.
+        if seal::is_blank(prompt) {
+            return Err((Error::EmptyPrompt, 0));
+        }
         // Tries count towards `max_retries` even when no call could be made (a process that
         // failed to start), so that a persistent failure still ends.
         let mut tries = 0;

@@ -47,7 +47,9 @@ impl Pool {
         }
     }
 
-    /// Take an idle process, start a new one if there is room, or wait for one.
+    /// Take an idle process, start a new one if there is room, or wait for one. An idle
+    /// process whose context reset fails (see `process`) is killed and replaced here, before
+    /// anything of the next item is written to it.
     pub(crate) fn checkout(&self) -> Result<Lease<'_>, Error> {
         let mut state = self.state.lock();
         loop {
@@ -55,15 +57,18 @@ impl Pool {
                 return Err(Error::Closed);
             }
             // Most recently used first: its pages are warm.
-            while let Some(mut process) = state.idle.pop() {
-                if process.is_reusable() {
+            if let Some(mut process) = state.idle.pop() {
+                drop(state);
+                if process.is_reusable() && process.settle_clear().is_ok() {
                     return Ok(Lease {
                         pool: self,
                         process: Some(process),
                     });
                 }
-                state.live -= 1;
                 drop(process);
+                state = self.state.lock();
+                state.live -= 1;
+                continue;
             }
             if state.live < self.capacity {
                 state.live += 1;
@@ -93,6 +98,11 @@ impl Pool {
     }
 
     fn checkin(&self, mut process: CliProcess) {
+        let reuse = !self.fresh_per_item && !self.state.lock().closed;
+        if reuse {
+            // The reset runs while the process waits for its next item.
+            process.begin_clear();
+        }
         let healthy = process.is_reusable();
         let mut state = self.state.lock();
         state.detached.retain(|&pid| pid != process.pid());

@@ -1,16 +1,22 @@
 //! One persistent `claude` process speaking stream-json, and how it is started and ended.
 //!
-//! Children are spawned from one long-lived thread: Linux delivers the parent-death signal
-//! when the *thread* that forked a child exits, so spawning from short-lived worker threads
-//! would kill healthy children. Each child gets its own process group so that killing it also
-//! kills anything it started.
+//! Each child gets its own process group so that killing it also kills anything it started;
+//! `spawner` starts it and watches that group.
+//!
+//! Fresh context per item: when a process goes back to the pool after an item, `/clear` is
+//! written at once, so the reset runs while the process waits for its next item. Before the
+//! next item is written, the clear's result is checked: it must be a local command (no model
+//! turn) that started a new conversation (a new session id), and the item must then be
+//! answered in that conversation. Anything else (a `--disable-slash-commands` flag, a skill
+//! named `clear`, a CLI that changed) and the process is killed and replaced, so items never
+//! share context.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,7 @@ use parking_lot::Mutex;
 
 use super::builder::redact;
 use super::protocol::{self, Event, ResultLine};
+use super::{seal, spawner};
 use crate::error::shorten;
 use crate::{Error, Response, Usage};
 
@@ -38,6 +45,10 @@ pub(crate) struct Launch {
     pub env_remove: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub secrets: Arc<Vec<String>>,
+    /// Send an item's text as the CLI's own input syntax (`@` files, `/` commands).
+    pub interpret_item_text: bool,
+    /// How long a context reset may take before the process is given up.
+    pub clear_timeout: Duration,
 }
 
 /// A line from the stdout reader thread.
@@ -77,10 +88,16 @@ pub(crate) struct CliProcess {
     last_total_cost: f64,
     /// The context holds an earlier item; `/clear` goes before the next prompt.
     needs_clear: bool,
+    /// A `/clear` was written and its result not read yet.
+    clear_pending: bool,
+    /// The conversation (session id) the last result belonged to.
+    last_session_id: Option<String>,
+    /// The conversation a verified `/clear` started: the next answer must belong to it.
+    cleared_session_id: Option<String>,
+    interpret_item_text: bool,
+    clear_timeout: Duration,
     /// A failure left the process in an unknown state: do not reuse it.
     broken: bool,
-    /// How many items this process has answered.
-    pub items: u64,
 }
 
 impl CliProcess {
@@ -93,7 +110,9 @@ impl CliProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Inside Claude Code, the CLI refuses to nest; our children are not nested sessions.
-            .env_remove("CLAUDECODE");
+            .env_remove("CLAUDECODE")
+            // Marks the CLI and what it starts for the watchdog (see `spawner`).
+            .env(spawner::OWNER_ENV_VAR, spawner::owner_marker_value());
         for k in &launch.env_remove {
             cmd.env_remove(k);
         }
@@ -104,7 +123,7 @@ impl CliProcess {
             cmd.current_dir(dir);
         }
         prepare_child(&mut cmd);
-        let mut child = spawn_on_spawner_thread(cmd).map_err(|e| Error::Spawn {
+        let mut child = spawner::spawn(cmd).map_err(|e| Error::Spawn {
             path: launch.program.clone(),
             source: Arc::new(e),
         })?;
@@ -146,8 +165,12 @@ impl CliProcess {
             secrets: Arc::clone(&launch.secrets),
             last_total_cost: 0.0,
             needs_clear: false,
+            clear_pending: false,
+            last_session_id: None,
+            cleared_session_id: None,
+            interpret_item_text: launch.interpret_item_text,
+            clear_timeout: launch.clear_timeout,
             broken: false,
-            items: 0,
         })
     }
 
@@ -197,9 +220,74 @@ impl CliProcess {
         self.needs_clear = true;
     }
 
-    /// Run one prompt to its result. `keep_context` leaves the conversation as is (for
-    /// [`Conversation`](crate::Conversation)); otherwise the previous item's context is
-    /// cleared first. On any error but an API-level one, the process is marked broken.
+    /// Start resetting the context now, while the process waits for its next item; the
+    /// result is checked by [`settle_clear`](Self::settle_clear). Does nothing when the
+    /// context holds no earlier item.
+    pub(crate) fn begin_clear(&mut self) {
+        if !self.needs_clear || self.clear_pending || self.broken {
+            return;
+        }
+        let deadline = Instant::now() + self.clear_timeout;
+        let line = protocol::user_line(protocol::CLEAR).into_bytes();
+        if self.write(line, deadline, self.clear_timeout).is_ok() {
+            self.clear_pending = true;
+            self.needs_clear = false;
+        }
+    }
+
+    /// Finish a context reset begun earlier (or do one now if the context is dirty) and
+    /// check that it started a new conversation. On failure the process is broken.
+    pub(crate) fn settle_clear(&mut self) -> Result<(), Error> {
+        if self.needs_clear {
+            self.begin_clear();
+            if !self.clear_pending {
+                self.broken = true;
+                return Err(Error::ContextNotReset(
+                    "the /clear could not be written".into(),
+                ));
+            }
+        }
+        if !self.clear_pending {
+            return Ok(());
+        }
+        let timeout = self.clear_timeout;
+        let result = self.next_result(Instant::now() + timeout, timeout, &mut |_| {})?;
+        self.clear_pending = false;
+        let previous = self.last_session_id.take();
+        let problem = if result.is_error {
+            Some(format!(
+                "/clear failed: {}",
+                shorten(result.result.as_deref().unwrap_or(""), 200)
+            ))
+        } else if result.num_turns != 0 {
+            Some(format!(
+                "/clear reached the model ({} turns) instead of resetting the context",
+                result.num_turns
+            ))
+        } else if result.session_id.is_empty() {
+            Some("the /clear result names no conversation".into())
+        } else if previous.as_deref() == Some(result.session_id.as_str()) {
+            Some("the conversation did not change after /clear".into())
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                self.kill();
+                log::warn!("claude process {} did not reset its context between items ({problem}); it was killed and will be replaced", self.pid());
+                Err(self.redact_error(Error::ContextNotReset(problem)))
+            }
+            None => {
+                self.cleared_session_id = Some(result.session_id.clone());
+                self.last_session_id = Some(result.session_id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Run one prompt to its result. The context must be clean or kept on purpose: a reset
+    /// still pending is finished first. On any error but an API-level one, the process is
+    /// marked broken.
     pub(crate) fn run_turn(
         &mut self,
         prompt: &str,
@@ -209,18 +297,38 @@ impl CliProcess {
     ) -> Result<Response, Error> {
         let started = Instant::now();
         let deadline = started + timeout;
-        // Both lines go in one write: the CLI reads them in order, so the clear costs no round
-        // trip of its own.
-        let mut input = String::new();
-        let mut pending_clears = 0;
-        if self.needs_clear {
-            input.push_str(&protocol::user_line(protocol::CLEAR));
-            pending_clears = 1;
-        }
-        input.push_str(&protocol::user_line(prompt));
+        self.settle_clear()?;
+        let text = seal::item_text(prompt, self.interpret_item_text);
         self.failed_turn_cost = None;
-        self.write(input.into_bytes(), deadline, timeout)?;
+        self.write(protocol::user_line(&text).into_bytes(), deadline, timeout)?;
         let mut api_retries = 0;
+        let result = self.next_result(deadline, timeout, &mut |retry| {
+            api_retries += 1;
+            on_retry(retry);
+        })?;
+        self.needs_clear = true;
+        if let Some(expected) = self.cleared_session_id.take() {
+            if result.session_id != expected {
+                self.kill();
+                return Err(Error::ContextNotReset(
+                    "the item was answered outside the conversation its /clear started".into(),
+                ));
+            }
+        }
+        if !result.session_id.is_empty() {
+            self.last_session_id = Some(result.session_id.clone());
+        }
+        self.finish(result, started, api_retries, want_structured)
+    }
+
+    /// Read stdout until the next `result` line, answering control requests and reporting
+    /// the CLI's own retries on the way.
+    fn next_result(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        on_retry: &mut dyn FnMut(ApiRetry),
+    ) -> Result<ResultLine, Error> {
         loop {
             let event = match self.stdout.recv_deadline(deadline) {
                 Ok(Out::Line(line)) => match protocol::parse_line(&line) {
@@ -253,22 +361,7 @@ impl CliProcess {
                 Err(RecvTimeoutError::Disconnected) => return Err(self.exited(deadline)),
             };
             match event {
-                Event::Result(result) if pending_clears > 0 => {
-                    pending_clears -= 1;
-                    if result.is_error {
-                        self.broken = true;
-                        return Err(self.redact_error(Error::Protocol {
-                            reason: "the CLI failed to clear the context between items".into(),
-                            line: shorten(result.result.as_deref().unwrap_or(""), 200),
-                        }));
-                    }
-                    self.needs_clear = false;
-                }
-                Event::Result(result) => {
-                    self.needs_clear = true;
-                    self.items += 1;
-                    return self.finish(result, started, api_retries, want_structured);
-                }
+                Event::Result(result) => return Ok(result),
                 Event::ControlRequest {
                     request_id,
                     subtype,
@@ -282,7 +375,6 @@ impl CliProcess {
                     delay_ms,
                     status,
                 } => {
-                    api_retries += 1;
                     log::debug!(
                         "the CLI retries an API call (attempt {attempt}, status {status:?}, in {delay_ms} ms)"
                     );
@@ -432,6 +524,7 @@ impl CliProcess {
         }
         self.stdin = None;
         kill_group(self.child.id());
+        spawner::forget(self.child.id());
         self.reaped = true;
         self.child.wait().ok()
     }
@@ -467,6 +560,7 @@ fn write_stdin(
     bytes: Receiver<Vec<u8>>,
     written: Sender<std::io::Result<()>>,
 ) {
+    spawner::block_sigpipe();
     for chunk in bytes {
         let result = stdin.write_all(&chunk).and_then(|()| stdin.flush());
         let failed = result.is_err();
@@ -558,33 +652,6 @@ fn prepare_child(cmd: &mut Command) {
 fn prepare_child(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
-}
-
-type SpawnRequest = (Command, Sender<std::io::Result<Child>>);
-
-/// Spawn on the one spawner thread that lives as long as the program (see the module docs).
-fn spawn_on_spawner_thread(cmd: Command) -> std::io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = crossbeam_channel::unbounded::<SpawnRequest>();
-        thread::Builder::new()
-            .name("claude-rayon-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("cannot start the claude-rayon spawner thread");
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-    spawner
-        .lock()
-        .send((cmd, reply_tx))
-        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
 #[cfg(test)]

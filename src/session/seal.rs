@@ -1,0 +1,321 @@
+//! Sealing: what a session passes to the CLI so that neither an item's text nor the user's
+//! machine steers it (README, "Security").
+//!
+//! Measured on the CLI (2.1.197 and 2.1.332), each with a real-tier test in
+//! `tests/real_sealing.rs`:
+//! - `--safe-mode` turns off memory files (CLAUDE.md), hooks, MCP servers, skills, plugins,
+//!   custom commands, agents and output styles, and keeps the user's login.
+//! - `--setting-sources user` drops the project's and the local settings (a project `model`,
+//!   project hooks); `--strict-mcp-config` drops every MCP server not given on the command line.
+//! - `CLAUDE_CODE_DISABLE_ATTACHMENTS=1` stops `@path` in a prompt from attaching that file.
+//!   The user's own `settings.json` can set environment variables that override the process
+//!   environment, so the same variables also go in `--settings`, which wins over it.
+//! - A user message whose text starts with `/` runs as a slash command; text that starts
+//!   with anything else (a space included) is plain text. So such text gets one leading space.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use serde_json::json;
+
+use crate::error::shorten;
+use crate::Error;
+
+/// The oldest CLI whose sealing flags this crate has verified (CI runs it and the newest).
+pub(crate) const MIN_CLI_VERSION: CliVersion = CliVersion(2, 1, 197);
+
+/// How long `claude --version` may take before the CLI is refused.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Flags that seal every process. With the user's configuration re-opened, only the
+/// project's and local settings stay off.
+pub(crate) fn seal_args(load_user_config: bool) -> Vec<&'static str> {
+    let mut args = vec!["--setting-sources", "user"];
+    if !load_user_config {
+        args.extend(["--safe-mode", "--strict-mcp-config"]);
+    }
+    args
+}
+
+/// Environment variables that seal every process; also passed through `--settings` so that
+/// the user's own settings file cannot turn them back off.
+pub(crate) fn seal_env(load_user_config: bool, interpret_item_text: bool) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if !interpret_item_text {
+        env.push((
+            "CLAUDE_CODE_DISABLE_ATTACHMENTS".to_string(),
+            "1".to_string(),
+        ));
+    }
+    if !load_user_config {
+        env.push(("CLAUDE_CODE_SAFE_MODE".to_string(), "1".to_string()));
+        env.push((
+            "CLAUDE_CODE_DISABLE_AUTO_MEMORY".to_string(),
+            "1".to_string(),
+        ));
+    }
+    env
+}
+
+/// The `--settings` value carrying [`seal_env`], or `None` when there is nothing to seal.
+pub(crate) fn seal_settings(load_user_config: bool, interpret_item_text: bool) -> Option<String> {
+    let env: serde_json::Map<String, serde_json::Value> =
+        seal_env(load_user_config, interpret_item_text)
+            .into_iter()
+            .map(|(k, v)| (k, json!(v)))
+            .collect();
+    (!env.is_empty()).then(|| json!({ "env": env }).to_string())
+}
+
+/// Command-line flags that would undo the sealing; refused in `arg(..)` unless the user's
+/// configuration is re-opened.
+pub(crate) const UNSEALING_ARGS: &[&str] = &[
+    "--settings",
+    "--setting-sources",
+    "--mcp-config",
+    "--plugin-dir",
+    "--plugin-url",
+    "--agents",
+    "--agent",
+    "--add-dir",
+];
+
+/// An item's text as it is sent: text the CLI would run as a command (it starts with `/`)
+/// gets one leading space; everything else is sent unchanged.
+pub(crate) fn item_text(prompt: &str, interpret_item_text: bool) -> Cow<'_, str> {
+    if !interpret_item_text && prompt.starts_with('/') {
+        Cow::Owned(format!(" {prompt}"))
+    } else {
+        Cow::Borrowed(prompt)
+    }
+}
+
+/// Whether the CLI would drop this prompt: empty, or only white space (a byte-order mark
+/// counts, as the CLI trims it too).
+pub(crate) fn is_blank(prompt: &str) -> bool {
+    prompt.chars().all(|c| c.is_whitespace() || c == '\u{feff}')
+}
+
+/// A CLI version, `major.minor.patch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct CliVersion(pub u32, pub u32, pub u32);
+
+impl CliVersion {
+    /// Read the version from `claude --version` output (`2.1.197 (Claude Code)`).
+    pub(crate) fn parse(output: &str) -> Option<CliVersion> {
+        let word = output.split_whitespace().next()?;
+        let core = word.split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+        let version = CliVersion(parts.next()??, parts.next()??, parts.next()??);
+        parts.next().is_none().then_some(version)
+    }
+}
+
+impl fmt::Display for CliVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+type VersionKey = (PathBuf, u64, Option<SystemTime>, Vec<(String, String)>);
+
+/// Refuse a CLI older than [`MIN_CLI_VERSION`], or one that does not say its version. The
+/// answer is cached per executable (path, size, modification time) and environment.
+pub(crate) fn check_cli_version(
+    program: &Path,
+    env: &[(String, String)],
+    env_remove: &[String],
+) -> Result<CliVersion, Error> {
+    static CACHE: OnceLock<Mutex<HashMap<VersionKey, Result<CliVersion, String>>>> =
+        OnceLock::new();
+    let meta = std::fs::metadata(program).ok();
+    let key = (
+        program.to_path_buf(),
+        meta.as_ref().map_or(0, |m| m.len()),
+        meta.and_then(|m| m.modified().ok()),
+        env.to_vec(),
+    );
+    let cache = CACHE.get_or_init(Default::default);
+    let cached = cache.lock().get(&key).cloned();
+    let answer = match cached {
+        Some(answer) => answer,
+        None => {
+            let answer = read_version(program, env, env_remove);
+            cache.lock().insert(key, answer.clone());
+            answer
+        }
+    };
+    let refuse = |version: String| Error::CliUnsupported {
+        path: program.to_path_buf(),
+        version,
+        minimum: MIN_CLI_VERSION.to_string(),
+    };
+    match answer {
+        Ok(version) if version >= MIN_CLI_VERSION => Ok(version),
+        Ok(version) => Err(refuse(version.to_string())),
+        Err(what) => Err(refuse(what)),
+    }
+}
+
+fn read_version(
+    program: &Path,
+    env: &[(String, String)],
+    env_remove: &[String],
+) -> Result<CliVersion, String> {
+    let mut cmd = Command::new(program);
+    cmd.arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_remove("CLAUDECODE");
+    for key in env_remove {
+        cmd.env_remove(key);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("`--version` could not run: {e}"))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    // Read on a thread so that a CLI that never ends cannot hold the caller past the limit.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.by_ref().take(4096).read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let output = rx.recv_deadline(Instant::now() + VERSION_TIMEOUT);
+    let _ = child.kill();
+    let _ = child.wait();
+    let output =
+        output.map_err(|_| format!("`--version` gave no answer in {VERSION_TIMEOUT:?}"))?;
+    CliVersion::parse(&output).ok_or_else(|| shorten(output.trim(), 100))
+}
+
+/// A private, empty working directory for a session's processes (mode 0700), removed when
+/// dropped. Under `XDG_RUNTIME_DIR` when there is one (a folder only this user can write,
+/// so no one else can plant a `CLAUDE.md` in a parent folder), else the temp folder.
+pub(crate) struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    pub(crate) fn create(session_id: u64) -> std::io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute() && p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut attempt = 0u32;
+        loop {
+            let path = parent.join(format!(
+                "claude-rayon-{}-{session_id}-{nanos:x}{attempt}",
+                std::process::id()
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(PrivateDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_order() {
+        assert_eq!(
+            CliVersion::parse("2.1.197 (Claude Code)\n"),
+            Some(CliVersion(2, 1, 197))
+        );
+        assert_eq!(CliVersion::parse("2.1.332"), Some(CliVersion(2, 1, 332)));
+        assert_eq!(
+            CliVersion::parse("3.0.0-beta.1 (Claude Code)"),
+            Some(CliVersion(3, 0, 0))
+        );
+        assert_eq!(CliVersion::parse("Claude Code"), None);
+        assert_eq!(CliVersion::parse(""), None);
+        assert_eq!(CliVersion::parse("2.1"), None);
+        assert_eq!(CliVersion::parse("2.1.3.4"), None);
+        assert!(CliVersion(2, 1, 197) < CliVersion(2, 1, 332));
+        assert!(CliVersion(2, 0, 999) < MIN_CLI_VERSION);
+        assert!(CliVersion(10, 0, 0) > MIN_CLI_VERSION);
+    }
+
+    #[test]
+    fn only_command_text_changes() {
+        assert_eq!(
+            item_text("/config model=haiku", false),
+            " /config model=haiku"
+        );
+        assert_eq!(item_text("/clear", false), " /clear");
+        assert_eq!(item_text("//x", false), " //x");
+        for plain in ["hello /cost", " /cost", "@.env", "!ls", "#note", "&x", ""] {
+            assert_eq!(item_text(plain, false), plain);
+        }
+        assert_eq!(item_text("/cost", true), "/cost");
+    }
+
+    #[test]
+    fn blank_prompts() {
+        for blank in ["", " ", "\n\t ", "\u{feff}", "\u{3000}\u{a0}"] {
+            assert!(is_blank(blank), "{blank:?}");
+        }
+        for text in ["a", " x ", "\u{200b}"] {
+            assert!(!is_blank(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn settings_carry_the_seal() {
+        let sealed: serde_json::Value =
+            serde_json::from_str(&seal_settings(false, false).unwrap()).unwrap();
+        assert_eq!(sealed["env"]["CLAUDE_CODE_DISABLE_ATTACHMENTS"], "1");
+        assert_eq!(sealed["env"]["CLAUDE_CODE_SAFE_MODE"], "1");
+        let reopened: serde_json::Value =
+            serde_json::from_str(&seal_settings(true, false).unwrap()).unwrap();
+        assert_eq!(reopened["env"]["CLAUDE_CODE_DISABLE_ATTACHMENTS"], "1");
+        assert!(reopened["env"].get("CLAUDE_CODE_SAFE_MODE").is_none());
+        assert_eq!(seal_settings(true, true), None);
+        assert!(seal_args(false).contains(&"--safe-mode"));
+        assert!(!seal_args(true).contains(&"--safe-mode"));
+        assert!(seal_args(true).contains(&"--setting-sources"));
+    }
+
+    #[test]
+    fn private_dir_is_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PrivateDir::create(7).unwrap();
+        let path = dir.path().to_path_buf();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+        std::fs::write(path.join("left"), "x").unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+}
