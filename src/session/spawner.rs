@@ -47,7 +47,7 @@ done
 "#;
 
 enum Request {
-    Spawn(Command, Sender<std::io::Result<Child>>),
+    Spawn(Box<Command>, Sender<std::io::Result<Child>>),
     /// A process group that no longer needs watching (killed and about to be reaped).
     Forget(u32),
 }
@@ -109,7 +109,7 @@ pub(crate) fn spawn(cmd: Command) -> std::io::Result<Child> {
     spawner()
         .requests
         .lock()
-        .send(Request::Spawn(cmd, reply_tx))
+        .send(Request::Spawn(Box::new(cmd), reply_tx))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     reply_rx
         .recv()
