@@ -2,6 +2,7 @@
 //! finding the real CLI.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod mock_api;
 
 use std::path::{Path, PathBuf};
