@@ -33,8 +33,7 @@
 //! delays the start; `CLAUDE_RAYON_SIM_LATENCY_MS` delays every answer;
 //! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers; `CLAUDE_RAYON_SIM_VERSION` is what
 //! `--version` prints; `CLAUDE_RAYON_SIM_CLEAR` breaks `/clear` on purpose (`as-text`: sent
-//! to the "model" like any prompt; `same-session`: no new session id; `keep-context`: the
-//! context stays). Like the CLI, text that starts with `/` is a command: `/clear` resets the
+//! to the "model" like any prompt; `same-session`: no new session id). Like the CLI, text that starts with `/` is a command: `/clear` resets the
 //! context and starts a new session id, anything else answers `Unknown command` without a
 //! model turn.
 //!
@@ -81,7 +80,14 @@ pub fn run() -> i32 {
         return 0;
     }
     let mut sim = Simulator::new(args);
-    sim.record(json!({"event": "start", "pid": std::process::id(), "args": sim.args}));
+    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    // The variables that seal a real CLI, so tests can see what a process was given.
+    let env: serde_json::Map<String, Value> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("CLAUDE_CODE_") || k.starts_with("CLAUDE_RAYON_OWNER"))
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    sim.record(json!({"event": "start", "pid": std::process::id(), "args": sim.args,
+        "cwd": cwd, "env": env}));
     if let Some(ms) = env_u64("CLAUDE_RAYON_SIM_STARTUP_MS") {
         std::thread::sleep(Duration::from_millis(ms));
     }
@@ -183,9 +189,7 @@ impl Simulator {
             let clear_mode = std::env::var("CLAUDE_RAYON_SIM_CLEAR").unwrap_or_default();
             if name == "clear" && clear_mode != "as-text" {
                 self.record(json!({"event": "clear", "pid": std::process::id()}));
-                if clear_mode != "keep-context" {
-                    self.context.clear();
-                }
+                self.context.clear();
                 if clear_mode != "same-session" {
                     self.session_id = new_session_id();
                 }

@@ -212,3 +212,49 @@ fn an_item_waiting_for_a_process_is_not_sent_after_a_cancel() {
         "only the conversation's prompt was sent"
     );
 }
+
+const SIGPIPE_TEST: &str = "a_host_with_default_sigpipe_survives_a_cli_that_will_not_read";
+const SIGPIPE_CHILD_ENV: &str = "CLAUDE_RAYON_TEST_SIGPIPE_CLI";
+
+#[test]
+fn a_host_with_default_sigpipe_survives_a_cli_that_will_not_read() {
+    if let Ok(cli) = std::env::var(SIGPIPE_CHILD_ENV) {
+        // The host: SIGPIPE at its default action, as many command-line programs set it.
+        // SAFETY: no thread of the library exists yet.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        let session = claude_rayon::Session::builder()
+            .cli_path(cli)
+            .max_retries(1)
+            .retry_policy(
+                claude_rayon::RetryPolicy::default()
+                    .initial_backoff(Duration::from_millis(1))
+                    .max_backoff(Duration::from_millis(2)),
+            )
+            .build()
+            .unwrap();
+        let error = session.query("y".repeat(1 << 20)).unwrap_err();
+        println!("\nSURVIVED {error}");
+        std::process::exit(0);
+    }
+    // A CLI that says its version, then exits without reading a prompt.
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("claude");
+    std::fs::write(
+        &cli,
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo '2.1.332 (Claude Code)'\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", SIGPIPE_TEST, "--nocapture", "--test-threads", "1"])
+        .env(SIGPIPE_CHILD_ENV, &cli)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(output.status.signal(), None, "host killed: {stdout}");
+    assert!(output.status.success() && stdout.contains("SURVIVED"), "{stdout}");
+}
