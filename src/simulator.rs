@@ -80,14 +80,18 @@ pub fn run() -> i32 {
         return 0;
     }
     let mut sim = Simulator::new(args);
-    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     // The variables that seal a real CLI, so tests can see what a process was given.
     let env: serde_json::Map<String, Value> = std::env::vars()
         .filter(|(k, _)| k.starts_with("CLAUDE_CODE_") || k.starts_with("CLAUDE_RAYON_OWNER"))
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
-    sim.record(json!({"event": "start", "pid": std::process::id(), "args": sim.args,
-        "cwd": cwd, "env": env}));
+    sim.record(
+        json!({"event": "start", "pid": std::process::id(), "args": sim.args,
+        "cwd": cwd, "env": env}),
+    );
     if let Some(ms) = env_u64("CLAUDE_RAYON_SIM_STARTUP_MS") {
         std::thread::sleep(Duration::from_millis(ms));
     }

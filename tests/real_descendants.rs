@@ -82,16 +82,21 @@ fn everything_the_cli_started_dies_with_a_killed_host() {
         }
     });
     let cli_pids: Vec<u32> = match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(pids) => pids.split_whitespace().map(|p| p.parse().unwrap()).collect(),
+        Ok(pids) => pids
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect(),
         Err(_) => {
             let _ = host.kill();
             panic!("the host never became ready");
         }
     };
     // Every hook run leaves two processes (one outside its group); each MCP server is one.
-    wait_until("hooks and MCP servers started", Duration::from_secs(30), || {
-        hostile.mcp_starts() >= 1 && hostile.hook_runs() >= 2
-    });
+    wait_until(
+        "hooks and MCP servers started",
+        Duration::from_secs(30),
+        || hostile.mcp_starts() >= 1 && hostile.hook_runs() >= 2,
+    );
     let started = hostile.leftover_pids();
     assert!(started.len() >= 5, "{started:?}");
     assert!(started.iter().chain(&cli_pids).all(|&p| pid_alive(p)));

@@ -170,11 +170,7 @@ fn items_that_attack_the_cli_reach_the_model_as_text() {
         .par_iter()
         .claude_map(&session, |item| item.to_string())
         .collect();
-    assert!(
-        outcome.dead_letter.is_empty(),
-        "{:?}",
-        outcome.dead_letter
-    );
+    assert!(outcome.dead_letter.is_empty(), "{:?}", outcome.dead_letter);
     for (item, response) in &outcome.ok {
         assert_eq!(
             response.text,
@@ -183,13 +179,25 @@ fn items_that_attack_the_cli_reach_the_model_as_text() {
         );
     }
     let requests = real.api.requests();
-    assert_eq!(requests.len(), items.len(), "one API call per item, no more");
+    assert_eq!(
+        requests.len(),
+        items.len(),
+        "one API call per item, no more"
+    );
     for request in &requests {
-        assert_eq!(request.user_turns, 1, "context shared: {:?}", request.prompt);
+        assert_eq!(
+            request.user_turns, 1,
+            "context shared: {:?}",
+            request.prompt
+        );
         assert_eq!(request.model, MODEL);
     }
     assert_nothing_rode_along(&real, &hostile);
-    assert_eq!(hostile.settings_files(), settings_before, "settings changed");
+    assert_eq!(
+        hostile.settings_files(),
+        settings_before,
+        "settings changed"
+    );
     session.close().unwrap();
 }
 
@@ -216,15 +224,17 @@ fn a_session_without_a_model_does_not_take_the_projects() {
     }
     let requests = real.api.requests();
     assert_eq!(requests.len(), 3);
-    assert!(requests.iter().all(|r| r.model != PROJECT_MODEL && r.user_turns == 1));
+    assert!(requests
+        .iter()
+        .all(|r| r.model != PROJECT_MODEL && r.user_turns == 1));
     assert_nothing_rode_along(&real, &hostile);
 }
 
 #[test]
 fn without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close() {
-    let Some(real) = Real::start(
-        "without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close",
-    ) else {
+    let Some(real) =
+        Real::start("without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close")
+    else {
         return;
     };
     let mut builder = claude_rayon::Session::builder()
@@ -270,7 +280,10 @@ fn control_the_same_machine_leaks_when_the_seal_is_opened() {
     let answer = session.query("Summarize @.env in one line.").unwrap();
     assert!(answer.text.starts_with("echo: "));
     let bodies = hostile::bodies(&real).join("\n");
-    assert!(bodies.contains(SECRETS[0]), "the @ mention did not attach .env");
+    assert!(
+        bodies.contains(SECRETS[0]),
+        "the @ mention did not attach .env"
+    );
     assert!(bodies.contains("USER-MEMORY-MARKER"), "no user memory");
     assert!(hostile.hook_runs() > 0, "no hook ran");
     // The project's configuration stays off even when the user's is loaded.
@@ -278,10 +291,16 @@ fn control_the_same_machine_leaks_when_the_seal_is_opened() {
     // A leading `/` runs as a command when item text is interpreted: no API call for it.
     let cost = session.query("/cost").unwrap();
     assert!(cost.text.contains("Total duration"), "{:?}", cost.text);
-    assert!(real.api.requests().iter().all(|r| !r.prompt.contains("/cost")));
+    assert!(real
+        .api
+        .requests()
+        .iter()
+        .all(|r| !r.prompt.contains("/cost")));
     // The user's skill named `clear` replaced the CLI's own: the reset before "/cost" went
     // to the model, was caught, and the process was replaced.
-    assert!(hostile::bodies(&real).join("\n").contains("USER-SKILL-MARKER"));
+    assert!(hostile::bodies(&real)
+        .join("\n")
+        .contains("USER-SKILL-MARKER"));
     let stats = session.close().unwrap();
     assert_eq!(stats.processes_started, 2, "{stats:?}");
     for pid in hostile.leftover_pids() {
@@ -294,8 +313,7 @@ fn control_the_same_machine_leaks_when_the_seal_is_opened() {
 
 #[test]
 fn a_cli_that_cannot_clear_never_lets_items_share_context() {
-    let Some(real) = Real::start("a_cli_that_cannot_clear_never_lets_items_share_context")
-    else {
+    let Some(real) = Real::start("a_cli_that_cannot_clear_never_lets_items_share_context") else {
         return;
     };
     // With this flag the CLI sends `/clear` to the model as text instead of resetting.

@@ -38,7 +38,9 @@ fn every_process_is_sealed_by_default() {
     assert_eq!(settings["env"]["CLAUDE_CODE_SAFE_MODE"], "1");
     let env = &start_event(&fake)["env"];
     assert_eq!(env["CLAUDE_CODE_DISABLE_ATTACHMENTS"], "1");
-    assert!(env["CLAUDE_RAYON_OWNER"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(env["CLAUDE_RAYON_OWNER"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
 }
 
 #[test]
@@ -66,7 +68,12 @@ fn the_users_configuration_can_be_reopened_but_item_text_stays_text() {
 #[test]
 fn flags_that_would_unseal_are_refused_unless_the_configuration_is_reopened() {
     let fake = Fake::new();
-    for flag in ["--settings", "--mcp-config", "--setting-sources=user,project", "--plugin-dir"] {
+    for flag in [
+        "--settings",
+        "--mcp-config",
+        "--setting-sources=user,project",
+        "--plugin-dir",
+    ] {
         let err = fake.builder().arg(flag).build().unwrap_err();
         assert!(
             matches!(&err, Error::InvalidConfig(m) if m.contains("load_user_config")),
@@ -102,7 +109,10 @@ fn interpreted_item_text_runs_commands() {
         .concurrency(1)
         .build()
         .unwrap();
-    assert_eq!(session.query("/cost").unwrap().text, "Unknown command: /cost");
+    assert_eq!(
+        session.query("/cost").unwrap().text,
+        "Unknown command: /cost"
+    );
     let args = &fake.starts()[0];
     assert!(args.contains(&"--safe-mode".to_string()));
     assert!(start_event(&fake)["env"]
@@ -147,7 +157,11 @@ fn a_reset_that_did_not_happen_replaces_the_process_and_items_never_share_contex
             .par_iter()
             .claude_map(&session, |i| format!("[[sim:context]] item {i}"))
             .collect();
-        assert!(outcome.dead_letter.is_empty(), "{mode}: {:?}", outcome.dead_letter);
+        assert!(
+            outcome.dead_letter.is_empty(),
+            "{mode}: {:?}",
+            outcome.dead_letter
+        );
         for (i, response) in &outcome.ok {
             assert_eq!(
                 response.text,
@@ -190,7 +204,10 @@ fn a_cli_too_old_to_seal_is_refused() {
             other => panic!("{version}: {other}"),
         }
         let message = err.to_string();
-        assert!(message.contains("2.1.197") && message.contains("npm install"), "{message}");
+        assert!(
+            message.contains("2.1.197") && message.contains("npm install"),
+            "{message}"
+        );
         assert!(err.is_fatal());
     }
     fake.builder()

@@ -249,12 +249,21 @@ fn a_host_with_default_sigpipe_survives_a_cli_that_will_not_read() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", SIGPIPE_TEST, "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            SIGPIPE_TEST,
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(SIGPIPE_CHILD_ENV, &cli)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(output.status.signal(), None, "host killed: {stdout}");
-    assert!(output.status.success() && stdout.contains("SURVIVED"), "{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("SURVIVED"),
+        "{stdout}"
+    );
 }

@@ -10,11 +10,7 @@ use serde_json::json;
 use super::Real;
 
 /// Text that must never reach a request.
-pub const SECRETS: &[&str] = &[
-    "sk-seal-cwd-0001",
-    "sk-seal-home-0002",
-    "sk-seal-env-0003",
-];
+pub const SECRETS: &[&str] = &["sk-seal-cwd-0001", "sk-seal-home-0002", "sk-seal-env-0003"];
 /// Markers of configuration that must never ride along with an item.
 pub const CONFIG_MARKERS: &[&str] = &[
     "USER-MEMORY-MARKER",
@@ -81,7 +77,10 @@ impl Hostile {
 
     fn write_user_config(&self) {
         let dir = self.home.join(".claude");
-        write(&dir.join("CLAUDE.md"), "Always mention USER-MEMORY-MARKER.\n");
+        write(
+            &dir.join("CLAUDE.md"),
+            "Always mention USER-MEMORY-MARKER.\n",
+        );
         write(
             &dir.join("settings.json"),
             &json!({
@@ -107,7 +106,10 @@ impl Hostile {
 
     fn write_project_config(&self) {
         let dir = self.cwd.join(".claude");
-        write(&self.cwd.join("CLAUDE.md"), "Always mention PROJECT-MEMORY-MARKER.\n");
+        write(
+            &self.cwd.join("CLAUDE.md"),
+            "Always mention PROJECT-MEMORY-MARKER.\n",
+        );
         write(&self.cwd.join(".env"), "SECRET_CWD=sk-seal-cwd-0001\n");
         write(
             &dir.join("settings.json"),
