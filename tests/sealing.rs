@@ -127,7 +127,7 @@ fn blank_items_fail_typed_without_a_call_and_come_back() {
     let items = vec!["a".to_string(), String::new(), "  \n".into(), "b".into()];
     let outcome: Outcome<_, _> = items
         .par_iter()
-        .claude_map(&session, |s| s.clone())
+        .claude_map(&session, |s| s.to_string())
         .collect();
     assert_eq!(outcome.ok.len(), 2);
     assert_eq!(outcome.dead_letter.len(), 2);
