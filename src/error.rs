@@ -111,6 +111,35 @@ pub enum Error {
         message: String,
     },
 
+    /// The model refused to answer this item (`stop_reason: refusal`, for example under the
+    /// usage policy). An answer about the content: not retried.
+    #[error("the model refused to answer this item: {message}")]
+    Refused {
+        /// The CLI's message.
+        message: String,
+    },
+
+    /// The API does not know the model or this key may not use it (HTTP 404). Every item
+    /// would fail the same way, so a run stops.
+    #[error(
+        "the model is not available: {message} (check SessionBuilder::model; `claude --model` \
+         lists what your account can use)"
+    )]
+    ModelNotFound {
+        /// The CLI's message, naming the model.
+        message: String,
+    },
+
+    /// The answer was cut at the output limit (`max_tokens`) and not completed; the part
+    /// that came is kept here rather than returned as if whole.
+    #[error("the answer was cut at the output limit ({stop_reason}); {} bytes came", .partial.len())]
+    Truncated {
+        /// The stop reason the API gave.
+        stop_reason: String,
+        /// The text that came before the cut.
+        partial: String,
+    },
+
     /// The API rejected the credentials (HTTP 401 or an auth failure).
     #[error(
         "authentication failed: {message}. Log in with `claude` (then /login), or set \
@@ -228,6 +257,7 @@ impl Error {
                 | Error::BudgetExceeded { .. }
                 | Error::CliNotFound { .. }
                 | Error::CliUnsupported { .. }
+                | Error::ModelNotFound { .. }
                 | Error::InvalidConfig(_)
                 | Error::Closed
         )
@@ -238,6 +268,7 @@ impl Error {
         match self {
             Error::Api { status, .. } => *status,
             Error::Authentication { .. } => Some(401),
+            Error::ModelNotFound { .. } => Some(404),
             _ => None,
         }
     }

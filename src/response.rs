@@ -83,6 +83,17 @@ pub struct Response {
     pub session_id: String,
     /// How many times the CLI retried the API call on its own before answering.
     pub api_retries: u32,
+    /// Why the model stopped, as the API said (`end_turn`, `tool_use`, `stop_sequence`...).
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// How many times the CLI asked the model to go on after an answer hit the output limit
+    /// (`max_tokens`); `text` then holds the whole answer, every part in order.
+    #[serde(default)]
+    pub continuations: u32,
+    /// API calls the CLI made for this answer: 1, plus one per re-ask (a continuation, a
+    /// reminder to use the structured-output tool, an empty answer asked again).
+    #[serde(default)]
+    pub api_calls: u32,
 }
 
 impl Response {

@@ -25,6 +25,8 @@
 //! | `[[sim:no-structured]]` | no structured output even with `--json-schema` |
 //! | `[[sim:structured=JSON]]` | this structured output |
 //! | `[[sim:context]]` | answer with the prompts currently in context |
+//! | `[[sim:continue=A|B]]` | the answer came in parts: model messages A, B, then the answer (as when the CLI continues a cut answer) |
+//! | `[[sim:stop=REASON]]` | the result's `stop_reason` is REASON (`refusal` also makes it an error) |
 //!
 //! The environment scripts the process: `CLAUDE_RAYON_SIM_RECORD=FILE` appends a JSON line
 //! per start (its arguments) and per prompt (with the context it saw and `t_ms`, when it
@@ -235,7 +237,7 @@ impl Simulator {
             let (status, n) = spec.split_once(',').unwrap_or((spec.as_str(), "1"));
             for attempt in 1..=n.parse::<u32>().unwrap_or(1) {
                 self.emit(json!({"type": "system", "subtype": "api_retry", "attempt": attempt,
-                    "max_retries": 10, "retry_delay_ms": 1, "error_status": status.parse::<u16>().ok(),
+                    "max_retries": 10, "retry_delay_ms": 1.5, "error_status": status.parse::<u16>().ok(),
                     "error": "simulated"}));
             }
         }
@@ -336,9 +338,30 @@ impl Simulator {
         let output_tokens = (text.len() / 4 + 1) as u64;
         // Priced like a mid-size model: $3 per million input tokens, $15 per million output.
         self.total_cost += input_tokens as f64 * 3e-6 + output_tokens as f64 * 15e-6;
-        self.emit(json!({"type": "assistant", "session_id": self.session_id,
-            "message": {"role": "assistant", "model": self.model,
-                "content": [{"type": "text", "text": if text.len() > 200 { "…" } else { text.as_str() }}]}}));
+        // Earlier parts of an answer the CLI asked the model to continue, one call each.
+        if let Some(spec) = d("continue") {
+            for part in spec.split('|') {
+                self.emit(self.assistant_line(part));
+            }
+        }
+        self.emit(self.assistant_line(if text.len() > 200 {
+            "…"
+        } else {
+            text.as_str()
+        }));
+        if let Some(reason) = d("stop") {
+            let refused = reason == "refusal";
+            let text = if refused {
+                "API Error: Claude Code is unable to respond to this request, which appears to violate our Usage Policy."
+            } else {
+                text.as_str()
+            };
+            let mut line =
+                self.result_line(1, text, input_tokens, output_tokens, refused, None, None);
+            line["stop_reason"] = json!(reason);
+            self.emit(line);
+            return None;
+        }
         self.emit(self.result_line(
             1,
             &text,
@@ -349,6 +372,15 @@ impl Simulator {
             structured,
         ));
         None
+    }
+
+    /// One model message: one API call's answer, with an id of its own.
+    fn assistant_line(&self, text: &str) -> Value {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        json!({"type": "assistant", "session_id": self.session_id,
+            "message": {"id": format!("msg_sim_{}_{id}", std::process::id()), "role": "assistant",
+                "model": self.model, "content": [{"type": "text", "text": text}]}})
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -364,7 +396,7 @@ impl Simulator {
     ) -> Value {
         let mut line = json!({"type": "result", "subtype": "success", "is_error": is_error,
             "duration_ms": 1, "num_turns": turns, "result": text, "session_id": self.session_id,
-            "total_cost_usd": self.total_cost, "api_error_status": status,
+            "total_cost_usd": self.total_cost, "api_error_status": status, "stop_reason": "end_turn",
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}});
         if let Some(value) = structured {

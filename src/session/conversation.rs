@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::process::{ApiRetry, CliProcess};
+use super::process::{CliProcess, TurnEvent};
 use crate::throttle::estimate_tokens;
 use crate::{Error, Response, Session};
 
@@ -89,12 +89,12 @@ impl Conversation {
         }
         inner.count_started();
         inner.count_request();
-        let mut on_retry = |retry: ApiRetry| inner.on_cli_retry(retry);
+        let mut on_event = |event: TurnEvent| inner.on_turn_event(event);
         let outcome = process.run_turn(
             prompt,
             inner.config.timeout,
             inner.config.json_schema.is_some(),
-            &mut on_retry,
+            &mut on_event,
         );
         inner.count_finished(outcome.is_ok());
         let failed_cost = process.take_failed_turn_cost();

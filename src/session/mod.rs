@@ -36,7 +36,7 @@ use crate::Cancel;
 use crate::{Error, Response, Stats};
 use builder::Config;
 use pool::Pool;
-use process::{ApiRetry, Launch};
+use process::{Launch, TurnEvent};
 
 /// Request overhead on top of the prompt with the default flags (system prompt off, no tools):
 /// about 1.2 KB, so roughly 300 tokens.
@@ -415,12 +415,12 @@ impl Inner {
         }
         Counters::add(&self.counters.requests, 1);
         let sent_at = Instant::now();
-        let mut on_retry = |retry: ApiRetry| self.on_cli_retry(retry);
+        let mut on_event = |event: TurnEvent| self.on_turn_event(event);
         let outcome = lease.process().run_turn(
             prompt,
             self.config.timeout,
             self.config.json_schema.is_some(),
-            &mut on_retry,
+            &mut on_event,
         );
         let failed_cost = lease.process().take_failed_turn_cost();
         drop(lease);
@@ -476,9 +476,21 @@ impl Inner {
         );
     }
 
+    /// What the CLI did inside a turn: a retry, or one more call to re-ask the model.
+    pub(crate) fn on_turn_event(&self, event: TurnEvent) {
+        match event {
+            TurnEvent::Retry(retry) => self.on_cli_retry(retry),
+            TurnEvent::ExtraCall => {
+                // One more request the API counts: charge it now so later requests wait.
+                Counters::add(&self.counters.requests, 1);
+                self.throttle.note_extra_requests(1);
+            }
+        }
+    }
+
     /// The CLI is retrying on its own: each retry is one more API request, and a 429 or 529
     /// tells every worker on the throttle to hold off for as long as the CLI waits.
-    pub(crate) fn on_cli_retry(&self, retry: ApiRetry) {
+    fn on_cli_retry(&self, retry: process::ApiRetry) {
         Counters::add(&self.counters.cli_api_retries, 1);
         self.throttle.note_extra_requests(1);
         if matches!(retry.status, Some(429 | 529)) {

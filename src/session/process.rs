@@ -66,6 +66,32 @@ pub(crate) struct ApiRetry {
     pub status: Option<u16>,
 }
 
+/// One model message of a turn: one API call's answer.
+#[derive(Debug, Clone, Default)]
+struct ModelMessage {
+    id: String,
+    text: String,
+    tool_use: bool,
+}
+
+/// What a turn's model messages say beyond its result line.
+#[derive(Debug, Clone, Copy, Default)]
+struct TurnShape {
+    /// API calls that produced a message (distinct message ids).
+    calls: u32,
+    /// Times the CLI asked the model to go on after a cut answer.
+    continuations: u32,
+}
+
+/// What the CLI did during a turn that the throttle and the statistics must know at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum TurnEvent {
+    /// The CLI retries a failed API call.
+    Retry(ApiRetry),
+    /// The CLI made one more API call in the same turn (it re-asked the model).
+    ExtraCall,
+}
+
 /// A running CLI process.
 pub(crate) struct CliProcess {
     child: Child,
@@ -251,7 +277,7 @@ impl CliProcess {
             return Ok(());
         }
         let timeout = self.clear_timeout;
-        let result = self.next_result(Instant::now() + timeout, timeout, &mut |_| {})?;
+        let (result, _) = self.next_result(Instant::now() + timeout, timeout, &mut |_| {})?;
         self.clear_pending = false;
         let previous = self.last_session_id.take();
         let problem = if result.is_error {
@@ -293,7 +319,7 @@ impl CliProcess {
         prompt: &str,
         timeout: Duration,
         want_structured: bool,
-        on_retry: &mut dyn FnMut(ApiRetry),
+        on_event: &mut dyn FnMut(TurnEvent),
     ) -> Result<Response, Error> {
         let started = Instant::now();
         let deadline = started + timeout;
@@ -302,10 +328,13 @@ impl CliProcess {
         self.failed_turn_cost = None;
         self.write(protocol::user_line(&text).into_bytes(), deadline, timeout)?;
         let mut api_retries = 0;
-        let result = self.next_result(deadline, timeout, &mut |retry| {
-            api_retries += 1;
-            on_retry(retry);
+        let (mut result, messages) = self.next_result(deadline, timeout, &mut |event| {
+            if matches!(event, TurnEvent::Retry(_)) {
+                api_retries += 1;
+            }
+            on_event(event);
         })?;
+        let shape = whole_answer(&mut result, &messages, want_structured);
         self.needs_clear = true;
         if let Some(expected) = self.cleared_session_id.take() {
             if result.session_id != expected {
@@ -318,7 +347,7 @@ impl CliProcess {
         if !result.session_id.is_empty() {
             self.last_session_id = Some(result.session_id.clone());
         }
-        self.finish(result, started, api_retries, want_structured)
+        self.finish(result, started, api_retries, want_structured, shape)
     }
 
     /// Read stdout until the next `result` line, answering control requests and reporting
@@ -327,8 +356,9 @@ impl CliProcess {
         &mut self,
         deadline: Instant,
         timeout: Duration,
-        on_retry: &mut dyn FnMut(ApiRetry),
-    ) -> Result<ResultLine, Error> {
+        on_event: &mut dyn FnMut(TurnEvent),
+    ) -> Result<(ResultLine, Vec<ModelMessage>), Error> {
+        let mut messages: Vec<ModelMessage> = Vec::new();
         loop {
             let event = match self.stdout.recv_deadline(deadline) {
                 Ok(Out::Line(line)) => match protocol::parse_line(&line) {
@@ -361,7 +391,22 @@ impl CliProcess {
                 Err(RecvTimeoutError::Disconnected) => return Err(self.exited(deadline)),
             };
             match event {
-                Event::Result(result) => return Ok(result),
+                Event::Result(result) => return Ok((result, messages)),
+                Event::Assistant { id, text, tool_use } => {
+                    // A message with content blocks may come as several lines, one id.
+                    match messages.last_mut() {
+                        Some(last) if !id.is_empty() && last.id == id => {
+                            last.text.push_str(&text);
+                            last.tool_use |= tool_use;
+                        }
+                        _ => {
+                            if messages.iter().any(|m| m.id != id) {
+                                on_event(TurnEvent::ExtraCall);
+                            }
+                            messages.push(ModelMessage { id, text, tool_use });
+                        }
+                    }
+                }
                 Event::ControlRequest {
                     request_id,
                     subtype,
@@ -378,11 +423,11 @@ impl CliProcess {
                     log::debug!(
                         "the CLI retries an API call (attempt {attempt}, status {status:?}, in {delay_ms} ms)"
                     );
-                    on_retry(ApiRetry {
+                    on_event(TurnEvent::Retry(ApiRetry {
                         attempt,
                         delay: Duration::from_millis(delay_ms),
                         status,
-                    });
+                    }));
                 }
                 Event::Other => {}
             }
@@ -395,6 +440,7 @@ impl CliProcess {
         started: Instant,
         api_retries: u32,
         want_structured: bool,
+        shape: TurnShape,
     ) -> Result<Response, Error> {
         let total = result.total_cost_usd;
         // A total lower than the last one means the CLI restarted its count.
@@ -421,6 +467,9 @@ impl CliProcess {
             num_turns: result.num_turns,
             session_id: result.session_id,
             api_retries,
+            stop_reason: result.stop_reason,
+            continuations: shape.continuations,
+            api_calls: shape.calls.max(1),
         })
     }
 
@@ -551,6 +600,42 @@ impl Drop for CliProcess {
     fn drop(&mut self) {
         self.reap();
         log::debug!("claude process {} ended", self.child.id());
+    }
+}
+
+/// When an answer hits the output limit, the CLI asks the model to go on by itself and its
+/// result holds only the last part. Put the whole answer, every part in order, in the result.
+/// Parts are the text of model messages that asked for no tool (a tool call and its result
+/// would sit between the parts of a turn that used tools, and then the result is the answer
+/// the CLI chose). Structured answers are left alone.
+fn whole_answer(
+    result: &mut ResultLine,
+    messages: &[ModelMessage],
+    want_structured: bool,
+) -> TurnShape {
+    let mut ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let calls = ids.len() as u32;
+    let parts: Vec<&str> = messages
+        .iter()
+        .filter(|m| !m.text.is_empty())
+        .map(|m| m.text.as_str())
+        .collect();
+    let continued = parts.len() > 1
+        && !want_structured
+        && !result.is_error
+        && messages.iter().all(|m| !m.tool_use);
+    if !continued {
+        return TurnShape {
+            calls,
+            continuations: 0,
+        };
+    }
+    result.result = Some(parts.concat());
+    TurnShape {
+        calls,
+        continuations: parts.len() as u32 - 1,
     }
 }
 

@@ -44,6 +44,13 @@ pub(crate) enum Event {
     Result(ResultLine),
     /// The CLI asks us something; it waits for an answer.
     ControlRequest { request_id: String, subtype: String },
+    /// A message from the model: one API call's answer (`id`), with its text and whether it
+    /// asked for a tool.
+    Assistant {
+        id: String,
+        text: String,
+        tool_use: bool,
+    },
     /// The CLI is retrying an API call on its own.
     ApiRetry {
         attempt: u32,
@@ -66,6 +73,7 @@ pub(crate) struct ResultLine {
     pub total_cost_usd: f64,
     pub num_turns: u32,
     pub session_id: String,
+    pub stop_reason: Option<String>,
 }
 
 /// Parse one stdout line. An empty line is `Other`; a line that is not JSON is an error.
@@ -90,9 +98,36 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
                 .unwrap_or("")
                 .to_string(),
         },
+        ("assistant", _) if is_model_message(&value) => {
+            let blocks = value
+                .pointer("/message/content")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            Event::Assistant {
+                id: value
+                    .pointer("/message/id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                text: blocks
+                    .iter()
+                    .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                    .filter_map(|b| b.get("text").and_then(Value::as_str))
+                    .collect(),
+                tool_use: blocks
+                    .iter()
+                    .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_use")),
+            }
+        }
         ("system", "api_retry") => Event::ApiRetry {
             attempt: u64_field(&value, "attempt") as u32,
-            delay_ms: u64_field(&value, "retry_delay_ms"),
+            // The CLI prints its own jittered delay as a float (`557.83`).
+            delay_ms: value
+                .get("retry_delay_ms")
+                .and_then(Value::as_f64)
+                .filter(|ms| ms.is_finite() && *ms > 0.0)
+                .map_or(0, |ms| ms.ceil().min(u64::MAX as f64) as u64),
             status: value
                 .get("error_status")
                 .and_then(Value::as_u64)
@@ -100,6 +135,12 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
         },
         _ => Event::Other,
     })
+}
+
+/// A message the model wrote, not one the CLI made up (`<synthetic>`: command output and
+/// error texts).
+fn is_model_message(value: &Value) -> bool {
+    value.pointer("/message/model").and_then(Value::as_str) != Some("<synthetic>")
 }
 
 fn parse_result(value: &Value) -> ResultLine {
@@ -141,6 +182,10 @@ fn parse_result(value: &Value) -> ResultLine {
             .unwrap_or(0.0),
         num_turns: u64_field(value, "num_turns") as u32,
         session_id: str_field(value, "session_id"),
+        stop_reason: value
+            .get("stop_reason")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     }
 }
 
@@ -161,9 +206,13 @@ impl ResultLine {
     /// `api_error_status` first; the subtype only names the CLI's own stops.
     pub(crate) fn into_outcome(self, want_structured: bool) -> Result<ResultLine, Error> {
         let message = self.result.clone().unwrap_or_default();
+        if self.stop_reason.as_deref() == Some("refusal") {
+            return Err(Error::Refused { message });
+        }
         if self.is_error {
             return Err(match self.api_error_status {
                 Some(401 | 403) => Error::Authentication { message },
+                Some(404) => Error::ModelNotFound { message },
                 Some(status) => Error::Api {
                     status: Some(status),
                     message,
@@ -179,6 +228,12 @@ impl ResultLine {
         match self.subtype.as_str() {
             "success" | "" => {}
             _ => return Err(self.subtype_error(message)),
+        }
+        if self.stop_reason.as_deref() == Some("max_tokens") {
+            return Err(Error::Truncated {
+                stop_reason: "max_tokens".into(),
+                partial: message,
+            });
         }
         if want_structured && self.structured_output.is_none() {
             return Err(Error::StructuredOutputMissing {
@@ -276,6 +331,52 @@ mod tests {
     }
 
     #[test]
+    fn refusals_missing_models_and_cut_answers_are_typed() {
+        let r = |is_error: bool, status: Option<u16>, stop: &str| ResultLine {
+            subtype: "success".into(),
+            is_error,
+            api_error_status: status,
+            result: Some("text".into()),
+            stop_reason: Some(stop.into()),
+            ..ResultLine::default()
+        };
+        assert!(matches!(
+            r(true, None, "refusal").into_outcome(false),
+            Err(Error::Refused { .. })
+        ));
+        let missing = r(true, Some(404), "stop_sequence").into_outcome(false);
+        assert!(
+            matches!(&missing, Err(e @ Error::ModelNotFound { .. }) if e.is_fatal() && !e.is_retryable())
+        );
+        assert!(matches!(
+            r(false, None, "max_tokens").into_outcome(false),
+            Err(Error::Truncated { ref partial, .. }) if partial == "text"
+        ));
+        assert!(r(false, None, "end_turn").into_outcome(false).is_ok());
+    }
+
+    #[test]
+    fn model_messages_are_read_and_synthetic_ones_skipped() {
+        let e = parse_line(
+            r#"{"type":"assistant","message":{"id":"msg_1","model":"m","content":[{"type":"text","text":"a"},{"type":"tool_use","id":"t","name":"x","input":{}},{"type":"text","text":"b"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            Event::Assistant {
+                id: "msg_1".into(),
+                text: "ab".into(),
+                tool_use: true
+            }
+        );
+        let synthetic = parse_line(
+            r#"{"type":"assistant","message":{"id":"x","model":"<synthetic>","content":[{"type":"text","text":"API Error"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(synthetic, Event::Other);
+    }
+
+    #[test]
     fn max_turns_and_missing_structured_output() {
         let r = ResultLine {
             subtype: "error_max_turns".into(),
@@ -324,6 +425,19 @@ mod tests {
                 status: Some(429)
             }
         );
+        // The CLI's own backoff is a float.
+        let e = parse_line(
+            r#"{"type":"system","subtype":"api_retry","attempt":1,"retry_delay_ms":557.8357574470203,"error_status":529}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            e,
+            Event::ApiRetry {
+                delay_ms: 558,
+                status: Some(529),
+                ..
+            }
+        ));
         let e = parse_line(
             r#"{"type":"control_request","request_id":"r1","request":{"subtype":"can_use_tool"}}"#,
         )

@@ -125,6 +125,8 @@ pub enum Reply {
     StructuredOutput(Value),
     /// A `tool_use` block calling any tool `name` with `input`, `stop_reason: tool_use`.
     ToolUse { name: String, input: Value },
+    /// One text content block ending with this `stop_reason` (`max_tokens`, `refusal`, ...).
+    Stop { text: String, stop_reason: String },
     /// A failure; see [`Fault`].
     Fault(Fault),
     /// Wait, then answer with the inner reply.
@@ -143,6 +145,10 @@ pub enum Fault {
     CutStream,
     /// Wait this long, then answer with the echo text.
     Slow(Duration),
+    /// Stream the first text, then end the response cleanly but without `message_delta` and
+    /// `message_stop` (a stream that stopped early); a non-streaming request gets the second
+    /// text whole.
+    NoStop(String, String),
 }
 
 impl Reply {
@@ -751,7 +757,38 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
             (200, false)
         }
         Reply::Text(t) => {
-            send_message(w, stream, &rec.model, req.body.len(), Block::Text(t))?;
+            send_message(
+                w,
+                stream,
+                &rec.model,
+                req.body.len(),
+                Block::Text(t, "end_turn"),
+            )?;
+            (200, true)
+        }
+        Reply::Stop { text, stop_reason } => {
+            send_message(
+                w,
+                stream,
+                &rec.model,
+                req.body.len(),
+                Block::Text(text, stop_reason),
+            )?;
+            (200, true)
+        }
+        Reply::Fault(Fault::NoStop(partial, whole)) => {
+            set_status(200);
+            if stream {
+                send_without_stop(w, &rec.model, req.body.len(), partial)?;
+            } else {
+                send_message(
+                    w,
+                    stream,
+                    &rec.model,
+                    req.body.len(),
+                    Block::Text(whole, "end_turn"),
+                )?;
+            }
             (200, true)
         }
         Reply::StructuredOutput(v) => {
@@ -806,7 +843,8 @@ fn send_error(w: &mut TcpStream, code: u16, retry_after: Option<u32>, msg: &str)
 }
 
 enum Block<'a> {
-    Text(&'a str),
+    /// Text and its stop reason.
+    Text(&'a str, &'a str),
     Tool(&'a str, &'a Value),
 }
 
@@ -877,11 +915,7 @@ fn send_message(
 ) -> io::Result<()> {
     let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
     let (content, stop, out_chars) = match &block {
-        Block::Text(t) => (
-            json!({"type": "text", "text": t}),
-            "end_turn",
-            t.chars().count(),
-        ),
+        Block::Text(t, stop) => (json!({"type": "text", "text": t}), *stop, t.chars().count()),
         Block::Tool(name, input) => {
             let tid = format!(
                 "toolu_mock_{:06}",
@@ -913,7 +947,7 @@ fn send_message(
     sse_head(w)?;
     let mut out = sse("message_start", &message_start(&id, model, body_bytes));
     let (start_block, deltas): (Value, Vec<Value>) = match &block {
-        Block::Text(t) => (
+        Block::Text(t, _) => (
             json!({"type": "text", "text": ""}),
             pieces(t, 256)
                 .into_iter()
@@ -952,6 +986,29 @@ fn send_message(
         &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": usage}),
     );
     out += &sse("message_stop", &json!({"type": "message_stop"}));
+    chunk(w, &out)?;
+    w.write_all(b"0\r\n\r\n")?;
+    w.flush()
+}
+
+/// A stream with its text but no `message_delta` or `message_stop`, ended cleanly.
+fn send_without_stop(
+    w: &mut TcpStream,
+    model: &str,
+    body_bytes: usize,
+    text: &str,
+) -> io::Result<()> {
+    let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
+    sse_head(w)?;
+    let mut out = sse("message_start", &message_start(&id, model, body_bytes));
+    out += &sse(
+        "content_block_start",
+        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    );
+    out += &sse(
+        "content_block_delta",
+        &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+    );
     chunk(w, &out)?;
     w.write_all(b"0\r\n\r\n")?;
     w.flush()

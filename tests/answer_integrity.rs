@@ -1,0 +1,105 @@
+//! Fast tier: answers that are not whole or not answers come back typed, and the calls a
+//! turn really made are counted. The real CLI's side is in `real_answer_integrity.rs`.
+
+mod support;
+
+use claude_rayon::prelude::*;
+use claude_rayon::{Error, Outcome};
+use rayon::prelude::*;
+use support::Fake;
+
+#[test]
+fn an_answer_the_cli_continued_comes_back_whole() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let prompt = "[[sim:continue=First part, |second part, ]] x";
+    let response = session.query(prompt).unwrap();
+    assert_eq!(
+        response.text,
+        format!("First part, second part, echo: {prompt}")
+    );
+    assert_eq!((response.continuations, response.api_calls), (2, 3));
+    assert_eq!(response.stop_reason.as_deref(), Some("end_turn"));
+    // Every call counts as a request.
+    assert_eq!(session.stats().requests, 3);
+    let plain = session.query("plain").unwrap();
+    assert_eq!(
+        (plain.text.as_str(), plain.continuations, plain.api_calls),
+        ("echo: plain", 0, 1)
+    );
+}
+
+#[test]
+fn an_answer_cut_at_the_output_limit_is_an_error_that_keeps_the_part() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    match session.query("[[sim:stop=max_tokens]] long") {
+        Err(Error::Truncated {
+            stop_reason,
+            partial,
+        }) => {
+            assert_eq!(stop_reason, "max_tokens");
+            assert!(partial.starts_with("echo: "), "{partial}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not retried: the same item would be cut again.
+    assert_eq!(fake.prompts().len(), 1);
+}
+
+#[test]
+fn a_refusal_fails_at_once_without_retries() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .max_retries(3)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let items = vec!["[[sim:stop=refusal]] bad"];
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |s| s.to_string())
+        .collect();
+    let failed = &outcome.dead_letter[0];
+    assert!(
+        matches!(failed.error, Error::Refused { .. }),
+        "{}",
+        failed.error
+    );
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(fake.prompts().len(), 1);
+}
+
+#[test]
+fn a_model_that_does_not_exist_stops_the_run() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(2).build().unwrap();
+    let items: Vec<u32> = (0..40).collect();
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |i| format!("[[sim:error=404]] {i}"))
+        .collect();
+    assert!(outcome.ok.is_empty());
+    assert_eq!(outcome.dead_letter.len(), 40);
+    let calls = fake.prompts().len();
+    assert!(calls <= 2, "{calls} calls for a model that does not exist");
+    let first = outcome
+        .dead_letter
+        .iter()
+        .find(|f| f.attempts > 0)
+        .expect("one item was tried");
+    assert!(matches!(first.error, Error::ModelNotFound { .. }));
+    assert!(first.error.to_string().contains("SessionBuilder::model"));
+}
+
+#[test]
+fn the_clis_own_backoff_pauses_the_shared_throttle() {
+    // The CLI prints its jittered delay as a float; it must not read as zero.
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    session.query("[[sim:retry=529,2]] x").unwrap();
+    let stats = session.stats();
+    assert_eq!(stats.cli_api_retries, 2);
+    assert!(stats.backoff_pauses >= 1, "{stats:?}");
+}

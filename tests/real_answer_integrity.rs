@@ -1,0 +1,107 @@
+//! Real tier: answers that are not whole or not answers, through the real CLI and the mock
+//! API: an answer the CLI continued after the output limit comes back whole; a stream that
+//! ended early is never taken for the answer; a refusal fails at once; a model that does not
+//! exist stops the run.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use claude_rayon::prelude::*;
+use claude_rayon::{Error, Outcome};
+use rayon::prelude::*;
+use support::mock_api::{Fault, Reply};
+use support::Real;
+
+#[test]
+fn an_answer_cut_at_max_tokens_comes_back_whole() {
+    let Some(real) = Real::start("an_answer_cut_at_max_tokens_comes_back_whole") else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    real.api.set_reply(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::Stop {
+                text: "The first half, ".into(),
+                stop_reason: "max_tokens".into(),
+            }
+        } else {
+            Reply::text("and the second half.")
+        }
+    });
+    let session = real.builder().concurrency(1).build().unwrap();
+    let response = session.query("write something long").unwrap();
+    assert_eq!(response.text, "The first half, and the second half.");
+    assert_eq!((response.continuations, response.api_calls), (1, 2));
+    assert_eq!(real.api.request_count(), 2);
+    assert_eq!(session.stats().requests, 2, "both calls counted");
+}
+
+#[test]
+fn a_stream_that_ended_early_is_not_the_answer() {
+    let Some(real) = Real::start("a_stream_that_ended_early_is_not_the_answer") else {
+        return;
+    };
+    real.api.set_reply(|_| {
+        Reply::Fault(Fault::NoStop(
+            "A partial ans".into(),
+            "A partial answer, whole at last.".into(),
+        ))
+    });
+    let session = real.builder().concurrency(1).build().unwrap();
+    match session.query("tell me") {
+        Ok(response) => assert_eq!(response.text, "A partial answer, whole at last."),
+        Err(error) => assert!(error.is_retryable(), "{error}"),
+    }
+}
+
+#[test]
+fn a_refusal_fails_at_once() {
+    let Some(real) = Real::start("a_refusal_fails_at_once") else {
+        return;
+    };
+    real.api.set_reply(|_| Reply::Stop {
+        text: String::new(),
+        stop_reason: "refusal".into(),
+    });
+    let session = real
+        .builder()
+        .max_retries(3)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let error = session.query("something refused").unwrap_err();
+    assert!(matches!(error, Error::Refused { .. }), "{error}");
+    // The library does not retry it; newer CLIs (2.1.332) ask once more by themselves.
+    assert_eq!(session.stats().retried, 0);
+    assert!(
+        real.api.request_count() <= 2,
+        "{}",
+        real.api.request_count()
+    );
+}
+
+#[test]
+fn a_model_that_does_not_exist_stops_the_run() {
+    let Some(real) = Real::start("a_model_that_does_not_exist_stops_the_run") else {
+        return;
+    };
+    real.api.set_reply(|_| Reply::status(404, None));
+    let session = real.builder().concurrency(2).build().unwrap();
+    let items: Vec<u32> = (0..20).collect();
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |i| format!("item {i}"))
+        .collect();
+    assert_eq!(outcome.dead_letter.len(), 20);
+    assert!(outcome
+        .dead_letter
+        .iter()
+        .any(|f| matches!(&f.error, Error::ModelNotFound { message } if message.contains("claude-sonnet-4-5"))));
+    // The CLI makes up to two calls per item (a streaming one, then one without); at most
+    // `concurrency` items are tried before the run stops.
+    let calls = real.api.request_count();
+    assert!(calls <= 4, "{calls} calls for 20 items on a missing model");
+}
