@@ -1,5 +1,6 @@
 //! The one error type of the crate, with enough context to act on.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use std::time::Duration;
 /// assert!(err.is_retryable());
 /// assert_eq!(err.to_string(), "API error (status 529): Overloaded");
 /// ```
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// No `claude` executable was found.
@@ -78,8 +79,8 @@ pub enum Error {
     },
 
     /// The CLI process ended while an item was in flight.
-    #[error("the claude process exited ({}) while an item was in flight; stderr: {stderr_tail:?}",
-        describe_exit(*.code, *.signal))]
+    #[error("{} while an item was in flight; stderr: {stderr_tail:?}",
+        describe_exit(*.code, *.signal, *.killed_by_library))]
     ProcessExited {
         /// Exit code, when it exited normally.
         code: Option<i32>,
@@ -87,6 +88,9 @@ pub enum Error {
         signal: Option<i32>,
         /// The last lines the process wrote to stderr (secrets redacted).
         stderr_tail: String,
+        /// The process closed its output (or stopped reading) but did not exit, so this
+        /// library killed it; `signal` is then the library's own SIGKILL.
+        killed_by_library: bool,
     },
 
     /// The CLI wrote something this crate cannot read as its stream-json protocol.
@@ -109,6 +113,14 @@ pub enum Error {
         status: Option<u16>,
         /// The CLI's message.
         message: String,
+    },
+
+    /// A conversation's process died after earlier turns, taking their context with it; a
+    /// new turn would be answered without it, so it is refused. Start a new conversation.
+    #[error("the conversation lost its context after {turns} turns (its process died); start a new conversation")]
+    ConversationLost {
+        /// Turns that had been answered in the lost context.
+        turns: u32,
     },
 
     /// The model refused to answer this item (`stop_reason: refusal`, for example under the
@@ -238,12 +250,17 @@ impl Error {
                 None => true,
                 Some(s) => *s == 408 || *s == 409 || *s == 429 || *s >= 500,
             },
+            // Only a shortage the system may recover from; a bad path, permissions or an
+            // argument list over the limit fail the same way every time.
+            Error::Spawn { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::EINTR)
+            ),
             Error::Timeout(_)
             | Error::ProcessExited { .. }
             | Error::Protocol { .. }
             | Error::Io(_)
-            | Error::ContextNotReset(_)
-            | Error::Spawn { .. } => true,
+            | Error::ContextNotReset(_) => true,
             _ => false,
         }
     }
@@ -278,6 +295,47 @@ impl Error {
     }
 }
 
+/// `?` in `fn main() -> Result<(), Error>` prints an error's `Debug` form, so it carries the
+/// whole message with its hint (how to install, how to log in), after the variant's name.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {self}", self.kind())
+    }
+}
+
+impl Error {
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::CliNotFound { .. } => "CliNotFound",
+            Error::CliUnsupported { .. } => "CliUnsupported",
+            Error::EmptyPrompt => "EmptyPrompt",
+            Error::ContextNotReset(..) => "ContextNotReset",
+            Error::InvalidConfig(..) => "InvalidConfig",
+            Error::Spawn { .. } => "Spawn",
+            Error::ProcessExited { .. } => "ProcessExited",
+            Error::Protocol { .. } => "Protocol",
+            Error::Timeout(..) => "Timeout",
+            Error::Api { .. } => "Api",
+            Error::ConversationLost { .. } => "ConversationLost",
+            Error::Refused { .. } => "Refused",
+            Error::ModelNotFound { .. } => "ModelNotFound",
+            Error::Truncated { .. } => "Truncated",
+            Error::Authentication { .. } => "Authentication",
+            Error::MaxTurns { .. } => "MaxTurns",
+            Error::Execution { .. } => "Execution",
+            Error::StructuredOutputMissing { .. } => "StructuredOutputMissing",
+            Error::StructuredOutputInvalid(..) => "StructuredOutputInvalid",
+            Error::Panicked(..) => "Panicked",
+            Error::Cancelled => "Cancelled",
+            Error::Stopped(..) => "Stopped",
+            Error::BudgetExceeded { .. } => "BudgetExceeded",
+            Error::InvalidAnswer { .. } => "InvalidAnswer",
+            Error::Io(..) => "Io",
+            Error::Closed => "Closed",
+        }
+    }
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     if paths.is_empty() {
         return "nowhere".into();
@@ -289,11 +347,16 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
+fn describe_exit(code: Option<i32>, signal: Option<i32>, killed_by_library: bool) -> String {
+    if killed_by_library {
+        return "the claude process stopped talking (its output closed or a write to it \
+                failed) without exiting, so claude-rayon killed it"
+            .into();
+    }
     match (code, signal) {
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        (None, None) => "exit status unknown".into(),
+        (Some(c), _) => format!("the claude process exited (exit code {c})"),
+        (None, Some(s)) => format!("the claude process was killed by signal {s} from outside"),
+        (None, None) => "the claude process exited (exit status unknown)".into(),
     }
 }
 
@@ -357,6 +420,23 @@ mod tests {
         let out = shorten(s, 3);
         assert!(out.starts_with('é') && out.contains("10 bytes"), "{out}");
         assert_eq!(shorten("abc", 10), "abc");
+    }
+
+    #[test]
+    fn debug_carries_the_message_and_its_hint() {
+        let e = Error::CliNotFound {
+            searched: vec![PathBuf::from("/x/claude")],
+        };
+        let debug = format!("{e:?}");
+        assert!(debug.starts_with("CliNotFound: "), "{debug}");
+        assert!(debug.contains("npm install"), "{debug}");
+        let auth = format!(
+            "{:?}",
+            Error::Authentication {
+                message: "401".into()
+            }
+        );
+        assert!(auth.contains("ANTHROPIC_API_KEY"), "{auth}");
     }
 
     #[test]

@@ -117,14 +117,16 @@ impl RetryPolicy {
 
     /// The wait before retry `retry` (1-based): random, up to the exponential ceiling.
     pub fn backoff(&self, retry: u32) -> Duration {
-        self.ceiling(retry).mul_f64(random_unit())
+        let ceiling = self.ceiling(retry);
+        Duration::try_from_secs_f64(ceiling.as_secs_f64() * random_unit()).unwrap_or(ceiling)
     }
 
     /// The exponential ceiling of the wait before retry `retry`, without jitter.
     pub fn ceiling(&self, retry: u32) -> Duration {
         let exp = self.multiplier.powi(retry.saturating_sub(1).min(64) as i32);
         let secs = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
-        Duration::from_secs_f64(secs.max(0.0))
+        // A `Duration::MAX` setting is longer than an f64 of seconds can bring back.
+        Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(self.max_backoff)
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -197,6 +199,13 @@ impl Cooldown {
             *s = CooldownState::default();
         }
     }
+}
+
+/// `at + wait`, or a moment centuries away when that would overflow (a `Duration::MAX`
+/// setting means "no limit", not a panic).
+pub(crate) fn saturating_add(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// A number in [0, 1) from a small xorshift generator; jitter needs spread, not secrecy.

@@ -20,6 +20,7 @@
 //! | `[[sim:garbage-env=NAME]]` | print a long non-JSON line holding the variable NAME |
 //! | `[[sim:huge=BYTES]]` | answer with BYTES bytes of text |
 //! | `[[sim:hang]]` | never answer |
+//! | `[[sim:close-stdout]]` | close stdout and keep running |
 //! | `[[sim:control]]` | send a `control_request` and wait for its answer first |
 //! | `[[sim:max-turns]]` | an `error_max_turns` result |
 //! | `[[sim:no-structured]]` | no structured output even with `--json-schema` |
@@ -239,6 +240,16 @@ impl Simulator {
                 self.emit(json!({"type": "system", "subtype": "api_retry", "attempt": attempt,
                     "max_retries": 10, "retry_delay_ms": 1.5, "error_status": status.parse::<u16>().ok(),
                     "error": "simulated"}));
+            }
+        }
+        if d("close-stdout").is_some() {
+            // Stop talking without exiting.
+            // SAFETY: closes this process's own stdout; nothing writes to it afterwards.
+            unsafe {
+                libc::close(1);
+            }
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
             }
         }
         if d("hang").is_some() {

@@ -102,7 +102,10 @@ where
                             Open {
                                 items: Vec::with_capacity(self.batch_size.min(1024)),
                                 opened,
-                                deadline: Instant::now() + self.batch_timeout,
+                                deadline: crate::retry::saturating_add(
+                                    Instant::now(),
+                                    self.batch_timeout,
+                                ),
                             }
                         });
                         batch.items.push(output);

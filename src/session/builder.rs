@@ -23,6 +23,11 @@ const PERMISSION_MODES: &[&str] = &[
 ];
 /// Linux caps one argv string at 128 KiB; stay clear of it.
 const MAX_ARG_BYTES: usize = 120 * 1024;
+/// The longest line read from the CLI by default: answers of tens of megabytes fit.
+const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
+/// Linux caps arguments and environment together at ARG_MAX (often 2 MiB, with the inherited
+/// environment included); stay well clear of it.
+const MAX_COMMAND_LINE_BYTES: usize = 1024 * 1024;
 /// Environment keys whose values are never shown.
 const SECRET_HINTS: &[&str] = &["KEY", "TOKEN", "SECRET", "PASSWORD", "AUTH", "CREDENTIAL"];
 
@@ -86,6 +91,7 @@ pub(crate) struct Config {
     pub extra_args: Vec<String>,
     pub load_user_config: bool,
     pub interpret_item_text: bool,
+    pub max_line_bytes: usize,
     pub throttle: Option<Arc<Throttle>>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
@@ -127,6 +133,7 @@ impl Default for SessionBuilder {
                 extra_args: Vec::new(),
                 load_user_config: false,
                 interpret_item_text: false,
+                max_line_bytes: DEFAULT_MAX_LINE_BYTES,
                 throttle: None,
                 requests_per_minute: None,
                 tokens_per_minute: None,
@@ -257,6 +264,14 @@ impl SessionBuilder {
     /// killed and replaced, and the item fails with [`Error::Timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
+        self
+    }
+
+    /// The longest line the CLI may write, in bytes (default 256 MiB; an answer is one line).
+    /// A longer line fails its item with [`Error::Protocol`] and the process is killed, so a
+    /// CLI that writes without end cannot take the program's memory.
+    pub fn max_line_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_line_bytes = bytes;
         self
     }
 
@@ -492,6 +507,12 @@ impl Config {
                 self.concurrency
             ));
         }
+        if self.max_line_bytes < 64 * 1024 {
+            return invalid(format!(
+                "max_line_bytes {} is too small for the CLI's own lines; use at least 64 KiB",
+                self.max_line_bytes
+            ));
+        }
         if self.timeout.is_zero() {
             return invalid("timeout must be longer than zero".into());
         }
@@ -602,6 +623,55 @@ impl Config {
             return invalid("cli_max_retries is capped at 15 by the CLI".into());
         }
         self.retry.validate()?;
+        self.validate_command_line()
+    }
+
+    /// What the CLI will be started with must be something the OS can start: no NUL byte
+    /// anywhere, no single argument or variable over Linux's 128 KiB cap, and all of it well
+    /// under the total limit.
+    fn validate_command_line(&self) -> Result<(), Error> {
+        let invalid = |msg: String| Err(Error::InvalidConfig(msg));
+        let mut total = 0;
+        for arg in self.cli_args() {
+            let text = arg.to_string_lossy();
+            let flag_for = || {
+                // Name the setting by the flag before it (or the argument itself).
+                text.chars().take(40).collect::<String>()
+            };
+            if text.contains('\0') {
+                return invalid(format!(
+                    "a command-line argument contains a NUL byte ({:?}...)",
+                    flag_for()
+                ));
+            }
+            if text.len() > MAX_ARG_BYTES {
+                return invalid(format!(
+                    "a command-line argument is {} bytes ({:?}...); Linux caps one at 128 KiB \
+                     (a json_schema or prompt that large cannot be passed to the CLI)",
+                    text.len(),
+                    flag_for()
+                ));
+            }
+            total += text.len() + 1;
+        }
+        for (key, value) in self.cli_env() {
+            if value.contains('\0') {
+                return invalid(format!("environment variable {key} contains a NUL byte"));
+            }
+            if key.len() + value.len() + 1 > MAX_ARG_BYTES {
+                return invalid(format!(
+                    "environment variable {key} is {} bytes; Linux caps one at 128 KiB",
+                    value.len()
+                ));
+            }
+            total += key.len() + value.len() + 2;
+        }
+        if total > MAX_COMMAND_LINE_BYTES {
+            return invalid(format!(
+                "the CLI's arguments and environment come to {total} bytes; keep them under \
+                 {MAX_COMMAND_LINE_BYTES} (the OS limit includes the inherited environment)"
+            ));
+        }
         Ok(())
     }
 

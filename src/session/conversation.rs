@@ -11,8 +11,9 @@ use crate::{Error, Response, Session};
 /// Unlike [`Session::query`], turns share context: the second turn sees the first. Costs:
 /// the process is held (it counts against `concurrency`) until the conversation is dropped,
 /// and every turn re-sends the exchange so far, so turns grow. Turns are not retried, because
-/// a replacement process would not have the context; a failed turn whose process died makes
-/// the next turn start on a fresh process with no context ([`turns`](Self::turns) resets).
+/// a replacement process would not have the context. If the process dies mid-turn after
+/// earlier turns, the context is gone: that turn fails as it failed, and every later turn
+/// fails with [`Error::ConversationLost`] (start a new conversation).
 ///
 /// # Examples
 ///
@@ -28,6 +29,8 @@ pub struct Conversation {
     session: Session,
     process: Option<CliProcess>,
     turns: u32,
+    /// Turns whose context died with the process; later turns are refused.
+    lost: Option<u32>,
 }
 
 impl Conversation {
@@ -36,6 +39,7 @@ impl Conversation {
             session,
             process: None,
             turns: 0,
+            lost: None,
         }
     }
 
@@ -53,6 +57,9 @@ impl Conversation {
                 inner.pool().give_back(process);
             }
             return Err(Error::Closed);
+        }
+        if let Some(turns) = self.lost {
+            return Err(Error::ConversationLost { turns });
         }
         if super::seal::is_blank(prompt) {
             return Err(Error::EmptyPrompt);
@@ -116,6 +123,9 @@ impl Conversation {
             self.process = Some(process);
         } else {
             inner.pool().give_back(process);
+            if self.turns > 0 {
+                self.lost = Some(self.turns);
+            }
         }
         outcome
     }
@@ -123,6 +133,12 @@ impl Conversation {
     /// Turns answered so far in this conversation's context.
     pub fn turns(&self) -> u32 {
         self.turns
+    }
+
+    /// Whether the context was lost with a process that died; every later turn then fails
+    /// with [`Error::ConversationLost`].
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_some()
     }
 }
 

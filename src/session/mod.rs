@@ -133,6 +133,7 @@ impl Session {
             secrets: Arc::new(config.secrets()),
             interpret_item_text: config.interpret_item_text,
             clear_timeout: config.timeout.min(Duration::from_secs(30)),
+            max_line_bytes: config.max_line_bytes,
         };
         let pool = Pool::new(launch, config.concurrency, config.fresh_process_per_item);
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
@@ -360,7 +361,6 @@ impl Inner {
             if !self.config.retry.should_retry(&error, tries) {
                 return Err((error, calls));
             }
-            Counters::add(&self.counters.retried, 1);
             let wait = self.config.retry.backoff(tries);
             log::debug!("retrying an item in {wait:?} (try {tries} failed: {error})");
             let stopped = !sleep_unless_stopped(wait, &|| self.should_stop(control));
@@ -368,6 +368,8 @@ impl Inner {
             if stopped {
                 return Err((last.expect("just set"), calls));
             }
+            // Counted only once it is going to be sent: a stop during the wait is no retry.
+            Counters::add(&self.counters.retried, 1);
         }
     }
 
@@ -505,7 +507,7 @@ impl Inner {
         if wait.is_zero() {
             return;
         }
-        let until = now + wait;
+        let until = crate::retry::saturating_add(now, wait);
         if self.throttle.paused_until().is_none_or(|p| p < until) {
             Counters::add(&self.counters.backoff_pauses, 1);
             log::info!("the API is throttling: pausing new requests for {wait:?}");
@@ -566,7 +568,7 @@ enum AttemptError {
 
 /// Sleep for `wait` in short slices, returning false as soon as the run is told to stop.
 fn sleep_unless_stopped(wait: Duration, should_stop: &dyn Fn() -> bool) -> bool {
-    let deadline = Instant::now() + wait;
+    let deadline = crate::retry::saturating_add(Instant::now(), wait);
     loop {
         if should_stop() {
             return false;

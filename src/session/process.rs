@@ -49,11 +49,15 @@ pub(crate) struct Launch {
     pub interpret_item_text: bool,
     /// How long a context reset may take before the process is given up.
     pub clear_timeout: Duration,
+    /// The longest stdout line read.
+    pub max_line_bytes: usize,
 }
 
 /// A line from the stdout reader thread.
 enum Out {
     Line(String),
+    /// A line longer than the cap (in bytes); nothing more is read.
+    TooLong(usize),
     Eof,
     Failed(std::io::Error),
 }
@@ -158,6 +162,7 @@ impl CliProcess {
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = crossbeam_channel::unbounded();
         let pid = child.id();
+        let max_line = launch.max_line_bytes;
         let (stdin_tx, stdin_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         thread::Builder::new()
@@ -166,7 +171,7 @@ impl CliProcess {
             .map_err(Error::io)?;
         thread::Builder::new()
             .name(format!("claude-rayon-stdout-{pid}"))
-            .spawn(move || read_stdout(stdout, tx))
+            .spawn(move || read_stdout(stdout, tx, max_line))
             .map_err(Error::io)?;
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_BYTES)));
         let tail_writer = Arc::clone(&tail);
@@ -322,7 +327,7 @@ impl CliProcess {
         on_event: &mut dyn FnMut(TurnEvent),
     ) -> Result<Response, Error> {
         let started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = crate::retry::saturating_add(started, timeout);
         self.settle_clear()?;
         let text = seal::item_text(prompt, self.interpret_item_text);
         self.failed_turn_cost = None;
@@ -379,6 +384,15 @@ impl CliProcess {
                     }
                 },
                 Ok(Out::Eof) => return Err(self.exited(deadline)),
+                Ok(Out::TooLong(cap)) => {
+                    self.kill();
+                    return Err(Error::Protocol {
+                        reason: format!(
+                            "the CLI wrote a line longer than {cap} bytes (SessionBuilder::max_line_bytes); its process was killed"
+                        ),
+                        line: String::new(),
+                    });
+                }
                 Ok(Out::Failed(e)) => {
                     self.broken = true;
                     return Err(self.redact_error(Error::io(e)));
@@ -509,6 +523,7 @@ impl CliProcess {
         while !self.has_exited() && Instant::now() < wait_until {
             thread::sleep(Duration::from_millis(2));
         }
+        let killed_by_library = !self.reaped && !self.has_exited();
         let status = self.reap();
         // Stdout may close before the last of stderr has been read.
         let _ = self
@@ -519,6 +534,7 @@ impl CliProcess {
             code: status.and_then(|s| s.code()),
             signal: status.and_then(|s| s.signal()),
             stderr_tail: self.stderr_tail(),
+            killed_by_library,
         }
     }
 
@@ -655,25 +671,31 @@ fn write_stdin(
     }
 }
 
-fn read_stdout(stdout: impl Read, tx: Sender<Out>) {
-    // No cap on line length: a 10 MB answer is one line.
+fn read_stdout(stdout: impl Read, tx: Sender<Out>, max_line: usize) {
+    // A 10 MB answer is one line, so the cap is large; past it the line is not kept, so a
+    // CLI that writes without end cannot take the program's memory with it.
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
+        let mut line = Vec::new();
+        let limit = u64::try_from(max_line)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        match reader.by_ref().take(limit).read_until(b'\n', &mut line) {
             Ok(0) => {
                 let _ = tx.send(Out::Eof);
                 return;
             }
+            Ok(n) if n > max_line && line.last() != Some(&b'\n') => {
+                let _ = tx.send(Out::TooLong(max_line));
+                return;
+            }
             Ok(_) => {
+                let line = String::from_utf8(line)
+                    // Not UTF-8: report it as a protocol problem through the parser.
+                    .unwrap_or_else(|_| "<line is not valid UTF-8>".into());
                 if tx.send(Out::Line(line)).is_err() {
                     return;
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                // Not UTF-8: report it as a protocol problem through the parser.
-                let _ = tx.send(Out::Line("<line is not valid UTF-8>".into()));
-                return;
             }
             Err(e) => {
                 let _ = tx.send(Out::Failed(e));
@@ -756,11 +778,21 @@ mod tests {
         let mut data = "y".repeat(3 * 1024 * 1024);
         data.push('\n');
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_stdout(data.as_bytes(), tx);
+        read_stdout(data.as_bytes(), tx, data.len());
         match rx.recv().unwrap() {
             Out::Line(l) => assert_eq!(l.len(), data.len()),
             _ => panic!("expected a line"),
         }
         assert!(matches!(rx.recv().unwrap(), Out::Eof));
+    }
+
+    #[test]
+    fn a_line_over_the_cap_stops_the_reader() {
+        let data = format!("{{}}\n{}", "z".repeat(5000));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        read_stdout(data.as_bytes(), tx, 1000);
+        assert!(matches!(rx.recv().unwrap(), Out::Line(l) if l == "{}\n"));
+        assert!(matches!(rx.recv().unwrap(), Out::TooLong(1000)));
+        assert!(rx.recv().is_err(), "nothing after a line over the cap");
     }
 }
