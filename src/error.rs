@@ -115,6 +115,21 @@ pub enum Error {
         message: String,
     },
 
+    /// Calls in a row could not connect to the API at all (no network, connection refused,
+    /// name not found), each after the CLI's own retries. Every item would fail the same
+    /// way, so a run stops.
+    #[error(
+        "the API cannot be reached: {failures} calls in a row could not connect, each after \
+         the CLI's own retries (last: {message}). Check the network, a proxy (HTTPS_PROXY), \
+         ANTHROPIC_BASE_URL if you set one, and a firewall"
+    )]
+    ApiUnreachable {
+        /// What the CLI said for the last call.
+        message: String,
+        /// Calls in a row that failed to connect.
+        failures: u32,
+    },
+
     /// A conversation's process died after earlier turns, taking their context with it; a
     /// new turn would be answered without it, so it is refused. Start a new conversation.
     #[error("the conversation lost its context after {turns} turns (its process died); start a new conversation")]
@@ -275,6 +290,7 @@ impl Error {
                 | Error::CliNotFound { .. }
                 | Error::CliUnsupported { .. }
                 | Error::ModelNotFound { .. }
+                | Error::ApiUnreachable { .. }
                 | Error::InvalidConfig(_)
                 | Error::Closed
         )
@@ -316,6 +332,7 @@ impl Error {
             Error::Protocol { .. } => "Protocol",
             Error::Timeout(..) => "Timeout",
             Error::Api { .. } => "Api",
+            Error::ApiUnreachable { .. } => "ApiUnreachable",
             Error::ConversationLost { .. } => "ConversationLost",
             Error::Refused { .. } => "Refused",
             Error::ModelNotFound { .. } => "ModelNotFound",

@@ -10,7 +10,7 @@
 //! | `[[sim:delay=MS]]` | answer after MS milliseconds |
 //! | `[[sim:reply=TEXT]]` | answer exactly TEXT |
 //! | `[[sim:replies=KEY,A|B|C]]` | the nth attempt at KEY (across processes) answers the nth text; the last repeats |
-//! | `[[sim:error=STATUS]]` | an API error result (`is_error`, `api_error_status`; `none` for no status) |
+//! | `[[sim:error=STATUS]]` | an API error result (`is_error`, `api_error_status`; `none` for a cut stream with no status, `unreachable` for no connection) |
 //! | `[[sim:retry=STATUS,N]]` | N `api_retry` lines before the answer |
 //! | `[[sim:fail-times=KEY,N,STATUS]]` | the first N attempts at KEY (across processes) are API errors |
 //! | `[[sim:crash]]` | exit with code 3 mid-item |
@@ -315,11 +315,16 @@ impl Simulator {
             }
         });
         if let Some(status) = error {
+            let status_text = status.clone();
             let status = status.parse::<u16>().ok();
             let text = match status {
                 Some(401) => "API Error: 401 {\"type\":\"error\",\"error\":{\"type\":\"authentication_error\",\"message\":\"invalid x-api-key\"}} · Please run /login".to_string(),
                 Some(s) => format!("API Error: {s} simulated failure"),
-                None => "API Error: Connection error.".to_string(),
+                // `none`: the stream was cut (no status); `unreachable`: no connection at all.
+                None if status_text == "unreachable" => {
+                    "API Error: Unable to connect to API (ConnectionRefused)".to_string()
+                }
+                None => "API Error: Connection to the API was lost (ECONNRESET)".to_string(),
             };
             self.emit(self.result_line(1, &text, 0, 0, true, status, None));
             return None;

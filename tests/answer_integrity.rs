@@ -103,3 +103,34 @@ fn the_clis_own_backoff_pauses_the_shared_throttle() {
     assert_eq!(stats.cli_api_retries, 2);
     assert!(stats.backoff_pauses >= 1, "{stats:?}");
 }
+
+#[test]
+fn an_unreachable_api_stops_the_run_with_one_clear_error() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(2).build().unwrap();
+    let items: Vec<u32> = (0..40).collect();
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |i| format!("[[sim:error=unreachable]] {i}"))
+        .collect();
+    assert_eq!(outcome.dead_letter.len(), 40);
+    let calls = fake.prompts().len();
+    assert!(calls <= 6, "{calls} calls to an API that cannot be reached");
+    let unreachable = outcome
+        .dead_letter
+        .iter()
+        .find(|f| matches!(f.error, Error::ApiUnreachable { .. }))
+        .expect("one item says the API cannot be reached");
+    assert!(unreachable.error.to_string().contains("HTTPS_PROXY"));
+    // A success in between resets the count: a blip is not an outage.
+    let session = fake
+        .builder()
+        .concurrency(1)
+        .max_retries(0)
+        .build()
+        .unwrap();
+    for i in 0..6 {
+        let _ = session.query(format!("[[sim:error=unreachable]] blip {i}"));
+        session.query("fine").unwrap();
+    }
+}

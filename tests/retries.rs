@@ -158,9 +158,9 @@ fn a_cancel_cuts_a_retry_wait_short_and_the_item_keeps_its_last_error() {
     let (results, cancelled_at) = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
             wait_until(
-                "the first retry is scheduled",
+                "the first call failed and its retry waits",
                 Duration::from_secs(20),
-                || session.stats().retried == 1,
+                || session.stats().throttle_waits + session.stats().backoff_pauses >= 1,
             );
             cancel.cancel();
             Instant::now()
@@ -193,6 +193,8 @@ fn a_cancel_cuts_a_retry_wait_short_and_the_item_keeps_its_last_error() {
     let second = results[1].as_ref().unwrap_err();
     assert!(matches!(second.error, Error::Cancelled) && second.attempts == 0);
     assert_eq!(fake.prompts().len(), 1);
+    // The retry was never sent, so it is not counted.
+    assert_eq!(session.stats().retried, 0);
 }
 
 /// How long the shared throttle stays paused from now.

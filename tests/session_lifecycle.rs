@@ -267,3 +267,24 @@ fn a_host_with_default_sigpipe_survives_a_cli_that_will_not_read() {
         "{stdout}"
     );
 }
+
+#[test]
+fn close_ends_a_busy_process_at_once_and_counts_its_item() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .timeout(Duration::from_secs(600))
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let busy = session.clone();
+    let caller = std::thread::spawn(move || busy.query("[[sim:hang]] forever"));
+    wait_until("the call is in flight", GONE, || {
+        fake.prompts().iter().any(|(p, _)| p.contains("forever"))
+    });
+    let pid = session.process_ids()[0];
+    let stats = session.close().unwrap();
+    assert_eq!((stats.started, stats.failed), (1, 1), "{stats:?}");
+    wait_until("the busy process is gone", GONE, || !pid_alive(pid));
+    assert!(caller.join().unwrap().is_err());
+}

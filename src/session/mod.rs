@@ -42,6 +42,34 @@ use process::{Launch, TurnEvent};
 /// about 1.2 KB, so roughly 300 tokens.
 pub(crate) const REQUEST_OVERHEAD_TOKENS: u64 = 300;
 
+/// Calls in a row that could not connect before the API counts as unreachable.
+const UNREACHABLE_AFTER: u32 = 3;
+
+/// What the CLI says when a call could not connect at all (not a stream cut midway).
+fn is_connection_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    if m.contains("was lost") || m.contains("econnreset") {
+        return false;
+    }
+    [
+        "unable to connect",
+        "connection error",
+        "connectionrefused",
+        "econnrefused",
+        "enotfound",
+        "eai_again",
+        "etimedout",
+        "ehostunreach",
+        "enetunreach",
+        "failed to fetch",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+/// How long `close` waits for the items whose processes it killed to be counted.
+const CLOSE_SETTLE: Duration = Duration::from_secs(5);
+
 /// A pool of warm `claude` processes and the threads that drive them.
 ///
 /// A `Session` is a cheap handle: clone it freely and share it between threads. The CLI
@@ -81,6 +109,8 @@ pub(crate) struct Inner {
     cooldown: Cooldown,
     /// The processes' private working folder when no `cwd` was given; removed at close.
     private_dir: parking_lot::Mutex<Option<seal::PrivateDir>>,
+    /// Calls in a row that could not connect to the API (reset by any success).
+    unreachable_streak: std::sync::atomic::AtomicU32,
 }
 
 impl Session {
@@ -151,6 +181,7 @@ impl Session {
                 closed: AtomicBool::new(false),
                 cooldown: Cooldown::default(),
                 private_dir: parking_lot::Mutex::new(private_dir),
+                unreachable_streak: std::sync::atomic::AtomicU32::new(0),
             }),
         })
     }
@@ -236,8 +267,10 @@ impl Session {
         self.inner.pool.live()
     }
 
-    /// End the processes cleanly (stdin closed, then a kill for any that lingers) and return
-    /// what the session did. Other handles to the session then get [`Error::Closed`].
+    /// End the processes and return what the session did: idle ones cleanly (stdin closed,
+    /// then a kill for any that lingers), busy ones at once (an item in flight fails, and is
+    /// counted before this returns; a conversation's next turn gets [`Error::Closed`]).
+    /// Other handles to the session then get [`Error::Closed`].
     ///
     /// # Errors
     ///
@@ -256,7 +289,18 @@ impl Session {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        self.inner.pool.close();
+        // Items in flight are ended and counted before the stats are taken.
+        let deadline = Instant::now() + CLOSE_SETTLE;
+        self.inner.pool.close(CLOSE_SETTLE);
+        let counters = &self.inner.counters;
+        let in_flight = || {
+            let load = |c: &AtomicU64| c.load(Ordering::SeqCst);
+            load(&counters.started) > load(&counters.succeeded) + load(&counters.failed)
+        };
+        // Every item left ends within moments (its process is gone, its waits see the close).
+        while in_flight() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         // The processes are gone; their private folder goes too.
         drop(self.inner.private_dir.lock().take());
         Ok(self.stats())
@@ -431,6 +475,7 @@ impl Inner {
                 self.throttle.settle(permit, response.usage.total());
                 self.budget.settle(reservation, response.cost_usd);
                 self.cooldown.succeeded(sent_at);
+                self.unreachable_streak.store(0, Ordering::SeqCst);
                 self.record_success(&response);
                 Ok(response)
             }
@@ -446,11 +491,37 @@ impl Inner {
                     let wait = self.cooldown.throttled(&self.config.retry, sent_at, now);
                     self.back_off(now, wait);
                 }
+                let error = self.note_unreachable(error);
                 Err(AttemptError::Failed {
                     error,
                     called: true,
                 })
             }
+        }
+    }
+
+    /// Count calls in a row, across the session, that could not connect to the API; after
+    /// a few, every item would fail the same way, so the error becomes a fatal one that says
+    /// what to check (and stops the run) instead of minutes of retries.
+    fn note_unreachable(&self, error: Error) -> Error {
+        let Error::Api {
+            status: None,
+            message,
+        } = &error
+        else {
+            return error;
+        };
+        if !is_connection_failure(message) {
+            return error;
+        }
+        let failures = self.unreachable_streak.fetch_add(1, Ordering::SeqCst) + 1;
+        log::warn!("cannot reach the API ({message}); {failures} calls in a row could not connect");
+        if failures < UNREACHABLE_AFTER {
+            return error;
+        }
+        Error::ApiUnreachable {
+            message: message.clone(),
+            failures,
         }
     }
 
@@ -535,6 +606,7 @@ impl Inner {
 
     fn should_stop(&self, control: &RunControl) -> bool {
         control.should_stop()
+            || self.closed.load(Ordering::SeqCst)
             || self
                 .config
                 .cancel

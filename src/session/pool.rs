@@ -2,7 +2,10 @@
 
 use parking_lot::{Condvar, Mutex};
 
-use super::process::{CliProcess, Launch};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::process::{CliProcess, KillSwitch, Launch};
 use crate::Error;
 
 pub(crate) struct Pool {
@@ -20,8 +23,9 @@ struct State {
     closed: bool,
     /// Ids of every process ever started, for tests and diagnostics.
     started_pids: Vec<u32>,
-    /// Processes held outside the pool (conversations), so `close` can end them too.
-    detached: Vec<u32>,
+    /// Processes held outside the pool: leased to an item, or kept by a conversation
+    /// (`detached`), so `close` can end them too.
+    busy: Vec<(Arc<KillSwitch>, bool)>,
 }
 
 /// A process checked out of the pool. It goes back when dropped, unless it is broken.
@@ -41,7 +45,7 @@ impl Pool {
                 live: 0,
                 closed: false,
                 started_pids: Vec::new(),
-                detached: Vec::new(),
+                busy: Vec::new(),
             }),
             freed: Condvar::new(),
         }
@@ -60,10 +64,7 @@ impl Pool {
             if let Some(mut process) = state.idle.pop() {
                 drop(state);
                 if process.is_reusable() && process.settle_clear().is_ok() {
-                    return Ok(Lease {
-                        pool: self,
-                        process: Some(process),
-                    });
+                    return self.lease(process);
                 }
                 drop(process);
                 state = self.state.lock();
@@ -76,20 +77,34 @@ impl Pool {
                 return match CliProcess::spawn(&self.launch) {
                     Ok(process) => {
                         self.state.lock().started_pids.push(process.pid());
-                        Ok(Lease {
-                            pool: self,
-                            process: Some(process),
-                        })
+                        self.lease(process)
                     }
                     Err(err) => {
                         self.state.lock().live -= 1;
-                        self.freed.notify_one();
+                        self.freed.notify_all();
                         Err(err)
                     }
                 };
             }
             self.freed.wait(&mut state);
         }
+    }
+
+    fn lease(&self, mut process: CliProcess) -> Result<Lease<'_>, Error> {
+        let mut state = self.state.lock();
+        if state.closed {
+            // A close() came while this process was being made ready: it must not run.
+            state.live -= 1;
+            drop(state);
+            process.kill();
+            self.freed.notify_all();
+            return Err(Error::Closed);
+        }
+        state.busy.push((process.kill_switch(), false));
+        Ok(Lease {
+            pool: self,
+            process: Some(process),
+        })
     }
 
     /// Return a process taken with [`Lease::detach`].
@@ -105,7 +120,8 @@ impl Pool {
         }
         let healthy = process.is_reusable();
         let mut state = self.state.lock();
-        state.detached.retain(|&pid| pid != process.pid());
+        let pid = process.pid();
+        state.busy.retain(|(switch, _)| switch.pid() != pid);
         if healthy && !self.fresh_per_item && !state.closed {
             state.idle.push(process);
         } else {
@@ -121,18 +137,19 @@ impl Pool {
                 drop(process);
             }
         }
-        self.freed.notify_one();
+        self.freed.notify_all();
     }
 
-    /// End every idle process and refuse new checkouts. Leased processes end when returned.
-    pub(crate) fn close(&self) {
+    /// End every process and refuse new checkouts: idle ones cleanly; busy ones (an item in
+    /// flight, a conversation) are killed, and the items in flight are waited for (up to
+    /// `settle`) so that they are counted before `close` returns.
+    pub(crate) fn close(&self, settle: Duration) {
         let idle = {
             let mut state = self.state.lock();
             state.closed = true;
             state.live -= state.idle.len();
-            // Conversations still hold theirs: end them now (their owners reap them).
-            for &pid in &state.detached {
-                super::process::kill_group(pid);
+            for (switch, _) in &state.busy {
+                switch.kill();
             }
             std::mem::take(&mut state.idle)
         };
@@ -144,6 +161,13 @@ impl Pool {
             .collect();
         for h in handles {
             let _ = h.join();
+        }
+        let deadline = Instant::now() + settle;
+        let mut state = self.state.lock();
+        while state.busy.iter().any(|(_, detached)| !detached) {
+            if self.freed.wait_until(&mut state, deadline).timed_out() {
+                break;
+            }
         }
     }
 
@@ -174,7 +198,12 @@ impl Lease<'_> {
     /// Keep the process beyond the lease; hand it back with [`Pool::give_back`].
     pub(crate) fn detach(mut self) -> CliProcess {
         let process = self.process.take().expect("lease holds a process");
-        self.pool.state.lock().detached.push(process.pid());
+        let pid = process.pid();
+        for (switch, detached) in &mut self.pool.state.lock().busy {
+            if switch.pid() == pid {
+                *detached = true;
+            }
+        }
         process
     }
 }

@@ -96,8 +96,30 @@ pub(crate) enum TurnEvent {
     ExtraCall,
 }
 
+/// Lets another thread (a session's `close()`) kill a process it does not own, without ever
+/// signalling a pid that was already reaped and may belong to someone else.
+pub(crate) struct KillSwitch {
+    pid: u32,
+    reaped: Mutex<bool>,
+}
+
+impl KillSwitch {
+    /// Kill the process's group, unless it was already reaped.
+    pub(crate) fn kill(&self) {
+        let reaped = self.reaped.lock();
+        if !*reaped {
+            kill_group(self.pid);
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
 /// A running CLI process.
 pub(crate) struct CliProcess {
+    kill_switch: Arc<KillSwitch>,
     child: Child,
     /// Bytes for stdin go to a writer thread, so a CLI that stops reading cannot block a
     /// worker past its deadline; dropping the sender closes stdin.
@@ -185,6 +207,10 @@ impl CliProcess {
             .map_err(Error::io)?;
         log::debug!("started claude process {pid}");
         Ok(CliProcess {
+            kill_switch: Arc::new(KillSwitch {
+                pid,
+                reaped: Mutex::new(false),
+            }),
             child,
             stdin: Some(stdin_tx),
             written: ack_rx,
@@ -203,6 +229,11 @@ impl CliProcess {
             clear_timeout: launch.clear_timeout,
             broken: false,
         })
+    }
+
+    /// A handle another thread can kill this process with.
+    pub(crate) fn kill_switch(&self) -> Arc<KillSwitch> {
+        Arc::clone(&self.kill_switch)
     }
 
     /// The operating system's id of the process.
@@ -309,6 +340,10 @@ impl CliProcess {
                 Err(self.redact_error(Error::ContextNotReset(problem)))
             }
             None => {
+                // The running cost total is per conversation in newer CLIs (2.1.332 starts
+                // it again at 0 after /clear) and per process in older ones: the clear's
+                // result says which, so the next item's cost is a difference from it.
+                self.last_total_cost = result.total_cost_usd;
                 self.cleared_session_id = Some(result.session_id.clone());
                 self.last_session_id = Some(result.session_id);
                 Ok(())
@@ -588,6 +623,9 @@ impl CliProcess {
             return None;
         }
         self.stdin = None;
+        // Marked under the switch's lock before waiting: from here on no other thread
+        // signals this pid.
+        *self.kill_switch.reaped.lock() = true;
         kill_group(self.child.id());
         spawner::forget(self.child.id());
         self.reaped = true;

@@ -1,0 +1,58 @@
+//! Real tier: with the API unreachable (a port with nothing listening), a run stops with one
+//! clear error within seconds under default retry settings, instead of retrying every item.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use claude_rayon::prelude::*;
+use claude_rayon::{Error, Outcome, RetryPolicy};
+use rayon::prelude::*;
+use support::mock_api::CLI_ENV_REMOVE;
+use support::Real;
+
+#[test]
+fn an_unreachable_api_stops_the_run_within_seconds() {
+    let Some(real) = Real::start("an_unreachable_api_stops_the_run_within_seconds") else {
+        return;
+    };
+    // A port nobody listens on: bind one, then let it go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut builder = claude_rayon::Session::builder()
+        .cli_path(&real.cli)
+        .cwd(real.cwd.path())
+        .model("claude-sonnet-4-5")
+        // The library's defaults: the CLI retries twice, the library three times.
+        .retry_policy(RetryPolicy::default())
+        .concurrency(2);
+    for key in CLI_ENV_REMOVE {
+        builder = builder.env_remove(*key);
+    }
+    for (key, value) in real.api.cli_env(real.home.path()) {
+        builder = builder.env(key, value);
+    }
+    let session = builder
+        .env("ANTHROPIC_BASE_URL", format!("http://{closed}"))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let items: Vec<u32> = (0..39).collect();
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |i| format!("item {i}"))
+        .collect();
+    let took = started.elapsed();
+    assert_eq!(outcome.dead_letter.len(), 39);
+    let error = outcome
+        .dead_letter
+        .iter()
+        .map(|f| &f.error)
+        .find(|e| matches!(e, Error::ApiUnreachable { .. }))
+        .expect("one error says the API cannot be reached");
+    assert!(error.to_string().contains("ANTHROPIC_BASE_URL"), "{error}");
+    eprintln!("unreachable API: run stopped after {took:?}: {error}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
