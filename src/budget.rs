@@ -56,7 +56,9 @@ impl Budget {
         }
     }
 
-    pub(crate) fn reserve(&self) -> Result<Reservation, Error> {
+    /// Reserve for an item whose own estimate (from its size, see [`item_estimate_usd`]) is
+    /// `own_estimate`: the larger of that and the largest cost seen so far.
+    pub(crate) fn reserve(&self, own_estimate: f64) -> Result<Reservation, Error> {
         let mut s = self.state.lock();
         let Some(limit) = s.limit else {
             // Counted all the same: the cap may be set while this item is in flight.
@@ -67,7 +69,8 @@ impl Budget {
             s.largest_seen
         } else {
             s.first_estimate
-        };
+        }
+        .max(own_estimate);
         // In-flight items valued at the current estimate if that has grown past what they
         // reserved: they are likely to cost what the others did.
         let committed = s.spent + s.reserved.max(f64::from(s.in_flight) * s.largest_seen);
@@ -115,15 +118,79 @@ impl Budget {
     }
 }
 
+/// List prices in US dollars per million tokens (input, output) for a model name or alias.
+/// A model this crate does not know is priced as the dearest, so a cap is never overrun on a
+/// guess.
+pub(crate) fn list_price(model: Option<&str>) -> (f64, f64) {
+    // Without a model the CLI picks its default, the current Opus.
+    let m = model.unwrap_or("opus").to_ascii_lowercase();
+    const DEAREST: (f64, f64) = (15.0, 75.0);
+    if m.contains("haiku") {
+        if m.contains("3-5") || m.contains("3.5") {
+            (0.8, 4.0)
+        } else if m.contains("-3-") {
+            (0.25, 1.25)
+        } else {
+            (1.0, 5.0)
+        }
+    } else if m.contains("sonnet") {
+        (3.0, 15.0)
+    } else if m.contains("opus") {
+        // Opus 4.5 and later are priced lower than the Opus models before them.
+        let older = [
+            "opus-4-0",
+            "opus-4-1",
+            "opus-4-2",
+            "opus-4-20",
+            "3-opus",
+            "opus-3",
+        ];
+        if m == "opus" || !older.iter().any(|o| m.contains(o)) {
+            (5.0, 25.0)
+        } else {
+            DEAREST
+        }
+    } else {
+        DEAREST
+    }
+}
+
+/// What one item's prompt will cost for certain: `input_tokens` at the model's input price.
+pub(crate) fn prompt_cost_usd(model: Option<&str>, input_tokens: u64) -> f64 {
+    input_tokens as f64 * list_price(model).0 / 1_000_000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn items_are_priced_by_size_and_model() {
+        // 2.6 million input tokens (a 10 MB item) on Sonnet: 7.8 USD.
+        let huge = prompt_cost_usd(Some("sonnet"), 2_600_000);
+        assert!((huge - 7.8).abs() < 1e-9, "{huge}");
+        assert_eq!(list_price(Some("claude-haiku-4-5")), (1.0, 5.0));
+        assert_eq!(list_price(Some("claude-3-5-haiku-latest")), (0.8, 4.0));
+        assert_eq!(list_price(Some("claude-opus-4-1")), (15.0, 75.0));
+        assert_eq!(list_price(Some("claude-opus-4-8")), (5.0, 25.0));
+        assert_eq!(list_price(Some("some-new-model")), (15.0, 75.0));
+        assert_eq!(list_price(None), (5.0, 25.0));
+    }
+
+    #[test]
+    fn an_item_too_big_for_what_is_left_is_refused() {
+        let b = Budget::new(Some(1.0), Some(0.01));
+        assert!(b.reserve(7.8).is_err());
+        let fresh = Budget::new(Some(1.0), Some(0.01));
+        let r = fresh.reserve(0.002).unwrap();
+        fresh.settle(r, 0.002);
+    }
+
+    #[test]
     fn unlimited_never_refuses() {
         let b = Budget::new(None, None);
         for _ in 0..1000 {
-            let r = b.reserve().unwrap();
+            let r = b.reserve(0.0).unwrap();
             b.settle(r, 1.0);
         }
         assert_eq!(b.spent(), 1000.0);
@@ -133,42 +200,42 @@ mod tests {
     fn refuses_when_the_next_estimate_does_not_fit_and_stays_spent() {
         let b = Budget::new(Some(0.05), Some(0.01));
         let mut ok = 0;
-        while let Ok(r) = b.reserve() {
+        while let Ok(r) = b.reserve(0.0) {
             b.settle(r, 0.02);
             ok += 1;
         }
         // 0.01 reserved first, then the largest seen (0.02): 0.02 + 0.02 fit, the third does not.
         assert_eq!(ok, 2);
         assert!(b.is_exhausted());
-        assert!(b.reserve().is_err());
+        assert!(b.reserve(0.0).is_err());
         b.set_limit(Some(1.0));
-        assert!(b.reserve().is_ok());
+        assert!(b.reserve(0.0).is_ok());
     }
 
     #[test]
     fn a_larger_cost_seen_revalues_the_items_still_in_flight() {
         // Room for 2.5 items at 0.10; the first estimate says 0.01.
         let b = Budget::new(Some(0.25), Some(0.01));
-        let held: Vec<_> = (0..4).map(|_| b.reserve().unwrap()).collect();
+        let held: Vec<_> = (0..4).map(|_| b.reserve(0.0).unwrap()).collect();
         b.settle(held[0], 0.10);
         // 0.10 spent and three in flight that will likely cost 0.10 each: nothing more fits,
         // although their reservations (0.03) would leave room.
-        assert!(b.reserve().is_err());
+        assert!(b.reserve(0.0).is_err());
         for r in &held[1..] {
             b.settle(*r, 0.10);
         }
         assert!((b.spent() - 0.40).abs() < 1e-9);
-        assert!(b.reserve().is_err(), "stays spent");
+        assert!(b.reserve(0.0).is_err(), "stays spent");
     }
 
     #[test]
     fn a_conservative_first_estimate_is_kept_for_the_items_in_flight() {
         let b = Budget::new(Some(0.10), Some(0.04));
-        let first = b.reserve().unwrap();
-        let second = b.reserve().unwrap();
+        let first = b.reserve(0.0).unwrap();
+        let second = b.reserve(0.0).unwrap();
         b.settle(first, 0.001);
         // 0.04 still reserved for the second: 0.001 + 0.04 + 0.001 fits.
-        let third = b.reserve().unwrap();
+        let third = b.reserve(0.0).unwrap();
         b.settle(second, 0.001);
         b.settle(third, 0.001);
         assert!(!b.is_exhausted());
@@ -177,22 +244,22 @@ mod tests {
     #[test]
     fn refused_once_stays_refused_even_where_an_item_would_now_fit() {
         let b = Budget::new(Some(0.025), Some(0.01));
-        let held: Vec<_> = (0..2).map(|_| b.reserve().unwrap()).collect();
-        assert!(b.reserve().is_err());
+        let held: Vec<_> = (0..2).map(|_| b.reserve(0.0).unwrap()).collect();
+        assert!(b.reserve(0.0).is_err());
         for r in held {
             b.settle(r, 0.0001);
         }
         // 0.0002 spent and 0.0001 to reserve would fit; the session said it was done.
-        assert!(b.reserve().is_err());
+        assert!(b.reserve(0.0).is_err());
         b.set_limit(Some(0.025));
-        assert!(b.reserve().is_ok());
+        assert!(b.reserve(0.0).is_ok());
     }
 
     #[test]
     fn in_flight_reservations_count() {
         let b = Budget::new(Some(0.03), Some(0.01));
-        let held: Vec<_> = (0..3).map(|_| b.reserve().unwrap()).collect();
-        assert!(matches!(b.reserve(), Err(Error::BudgetExceeded { .. })));
+        let held: Vec<_> = (0..3).map(|_| b.reserve(0.0).unwrap()).collect();
+        assert!(matches!(b.reserve(0.0), Err(Error::BudgetExceeded { .. })));
         for r in held {
             b.settle(r, 0.0);
         }

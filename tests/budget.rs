@@ -187,3 +187,30 @@ fn a_spent_budget_stays_spent_for_later_runs_even_where_an_item_would_now_fit() 
     session.set_max_budget_usd(Some(0.025));
     assert_eq!(run(&session, 8..20).ok.len(), 12);
 }
+
+#[test]
+fn an_item_too_big_for_the_budget_is_refused_before_it_is_sent() {
+    let fake = support::Fake::new();
+    let session = fake
+        .builder()
+        .model("sonnet")
+        .max_budget_usd(1.0)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    // 10 MB of prompt is about 2.6 million tokens: 7.8 USD of input on Sonnet.
+    let huge = "x".repeat(10 * 1024 * 1024);
+    let items = vec![huge];
+    let outcome: claude_rayon::Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |s| s.clone())
+        .collect();
+    let failed = &outcome.dead_letter[0];
+    assert!(
+        matches!(failed.error, claude_rayon::Error::BudgetExceeded { .. }),
+        "{}",
+        failed.error
+    );
+    assert_eq!(failed.attempts, 0);
+    assert!(fake.prompts().is_empty(), "the item was sent");
+}

@@ -64,10 +64,12 @@ impl Conversation {
         if super::seal::is_blank(prompt) {
             return Err(Error::EmptyPrompt);
         }
-        let reservation = inner.budget().reserve()?;
-        let estimate = estimate_tokens(prompt)
-            + super::REQUEST_OVERHEAD_TOKENS
-            + inner.config.output_token_allowance;
+        let prompt_tokens = estimate_tokens(prompt);
+        let reservation = inner
+            .budget()
+            .reserve(inner.item_estimate_usd(prompt_tokens))?;
+        let estimate =
+            prompt_tokens + super::REQUEST_OVERHEAD_TOKENS + inner.config.output_token_allowance;
         // A close() from another handle ends the wait.
         let permit = match inner.throttle.acquire(estimate, &|| inner.is_closed()) {
             Ok(permit) => permit,

@@ -418,9 +418,12 @@ impl Inner {
     }
 
     fn attempt_once(&self, prompt: &str, control: &RunControl) -> Result<Response, AttemptError> {
-        let reservation = self.budget.reserve().map_err(AttemptError::NotStarted)?;
-        let estimate =
-            estimate_tokens(prompt) + REQUEST_OVERHEAD_TOKENS + self.config.output_token_allowance;
+        let prompt_tokens = estimate_tokens(prompt);
+        let reservation = self
+            .budget
+            .reserve(self.item_estimate_usd(prompt_tokens))
+            .map_err(AttemptError::NotStarted)?;
+        let estimate = prompt_tokens + REQUEST_OVERHEAD_TOKENS + self.config.output_token_allowance;
         let permit = match self
             .throttle
             .acquire(estimate, &|| self.should_stop(control))
@@ -498,6 +501,11 @@ impl Inner {
                 })
             }
         }
+    }
+
+    /// What an item's prompt of `input_tokens` will cost at least (see `budget`).
+    pub(crate) fn item_estimate_usd(&self, input_tokens: u64) -> f64 {
+        crate::budget::prompt_cost_usd(self.config.model.as_deref(), input_tokens)
     }
 
     /// Count calls in a row, across the session, that could not connect to the API; after
