@@ -203,7 +203,7 @@ fn an_item_too_big_for_the_budget_is_refused_before_it_is_sent() {
     let items = vec![huge];
     let outcome: claude_rayon::Outcome<_, _> = items
         .par_iter()
-        .claude_map(&session, |s| s.clone())
+        .claude_map(&session, |s| s.to_string())
         .collect();
     let failed = &outcome.dead_letter[0];
     assert!(
