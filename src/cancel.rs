@@ -46,7 +46,11 @@ impl Cancel {
     }
 }
 
-/// The stop state of one run: the user's cancel and the first fatal error.
+/// Ends one call in flight (kills its process); registered by the call while it runs.
+pub(crate) type Abort = Arc<dyn Fn() + Send + Sync>;
+
+/// The stop state of one run: the user's cancel, the first fatal error, and a hard stop
+/// that ends the calls in flight.
 #[derive(Default)]
 pub(crate) struct RunControl {
     cancel: Option<Cancel>,
@@ -54,6 +58,25 @@ pub(crate) struct RunControl {
     abandon: Option<Cancel>,
     fatal: Mutex<Option<Error>>,
     has_fatal: AtomicBool,
+    /// Set by [`abort`](Self::abort): calls in flight were ended, new ones end at once.
+    aborted: AtomicBool,
+    in_flight: Mutex<Vec<(u64, Abort)>>,
+    next_call: std::sync::atomic::AtomicU64,
+}
+
+/// A call registered with [`RunControl::register_call`]; unregisters it when dropped.
+pub(crate) struct CallGuard<'a> {
+    control: &'a RunControl,
+    id: u64,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.control
+            .in_flight
+            .lock()
+            .retain(|(id, _)| *id != self.id);
+    }
 }
 
 impl RunControl {
@@ -93,6 +116,33 @@ impl RunControl {
 
     pub(crate) fn should_stop(&self) -> bool {
         self.has_fatal.load(Ordering::Acquire) || self.is_cancelled()
+    }
+
+    /// A call starts: `abort` ends it if the run is stopped hard meanwhile (at once if it
+    /// already was).
+    pub(crate) fn register_call(&self, abort: Abort) -> CallGuard<'_> {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let mut in_flight = self.in_flight.lock();
+        if self.aborted.load(Ordering::SeqCst) {
+            abort();
+        }
+        in_flight.push((id, abort));
+        CallGuard { control: self, id }
+    }
+
+    /// Stop hard: end every call in flight (their items fail as stopped) and every call
+    /// that starts from now on.
+    pub(crate) fn abort(&self) {
+        let in_flight = self.in_flight.lock();
+        self.aborted.store(true, Ordering::SeqCst);
+        for (_, abort) in in_flight.iter() {
+            abort();
+        }
+    }
+
+    /// Whether [`abort`](Self::abort) was called.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst)
     }
 
     /// Record a fatal error: the run starts no further item.

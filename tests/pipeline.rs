@@ -780,3 +780,53 @@ fn progress_reports_cover_a_pipeline_to_its_last_item() {
     assert_eq!((last.done, last.succeeded, last.failed), (30, 27, 3));
     assert_eq!(last.total, None);
 }
+
+#[test]
+fn a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .timeout(Duration::from_secs(600))
+        .concurrency(2)
+        .build()
+        .unwrap();
+    let seen = Seen::default();
+    let handle = Pipeline::builder()
+        .source(0..6u64)
+        .session(&session)
+        .prompt(|id: &u64| format!("[[sim:hang]] item {id}"))
+        .batch_size(2)
+        .on_batch(seen.on_batch())
+        .on_failed(seen.on_failed())
+        .start()
+        .unwrap();
+    wait_until("two calls hang", DEADLINE, || fake.prompts().len() == 2);
+    let pids = session.process_ids();
+    let started = std::time::Instant::now();
+    let stats = within("stop_within with every call hanging", move || {
+        handle.stop_within(Duration::from_millis(300))
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    assert_settled(&stats);
+    assert_eq!(
+        (stats.received, stats.succeeded),
+        (stats.failed, 0),
+        "{stats:#?}"
+    );
+    assert_eq!(stats.stopped, stats.failed, "{stats:#?}");
+    let failed = seen.failed.lock().unwrap().clone();
+    let ended_in_flight: Vec<_> = failed.iter().filter(|f| f.2 == 1).collect();
+    assert_eq!(ended_in_flight.len(), 2, "{failed:?}");
+    assert!(ended_in_flight
+        .iter()
+        .all(|f| matches!(f.1, Error::Cancelled)));
+    for pid in pids {
+        wait_until("a hanging process is gone", DEADLINE, || {
+            !support::pid_alive(pid)
+        });
+    }
+}

@@ -254,13 +254,19 @@ where
     pub fn start(self) -> Result<PipelineHandle, Error> {
         let running = super::launch(self)?;
         let shared = Arc::clone(&running.shared);
+        let (finished_tx, finished) = crossbeam_channel::bounded::<()>(0);
         let supervisor = std::thread::Builder::new()
             .name("claude-rayon-pipeline".into())
-            .spawn(move || running.supervise())
+            .spawn(move || {
+                let stats = running.supervise();
+                drop(finished_tx);
+                stats
+            })
             .map_err(Error::io)?;
         Ok(PipelineHandle {
             shared,
             supervisor: Some(supervisor),
+            finished,
         })
     }
 }

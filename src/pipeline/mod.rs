@@ -178,7 +178,12 @@ pub enum Flush {
 pub struct PipelineHandle {
     shared: Arc<Shared>,
     supervisor: Option<JoinHandle<PipelineStats>>,
+    /// Closed when the supervisor is done.
+    finished: crossbeam_channel::Receiver<()>,
 }
+
+/// How long [`PipelineHandle::stop`] lets calls in flight finish before ending them.
+pub const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl PipelineHandle {
     /// What the pipeline has done so far. The counters are read one at a time, so while it
@@ -188,8 +193,9 @@ impl PipelineHandle {
     }
 
     /// Stop gracefully and wait: take nothing more from the source, let the calls in flight
-    /// finish, hand the items not yet sent to `on_failed` (as [`Error::Cancelled`]), flush
-    /// the partial batches, and return the final stats.
+    /// finish (for up to [`DEFAULT_STOP_TIMEOUT`]; see [`stop_within`](Self::stop_within)),
+    /// hand the items not yet sent to `on_failed` (as [`Error::Cancelled`]), flush the
+    /// partial batches, and return the final stats.
     ///
     /// An iterator blocked inside `next()` is not waited for; an item it yields later goes
     /// to `on_failed`, after these stats were taken.
@@ -197,8 +203,44 @@ impl PipelineHandle {
     /// # Panics
     ///
     /// Only if the pipeline itself panicked (a bug in this crate): the panic is passed on.
-    pub fn stop(mut self) -> PipelineStats {
+    pub fn stop(self) -> PipelineStats {
+        self.stop_within(DEFAULT_STOP_TIMEOUT)
+    }
+
+    /// Stop as [`stop`](Self::stop) does, but give the calls in flight only `bound` to
+    /// finish: after it, their processes are killed and their items go to `on_failed` as
+    /// stopped ([`Error::Cancelled`]). Answers already in hand still go to the handler, each
+    /// exactly once, so a slow handler still takes its time for the batches already formed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # claude_rayon::simulator::serve_if_requested();
+    /// use std::time::Duration;
+    /// use claude_rayon::{Pipeline, Session};
+    ///
+    /// let session = Session::builder().simulated()?.concurrency(2).build()?;
+    /// let handle = Pipeline::builder()
+    ///     .session(&session)
+    ///     .source(0..)
+    ///     .prompt(|n: &u64| format!("item {n}"))
+    ///     .on_batch(|_batch| {})
+    ///     .start()?;
+    /// let stats = handle.stop_within(Duration::from_secs(1));
+    /// assert_eq!(stats.received, stats.succeeded + stats.failed);
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`stop`](Self::stop).
+    pub fn stop_within(mut self, bound: std::time::Duration) -> PipelineStats {
         self.shared.request_stop();
+        let deadline = crate::retry::saturating_add(std::time::Instant::now(), bound);
+        if self.finished.recv_deadline(deadline).is_err() && !self.is_finished() {
+            log::info!("pipeline stop: calls still in flight after {bound:?} are ended");
+            self.shared.control.abort();
+        }
         self.wait()
     }
 

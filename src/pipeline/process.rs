@@ -98,8 +98,9 @@ where
                     // No other item can succeed: stop taking from the source.
                     self.shared.stop_fatally(error.clone());
                 }
-                let stopped =
-                    attempts == 0 && matches!(error, Error::Cancelled | Error::Stopped(_));
+                // Not sent because of the stop, or ended in flight by a bounded stop.
+                let stopped = (attempts == 0 || control.is_aborted())
+                    && matches!(error, Error::Cancelled | Error::Stopped(_));
                 Processed::Failed(
                     Failed {
                         item,

@@ -463,6 +463,9 @@ impl Inner {
             return Err(AttemptError::NotStarted(reason));
         }
         Counters::add(&self.counters.requests, 1);
+        // A hard stop of the run (a pipeline's bounded stop) ends this call by its process.
+        let kill_switch = lease.process().kill_switch();
+        let call = control.register_call(Arc::new(move || kill_switch.kill()));
         let sent_at = Instant::now();
         let mut on_event = |event: TurnEvent| self.on_turn_event(event);
         let outcome = lease.process().run_turn(
@@ -472,7 +475,13 @@ impl Inner {
             &mut on_event,
         );
         let failed_cost = lease.process().take_failed_turn_cost();
+        drop(call);
         drop(lease);
+        // A call ended by a hard stop fails as stopped, not as a crash.
+        let outcome = match outcome {
+            Err(_) if control.is_aborted() => Err(Error::Cancelled),
+            other => other,
+        };
         match outcome {
             Ok(response) => {
                 self.throttle.settle(permit, response.usage.total());
