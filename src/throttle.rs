@@ -138,16 +138,19 @@ impl Dim {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket(u64);
 
-/// What a [`Bucket`] handed out: one request and `tokens` estimated tokens.
+/// What a [`Bucket`] handed out: `requests` requests (one, or the API calls an item is
+/// expected to make) and `tokens` estimated tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Grant {
     pub(crate) tokens: u64,
+    pub(crate) requests: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Waiter {
     ticket: Ticket,
     tokens: u64,
+    requests: u64,
 }
 
 /// The pure token bucket: no clock reads, no blocking.
@@ -202,12 +205,20 @@ impl Bucket {
     }
 
     /// Joins the back of the queue for one request costing `estimated_tokens`.
+    #[cfg(test)]
     pub(crate) fn join(&mut self, estimated_tokens: u64) -> Ticket {
+        self.join_calls(estimated_tokens, 1)
+    }
+
+    /// Joins the back of the queue for `requests` requests (at least one) costing
+    /// `estimated_tokens` in all.
+    pub(crate) fn join_calls(&mut self, estimated_tokens: u64, requests: u64) -> Ticket {
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         self.queue.push_back(Waiter {
             ticket,
             tokens: estimated_tokens,
+            requests: requests.max(1),
         });
         ticket
     }
@@ -233,12 +244,12 @@ impl Bucket {
             return;
         }
         while let Some(head) = self.queue.front().copied() {
-            if self.wait_nanos(head.tokens) != Some(0) {
+            if self.wait_nanos(head.tokens, head.requests) != Some(0) {
                 // Strict FIFO: nobody overtakes a head that does not fit yet.
                 break;
             }
             if let Some(dim) = &mut self.requests {
-                dim.grant(1);
+                dim.grant(head.requests);
             }
             if let Some(dim) = &mut self.tokens {
                 dim.grant(head.tokens);
@@ -248,17 +259,18 @@ impl Bucket {
                 head.ticket,
                 Grant {
                     tokens: head.tokens,
+                    requests: head.requests,
                 },
             ));
         }
     }
 
     /// `None` while the head waits for a grant in flight to settle.
-    fn wait_nanos(&self, tokens: u64) -> Option<i128> {
+    fn wait_nanos(&self, tokens: u64, requests: u64) -> Option<i128> {
         let requests = self
             .requests
             .as_ref()
-            .map_or(Some(0), |d| d.wait_nanos(1))?;
+            .map_or(Some(0), |d| d.wait_nanos(requests))?;
         let tokens = self
             .tokens
             .as_ref()
@@ -274,7 +286,7 @@ impl Bucket {
         };
         // Waiting on a settle: the shell is woken by it (and polls anyway).
         let nanos = self
-            .wait_nanos(head.tokens)
+            .wait_nanos(head.tokens, head.requests)
             .map_or(u64::MAX, |n| u64::try_from(n).unwrap_or(u64::MAX));
         let ready = now + Duration::from_nanos(nanos).min(MAX_WAIT);
         match self.paused_until {
@@ -292,8 +304,8 @@ impl Bucket {
             let (_, grant) = self.granted.swap_remove(i);
             self.refill(now);
             if let Some(dim) = &mut self.requests {
-                dim.land(1);
-                dim.give(1);
+                dim.land(grant.requests);
+                dim.give(grant.requests);
             }
             if let Some(dim) = &mut self.tokens {
                 dim.land(grant.tokens);
@@ -304,11 +316,34 @@ impl Bucket {
 
     /// Ends a grant, which is no longer in flight, and corrects the token level with its real
     /// usage: a refund when `actual_tokens` is below the estimate, debt when above.
+    #[cfg(test)]
     pub(crate) fn settle(&mut self, now: Instant, granted_tokens: u64, actual_tokens: u64) {
+        let grant = Grant {
+            tokens: granted_tokens,
+            requests: 1,
+        };
+        self.settle_calls(now, grant, actual_tokens, 1);
+    }
+
+    /// Ends a grant and corrects both dimensions with what really happened: the tokens used
+    /// and the API calls made (a refund for calls expected and not made, debt for more).
+    pub(crate) fn settle_calls(
+        &mut self,
+        now: Instant,
+        grant: Grant,
+        actual_tokens: u64,
+        actual_requests: u64,
+    ) {
+        let granted_tokens = grant.tokens;
         // Refill first, up to the ceiling that held while the grant was in flight.
         self.refill(now);
         if let Some(dim) = &mut self.requests {
-            dim.land(1);
+            dim.land(grant.requests);
+            if actual_requests < grant.requests {
+                dim.give(grant.requests - actual_requests);
+            } else {
+                dim.take(actual_requests - grant.requests);
+            }
         }
         if let Some(dim) = &mut self.tokens {
             dim.land(granted_tokens);
@@ -418,6 +453,8 @@ struct State {
 #[must_use = "settle the permit with the real token usage"]
 pub struct Permit {
     estimated_tokens: u64,
+    /// Requests charged: 1, or the calls an item was expected to make.
+    requests: u64,
     waited: Duration,
     /// The throttle's state, until settled.
     release: Option<(Arc<Mutex<State>>, Arc<Condvar>)>,
@@ -434,18 +471,22 @@ impl fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.settle_with(self.estimated_tokens);
+        self.settle_with(self.estimated_tokens, self.requests);
     }
 }
 
 impl Permit {
     /// Ends the grant on its throttle, once; waiters may fit now that it has landed.
-    fn settle_with(&mut self, actual_tokens: u64) {
+    fn settle_with(&mut self, actual_tokens: u64, actual_requests: u64) {
         if let Some((state, changed)) = self.release.take() {
+            let grant = Grant {
+                tokens: self.estimated_tokens,
+                requests: self.requests,
+            };
             state
                 .lock()
                 .bucket
-                .settle(Instant::now(), self.estimated_tokens, actual_tokens);
+                .settle_calls(Instant::now(), grant, actual_tokens, actual_requests);
             changed.notify_all();
         }
     }
@@ -560,9 +601,19 @@ impl Throttle {
         estimated_tokens: u64,
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Permit, Stopped> {
+        self.acquire_calls(estimated_tokens, 1, should_stop)
+    }
+
+    /// As [`acquire`](Self::acquire), for an item expected to make `requests` API calls.
+    pub(crate) fn acquire_calls(
+        &self,
+        estimated_tokens: u64,
+        requests: u64,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Permit, Stopped> {
         let start = Instant::now();
         let mut state = self.state.lock();
-        let ticket = state.bucket.join(estimated_tokens);
+        let ticket = state.bucket.join_calls(estimated_tokens, requests);
         let mut check_stop = true;
         // Admitted on the first poll means no wait, whatever the lock took.
         let mut first_poll = true;
@@ -577,6 +628,7 @@ impl Throttle {
                     }
                     return Ok(Permit {
                         estimated_tokens: grant.tokens,
+                        requests: grant.requests,
                         waited: if polled_before {
                             now.saturating_duration_since(start)
                         } else {
@@ -641,7 +693,14 @@ impl Throttle {
                 permit.estimated_tokens
             );
         }
-        permit.settle_with(actual_tokens);
+        let requests = permit.requests;
+        permit.settle_with(actual_tokens, requests);
+    }
+
+    /// Settles a permit with the tokens used and the API calls really made: calls expected
+    /// and not made are refunded, calls beyond the expected ones are charged.
+    pub(crate) fn settle_calls(&self, mut permit: Permit, actual_tokens: u64, calls: u64) {
+        permit.settle_with(actual_tokens, calls);
     }
 
     /// Charges `n` requests made without a permit, such as the CLI's own internal retries.
@@ -732,10 +791,48 @@ mod tests {
     }
 
     fn grant(tokens: u64) -> Result<Grant, Instant> {
-        Ok(Grant { tokens })
+        Ok(Grant {
+            tokens,
+            requests: 1,
+        })
     }
 
     // ---- pure core ----
+
+    #[test]
+    fn an_item_expected_to_make_two_calls_is_charged_two_and_refunded_what_it_did_not_make() {
+        let t0 = Instant::now();
+        // Ten requests per minute, a burst of ten.
+        let mut b = Bucket::new(t0, Some((10, 10)), None);
+        let mut grants = Vec::new();
+        for _ in 0..5 {
+            let ticket = b.join_calls(0, 2);
+            let grant = b.try_acquire(t0, ticket).expect("fits");
+            assert_eq!(grant.requests, 2);
+            grants.push(grant);
+        }
+        // Ten requests are out: the next has to wait.
+        let next = b.join_calls(0, 1);
+        assert!(b.try_acquire(t0, next).is_err());
+        b.cancel(t0, next);
+        // Four items made one call each, not two: four requests come back at once.
+        for grant in grants.drain(..4) {
+            b.settle_calls(t0, grant, 0, 1);
+        }
+        for _ in 0..4 {
+            let ticket = b.join_calls(0, 1);
+            assert!(b.try_acquire(t0, ticket).is_ok());
+        }
+        // That used the refunds up.
+        let full = b.join_calls(0, 1);
+        assert!(b.try_acquire(t0, full).is_err());
+        b.cancel(t0, full);
+        // One made three: one more than charged is debt, on top of the empty bucket.
+        b.settle_calls(t0, grants.pop().unwrap(), 0, 3);
+        let late = b.join_calls(0, 1);
+        let ready = b.try_acquire(t0, late).unwrap_err();
+        assert!(ready >= t0 + secs(12), "{:?}", ready - t0);
+    }
 
     #[test]
     fn starts_full_then_refills_continuously() {

@@ -46,3 +46,49 @@ fn a_batch_at_the_apis_rate_limit_gets_no_429() {
     // The mock's bucket is the same as ours, so the items beyond the burst had to wait.
     assert!(stats.throttle_waits > 0, "{stats:?}");
 }
+
+/// The CLI re-asks the model inside one turn when an answer under a `json_schema` is plain
+/// text: two API calls per item. The throttle learns it and charges items for both, so a run
+/// at the API's limit still gets no 429. About 20 s: 40 calls at R = 30 per minute.
+#[test]
+fn items_that_make_two_calls_each_still_get_no_429() {
+    const R: u32 = 30;
+    const ITEMS: usize = 20;
+    let Some(real) = Real::start("items_that_make_two_calls_each_still_get_no_429") else {
+        return;
+    };
+    real.api.set_rate_limit(Some(R));
+    real.api.set_reply_with(|request| {
+        if request
+            .body
+            .to_string()
+            .contains("structured-output-enforce")
+        {
+            support::mock_api::Reply::StructuredOutput(serde_json::json!({ "ok": true }))
+        } else {
+            support::mock_api::Reply::text("plain text first")
+        }
+    });
+    let session = real
+        .builder()
+        .concurrency(2)
+        .requests_per_minute(R)
+        .json_schema(serde_json::json!({
+            "type": "object",
+            "properties": { "ok": { "type": "boolean" } },
+            "required": ["ok"]
+        }))
+        .build()
+        .unwrap();
+    let results: Vec<_> = (0..ITEMS)
+        .into_par_iter()
+        .claude_map(&session, |i| format!("item {i}"))
+        .collect();
+    for result in &results {
+        let (_, response) = result.as_ref().unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(response.api_calls, 2);
+    }
+    assert_eq!(real.api.request_count(), 2 * ITEMS);
+    assert_eq!(real.api.rate_limited(), 0, "the API answered 429");
+    assert_eq!(session.stats().requests, 2 * ITEMS as u64);
+}

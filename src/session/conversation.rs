@@ -87,7 +87,7 @@ impl Conversation {
                 }
                 Err(error) => {
                     // Nothing was sent: give back what was taken.
-                    inner.throttle.settle(permit, 0);
+                    inner.throttle.settle_calls(permit, 0, 0);
                     inner.budget().settle(reservation, 0.0);
                     return Err(error);
                 }
@@ -98,7 +98,13 @@ impl Conversation {
         }
         inner.count_started();
         inner.count_request();
-        let mut on_event = |event: TurnEvent| inner.on_turn_event(event);
+        let mut calls = 1u64;
+        let mut on_event = |event: TurnEvent| {
+            if event == TurnEvent::ExtraCall {
+                calls += 1;
+            }
+            inner.on_turn_event(event)
+        };
         let outcome = process.run_turn(
             prompt,
             inner.config.timeout,
@@ -109,14 +115,16 @@ impl Conversation {
         let failed_cost = process.take_failed_turn_cost();
         match &outcome {
             Ok(response) => {
-                inner.throttle.settle(permit, response.usage.total());
+                inner
+                    .throttle
+                    .settle_calls(permit, response.usage.total(), calls);
                 inner.budget().settle(reservation, response.cost_usd);
                 inner.record_success(response);
                 self.turns += 1;
             }
             Err(_) => {
                 let (cost, usage) = failed_cost.unwrap_or_default();
-                inner.throttle.settle(permit, usage.total());
+                inner.throttle.settle_calls(permit, usage.total(), calls);
                 inner.budget().settle(reservation, cost);
                 inner.record_cost(cost, &usage);
             }

@@ -42,6 +42,11 @@ use process::{Launch, TurnEvent};
 /// about 1.2 KB, so roughly 300 tokens.
 pub(crate) const REQUEST_OVERHEAD_TOKENS: u64 = 300;
 
+/// How many answered items the expected calls per item is learned from.
+const RECENT_CALLS_WINDOW: usize = 32;
+/// The most calls an item is charged up front.
+const MAX_EXPECTED_CALLS: u64 = 8;
+
 /// Calls in a row that could not connect before the API counts as unreachable.
 const UNREACHABLE_AFTER: u32 = 3;
 
@@ -111,6 +116,8 @@ pub(crate) struct Inner {
     private_dir: parking_lot::Mutex<Option<seal::PrivateDir>>,
     /// Calls in a row that could not connect to the API (reset by any success).
     unreachable_streak: std::sync::atomic::AtomicU32,
+    /// API calls the last answered items made (see `expected_calls`).
+    recent_calls: parking_lot::Mutex<std::collections::VecDeque<u32>>,
 }
 
 impl Session {
@@ -182,6 +189,7 @@ impl Session {
                 cooldown: Cooldown::default(),
                 private_dir: parking_lot::Mutex::new(private_dir),
                 unreachable_streak: std::sync::atomic::AtomicU32::new(0),
+                recent_calls: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             }),
         })
     }
@@ -424,9 +432,12 @@ impl Inner {
             .reserve(self.item_estimate_usd(prompt_tokens))
             .map_err(AttemptError::NotStarted)?;
         let estimate = prompt_tokens + REQUEST_OVERHEAD_TOKENS + self.config.output_token_allowance;
+        // An item is charged the API calls items made lately (a re-ask is a second call);
+        // what it really made is settled after.
+        let expected_calls = self.expected_calls();
         let permit = match self
             .throttle
-            .acquire(estimate, &|| self.should_stop(control))
+            .acquire_calls(estimate, expected_calls, &|| self.should_stop(control))
         {
             Ok(permit) => permit,
             Err(_) => {
@@ -447,7 +458,7 @@ impl Inner {
         let mut lease = match self.pool.checkout() {
             Ok(lease) => lease,
             Err(error) => {
-                self.throttle.settle(permit, 0);
+                self.throttle.settle_calls(permit, 0, 0);
                 self.budget.settle(reservation, 0.0);
                 return Err(AttemptError::Failed {
                     error,
@@ -458,7 +469,7 @@ impl Inner {
         // Waiting for a process can take long; a stop that came meanwhile still holds.
         if let Some(reason) = self.stop_holding_reservation(control) {
             drop(lease);
-            self.throttle.settle(permit, 0);
+            self.throttle.settle_calls(permit, 0, 0);
             self.budget.settle(reservation, 0.0);
             return Err(AttemptError::NotStarted(reason));
         }
@@ -467,7 +478,13 @@ impl Inner {
         let kill_switch = lease.process().kill_switch();
         let call = control.register_call(Arc::new(move || kill_switch.kill()));
         let sent_at = Instant::now();
-        let mut on_event = |event: TurnEvent| self.on_turn_event(event);
+        let mut calls = 1u64;
+        let mut on_event = |event: TurnEvent| {
+            if event == TurnEvent::ExtraCall {
+                calls += 1;
+            }
+            self.on_turn_event(event)
+        };
         let outcome = lease.process().run_turn(
             prompt,
             self.config.timeout,
@@ -484,7 +501,9 @@ impl Inner {
         };
         match outcome {
             Ok(response) => {
-                self.throttle.settle(permit, response.usage.total());
+                self.throttle
+                    .settle_calls(permit, response.usage.total(), calls);
+                self.note_calls(calls);
                 self.budget.settle(reservation, response.cost_usd);
                 self.cooldown.succeeded(sent_at);
                 self.unreachable_streak.store(0, Ordering::SeqCst);
@@ -495,7 +514,7 @@ impl Inner {
                 // An error result is billed as the CLI reports it (max turns, a missing
                 // structured answer); a crash or timeout reports nothing, so it costs 0 here.
                 let (cost, usage) = failed_cost.unwrap_or_default();
-                self.throttle.settle(permit, usage.total());
+                self.throttle.settle_calls(permit, usage.total(), calls);
                 self.budget.settle(reservation, cost);
                 self.record_cost(cost, &usage);
                 if matches!(error.api_status(), Some(429 | 529)) {
@@ -510,6 +529,27 @@ impl Inner {
                 })
             }
         }
+    }
+
+    /// The API calls an item is expected to make: the most any of the last items made
+    /// (the CLI re-asks the model for some answers). Over-charges are refunded at settle.
+    pub(crate) fn expected_calls(&self) -> u64 {
+        self.recent_calls
+            .lock()
+            .iter()
+            .copied()
+            .max()
+            .map_or(1, u64::from)
+            .clamp(1, MAX_EXPECTED_CALLS)
+    }
+
+    /// Remember how many API calls an answered item made.
+    pub(crate) fn note_calls(&self, calls: u64) {
+        let mut recent = self.recent_calls.lock();
+        if recent.len() == RECENT_CALLS_WINDOW {
+            recent.pop_front();
+        }
+        recent.push_back(u32::try_from(calls).unwrap_or(u32::MAX));
     }
 
     /// What an item's prompt of `input_tokens` will cost at least (see `budget`).
@@ -570,11 +610,9 @@ impl Inner {
     pub(crate) fn on_turn_event(&self, event: TurnEvent) {
         match event {
             TurnEvent::Retry(retry) => self.on_cli_retry(retry),
-            TurnEvent::ExtraCall => {
-                // One more request the API counts: charge it now so later requests wait.
-                Counters::add(&self.counters.requests, 1);
-                self.throttle.note_extra_requests(1);
-            }
+            // One more request the API counts; the throttle is charged for it when the
+            // item's permit is settled with the calls really made.
+            TurnEvent::ExtraCall => Counters::add(&self.counters.requests, 1),
         }
     }
 
