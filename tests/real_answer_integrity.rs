@@ -105,3 +105,34 @@ fn a_model_that_does_not_exist_stops_the_run() {
     let calls = real.api.request_count();
     assert!(calls <= 4, "{calls} calls for 20 items on a missing model");
 }
+
+#[test]
+fn a_call_the_cli_sends_again_after_a_cut_stream_is_counted() {
+    let Some(real) = Real::start("a_call_the_cli_sends_again_after_a_cut_stream_is_counted") else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    // Every other call's stream is cut; the CLI sends it again without streaming, with no
+    // api_retry line.
+    real.api.set_reply(move |p| {
+        if seen.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            Reply::Fault(Fault::CutStream)
+        } else {
+            Reply::text(format!("answer to {p}"))
+        }
+    });
+    let session = real.builder().concurrency(1).build().unwrap();
+    for i in 0..5 {
+        let response = session.query(format!("item {i}")).unwrap();
+        assert_eq!(response.text, format!("answer to item {i}"));
+        assert_eq!(response.api_calls, 2);
+    }
+    let stats = session.stats();
+    assert_eq!(real.api.request_count(), 10);
+    assert_eq!(
+        stats.requests + stats.cli_api_retries,
+        10,
+        "the calls the API received, all counted: {stats:?}"
+    );
+}

@@ -684,6 +684,9 @@ impl Config {
             "--output-format",
             "stream-json",
             "--verbose",
+            // Each API call's start shows, so calls the CLI repeats on its own (a cut stream
+            // sent again without streaming) are counted; the deltas are skipped unparsed.
+            "--include-partial-messages",
         ]
         .iter()
         .map(OsString::from)

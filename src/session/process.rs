@@ -81,7 +81,7 @@ struct ModelMessage {
 /// What a turn's model messages say beyond its result line.
 #[derive(Debug, Clone, Copy, Default)]
 struct TurnShape {
-    /// API calls that produced a message (distinct message ids).
+    /// API calls the turn made (distinct message ids, streamed or not).
     calls: u32,
     /// Times the CLI asked the model to go on after a cut answer.
     continuations: u32,
@@ -313,7 +313,7 @@ impl CliProcess {
             return Ok(());
         }
         let timeout = self.clear_timeout;
-        let (result, _) = self.next_result(Instant::now() + timeout, timeout, &mut |_| {})?;
+        let (result, _, _) = self.next_result(Instant::now() + timeout, timeout, &mut |_| {})?;
         self.clear_pending = false;
         let previous = self.last_session_id.take();
         let problem = if result.is_error {
@@ -368,13 +368,16 @@ impl CliProcess {
         self.failed_turn_cost = None;
         self.write(protocol::user_line(&text).into_bytes(), deadline, timeout)?;
         let mut api_retries = 0;
-        let (mut result, messages) = self.next_result(deadline, timeout, &mut |event| {
+        let (mut result, messages, calls) = self.next_result(deadline, timeout, &mut |event| {
             if matches!(event, TurnEvent::Retry(_)) {
                 api_retries += 1;
             }
             on_event(event);
         })?;
-        let shape = whole_answer(&mut result, &messages, want_structured);
+        let shape = TurnShape {
+            calls,
+            continuations: whole_answer(&mut result, &messages, want_structured),
+        };
         self.needs_clear = true;
         if let Some(expected) = self.cleared_session_id.take() {
             if result.session_id != expected {
@@ -397,8 +400,20 @@ impl CliProcess {
         deadline: Instant,
         timeout: Duration,
         on_event: &mut dyn FnMut(TurnEvent),
-    ) -> Result<(ResultLine, Vec<ModelMessage>), Error> {
+    ) -> Result<(ResultLine, Vec<ModelMessage>, u32), Error> {
         let mut messages: Vec<ModelMessage> = Vec::new();
+        // Every API call of the turn, by message id: streamed starts (a cut stream included)
+        // and messages (a call made without streaming shows only as its message).
+        let mut calls: Vec<String> = Vec::new();
+        let mut note_call = |id: &str, on_event: &mut dyn FnMut(TurnEvent)| {
+            if id.is_empty() || calls.iter().any(|c| c == id) {
+                return;
+            }
+            calls.push(id.to_string());
+            if calls.len() > 1 {
+                on_event(TurnEvent::ExtraCall);
+            }
+        };
         loop {
             let event = match self.stdout.recv_deadline(deadline) {
                 Ok(Out::Line(line)) => match protocol::parse_line(&line) {
@@ -440,20 +455,17 @@ impl CliProcess {
                 Err(RecvTimeoutError::Disconnected) => return Err(self.exited(deadline)),
             };
             match event {
-                Event::Result(result) => return Ok((result, messages)),
+                Event::Result(result) => return Ok((result, messages, calls.len() as u32)),
+                Event::CallStarted { id } => note_call(&id, on_event),
                 Event::Assistant { id, text, tool_use } => {
+                    note_call(&id, on_event);
                     // A message with content blocks may come as several lines, one id.
                     match messages.last_mut() {
                         Some(last) if !id.is_empty() && last.id == id => {
                             last.text.push_str(&text);
                             last.tool_use |= tool_use;
                         }
-                        _ => {
-                            if messages.iter().any(|m| m.id != id) {
-                                on_event(TurnEvent::ExtraCall);
-                            }
-                            messages.push(ModelMessage { id, text, tool_use });
-                        }
+                        _ => messages.push(ModelMessage { id, text, tool_use }),
                     }
                 }
                 Event::ControlRequest {
@@ -662,15 +674,8 @@ impl Drop for CliProcess {
 /// Parts are the text of model messages that asked for no tool (a tool call and its result
 /// would sit between the parts of a turn that used tools, and then the result is the answer
 /// the CLI chose). Structured answers are left alone.
-fn whole_answer(
-    result: &mut ResultLine,
-    messages: &[ModelMessage],
-    want_structured: bool,
-) -> TurnShape {
-    let mut ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let calls = ids.len() as u32;
+/// Returns how many times the answer was continued.
+fn whole_answer(result: &mut ResultLine, messages: &[ModelMessage], want_structured: bool) -> u32 {
     let parts: Vec<&str> = messages
         .iter()
         .filter(|m| !m.text.is_empty())
@@ -681,16 +686,10 @@ fn whole_answer(
         && !result.is_error
         && messages.iter().all(|m| !m.tool_use);
     if !continued {
-        return TurnShape {
-            calls,
-            continuations: 0,
-        };
+        return 0;
     }
     result.result = Some(parts.concat());
-    TurnShape {
-        calls,
-        continuations: parts.len() as u32 - 1,
-    }
+    parts.len() as u32 - 1
 }
 
 /// The writer thread: one acknowledgement per write, and stdin closes when the sender goes.

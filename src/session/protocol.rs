@@ -51,6 +51,9 @@ pub(crate) enum Event {
         text: String,
         tool_use: bool,
     },
+    /// An API call began answering (a streamed `message_start`): one call, even if its
+    /// stream is cut and the CLI sends it again without streaming.
+    CallStarted { id: String },
     /// The CLI is retrying an API call on its own.
     ApiRetry {
         attempt: u32,
@@ -80,6 +83,11 @@ pub(crate) struct ResultLine {
 pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
     let trimmed = line.trim();
     if trimmed.is_empty() {
+        return Ok(Event::Other);
+    }
+    // Streamed deltas are most of the lines and only a call's start matters: skip the rest
+    // without parsing them.
+    if trimmed.starts_with(r#"{"type":"stream_event""#) && !trimmed.contains(r#""message_start""#) {
         return Ok(Event::Other);
     }
     let value: Value = serde_json::from_str(trimmed).map_err(|e| Error::Protocol {
@@ -118,6 +126,17 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
                 tool_use: blocks
                     .iter()
                     .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_use")),
+            }
+        }
+        ("stream_event", _)
+            if value.pointer("/event/type").and_then(Value::as_str) == Some("message_start") =>
+        {
+            Event::CallStarted {
+                id: value
+                    .pointer("/event/message/id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
             }
         }
         ("system", "api_retry") => Event::ApiRetry {
@@ -353,6 +372,20 @@ mod tests {
             Err(Error::Truncated { ref partial, .. }) if partial == "text"
         ));
         assert!(r(false, None, "end_turn").into_outcome(false).is_ok());
+    }
+
+    #[test]
+    fn a_calls_start_is_read_and_its_deltas_skipped() {
+        let start = parse_line(
+            r#"{"type":"stream_event","event":{"message":{"content":[],"id":"msg_7","model":"m"},"type":"message_start"},"session_id":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(start, Event::CallStarted { id: "msg_7".into() });
+        let delta = parse_line(
+            r#"{"type":"stream_event","event":{"delta":{"text":"hi","type":"text_delta"},"index":0,"type":"content_block_delta"}}"#,
+        )
+        .unwrap();
+        assert_eq!(delta, Event::Other);
     }
 
     #[test]
