@@ -91,9 +91,12 @@ pub fn run() -> i32 {
         .filter(|(k, _)| k.starts_with("CLAUDE_CODE_") || k.starts_with("CLAUDE_RAYON_OWNER"))
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
+    let t_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     sim.record(
         json!({"event": "start", "pid": std::process::id(), "args": sim.args,
-        "cwd": cwd, "env": env}),
+        "cwd": cwd, "env": env, "t_ms": t_ms}),
     );
     if let Some(ms) = env_u64("CLAUDE_RAYON_SIM_STARTUP_MS") {
         std::thread::sleep(Duration::from_millis(ms));

@@ -288,3 +288,50 @@ fn close_ends_a_busy_process_at_once_and_counts_its_item() {
     wait_until("the busy process is gone", GONE, || !pid_alive(pid));
     assert!(caller.join().unwrap().is_err());
 }
+
+/// When each process started, in milliseconds since the UNIX epoch, in order.
+fn start_times(fake: &Fake) -> Vec<u64> {
+    let mut times: Vec<u64> = fake
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "start")
+        .map(|e| e["t_ms"].as_u64().unwrap())
+        .collect();
+    times.sort_unstable();
+    times
+}
+
+#[test]
+fn processes_start_a_few_at_a_time() {
+    use claude_rayon::prelude::*;
+    use rayon::prelude::*;
+    let run = |max_starting: usize| {
+        let fake = Fake::new();
+        let session = fake
+            .builder()
+            .env("CLAUDE_RAYON_SIM_STARTUP_MS", "300")
+            .concurrency(6)
+            .max_starting_processes(max_starting)
+            .build()
+            .unwrap();
+        let items: Vec<u32> = (0..12).collect();
+        let outcome: claude_rayon::Outcome<_, _> = items
+            .par_iter()
+            .claude_map(&session, |i| format!("[[sim:delay=50]] {i}"))
+            .collect();
+        assert_eq!(outcome.ok.len(), 12);
+        start_times(&fake)
+    };
+    // Two at a time: the third starts only once one of the first two answered (300 ms in).
+    let staggered = run(2);
+    // Warm processes take items meanwhile, so fewer than six may ever be needed.
+    assert!(staggered.len() >= 3, "{staggered:?}");
+    assert!(
+        staggered[2] - staggered[0] >= 250,
+        "third start {} ms after the first",
+        staggered[2] - staggered[0]
+    );
+    // All at once: every start within moments.
+    let at_once = run(6);
+    assert!(at_once[5] - at_once[0] < 250, "{at_once:?}");
+}

@@ -92,6 +92,7 @@ pub(crate) struct Config {
     pub load_user_config: bool,
     pub interpret_item_text: bool,
     pub max_line_bytes: usize,
+    pub max_starting_processes: usize,
     pub throttle: Option<Arc<Throttle>>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
@@ -134,6 +135,9 @@ impl Default for SessionBuilder {
                 load_user_config: false,
                 interpret_item_text: false,
                 max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+                max_starting_processes: std::thread::available_parallelism()
+                    .map_or(2, std::num::NonZeroUsize::get)
+                    .max(2),
                 throttle: None,
                 requests_per_minute: None,
                 tokens_per_minute: None,
@@ -254,9 +258,22 @@ impl SessionBuilder {
     }
 
     /// How many CLI processes the session keeps, and so how many items run at once
-    /// (default 4). Each warm process holds about 185 MB.
+    /// (default 4). Each process holds about 185 MB once warm and peaks near 300 MB while it
+    /// starts and answers; `build()` logs a warning when `concurrency` × 300 MB is more than
+    /// the memory available. Past the number of cores, more processes only help when the API
+    /// is slow (they wait on the network, not on the CPU).
     pub fn concurrency(mut self, processes: usize) -> Self {
         self.config.concurrency = processes;
+        self
+    }
+
+    /// How many CLI processes may be starting at once (default: the number of cores, at
+    /// least 2). A start costs about 0.8 s of CPU; starting 32 at once on 2 cores delays
+    /// every first answer by many seconds, while starting them a few at a time gets the first
+    /// answers in about a second and the rest as each process warms up. Set it to
+    /// `concurrency` to start them all at once.
+    pub fn max_starting_processes(mut self, processes: usize) -> Self {
+        self.config.max_starting_processes = processes;
         self
     }
 
@@ -506,6 +523,9 @@ impl Config {
                 "concurrency {} is more processes than is sensible (each holds ~185 MB); use at most 256",
                 self.concurrency
             ));
+        }
+        if self.max_starting_processes == 0 {
+            return invalid("max_starting_processes must be at least 1".into());
         }
         if self.max_line_bytes < 64 * 1024 {
             return invalid(format!(

@@ -42,6 +42,34 @@ use process::{Launch, TurnEvent};
 /// about 1.2 KB, so roughly 300 tokens.
 pub(crate) const REQUEST_OVERHEAD_TOKENS: u64 = 300;
 
+/// Peak memory of one CLI process while it starts and answers (measured: ~300 MB; ~185 MB
+/// once idle).
+pub(crate) const CLI_PEAK_BYTES: u64 = 300 * 1024 * 1024;
+
+/// Warn when `concurrency` processes at their peak would not fit in the memory available.
+fn warn_if_memory_is_short(concurrency: usize) {
+    let needed = CLI_PEAK_BYTES.saturating_mul(concurrency as u64);
+    if let Some(available) = memory_available_bytes() {
+        if needed > available {
+            log::warn!(
+                "concurrency {concurrency} needs about {} MB for its claude processes (~300 MB \
+                 each at peak), more than the {} MB available: expect swapping or the OOM \
+                 killer; lower concurrency",
+                needed / (1024 * 1024),
+                available / (1024 * 1024)
+            );
+        }
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo` (Linux); `None` elsewhere.
+fn memory_available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// How many answered items the expected calls per item is learned from.
 const RECENT_CALLS_WINDOW: usize = 32;
 /// The most calls an item is charged up front.
@@ -172,7 +200,13 @@ impl Session {
             clear_timeout: config.timeout.min(Duration::from_secs(30)),
             max_line_bytes: config.max_line_bytes,
         };
-        let pool = Pool::new(launch, config.concurrency, config.fresh_process_per_item);
+        let pool = Pool::new(
+            launch,
+            config.concurrency,
+            config.max_starting_processes,
+            config.fresh_process_per_item,
+        );
+        warn_if_memory_is_short(config.concurrency);
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
         Ok(Session {
             inner: Arc::new(Inner {

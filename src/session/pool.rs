@@ -11,6 +11,9 @@ use crate::Error;
 pub(crate) struct Pool {
     launch: Launch,
     capacity: usize,
+    /// At most this many processes start at once (a start costs ~0.8 s of CPU; many at once
+    /// on few cores delay every first answer).
+    max_starting: usize,
     fresh_per_item: bool,
     state: Mutex<State>,
     freed: Condvar,
@@ -20,6 +23,8 @@ struct State {
     idle: Vec<CliProcess>,
     /// Processes that exist: idle, leased, or being started.
     live: usize,
+    /// Processes started and not yet through their first item.
+    starting: usize,
     closed: bool,
     /// Ids of every process ever started, for tests and diagnostics.
     started_pids: Vec<u32>,
@@ -32,17 +37,31 @@ struct State {
 pub(crate) struct Lease<'a> {
     pool: &'a Pool,
     process: Option<CliProcess>,
+    /// A new process on its first item: it holds a start-up slot until it is handed back.
+    starting: bool,
 }
 
 impl Pool {
-    pub(crate) fn new(launch: Launch, capacity: usize, fresh_per_item: bool) -> Pool {
+    pub(crate) fn new(
+        launch: Launch,
+        capacity: usize,
+        max_starting: usize,
+        fresh_per_item: bool,
+    ) -> Pool {
         Pool {
             launch,
             capacity,
+            // A process per item is always starting: staggering would cap its concurrency.
+            max_starting: if fresh_per_item {
+                capacity
+            } else {
+                max_starting.clamp(1, capacity)
+            },
             fresh_per_item,
             state: Mutex::new(State {
                 idle: Vec::new(),
                 live: 0,
+                starting: 0,
                 closed: false,
                 started_pids: Vec::new(),
                 busy: Vec::new(),
@@ -64,23 +83,27 @@ impl Pool {
             if let Some(mut process) = state.idle.pop() {
                 drop(state);
                 if process.is_reusable() && process.settle_clear().is_ok() {
-                    return self.lease(process);
+                    return self.lease(process, false);
                 }
                 drop(process);
                 state = self.state.lock();
                 state.live -= 1;
                 continue;
             }
-            if state.live < self.capacity {
+            if state.live < self.capacity && state.starting < self.max_starting {
                 state.live += 1;
+                state.starting += 1;
                 drop(state);
                 return match CliProcess::spawn(&self.launch) {
                     Ok(process) => {
                         self.state.lock().started_pids.push(process.pid());
-                        self.lease(process)
+                        self.lease(process, true)
                     }
                     Err(err) => {
-                        self.state.lock().live -= 1;
+                        let mut state = self.state.lock();
+                        state.live -= 1;
+                        state.starting -= 1;
+                        drop(state);
                         self.freed.notify_all();
                         Err(err)
                     }
@@ -90,11 +113,12 @@ impl Pool {
         }
     }
 
-    fn lease(&self, mut process: CliProcess) -> Result<Lease<'_>, Error> {
+    fn lease(&self, mut process: CliProcess, starting: bool) -> Result<Lease<'_>, Error> {
         let mut state = self.state.lock();
         if state.closed {
             // A close() came while this process was being made ready: it must not run.
             state.live -= 1;
+            state.starting -= usize::from(starting);
             drop(state);
             process.kill();
             self.freed.notify_all();
@@ -104,6 +128,7 @@ impl Pool {
         Ok(Lease {
             pool: self,
             process: Some(process),
+            starting,
         })
     }
 
@@ -195,8 +220,17 @@ impl Lease<'_> {
 }
 
 impl Lease<'_> {
+    /// Free the start-up slot, once: the process is through its first item (or leaves).
+    fn started(&mut self) {
+        if std::mem::take(&mut self.starting) {
+            self.pool.state.lock().starting -= 1;
+            self.pool.freed.notify_all();
+        }
+    }
+
     /// Keep the process beyond the lease; hand it back with [`Pool::give_back`].
     pub(crate) fn detach(mut self) -> CliProcess {
+        self.started();
         let process = self.process.take().expect("lease holds a process");
         let pid = process.pid();
         for (switch, detached) in &mut self.pool.state.lock().busy {
@@ -210,6 +244,7 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
+        self.started();
         if let Some(process) = self.process.take() {
             self.pool.checkin(process);
         }
