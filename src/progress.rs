@@ -63,6 +63,9 @@ pub struct Progress {
     pub eta: Option<Duration>,
     /// Whether this is the last snapshot of the run.
     pub finished: bool,
+    /// Why items are being retried, when this run has retried or failed to connect: the
+    /// last such error, shortened.
+    pub retry_reason: Option<String>,
 }
 
 impl Progress {
@@ -199,6 +202,10 @@ impl RunProgress {
             items_per_second: rate,
             eta,
             finished,
+            retry_reason: now.last_retry_reason.clone().filter(|reason| {
+                now.retried > self.base.retried
+                    || Some(reason) != self.base.last_retry_reason.as_ref()
+            }),
         }
     }
 

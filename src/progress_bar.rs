@@ -63,8 +63,14 @@ pub(crate) fn describe(p: &Progress) -> String {
         .filter(|_| !p.finished)
         .map(|d| format!(" · ETA {}s", d.as_secs()))
         .unwrap_or_default();
+    let why = p
+        .retry_reason
+        .as_ref()
+        .filter(|_| !p.finished)
+        .map(|reason| format!(" · retrying: {reason}"))
+        .unwrap_or_default();
     format!(
-        "· {} failed · {} retries · {} throttle waits · {} pauses · {} tokens · ${:.4} · {:.1}/s{eta}",
+        "· {} failed · {} retries · {} throttle waits · {} pauses · {} tokens · ${:.4} · {:.1}/s{eta}{why}",
         p.failed, p.retried, p.throttle_waits, p.backoff_pauses, p.tokens, p.cost_usd, p.items_per_second
     )
 }

@@ -58,6 +58,9 @@ pub struct Stats {
     pub latency_p99: Option<Duration>,
     /// The longest item latency.
     pub latency_max: Option<Duration>,
+    /// Why the last retry was needed, or the last call that could not connect: the error,
+    /// shortened. The progress bar shows it while retries happen.
+    pub last_retry_reason: Option<String>,
 }
 
 impl Stats {
@@ -83,6 +86,8 @@ pub(crate) struct Counters {
     pub first_result_nanos: AtomicU64,
     pub totals: Mutex<Totals>,
     pub latency: Mutex<Histogram>,
+    /// Why the last retry was needed (see `Stats::last_retry_reason`).
+    pub last_retry_reason: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -116,6 +121,7 @@ impl Counters {
             latency_p90: latency.quantile(0.90),
             latency_p99: latency.quantile(0.99),
             latency_max: latency.max(),
+            last_retry_reason: self.last_retry_reason.lock().clone(),
         }
     }
 

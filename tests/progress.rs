@@ -208,3 +208,35 @@ fn a_pipeline_turns_its_own_bar_on_or_off() {
     );
     assert!(draw(false).trim().is_empty());
 }
+
+#[test]
+fn progress_says_why_items_are_retried() {
+    let fake = Fake::new();
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let session = fake
+        .builder()
+        .concurrency(1)
+        .on_progress(move |p| sink.lock().unwrap().push(p.clone()))
+        .build()
+        .unwrap();
+    let results: Vec<_> = (0..3u32)
+        .into_par_iter()
+        .claude_map(&session, |i| format!("[[sim:fail-times=w{i},1,529]] {i}"))
+        .collect();
+    assert!(results.iter().all(Result::is_ok));
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    let reason = last.retry_reason.expect("a reason");
+    assert!(reason.contains("529"), "{reason}");
+    assert!(session
+        .stats()
+        .last_retry_reason
+        .is_some_and(|r| r.contains("529")));
+    // A run without retries has no reason, even after one that had.
+    seen.lock().unwrap().clear();
+    let _: Vec<_> = (0..2u32)
+        .into_par_iter()
+        .claude_map(&session, |i| format!("fine {i}"))
+        .collect();
+    assert_eq!(seen.lock().unwrap().last().unwrap().retry_reason, None);
+}

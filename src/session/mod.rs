@@ -449,6 +449,7 @@ impl Inner {
             }
             let wait = self.config.retry.backoff(tries);
             log::debug!("retrying an item in {wait:?} (try {tries} failed: {error})");
+            self.note_retry_reason(&error);
             let stopped = !sleep_unless_stopped(wait, &|| self.should_stop(control));
             last = Some(error);
             if stopped {
@@ -591,6 +592,12 @@ impl Inner {
         crate::budget::prompt_cost_usd(self.config.model.as_deref(), input_tokens)
     }
 
+    /// Remember why items are being retried, for `Stats` and the progress bar.
+    fn note_retry_reason(&self, error: &Error) {
+        let reason = crate::error::shorten(&error.to_string(), 120);
+        *self.counters.last_retry_reason.lock() = Some(reason);
+    }
+
     /// Count calls in a row, across the session, that could not connect to the API; after
     /// a few, every item would fail the same way, so the error becomes a fatal one that says
     /// what to check (and stops the run) instead of minutes of retries.
@@ -606,6 +613,7 @@ impl Inner {
             return error;
         }
         let failures = self.unreachable_streak.fetch_add(1, Ordering::SeqCst) + 1;
+        self.note_retry_reason(&error);
         log::warn!("cannot reach the API ({message}); {failures} calls in a row could not connect");
         if failures < UNREACHABLE_AFTER {
             return error;
