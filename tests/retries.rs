@@ -267,6 +267,8 @@ fn a_burst_of_throttled_results_in_flight_together_escalates_once() {
     let session = fake
         .builder()
         .concurrency(4)
+        // All four processes start together, so the four requests are in flight at once.
+        .max_starting_processes(4)
         .retry_policy(
             RetryPolicy::none()
                 .initial_backoff(step)
