@@ -26,7 +26,8 @@
 //! | `[[sim:no-structured]]` | no structured output even with `--json-schema` |
 //! | `[[sim:structured=JSON]]` | this structured output |
 //! | `[[sim:context]]` | answer with the prompts currently in context |
-//! | `[[sim:continue=A|B]]` | the answer came in parts: model messages A, B, then the answer (as when the CLI continues a cut answer) |
+//! | `[[sim:continue=A|B]]` | the answer came in parts: model messages A, B (each ended at `max_tokens`), then the answer (as when the CLI continues a cut answer) |
+//! | `[[sim:repeat=A]]` | a model message A that did not end at `max_tokens`, then the answer (as when a cut stream is sent again) |
 //! | `[[sim:stop=REASON]]` | the result's `stop_reason` is REASON (`refusal` also makes it an error) |
 //!
 //! The environment scripts the process: `CLAUDE_RAYON_SIM_RECORD=FILE` appends a JSON line
@@ -360,8 +361,13 @@ impl Simulator {
         // Earlier parts of an answer the CLI asked the model to continue, one call each.
         if let Some(spec) = d("continue") {
             for part in spec.split('|') {
-                self.emit(self.assistant_line(part));
+                let mut line = self.assistant_line(part);
+                line["message"]["stop_reason"] = json!("max_tokens");
+                self.emit(line);
             }
+        }
+        if let Some(part) = d("repeat") {
+            self.emit(self.assistant_line(&part));
         }
         self.emit(self.assistant_line(if text.len() > 200 {
             "…"

@@ -134,3 +134,14 @@ fn an_unreachable_api_stops_the_run_with_one_clear_error() {
         session.query("fine").unwrap();
     }
 }
+
+#[test]
+fn a_message_that_did_not_end_at_the_limit_is_not_part_of_the_answer() {
+    // A stream cut after its text, sent again whole: the first message is not a part.
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let prompt = "[[sim:repeat=partial]] same";
+    let response = session.query(prompt).unwrap();
+    assert_eq!(response.text, format!("echo: {prompt}"));
+    assert_eq!((response.continuations, response.api_calls), (0, 2));
+}

@@ -335,3 +335,31 @@ fn processes_start_a_few_at_a_time() {
     let at_once = run(6);
     assert!(at_once[5] - at_once[0] < 250, "{at_once:?}");
 }
+
+#[test]
+fn a_start_up_slot_is_freed_once_the_process_has_loaded_not_after_its_first_item() {
+    use claude_rayon::prelude::*;
+    use rayon::prelude::*;
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(4)
+        .max_starting_processes(1)
+        .build()
+        .unwrap();
+    // Long items, instant start-up: the four processes start one after another as each
+    // loads, not one per item length.
+    let items: Vec<u32> = (0..4).collect();
+    let outcome: claude_rayon::Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |i| format!("[[sim:delay=1500]] {i}"))
+        .collect();
+    assert_eq!(outcome.ok.len(), 4);
+    let starts = start_times(&fake);
+    assert_eq!(starts.len(), 4, "{starts:?}");
+    assert!(
+        starts[3] - starts[0] < 1000,
+        "the last start came {} ms after the first",
+        starts[3] - starts[0]
+    );
+}

@@ -68,8 +68,9 @@ impl Conversation {
         let reservation = inner
             .budget()
             .reserve(inner.item_estimate_usd(prompt_tokens))?;
-        let estimate =
-            prompt_tokens + super::REQUEST_OVERHEAD_TOKENS + inner.config.output_token_allowance;
+        let estimate = prompt_tokens
+            .saturating_add(super::REQUEST_OVERHEAD_TOKENS)
+            .saturating_add(inner.config.output_token_allowance);
         // A close() from another handle ends the wait.
         let permit = match inner.throttle.acquire(estimate, &|| inner.is_closed()) {
             Ok(permit) => permit,

@@ -2,8 +2,12 @@
 
 use parking_lot::{Condvar, Mutex};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How often a checkout waiting for a process to finish loading looks again.
+const STARTING_POLL: Duration = Duration::from_millis(20);
 
 use super::process::{CliProcess, KillSwitch, Launch};
 use crate::Error;
@@ -23,8 +27,9 @@ struct State {
     idle: Vec<CliProcess>,
     /// Processes that exist: idle, leased, or being started.
     live: usize,
-    /// Processes started and not yet through their first item.
-    starting: usize,
+    /// Processes started that have not written their first line yet (the CLI writes nothing
+    /// until it has loaded): each flag is set by the process's stdout reader.
+    starting: Vec<Arc<AtomicBool>>,
     closed: bool,
     /// Ids of every process ever started, for tests and diagnostics.
     started_pids: Vec<u32>,
@@ -37,8 +42,6 @@ struct State {
 pub(crate) struct Lease<'a> {
     pool: &'a Pool,
     process: Option<CliProcess>,
-    /// A new process on its first item: it holds a start-up slot until it is handed back.
-    starting: bool,
 }
 
 impl Pool {
@@ -51,7 +54,8 @@ impl Pool {
         Pool {
             launch,
             capacity,
-            // A process per item is always starting: staggering would cap its concurrency.
+            // With a process per item every start is an item: staggering them would only cap
+            // its concurrency.
             max_starting: if fresh_per_item {
                 capacity
             } else {
@@ -61,7 +65,7 @@ impl Pool {
             state: Mutex::new(State {
                 idle: Vec::new(),
                 live: 0,
-                starting: 0,
+                starting: Vec::new(),
                 closed: false,
                 started_pids: Vec::new(),
                 busy: Vec::new(),
@@ -81,54 +85,72 @@ impl Pool {
             }
             // Most recently used first: its pages are warm.
             if let Some(mut process) = state.idle.pop() {
+                // Busy while its reset is checked, so a close() can reach it.
+                let switch = process.kill_switch();
+                state.busy.push((Arc::clone(&switch), false));
                 drop(state);
-                if process.is_reusable() && process.settle_clear().is_ok() {
-                    return self.lease(process, false);
-                }
-                drop(process);
+                let ready = process.is_reusable() && process.settle_clear().is_ok();
                 state = self.state.lock();
+                if ready && !state.closed {
+                    return Ok(Lease {
+                        pool: self,
+                        process: Some(process),
+                    });
+                }
+                state.busy.retain(|(s, _)| !Arc::ptr_eq(s, &switch));
                 state.live -= 1;
+                drop(state);
+                drop(process);
+                self.freed.notify_all();
+                state = self.state.lock();
                 continue;
             }
-            if state.live < self.capacity && state.starting < self.max_starting {
+            state
+                .starting
+                .retain(|loaded| !loaded.load(Ordering::SeqCst));
+            if state.live < self.capacity && state.starting.len() < self.max_starting {
                 state.live += 1;
-                state.starting += 1;
+                // The start-up slot is taken before the spawn, so that others waiting see it.
+                let loaded = Arc::new(AtomicBool::new(false));
+                if !self.fresh_per_item {
+                    state.starting.push(Arc::clone(&loaded));
+                }
                 drop(state);
-                return match CliProcess::spawn(&self.launch) {
-                    Ok(process) => {
-                        self.state.lock().started_pids.push(process.pid());
-                        self.lease(process, true)
-                    }
+                return match CliProcess::spawn(&self.launch, Arc::clone(&loaded)) {
+                    Ok(process) => self.lease(process),
                     Err(err) => {
-                        let mut state = self.state.lock();
-                        state.live -= 1;
-                        state.starting -= 1;
-                        drop(state);
+                        loaded.store(true, Ordering::SeqCst);
+                        self.state.lock().live -= 1;
                         self.freed.notify_all();
                         Err(err)
                     }
                 };
             }
-            self.freed.wait(&mut state);
+            if state.live < self.capacity {
+                // Room for a process, but enough are starting: look again when one has loaded
+                // (its reader sets a flag; nothing notifies the pool).
+                self.freed.wait_for(&mut state, STARTING_POLL);
+            } else {
+                self.freed.wait(&mut state);
+            }
         }
     }
 
-    fn lease(&self, mut process: CliProcess, starting: bool) -> Result<Lease<'_>, Error> {
+    fn lease(&self, mut process: CliProcess) -> Result<Lease<'_>, Error> {
         let mut state = self.state.lock();
         if state.closed {
-            // A close() came while this process was being made ready: it must not run.
+            // A close() came while this process was being started: it must not run.
             state.live -= 1;
-            state.starting -= usize::from(starting);
             drop(state);
             process.kill();
             self.freed.notify_all();
             return Err(Error::Closed);
         }
+        state.started_pids.push(process.pid());
         state.busy.push((process.kill_switch(), false));
         Ok(Lease {
             pool: self,
             process: Some(process),
-            starting,
         })
     }
 
@@ -220,17 +242,8 @@ impl Lease<'_> {
 }
 
 impl Lease<'_> {
-    /// Free the start-up slot, once: the process is through its first item (or leaves).
-    fn started(&mut self) {
-        if std::mem::take(&mut self.starting) {
-            self.pool.state.lock().starting -= 1;
-            self.pool.freed.notify_all();
-        }
-    }
-
     /// Keep the process beyond the lease; hand it back with [`Pool::give_back`].
     pub(crate) fn detach(mut self) -> CliProcess {
-        self.started();
         let process = self.process.take().expect("lease holds a process");
         let pid = process.pid();
         for (switch, detached) in &mut self.pool.state.lock().busy {
@@ -244,7 +257,6 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        self.started();
         if let Some(process) = self.process.take() {
             self.pool.checkin(process);
         }

@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -76,6 +77,8 @@ struct ModelMessage {
     id: String,
     text: String,
     tool_use: bool,
+    /// Why its call ended, when the stream said so (or the message came whole).
+    stop_reason: Option<String>,
 }
 
 /// What a turn's model messages say beyond its result line.
@@ -155,7 +158,9 @@ pub(crate) struct CliProcess {
 impl CliProcess {
     /// Start a process. Returns as soon as it is forked; the CLI loads while the first prompt
     /// waits in its stdin pipe, so start-ups of several processes overlap.
-    pub(crate) fn spawn(launch: &Launch) -> Result<CliProcess, Error> {
+    ///
+    /// `loaded` is set at the process's first line (it has loaded) or when its stdout ends.
+    pub(crate) fn spawn(launch: &Launch, loaded: Arc<AtomicBool>) -> Result<CliProcess, Error> {
         let mut cmd = Command::new(&launch.program);
         cmd.args(&launch.args)
             .stdin(Stdio::piped())
@@ -185,16 +190,20 @@ impl CliProcess {
         let (tx, rx) = crossbeam_channel::unbounded();
         let pid = child.id();
         let max_line = launch.max_line_bytes;
+        let loaded_by_reader = Arc::clone(&loaded);
         let (stdin_tx, stdin_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         thread::Builder::new()
             .name(format!("claude-rayon-stdin-{pid}"))
             .spawn(move || write_stdin(child_stdin, stdin_rx, ack_tx))
-            .map_err(Error::io)?;
+            .map_err(|e| abandon(&mut child, e))?;
         thread::Builder::new()
             .name(format!("claude-rayon-stdout-{pid}"))
-            .spawn(move || read_stdout(stdout, tx, max_line))
-            .map_err(Error::io)?;
+            .spawn(move || {
+                read_stdout(stdout, tx, max_line, &loaded_by_reader);
+                loaded_by_reader.store(true, Ordering::SeqCst);
+            })
+            .map_err(|e| abandon(&mut child, e))?;
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_BYTES)));
         let tail_writer = Arc::clone(&tail);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
@@ -204,7 +213,7 @@ impl CliProcess {
                 drain_stderr(stderr, tail_writer);
                 drop(done_tx);
             })
-            .map_err(Error::io)?;
+            .map_err(|e| abandon(&mut child, e))?;
         log::debug!("started claude process {pid}");
         Ok(CliProcess {
             kill_switch: Arc::new(KillSwitch {
@@ -336,6 +345,7 @@ impl CliProcess {
         match problem {
             Some(problem) => {
                 self.kill();
+                let problem = redact(&problem, &self.secrets);
                 log::warn!("claude process {} did not reset its context between items ({problem}); it was killed and will be replaced", self.pid());
                 Err(self.redact_error(Error::ContextNotReset(problem)))
             }
@@ -366,6 +376,9 @@ impl CliProcess {
         self.settle_clear()?;
         let text = seal::item_text(prompt, self.interpret_item_text);
         self.failed_turn_cost = None;
+        // Broken until the result is read: if anything unwinds meanwhile, the process is not
+        // reused with a turn half done.
+        self.broken = true;
         self.write(protocol::user_line(&text).into_bytes(), deadline, timeout)?;
         let mut api_retries = 0;
         let (mut result, messages, calls) = self.next_result(deadline, timeout, &mut |event| {
@@ -378,6 +391,7 @@ impl CliProcess {
             calls,
             continuations: whole_answer(&mut result, &messages, want_structured),
         };
+        self.broken = false;
         self.needs_clear = true;
         if let Some(expected) = self.cleared_session_id.take() {
             if result.session_id != expected {
@@ -405,6 +419,8 @@ impl CliProcess {
         // Every API call of the turn, by message id: streamed starts (a cut stream included)
         // and messages (a call made without streaming shows only as its message).
         let mut calls: Vec<String> = Vec::new();
+        // The streamed call that started last: a `message_delta` belongs to it.
+        let mut current_call = String::new();
         let mut note_call = |id: &str, on_event: &mut dyn FnMut(TurnEvent)| {
             if id.is_empty() || calls.iter().any(|c| c == id) {
                 return;
@@ -456,16 +472,39 @@ impl CliProcess {
             };
             match event {
                 Event::Result(result) => return Ok((result, messages, calls.len() as u32)),
-                Event::CallStarted { id } => note_call(&id, on_event),
-                Event::Assistant { id, text, tool_use } => {
+                Event::CallStarted { id } => {
+                    note_call(&id, on_event);
+                    current_call = id;
+                }
+                Event::CallStopped { stop_reason } => {
+                    if let Some(message) = messages
+                        .iter_mut()
+                        .rev()
+                        .find(|m| !m.id.is_empty() && m.id == current_call)
+                    {
+                        message.stop_reason = Some(stop_reason);
+                    }
+                }
+                Event::Assistant {
+                    id,
+                    text,
+                    tool_use,
+                    stop_reason,
+                } => {
                     note_call(&id, on_event);
                     // A message with content blocks may come as several lines, one id.
                     match messages.last_mut() {
                         Some(last) if !id.is_empty() && last.id == id => {
                             last.text.push_str(&text);
                             last.tool_use |= tool_use;
+                            last.stop_reason = stop_reason.or(last.stop_reason.take());
                         }
-                        _ => messages.push(ModelMessage { id, text, tool_use }),
+                        _ => messages.push(ModelMessage {
+                            id,
+                            text,
+                            tool_use,
+                            stop_reason,
+                        }),
                     }
                 }
                 Event::ControlRequest {
@@ -624,6 +663,20 @@ impl CliProcess {
             Error::StructuredOutputInvalid(message) => {
                 Error::StructuredOutputInvalid(clean(message))
             }
+            Error::Refused { message } => Error::Refused {
+                message: clean(message),
+            },
+            Error::ModelNotFound { message } => Error::ModelNotFound {
+                message: clean(message),
+            },
+            Error::Truncated {
+                stop_reason,
+                partial,
+            } => Error::Truncated {
+                stop_reason,
+                partial: clean(partial),
+            },
+            Error::ContextNotReset(message) => Error::ContextNotReset(clean(message)),
             other => other,
         }
     }
@@ -670,26 +723,41 @@ impl Drop for CliProcess {
 }
 
 /// When an answer hits the output limit, the CLI asks the model to go on by itself and its
-/// result holds only the last part. Put the whole answer, every part in order, in the result.
-/// Parts are the text of model messages that asked for no tool (a tool call and its result
-/// would sit between the parts of a turn that used tools, and then the result is the answer
-/// the CLI chose). Structured answers are left alone.
-/// Returns how many times the answer was continued.
+/// result holds only the last part. Put the whole answer, every part in order, in the result:
+/// the last message with text, preceded by each message before it that ended at `max_tokens`
+/// (a message cut some other way, say a stream the CLI sent again, is not a part). Turns that
+/// used tools and structured answers are left alone. Returns how many times the answer was
+/// continued.
 fn whole_answer(result: &mut ResultLine, messages: &[ModelMessage], want_structured: bool) -> u32 {
-    let parts: Vec<&str> = messages
-        .iter()
-        .filter(|m| !m.text.is_empty())
-        .map(|m| m.text.as_str())
-        .collect();
-    let continued = parts.len() > 1
-        && !want_structured
-        && !result.is_error
-        && messages.iter().all(|m| !m.tool_use);
-    if !continued {
+    if want_structured || result.is_error || messages.iter().any(|m| m.tool_use) {
         return 0;
     }
-    result.result = Some(parts.concat());
-    parts.len() as u32 - 1
+    let with_text: Vec<&ModelMessage> = messages.iter().filter(|m| !m.text.is_empty()).collect();
+    let Some((last, earlier)) = with_text.split_last() else {
+        return 0;
+    };
+    let cut_before = earlier
+        .iter()
+        .rev()
+        .take_while(|m| m.stop_reason.as_deref() == Some("max_tokens"))
+        .count();
+    if cut_before == 0 {
+        return 0;
+    }
+    let parts = &earlier[earlier.len() - cut_before..];
+    let mut whole: String = parts.iter().map(|m| m.text.as_str()).collect();
+    // The result line holds the last part in full.
+    whole.push_str(result.result.as_deref().unwrap_or(&last.text));
+    result.result = Some(whole);
+    cut_before as u32
+}
+
+/// A child whose helper threads could not start: kill its group, stop watching it, reap it.
+fn abandon(child: &mut Child, error: std::io::Error) -> Error {
+    kill_group(child.id());
+    spawner::forget(child.id());
+    let _ = child.wait();
+    Error::io(error)
 }
 
 /// The writer thread: one acknowledgement per write, and stdin closes when the sender goes.
@@ -708,7 +776,7 @@ fn write_stdin(
     }
 }
 
-fn read_stdout(stdout: impl Read, tx: Sender<Out>, max_line: usize) {
+fn read_stdout(stdout: impl Read, tx: Sender<Out>, max_line: usize, loaded: &AtomicBool) {
     // A 10 MB answer is one line, so the cap is large; past it the line is not kept, so a
     // CLI that writes without end cannot take the program's memory with it.
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
@@ -727,6 +795,7 @@ fn read_stdout(stdout: impl Read, tx: Sender<Out>, max_line: usize) {
                 return;
             }
             Ok(_) => {
+                loaded.store(true, Ordering::SeqCst);
                 let line = String::from_utf8(line)
                     // Not UTF-8: report it as a protocol problem through the parser.
                     .unwrap_or_else(|_| "<line is not valid UTF-8>".into());
@@ -815,7 +884,7 @@ mod tests {
         let mut data = "y".repeat(3 * 1024 * 1024);
         data.push('\n');
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_stdout(data.as_bytes(), tx, data.len());
+        read_stdout(data.as_bytes(), tx, data.len(), &AtomicBool::new(false));
         match rx.recv().unwrap() {
             Out::Line(l) => assert_eq!(l.len(), data.len()),
             _ => panic!("expected a line"),
@@ -827,7 +896,7 @@ mod tests {
     fn a_line_over_the_cap_stops_the_reader() {
         let data = format!("{{}}\n{}", "z".repeat(5000));
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_stdout(data.as_bytes(), tx, 1000);
+        read_stdout(data.as_bytes(), tx, 1000, &AtomicBool::new(false));
         assert!(matches!(rx.recv().unwrap(), Out::Line(l) if l == "{}\n"));
         assert!(matches!(rx.recv().unwrap(), Out::TooLong(1000)));
         assert!(rx.recv().is_err(), "nothing after a line over the cap");

@@ -50,7 +50,11 @@ pub(crate) enum Event {
         id: String,
         text: String,
         tool_use: bool,
+        /// Set when the message came whole (a call made without streaming).
+        stop_reason: Option<String>,
     },
+    /// The streamed call that started last ended, for this reason (`max_tokens`, ...).
+    CallStopped { stop_reason: String },
     /// An API call began answering (a streamed `message_start`): one call, even if its
     /// stream is cut and the CLI sends it again without streaming.
     CallStarted { id: String },
@@ -87,7 +91,10 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
     }
     // Streamed deltas are most of the lines and only a call's start matters: skip the rest
     // without parsing them.
-    if trimmed.starts_with(r#"{"type":"stream_event""#) && !trimmed.contains(r#""message_start""#) {
+    if trimmed.starts_with(r#"{"type":"stream_event""#)
+        && !trimmed.contains(r#""message_start""#)
+        && !trimmed.contains(r#""message_delta""#)
+    {
         return Ok(Event::Other);
     }
     let value: Value = serde_json::from_str(trimmed).map_err(|e| Error::Protocol {
@@ -126,6 +133,23 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
                 tool_use: blocks
                     .iter()
                     .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_use")),
+                stop_reason: value
+                    .pointer("/message/stop_reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            }
+        }
+        ("stream_event", _)
+            if value.pointer("/event/type").and_then(Value::as_str) == Some("message_delta") =>
+        {
+            match value
+                .pointer("/event/delta/stop_reason")
+                .and_then(Value::as_str)
+            {
+                Some(reason) => Event::CallStopped {
+                    stop_reason: reason.to_string(),
+                },
+                None => Event::Other,
             }
         }
         ("stream_event", _)
@@ -386,6 +410,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(delta, Event::Other);
+        let stop = parse_line(
+            r#"{"type":"stream_event","event":{"delta":{"stop_reason":"max_tokens","stop_sequence":null},"type":"message_delta","usage":{}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stop,
+            Event::CallStopped {
+                stop_reason: "max_tokens".into()
+            }
+        );
     }
 
     #[test]
@@ -399,7 +433,8 @@ mod tests {
             Event::Assistant {
                 id: "msg_1".into(),
                 text: "ab".into(),
-                tool_use: true
+                tool_use: true,
+                stop_reason: None,
             }
         );
         let synthetic = parse_line(

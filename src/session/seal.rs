@@ -148,7 +148,11 @@ pub(crate) fn check_cli_version(
         Some(answer) => answer,
         None => {
             let answer = read_version(program, env, env_remove);
-            cache.lock().insert(key, answer.clone());
+            // Only a version read is kept: a check that failed (a busy machine, a spawn error)
+            // is tried again at the next build().
+            if answer.is_ok() {
+                cache.lock().insert(key, answer.clone());
+            }
             answer
         }
     };
