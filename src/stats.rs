@@ -82,7 +82,6 @@ pub(crate) struct Counters {
     pub throttle_waits: AtomicU64,
     pub throttle_wait_nanos: AtomicU64,
     pub backoff_pauses: AtomicU64,
-    pub processes_started: AtomicU64,
     pub first_result_nanos: AtomicU64,
     pub totals: Mutex<Totals>,
     pub latency: Mutex<Histogram>,
@@ -115,7 +114,8 @@ impl Counters {
             usage: totals.usage,
             cost_usd: totals.cost_usd,
             budget_exhausted: false,
-            processes_started: load(&self.processes_started),
+            // Counted by the pool; `Session::stats` fills it in.
+            processes_started: 0,
             time_to_first_result: (first > 0).then(|| Duration::from_nanos(first)),
             latency_p50: latency.quantile(0.50),
             latency_p90: latency.quantile(0.90),

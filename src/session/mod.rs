@@ -273,7 +273,7 @@ impl Session {
     /// A snapshot of what the session has done so far.
     pub fn stats(&self) -> Stats {
         let mut stats = self.inner.counters.snapshot();
-        stats.processes_started = self.inner.pool.started_pids().len() as u64;
+        stats.processes_started = self.inner.pool.started();
         stats.budget_exhausted = self.inner.budget.is_exhausted();
         stats
     }
@@ -298,8 +298,8 @@ impl Session {
         self.inner.config.concurrency
     }
 
-    /// The operating system ids of every CLI process this session has started, for
-    /// monitoring (and for tests that check none is left behind).
+    /// The operating system ids of the CLI processes this session has started (the most
+    /// recent 10,000), for monitoring (and for tests that check none is left behind).
     pub fn process_ids(&self) -> Vec<u32> {
         self.inner.pool.started_pids()
     }

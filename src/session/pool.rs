@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How many process ids `Session::process_ids` remembers: a long run with a process per
+/// item must not grow without bound.
+const PIDS_KEPT: usize = 10_000;
+
 /// How often a checkout waiting for a process to finish loading looks again.
 const STARTING_POLL: Duration = Duration::from_millis(20);
 
@@ -31,8 +35,10 @@ struct State {
     /// until it has loaded): each flag is set by the process's stdout reader.
     starting: Vec<Arc<AtomicBool>>,
     closed: bool,
-    /// Ids of every process ever started, for tests and diagnostics.
-    started_pids: Vec<u32>,
+    /// How many processes were ever started.
+    started: u64,
+    /// Ids of the processes started most recently (at most `PIDS_KEPT`), for monitoring.
+    started_pids: std::collections::VecDeque<u32>,
     /// Processes held outside the pool: leased to an item, or kept by a conversation
     /// (`detached`), so `close` can end them too.
     busy: Vec<(Arc<KillSwitch>, bool)>,
@@ -67,7 +73,8 @@ impl Pool {
                 live: 0,
                 starting: Vec::new(),
                 closed: false,
-                started_pids: Vec::new(),
+                started: 0,
+                started_pids: std::collections::VecDeque::new(),
                 busy: Vec::new(),
             }),
             freed: Condvar::new(),
@@ -146,7 +153,11 @@ impl Pool {
             self.freed.notify_all();
             return Err(Error::Closed);
         }
-        state.started_pids.push(process.pid());
+        state.started += 1;
+        if state.started_pids.len() == PIDS_KEPT {
+            state.started_pids.pop_front();
+        }
+        state.started_pids.push_back(process.pid());
         state.busy.push((process.kill_switch(), false));
         Ok(Lease {
             pool: self,
@@ -219,7 +230,11 @@ impl Pool {
     }
 
     pub(crate) fn started_pids(&self) -> Vec<u32> {
-        self.state.lock().started_pids.clone()
+        self.state.lock().started_pids.iter().copied().collect()
+    }
+
+    pub(crate) fn started(&self) -> u64 {
+        self.state.lock().started
     }
 
     pub(crate) fn live(&self) -> usize {
