@@ -124,12 +124,9 @@ fn the_bar_renders_the_expected_fields() {
     }
 }
 
-/// Run by `no_bar_when_stderr_is_not_a_terminal` in a child copy of this binary.
-#[test]
-fn child_with_progress_on() {
-    if std::env::var("CLAUDE_RAYON_TEST_PROGRESS_CHILD").is_err() {
-        return;
-    }
+/// The child of `no_bar_when_stderr_is_not_a_terminal`: this test binary re-run with its
+/// stderr on a pipe, running a session with the bar turned on.
+fn run_child_with_progress_on() -> ! {
     let fake = Fake::new();
     let session = fake
         .builder()
@@ -143,14 +140,18 @@ fn child_with_progress_on() {
         .collect();
     assert_eq!(results.len(), 10);
     eprintln!("CHILD DONE");
+    std::process::exit(0);
 }
 
 #[test]
 fn no_bar_when_stderr_is_not_a_terminal() {
+    if std::env::var("CLAUDE_RAYON_TEST_PROGRESS_CHILD").is_ok() {
+        run_child_with_progress_on();
+    }
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_with_progress_on",
+            "no_bar_when_stderr_is_not_a_terminal",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -122,28 +122,33 @@ fn fresh_process_per_item_starts_one_per_item_and_ends_each() {
 }
 
 /// Run by `children_die_with_a_killed_parent` in a child copy of this test binary.
-#[test]
-fn parent_for_kill_test() {
-    if std::env::var("CLAUDE_RAYON_TEST_PARENT").is_err() {
-        return;
-    }
+/// The parent of `children_die_with_a_killed_parent`: this test binary re-run as a child
+/// process, which starts a CLI process, reports its pid, and waits to be killed.
+fn run_parent_for_kill_test() -> ! {
     let fake = Fake::new();
     let session = fake.builder().concurrency(1).build().unwrap();
     session.query("x").unwrap();
-    println!("CHILD_PID {}", session.process_ids()[0]);
-    std::thread::sleep(Duration::from_secs(120));
+    println!("\nCHILD_PID {}", session.process_ids()[0]);
+    // Wait for the kill: the test holds stdin open until then.
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    std::process::exit(0);
 }
 
 #[test]
 fn children_die_with_a_killed_parent() {
+    if std::env::var("CLAUDE_RAYON_TEST_PARENT").is_ok() {
+        run_parent_for_kill_test();
+    }
     let mut parent = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "parent_for_kill_test",
+            "children_die_with_a_killed_parent",
             "--nocapture",
             "--test-threads=1",
         ])
         .env("CLAUDE_RAYON_TEST_PARENT", "1")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
