@@ -32,7 +32,13 @@
 //! See `ARCHITECTURE.md` for how they fit together.
 
 #![deny(missing_docs)]
-#![cfg(unix)]
+
+// Process groups, signals and the parent-death signal have no Windows counterpart here.
+#[cfg(not(unix))]
+compile_error!(
+    "claude-rayon supports Unix (Linux, macOS) only: it relies on process groups and signals \
+     to make sure no claude process outlives your program"
+);
 
 mod budget;
 mod cancel;
