@@ -469,7 +469,7 @@ impl SessionBuilder {
 
     /// Draw a progress bar on stderr for this session's runs: items done and total, failures,
     /// retries, throttle waits and pauses, tokens, cost, rate and ETA. Needs the `progress`
-    /// feature (without it this does nothing). No bar is drawn when stderr is not a terminal,
+    /// feature (without it nothing is drawn and `build()` logs a warning saying so). No bar is drawn when stderr is not a terminal,
     /// unless a target is given with `progress_draw_target`.
     pub fn progress(mut self, show: bool) -> Self {
         self.config.progress = show;
@@ -506,6 +506,14 @@ impl SessionBuilder {
     /// ```
     pub fn build(self) -> Result<Session, Error> {
         self.config.validate()?;
+        #[cfg(not(feature = "progress"))]
+        if self.config.progress {
+            log::warn!(
+                "progress(true) draws nothing: the progress bar needs the `progress` feature \
+                 (claude-rayon = {{ version = \"...\", features = [\"progress\"] }}); \
+                 on_progress(..) works without it"
+            );
+        }
         let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
         super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
         Session::from_config(self.config, cli)
