@@ -11,7 +11,7 @@ mod mock_api;
 use std::time::Instant;
 
 use claude_rayon::prelude::*;
-use claude_rayon::{Session, SessionBuilder};
+use claude_rayon::SessionBuilder;
 use rayon::prelude::*;
 
 /// Items per second for `items` items through `claude_map`, on a session that first ran
@@ -71,19 +71,7 @@ fn main() {
     let api = mock_api::MockApi::start();
     let home = tempfile::tempdir().unwrap();
     let env = api.cli_env(home.path());
-    let make = || {
-        let mut builder = Session::builder()
-            .cli_path(&cli)
-            .model("claude-sonnet-4-5")
-            .cli_max_retries(Some(0));
-        for key in mock_api::CLI_ENV_REMOVE {
-            builder = builder.env_remove(*key);
-        }
-        for (key, value) in &env {
-            builder = builder.env(key.clone(), value.clone());
-        }
-        builder
-    };
+    let make = || common::real_builder(&cli, &env, mock_api::CLI_ENV_REMOVE);
     compare(
         "real CLI 'claude' against an instant loopback mock API",
         &make,

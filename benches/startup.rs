@@ -12,7 +12,7 @@ mod mock_api;
 use std::time::{Duration, Instant};
 
 use claude_rayon::prelude::*;
-use claude_rayon::{Session, SessionBuilder};
+use claude_rayon::SessionBuilder;
 use rayon::prelude::*;
 
 /// (time to the first answer, time to the last) for `2 × concurrency` items.
@@ -41,19 +41,7 @@ fn main() {
     let api = mock_api::MockApi::start();
     let home = tempfile::tempdir().unwrap();
     let env = api.cli_env(home.path());
-    let make = || {
-        let mut builder = Session::builder()
-            .cli_path(&cli)
-            .model("claude-sonnet-4-5")
-            .cli_max_retries(Some(0));
-        for key in mock_api::CLI_ENV_REMOVE {
-            builder = builder.env_remove(*key);
-        }
-        for (key, value) in &env {
-            builder = builder.env(key.clone(), value.clone());
-        }
-        builder
-    };
+    let make = || common::real_builder(&cli, &env, mock_api::CLI_ENV_REMOVE);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!("{cores} cores; items = 2 x processes; times in seconds");
     println!("processes  first answer: at once  staggered   whole batch: at once  staggered");

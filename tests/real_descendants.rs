@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::hostile::Hostile;
-use support::mock_api::{MockApi, CLI_ENV_REMOVE};
-use support::{pid_alive, real_cli, wait_until, Real};
+use support::mock_api::MockApi;
+use support::{builder_against, pid_alive, real_cli, wait_until, Real};
 
 const TEST_NAME: &str = "everything_the_cli_started_dies_with_a_killed_host";
 const CHILD_HOME: &str = "CLAUDE_RAYON_TEST_HOST_HOME";
@@ -24,21 +24,16 @@ const CHILD_CWD: &str = "CLAUDE_RAYON_TEST_HOST_CWD";
 /// report the CLI pids, then wait to be killed.
 fn run_host(home: &str, cwd: &str) -> ! {
     let api = MockApi::start();
-    let mut builder = claude_rayon::Session::builder()
-        .cli_path(real_cli(TEST_NAME).expect("the parent found the CLI"))
+    let cli = real_cli(TEST_NAME).expect("the parent found the CLI");
+    let session = builder_against(&cli, &api, std::path::Path::new(home))
         .cwd(cwd)
         .model("claude-sonnet-4-5")
         .load_user_config(true)
         .cli_max_retries(Some(0))
         .timeout(Duration::from_secs(60))
-        .concurrency(2);
-    for key in CLI_ENV_REMOVE {
-        builder = builder.env_remove(*key);
-    }
-    for (key, value) in api.cli_env(std::path::Path::new(home)) {
-        builder = builder.env(key, value);
-    }
-    let session = builder.build().unwrap();
+        .concurrency(2)
+        .build()
+        .unwrap();
     std::thread::scope(|s| {
         for i in 0..2 {
             let session = &session;

@@ -208,17 +208,13 @@ fn a_session_without_a_model_does_not_take_the_projects() {
     };
     let hostile = Hostile::install(&real);
     // The real tier's builder names a model; this one must not, so start from scratch.
-    let mut builder = claude_rayon::Session::builder()
-        .cli_path(&real.cli)
+    let session = real
+        .bare_builder()
         .cwd(&hostile.cwd)
-        .cli_max_retries(Some(0));
-    for key in CLI_ENV_REMOVE {
-        builder = builder.env_remove(*key);
-    }
-    for (key, value) in real.api.cli_env(real.home.path()) {
-        builder = builder.env(key, value);
-    }
-    let session = builder.concurrency(1).build().unwrap();
+        .cli_max_retries(Some(0))
+        .concurrency(1)
+        .build()
+        .unwrap();
     for i in 0..3 {
         session.query(format!("item {i}")).unwrap();
     }
@@ -237,17 +233,13 @@ fn without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close() {
     else {
         return;
     };
-    let mut builder = claude_rayon::Session::builder()
-        .cli_path(&real.cli)
+    let session = real
+        .bare_builder()
         .model(MODEL)
-        .cli_max_retries(Some(0));
-    for key in CLI_ENV_REMOVE {
-        builder = builder.env_remove(*key);
-    }
-    for (key, value) in real.api.cli_env(real.home.path()) {
-        builder = builder.env(key, value);
-    }
-    let session = builder.concurrency(1).build().unwrap();
+        .cli_max_retries(Some(0))
+        .concurrency(1)
+        .build()
+        .unwrap();
     session.query("where am I").unwrap();
     let pid = session.process_ids()[0];
     let dir = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use claude_rayon::Error;
-use support::mock_api::{MockApi, CLI_ENV_REMOVE};
-use support::{real_cli, Real};
+use support::mock_api::MockApi;
+use support::{builder_against, real_cli, Real};
 
 const TEST_NAME: &str = "a_cli_dying_mid_write_does_not_kill_a_host_with_default_sigpipe";
 const CHILD_ENV: &str = "CLAUDE_RAYON_TEST_SIGPIPE_HOST";
@@ -24,19 +24,14 @@ fn run_host(home: &str) -> ! {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let api = MockApi::start();
-    let mut builder = claude_rayon::Session::builder()
-        .cli_path(real_cli(TEST_NAME).expect("the parent found the CLI"))
+    let cli = real_cli(TEST_NAME).expect("the parent found the CLI");
+    let session = builder_against(&cli, &api, std::path::Path::new(home))
         .arg("--no-such-flag-claude-rayon-test")
         .max_retries(2)
         .timeout(Duration::from_secs(60))
-        .concurrency(1);
-    for key in CLI_ENV_REMOVE {
-        builder = builder.env_remove(*key);
-    }
-    for (key, value) in api.cli_env(std::path::Path::new(home)) {
-        builder = builder.env(key, value);
-    }
-    let session = builder.build().unwrap();
+        .concurrency(1)
+        .build()
+        .unwrap();
     let prompt = "x".repeat(1024 * 1024);
     let error = session.query(&prompt).unwrap_err();
     assert!(

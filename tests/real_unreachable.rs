@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use claude_rayon::prelude::*;
 use claude_rayon::{Error, Outcome, RetryPolicy};
 use rayon::prelude::*;
-use support::mock_api::CLI_ENV_REMOVE;
 use support::Real;
 
 #[test]
@@ -21,20 +20,13 @@ fn an_unreachable_api_stops_the_run_within_seconds() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut builder = claude_rayon::Session::builder()
-        .cli_path(&real.cli)
+    // The library's defaults: the CLI retries twice, the library three times.
+    let session = real
+        .bare_builder()
         .cwd(real.cwd.path())
         .model("claude-sonnet-4-5")
-        // The library's defaults: the CLI retries twice, the library three times.
         .retry_policy(RetryPolicy::default())
-        .concurrency(2);
-    for key in CLI_ENV_REMOVE {
-        builder = builder.env_remove(*key);
-    }
-    for (key, value) in real.api.cli_env(real.home.path()) {
-        builder = builder.env(key, value);
-    }
-    let session = builder
+        .concurrency(2)
         .env("ANTHROPIC_BASE_URL", format!("http://{closed}"))
         .build()
         .unwrap();

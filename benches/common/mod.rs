@@ -16,6 +16,26 @@ pub fn fake_builder() -> SessionBuilder {
     Session::builder().cli_path(fake_cli())
 }
 
+/// A builder for the real CLI with `env` (the mock API's) set and `remove` removed, on the
+/// model the mock answers for and with no retries by the CLI.
+pub fn real_builder(
+    cli: &std::path::Path,
+    env: &[(String, String)],
+    remove: &[&str],
+) -> SessionBuilder {
+    let mut builder = Session::builder()
+        .cli_path(cli)
+        .model("claude-sonnet-4-5")
+        .cli_max_retries(Some(0));
+    for key in remove {
+        builder = builder.env_remove(*key);
+    }
+    for (key, value) in env {
+        builder = builder.env(key.clone(), value.clone());
+    }
+    builder
+}
+
 /// The real CLI from CLAUDE_CODE_BIN, if set.
 pub fn real_cli() -> Option<PathBuf> {
     std::env::var_os("CLAUDE_CODE_BIN")

@@ -155,6 +155,19 @@ pub fn real_cli(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// A builder for `cli` talking to `api`, with `home` as its HOME, and the library's defaults
+/// otherwise (for a child process that starts its own mock).
+pub fn builder_against(cli: &Path, api: &mock_api::MockApi, home: &Path) -> SessionBuilder {
+    let mut builder = Session::builder().cli_path(cli);
+    for key in mock_api::CLI_ENV_REMOVE {
+        builder = builder.env_remove(*key);
+    }
+    for (key, value) in api.cli_env(home) {
+        builder = builder.env(key, value);
+    }
+    builder
+}
+
 /// The real tier's setup: the real CLI, a mock Messages API, and temp HOME and cwd.
 pub struct Real {
     pub cli: PathBuf,
@@ -177,8 +190,7 @@ impl Real {
 
     /// A builder for the real CLI against the mock, with tiny backoffs and no CLI retries.
     pub fn builder(&self) -> SessionBuilder {
-        let mut builder = Session::builder()
-            .cli_path(&self.cli)
+        self.bare_builder()
             .cwd(self.cwd.path())
             .model("claude-sonnet-4-5")
             .cli_max_retries(Some(0))
@@ -187,14 +199,13 @@ impl Real {
                 claude_rayon::RetryPolicy::default()
                     .initial_backoff(Duration::from_millis(1))
                     .max_backoff(Duration::from_millis(20)),
-            );
-        for key in mock_api::CLI_ENV_REMOVE {
-            builder = builder.env_remove(*key);
-        }
-        for (key, value) in self.api.cli_env(self.home.path()) {
-            builder = builder.env(key, value);
-        }
-        builder
+            )
+    }
+
+    /// A builder for the real CLI against the mock with nothing else set: the library's
+    /// defaults, no model, no working folder.
+    pub fn bare_builder(&self) -> SessionBuilder {
+        builder_against(&self.cli, &self.api, self.home.path())
     }
 
     /// Transcript files the CLI left under HOME/.claude/projects.
