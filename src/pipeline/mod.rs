@@ -21,8 +21,10 @@
 //! the handler, or in `on_failed`, whatever fails, panics or stops.
 //!
 //! **Graceful stop**: [`PipelineHandle::stop`] stops taking from the source, lets the calls
-//! in flight finish, fails the items not yet sent (as [`Error::Cancelled`]), flushes the
-//! partial batches, and returns the final stats. A fatal error (bad credentials, a spent
+//! in flight finish (for [`DEFAULT_STOP_TIMEOUT`] at most, or the bound given to
+//! [`PipelineHandle::stop_within`], after which they are ended and fail as stopped), fails
+//! the items not yet sent (as [`Error::Cancelled`]), flushes the partial batches, and returns
+//! the final stats. A fatal error (bad credentials, a spent
 //! budget) stops the pipeline the same way by itself.
 
 mod batcher;
