@@ -583,22 +583,6 @@ impl Config {
                 return invalid(format!("environment variable name {key:?} is not valid"));
             }
         }
-        for (name, text) in [
-            ("system_prompt", self.system_prompt.as_deref()),
-            ("append_system_prompt", self.append_system_prompt.as_deref()),
-        ] {
-            if let Some(text) = text {
-                if text.contains('\0') {
-                    return invalid(format!("{name} contains a NUL byte"));
-                }
-                if text.len() > MAX_ARG_BYTES {
-                    return invalid(format!(
-                        "{name} is {} bytes; the CLI takes it on the command line, which Linux caps at 128 KiB",
-                        text.len()
-                    ));
-                }
-            }
-        }
         if let Some(dir) = &self.cwd {
             if !dir.is_dir() {
                 return invalid(format!("cwd {} is not a directory", dir.display()));
@@ -660,24 +644,25 @@ impl Config {
     fn validate_command_line(&self) -> Result<(), Error> {
         let invalid = |msg: String| Err(Error::InvalidConfig(msg));
         let mut total = 0;
-        for arg in self.cli_args() {
+        let args = self.cli_args();
+        for (i, arg) in args.iter().enumerate() {
             let text = arg.to_string_lossy();
-            let flag_for = || {
-                // Name the setting by the flag before it (or the argument itself).
-                text.chars().take(40).collect::<String>()
+            // Name the setting by its flag (`--system-prompt`, `--json-schema`, ...).
+            let name = match i.checked_sub(1).map(|p| args[p].to_string_lossy()) {
+                Some(flag) if flag.starts_with("--") => flag.into_owned(),
+                _ => format!(
+                    "the argument {:?}",
+                    text.chars().take(40).collect::<String>()
+                ),
             };
             if text.contains('\0') {
-                return invalid(format!(
-                    "a command-line argument contains a NUL byte ({:?}...)",
-                    flag_for()
-                ));
+                return invalid(format!("{name} contains a NUL byte"));
             }
             if text.len() > MAX_ARG_BYTES {
                 return invalid(format!(
-                    "a command-line argument is {} bytes ({:?}...); Linux caps one at 128 KiB \
-                     (a json_schema or prompt that large cannot be passed to the CLI)",
-                    text.len(),
-                    flag_for()
+                    "{name} is {} bytes; the CLI takes it on the command line, which Linux caps \
+                     at 128 KiB",
+                    text.len()
                 ));
             }
             total += text.len() + 1;
@@ -902,6 +887,14 @@ mod tests {
         assert!(check(SessionBuilder::default().timeout(Duration::ZERO)).contains("timeout"));
         assert!(check(SessionBuilder::default().cwd("/nonexistent/dir")).contains("cwd"));
         assert!(check(SessionBuilder::default().env("A=B", "c")).contains("not valid"));
+        assert!(
+            check(SessionBuilder::default().system_prompt("a\0b".to_string()))
+                .contains("--system-prompt contains a NUL byte")
+        );
+        assert!(
+            check(SessionBuilder::default().append_system_prompt("x".repeat(130 * 1024)))
+                .contains("--append-system-prompt is 133120 bytes")
+        );
         assert!(check(SessionBuilder::default().max_budget_usd(f64::NAN)).contains("budget"));
         assert!(check(
             SessionBuilder::default()
