@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::process::{CliProcess, TurnEvent};
+use super::process::CliProcess;
 use crate::throttle::estimate_tokens;
 use crate::{Error, Response, Session};
 
@@ -99,19 +99,7 @@ impl Conversation {
         }
         inner.count_started();
         inner.count_request();
-        let mut calls = 1u64;
-        let mut on_event = |event: TurnEvent| {
-            if event == TurnEvent::ExtraCall {
-                calls += 1;
-            }
-            inner.on_turn_event(event)
-        };
-        let outcome = process.run_turn(
-            prompt,
-            inner.config.timeout,
-            inner.config.json_schema.is_some(),
-            &mut on_event,
-        );
+        let (outcome, calls) = inner.run_turn(&mut process, prompt);
         inner.count_finished(outcome.is_ok());
         let failed_cost = process.take_failed_turn_cost();
         match &outcome {

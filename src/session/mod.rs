@@ -513,19 +513,7 @@ impl Inner {
         let kill_switch = lease.process().kill_switch();
         let call = control.register_call(Arc::new(move || kill_switch.kill()));
         let sent_at = Instant::now();
-        let mut calls = 1u64;
-        let mut on_event = |event: TurnEvent| {
-            if event == TurnEvent::ExtraCall {
-                calls += 1;
-            }
-            self.on_turn_event(event)
-        };
-        let outcome = lease.process().run_turn(
-            prompt,
-            self.config.timeout,
-            self.config.json_schema.is_some(),
-            &mut on_event,
-        );
+        let (outcome, calls) = self.run_turn(lease.process(), prompt);
         let failed_cost = lease.process().take_failed_turn_cost();
         drop(call);
         drop(lease);
@@ -646,6 +634,29 @@ impl Inner {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+    }
+
+    /// Run one turn on `process` with the session's settings, reporting what the CLI did on
+    /// the way; returns the outcome and the API calls the turn made.
+    pub(crate) fn run_turn(
+        &self,
+        process: &mut process::CliProcess,
+        prompt: &str,
+    ) -> (Result<Response, Error>, u64) {
+        let mut calls = 1u64;
+        let mut on_event = |event: TurnEvent| {
+            if event == TurnEvent::ExtraCall {
+                calls += 1;
+            }
+            self.on_turn_event(event)
+        };
+        let outcome = process.run_turn(
+            prompt,
+            self.config.timeout,
+            self.config.json_schema.is_some(),
+            &mut on_event,
+        );
+        (outcome, calls)
     }
 
     /// What the CLI did inside a turn: a retry, or one more call to re-ask the model.
