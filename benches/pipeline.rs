@@ -12,8 +12,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use claude_rayon::pipeline::Pipeline;
 use claude_rayon::prelude::*;
-use claude_rayon::{Pipeline, Session};
+use claude_rayon::Session;
 use rayon::prelude::*;
 
 const ROUNDS: usize = 3;

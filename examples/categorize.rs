@@ -65,10 +65,9 @@ fn run(args: &[String]) -> i32 {
     };
     let label = backend.label();
 
-    let groups = documents.par_iter().claude_group_by(
-        &backend.session,
-        categories.iter().cloned(),
-        |path| {
+    let groups = documents
+        .par_iter()
+        .claude_group_by(&backend.session, categories.iter().cloned(), |path| {
             let text: String = std::fs::read_to_string(path)
                 .unwrap_or_default()
                 .chars()
@@ -78,8 +77,8 @@ fn run(args: &[String]) -> i32 {
                 "Which category does this document belong to?\n\nDocument `{}`:\n{text}",
                 path.file_name().unwrap_or_default().to_string_lossy()
             )
-        },
-    );
+        })
+        .groups();
     if let Some(message) = groups
         .failed
         .iter()

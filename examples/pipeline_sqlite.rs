@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use claude_rayon::pipeline::Batch;
-use claude_rayon::{Failed, Pipeline, Session};
+use claude_rayon::pipeline::Pipeline;
+use claude_rayon::{Failed, Session};
 use rusqlite::{params, Connection};
 
 const USAGE: &str = "usage: pipeline_sqlite [--seconds N | --items N] [--batch-size N] \

@@ -37,9 +37,30 @@ struct State {
     exhausted: bool,
 }
 
-/// A reservation taken before an item runs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reservation(f64);
+/// A reservation taken before an item runs: settle it with the real cost, or drop it to
+/// give it back unspent (a call that was never made, or a panic on the way).
+#[must_use = "settle the reservation with the real cost"]
+pub(crate) struct Reservation<'a> {
+    budget: &'a Budget,
+    amount: f64,
+    settled: bool,
+}
+
+impl Reservation<'_> {
+    /// The item cost `actual`.
+    pub(crate) fn settle(mut self, actual: f64) {
+        self.settled = true;
+        self.budget.settle(self.amount, actual);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.budget.settle(self.amount, 0.0);
+        }
+    }
+}
 
 impl Budget {
     pub(crate) fn new(limit: Option<f64>, first_estimate: Option<f64>) -> Budget {
@@ -58,12 +79,12 @@ impl Budget {
 
     /// Reserve for an item whose own estimate (from its size, see [`item_estimate_usd`]) is
     /// `own_estimate`: the larger of that and the largest cost seen so far.
-    pub(crate) fn reserve(&self, own_estimate: f64) -> Result<Reservation, Error> {
+    pub(crate) fn reserve(&self, own_estimate: f64) -> Result<Reservation<'_>, Error> {
         let mut s = self.state.lock();
         let Some(limit) = s.limit else {
             // Counted all the same: the cap may be set while this item is in flight.
             s.in_flight += 1;
-            return Ok(Reservation(0.0));
+            return Ok(self.reservation(0.0));
         };
         let estimate = if s.largest_seen > 0.0 {
             s.largest_seen
@@ -90,12 +111,20 @@ impl Budget {
         }
         s.reserved += estimate;
         s.in_flight += 1;
-        Ok(Reservation(estimate))
+        Ok(self.reservation(estimate))
     }
 
-    pub(crate) fn settle(&self, reservation: Reservation, actual: f64) {
+    fn reservation(&self, amount: f64) -> Reservation<'_> {
+        Reservation {
+            budget: self,
+            amount,
+            settled: false,
+        }
+    }
+
+    fn settle(&self, reserved: f64, actual: f64) {
         let mut s = self.state.lock();
-        s.reserved = (s.reserved - reservation.0).max(0.0);
+        s.reserved = (s.reserved - reserved).max(0.0);
         s.in_flight = s.in_flight.saturating_sub(1);
         s.spent += actual;
         s.largest_seen = s.largest_seen.max(actual);
@@ -183,7 +212,7 @@ mod tests {
         assert!(b.reserve(7.8).is_err());
         let fresh = Budget::new(Some(1.0), Some(0.01));
         let r = fresh.reserve(0.002).unwrap();
-        fresh.settle(r, 0.002);
+        r.settle(0.002);
     }
 
     #[test]
@@ -191,7 +220,7 @@ mod tests {
         let b = Budget::new(None, None);
         for _ in 0..1000 {
             let r = b.reserve(0.0).unwrap();
-            b.settle(r, 1.0);
+            r.settle(1.0);
         }
         assert_eq!(b.spent(), 1000.0);
     }
@@ -201,7 +230,7 @@ mod tests {
         let b = Budget::new(Some(0.05), Some(0.01));
         let mut ok = 0;
         while let Ok(r) = b.reserve(0.0) {
-            b.settle(r, 0.02);
+            r.settle(0.02);
             ok += 1;
         }
         // 0.01 reserved first, then the largest seen (0.02): 0.02 + 0.02 fit, the third does not.
@@ -216,13 +245,13 @@ mod tests {
     fn a_larger_cost_seen_revalues_the_items_still_in_flight() {
         // Room for 2.5 items at 0.10; the first estimate says 0.01.
         let b = Budget::new(Some(0.25), Some(0.01));
-        let held: Vec<_> = (0..4).map(|_| b.reserve(0.0).unwrap()).collect();
-        b.settle(held[0], 0.10);
+        let mut held: Vec<_> = (0..4).map(|_| b.reserve(0.0).unwrap()).collect();
+        held.remove(0).settle(0.10);
         // 0.10 spent and three in flight that will likely cost 0.10 each: nothing more fits,
         // although their reservations (0.03) would leave room.
         assert!(b.reserve(0.0).is_err());
-        for r in &held[1..] {
-            b.settle(*r, 0.10);
+        for r in held {
+            r.settle(0.10);
         }
         assert!((b.spent() - 0.40).abs() < 1e-9);
         assert!(b.reserve(0.0).is_err(), "stays spent");
@@ -233,11 +262,11 @@ mod tests {
         let b = Budget::new(Some(0.10), Some(0.04));
         let first = b.reserve(0.0).unwrap();
         let second = b.reserve(0.0).unwrap();
-        b.settle(first, 0.001);
+        first.settle(0.001);
         // 0.04 still reserved for the second: 0.001 + 0.04 + 0.001 fits.
         let third = b.reserve(0.0).unwrap();
-        b.settle(second, 0.001);
-        b.settle(third, 0.001);
+        second.settle(0.001);
+        third.settle(0.001);
         assert!(!b.is_exhausted());
     }
 
@@ -247,7 +276,7 @@ mod tests {
         let held: Vec<_> = (0..2).map(|_| b.reserve(0.0).unwrap()).collect();
         assert!(b.reserve(0.0).is_err());
         for r in held {
-            b.settle(r, 0.0001);
+            r.settle(0.0001);
         }
         // 0.0002 spent and 0.0001 to reserve would fit; the session said it was done.
         assert!(b.reserve(0.0).is_err());
@@ -261,7 +290,38 @@ mod tests {
         let held: Vec<_> = (0..3).map(|_| b.reserve(0.0).unwrap()).collect();
         assert!(matches!(b.reserve(0.0), Err(Error::BudgetExceeded { .. })));
         for r in held {
-            b.settle(r, 0.0);
+            r.settle(0.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_reservation_is_given_back_unspent() {
+        let b = Budget::new(Some(0.02), Some(0.01));
+        let first = b.reserve(0.0).unwrap();
+        let second = b.reserve(0.0).unwrap();
+        // Full: a third does not fit while both are held. (Not refused here: that would
+        // mark the budget spent.)
+        drop(first);
+        drop(second);
+        assert_eq!(b.spent(), 0.0);
+        // Both given back: two more fit.
+        let _a = b.reserve(0.0).unwrap();
+        let _b = b.reserve(0.0).unwrap();
+    }
+
+    #[test]
+    fn a_panic_while_holding_a_reservation_gives_it_back() {
+        let b = Budget::new(Some(0.01), Some(0.01));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = b.reserve(0.0).unwrap();
+            panic!("a turn panicked");
+        }));
+        assert!(result.is_err());
+        assert!(b.reserve(0.0).is_ok(), "the reservation did not leak");
     }
 }

@@ -1,15 +1,15 @@
-//! Stopping a run: a user's `Cancel`, and the fatal stop a run makes by itself.
+//! `Cancel`, the user's stop handle, and `Signal`, how a stop wakes whoever waits for one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
 
-use parking_lot::Mutex;
-
-use crate::Error;
+use parking_lot::{Condvar, Mutex};
 
 /// A handle that stops runs from starting new items. Cheap to clone; set it from any thread,
 /// for example from a Ctrl-C handler. Items in flight finish; the rest come back as failed
-/// with [`Error::Cancelled`].
+/// with [`Error::Cancelled`](crate::Error::Cancelled). Runs waiting on the throttle or
+/// between retries notice at once.
 ///
 /// # Examples
 ///
@@ -21,137 +21,178 @@ use crate::Error;
 /// std::thread::spawn(move || for_handler.cancel()).join().unwrap();
 /// assert!(cancel.is_cancelled());
 /// ```
-#[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<CancelState>);
+
+#[derive(Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    /// The runs using this handle, woken when it is set.
+    watchers: Mutex<Vec<Weak<Signal>>>,
+}
 
 impl Cancel {
     /// A handle that is not cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(!claude_rayon::Cancel::new().is_cancelled());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Stop every run that uses this handle from starting new items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cancel = claude_rayon::Cancel::new();
+    /// cancel.cancel();
+    /// assert!(cancel.is_cancelled());
+    /// ```
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        let watchers: Vec<Arc<Signal>> = {
+            let mut watchers = self.0.watchers.lock();
+            watchers.retain(|w| w.strong_count() > 0);
+            watchers.iter().filter_map(Weak::upgrade).collect()
+        };
+        for signal in watchers {
+            signal.raise();
+        }
     }
 
     /// Undo [`cancel`](Self::cancel), so that runs using this handle start items again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cancel = claude_rayon::Cancel::new();
+    /// cancel.cancel();
+    /// cancel.reset();
+    /// assert!(!cancel.is_cancelled());
+    /// ```
     pub fn reset(&self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.0.cancelled.store(false, Ordering::SeqCst);
     }
 
     /// Whether [`cancel`](Self::cancel) was called.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Ends one call in flight (kills its process); registered by the call while it runs.
-pub(crate) type Abort = Arc<dyn Fn() + Send + Sync>;
-
-/// The stop state of one run: the user's cancel, the first fatal error, and a hard stop
-/// that ends the calls in flight.
-#[derive(Default)]
-pub(crate) struct RunControl {
-    cancel: Option<Cancel>,
-    /// The adaptor's own stop, beside the user's: set when a stream is dropped before its end.
-    abandon: Option<Cancel>,
-    fatal: Mutex<Option<Error>>,
-    has_fatal: AtomicBool,
-    /// Set by [`abort`](Self::abort): calls in flight were ended, new ones end at once.
-    aborted: AtomicBool,
-    in_flight: Mutex<Vec<(u64, Abort)>>,
-    next_call: std::sync::atomic::AtomicU64,
-}
-
-/// A call registered with [`RunControl::register_call`]; unregisters it when dropped.
-pub(crate) struct CallGuard<'a> {
-    control: &'a RunControl,
-    id: u64,
-}
-
-impl Drop for CallGuard<'_> {
-    fn drop(&mut self) {
-        self.control
-            .in_flight
-            .lock()
-            .retain(|(id, _)| *id != self.id);
-    }
-}
-
-impl RunControl {
-    pub(crate) fn new(cancel: Option<Cancel>) -> Self {
-        RunControl {
-            cancel,
-            ..RunControl::default()
-        }
+        self.0.cancelled.load(Ordering::SeqCst)
     }
 
-    /// Also stop (as cancelled) once `abandon` is set, whatever the user's cancel says.
-    pub(crate) fn abandoned_by(mut self, abandon: Cancel) -> Self {
-        self.abandon = Some(abandon);
-        self
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
-            || self.abandon.as_ref().is_some_and(Cancel::is_cancelled)
-    }
-
-    /// Why the run must not start another item, if it must not.
-    pub(crate) fn stop_reason(&self) -> Option<Error> {
-        if self.has_fatal.load(Ordering::Acquire) {
-            let fatal = self.fatal.lock().clone()?;
-            return Some(match fatal {
-                // A spent budget is reported as itself, not as a stop caused by it.
-                Error::BudgetExceeded { .. } => fatal,
-                other => Error::Stopped(Box::new(other)),
-            });
-        }
+    /// Raise `signal` whenever this handle is cancelled (at once if it already is).
+    pub(crate) fn watch(&self, signal: &Arc<Signal>) {
+        let mut watchers = self.0.watchers.lock();
+        // Runs that ended are forgotten here, so a handle reused for many runs stays small.
+        watchers.retain(|w| w.strong_count() > 0);
+        watchers.push(Arc::downgrade(signal));
+        drop(watchers);
         if self.is_cancelled() {
-            return Some(Error::Cancelled);
-        }
-        None
-    }
-
-    pub(crate) fn should_stop(&self) -> bool {
-        self.has_fatal.load(Ordering::Acquire) || self.is_cancelled()
-    }
-
-    /// A call starts: `abort` ends it if the run is stopped hard meanwhile (at once if it
-    /// already was).
-    pub(crate) fn register_call(&self, abort: Abort) -> CallGuard<'_> {
-        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let mut in_flight = self.in_flight.lock();
-        if self.aborted.load(Ordering::SeqCst) {
-            abort();
-        }
-        in_flight.push((id, abort));
-        CallGuard { control: self, id }
-    }
-
-    /// Stop hard: end every call in flight (their items fail as stopped) and every call
-    /// that starts from now on.
-    pub(crate) fn abort(&self) {
-        let in_flight = self.in_flight.lock();
-        self.aborted.store(true, Ordering::SeqCst);
-        for (_, abort) in in_flight.iter() {
-            abort();
+            signal.raise();
         }
     }
+}
 
-    /// Whether [`abort`](Self::abort) was called.
-    pub(crate) fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::SeqCst)
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Cancel").field(&self.is_cancelled()).finish()
+    }
+}
+
+/// Something a stop must interrupt: called when the signal is raised.
+pub(crate) type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// A wake-up for whoever waits on a run's stop: waits between retries block on its condition
+/// variable, and its hooks wake waits that block elsewhere (the throttle's queue, a
+/// pipeline's source).
+#[derive(Default)]
+pub(crate) struct Signal {
+    raised: Mutex<u64>,
+    changed: Condvar,
+    hooks: Mutex<Vec<Hook>>,
+}
+
+impl Signal {
+    /// Wake every waiter and run the hooks.
+    pub(crate) fn raise(&self) {
+        *self.raised.lock() += 1;
+        self.changed.notify_all();
+        for hook in self.hooks.lock().iter() {
+            hook();
+        }
     }
 
-    /// Record a fatal error: the run starts no further item.
-    pub(crate) fn fail_fatally(&self, error: &Error) {
-        let mut fatal = self.fatal.lock();
-        if fatal.is_none() {
-            log::warn!("stopping the run: {error}");
-            *fatal = Some(error.clone());
-            self.has_fatal.store(true, Ordering::Release);
+    /// Run `hook` on every raise from now on.
+    pub(crate) fn on_raise(&self, hook: Hook) {
+        self.hooks.lock().push(hook);
+    }
+
+    /// Block until `deadline`, or until `stopped()` is true (checked at the start and after
+    /// every raise). Returns false when stopped first.
+    pub(crate) fn wait_until(&self, deadline: Instant, stopped: &dyn Fn() -> bool) -> bool {
+        let mut raised = self.raised.lock();
+        loop {
+            // Checked under the lock, so a raise between the check and the wait is not lost.
+            if stopped() {
+                return false;
+            }
+            if Instant::now() >= deadline {
+                return true;
+            }
+            let seen = *raised;
+            while *raised == seen {
+                if self.changed.wait_until(&mut raised, deadline).timed_out() {
+                    break;
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_cancel_wakes_a_long_wait_at_once() {
+        let cancel = Cancel::new();
+        let signal = Arc::new(Signal::default());
+        cancel.watch(&signal);
+        let waiter = {
+            let (cancel, signal) = (cancel.clone(), Arc::clone(&signal));
+            std::thread::spawn(move || {
+                let far = Instant::now() + Duration::from_secs(3600);
+                signal.wait_until(far, &|| cancel.is_cancelled())
+            })
+        };
+        cancel.cancel();
+        assert!(
+            !waiter.join().unwrap(),
+            "the wait ended because of the cancel"
+        );
+    }
+
+    #[test]
+    fn a_wait_without_a_stop_lasts_until_its_deadline() {
+        let signal = Signal::default();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert!(signal.wait_until(deadline, &|| false));
+        assert!(Instant::now() >= deadline);
+    }
+
+    #[test]
+    fn watching_a_cancelled_handle_raises_at_once_and_runs_hooks() {
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let signal = Arc::new(Signal::default());
+        let hits = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&hits);
+        signal.on_raise(Box::new(move || seen.store(true, Ordering::SeqCst)));
+        cancel.watch(&signal);
+        assert!(hits.load(Ordering::SeqCst));
     }
 }

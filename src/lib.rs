@@ -25,9 +25,10 @@
 //! - [`prelude`]: the extension traits (`claude_map` and friends).
 //! - [`stream`]: the same on plain iterators (stdin lines, a log being read), lazily and in
 //!   order: `claude_stream_map` and `claude_windows`.
-//! - [`pipeline`]: [`Pipeline`], for sources that never end (a queue, a channel) and
-//!   results that go to a store in batches, with bounded memory and a graceful stop.
-//! - [`simulator`]: a stand-in CLI for trying things without an API key.
+//! - [`pipeline`]: [`Pipeline`](pipeline::Pipeline), for sources that never end (a queue, a
+//!   channel) and results that go to a store in batches, with bounded memory and a graceful
+//!   stop.
+//! - `simulator` (feature `simulator`): a stand-in CLI for trying things without an API key.
 //!
 //! See `ARCHITECTURE.md` for how they fit together.
 
@@ -42,28 +43,40 @@ compile_error!(
 
 mod budget;
 mod cancel;
+mod conversation;
+mod engine;
 mod error;
+mod failed;
 pub mod iter;
 pub mod pipeline;
 pub mod prelude;
 mod progress;
-#[cfg(feature = "progress")]
-mod progress_bar;
 mod response;
-pub mod retry;
+mod retry;
 mod session;
+#[cfg(feature = "simulator")]
 pub mod simulator;
 mod stats;
 pub mod stream;
-pub mod throttle;
+mod throttle;
 
 pub use cancel::Cancel;
+pub use conversation::Conversation;
 pub use error::Error;
-pub use iter::{Failed, Outcome};
-pub use pipeline::Pipeline;
-pub use progress::{Progress, ProgressCallback};
+pub use failed::{Failed, MapResult, Outcome};
+pub use progress::Progress;
 pub use response::{Response, Usage};
 pub use retry::RetryPolicy;
-pub use session::{Conversation, Session, SessionBuilder, CLI_ENV_VAR};
+pub use session::{Effort, PermissionMode, Session, SessionBuilder, CLI_ENV_VAR};
 pub use stats::Stats;
 pub use throttle::Throttle;
+
+// Crates whose types appear in this crate's signatures, so that users name the same versions.
+/// The channel crate of [`PipelineBuilder::source_channel`](pipeline::PipelineBuilder::source_channel).
+pub use crossbeam_channel;
+/// The progress-bar crate of
+/// [`SessionBuilder::progress_draw_target`](SessionBuilder::progress_draw_target).
+#[cfg(feature = "progress")]
+pub use indicatif;
+/// The JSON crate of [`Response::structured`] and [`SessionBuilder::json_schema`].
+pub use serde_json;

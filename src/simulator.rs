@@ -52,6 +52,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// The line a strict prompt (`claude_filter`, `claude_group_by`) ends with; demo answers pick
+/// one of the answers it lists. The library's own copy is in the engine: the simulator knows
+/// nothing of the adaptors, and `tests/claude_group_by.rs` fails if the two drift.
+const ALLOWED_PREFIX: &str = "Allowed answers: ";
+
 /// Set to `1` in a child's environment to make [`serve_if_requested`] run the simulator.
 pub const SIMULATOR_ENV_VAR: &str = "CLAUDE_RAYON_SIMULATOR";
 
@@ -570,7 +575,7 @@ fn demo_answer(prompt: &str) -> String {
     if let Some(line) = prompt
         .lines()
         .rev()
-        .find_map(|l| l.strip_prefix(crate::iter::strict::ALLOWED_PREFIX))
+        .find_map(|l| l.strip_prefix(ALLOWED_PREFIX))
     {
         let options: Vec<&str> = line
             .split('|')

@@ -61,6 +61,9 @@ pub struct Stats {
     /// Why the last retry was needed, or the last call that could not connect: the error,
     /// shortened. The progress bar shows it while retries happen.
     pub last_retry_reason: Option<String>,
+    /// Items of this session waiting on the throttle right now (for the rate limit or a
+    /// shared back-off pause).
+    pub waiting_on_throttle: u64,
 }
 
 impl Stats {
@@ -81,6 +84,8 @@ pub(crate) struct Counters {
     pub requests: AtomicU64,
     pub throttle_waits: AtomicU64,
     pub throttle_wait_nanos: AtomicU64,
+    /// A gauge: items inside a throttle wait now.
+    pub throttle_waiting: AtomicU64,
     pub backoff_pauses: AtomicU64,
     pub first_result_nanos: AtomicU64,
     pub totals: Mutex<Totals>,
@@ -122,6 +127,7 @@ impl Counters {
             latency_p99: latency.quantile(0.99),
             latency_max: latency.max(),
             last_retry_reason: self.last_retry_reason.lock().clone(),
+            waiting_on_throttle: load(&self.throttle_waiting),
         }
     }
 

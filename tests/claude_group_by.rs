@@ -25,7 +25,8 @@ fn categories_with_odd_case_and_punctuation_are_matched_to_the_given_names() {
         .par_iter()
         .claude_group_by(&session, CATEGORIES, |a| {
             format!("[[sim:reply={}]] which?", a.replace('\n', " "))
-        });
+        })
+        .groups();
     assert_eq!(groups.len(), 6);
     assert!(groups.failed.is_empty(), "{:?}", groups.failed);
     assert_eq!(
@@ -55,7 +56,8 @@ fn an_unknown_category_is_never_created() {
             } else {
                 "[[sim:replies=y,Bug|Feature]] which?".to_string()
             }
-        });
+        })
+        .groups();
     assert_eq!(groups.groups.len(), 3);
     assert!(groups.get("Complaint").is_none());
     assert_eq!(
@@ -75,7 +77,8 @@ fn empty_input_keeps_every_category() {
     let session = fake.builder().build().unwrap();
     let groups = Vec::<String>::new()
         .into_par_iter()
-        .claude_group_by(&session, CATEGORIES, |s| s.clone());
+        .claude_group_by(&session, CATEGORIES, |s| s.clone())
+        .groups();
     assert!(groups.is_empty());
     assert_eq!(groups.groups.len(), 3);
     assert!(groups.iter().all(|(_, items)| items.is_empty()));
@@ -86,10 +89,10 @@ fn invalid_categories_fail_every_item_without_a_call() {
     let fake = Fake::new();
     let session = fake.builder().build().unwrap();
     for categories in [vec![], vec!["bug", "Bug."], vec!["a|b"]] {
-        let groups =
-            vec![1, 2, 3]
-                .into_par_iter()
-                .claude_group_by(&session, categories.clone(), |i| format!("{i}"));
+        let groups = vec![1, 2, 3]
+            .into_par_iter()
+            .claude_group_by(&session, categories.clone(), |i| format!("{i}"))
+            .groups();
         assert_eq!(groups.failed.len(), 3, "{categories:?}");
         assert!(groups
             .failed
@@ -109,15 +112,17 @@ fn every_item_ends_exactly_once() {
         .build()
         .unwrap();
     let items: Vec<u32> = (0..40).collect();
-    let groups = (&items).par_claude_group_by(&session, ["even", "odd"], |i| {
-        if **i % 10 == 3 {
-            format!("[[sim:error=400]] {i}")
-        } else if **i % 2 == 0 {
-            format!("[[sim:reply=Even]] {i}")
-        } else {
-            format!("[[sim:reply=odd.]] {i}")
-        }
-    });
+    let groups = (&items)
+        .par_claude_group_by(&session, ["even", "odd"], |i| {
+            if **i % 10 == 3 {
+                format!("[[sim:error=400]] {i}")
+            } else if **i % 2 == 0 {
+                format!("[[sim:reply=Even]] {i}")
+            } else {
+                format!("[[sim:reply=odd.]] {i}")
+            }
+        })
+        .groups();
     assert_eq!(groups.len(), 40);
     let mut seen: Vec<u32> = groups
         .iter()
@@ -131,15 +136,10 @@ fn every_item_ends_exactly_once() {
 }
 
 #[test]
-fn a_session_wide_cancel_stops_a_group_by() {
+fn a_cancel_stops_a_group_by() {
     let fake = Fake::new();
     let cancel = claude_rayon::Cancel::new();
-    let session = fake
-        .builder()
-        .concurrency(2)
-        .cancel_on(&cancel)
-        .build()
-        .unwrap();
+    let session = fake.builder().concurrency(2).build().unwrap();
     let groups = std::thread::scope(|s| {
         let (watch, handle) = (session.clone(), cancel.clone());
         s.spawn(move || {
@@ -155,6 +155,8 @@ fn a_session_wide_cancel_stops_a_group_by() {
             .claude_group_by(&session, ["a", "b"], |i| {
                 format!("[[sim:delay=10]] [[sim:reply=a]] {i}")
             })
+            .with_cancel(&cancel)
+            .groups()
     });
     assert_eq!(groups.len(), 200, "every item accounted for");
     assert!(!groups.failed.is_empty() && groups.failed.len() < 200);
@@ -165,9 +167,12 @@ fn a_session_wide_cancel_stops_a_group_by() {
     let stats = session.stats();
     assert_eq!(stats.started, stats.succeeded + stats.failed);
     assert_eq!(stats.failed as usize, groups.failed.len());
+    // The cancel belongs to that run only; resetting it lets it be used again.
     cancel.reset();
     let again = vec![1]
         .into_par_iter()
-        .claude_group_by(&session, ["a"], |_| "[[sim:reply=a]]");
+        .claude_group_by(&session, ["a"], |_| "[[sim:reply=a]]")
+        .with_cancel(&cancel)
+        .groups();
     assert_eq!(again.get("a").unwrap().len(), 1);
 }

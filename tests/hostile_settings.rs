@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
+use claude_rayon::prelude::*;
 use claude_rayon::{Cancel, Error, RetryPolicy};
+use rayon::prelude::*;
 use support::{wait_until, Fake};
 
 #[test]
@@ -30,12 +32,18 @@ fn duration_max_settings_do_not_panic() {
                 .max_backoff(Duration::MAX),
         )
         .timeout(Duration::MAX)
-        .cancel_on(&cancel)
         .concurrency(1)
         .build()
         .unwrap();
     std::thread::scope(|s| {
-        let failing = s.spawn(|| session.query("[[sim:error=529]] y"));
+        let failing = s.spawn(|| {
+            let mut results: Vec<_> = ["[[sim:error=529]] y"]
+                .par_iter()
+                .claude_map(&session, |p| p.to_string())
+                .with_cancel(&cancel)
+                .collect();
+            results.pop().unwrap().map(|(_, r)| r).map_err(|f| f.error)
+        });
         wait_until("the first call", Duration::from_secs(10), || {
             fake.prompts().iter().any(|(p, _)| p.contains(" y"))
         });

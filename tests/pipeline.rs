@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use claude_rayon::pipeline::{Batch, Flush, PipelineStats};
-use claude_rayon::{Error, Failed, Pipeline, Response, Session};
+use claude_rayon::pipeline::Pipeline;
+use claude_rayon::{Error, Failed, Response, Session};
 use support::{wait_until, Fake};
 
 const DEADLINE: Duration = Duration::from_secs(60);

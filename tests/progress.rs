@@ -174,7 +174,7 @@ fn no_bar_when_stderr_is_not_a_terminal() {
 #[cfg(feature = "progress")]
 #[test]
 fn a_pipeline_turns_its_own_bar_on_or_off() {
-    use claude_rayon::Pipeline;
+    use claude_rayon::pipeline::Pipeline;
     use indicatif::{InMemoryTerm, ProgressDrawTarget};
     let draw = |show: bool| {
         let fake = Fake::new();

@@ -45,7 +45,8 @@ fn filter_and_group_by_through_the_real_cli() {
         .par_iter()
         .claude_group_by(&session, ["red", "green", "blue"], |i| {
             format!("item {i}: which colour?")
-        });
+        })
+        .groups();
     assert!(groups.failed.is_empty(), "{:?}", groups.failed);
     for (index, (name, members)) in groups.iter().enumerate() {
         let expected: Vec<u32> = (0..30).filter(|i| *i as usize % 3 == index).collect();

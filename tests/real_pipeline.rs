@@ -8,8 +8,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use claude_rayon::pipeline::Pipeline;
 use claude_rayon::pipeline::{Batch, Flush};
-use claude_rayon::Pipeline;
 use support::mock_api::Reply;
 use support::Real;
 

@@ -189,10 +189,17 @@ fn sessions_sharing_a_throttle_stay_under_its_token_limit_together() {
 
 #[test]
 fn a_wait_on_the_throttle_shows_in_the_stats() {
-    // 1,000 tokens a minute, all held by this test: a request waits until they come back.
+    // 1,000 tokens a minute, all taken by the first session's slow item (its estimate is
+    // over 1,000 with this allowance): the second session's query waits until it is settled.
     let shared = Arc::new(Throttle::new(None, Some(1_000)).unwrap());
-    let held = shared.acquire(1_000, &|| false).unwrap();
     let fake = Fake::new();
+    let holder = fake
+        .builder()
+        .throttle(Arc::clone(&shared))
+        .concurrency(1)
+        .output_token_allowance(1_000)
+        .build()
+        .unwrap();
     let session = fake
         .builder()
         .throttle(Arc::clone(&shared))
@@ -203,19 +210,23 @@ fn a_wait_on_the_throttle_shows_in_the_stats() {
     assert_eq!(session.stats().throttle_waits, 0);
 
     std::thread::scope(|s| {
+        let holding = s.spawn(|| holder.query("[[sim:delay=1500]] hold"));
+        wait_until("the holder's call", Duration::from_secs(10), || {
+            fake.prompts().iter().any(|(p, _)| p.contains("hold"))
+        });
         let query = s.spawn(|| session.query("hello"));
-        // Refilling the ~300 tokens it needs would take ~18 s; the refund frees them at once.
+        // Refilling the ~300 tokens it needs would take ~18 s; the holder's refund frees them.
         wait_until(
             "the query to block on the throttle",
             Duration::from_secs(10),
-            || shared.waiters() == 1,
+            || session.stats().waiting_on_throttle == 1,
         );
         assert_eq!(session.stats().requests, 0, "nothing sent while waiting");
-        assert!(fake.prompts().is_empty());
-        shared.settle(held, 0);
+        holding.join().unwrap().unwrap();
         let response = query.join().unwrap().unwrap();
         assert_eq!(response.text, "echo: hello");
     });
+    assert_eq!(session.stats().waiting_on_throttle, 0);
 
     let stats = session.stats();
     assert_eq!(stats.requests, 1);
@@ -323,7 +334,7 @@ fn a_429_pauses_every_session_on_the_shared_throttle() {
         wait_until(
             "the other session to wait on the pause",
             Duration::from_secs(10),
-            || shared.waiters() == 1,
+            || b.stats().waiting_on_throttle == 1,
         );
         assert_eq!(b.stats().requests, 0);
         drop(guard);

@@ -3,9 +3,10 @@
 use rayon::iter::plumbing::UnindexedConsumer;
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
-use super::dispatch::{begin, dispatch, not_started, RunKind};
-use super::strict;
-use crate::cancel::RunControl;
+use std::fmt;
+
+use super::dispatch::dispatch;
+use crate::engine::{strict, Policy, Run};
 use crate::{Cancel, Failed, Session};
 
 /// The adaptor behind
@@ -62,31 +63,21 @@ where
 {
     fn run(self) -> Vec<Result<I::Item, Failed<I::Item>>> {
         let items: Vec<I::Item> = self.base.collect();
+        let total = Some(items.len() as u64);
+        let run = Run::new(&self.session, "claude_filter", total, self.cancel.as_ref());
         if let Err(error) = strict::check_session(&self.session, "claude_filter") {
-            return refuse_all(&self.session, items, error);
+            return refuse_all(&run, items, error);
         }
-        let control = RunControl::new(self.cancel);
-        let session = &self.session;
         let question_fn = &self.question_fn;
         let allowed = verdicts();
-        let kind = RunKind {
-            name: "claude_filter",
-            // A dropped item (judged false) is a success too.
-            succeeded: |r: &Option<Result<I::Item, Failed<I::Item>>>| !matches!(r, Some(Err(_))),
+        let policy = Policy::Strict {
+            allowed: &allowed,
+            interpret: &interpret_verdict,
         };
-        let verdicts = dispatch(session, items, &control, kind, |item, control| {
-            let (item, question) = match begin(session, control, question_fn, item) {
-                Ok(pair) => pair,
-                Err(failed) => return Some(Err(failed)),
-            };
-            match strict::ask(session, control, &question, &allowed, &interpret_verdict) {
-                Ok((0, _, _)) => Some(Ok(item)),
-                Ok(_) => None,
-                Err((error, attempts)) => Some(Err(Failed {
-                    item,
-                    error,
-                    attempts,
-                })),
+        let verdicts = dispatch(&run, items, |item| {
+            match run.item(item, question_fn, &policy) {
+                Ok((item, answer)) => (answer.choice == Some(0)).then_some(Ok(item)),
+                Err(failed) => Some(Err(failed)),
             }
         });
         verdicts.into_iter().flatten().collect()
@@ -95,23 +86,26 @@ where
 
 /// Every item back as failed with the same error, without a call.
 pub(crate) fn refuse_all<T, O>(
-    session: &Session,
+    run: &Run,
     items: Vec<T>,
     error: crate::Error,
 ) -> Vec<Result<O, Failed<T>>> {
-    items
+    let failed = items
         .into_iter()
-        .map(|item| {
-            Err(not_started(
-                session,
-                Failed {
-                    item,
-                    error: error.clone(),
-                    attempts: 0,
-                },
-            ))
-        })
-        .collect()
+        .map(|item| Err(run.refuse(item, error.clone())))
+        .collect();
+    run.finish();
+    failed
+}
+
+impl<I: fmt::Debug, F> fmt::Debug for ClaudeFilter<I, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClaudeFilter")
+            .field("base", &self.base)
+            .field("session", &self.session)
+            .field("cancel", &self.cancel)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<I, F, P> ParallelIterator for ClaudeFilter<I, F>

@@ -1,11 +1,12 @@
 //! `claude_group_by`: each item into exactly one of the given categories.
 
+use std::fmt;
+
 use rayon::iter::ParallelIterator;
 
-use super::dispatch::{begin, dispatch, RunKind};
+use super::dispatch::dispatch;
 use super::filter::refuse_all;
-use super::strict;
-use crate::cancel::RunControl;
+use crate::engine::{strict, Policy, Run};
 use crate::{Cancel, Error, Failed, Session};
 
 /// Items sorted into the given categories, and the items that could not be sorted.
@@ -15,12 +16,24 @@ use crate::{Cancel, Error, Failed, Session};
 ///
 /// # Examples
 ///
-/// ```
-/// use claude_rayon::iter::Groups;
+/// On the built-in simulator, which answers a category in turn:
 ///
-/// let groups: Groups<&str> = Groups::empty(["bug", "feature"]);
-/// assert_eq!(groups.get("bug"), Some(&[][..]));
-/// assert_eq!(groups.get("question"), None);
+/// ```
+/// claude_rayon::simulator::serve_if_requested();
+/// use claude_rayon::prelude::*;
+/// use claude_rayon::Session;
+/// use rayon::prelude::*;
+///
+/// let session = Session::builder().simulated()?.concurrency(2).build()?;
+/// let tickets = ["App crashes on start", "Please add dark mode"];
+/// let groups = tickets
+///     .par_iter()
+///     .claude_group_by(&session, ["bug", "feature"], |t| format!("Which kind?\n{t}"))
+///     .groups();
+/// assert_eq!(groups.len(), 2);
+/// assert!(groups.get("bug").is_some());
+/// assert_eq!(groups.get("question"), None, "no category outside the list");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
 pub struct Groups<T> {
@@ -32,12 +45,9 @@ pub struct Groups<T> {
 
 impl<T> Groups<T> {
     /// Groups with the given categories and no items.
-    pub fn empty<S: Into<String>>(categories: impl IntoIterator<Item = S>) -> Self {
+    fn empty(categories: &[String]) -> Self {
         Groups {
-            groups: categories
-                .into_iter()
-                .map(|c| (c.into(), Vec::new()))
-                .collect(),
+            groups: categories.iter().map(|c| (c.clone(), Vec::new())).collect(),
             failed: Vec::new(),
         }
     }
@@ -103,54 +113,93 @@ fn check_categories(categories: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-/// The terminal `claude_group_by` run.
-pub(crate) fn group_by<I, F, P>(
+/// The adaptor behind
+/// [`claude_group_by`](crate::prelude::ClaudeParallelIterator::claude_group_by). Lazy:
+/// nothing runs until [`groups`](Self::groups) is called.
+#[must_use = "claude_group_by does nothing until .groups() is called"]
+pub struct ClaudeGroupBy<I, F> {
     base: I,
-    session: &Session,
+    session: Session,
     categories: Vec<String>,
     prompt_fn: F,
     cancel: Option<Cancel>,
-) -> Groups<I::Item>
+}
+
+impl<I, F> ClaudeGroupBy<I, F> {
+    pub(crate) fn new(base: I, session: &Session, categories: Vec<String>, prompt_fn: F) -> Self {
+        ClaudeGroupBy {
+            base,
+            session: session.clone(),
+            categories,
+            prompt_fn,
+            cancel: None,
+        }
+    }
+
+    /// Stop starting new items once `cancel` is set; the rest come back in
+    /// [`Groups::failed`] with [`Error::Cancelled`].
+    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
+        self.cancel = Some(cancel.clone());
+        self
+    }
+}
+
+impl<I, F, P> ClaudeGroupBy<I, F>
 where
     I: ParallelIterator,
     F: Fn(&I::Item) -> P + Sync + Send,
     P: AsRef<str>,
 {
-    let items: Vec<I::Item> = base.collect();
-    let mut groups = Groups::empty(categories.iter().cloned());
-    let refused = check_categories(&categories)
-        .and_then(|()| strict::check_session(session, "claude_group_by"));
-    // Each item with the index of its category, or failed.
-    type Sorted<T> = Result<(usize, T), Failed<T>>;
-    let results: Vec<Sorted<I::Item>> = match refused {
-        Err(error) => refuse_all(session, items, error),
-        Ok(()) => {
-            let control = RunControl::new(cancel);
-            let interpret = |answer: &str| strict::match_answer(answer, &categories);
-            let kind = RunKind {
-                name: "claude_group_by",
-                succeeded: |r: &Sorted<I::Item>| r.is_ok(),
-            };
-            dispatch(session, items, &control, kind, |item, control| {
-                let (item, prompt) = begin(session, control, &prompt_fn, item)?;
-                match strict::ask(session, control, &prompt, &categories, &interpret) {
-                    Ok((index, _, _)) => Ok((index, item)),
-                    Err((error, attempts)) => Err(Failed {
-                        item,
-                        error,
-                        attempts,
-                    }),
-                }
-            })
+    /// Run: sort every item into its category, in input order within each.
+    pub fn groups(self) -> Groups<I::Item> {
+        let items: Vec<I::Item> = self.base.collect();
+        let categories = self.categories;
+        let mut groups = Groups::empty(&categories);
+        let total = Some(items.len() as u64);
+        let run = Run::new(
+            &self.session,
+            "claude_group_by",
+            total,
+            self.cancel.as_ref(),
+        );
+        let refused = check_categories(&categories)
+            .and_then(|()| strict::check_session(&self.session, "claude_group_by"));
+        // Each item with the index of its category, or failed.
+        type Sorted<T> = Result<(usize, T), Failed<T>>;
+        let results: Vec<Sorted<I::Item>> = match refused {
+            Err(error) => refuse_all(&run, items, error),
+            Ok(()) => {
+                let interpret = |answer: &str| strict::match_answer(answer, &categories);
+                let policy = Policy::Strict {
+                    allowed: &categories,
+                    interpret: &interpret,
+                };
+                let prompt_fn = &self.prompt_fn;
+                dispatch(&run, items, |item| {
+                    let (item, answer) = run.item(item, prompt_fn, &policy)?;
+                    Ok((answer.choice.expect("a strict answer has a choice"), item))
+                })
+            }
+        };
+        for result in results {
+            match result {
+                Ok((index, item)) => groups.groups[index].1.push(item),
+                Err(failed) => groups.failed.push(failed),
+            }
         }
-    };
-    for result in results {
-        match result {
-            Ok((index, item)) => groups.groups[index].1.push(item),
-            Err(failed) => groups.failed.push(failed),
-        }
+        groups
     }
-    groups
+}
+
+impl<I: fmt::Debug, F> fmt::Debug for ClaudeGroupBy<I, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClaudeGroupBy")
+            .field("base", &self.base)
+            .field("session", &self.session)
+            .field("categories", &self.categories)
+            .field("cancel", &self.cancel)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
 //! `claude_map`: one prompt per item, the answer beside the item.
 
+use std::fmt;
+
 use rayon::iter::plumbing::{Consumer, ProducerCallback, UnindexedConsumer};
 use rayon::iter::{IndexedParallelIterator, IntoParallelIterator, ParallelIterator};
 
-use super::dispatch::{dispatch, run_one, RunKind};
-use crate::cancel::RunControl;
-use crate::{Cancel, Failed, Response, Session};
-
-/// One item's result from [`ClaudeMap`].
-pub type MapResult<T> = Result<(T, Response), Failed<T>>;
+use super::dispatch::dispatch;
+use crate::engine::{Policy, Run};
+use crate::{Cancel, MapResult, Session};
 
 /// The adaptor behind [`claude_map`](crate::prelude::ClaudeParallelIterator::claude_map).
 /// Lazy: nothing runs until it is driven (collected, iterated with `for_each`, …).
@@ -53,16 +52,23 @@ where
 {
     fn run(self) -> Vec<MapResult<I::Item>> {
         let items: Vec<I::Item> = self.base.collect();
-        let control = RunControl::new(self.cancel);
-        let session = &self.session;
+        let total = Some(items.len() as u64);
+        let run = Run::new(&self.session, "claude_map", total, self.cancel.as_ref());
         let prompt_fn = &self.prompt_fn;
-        let kind = RunKind {
-            name: "claude_map",
-            succeeded: |r: &MapResult<I::Item>| r.is_ok(),
-        };
-        dispatch(session, items, &control, kind, |item, control| {
-            run_one(session, control, prompt_fn, item)
+        dispatch(&run, items, |item| {
+            run.item(item, prompt_fn, &Policy::Plain)
+                .map(|(item, answer)| (item, answer.response))
         })
+    }
+}
+
+impl<I: fmt::Debug, F> fmt::Debug for ClaudeMap<I, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClaudeMap")
+            .field("base", &self.base)
+            .field("session", &self.session)
+            .field("cancel", &self.cancel)
+            .finish_non_exhaustive()
     }
 }
 

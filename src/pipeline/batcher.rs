@@ -95,7 +95,6 @@ where
                 match processed {
                     Processed::Ok(output, key) => {
                         add(&counters.succeeded, 1);
-                        self.shared.item_done(true);
                         let batch = open.entry(key.clone()).or_insert_with(|| {
                             opened += 1;
                             by_age.insert(opened, key.clone());
@@ -116,7 +115,6 @@ where
                         }
                     }
                     Processed::Failed(failed, stopped) => {
-                        self.shared.item_done(false);
                         let _ = self.sink.send(ToSink::Failed(failed, stopped));
                     }
                     Processed::Bug(message) => {

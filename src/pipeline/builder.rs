@@ -12,7 +12,7 @@ use crossbeam_channel::Receiver;
 
 use super::process::{KeyFn, Output, PromptFn};
 use super::source::Source;
-use super::{Batch, PipelineHandle, PipelineStats};
+use super::{Batch, Pipeline, PipelineStats};
 use crate::{Error, Failed, Response, Session};
 
 /// Marks a [`PipelineBuilder`] without a batch handler yet: [`on_batch`](PipelineBuilder::on_batch)
@@ -87,7 +87,7 @@ impl<T, O, K, H> PipelineBuilder<T, O, K, H> {
     /// Take items from an iterator, which may never end. It is pulled on a thread of the
     /// pipeline's own, only as fast as items can be processed.
     ///
-    /// On [`stop`](super::PipelineHandle::stop) it is not pulled again; if it is blocked
+    /// On [`stop`](super::Pipeline::stop) it is not pulled again; if it is blocked
     /// inside `next()` then (waiting on a socket, say), the stop does not wait for it: its
     /// thread is left behind, and an item it yields later goes to `on_failed` with
     /// [`Error::Cancelled`] (or [`Error::Stopped`] after a fatal error). A channel is better
@@ -245,13 +245,13 @@ where
     }
 
     /// Start the pipeline on threads of its own and return a handle to watch it
-    /// ([`stats`](PipelineHandle::stats)), stop it gracefully ([`stop`](PipelineHandle::stop))
-    /// or wait for its source to end ([`join`](PipelineHandle::join)).
+    /// ([`stats`](Pipeline::stats)), stop it gracefully ([`stop`](Pipeline::stop))
+    /// or wait for its source to end ([`join`](Pipeline::join)).
     ///
     /// # Errors
     ///
     /// As [`run`](Self::run).
-    pub fn start(self) -> Result<PipelineHandle, Error> {
+    pub fn start(self) -> Result<Pipeline, Error> {
         let running = super::launch(self)?;
         let shared = Arc::clone(&running.shared);
         let (finished_tx, finished) = crossbeam_channel::bounded::<()>(0);
@@ -263,7 +263,7 @@ where
                 stats
             })
             .map_err(Error::io)?;
-        Ok(PipelineHandle {
+        Ok(Pipeline {
             shared,
             supervisor: Some(supervisor),
             finished,

@@ -20,9 +20,9 @@
 //! **Exactly once**: every item taken from the source ends in exactly one batch handed to
 //! the handler, or in `on_failed`, whatever fails, panics or stops.
 //!
-//! **Graceful stop**: [`PipelineHandle::stop`] stops taking from the source, lets the calls
+//! **Graceful stop**: [`Pipeline::stop`] stops taking from the source, lets the calls
 //! in flight finish (for [`DEFAULT_STOP_TIMEOUT`] at most, or the bound given to
-//! [`PipelineHandle::stop_within`], after which they are ended and fail as stopped), fails
+//! [`Pipeline::stop_within`], after which they are ended and fail as stopped), fails
 //! the items not yet sent (as [`Error::Cancelled`]), flushes the partial batches, and returns
 //! the final stats. A fatal error (bad credentials, a spent
 //! budget) stops the pipeline the same way by itself.
@@ -50,72 +50,6 @@ use sink::Sink;
 use source::SourceStage;
 
 use crate::{Error, Failed};
-
-/// A pipeline from a source that may never end to a handler that takes batches: build one
-/// with [`Pipeline::builder`]. See the [module documentation](crate::pipeline) for the stages.
-///
-/// # Examples
-///
-/// Tickets arrive on a channel; each gets a one-word urgency, and the rows go to a store in
-/// batches of 4 (on the built-in simulator here, so it runs anywhere):
-///
-/// ```
-/// claude_rayon::simulator::serve_if_requested();
-/// use std::time::Duration;
-/// use claude_rayon::{Pipeline, Session};
-///
-/// let session = Session::builder().simulated()?.concurrency(2).build()?;
-/// let (tx, rx) = crossbeam_channel::bounded(16);
-/// std::thread::spawn(move || {
-///     for id in 0..10u32 {
-///         tx.send((id, format!("printer {id} is on fire"))).unwrap();
-///     }
-/// });
-/// let stats = Pipeline::builder()
-///     .source_channel(rx)
-///     .session(&session)
-///     .prompt(|(_, text): &(u32, String)| format!("Urgency of this ticket, in one word: {text}"))
-///     .transform(|(id, _), answer| (*id, answer.text))
-///     .batch_size(4)
-///     .batch_timeout(Duration::from_millis(200))
-///     .on_batch(|batch| println!("store {} rows", batch.items.len()))
-///     .on_failed(|failed| eprintln!("ticket {} failed: {}", failed.item.0, failed.error))
-///     .run()?;
-/// assert_eq!(stats.received, 10);
-/// assert_eq!(stats.batched_items + stats.failed, 10);
-/// # Ok::<(), claude_rayon::Error>(())
-/// ```
-///
-/// An endless source, stopped gracefully after a while:
-///
-/// ```no_run
-/// use std::time::Duration;
-/// use claude_rayon::{Pipeline, Session};
-///
-/// let session = Session::builder().model("haiku").concurrency(4).build()?;
-/// let handle = Pipeline::builder()
-///     .source((0u64..).map(|n| format!("event {n}")))
-///     .session(&session)
-///     .prompt(|event: &String| format!("Summarise: {event}"))
-///     .on_batch(|batch| println!("{} answers", batch.items.len()))
-///     .start()?;
-/// std::thread::sleep(Duration::from_secs(10));
-/// let stats = handle.stop();
-/// assert_eq!(stats.received, stats.batched_items + stats.failed);
-/// # Ok::<(), claude_rayon::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct Pipeline {
-    _private: (),
-}
-
-impl Pipeline {
-    /// Start configuring a pipeline whose source yields `T`. The type is usually inferred
-    /// from the source, so set that first.
-    pub fn builder<T: Send + 'static>() -> PipelineBuilder<T> {
-        PipelineBuilder::new()
-    }
-}
 
 /// A batch of values handed to the batch handler.
 ///
@@ -172,22 +106,84 @@ pub enum Flush {
     Drain,
 }
 
-/// A running pipeline, from [`PipelineBuilder::start`]: watch it, stop it, or wait for it.
+/// A running pipeline from a source that may never end to a handler that takes batches:
+/// configure one with [`Pipeline::builder`], then [`start`](PipelineBuilder::start) it (or
+/// [`run`](PipelineBuilder::run) it to its end). Watch it, stop it, or wait for it. See the
+/// [module documentation](crate::pipeline) for the stages.
 ///
-/// Dropping the handle stops the pipeline (as [`stop`](Self::stop) does) without waiting
-/// for it: the items in flight still end, on the pipeline's threads.
-#[must_use = "dropping the handle stops the pipeline"]
-pub struct PipelineHandle {
+/// Dropping it stops the pipeline (as [`stop`](Self::stop) does) without waiting for it: the
+/// items in flight still end, on the pipeline's threads.
+///
+/// # Examples
+///
+/// Tickets arrive on a channel; each gets a one-word urgency, and the rows go to a store in
+/// batches of 4 (on the built-in simulator here, so it runs anywhere):
+///
+/// ```
+/// claude_rayon::simulator::serve_if_requested();
+/// use std::time::Duration;
+/// use claude_rayon::pipeline::Pipeline;
+/// use claude_rayon::Session;
+///
+/// let session = Session::builder().simulated()?.concurrency(2).build()?;
+/// let (tx, rx) = crossbeam_channel::bounded(16);
+/// std::thread::spawn(move || {
+///     for id in 0..10u32 {
+///         tx.send((id, format!("printer {id} is on fire"))).unwrap();
+///     }
+/// });
+/// let stats = Pipeline::builder()
+///     .source_channel(rx)
+///     .session(&session)
+///     .prompt(|(_, text): &(u32, String)| format!("Urgency of this ticket, in one word: {text}"))
+///     .transform(|(id, _), answer| (*id, answer.text))
+///     .batch_size(4)
+///     .batch_timeout(Duration::from_millis(200))
+///     .on_batch(|batch| println!("store {} rows", batch.items.len()))
+///     .on_failed(|failed| eprintln!("ticket {} failed: {}", failed.item.0, failed.error))
+///     .run()?;
+/// assert_eq!(stats.received, 10);
+/// assert_eq!(stats.batched_items + stats.failed, 10);
+/// # Ok::<(), claude_rayon::Error>(())
+/// ```
+///
+/// An endless source, stopped gracefully after a while:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use claude_rayon::pipeline::Pipeline;
+/// use claude_rayon::Session;
+///
+/// let session = Session::builder().model("haiku").concurrency(4).build()?;
+/// let handle = Pipeline::builder()
+///     .source((0u64..).map(|n| format!("event {n}")))
+///     .session(&session)
+///     .prompt(|event: &String| format!("Summarise: {event}"))
+///     .on_batch(|batch| println!("{} answers", batch.items.len()))
+///     .start()?;
+/// std::thread::sleep(Duration::from_secs(10));
+/// let stats = handle.stop();
+/// assert_eq!(stats.received, stats.batched_items + stats.failed);
+/// # Ok::<(), claude_rayon::Error>(())
+/// ```
+#[must_use = "dropping a started pipeline stops it"]
+pub struct Pipeline {
     shared: Arc<Shared>,
     supervisor: Option<JoinHandle<PipelineStats>>,
     /// Closed when the supervisor is done.
     finished: crossbeam_channel::Receiver<()>,
 }
 
-/// How long [`PipelineHandle::stop`] lets calls in flight finish before ending them.
+/// How long [`Pipeline::stop`] lets calls in flight finish before ending them.
 pub const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-impl PipelineHandle {
+impl Pipeline {
+    /// Start configuring a pipeline whose source yields `T`. The type is usually inferred
+    /// from the source, so set that first.
+    pub fn builder<T: Send + 'static>() -> PipelineBuilder<T> {
+        PipelineBuilder::new()
+    }
+
     /// What the pipeline has done so far. The counters are read one at a time, so while it
     /// runs they may be a moment apart (an item counted as received and not yet in flight).
     pub fn stats(&self) -> PipelineStats {
@@ -219,7 +215,8 @@ impl PipelineHandle {
     /// ```
     /// # claude_rayon::simulator::serve_if_requested();
     /// use std::time::Duration;
-    /// use claude_rayon::{Pipeline, Session};
+    /// use claude_rayon::pipeline::Pipeline;
+    /// use claude_rayon::Session;
     ///
     /// let session = Session::builder().simulated()?.concurrency(2).build()?;
     /// let handle = Pipeline::builder()
@@ -241,7 +238,7 @@ impl PipelineHandle {
         let deadline = crate::retry::saturating_add(std::time::Instant::now(), bound);
         if self.finished.recv_deadline(deadline).is_err() && !self.is_finished() {
             log::info!("pipeline stop: calls still in flight after {bound:?} are ended");
-            self.shared.control.abort();
+            self.shared.run.stop().abort();
         }
         self.wait()
     }
@@ -275,7 +272,7 @@ impl PipelineHandle {
     }
 }
 
-impl Drop for PipelineHandle {
+impl Drop for Pipeline {
     fn drop(&mut self) {
         if self.supervisor.is_some() {
             self.shared.request_stop();
@@ -283,9 +280,9 @@ impl Drop for PipelineHandle {
     }
 }
 
-impl std::fmt::Debug for PipelineHandle {
+impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipelineHandle")
+        f.debug_struct("Pipeline")
             .field("stats", &self.stats())
             .finish()
     }
@@ -420,9 +417,7 @@ impl<T, O, K> Running<T, O, K> {
                 std::panic::resume_unwind(panic);
             }
         }
-        if let Some(progress) = &shared.progress {
-            progress.finish();
-        }
+        shared.run.finish();
         // Under the source lock: an item a left-behind source hands over is counted wholly
         // or not at all.
         let _source = shared.source.lock();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use super::shared::Shared;
-use crate::iter::dispatch::{not_started, panic_message, prompt_for};
+use crate::engine::{panic_message, Policy};
 use crate::{Error, Failed, Response};
 
 /// The prompt closure, its answer made a `String` so that the builder needs no type for it.
@@ -75,40 +75,18 @@ where
     }
 
     fn process(&self, item: T) -> Processed<T, O, K> {
-        let control = &self.shared.control;
-        let session = &self.shared.session;
-        if let Some(error) = control.stop_reason() {
-            let failed = Failed {
-                item,
-                error,
-                attempts: 0,
-            };
-            return Processed::Failed(not_started(session, failed), true);
-        }
-        // The prompt is built before a process is taken (a prompt closure that itself uses
-        // Claude cannot starve the pool), and a panic in it fails this item only.
-        let (item, prompt) = match prompt_for(&|item: &T| (self.prompt)(item), item) {
-            Ok(pair) => pair,
-            Err(failed) => return Processed::Failed(not_started(session, failed), false),
-        };
-        match self.shared.session.inner.execute(&prompt, control) {
-            Ok((response, attempts)) => self.shape(item, response, attempts),
-            Err((error, attempts)) => {
-                if error.is_fatal() {
+        let run = &self.shared.run;
+        match run.item(item, |item: &T| (self.prompt)(item), &Policy::Plain) {
+            Ok((item, answer)) => self.shape(item, answer.response, answer.attempts),
+            Err(failed) => {
+                if failed.error.is_fatal() {
                     // No other item can succeed: stop taking from the source.
-                    self.shared.stop_fatally(error.clone());
+                    self.shared.stop_fatally(failed.error.clone());
                 }
                 // Not sent because of the stop, or ended in flight by a bounded stop.
-                let stopped = (attempts == 0 || control.is_aborted())
-                    && matches!(error, Error::Cancelled | Error::Stopped(_));
-                Processed::Failed(
-                    Failed {
-                        item,
-                        error,
-                        attempts,
-                    },
-                    stopped,
-                )
+                let stopped = (failed.attempts == 0 || run.stop().is_aborted())
+                    && matches!(failed.error, Error::Cancelled | Error::Stopped(_));
+                Processed::Failed(failed, stopped)
             }
         }
     }

@@ -9,9 +9,8 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use super::stats::{add, Counters, PipelineStats};
-use crate::cancel::RunControl;
-use crate::progress::RunProgress;
-use crate::{Cancel, Error, Failed, Session};
+use crate::engine::Run;
+use crate::{Error, Failed, Session};
 
 /// The failure handler, shared by the sink and the source thread (which hands over the
 /// items it holds when the pipeline stops).
@@ -111,38 +110,31 @@ pub(crate) struct Shared {
     pub slots: Slots,
     pub max_in_flight: usize,
     pub counters: Counters,
-    /// Checked by every item before its call; set by a stop, and by a fatal error through
-    /// `execute`.
-    pub control: Arc<RunControl>,
-    cancel: Cancel,
+    /// The items' run: its stop is checked by every item before its call, set by a stop
+    /// request and by a fatal error, and it reports the progress.
+    pub run: Run,
     stop_requested: AtomicBool,
     /// Closed (its sender dropped) on stop, so that every `select` on it wakes at once.
     pub stop_rx: Receiver<()>,
     stop_tx: Mutex<Option<Sender<()>>>,
     pub source: Mutex<SourceState>,
     pub source_changed: Condvar,
-    fatal: Mutex<Option<Error>>,
-    pub progress: Option<RunProgress>,
 }
 
 impl Shared {
     pub(crate) fn new(session: &Session, max_in_flight: usize, show_bar: Option<bool>) -> Shared {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
-        let cancel = Cancel::new();
         Shared {
             session: session.clone(),
             slots: Slots::new(max_in_flight),
             max_in_flight,
             counters: Counters::default(),
-            control: Arc::new(RunControl::new(None).abandoned_by(cancel.clone())),
-            cancel,
+            run: Run::with_bar(session, "pipeline", None, None, show_bar),
             stop_requested: AtomicBool::new(false),
             stop_rx,
             stop_tx: Mutex::new(Some(stop_tx)),
             source: Mutex::new(SourceState::default()),
             source_changed: Condvar::new(),
-            fatal: Mutex::new(None),
-            progress: RunProgress::start_with_bar(session, "pipeline", None, show_bar),
         }
     }
 
@@ -152,24 +144,17 @@ impl Shared {
             return;
         }
         self.source.lock().stop = true;
-        self.cancel.cancel();
+        // Items not yet sent end as stopped; waits on the throttle and between retries end.
+        self.run.stop().halt();
         drop(self.stop_tx.lock().take());
         self.slots.wake();
-        // Items waiting on the throttle recheck their stop now rather than at their next poll.
-        self.session.throttle().wake_all();
         self.source_changed.notify_all();
     }
 
     /// No other item can succeed (bad credentials, spent budget, closed session, a source
     /// that panicked): remember why, and stop.
     pub(crate) fn stop_fatally(&self, error: Error) {
-        {
-            let mut fatal = self.fatal.lock();
-            if fatal.is_none() {
-                log::warn!("stopping the pipeline: {error}");
-                *fatal = Some(error);
-            }
-        }
+        self.run.stop().fail_fatally(&error);
         self.request_stop();
     }
 
@@ -179,18 +164,12 @@ impl Shared {
 
     pub(crate) fn snapshot(&self) -> PipelineStats {
         self.counters
-            .snapshot(self.fatal.lock().clone(), self.session.stats())
+            .snapshot(self.run.stop().fatal(), self.session.stats())
     }
 
     /// The error of an item that was not sent because the pipeline is stopping.
     pub(crate) fn stop_error(&self) -> Error {
-        self.control.stop_reason().unwrap_or(Error::Cancelled)
-    }
-
-    pub(crate) fn item_done(&self, succeeded: bool) {
-        if let Some(progress) = &self.progress {
-            progress.item_done(succeeded);
-        }
+        self.run.stop_reason().unwrap_or(Error::Cancelled)
     }
 
     /// Hand a failed item to `on_failed`, counting it; a panic there is counted, not spread.
@@ -212,12 +191,8 @@ impl Shared {
     /// (taken under it) count the item wholly or not at all.
     pub(crate) fn hand_stopped<T>(&self, on_failed: &OnFailed<T>, item: T) {
         add(&self.counters.received, 1);
-        self.item_done(false);
-        let failed = Failed {
-            item,
-            error: self.stop_error(),
-            attempts: 0,
-        };
+        // Counted by the session too, like every item that is refused.
+        let failed = self.run.refuse(item, self.stop_error());
         self.hand_failed(on_failed, failed, true);
     }
 }

@@ -15,7 +15,7 @@ use crossbeam_channel::{select_biased, Receiver};
 
 use super::process::Processor;
 use super::shared::{OnFailed, Phase, Shared};
-use crate::iter::dispatch::panic_message;
+use crate::engine::panic_message;
 use crate::Error;
 
 /// Where the items come from.

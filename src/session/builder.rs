@@ -1,35 +1,17 @@
 //! `SessionBuilder`: every setting of a session, checked once in `build()`.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::options::{Effort, PermissionMode};
 use crate::retry::RetryPolicy;
 use crate::throttle::Throttle;
 use crate::{Error, Session};
 
-/// Effort levels the CLI accepts for `--effort`.
-const EFFORTS: &[&str] = &["low", "medium", "high", "xhigh", "max"];
-/// Permission modes the CLI accepts for `--permission-mode`.
-const PERMISSION_MODES: &[&str] = &[
-    "acceptEdits",
-    "auto",
-    "bypassPermissions",
-    "default",
-    "dontAsk",
-    "plan",
-];
-/// Linux caps one argv string at 128 KiB; stay clear of it.
-const MAX_ARG_BYTES: usize = 120 * 1024;
 /// The longest line read from the CLI by default: answers of tens of megabytes fit.
 const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
-/// Linux caps arguments and environment together at ARG_MAX (often 2 MiB, with the inherited
-/// environment included); stay well clear of it.
-const MAX_COMMAND_LINE_BYTES: usize = 1024 * 1024;
-/// Environment keys whose values are never shown.
-const SECRET_HINTS: &[&str] = &["KEY", "TOKEN", "SECRET", "PASSWORD", "AUTH", "CREDENTIAL"];
 
 /// Settings of a [`Session`], built with [`Session::builder`].
 ///
@@ -77,10 +59,10 @@ pub(crate) struct Config {
     pub tools: Option<Vec<String>>,
     pub allowed_tools: Vec<String>,
     pub disallowed_tools: Vec<String>,
-    pub permission_mode: Option<String>,
+    pub permission_mode: Option<PermissionMode>,
     pub max_turns: Option<u32>,
     pub json_schema: Option<serde_json::Value>,
-    pub effort: Option<String>,
+    pub effort: Option<Effort>,
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub env_remove: Vec<String>,
@@ -102,11 +84,10 @@ pub(crate) struct Config {
     pub max_budget_usd: Option<f64>,
     pub cost_estimate_usd: Option<f64>,
     pub cli_max_retries: Option<u32>,
-    pub cancel: Option<crate::Cancel>,
     pub progress: bool,
-    pub on_progress: Option<crate::progress::ProgressCallback>,
+    pub on_progress: Option<crate::progress::Callback>,
     #[cfg(feature = "progress")]
-    pub progress_draw_target: Option<crate::progress_bar::DrawTargetFactory>,
+    pub progress_draw_target: Option<crate::progress::bar::DrawTargetFactory>,
 }
 
 impl Default for SessionBuilder {
@@ -147,7 +128,6 @@ impl Default for SessionBuilder {
                 max_budget_usd: None,
                 cost_estimate_usd: None,
                 cli_max_retries: Some(2),
-                cancel: None,
                 progress: false,
                 on_progress: None,
                 #[cfg(feature = "progress")]
@@ -203,10 +183,9 @@ impl SessionBuilder {
         self
     }
 
-    /// The permission mode (`--permission-mode`): one of `acceptEdits`, `auto`,
-    /// `bypassPermissions`, `default`, `dontAsk`, `plan`.
-    pub fn permission_mode(mut self, mode: impl Into<String>) -> Self {
-        self.config.permission_mode = Some(mode.into());
+    /// The permission mode (`--permission-mode`).
+    pub fn permission_mode(mut self, mode: PermissionMode) -> Self {
+        self.config.permission_mode = Some(mode);
         self
     }
 
@@ -224,9 +203,9 @@ impl SessionBuilder {
         self
     }
 
-    /// The effort level (`--effort`): `low`, `medium`, `high`, `xhigh` or `max`.
-    pub fn effort(mut self, effort: impl Into<String>) -> Self {
-        self.config.effort = Some(effort.into());
+    /// The effort level (`--effort`).
+    pub fn effort(mut self, effort: Effort) -> Self {
+        self.config.effort = Some(effort);
         self
     }
 
@@ -354,6 +333,7 @@ impl SessionBuilder {
     /// # Errors
     ///
     /// [`Error::Io`] when the path of the running program cannot be found.
+    #[cfg(feature = "simulator")]
     pub fn simulated(self) -> Result<Self, Error> {
         let exe = std::env::current_exe().map_err(Error::io)?;
         Ok(self
@@ -426,24 +406,6 @@ impl SessionBuilder {
     /// from (default: 0.01 USD). After that, the largest cost seen is reserved.
     pub fn cost_estimate_usd(mut self, estimate: f64) -> Self {
         self.config.cost_estimate_usd = Some(estimate);
-        self
-    }
-
-    /// Stop every run and query of this session from starting new items once `cancel` is set
-    /// (for example from a Ctrl-C handler); items in flight finish, the rest fail with
-    /// [`Error::Cancelled`]. This is how a `claude_group_by` (which is terminal) is cancelled;
-    /// the other adaptors also take a per-run `with_cancel`. [`Cancel::reset`](crate::Cancel::reset)
-    /// lets the session work again.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let cancel = claude_rayon::Cancel::new();
-    /// let builder = claude_rayon::Session::builder().cancel_on(&cancel);
-    /// // in a signal handler: cancel.cancel();
-    /// ```
-    pub fn cancel_on(mut self, cancel: &crate::Cancel) -> Self {
-        self.config.cancel = Some(cancel.clone());
         self
     }
 
@@ -521,7 +483,7 @@ impl SessionBuilder {
 }
 
 impl Config {
-    fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         let invalid = |msg: String| Err(Error::InvalidConfig(msg));
         if self.concurrency == 0 {
             return invalid("concurrency must be at least 1".into());
@@ -546,18 +508,6 @@ impl Config {
         }
         if self.max_turns == Some(0) {
             return invalid("max_turns must be at least 1".into());
-        }
-        if let Some(effort) = &self.effort {
-            if !EFFORTS.contains(&effort.as_str()) {
-                return invalid(format!("effort {effort:?} is not one of {EFFORTS:?}"));
-            }
-        }
-        if let Some(mode) = &self.permission_mode {
-            if !PERMISSION_MODES.contains(&mode.as_str()) {
-                return invalid(format!(
-                    "permission_mode {mode:?} is not one of {PERMISSION_MODES:?}"
-                ));
-            }
         }
         if let Some(schema) = &self.json_schema {
             if !schema.is_object() {
@@ -637,173 +587,6 @@ impl Config {
         self.retry.validate()?;
         self.validate_command_line()
     }
-
-    /// What the CLI will be started with must be something the OS can start: no NUL byte
-    /// anywhere, no single argument or variable over Linux's 128 KiB cap, and all of it well
-    /// under the total limit.
-    fn validate_command_line(&self) -> Result<(), Error> {
-        let invalid = |msg: String| Err(Error::InvalidConfig(msg));
-        let mut total = 0;
-        let args = self.cli_args();
-        for (i, arg) in args.iter().enumerate() {
-            let text = arg.to_string_lossy();
-            // Name the setting by its flag (`--system-prompt`, `--json-schema`, ...).
-            let name = match i.checked_sub(1).map(|p| args[p].to_string_lossy()) {
-                Some(flag) if flag.starts_with("--") => flag.into_owned(),
-                _ => format!(
-                    "the argument {:?}",
-                    text.chars().take(40).collect::<String>()
-                ),
-            };
-            if text.contains('\0') {
-                return invalid(format!("{name} contains a NUL byte"));
-            }
-            if text.len() > MAX_ARG_BYTES {
-                return invalid(format!(
-                    "{name} is {} bytes; the CLI takes it on the command line, which Linux caps \
-                     at 128 KiB",
-                    text.len()
-                ));
-            }
-            total += text.len() + 1;
-        }
-        for (key, value) in self.cli_env() {
-            if value.contains('\0') {
-                return invalid(format!("environment variable {key} contains a NUL byte"));
-            }
-            if key.len() + value.len() + 1 > MAX_ARG_BYTES {
-                return invalid(format!(
-                    "environment variable {key} is {} bytes; Linux caps one at 128 KiB",
-                    value.len()
-                ));
-            }
-            total += key.len() + value.len() + 2;
-        }
-        if total > MAX_COMMAND_LINE_BYTES {
-            return invalid(format!(
-                "the CLI's arguments and environment come to {total} bytes; keep them under \
-                 {MAX_COMMAND_LINE_BYTES} (the OS limit includes the inherited environment)"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The CLI's arguments, in the order the CLI documents them. Prompts never go here.
-    pub(crate) fn cli_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = [
-            "-p",
-            "--input-format",
-            "stream-json",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            // Each API call's start shows, so calls the CLI repeats on its own (a cut stream
-            // sent again without streaming) are counted; the deltas are skipped unparsed.
-            "--include-partial-messages",
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
-        let mut push = |flag: &str, value: &str| {
-            args.push(flag.into());
-            args.push(value.into());
-        };
-        if let Some(model) = &self.model {
-            push("--model", model);
-        }
-        if let Some(prompt) = &self.system_prompt {
-            push("--system-prompt", prompt);
-        }
-        if let Some(prompt) = &self.append_system_prompt {
-            push("--append-system-prompt", prompt);
-        }
-        if let Some(tools) = &self.tools {
-            push("--tools", &tools.join(","));
-        }
-        if !self.allowed_tools.is_empty() {
-            push("--allowedTools", &self.allowed_tools.join(","));
-        }
-        if !self.disallowed_tools.is_empty() {
-            push("--disallowedTools", &self.disallowed_tools.join(","));
-        }
-        if let Some(mode) = &self.permission_mode {
-            push("--permission-mode", mode);
-        }
-        if let Some(turns) = self.max_turns {
-            push("--max-turns", &turns.to_string());
-        }
-        if let Some(schema) = &self.json_schema {
-            push("--json-schema", &schema.to_string());
-        }
-        if let Some(effort) = &self.effort {
-            push("--effort", effort);
-        }
-        if !self.persist_sessions {
-            args.push("--no-session-persistence".into());
-        }
-        args.extend(
-            super::seal::seal_args(self.load_user_config)
-                .into_iter()
-                .map(OsString::from),
-        );
-        if let Some(settings) =
-            super::seal::seal_settings(self.load_user_config, self.interpret_item_text)
-        {
-            args.push("--settings".into());
-            args.push(settings.into());
-        }
-        args.extend(self.extra_args.iter().map(OsString::from));
-        args
-    }
-
-    /// The environment the CLI runs with: ours on top of the inherited one.
-    pub(crate) fn cli_env(&self) -> Vec<(String, String)> {
-        let mut env = super::seal::seal_env(self.load_user_config, self.interpret_item_text);
-        if let Some(retries) = self.cli_max_retries {
-            env.push(("CLAUDE_CODE_MAX_RETRIES".to_string(), retries.to_string()));
-        }
-        env.extend(self.env.iter().cloned());
-        env
-    }
-
-    /// Values that must never appear in text we show: secret-looking variables we pass and
-    /// the credentials the CLI would inherit.
-    pub(crate) fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = self
-            .env
-            .iter()
-            .filter(|(k, _)| is_secret_key(k))
-            .map(|(_, v)| v.clone())
-            .collect();
-        for key in [
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_AUTH_TOKEN",
-            "CLAUDE_CODE_OAUTH_TOKEN",
-        ] {
-            if let Ok(value) = std::env::var(key) {
-                secrets.push(value);
-            }
-        }
-        // Very short values would redact ordinary words; keys are never that short.
-        secrets.retain(|s| s.len() >= 6);
-        secrets
-    }
-}
-
-fn is_secret_key(key: &str) -> bool {
-    let upper = key.to_ascii_uppercase();
-    SECRET_HINTS.iter().any(|hint| upper.contains(hint))
-}
-
-/// Replace every secret in `text` with a marker.
-pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for secret in secrets {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), "[REDACTED]");
-        }
-    }
-    out
 }
 
 impl fmt::Debug for SessionBuilder {
@@ -878,8 +661,6 @@ mod tests {
                 .disallowed_tools(["Bash"])
         )
         .contains("both allowed and disallowed"));
-        assert!(check(SessionBuilder::default().effort("huge")).contains("effort"));
-        assert!(check(SessionBuilder::default().permission_mode("yolo")).contains("permission"));
         assert!(check(SessionBuilder::default().max_turns(0)).contains("max_turns"));
         assert!(
             check(SessionBuilder::default().json_schema(serde_json::json!("x"))).contains("object")
@@ -913,9 +694,5 @@ mod tests {
         let secrets = b.config.secrets();
         assert!(secrets.contains(&"sk-ant-very-secret".to_string()));
         assert!(!secrets.contains(&"/tmp/home".to_string()));
-        assert_eq!(
-            redact("key=sk-ant-very-secret!", &secrets),
-            "key=[REDACTED]!"
-        );
     }
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use super::builder::redact;
 use super::protocol::{self, Event, ResultLine};
+use super::secrets::redact;
 use super::{seal, spawner};
 use crate::error::shorten;
 use crate::{Error, Response, Usage};

@@ -9,11 +9,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::cancel::RunControl;
-use crate::iter::dispatch::{not_started, run_one};
-use crate::iter::MapResult;
-use crate::progress::RunProgress;
-use crate::{Cancel, Failed, Session};
+use crate::engine::{Policy, Run};
+use crate::{Cancel, MapResult, Session};
 
 /// How an adaptor turns one of its items into a prompt.
 pub(crate) trait Prompter<T>: Send + Sync + 'static {
@@ -30,9 +27,8 @@ pub(crate) struct Engine<I: Iterator, B> {
     source: Option<I>,
     prompter: Arc<B>,
     session: Session,
-    control: Arc<RunControl>,
-    /// Set on drop: items not yet started are not started.
-    abandon: Cancel,
+    /// Halted on drop: items not yet started are not started.
+    run: Arc<Run>,
     concurrency: usize,
     max_outstanding: usize,
     /// Sequence number of the next item pulled.
@@ -45,8 +41,8 @@ pub(crate) struct Engine<I: Iterator, B> {
     yielded: u64,
     tx: Sender<Finished<I::Item>>,
     rx: Receiver<Finished<I::Item>>,
-    /// Progress reports, when the session has a callback or a bar; taken at the end.
-    progress: Option<RunProgress>,
+    /// Whether the run's last progress report was made.
+    finished: bool,
 }
 
 impl<I: Iterator, B> Engine<I, B> {
@@ -54,13 +50,11 @@ impl<I: Iterator, B> Engine<I, B> {
         let concurrency = session.concurrency();
         // Unbounded, but never holds more than `max_outstanding` results.
         let (tx, rx) = crossbeam_channel::unbounded();
-        let abandon = Cancel::new();
         Engine {
             source: Some(source),
             prompter: Arc::new(prompter),
             session: session.clone(),
-            control: Arc::new(RunControl::new(None).abandoned_by(abandon.clone())),
-            abandon,
+            run: Arc::new(Run::new(session, "stream", None, None)),
             concurrency,
             max_outstanding: 2 * concurrency,
             pulled: 0,
@@ -69,13 +63,13 @@ impl<I: Iterator, B> Engine<I, B> {
             yielded: 0,
             tx,
             rx,
-            progress: RunProgress::start(session, "stream", None),
+            finished: false,
         }
     }
 
+    /// Before the first item: stop starting items once `cancel` is set.
     pub(crate) fn set_cancel(&mut self, cancel: &Cancel) {
-        self.control =
-            Arc::new(RunControl::new(Some(cancel.clone())).abandoned_by(self.abandon.clone()));
+        self.run = Arc::new(Run::new(&self.session, "stream", None, Some(cancel)));
     }
 
     pub(crate) fn set_max_outstanding(&mut self, max: usize) {
@@ -109,9 +103,6 @@ impl<I: Iterator, B> Engine<I, B> {
         self.running -= 1;
         match result {
             Ok(result) => {
-                if let Some(progress) = &self.progress {
-                    progress.item_done(result.is_ok());
-                }
                 let index = (seq - self.yielded) as usize;
                 self.slots[index] = Some(result);
             }
@@ -151,8 +142,8 @@ where
             if self.running == 0 {
                 // Nothing running, the head not ready and nothing to pull: the end.
                 debug_assert!(self.slots.is_empty());
-                if let Some(progress) = self.progress.take() {
-                    progress.finish();
+                if !std::mem::replace(&mut self.finished, true) {
+                    self.run.finish();
                 }
                 return None;
             }
@@ -164,36 +155,23 @@ where
     fn start(&mut self, item: I::Item) {
         let seq = self.pulled;
         self.pulled += 1;
-        if let Some(error) = self.control.stop_reason() {
+        if let Some(error) = self.run.stop_reason() {
             // Stopped or cancelled: the item comes back at once, without a trip to the
             // session's threads.
-            if let Some(progress) = &self.progress {
-                progress.item_done(false);
-            }
-            let failed = Failed {
-                item,
-                error,
-                attempts: 0,
-            };
-            self.slots
-                .push_back(Some(Err(not_started(&self.session, failed))));
+            let failed = self.run.refuse(item, error);
+            self.slots.push_back(Some(Err(failed)));
             return;
         }
         self.slots.push_back(None);
         self.running += 1;
-        let session = self.session.clone();
-        let control = Arc::clone(&self.control);
+        let run = Arc::clone(&self.run);
         let prompter = Arc::clone(&self.prompter);
         let tx = self.tx.clone();
         self.session.threads().spawn(move || {
             // A panic must not reach rayon (which would abort) nor leave `next()` waiting.
             let result = catch_unwind(AssertUnwindSafe(|| {
-                run_one(
-                    &session,
-                    &control,
-                    &|item: &I::Item| prompter.prompt(item),
-                    item,
-                )
+                run.item(item, |item: &I::Item| prompter.prompt(item), &Policy::Plain)
+                    .map(|(item, answer)| (item, answer.response))
             }));
             // The receiver is gone if the stream was dropped: nobody wants the result.
             let _ = tx.send((seq, result));
@@ -226,12 +204,9 @@ where
 
 impl<I: Iterator, B> Drop for Engine<I, B> {
     fn drop(&mut self) {
-        // Items not yet started are not started; those in flight finish on their own and
-        // their results are dropped. Nothing here waits for them.
-        self.abandon.cancel();
-        if self.running > 0 {
-            // Waiters on the throttle recheck their stop at once rather than at their next poll.
-            self.session.throttle().wake_all();
-        }
+        // Items not yet started are not started (waits on the throttle end at once); those
+        // in flight finish on their own and their results are dropped. Nothing here waits
+        // for them.
+        self.run.stop().halt();
     }
 }

@@ -3,7 +3,7 @@
 use std::iter::FusedIterator;
 
 use super::engine::{Engine, Prompter};
-use crate::iter::MapResult;
+use crate::MapResult;
 use crate::{Cancel, Session};
 
 /// The adaptor behind

@@ -5,7 +5,7 @@ use std::iter::FusedIterator;
 use std::ops::Range;
 
 use super::engine::{Engine, Prompter};
-use crate::iter::MapResult;
+use crate::MapResult;
 use crate::{Cancel, Session};
 
 /// One window's result from [`ClaudeWindows`]: the window with its answer, or the window back

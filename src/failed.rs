@@ -4,7 +4,12 @@ use std::fmt;
 
 use rayon::iter::{FromParallelIterator, IntoParallelIterator, ParallelIterator};
 
-use crate::Error;
+use crate::{Error, Response};
+
+/// One item's result from [`claude_map`](crate::prelude::ClaudeParallelIterator::claude_map)
+/// and [`claude_stream_map`](crate::prelude::ClaudeIterator::claude_stream_map): the item
+/// with its answer, or the item back with its error.
+pub type MapResult<T> = Result<(T, Response), Failed<T>>;
 
 /// An item that could not be processed, handed back with why and after how many attempts,
 /// the way crossbeam's `SendError<T>` hands back the message. Nothing is silently dropped.

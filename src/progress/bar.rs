@@ -2,11 +2,11 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::{Progress, Session};
+use super::Progress;
 
 /// Where a session's bars are drawn, for tests and for programs with their own terminal
 /// handling ([`SessionBuilder::progress_draw_target`](crate::SessionBuilder::progress_draw_target)).
-pub type DrawTargetFactory = std::sync::Arc<dyn Fn() -> ProgressDrawTarget + Send + Sync>;
+pub(crate) type DrawTargetFactory = std::sync::Arc<dyn Fn() -> ProgressDrawTarget + Send + Sync>;
 
 pub(crate) struct Bar {
     bar: ProgressBar,
@@ -14,17 +14,16 @@ pub(crate) struct Bar {
 
 impl Bar {
     /// A bar for a run, when one is asked for (`show`) and there is somewhere to draw it.
-    pub(crate) fn for_session(
-        session: &Session,
+    pub(crate) fn new(
         run: &'static str,
         total: Option<u64>,
         show: bool,
+        draw_target: Option<&DrawTargetFactory>,
     ) -> Option<Bar> {
-        let config = &session.inner.config;
         if !show {
             return None;
         }
-        let target = match &config.progress_draw_target {
+        let target = match draw_target {
             Some(factory) => factory(),
             None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
                 ProgressDrawTarget::stderr()

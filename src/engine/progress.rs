@@ -1,93 +1,24 @@
-//! How far a run is: a [`Progress`] snapshot handed to a callback at a bounded rate, and (with
-//! the `progress` feature) a progress bar on stderr built on the same snapshots.
+//! A run's progress: counts of its own items, and the session's figures since it started,
+//! handed to the callback and the bar at a bounded rate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::progress::{Callback, Progress};
 use crate::{Session, Stats};
-
-/// A progress callback, as given to
-/// [`SessionBuilder::on_progress`](crate::SessionBuilder::on_progress).
-pub type ProgressCallback = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// The longest a callback waits between two snapshots while items finish.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
-
-/// One run's progress: what is done, what it cost so far, and how fast it goes.
-///
-/// Item counts are this run's own; retries, throttle and token figures are the session's
-/// since the run started.
-///
-/// # Examples
-///
-/// ```
-/// use claude_rayon::Session;
-///
-/// let builder = Session::builder().on_progress(|p| {
-///     if let Some(fraction) = p.fraction() {
-///         eprintln!("{:.0}% done, {} failed, ${:.4}", fraction * 100.0, p.failed, p.cost_usd);
-///     }
-/// });
-/// ```
-#[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
-pub struct Progress {
-    /// What kind of run this is (`claude_map`, `claude_filter`, a stream, a pipeline, …).
-    pub run: &'static str,
-    /// Items finished, with either outcome.
-    pub done: u64,
-    /// Items in the run, when known (not for streams and pipelines).
-    pub total: Option<u64>,
-    /// Items that ended with an answer.
-    pub succeeded: u64,
-    /// Items that ended failed.
-    pub failed: u64,
-    /// Retries made by this crate since the run started.
-    pub retried: u64,
-    /// Times a request waited on the throttle since the run started.
-    pub throttle_waits: u64,
-    /// Shared back-off pauses since the run started.
-    pub backoff_pauses: u64,
-    /// Input and output tokens since the run started.
-    pub tokens: u64,
-    /// Cost since the run started, in US dollars.
-    pub cost_usd: f64,
-    /// Time since the run started.
-    pub elapsed: Duration,
-    /// Items finished per second so far.
-    pub items_per_second: f64,
-    /// Estimated time to the end, when the total is known and an item has finished.
-    pub eta: Option<Duration>,
-    /// Whether this is the last snapshot of the run.
-    pub finished: bool,
-    /// Why items are being retried, when this run has retried or failed to connect: the
-    /// last such error, shortened.
-    pub retry_reason: Option<String>,
-}
-
-impl Progress {
-    /// Done over total, when the total is known.
-    pub fn fraction(&self) -> Option<f64> {
-        self.total.map(|t| {
-            if t == 0 {
-                1.0
-            } else {
-                self.done as f64 / t as f64
-            }
-        })
-    }
-}
 
 /// The progress of one run, fed by the run's workers as items finish.
 pub(crate) struct RunProgress {
     run: &'static str,
     session: Session,
-    callback: Option<ProgressCallback>,
+    callback: Option<Callback>,
     #[cfg(feature = "progress")]
-    bar: Option<crate::progress_bar::Bar>,
+    bar: Option<crate::progress::bar::Bar>,
     total: Option<u64>,
     started: Instant,
     base: Stats,
@@ -98,13 +29,9 @@ pub(crate) struct RunProgress {
 }
 
 impl RunProgress {
-    /// Progress for a run, or `None` when nobody watches (no callback, no bar).
-    pub(crate) fn start(session: &Session, run: &'static str, total: Option<u64>) -> Option<Self> {
-        Self::start_with_bar(session, run, total, None)
-    }
-
-    /// As [`start`](Self::start), with the session's bar setting overridden (a pipeline's own).
-    pub(crate) fn start_with_bar(
+    /// Progress for a run, or `None` when nobody watches (no callback, no bar); `show_bar`
+    /// overrides the session's bar setting (a pipeline's own).
+    pub(crate) fn start(
         session: &Session,
         run: &'static str,
         total: Option<u64>,
@@ -112,11 +39,11 @@ impl RunProgress {
     ) -> Option<Self> {
         let callback = session.inner.config.on_progress.clone();
         #[cfg(feature = "progress")]
-        let bar = crate::progress_bar::Bar::for_session(
-            session,
+        let bar = crate::progress::bar::Bar::new(
             run,
             total,
             show_bar.unwrap_or(session.inner.config.progress),
+            session.inner.config.progress_draw_target.as_ref(),
         );
         #[cfg(not(feature = "progress"))]
         let _ = show_bar;
@@ -219,21 +146,5 @@ impl RunProgress {
             // A panicking callback must not take a worker (and its item) down with it.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(&progress)));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fraction_handles_unknown_and_empty_totals() {
-        let p = Progress::default();
-        assert_eq!(p.fraction(), None);
-        let p = Progress {
-            total: Some(0),
-            ..Progress::default()
-        };
-        assert_eq!(p.fraction(), Some(1.0));
     }
 }

@@ -7,12 +7,11 @@
 //! re-prompt that quotes it and repeats the set; a second bad answer fails the item with
 //! [`Error::InvalidAnswer`], quoting what the model said.
 
-use crate::cancel::RunControl;
 use crate::error::shorten;
-use crate::{Error, Response, Session};
+use crate::{Error, Session};
 
 /// The line that lists the allowed answers at the end of a strict prompt. The simulator reads
-/// it to give demo answers.
+/// it to give demo answers (its own copy of this text: it knows nothing of the engine).
 pub(crate) const ALLOWED_PREFIX: &str = "Allowed answers: ";
 
 /// The prompt with the instruction and the allowed answers after it.
@@ -73,42 +72,12 @@ pub(crate) fn match_answer(answer: &str, allowed: &[String]) -> Option<usize> {
     allowed.iter().position(|a| normalize(a) == answer)
 }
 
-/// Ask until the answer is one of `allowed` (at most one re-prompt). Returns the index of the
-/// answer, the last response and the attempts made in all; counts the item once in the stats.
-pub(crate) fn ask(
-    session: &Session,
-    control: &RunControl,
-    prompt: &str,
-    allowed: &[String],
-    interpret: &dyn Fn(&str) -> Option<usize>,
-) -> Result<(usize, Response, u32), (Error, u32)> {
-    let inner = &session.inner;
-    inner.count_started();
-    // One item however many calls it takes: counted as finished once, here.
-    let outcome = (|| -> Result<(usize, Response, u32), (Error, u32)> {
-        let (first, attempts) = inner.execute_attempts(&instruction(prompt, allowed), control)?;
-        if let Some(index) = interpret(&first.text) {
-            return Ok((index, first, attempts));
-        }
-        log::debug!("answer {:?} is not allowed; asking once more", first.text);
-        let again = reminder(prompt, &first.text, allowed);
-        let (second, more) = inner
-            .execute_attempts(&again, control)
-            .map_err(|(error, more)| (error, attempts + more))?;
-        let attempts = attempts + more;
-        match interpret(&second.text) {
-            Some(index) => Ok((index, second, attempts)),
-            None => Err((
-                Error::InvalidAnswer {
-                    answer: shorten(second.text.trim(), 200),
-                    allowed: allowed.to_vec(),
-                },
-                attempts,
-            )),
-        }
-    })();
-    inner.count_finished(outcome.is_ok());
-    outcome
+/// The error of an item whose re-prompted answer was still not allowed.
+pub(crate) fn invalid(answer: &str, allowed: &[String]) -> Error {
+    Error::InvalidAnswer {
+        answer: shorten(answer.trim(), 200),
+        allowed: allowed.to_vec(),
+    }
 }
 
 /// Refuse sessions whose answers are bound to the user's own JSON schema.

@@ -1,0 +1,136 @@
+//! A multi-turn exchange on one process, with its context kept between turns.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use crate::engine::{self, Run};
+use crate::session::process::CliProcess;
+use crate::{Error, Response, Session};
+
+/// One CLI process held for a multi-turn exchange ([`Session::conversation`]).
+///
+/// Unlike [`Session::query`], turns share context: the second turn sees the first. Costs:
+/// the process is held (it counts against `concurrency`) until the conversation is dropped,
+/// and every turn re-sends the exchange so far, so turns grow. Turns are throttled, budgeted
+/// and counted like items, but not retried, because a replacement process would not have
+/// the context. If the process dies mid-turn after earlier turns, the context is gone: that
+/// turn fails as it failed, and every later turn fails with [`Error::ConversationLost`]
+/// (start a new conversation).
+///
+/// # Examples
+///
+/// ```no_run
+/// let session = claude_rayon::Session::builder().build()?;
+/// let mut chat = session.conversation();
+/// chat.send("Remember the number 42.")?;
+/// let answer = chat.send("Which number did I ask you to remember?")?;
+/// println!("{}", answer.text);
+/// # Ok::<(), claude_rayon::Error>(())
+/// ```
+pub struct Conversation {
+    run: Run,
+    process: RefCell<Option<CliProcess>>,
+    turns: u32,
+    /// Turns whose context died with the process; later turns are refused.
+    lost: Option<u32>,
+}
+
+impl Session {
+    /// Hold one process for a multi-turn exchange that keeps its context. The process counts
+    /// against `concurrency` until the conversation is dropped. Each turn re-sends the whole
+    /// exchange so far, so turns grow in tokens and cost.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let session = claude_rayon::Session::builder().build()?;
+    /// let mut chat = session.conversation();
+    /// chat.send("My name is Ada.")?;
+    /// let answer = chat.send("What is my name?")?;
+    /// assert!(answer.text.contains("Ada"));
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn conversation(&self) -> Conversation {
+        Conversation {
+            run: Run::untracked(self),
+            process: RefCell::new(None),
+            turns: 0,
+            lost: None,
+        }
+    }
+}
+
+impl Conversation {
+    /// Send the next turn and wait for its answer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::query`], without retries; [`Error::ConversationLost`] once the context
+    /// is gone.
+    pub fn send(&mut self, prompt: impl AsRef<str>) -> Result<Response, Error> {
+        let inner = &self.run.session().inner;
+        if inner.is_closed() {
+            // Let the process go now rather than when the conversation is dropped.
+            if let Some(process) = self.process.get_mut().take() {
+                inner.pool.give_back(process);
+            }
+            return Err(Error::Closed);
+        }
+        if let Some(turns) = self.lost {
+            return Err(Error::ConversationLost { turns });
+        }
+        match self.process.get_mut() {
+            Some(process) if self.turns > 0 => process.keep_context(),
+            // A new process: the context starts here.
+            _ => self.turns = 0,
+        }
+        let outcome = engine::turn(&self.run, &self.process, prompt.as_ref());
+        let reusable = self
+            .process
+            .get_mut()
+            .as_mut()
+            .is_some_and(CliProcess::is_reusable);
+        if outcome.is_ok() {
+            self.turns += 1;
+        }
+        if !reusable {
+            if let Some(process) = self.process.get_mut().take() {
+                inner.pool.give_back(process);
+                if self.turns > 0 {
+                    self.lost = Some(self.turns);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Turns answered so far in this conversation's context.
+    pub fn turns(&self) -> u32 {
+        self.turns
+    }
+
+    /// Whether the context was lost with a process that died; every later turn then fails
+    /// with [`Error::ConversationLost`].
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_some()
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.get_mut().take() {
+            // The next user of this process must not see this conversation.
+            process.mark_dirty();
+            self.run.session().inner.pool.give_back(process);
+        }
+    }
+}
+
+impl fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conversation")
+            .field("turns", &self.turns)
+            .field("pid", &self.process.borrow().as_ref().map(CliProcess::pid))
+            .finish()
+    }
+}

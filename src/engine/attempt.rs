@@ -1,0 +1,403 @@
+//! The session as an item's [`World`]: one attempt is a budget reservation, a throttle permit
+//! and a process, each a guard that gives itself back on drop (an error or a panic on the
+//! way included), then the turn, then the settlement of all three with what it really cost.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::life::{AttemptError, Event, World};
+use super::progress::RunProgress;
+use super::stop::Stop;
+use crate::session::pool::Lease;
+use crate::session::process::{ApiRetry, CliProcess, TurnEvent};
+use crate::session::Inner;
+use crate::stats::Counters;
+use crate::throttle::estimate_tokens;
+use crate::{Error, Response, Usage};
+
+/// Request overhead on top of the prompt with the default flags (system prompt off, no tools):
+/// about 1.2 KB, so roughly 300 tokens.
+pub(crate) const REQUEST_OVERHEAD_TOKENS: u64 = 300;
+
+/// How many answered items the expected calls per item is learned from.
+const RECENT_CALLS_WINDOW: usize = 32;
+/// The most calls an item is charged up front.
+const MAX_EXPECTED_CALLS: u64 = 8;
+
+/// Calls in a row that could not connect before the API counts as unreachable.
+const UNREACHABLE_AFTER: u32 = 3;
+
+/// Where an attempt's process comes from.
+pub(crate) enum Processes<'a> {
+    /// The session's pool: a fresh context per attempt.
+    Pool,
+    /// A conversation's own process (taken from the pool on the first turn and kept).
+    Held(&'a RefCell<Option<CliProcess>>),
+}
+
+/// One run's items on one session.
+pub(crate) struct SessionWorld<'a> {
+    pub inner: &'a Inner,
+    pub stop: &'a Stop,
+    pub progress: Option<&'a RunProgress>,
+    pub processes: Processes<'a>,
+    /// Whether failed tries are tried again (a conversation's are not: a new process would
+    /// not have its context).
+    pub retries: bool,
+}
+
+/// A process taken for one attempt; goes back where it came from on drop.
+enum Taken<'a> {
+    Lease(Lease<'a>),
+    Held {
+        slot: &'a RefCell<Option<CliProcess>>,
+        process: Option<CliProcess>,
+    },
+}
+
+impl Taken<'_> {
+    fn process(&mut self) -> &mut CliProcess {
+        match self {
+            Taken::Lease(lease) => lease.process(),
+            Taken::Held { process, .. } => process.as_mut().expect("held until dropped"),
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Taken::Held { slot, process } = self {
+            *slot.borrow_mut() = process.take();
+        }
+    }
+}
+
+impl SessionWorld<'_> {
+    fn take_process(&self) -> Result<Taken<'_>, Error> {
+        match self.processes {
+            Processes::Pool => self.inner.pool.checkout().map(Taken::Lease),
+            Processes::Held(slot) => {
+                let held = slot.borrow_mut().take();
+                let process = match held {
+                    Some(process) => process,
+                    None => self.inner.pool.checkout()?.detach(),
+                };
+                Ok(Taken::Held {
+                    slot,
+                    process: Some(process),
+                })
+            }
+        }
+    }
+
+    /// Why an item that already holds its budget reservation must not be sent: a cancel, a
+    /// fatal error or a close, but not a spent budget (the reservation was made before it
+    /// ran out).
+    fn stop_holding_reservation(&self) -> Option<Error> {
+        self.stop_reason()
+            .filter(|reason| !matches!(reason, Error::BudgetExceeded { .. }))
+    }
+
+    fn should_stop(&self) -> bool {
+        self.stop.is_set() || self.inner.is_closed()
+    }
+}
+
+impl World for SessionWorld<'_> {
+    fn stop_reason(&self) -> Option<Error> {
+        if self.inner.is_closed() {
+            return Some(Error::Closed);
+        }
+        self.stop.reason()
+    }
+
+    fn attempt(&self, prompt: &str) -> Result<Response, AttemptError> {
+        let inner = self.inner;
+        let prompt_tokens = estimate_tokens(prompt);
+        let reservation = inner
+            .budget
+            .reserve(item_estimate_usd(inner, prompt_tokens))
+            .map_err(AttemptError::NotStarted)?;
+        let estimate = prompt_tokens
+            .saturating_add(REQUEST_OVERHEAD_TOKENS)
+            .saturating_add(inner.config.output_token_allowance);
+        // An item is charged the API calls items made lately (a re-ask is a second call);
+        // what it really made is settled after.
+        Counters::add(&inner.counters.throttle_waiting, 1);
+        let permit = inner
+            .throttle
+            .acquire_calls(estimate, expected_calls(inner), &|| self.should_stop());
+        inner
+            .counters
+            .throttle_waiting
+            .fetch_sub(1, Ordering::Relaxed);
+        let permit = permit.map_err(|_| {
+            AttemptError::NotStarted(self.stop_holding_reservation().unwrap_or(Error::Cancelled))
+        })?;
+        if !permit.waited().is_zero() {
+            Counters::add(&inner.counters.throttle_waits, 1);
+            Counters::add(
+                &inner.counters.throttle_wait_nanos,
+                permit.waited().as_nanos() as u64,
+            );
+        }
+        // Nothing is sent on these two paths: the permit is given back whole (dropped, it
+        // would keep the estimate charged, as for a call that may have gone out).
+        let mut taken = match self.take_process() {
+            Ok(taken) => taken,
+            Err(error) => {
+                permit.give_back();
+                return Err(AttemptError::Failed {
+                    error,
+                    called: false,
+                });
+            }
+        };
+        // Waiting for a process can take long; a stop that came meanwhile still holds.
+        if let Some(reason) = self.stop_holding_reservation() {
+            drop(taken);
+            permit.give_back();
+            return Err(AttemptError::NotStarted(reason));
+        }
+        Counters::add(&inner.counters.requests, 1);
+        // A hard stop of the run (a pipeline's bounded stop) ends this call by its process.
+        let kill_switch = taken.process().kill_switch();
+        let call = self
+            .stop
+            .register_call(Arc::new(move || kill_switch.kill()));
+        let sent_at = Instant::now();
+        let (outcome, calls) = run_turn(inner, taken.process(), prompt);
+        let failed_cost = taken.process().take_failed_turn_cost();
+        drop(call);
+        drop(taken);
+        // A call ended by a hard stop fails as stopped, not as a crash.
+        let outcome = match outcome {
+            Err(_) if self.stop.is_aborted() => Err(Error::Cancelled),
+            other => other,
+        };
+        match outcome {
+            Ok(response) => {
+                permit.settle(response.usage.total(), calls);
+                note_calls(inner, calls);
+                reservation.settle(response.cost_usd);
+                inner.cooldown.succeeded(sent_at);
+                inner.unreachable_streak.store(0, Ordering::SeqCst);
+                record_success(inner, &response);
+                Ok(response)
+            }
+            Err(error) => {
+                // An error result is billed as the CLI reports it (max turns, a missing
+                // structured answer); a crash or timeout reports nothing, so it costs 0 here.
+                let (cost, usage) = failed_cost.unwrap_or_default();
+                permit.settle(usage.total(), calls);
+                reservation.settle(cost);
+                record_cost(inner, cost, &usage);
+                if matches!(error.api_status(), Some(429 | 529)) {
+                    let now = Instant::now();
+                    let wait = inner.cooldown.throttled(&inner.config.retry, sent_at, now);
+                    back_off(inner, now, wait);
+                }
+                Err(AttemptError::Failed {
+                    error: note_unreachable(inner, error),
+                    called: true,
+                })
+            }
+        }
+    }
+
+    fn retry_after(&self, error: &Error, tries: u32) -> Option<Duration> {
+        let policy = &self.inner.config.retry;
+        (self.retries && policy.should_retry(error, tries)).then(|| policy.backoff(tries))
+    }
+
+    fn wait(&self, wait: Duration) -> bool {
+        let deadline = crate::retry::saturating_add(Instant::now(), wait);
+        self.stop.wait_until(deadline, &|| self.inner.is_closed())
+    }
+
+    fn fail_fatally(&self, error: &Error) {
+        self.stop.fail_fatally(error);
+    }
+
+    fn note(&self, event: Event, error: Option<&Error>) {
+        let counters = &self.inner.counters;
+        match event {
+            Event::Started => Counters::add(&counters.started, 1),
+            Event::Finished { succeeded } => {
+                let counter = if succeeded {
+                    &counters.succeeded
+                } else {
+                    &counters.failed
+                };
+                Counters::add(counter, 1);
+                if let Some(progress) = self.progress {
+                    progress.item_done(succeeded);
+                }
+            }
+            Event::WillRetry => {
+                if let Some(error) = error {
+                    note_retry_reason(self.inner, error);
+                }
+            }
+            Event::Retried => Counters::add(&counters.retried, 1),
+        }
+    }
+}
+
+/// The API calls an item is expected to make: the most any of the last items made (the CLI
+/// re-asks the model for some answers). Over-charges are refunded at settle.
+fn expected_calls(inner: &Inner) -> u64 {
+    inner
+        .recent_calls
+        .lock()
+        .iter()
+        .copied()
+        .max()
+        .map_or(1, u64::from)
+        .clamp(1, MAX_EXPECTED_CALLS)
+}
+
+/// Remember how many API calls an answered item made.
+fn note_calls(inner: &Inner, calls: u64) {
+    let mut recent = inner.recent_calls.lock();
+    if recent.len() == RECENT_CALLS_WINDOW {
+        recent.pop_front();
+    }
+    recent.push_back(u32::try_from(calls).unwrap_or(u32::MAX));
+}
+
+/// What an item's prompt of `input_tokens` will cost at least (see `budget`).
+fn item_estimate_usd(inner: &Inner, input_tokens: u64) -> f64 {
+    crate::budget::prompt_cost_usd(inner.config.model.as_deref(), input_tokens)
+}
+
+/// Remember why items are being retried, for `Stats` and the progress bar.
+fn note_retry_reason(inner: &Inner, error: &Error) {
+    let reason = crate::error::shorten(&error.to_string(), 120);
+    *inner.counters.last_retry_reason.lock() = Some(reason);
+}
+
+/// What the CLI says when a call could not connect at all (not a stream cut midway).
+fn is_connection_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    if m.contains("was lost") || m.contains("econnreset") {
+        return false;
+    }
+    [
+        "unable to connect",
+        "connection error",
+        "connectionrefused",
+        "econnrefused",
+        "enotfound",
+        "eai_again",
+        "etimedout",
+        "ehostunreach",
+        "enetunreach",
+        "failed to fetch",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+/// Count calls in a row, across the session, that could not connect to the API; after a
+/// few, every item would fail the same way, so the error becomes a fatal one that says what
+/// to check (and stops the run) instead of minutes of retries.
+fn note_unreachable(inner: &Inner, error: Error) -> Error {
+    let Error::Api {
+        status: None,
+        message,
+    } = &error
+    else {
+        return error;
+    };
+    if !is_connection_failure(message) {
+        return error;
+    }
+    let failures = inner.unreachable_streak.fetch_add(1, Ordering::SeqCst) + 1;
+    note_retry_reason(inner, &error);
+    log::warn!("cannot reach the API ({message}); {failures} calls in a row could not connect");
+    if failures < UNREACHABLE_AFTER {
+        return error;
+    }
+    Error::ApiUnreachable {
+        message: message.clone(),
+        failures,
+    }
+}
+
+/// Add what a failed call cost to the totals.
+fn record_cost(inner: &Inner, cost: f64, usage: &Usage) {
+    if cost > 0.0 || usage.total() > 0 {
+        let mut totals = inner.counters.totals.lock();
+        totals.usage.add(usage);
+        totals.cost_usd += cost;
+    }
+}
+
+fn record_success(inner: &Inner, response: &Response) {
+    let mut totals = inner.counters.totals.lock();
+    totals.usage.add(&response.usage);
+    totals.cost_usd += response.cost_usd;
+    drop(totals);
+    inner.counters.latency.lock().record(response.duration);
+    let since_start = inner.created.elapsed().as_nanos().max(1) as u64;
+    let _ = inner.counters.first_result_nanos.compare_exchange(
+        0,
+        since_start,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+}
+
+/// Run one turn on `process` with the session's settings, reporting what the CLI did on the
+/// way; returns the outcome and the API calls the turn made.
+fn run_turn(
+    inner: &Inner,
+    process: &mut CliProcess,
+    prompt: &str,
+) -> (Result<Response, Error>, u64) {
+    let mut calls = 1u64;
+    let mut on_event = |event: TurnEvent| match event {
+        TurnEvent::Retry(retry) => on_cli_retry(inner, retry),
+        // One more request the API counts; the throttle is charged for it when the item's
+        // permit is settled with the calls really made.
+        TurnEvent::ExtraCall => {
+            calls += 1;
+            Counters::add(&inner.counters.requests, 1);
+        }
+    };
+    let outcome = process.run_turn(
+        prompt,
+        inner.config.timeout,
+        inner.config.json_schema.is_some(),
+        &mut on_event,
+    );
+    (outcome, calls)
+}
+
+/// The CLI is retrying on its own: each retry is one more API request, and a 429 or 529 tells
+/// every worker on the throttle to hold off for as long as the CLI waits.
+fn on_cli_retry(inner: &Inner, retry: ApiRetry) {
+    Counters::add(&inner.counters.cli_api_retries, 1);
+    inner.throttle.note_extra_requests(1);
+    if matches!(retry.status, Some(429 | 529)) {
+        // The CLI's delay is max(retry-after, its own backoff): the API's word on when.
+        back_off(inner, Instant::now(), retry.delay);
+    }
+}
+
+/// Pause new requests on the shared throttle (every session using it) for `wait` from `now`;
+/// a pause already in force that ends later is kept.
+fn back_off(inner: &Inner, now: Instant, wait: Duration) {
+    if wait.is_zero() {
+        return;
+    }
+    let until = crate::retry::saturating_add(now, wait);
+    if inner.throttle.paused_until().is_none_or(|p| p < until) {
+        Counters::add(&inner.counters.backoff_pauses, 1);
+        log::info!("the API is throttling: pausing new requests for {wait:?}");
+        inner.throttle.pause_until(until);
+    }
+}

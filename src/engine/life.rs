@@ -1,0 +1,467 @@
+//! An item's life as a pure sequence over a [`World`]: stop check → prompt (panics caught) →
+//! counted as started → attempts under the retry policy (and the one re-prompt of a strict
+//! answer) → counted as finished → `Ok` or `Failed`. The library's world is the session
+//! (`attempt.rs`); the unit tests below script one, with no clock and no process.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use super::strict;
+use crate::{Error, Failed, Response};
+
+/// What happened to an item, for the counters and the progress report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The item is counted as started.
+    Started,
+    /// The item ended, once, with this outcome.
+    Finished { succeeded: bool },
+    /// A try failed and another comes after a wait; the error is why.
+    WillRetry,
+    /// The wait is over and the retry is going to be sent.
+    Retried,
+}
+
+/// Why an attempt failed.
+#[derive(Debug)]
+pub(crate) enum AttemptError {
+    /// Refused before any call (budget, stop): not a try.
+    NotStarted(Error),
+    /// The try failed: in the call (`called`), or before it in starting a process.
+    Failed { error: Error, called: bool },
+}
+
+/// Everything an item's life needs from outside.
+pub(crate) trait World {
+    /// Why no (further) try may start: the run's stop, or the session closed.
+    fn stop_reason(&self) -> Option<Error>;
+    /// One try: budget reservation, throttle permit, process, turn, settle.
+    fn attempt(&self, prompt: &str) -> Result<Response, AttemptError>;
+    /// How long to wait before try `tries + 1` after `error`, or `None` for no retry.
+    fn retry_after(&self, error: &Error, tries: u32) -> Option<Duration>;
+    /// Wait `wait`; false when the run stopped first.
+    fn wait(&self, wait: Duration) -> bool;
+    /// No other item of the run can succeed.
+    fn fail_fatally(&self, error: &Error);
+    /// Count what happened.
+    fn note(&self, event: Event, error: Option<&Error>);
+}
+
+/// What an answer must be.
+pub(crate) enum Policy<'a> {
+    /// The answer as it comes.
+    Plain,
+    /// Exactly one of `allowed`: the instruction is appended, and an answer outside the set
+    /// gets one fresh re-prompt.
+    Strict {
+        allowed: &'a [String],
+        interpret: &'a (dyn Fn(&str) -> Option<usize> + Sync),
+    },
+}
+
+/// An answered item.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub response: Response,
+    /// Under [`Policy::Strict`], which allowed answer it was.
+    pub choice: Option<usize>,
+    /// Calls made for it.
+    pub attempts: u32,
+}
+
+/// One item's life.
+pub(crate) fn live<T, P, W>(
+    world: &W,
+    item: T,
+    prompt: impl FnOnce(&T) -> P,
+    policy: &Policy<'_>,
+) -> Result<(T, Answer), Failed<T>>
+where
+    P: AsRef<str>,
+    W: World + ?Sized,
+{
+    if let Some(reason) = world.stop_reason() {
+        return Err(not_started(world, item, reason));
+    }
+    // Built before a process is taken, so that a prompt closure that itself uses Claude
+    // cannot starve the pool; a panic in it fails this item only.
+    let prompt = match catch_unwind(AssertUnwindSafe(|| prompt(&item).as_ref().to_owned())) {
+        Ok(prompt) => prompt,
+        Err(panic) => {
+            let error = Error::Panicked(panic_message(panic.as_ref()));
+            return Err(not_started(world, item, error));
+        }
+    };
+    world.note(Event::Started, None);
+    let outcome = answer(world, &prompt, policy);
+    world.note(
+        Event::Finished {
+            succeeded: outcome.is_ok(),
+        },
+        None,
+    );
+    match outcome {
+        Ok(answer) => Ok((item, answer)),
+        Err((error, attempts)) => Err(Failed {
+            item,
+            error,
+            attempts,
+        }),
+    }
+}
+
+/// An item that will not be sent, counted once as started and failed so that stats and
+/// progress agree.
+pub(crate) fn not_started<T, W: World + ?Sized>(world: &W, item: T, error: Error) -> Failed<T> {
+    world.note(Event::Started, None);
+    world.note(Event::Finished { succeeded: false }, None);
+    Failed {
+        item,
+        error,
+        attempts: 0,
+    }
+}
+
+fn answer<W: World + ?Sized>(
+    world: &W,
+    prompt: &str,
+    policy: &Policy<'_>,
+) -> Result<Answer, (Error, u32)> {
+    match policy {
+        Policy::Plain => attempts(world, prompt).map(|(response, attempts)| Answer {
+            response,
+            choice: None,
+            attempts,
+        }),
+        Policy::Strict { allowed, interpret } => {
+            let (first, attempts) = attempts(world, &strict::instruction(prompt, allowed))?;
+            if let Some(choice) = interpret(&first.text) {
+                return Ok(Answer {
+                    response: first,
+                    choice: Some(choice),
+                    attempts,
+                });
+            }
+            log::debug!("answer {:?} is not allowed; asking once more", first.text);
+            let again = strict::reminder(prompt, &first.text, allowed);
+            let (second, more) =
+                self::attempts(world, &again).map_err(|(error, more)| (error, attempts + more))?;
+            let attempts = attempts + more;
+            match interpret(&second.text) {
+                Some(choice) => Ok(Answer {
+                    response: second,
+                    choice: Some(choice),
+                    attempts,
+                }),
+                None => Err((strict::invalid(&second.text, allowed), attempts)),
+            }
+        }
+    }
+}
+
+/// One prompt with its retries. The count returned with either outcome is the number of
+/// calls made (prompts sent to a process).
+///
+/// An item stopped between its tries (cancel, or a fatal error elsewhere in the run) keeps
+/// the error of its last call: that is what went wrong with it, the stop only ended the
+/// retries. A spent budget and a closed session are the exceptions: they are why the item
+/// was not tried again, and they last.
+pub(crate) fn attempts<W: World + ?Sized>(
+    world: &W,
+    prompt: &str,
+) -> Result<(Response, u32), (Error, u32)> {
+    // The CLI drops a blank prompt and the model would answer something else.
+    if crate::session::seal::is_blank(prompt) {
+        return Err((Error::EmptyPrompt, 0));
+    }
+    // Tries count towards `max_retries` even when no call could be made (a process that
+    // failed to start), so that a persistent failure still ends.
+    let mut tries = 0;
+    let mut calls = 0;
+    let mut last: Option<Error> = None;
+    loop {
+        if let Some(reason) = world.stop_reason() {
+            return Err((keep_last(last, reason), calls));
+        }
+        tries += 1;
+        let error = match world.attempt(prompt) {
+            Ok(response) => return Ok((response, calls + 1)),
+            Err(AttemptError::NotStarted(error)) => {
+                if error.is_fatal() {
+                    world.fail_fatally(&error);
+                }
+                return Err((keep_last(last, error), calls));
+            }
+            Err(AttemptError::Failed { error, called }) => {
+                calls += u32::from(called);
+                error
+            }
+        };
+        if error.is_fatal() {
+            world.fail_fatally(&error);
+            return Err((error, calls));
+        }
+        let Some(wait) = world.retry_after(&error, tries) else {
+            return Err((error, calls));
+        };
+        log::debug!("retrying an item in {wait:?} (try {tries} failed: {error})");
+        world.note(Event::WillRetry, Some(&error));
+        let went_on = world.wait(wait);
+        last = Some(error);
+        if !went_on {
+            return Err((last.expect("just set"), calls));
+        }
+        // Counted only once it is going to be sent: a stop during the wait is no retry.
+        world.note(Event::Retried, None);
+    }
+}
+
+/// The error an item stopped between tries ends with: its last call's, unless the stop is
+/// one that lasts (a spent budget, a closed session) or there was no call.
+fn keep_last(last: Option<Error>, stop: Error) -> Error {
+    match (last, &stop) {
+        (Some(previous), Error::Cancelled | Error::Stopped(_)) => previous,
+        _ => stop,
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::VecDeque;
+
+    /// A scripted world: each attempt takes the next scripted outcome; waits are recorded,
+    /// not slept; the stop can be set before any step.
+    #[derive(Default)]
+    struct Script {
+        outcomes: RefCell<VecDeque<Result<&'static str, AttemptError>>>,
+        prompts: RefCell<Vec<String>>,
+        waits: RefCell<Vec<Duration>>,
+        events: RefCell<Vec<Event>>,
+        fatal: RefCell<Option<Error>>,
+        stop: RefCell<Option<Error>>,
+        /// Set the stop when the nth wait starts (1-based).
+        stop_at_wait: Cell<Option<usize>>,
+        max_retries: u32,
+    }
+
+    impl Script {
+        fn new(max_retries: u32) -> Script {
+            Script {
+                max_retries,
+                ..Script::default()
+            }
+        }
+
+        fn then(self, outcome: Result<&'static str, AttemptError>) -> Script {
+            self.outcomes.borrow_mut().push_back(outcome);
+            self
+        }
+
+        fn count(&self, event: Event) -> usize {
+            self.events.borrow().iter().filter(|e| **e == event).count()
+        }
+    }
+
+    impl World for Script {
+        fn stop_reason(&self) -> Option<Error> {
+            self.stop.borrow().clone()
+        }
+        fn attempt(&self, prompt: &str) -> Result<Response, AttemptError> {
+            self.prompts.borrow_mut().push(prompt.to_owned());
+            let next = self.outcomes.borrow_mut().pop_front();
+            match next.expect("the script has an outcome for every attempt") {
+                Ok(text) => Ok(Response {
+                    text: text.into(),
+                    ..Response::default()
+                }),
+                Err(error) => Err(error),
+            }
+        }
+        fn retry_after(&self, error: &Error, tries: u32) -> Option<Duration> {
+            (error.is_retryable() && tries <= self.max_retries)
+                .then(|| Duration::from_secs(u64::from(tries)))
+        }
+        fn wait(&self, wait: Duration) -> bool {
+            self.waits.borrow_mut().push(wait);
+            if self.stop_at_wait.get() == Some(self.waits.borrow().len()) {
+                *self.stop.borrow_mut() = Some(Error::Cancelled);
+                return false;
+            }
+            true
+        }
+        fn fail_fatally(&self, error: &Error) {
+            *self.fatal.borrow_mut() = Some(error.clone());
+        }
+        fn note(&self, event: Event, _: Option<&Error>) {
+            self.events.borrow_mut().push(event);
+        }
+    }
+
+    fn api(status: u16) -> AttemptError {
+        AttemptError::Failed {
+            error: Error::Api {
+                status: Some(status),
+                message: "scripted".into(),
+            },
+            called: true,
+        }
+    }
+
+    fn run(
+        world: &Script,
+        policy: &Policy<'_>,
+    ) -> Result<(&'static str, Answer), Failed<&'static str>> {
+        live(world, "item", |_| "the prompt", policy)
+    }
+
+    #[test]
+    fn retryable_failures_are_retried_with_the_policys_waits_until_an_answer() {
+        let world = Script::new(3)
+            .then(Err(api(429)))
+            .then(Err(api(529)))
+            .then(Ok("hi"));
+        let (item, answer) = run(&world, &Policy::Plain).unwrap();
+        assert_eq!(
+            (item, answer.response.text.as_str(), answer.attempts),
+            ("item", "hi", 3)
+        );
+        assert_eq!(
+            *world.waits.borrow(),
+            [Duration::from_secs(1), Duration::from_secs(2)]
+        );
+        assert_eq!(world.count(Event::Retried), 2);
+        assert_eq!(world.count(Event::Started), 1);
+        assert_eq!(world.count(Event::Finished { succeeded: true }), 1);
+    }
+
+    #[test]
+    fn retries_end_at_the_policys_limit_with_the_last_error() {
+        let world = Script::new(1).then(Err(api(529))).then(Err(api(500)));
+        let failed = run(&world, &Policy::Plain).unwrap_err();
+        assert_eq!(failed.item, "item");
+        assert_eq!(failed.attempts, 2);
+        assert_eq!(failed.error.api_status(), Some(500));
+        assert_eq!(world.count(Event::Finished { succeeded: false }), 1);
+    }
+
+    #[test]
+    fn a_fatal_error_stops_the_run_and_is_not_retried() {
+        let world = Script::new(5).then(Err(AttemptError::Failed {
+            error: Error::Authentication {
+                message: "invalid key".into(),
+            },
+            called: true,
+        }));
+        let failed = run(&world, &Policy::Plain).unwrap_err();
+        assert!(matches!(failed.error, Error::Authentication { .. }));
+        assert!(matches!(
+            *world.fatal.borrow(),
+            Some(Error::Authentication { .. })
+        ));
+        assert!(world.waits.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_stop_during_the_wait_keeps_the_calls_error_and_counts_no_retry() {
+        let world = Script::new(5).then(Err(api(529)));
+        world.stop_at_wait.set(Some(1));
+        let failed = run(&world, &Policy::Plain).unwrap_err();
+        assert_eq!(failed.error.api_status(), Some(529));
+        assert_eq!(failed.attempts, 1);
+        assert_eq!(world.count(Event::Retried), 0);
+    }
+
+    #[test]
+    fn a_budget_refusal_after_a_failed_call_reports_the_budget() {
+        let spent = Error::BudgetExceeded {
+            budget_usd: 1.0,
+            spent_usd: 1.0,
+        };
+        let world = Script::new(5)
+            .then(Err(api(529)))
+            .then(Err(AttemptError::NotStarted(spent)));
+        let failed = run(&world, &Policy::Plain).unwrap_err();
+        assert!(matches!(failed.error, Error::BudgetExceeded { .. }));
+        assert_eq!(failed.attempts, 1);
+        assert!(
+            world.fatal.borrow().is_some(),
+            "a spent budget stops the run"
+        );
+    }
+
+    #[test]
+    fn a_stopped_run_hands_the_item_back_counted_without_a_call() {
+        let world = Script::new(5);
+        *world.stop.borrow_mut() = Some(Error::Cancelled);
+        let failed = run(&world, &Policy::Plain).unwrap_err();
+        assert!(matches!(failed.error, Error::Cancelled));
+        assert_eq!(failed.attempts, 0);
+        assert!(world.prompts.borrow().is_empty());
+        assert_eq!(world.count(Event::Started), 1);
+        assert_eq!(world.count(Event::Finished { succeeded: false }), 1);
+    }
+
+    #[test]
+    fn a_panicking_prompt_fails_its_item_only() {
+        let world = Script::new(5);
+        let failed = live(
+            &world,
+            7,
+            |n: &i32| -> String { panic!("no prompt for {n}") },
+            &Policy::Plain,
+        )
+        .unwrap_err();
+        assert_eq!(failed.item, 7);
+        assert!(matches!(&failed.error, Error::Panicked(m) if m == "no prompt for 7"));
+        assert_eq!(world.count(Event::Finished { succeeded: false }), 1);
+    }
+
+    #[test]
+    fn a_blank_prompt_is_refused_without_a_call() {
+        let world = Script::new(5);
+        let failed = live(&world, (), |_| " \n\u{feff}", &Policy::Plain).unwrap_err();
+        assert!(matches!(failed.error, Error::EmptyPrompt));
+        assert!(world.prompts.borrow().is_empty());
+    }
+
+    fn yes_no(answer: &str) -> Option<usize> {
+        strict::match_answer(answer, &["yes".into(), "no".into()])
+    }
+
+    #[test]
+    fn a_strict_answer_outside_the_set_gets_one_reprompt_quoting_it() {
+        let allowed = vec!["yes".to_string(), "no".to_string()];
+        let policy = Policy::Strict {
+            allowed: &allowed,
+            interpret: &yes_no,
+        };
+        let world = Script::new(0).then(Ok("Perhaps")).then(Ok("No."));
+        let (_, answer) = run(&world, &policy).unwrap();
+        assert_eq!((answer.choice, answer.attempts), (Some(1), 2));
+        let prompts = world.prompts.borrow();
+        assert!(prompts[0].ends_with("Allowed answers: yes | no"));
+        assert!(prompts[1].contains("\"Perhaps\""));
+        assert_eq!(
+            world.count(Event::Started),
+            1,
+            "one item however many calls"
+        );
+
+        let world = Script::new(0).then(Ok("Perhaps")).then(Ok("Maybe"));
+        let failed = run(&world, &policy).unwrap_err();
+        assert!(matches!(&failed.error, Error::InvalidAnswer { answer, .. } if answer == "Maybe"));
+        assert_eq!(failed.attempts, 2);
+    }
+}

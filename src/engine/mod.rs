@@ -1,0 +1,169 @@
+//! One engine for an item's life, under every adaptor, the pipeline, [`Session::query`] and
+//! [`Conversation`](crate::Conversation), beside the session:
+//!
+//! stop check → prompt (panics caught) → counted as started → [budget reservation →
+//! throttle permit → process → turn → settle] × tries under the retry policy → counted as
+//! finished → progress → `Ok` or `Failed`.
+//!
+//! - `life`: that sequence, over a `World` (so it is unit-tested without a clock or a
+//!   process), with a `Policy` for what differs (a strict answer's one re-prompt).
+//! - `attempt`: the session as that world; reservation, permit and process are guards.
+//! - `stop`: the one stop state of a run.
+//! - `strict`: what makes an answer one of a fixed set.
+//! - `progress`: the run's progress reports.
+
+mod attempt;
+mod life;
+mod progress;
+pub(crate) mod stop;
+pub(crate) mod strict;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+pub(crate) use life::{panic_message, Answer, Policy};
+
+use crate::session::process::CliProcess;
+use crate::{Cancel, Error, Failed, Response, Session};
+use attempt::{Processes, SessionWorld};
+use progress::RunProgress;
+use stop::Stop;
+
+/// One run of items on a session: its stop and its progress, shared by its items.
+pub(crate) struct Run {
+    session: Session,
+    stop: Stop,
+    progress: Option<RunProgress>,
+}
+
+impl Run {
+    /// A run named `name` (in progress reports) of `total` items when known, stopped by
+    /// `cancel` when given.
+    pub(crate) fn new(
+        session: &Session,
+        name: &'static str,
+        total: Option<u64>,
+        cancel: Option<&Cancel>,
+    ) -> Run {
+        Run::with_bar(session, name, total, cancel, None)
+    }
+
+    /// As [`new`](Self::new), with the session's progress-bar setting overridden.
+    pub(crate) fn with_bar(
+        session: &Session,
+        name: &'static str,
+        total: Option<u64>,
+        cancel: Option<&Cancel>,
+        show_bar: Option<bool>,
+    ) -> Run {
+        let progress = RunProgress::start(session, name, total, show_bar);
+        Run::build(session, cancel, progress)
+    }
+
+    /// A run that reports no progress: one query, a conversation.
+    pub(crate) fn untracked(session: &Session) -> Run {
+        Run::build(session, None, None)
+    }
+
+    fn build(session: &Session, cancel: Option<&Cancel>, progress: Option<RunProgress>) -> Run {
+        let stop = Stop::new(cancel.cloned());
+        stop.watch(&session.inner.closing);
+        // Waits on the throttle end at once on a stop, not at their next poll.
+        let throttle = Arc::clone(&session.inner.throttle);
+        stop.on_change(Box::new(move || throttle.wake_all()));
+        Run {
+            session: session.clone(),
+            stop,
+            progress,
+        }
+    }
+
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub(crate) fn stop(&self) -> &Stop {
+        &self.stop
+    }
+
+    /// Why an item of this run would not start now.
+    pub(crate) fn stop_reason(&self) -> Option<Error> {
+        life::World::stop_reason(&self.world(Processes::Pool))
+    }
+
+    fn world<'a>(&'a self, processes: Processes<'a>) -> SessionWorld<'a> {
+        SessionWorld {
+            inner: &self.session.inner,
+            stop: &self.stop,
+            progress: self.progress.as_ref(),
+            processes,
+            retries: true,
+        }
+    }
+
+    /// One item's whole life; see the [module](self).
+    pub(crate) fn item<T, P>(
+        &self,
+        item: T,
+        prompt: impl FnOnce(&T) -> P,
+        policy: &Policy<'_>,
+    ) -> Result<(T, Answer), Failed<T>>
+    where
+        P: AsRef<str>,
+    {
+        life::live(&self.world(Processes::Pool), item, prompt, policy)
+    }
+
+    /// An item that will not be sent (stopped, refused), counted as started and failed.
+    pub(crate) fn refuse<T>(&self, item: T, error: Error) -> Failed<T> {
+        life::not_started(&self.world(Processes::Pool), item, error)
+    }
+
+    /// The run is over: the last progress report.
+    pub(crate) fn finish(&self) {
+        if let Some(progress) = &self.progress {
+            progress.finish();
+        }
+    }
+}
+
+/// One turn of a conversation on its own process: the same life as an item, without
+/// retries, and keeping the process in `held`.
+pub(crate) fn turn(
+    run: &Run,
+    held: &RefCell<Option<CliProcess>>,
+    prompt: &str,
+) -> Result<Response, Error> {
+    let world = SessionWorld {
+        retries: false,
+        ..run.world(Processes::Held(held))
+    };
+    life::live(&world, (), |_| prompt, &Policy::Plain)
+        .map(|((), answer)| answer.response)
+        .map_err(|failed| failed.error)
+}
+
+impl Session {
+    /// Run one prompt with fresh context and wait for its answer. Several threads may call
+    /// this at once: each gets its own process, up to `concurrency`, then waits for one.
+    /// Retries, throttling and the budget apply as configured.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the last attempt failed with; see [`Error`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let session = claude_rayon::Session::builder().build()?;
+    /// let answer = session.query("Say hi")?;
+    /// assert!(!answer.text.is_empty());
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn query(&self, prompt: impl AsRef<str>) -> Result<Response, Error> {
+        let run = Run::untracked(self);
+        run.item((), |_| prompt.as_ref(), &Policy::Plain)
+            .map(|((), answer)| answer.response)
+            .map_err(|failed| failed.error)
+    }
+}

@@ -1,0 +1,643 @@
+//! A shared token bucket that keeps a pool of CLI processes under the API's rate limits.
+//!
+//! The bucket has two dimensions, requests per minute and tokens per minute, refilled
+//! continuously. The pure core, `Bucket`, does all the arithmetic on explicit
+//! [`Instant`]s so it can be tested without a clock; [`Throttle`] is the thin blocking shell
+//! around it (a `parking_lot` mutex and condition variable).
+//!
+//! The API counts a request when it arrives, which can be well after the permit (a cold CLI
+//! process takes most of a second to send its first request). While the API's own bucket is
+//! full it drops its refill, so a bucket that counted from the permit alone would run ahead
+//! of the API's after an idle spell and send a request the API refuses. The refill therefore
+//! stops at one minute's worth minus what is in flight (granted and not yet settled): the
+//! bucket's level plus the requests not yet arrived never exceeds the API's level.
+
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::Error;
+
+mod bucket;
+
+use bucket::{Bucket, Grant, Ticket};
+
+/// Longest a waiter sleeps before rechecking `should_stop`, even when nothing wakes it.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The tokens a prompt costs before it is sent: about four bytes per token, rounded up.
+/// Only a ballpark: a permit is settled with the real usage once it is known.
+pub(crate) fn estimate_tokens(prompt: &str) -> u64 {
+    prompt.len().div_ceil(4) as u64
+}
+
+/// A shared token bucket limiting requests per minute and tokens per minute across every
+/// process of a pool.
+///
+/// Each dimension may be unlimited (`None`). Both refill continuously at their rate and hold
+/// at most a burst's worth, by default one minute's worth, which is how the Anthropic API
+/// documents its own limits; the bucket starts full. Every item waits for one more request
+/// costing its estimated tokens, in arrival order, so a large item is never overtaken forever
+/// by small ones.
+///
+/// Token costs are estimated up front (prompt bytes / 4, plus the rest of the request and
+/// an allowance for the answer) and corrected once the real usage is known, so the bucket can
+/// go into debt, and a refund lets the next item go. A single item larger than the whole
+/// burst goes, into debt, once the bucket is full, so it is never starved. After a 429 or 529
+/// every item on the throttle holds off for as long as the API asked
+/// ([`paused_until`](Throttle::paused_until)).
+///
+/// Until an item's answer is in, its request counts as in flight: the API may not have seen
+/// it yet, so the bucket never refills beyond one minute's worth minus what is in flight. This
+/// only matters near a full bucket (ARCHITECTURE.md, "Throttle").
+///
+/// Share it as `Arc<Throttle>`.
+///
+/// # Examples
+///
+/// Two sessions that use one API key share one throttle, so that together they stay under
+/// its limits:
+///
+/// ```
+/// use std::sync::Arc;
+/// use claude_rayon::{Session, Throttle};
+///
+/// // 50 requests and 40,000 tokens per minute, bursts of at most 10 requests.
+/// let throttle = Arc::new(
+///     Throttle::new(Some(50), Some(40_000))
+///         .and_then(|t| t.with_burst(Some(10), None))
+///         .expect("valid limits"),
+/// );
+/// let reviews = Session::builder().model("sonnet").throttle(Arc::clone(&throttle));
+/// let summaries = Session::builder().model("haiku").throttle(Arc::clone(&throttle));
+/// assert_eq!(throttle.requests_per_minute(), Some(50));
+/// assert!(throttle.paused_until().is_none());
+/// ```
+#[derive(Debug)]
+pub struct Throttle {
+    requests_per_minute: Option<u32>,
+    tokens_per_minute: Option<u64>,
+    /// Shared with the permits, so that a dropped permit can settle itself.
+    state: Arc<Mutex<State>>,
+    changed: Arc<Condvar>,
+}
+
+#[derive(Debug)]
+struct State {
+    bucket: Bucket,
+    /// Bumped by `wake_all`, so a waiter that was checking `should_stop` (unlocked) when
+    /// the notification went out still notices it.
+    wake_epoch: u64,
+}
+
+/// Permission to send one request, from [`Throttle::acquire`].
+///
+/// [`settle`](Permit::settle) it with the real usage. Dropping it instead settles it with
+/// the estimate: the estimate was charged when it was granted, so nothing leaks, and the
+/// request stops counting as in flight.
+#[must_use = "settle the permit with the real token usage"]
+pub(crate) struct Permit {
+    estimated_tokens: u64,
+    /// Requests charged: 1, or the calls an item was expected to make.
+    requests: u64,
+    waited: Duration,
+    /// The throttle's state, until settled.
+    release: Option<(Arc<Mutex<State>>, Arc<Condvar>)>,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("estimated_tokens", &self.estimated_tokens)
+            .field("waited", &self.waited)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.settle_with(self.estimated_tokens, self.requests);
+    }
+}
+
+impl Permit {
+    /// Ends the grant on its throttle, once; waiters may fit now that it has landed.
+    fn settle_with(&mut self, actual_tokens: u64, actual_requests: u64) {
+        if let Some((state, changed)) = self.release.take() {
+            let grant = Grant {
+                tokens: self.estimated_tokens,
+                requests: self.requests,
+            };
+            state
+                .lock()
+                .bucket
+                .settle_calls(Instant::now(), grant, actual_tokens, actual_requests);
+            changed.notify_all();
+        }
+    }
+
+    /// Settles with the tokens used and the API calls really made: a refund when below the
+    /// estimate, debt when above; calls expected and not made are refunded, calls beyond
+    /// them charged. The request no longer counts as in flight, and the waiters are woken.
+    pub(crate) fn settle(mut self, actual_tokens: u64, calls: u64) {
+        if actual_tokens > self.estimated_tokens {
+            log::trace!(
+                "throttle: request used {actual_tokens} tokens, {} estimated",
+                self.estimated_tokens
+            );
+        }
+        self.settle_with(actual_tokens, calls);
+    }
+
+    /// The request was not sent after all: refund all of it.
+    pub(crate) fn give_back(self) {
+        self.settle(0, 0);
+    }
+
+    /// The tokens charged for this permit when it was granted.
+    #[cfg(test)]
+    pub(crate) fn estimated_tokens(&self) -> u64 {
+        self.estimated_tokens
+    }
+
+    /// How long [`Throttle::acquire`] blocked before granting this permit.
+    pub(crate) fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+/// [`Throttle::acquire`] gave up because its `should_stop` returned true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WaitAbandoned;
+
+impl Throttle {
+    /// A throttle allowing `requests_per_minute` requests and `tokens_per_minute` tokens
+    /// per minute; `None` leaves that dimension unlimited.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if either limit is zero.
+    pub fn new(
+        requests_per_minute: Option<u32>,
+        tokens_per_minute: Option<u64>,
+    ) -> Result<Throttle, Error> {
+        if requests_per_minute == Some(0) {
+            return Err(Error::InvalidConfig(
+                "requests per minute must be at least 1 (use None for unlimited)".into(),
+            ));
+        }
+        if tokens_per_minute == Some(0) {
+            return Err(Error::InvalidConfig(
+                "tokens per minute must be at least 1 (use None for unlimited)".into(),
+            ));
+        }
+        let requests = requests_per_minute.map(|r| (u64::from(r), u64::from(r)));
+        let tokens = tokens_per_minute.map(|t| (t, t));
+        Ok(Throttle {
+            requests_per_minute,
+            tokens_per_minute,
+            state: Arc::new(Mutex::new(State {
+                bucket: Bucket::new(Instant::now(), requests, tokens),
+                wake_epoch: 0,
+            })),
+            changed: Arc::new(Condvar::new()),
+        })
+    }
+
+    /// Overrides the burst (bucket capacity) of each dimension; `None` keeps the default of
+    /// one minute's worth. The bucket is refilled to the new capacity, so call this when
+    /// building the throttle, before sharing it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if a burst is zero, or is given for a dimension that is
+    /// unlimited.
+    pub fn with_burst(self, requests: Option<u32>, tokens: Option<u64>) -> Result<Throttle, Error> {
+        fn check<T: PartialEq + From<u8>>(
+            burst: Option<T>,
+            limited: bool,
+            what: &str,
+        ) -> Result<(), Error> {
+            match burst {
+                Some(b) if b == T::from(0) => Err(Error::InvalidConfig(format!(
+                    "{what} burst must be at least 1"
+                ))),
+                Some(_) if !limited => Err(Error::InvalidConfig(format!(
+                    "{what} burst given but {what} per minute is unlimited"
+                ))),
+                _ => Ok(()),
+            }
+        }
+        check(requests, self.requests_per_minute.is_some(), "requests")?;
+        check(tokens, self.tokens_per_minute.is_some(), "tokens")?;
+        let requests = self
+            .requests_per_minute
+            .map(|r| (u64::from(r), u64::from(requests.unwrap_or(r))));
+        let tokens = self.tokens_per_minute.map(|t| (t, tokens.unwrap_or(t)));
+        // A new state: permits granted before this (there should be none) keep the old one.
+        Ok(Throttle {
+            state: Arc::new(Mutex::new(State {
+                bucket: Bucket::new(Instant::now(), requests, tokens),
+                wake_epoch: 0,
+            })),
+            ..self
+        })
+    }
+
+    /// A throttle that never waits.
+    pub fn unlimited() -> Throttle {
+        Throttle::new(None, None).expect("no limits is a valid configuration")
+    }
+
+    /// Blocks until one request costing `estimated_tokens` is allowed, in arrival order.
+    ///
+    /// `should_stop` is checked before blocking, whenever the waiter is woken (see
+    /// [`wake_all`](Throttle::wake_all)) and at least every 50 ms; it runs without the
+    /// throttle's lock held.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitAbandoned`] if `should_stop` returned true before the request was admitted; the
+    /// caller then holds no permit and has been charged nothing.
+    #[cfg(test)]
+    pub(crate) fn acquire(
+        &self,
+        estimated_tokens: u64,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Permit, WaitAbandoned> {
+        self.acquire_calls(estimated_tokens, 1, should_stop)
+    }
+
+    /// As [`acquire`](Self::acquire), for an item expected to make `requests` API calls.
+    pub(crate) fn acquire_calls(
+        &self,
+        estimated_tokens: u64,
+        requests: u64,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Permit, WaitAbandoned> {
+        let start = Instant::now();
+        let mut state = self.state.lock();
+        let ticket = state.bucket.join_calls(estimated_tokens, requests);
+        let mut check_stop = true;
+        // Admitted on the first poll means no wait, whatever the lock took.
+        let mut first_poll = true;
+        loop {
+            let now = Instant::now();
+            let polled_before = !std::mem::replace(&mut first_poll, false);
+            let ready_at = match state.bucket.try_acquire(now, ticket) {
+                Ok(grant) => {
+                    // Our poll may have admitted the waiters behind us too.
+                    if state.bucket.waiters() > 0 {
+                        self.changed.notify_all();
+                    }
+                    return Ok(Permit {
+                        estimated_tokens: grant.tokens,
+                        requests: grant.requests,
+                        waited: if polled_before {
+                            now.saturating_duration_since(start)
+                        } else {
+                            Duration::ZERO
+                        },
+                        release: Some((Arc::clone(&self.state), Arc::clone(&self.changed))),
+                    });
+                }
+                Err(ready_at) => ready_at,
+            };
+            if check_stop {
+                let epoch = state.wake_epoch;
+                // Unlocked, so a `should_stop` that touches this throttle cannot deadlock;
+                // a panic in it must not leave our ticket blocking the queue forever.
+                let stop = MutexGuard::unlocked(&mut state, || {
+                    panic::catch_unwind(AssertUnwindSafe(should_stop))
+                });
+                match stop {
+                    Ok(false) => {
+                        // The state may have changed while unlocked: poll again before
+                        // sleeping, and recheck `should_stop` if `wake_all` was missed.
+                        check_stop = state.wake_epoch != epoch;
+                        continue;
+                    }
+                    Ok(true) => {
+                        self.leave(&mut state, ticket);
+                        return Err(WaitAbandoned);
+                    }
+                    Err(payload) => {
+                        self.leave(&mut state, ticket);
+                        drop(state);
+                        panic::resume_unwind(payload);
+                    }
+                }
+            }
+            self.changed
+                .wait_until(&mut state, ready_at.min(now + POLL_INTERVAL));
+            check_stop = true;
+        }
+    }
+
+    fn leave(&self, state: &mut State, ticket: Ticket) {
+        state.bucket.cancel(Instant::now(), ticket);
+        // The queue head may have changed, or a grant been given back.
+        self.changed.notify_all();
+    }
+
+    /// Charges `n` requests made without a permit, such as the CLI's own internal retries.
+    /// Never waits; the bucket may go into debt.
+    pub(crate) fn note_extra_requests(&self, n: u32) {
+        if n > 0 {
+            self.state
+                .lock()
+                .bucket
+                .note_extra_requests(Instant::now(), n);
+        }
+    }
+
+    /// Makes every [`acquire`](Throttle::acquire) wait until at least `until`, for a shared
+    /// back-off after a rate-limit or overload error. A later instant extends the pause; an
+    /// earlier one does not shorten it.
+    pub(crate) fn pause_until(&self, until: Instant) {
+        let mut state = self.state.lock();
+        // Log only when this pause outlasts the one in force, to keep repeats quiet.
+        if state.bucket.paused_until(until).is_none() {
+            log::debug!(
+                "throttle: pausing all requests for {:?}",
+                until.saturating_duration_since(Instant::now())
+            );
+        }
+        state.bucket.pause_until(until);
+    }
+
+    /// The end of the current pause, or `None` if no pause is in force.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.state.lock().bucket.paused_until(Instant::now())
+    }
+
+    /// How many callers are currently blocked in [`acquire`](Throttle::acquire).
+    #[cfg(test)]
+    pub(crate) fn waiters(&self) -> usize {
+        self.state.lock().bucket.waiters()
+    }
+
+    /// Wakes every blocked [`acquire`](Throttle::acquire) so it rechecks its `should_stop`.
+    pub(crate) fn wake_all(&self) {
+        let mut state = self.state.lock();
+        state.wake_epoch = state.wake_epoch.wrapping_add(1);
+        self.changed.notify_all();
+    }
+
+    /// The requests-per-minute limit, `None` if unlimited.
+    pub fn requests_per_minute(&self) -> Option<u32> {
+        self.requests_per_minute
+    }
+
+    /// The tokens-per-minute limit, `None` if unlimited.
+    pub fn tokens_per_minute(&self) -> Option<u64> {
+        self.tokens_per_minute
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::thread;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn estimate_is_bytes_over_four_rounded_up() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abc"), 1);
+        assert_eq!(estimate_tokens("abcd"), 1);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        assert_eq!(estimate_tokens("ééé"), 2); // 6 bytes
+    }
+
+    // ---- configuration ----
+
+    #[test]
+    fn invalid_configurations_are_rejected() {
+        assert!(matches!(
+            Throttle::new(Some(0), None),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            Throttle::new(None, Some(0)),
+            Err(Error::InvalidConfig(_))
+        ));
+        let t = || Throttle::new(Some(10), Some(1000)).unwrap();
+        assert!(matches!(
+            t().with_burst(Some(0), None),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            t().with_burst(None, Some(0)),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            Throttle::new(None, Some(1000))
+                .unwrap()
+                .with_burst(Some(5), None),
+            Err(Error::InvalidConfig(_))
+        ));
+        let t = Throttle::unlimited();
+        assert_eq!(
+            (t.requests_per_minute(), t.tokens_per_minute()),
+            (None, None)
+        );
+        let t = Throttle::new(Some(10), Some(1000))
+            .unwrap()
+            .with_burst(Some(3), None)
+            .unwrap();
+        assert_eq!(t.requests_per_minute(), Some(10));
+        assert_eq!(t.tokens_per_minute(), Some(1000));
+    }
+
+    #[test]
+    fn throttle_is_shareable() {
+        fn check<T: Send + Sync + std::fmt::Debug>() {}
+        check::<Throttle>();
+        check::<Permit>();
+    }
+
+    // ---- blocking shell ----
+
+    /// Polls (never a fixed sleep) until `n` callers are blocked in `acquire`.
+    fn wait_for_waiters(t: &Throttle, n: usize) {
+        let deadline = Instant::now() + secs(10);
+        while t.waiters() != n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} waiters, have {}",
+                t.waiters()
+            );
+            thread::yield_now();
+        }
+    }
+
+    const NEVER: &dyn Fn() -> bool = &|| false;
+
+    /// Runs `acquire` on another thread, stopping when `stop` is set. Results come back on a
+    /// channel so a broken throttle fails the test by timeout instead of hanging it.
+    fn spawn_acquire(
+        t: &Arc<Throttle>,
+        tokens: u64,
+        stop: &Arc<AtomicBool>,
+    ) -> mpsc::Receiver<Result<Permit, WaitAbandoned>> {
+        let (tx, rx) = mpsc::channel();
+        let (t, stop) = (Arc::clone(t), Arc::clone(stop));
+        thread::spawn(move || {
+            let _ = tx.send(t.acquire(tokens, &|| stop.load(Ordering::SeqCst)));
+        });
+        rx
+    }
+
+    fn recv<T>(rx: &mpsc::Receiver<T>) -> T {
+        rx.recv_timeout(secs(10))
+            .expect("acquire should have returned")
+    }
+
+    fn stop_flag() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
+    }
+
+    #[test]
+    fn with_burst_limits_the_first_burst() {
+        let t = Throttle::new(Some(1), None)
+            .unwrap()
+            .with_burst(Some(2), None)
+            .unwrap();
+        let _a = t.acquire(0, NEVER).unwrap();
+        let _b = t.acquire(0, NEVER).unwrap();
+        let t = Arc::new(t);
+        let stop = stop_flag();
+        let rx = spawn_acquire(&t, 0, &stop);
+        wait_for_waiters(&t, 1);
+        stop.store(true, Ordering::SeqCst);
+        t.wake_all();
+        assert_eq!(recv(&rx).map(drop), Err(WaitAbandoned));
+    }
+
+    #[test]
+    fn refund_lets_a_blocked_waiter_proceed() {
+        let t = Arc::new(Throttle::new(None, Some(60)).unwrap());
+        let permit = t.acquire(60, NEVER).unwrap();
+        assert_eq!(permit.estimated_tokens(), 60);
+        // Without a refund this waits 30 s.
+        let rx = spawn_acquire(&t, 30, &stop_flag());
+        wait_for_waiters(&t, 1);
+        permit.settle(10, 1);
+        let got = recv(&rx).unwrap();
+        assert_eq!(got.estimated_tokens(), 30);
+        assert!(got.waited() > Duration::ZERO);
+        assert_eq!(t.waiters(), 0);
+    }
+
+    #[test]
+    fn blocked_waiters_are_admitted_in_arrival_order() {
+        // 100 tokens per second, burst 10, and an hour's debt so nothing refills during setup.
+        let t = Arc::new(
+            Throttle::new(None, Some(6_000))
+                .unwrap()
+                .with_burst(None, Some(10))
+                .unwrap(),
+        );
+        let debt = recv(&spawn_acquire(&t, 360_000, &stop_flag())).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for (i, tokens) in [(0, 10), (1, 1), (2, 1)] {
+            let (t2, tx) = (Arc::clone(&t), tx.clone());
+            thread::spawn(move || {
+                let p = t2.acquire(tokens, NEVER).unwrap();
+                tx.send(i).unwrap();
+                p.settle(tokens, 1);
+            });
+            wait_for_waiters(&t, i + 1);
+        }
+        // Refills to exactly the burst: the big head fits, the small ones must then wait.
+        debt.settle(0, 1);
+        let order: Vec<_> = (0..3).map(|_| recv(&rx)).collect();
+        assert_eq!(order, [0, 1, 2]);
+    }
+
+    #[test]
+    fn should_stop_ends_the_wait_after_wake_all() {
+        let t = Arc::new(Throttle::new(Some(60), None).unwrap());
+        t.pause_until(Instant::now() + secs(3600));
+        assert!(t.paused_until().is_some());
+        let stop = stop_flag();
+        let rx = spawn_acquire(&t, 0, &stop);
+        wait_for_waiters(&t, 1);
+        stop.store(true, Ordering::SeqCst);
+        t.wake_all();
+        assert_eq!(recv(&rx).map(drop), Err(WaitAbandoned));
+        assert_eq!(t.waiters(), 0);
+    }
+
+    #[test]
+    fn should_stop_may_call_into_the_throttle() {
+        let t = Arc::new(Throttle::new(Some(60), None).unwrap());
+        t.pause_until(Instant::now() + secs(3600));
+        let (tx, rx) = mpsc::channel();
+        let t2 = Arc::clone(&t);
+        thread::spawn(move || {
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            // Runs unlocked, so this neither deadlocks nor loses its own wake-up.
+            let stop = || {
+                t2.wake_all();
+                calls.fetch_add(1, Ordering::SeqCst) == 1 && t2.waiters() == 1
+            };
+            let result = t2.acquire(0, &stop).map(drop);
+            let _ = tx.send((result, calls.load(Ordering::SeqCst)));
+        });
+        assert_eq!(recv(&rx), (Err(WaitAbandoned), 2));
+        assert_eq!(t.waiters(), 0);
+    }
+
+    #[test]
+    fn stopping_head_lets_the_next_waiter_through() {
+        let t = Arc::new(Throttle::new(None, Some(60)).unwrap());
+        let _permit = t.acquire(50, NEVER).unwrap();
+        let stop = stop_flag();
+        // Needs 60 with 10 left: blocks everyone behind it for 50 s.
+        let big = spawn_acquire(&t, 60, &stop);
+        wait_for_waiters(&t, 1);
+        let small = spawn_acquire(&t, 5, &stop_flag());
+        wait_for_waiters(&t, 2);
+        stop.store(true, Ordering::SeqCst);
+        t.wake_all();
+        assert_eq!(recv(&big).map(drop), Err(WaitAbandoned));
+        assert_eq!(recv(&small).map(|p| p.estimated_tokens()), Ok(5));
+    }
+
+    #[test]
+    fn panicking_should_stop_leaves_the_queue() {
+        let t = Arc::new(Throttle::new(Some(60), None).unwrap());
+        t.pause_until(Instant::now() + secs(3600));
+        let (tx, rx) = mpsc::channel();
+        let t2 = Arc::clone(&t);
+        thread::spawn(move || {
+            let result = panic::catch_unwind(AssertUnwindSafe(|| {
+                let _ = t2.acquire(0, &|| panic!("should_stop panicked on purpose"));
+            }));
+            let _ = tx.send(result.is_err());
+        });
+        assert!(recv(&rx), "the panic should propagate");
+        assert_eq!(t.waiters(), 0);
+    }
+
+    #[test]
+    fn immediate_admission_does_not_consult_should_stop() {
+        let t = Throttle::unlimited();
+        let p = t.acquire(5, &|| true).unwrap();
+        assert_eq!(p.estimated_tokens(), 5);
+        p.settle(7, 1);
+        t.note_extra_requests(3);
+        assert_eq!(t.waiters(), 0);
+        assert_eq!(t.paused_until(), None);
+    }
+}
