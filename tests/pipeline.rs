@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use claude_rayon::pipeline::{Batch, Flush, PipelineStats};
 use claude_rayon::pipeline::Pipeline;
+use claude_rayon::pipeline::{Batch, Flush, PipelineStats};
 use claude_rayon::{Error, Failed, Response, Session};
 use support::{wait_until, Fake};
 

@@ -1,0 +1,288 @@
+//! The crate's layers: every `use` between modules must be an edge ARCHITECTURE.md allows,
+//! and the allowed edges must have no cycle. The table is read from ARCHITECTURE.md itself,
+//! so the document and the code cannot drift apart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Files of `src/session/` that form the process layer below the session.
+const PROCESS_LAYER: &[&str] = &[
+    "locate", "pool", "process", "protocol", "seal", "secrets", "spawner",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The layer a source file belongs to; `None` for the crate root and the binaries.
+fn layer_of(relative: &Path) -> Option<String> {
+    let parts: Vec<String> = relative
+        .with_extension("")
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    match parts.as_slice() {
+        [lib] if lib == "lib" => None,
+        [bin, ..] if bin == "bin" => None,
+        [session, file] if session == "session" && PROCESS_LAYER.contains(&file.as_str()) => {
+            Some("process".into())
+        }
+        [first, ..] => Some(first.clone()),
+        [] => None,
+    }
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The code of a file without comments and without its test module (tests may reach
+/// anywhere).
+fn code_of(source: &str) -> String {
+    let without_tests = match source.find("#[cfg(test)]\nmod ") {
+        Some(at) => &source[..at],
+        None => source,
+    };
+    without_tests
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The paths named after each `prefix` (`crate::` or `super::`), one per name in a `{...}`
+/// group, as their first two segments.
+fn paths_after(code: &str, prefix: &str) -> Vec<(String, Option<String>)> {
+    let mut found = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(prefix) {
+        let before = rest[..at].chars().next_back();
+        rest = &rest[at + prefix.len()..];
+        // `super::` inside `super::super::` or an identifier ending in `crate`: not ours.
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 1;
+            let end = group
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map_or(group.len(), |(i, _)| i);
+            let mut element = String::new();
+            let mut depth = 0;
+            for c in group[..end].chars().chain(std::iter::once(',')) {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        found.push(two_segments(element.trim()));
+                        element.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                element.push(c);
+            }
+        } else {
+            let path: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            found.push(two_segments(&path));
+        }
+    }
+    found.retain(|(first, _)| !first.is_empty() && first != "self");
+    found
+}
+
+fn two_segments(path: &str) -> (String, Option<String>) {
+    let mut segments = path.split("::").map(|s| {
+        s.trim_matches(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .to_string()
+    });
+    let first = segments.next().unwrap_or_default();
+    (first, segments.next().filter(|s| !s.is_empty()))
+}
+
+/// `pub use module::{A, B};` in lib.rs: which module a root name comes from.
+fn root_names(lib: &str) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    for line in code_of(lib).lines() {
+        let Some(rest) = line.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let rest = rest.trim_end_matches(';');
+        let Some((module, items)) = rest.split_once("::") else {
+            continue;
+        };
+        for item in items.trim_matches(|c| c == '{' || c == '}').split(',') {
+            names.insert(item.trim().to_string(), module.to_string());
+        }
+    }
+    names
+}
+
+/// The layer a path names, seen from `from` (a file of `src/session/` for `super::`).
+fn layer_named(
+    (first, second): &(String, Option<String>),
+    roots: &BTreeMap<String, String>,
+) -> String {
+    if first.starts_with(char::is_uppercase) {
+        return match roots.get(first) {
+            Some(module) => layer_named(&(module.clone(), None), roots),
+            None => format!("unknown root name {first}"),
+        };
+    }
+    if first == "session"
+        && second
+            .as_deref()
+            .is_some_and(|s| PROCESS_LAYER.contains(&s))
+    {
+        return "process".into();
+    }
+    first.clone()
+}
+
+/// Every edge between layers in the sources: (from, to) → the files that make it.
+fn edges_in_sources() -> BTreeMap<(String, String), BTreeSet<String>> {
+    let src = root().join("src");
+    let roots = root_names(&std::fs::read_to_string(src.join("lib.rs")).unwrap());
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut edges: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let relative = file.strip_prefix(&src).unwrap().to_path_buf();
+        let Some(from) = layer_of(&relative) else {
+            continue;
+        };
+        let code = code_of(&std::fs::read_to_string(&file).unwrap());
+        let mut targets: Vec<String> = paths_after(&code, "crate::")
+            .iter()
+            .map(|path| layer_named(path, &roots))
+            .collect();
+        if relative.starts_with("session") {
+            // `super::` in a file of src/session/ names a sibling or the session itself.
+            for (first, _) in paths_after(&code, "super::") {
+                let to = if PROCESS_LAYER.contains(&first.as_str()) {
+                    "process"
+                } else {
+                    "session"
+                };
+                targets.push(to.into());
+            }
+        }
+        for to in targets {
+            if to != from {
+                edges
+                    .entry((from.clone(), to))
+                    .or_default()
+                    .insert(relative.display().to_string());
+            }
+        }
+    }
+    edges
+}
+
+/// The table between `<!-- layers -->` and `<!-- /layers -->` in ARCHITECTURE.md:
+/// `| layer | may use |` rows with names in backticks.
+fn allowed_edges() -> BTreeMap<String, BTreeSet<String>> {
+    let doc = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let start = doc
+        .find("<!-- layers -->")
+        .expect("ARCHITECTURE.md has a layers table");
+    let end = doc
+        .find("<!-- /layers -->")
+        .expect("the layers table is closed");
+    let mut allowed = BTreeMap::new();
+    for row in doc[start..end].lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').collect();
+        if cells.len() != 2 || !cells[0].contains('`') {
+            continue;
+        }
+        let names = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let layer = names(cells[0]).remove(0);
+        allowed.insert(layer, names(cells[1]).into_iter().collect());
+    }
+    allowed
+}
+
+#[test]
+fn every_use_between_modules_is_an_allowed_edge() {
+    let allowed = allowed_edges();
+    let mut broken = Vec::new();
+    for ((from, to), files) in edges_in_sources() {
+        let ok = allowed.get(&from).is_some_and(|uses| uses.contains(&to));
+        if !ok {
+            broken.push(format!("{from} -> {to} (in {files:?})"));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "uses that ARCHITECTURE.md's layers table does not allow:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn the_allowed_layers_have_no_cycle() {
+    let allowed = allowed_edges();
+    assert!(allowed.len() >= 15, "the table was read: {allowed:?}");
+    // Peel off layers that use nothing left; what cannot be peeled is on a cycle.
+    let mut left = allowed.clone();
+    while let Some(free) = left
+        .iter()
+        .find(|(_, uses)| uses.iter().all(|u| !left.contains_key(u)))
+        .map(|(layer, _)| layer.clone())
+    {
+        left.remove(&free);
+    }
+    assert!(left.is_empty(), "layers on a cycle: {:?}", left.keys());
+    for (layer, uses) in &allowed {
+        for used in uses {
+            assert!(
+                allowed.contains_key(used),
+                "{layer} may use {used}, which is not a layer of the table"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_parser_sees_the_edges_it_must() {
+    // A check of the checker: edges that exist today, in each form it parses.
+    let edges = edges_in_sources();
+    for (from, to) in [
+        ("engine", "session"),  // crate::session::Inner
+        ("engine", "process"),  // crate::session::process::CliProcess
+        ("iter", "failed"),     // crate::{Cancel, Failed, Session} through lib.rs
+        ("session", "process"), // super::pool in src/session/mod.rs
+        ("conversation", "engine"),
+    ] {
+        assert!(
+            edges.contains_key(&(from.to_string(), to.to_string())),
+            "{from} -> {to} not seen: {:?}",
+            edges.keys()
+        );
+    }
+    assert!(!edges.contains_key(&("session".into(), "engine".into())));
+}
