@@ -138,7 +138,7 @@ impl Run {
     fn new(session: Session, latencies: Vec<Duration>, wall: Duration) -> Run {
         let stats = session.stats();
         assert_eq!(stats.succeeded, ITEMS as u64, "every item must succeed");
-        let processes = session.process_ids().len();
+        let processes = session.stats().processes_started as usize;
         session.close().expect("close");
         let mut sorted = latencies.clone();
         sorted.sort();

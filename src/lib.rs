@@ -33,6 +33,7 @@
 //! See `ARCHITECTURE.md` for how they fit together.
 
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 // Process groups, signals and the parent-death signal have no Windows counterpart here.
 #[cfg(not(unix))]

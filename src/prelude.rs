@@ -244,7 +244,7 @@ pub trait ClaudeIterator: Iterator + Sized {
         F: Fn(&Self::Item) -> P + Send + Sync + 'static,
         P: AsRef<str>,
     {
-        ClaudeStreamMap::new(self, session, prompt_fn)
+        crate::stream::ClaudeStream::new(self, session, crate::stream::ItemPrompt(prompt_fn))
     }
 
     /// Analyse windows of `size` consecutive items, one every `step` items, each with one
@@ -291,7 +291,7 @@ pub trait ClaudeIterator: Iterator + Sized {
         F: Fn(&[Self::Item]) -> P + Send + Sync + 'static,
         P: AsRef<str>,
     {
-        ClaudeWindows::new(self, session, size, step, prompt_fn)
+        crate::stream::claude_windows(self, session, size, step, prompt_fn)
     }
 }
 

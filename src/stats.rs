@@ -48,6 +48,8 @@ pub struct Stats {
     pub budget_exhausted: bool,
     /// CLI processes started.
     pub processes_started: u64,
+    /// CLI processes that exist right now, idle or busy.
+    pub processes_live: u64,
     /// Time from the session's start to its first answer.
     pub time_to_first_result: Option<Duration>,
     /// Median item latency (prompt sent to result read, successful attempts).
@@ -121,6 +123,7 @@ impl Counters {
             budget_exhausted: false,
             // Counted by the pool; `Session::stats` fills it in.
             processes_started: 0,
+            processes_live: 0,
             time_to_first_result: (first > 0).then(|| Duration::from_nanos(first)),
             latency_p50: latency.quantile(0.50),
             latency_p90: latency.quantile(0.90),

@@ -179,7 +179,7 @@ fn an_authentication_failure_stops_the_run_without_another_call() {
 fn calls_run_on_the_sessions_own_threads_whoever_drives() {
     let fake = Fake::new();
     let session = fake.builder().concurrency(2).build().unwrap();
-    let prefix = session.thread_name_prefix();
+    let prefix = support::thread_prefix(&session);
     let names = Mutex::new(Vec::new());
     let run = || {
         let _: Vec<_> = (0..6u32)
@@ -215,7 +215,8 @@ fn chained_adaptors_on_two_sessions_each_use_their_own_threads() {
     let fake_b = Fake::new();
     let a = fake_a.builder().concurrency(2).build().unwrap();
     let b = fake_b.builder().concurrency(3).build().unwrap();
-    let (prefix_a, prefix_b) = (a.thread_name_prefix(), b.thread_name_prefix());
+    let (prefix_a, prefix_b) = (support::thread_prefix(&a), support::thread_prefix(&b));
+    assert_ne!(prefix_a, prefix_b);
     let on_a = AtomicUsize::new(0);
     let on_b = AtomicUsize::new(0);
     let results: Vec<_> = (0..12u32)
@@ -242,8 +243,9 @@ fn chained_adaptors_on_two_sessions_each_use_their_own_threads() {
         results[3].as_ref().unwrap().1.text,
         "echo: second (echo: first 3)"
     );
-    assert_eq!(fake_a.prompts().len(), 12);
-    assert_eq!(fake_b.prompts().len(), 12);
+    // Each session also answered the one item that told its thread names.
+    assert_eq!(fake_a.prompts().len(), 13);
+    assert_eq!(fake_b.prompts().len(), 13);
 }
 
 #[test]
@@ -285,7 +287,11 @@ fn empty_input_and_sequential_outcome() {
         .claude_map(&session, |i| format!("{i}"))
         .collect();
     assert!(none.is_empty());
-    assert!(session.process_ids().is_empty(), "no process for no work");
+    assert_eq!(
+        session.stats().processes_started,
+        0,
+        "no process for no work"
+    );
     let outcome: Outcome<u32, u32> = vec![
         Ok(1),
         Err(Failed {

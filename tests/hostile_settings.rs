@@ -107,7 +107,7 @@ fn a_line_without_end_is_capped_and_its_process_killed() {
         .unwrap();
     let pid = {
         session.query("warm").unwrap();
-        session.process_ids()[0]
+        fake.pids()[0]
     };
     match session.query("[[sim:huge=3000000]]").unwrap_err() {
         Error::Protocol { reason, .. } => assert!(reason.contains("max_line_bytes"), "{reason}"),

@@ -802,7 +802,7 @@ fn a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped() {
         .start()
         .unwrap();
     wait_until("two calls hang", DEADLINE, || fake.prompts().len() == 2);
-    let pids = session.process_ids();
+    let pids = fake.pids();
     let started = std::time::Instant::now();
     let stats = within("stop_within with every call hanging", move || {
         handle.stop_within(Duration::from_millis(300))

@@ -40,7 +40,11 @@ fn run_host(home: &str, cwd: &str) -> ! {
             s.spawn(move || session.query(format!("item {i}")).unwrap());
         }
     });
-    let pids: Vec<String> = session.process_ids().iter().map(u32::to_string).collect();
+    let pids: Vec<String> = support::cli_pids_with_home(std::path::Path::new(home))
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    assert_eq!(pids.len(), 2, "two CLI processes: {pids:?}");
     println!("\nREADY {}", pids.join(" "));
     // Wait for the parent's kill: stdin stays open until then.
     let mut line = String::new();

@@ -62,7 +62,7 @@ fn query_returns_the_answer_with_its_own_usage_and_cost() {
     assert_eq!((first.num_turns, second.num_turns), (1, 1));
     assert!(!first.session_id.is_empty());
     assert_eq!(
-        session.process_ids().len(),
+        session.stats().processes_started as usize,
         1,
         "both items ran on one process"
     );
@@ -105,7 +105,7 @@ fn each_query_reaches_the_api_with_only_its_own_prompt() {
         }
     }
     assert_eq!(
-        session.process_ids().len(),
+        session.stats().processes_started as usize,
         1,
         "all items ran on one process"
     );

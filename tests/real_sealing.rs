@@ -244,7 +244,7 @@ fn without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close() {
         .build()
         .unwrap();
     session.query("where am I").unwrap();
-    let pid = session.process_ids()[0];
+    let pid = real.cli_pids()[0];
     let dir = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();

@@ -34,7 +34,7 @@ fn api_errors_are_typed_and_the_process_survives() {
     assert!(matches!(err, Error::Api { status: None, .. }) && err.is_retryable());
     assert_eq!(session.query("fine").unwrap().text, "echo: fine");
     assert_eq!(
-        session.process_ids().len(),
+        session.stats().processes_started as usize,
         1,
         "an API error keeps the process"
     );
@@ -59,7 +59,7 @@ fn a_crash_is_reported_with_exit_code_and_stderr_and_the_process_replaced() {
     let fake = Fake::new();
     let session = one_process(&fake);
     session.query("warm up").unwrap();
-    let first = session.process_ids()[0];
+    let first = fake.pids()[0];
     match session.query("[[sim:crash]]").unwrap_err() {
         Error::ProcessExited {
             code, stderr_tail, ..
@@ -75,7 +75,7 @@ fn a_crash_is_reported_with_exit_code_and_stderr_and_the_process_replaced() {
         || !pid_alive(first),
     );
     assert_eq!(session.query("again").unwrap().text, "echo: again");
-    assert_eq!(session.process_ids().len(), 2);
+    assert_eq!(session.stats().processes_started as usize, 2);
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn garbage_on_stdout_is_a_protocol_error_and_the_process_is_killed() {
         other => panic!("{other:?}"),
     }
     assert!(err.is_retryable());
-    let first = session.process_ids()[0];
+    let first = fake.pids()[0];
     wait_until(
         "the garbled process is killed",
         Duration::from_secs(5),
@@ -112,7 +112,7 @@ fn a_hung_item_times_out_and_its_process_is_killed_and_replaced() {
         matches!(err, Error::Timeout(d) if d == Duration::from_millis(400)),
         "{err:?}"
     );
-    let hung = session.process_ids()[0];
+    let hung = fake.pids()[0];
     wait_until("the hung process is killed", Duration::from_secs(5), || {
         !pid_alive(hung)
     });
@@ -286,7 +286,7 @@ fn a_cli_that_stops_reading_cannot_block_past_the_timeout() {
         .recv_timeout(Duration::from_secs(20))
         .expect("the query returned instead of blocking on the write");
     assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
-    let pid = session.process_ids()[0];
+    let pid = fake.pids()[0];
     wait_until(
         "the stuck process is killed",
         Duration::from_secs(5),

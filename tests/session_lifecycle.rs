@@ -21,7 +21,7 @@ fn every_child_is_gone_after_drop() {
             s.spawn(move || session.query(format!("[[sim:delay=30]] {i}")).unwrap());
         }
     });
-    let pids = session.process_ids();
+    let pids = fake.pids();
     assert!(!pids.is_empty() && pids.len() <= 3, "{pids:?}");
     assert!(pids.iter().all(|&p| pid_alive(p)));
     let clone = session.clone();
@@ -40,7 +40,7 @@ fn close_ends_processes_and_reports_stats() {
     session.query("a").unwrap();
     session.query("b").unwrap();
     let other = session.clone();
-    let pids = session.process_ids();
+    let pids = fake.pids();
     let stats = session.close().unwrap();
     assert_eq!(stats.succeeded, 2);
     assert!(stats.usage.output_tokens > 0 && stats.cost_usd > 0.0);
@@ -60,12 +60,15 @@ fn children_die_when_the_thread_owning_the_session_panics() {
     let result = std::thread::spawn(move || {
         let session = builder.build().unwrap();
         session.query("x").unwrap();
-        tx.send(session.process_ids()).unwrap();
+        tx.send(()).unwrap();
         panic!("boom");
     })
     .join();
     assert!(result.is_err());
-    for pid in rx.recv().unwrap() {
+    rx.recv().unwrap();
+    let pids = fake.pids();
+    assert_eq!(pids.len(), 1);
+    for pid in pids {
         wait_until("child gone after a panic", GONE, || !pid_alive(pid));
     }
 }
@@ -78,10 +81,10 @@ fn processes_outlive_the_thread_that_started_them() {
     std::thread::scope(|s| {
         s.spawn(|| session.query("from a short-lived thread").unwrap());
     });
-    let pid = session.process_ids()[0];
+    let pid = fake.pids()[0];
     assert!(pid_alive(pid));
     assert_eq!(session.query("again").unwrap().text, "echo: again");
-    assert_eq!(session.process_ids(), vec![pid]);
+    assert_eq!(fake.pids(), vec![pid]);
 }
 
 #[test]
@@ -94,7 +97,7 @@ fn concurrency_caps_processes() {
             s.spawn(move || session.query(format!("[[sim:delay=20]] {i}")).unwrap());
         }
     });
-    assert_eq!(session.process_ids().len(), 2);
+    assert_eq!(session.stats().processes_started as usize, 2);
     assert_eq!(session.stats().succeeded, 8);
 }
 
@@ -113,12 +116,12 @@ fn fresh_process_per_item_starts_one_per_item_and_ends_each() {
             format!("echo: q{i}")
         );
     }
-    let pids = session.process_ids();
+    let pids = fake.pids();
     assert_eq!(pids.len(), 3);
     for pid in pids {
         wait_until("per-item process ended", GONE, || !pid_alive(pid));
     }
-    assert_eq!(session.live_processes(), 0);
+    assert_eq!(session.stats().processes_live as usize, 0);
 }
 
 /// Run by `children_die_with_a_killed_parent` in a child copy of this test binary.
@@ -128,7 +131,7 @@ fn run_parent_for_kill_test() -> ! {
     let fake = Fake::new();
     let session = fake.builder().concurrency(1).build().unwrap();
     session.query("x").unwrap();
-    println!("\nCHILD_PID {}", session.process_ids()[0]);
+    println!("\nCHILD_PID {}", fake.pids()[0]);
     // Wait for the kill: the test holds stdin open until then.
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
@@ -176,13 +179,13 @@ fn close_ends_a_conversations_process_too() {
     let session = fake.builder().concurrency(1).build().unwrap();
     let mut chat = session.conversation();
     chat.send("hello").unwrap();
-    let pid = session.process_ids()[0];
+    let pid = fake.pids()[0];
     session.clone().close().unwrap();
     wait_until("the conversation's process ends at close", GONE, || {
         !pid_alive(pid)
     });
     assert!(matches!(chat.send("again"), Err(Error::Closed)));
-    assert_eq!(session.live_processes(), 0);
+    assert_eq!(session.stats().processes_live as usize, 0);
 }
 
 #[test]
@@ -287,7 +290,7 @@ fn close_ends_a_busy_process_at_once_and_counts_its_item() {
     wait_until("the call is in flight", GONE, || {
         fake.prompts().iter().any(|(p, _)| p.contains("forever"))
     });
-    let pid = session.process_ids()[0];
+    let pid = fake.pids()[0];
     let stats = session.close().unwrap();
     assert_eq!((stats.started, stats.failed), (1, 1), "{stats:?}");
     wait_until("the busy process is gone", GONE, || !pid_alive(pid));

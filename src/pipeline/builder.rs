@@ -32,7 +32,7 @@ pub(crate) struct Common<T> {
     pub progress: Option<bool>,
 }
 
-/// Configures a [`Pipeline`](crate::Pipeline): made by [`Pipeline::builder`](crate::Pipeline::builder).
+/// Configures a [`Pipeline`]: made by [`Pipeline::builder`].
 ///
 /// - `T`: the source's items;
 /// - `O`: the value each answered item becomes, `(T, Response)` unless
@@ -50,6 +50,21 @@ pub struct PipelineBuilder<T, O = (T, Response), K = (), H = NoHandler> {
     pub(crate) output: Output<T, O>,
     pub(crate) key: KeyFn<O, K>,
     pub(crate) handler: H,
+}
+
+impl<T, O, K, H> std::fmt::Debug for PipelineBuilder<T, O, K, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.common;
+        f.debug_struct("PipelineBuilder")
+            .field("session", &c.session)
+            .field("has_source", &c.source.is_some())
+            .field("has_prompt", &c.prompt.is_some())
+            .field("batch_size", &c.batch_size)
+            .field("batch_timeout", &c.batch_timeout)
+            .field("max_in_flight", &c.max_in_flight)
+            .field("progress", &c.progress)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T: Send + 'static> PipelineBuilder<T> {

@@ -7,9 +7,9 @@ use crate::{Error, Stats};
 /// What a pipeline has done: items in and out, batches, panics in the handlers, and how many
 /// items it holds (the gauges that show its memory stays bounded).
 ///
-/// [`Pipeline`](crate::Pipeline)'s `run()` and [`PipelineHandle::stop`](super::PipelineHandle::stop)
+/// [`PipelineBuilder::run`](super::PipelineBuilder::run) and [`Pipeline::stop`](super::Pipeline::stop)
 /// return the final stats, in which every item received has ended exactly once:
-/// `received == batched_items + failed`. [`PipelineHandle::stats`](super::PipelineHandle::stats)
+/// `received == batched_items + failed`. [`Pipeline::stats`](super::Pipeline::stats)
 /// gives live ones, whose counters are read one at a time and may be a moment apart.
 ///
 /// # Examples

@@ -213,6 +213,7 @@ impl Session {
     pub fn stats(&self) -> Stats {
         let mut stats = self.inner.counters.snapshot();
         stats.processes_started = self.inner.pool.started();
+        stats.processes_live = self.inner.pool.live() as u64;
         stats.budget_exhausted = self.inner.budget.is_exhausted();
         stats
     }
@@ -235,17 +236,6 @@ impl Session {
     /// How many items may run at once (the number of processes and of threads).
     pub fn concurrency(&self) -> usize {
         self.inner.config.concurrency
-    }
-
-    /// The operating system ids of the CLI processes this session has started (the most
-    /// recent 10,000), for monitoring (and for tests that check none is left behind).
-    pub fn process_ids(&self) -> Vec<u32> {
-        self.inner.pool.started_pids()
-    }
-
-    /// How many CLI processes exist right now (idle or busy).
-    pub fn live_processes(&self) -> usize {
-        self.inner.pool.live()
     }
 
     /// End the processes and return what the session did: idle ones cleanly (stdin closed,
@@ -293,11 +283,6 @@ impl Session {
     /// The session's own thread pool: `concurrency` named threads.
     pub(crate) fn threads(&self) -> &rayon::ThreadPool {
         &self.inner.threads
-    }
-
-    /// The prefix of this session's thread names.
-    pub fn thread_name_prefix(&self) -> String {
-        format!("claude-rayon-s{}-", self.inner.id)
     }
 }
 

@@ -6,10 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How many process ids `Session::process_ids` remembers: a long run with a process per
-/// item must not grow without bound.
-const PIDS_KEPT: usize = 10_000;
-
 /// How often a checkout waiting for a process to finish loading looks again.
 const STARTING_POLL: Duration = Duration::from_millis(20);
 
@@ -37,8 +33,6 @@ struct State {
     closed: bool,
     /// How many processes were ever started.
     started: u64,
-    /// Ids of the processes started most recently (at most `PIDS_KEPT`), for monitoring.
-    started_pids: std::collections::VecDeque<u32>,
     /// Processes held outside the pool: leased to an item, or kept by a conversation
     /// (`detached`), so `close` can end them too.
     busy: Vec<(Arc<KillSwitch>, bool)>,
@@ -74,7 +68,6 @@ impl Pool {
                 starting: Vec::new(),
                 closed: false,
                 started: 0,
-                started_pids: std::collections::VecDeque::new(),
                 busy: Vec::new(),
             }),
             freed: Condvar::new(),
@@ -154,10 +147,6 @@ impl Pool {
             return Err(Error::Closed);
         }
         state.started += 1;
-        if state.started_pids.len() == PIDS_KEPT {
-            state.started_pids.pop_front();
-        }
-        state.started_pids.push_back(process.pid());
         state.busy.push((process.kill_switch(), false));
         Ok(Lease {
             pool: self,
@@ -227,10 +216,6 @@ impl Pool {
                 break;
             }
         }
-    }
-
-    pub(crate) fn started_pids(&self) -> Vec<u32> {
-        self.state.lock().started_pids.iter().copied().collect()
     }
 
     pub(crate) fn started(&self) -> u64 {

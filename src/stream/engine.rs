@@ -12,8 +12,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::engine::{Policy, Run};
 use crate::{Cancel, MapResult, Session};
 
-/// How an adaptor turns one of its items into a prompt.
-pub(crate) trait Prompter<T>: Send + Sync + 'static {
+/// How an adaptor turns one of its items into a prompt. Public only to name the adaptors'
+/// types; this module is private, so no one outside can implement or call it.
+pub trait Prompter<T>: Send + Sync + 'static {
     type Prompt: AsRef<str>;
     fn prompt(&self, item: &T) -> Self::Prompt;
 }

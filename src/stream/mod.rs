@@ -9,7 +9,11 @@
 
 mod engine;
 mod map;
+mod shell;
 mod windows;
 
 pub use map::ClaudeStreamMap;
+pub(crate) use map::ItemPrompt;
+pub use shell::ClaudeStream;
+pub(crate) use windows::claude_windows;
 pub use windows::{ClaudeWindows, Window, WindowResult};

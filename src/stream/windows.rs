@@ -1,12 +1,11 @@
 //! `claude_windows`: one prompt per window of consecutive items, in source order.
 
 use std::collections::VecDeque;
-use std::iter::FusedIterator;
 use std::ops::Range;
 
-use super::engine::{Engine, Prompter};
-use crate::MapResult;
-use crate::{Cancel, Session};
+use super::engine::Prompter;
+use super::shell::ClaudeStream;
+use crate::{MapResult, Session};
 
 /// One window's result from [`ClaudeWindows`]: the window with its answer, or the window back
 /// with its error.
@@ -53,18 +52,20 @@ impl<T> Window<T> {
 /// `step > size`). When the source ends inside a window, that shorter window is yielded,
 /// unless every item in it was already in the previous window; nothing after it is.
 ///
-/// It is a [`ClaudeStreamMap`](super::ClaudeStreamMap) over the windows, with the same
-/// guarantees: at most [`max_outstanding`](Self::max_outstanding) windows (default
-/// 2 × concurrency) are out and not yet yielded, so at most `size` items waiting to complete a
-/// window plus `max_outstanding` windows are held at once. Drop, cancel and fatal errors work
-/// as there.
-#[must_use = "stream adaptors are lazy and do nothing unless iterated"]
-pub struct ClaudeWindows<I: Iterator, F> {
-    engine: Engine<Windowed<I>, WindowPrompt<F>>,
-}
+/// It is a [`ClaudeStream`] over the windows, with the same guarantees: at most
+/// [`max_outstanding`](ClaudeStream::max_outstanding) windows (default 2 × concurrency) are out
+/// and not yet yielded, so at most `size` items waiting to complete a window plus
+/// `max_outstanding` windows are held at once. Drop, cancel and fatal errors work as there.
+pub type ClaudeWindows<I, F> = ClaudeStream<Windowed<I>, WindowPrompt<F>>;
 
 /// The user's prompt closure, applied to a window's items.
-pub(crate) struct WindowPrompt<F>(F);
+pub struct WindowPrompt<F>(F);
+
+impl<F> std::fmt::Debug for WindowPrompt<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WindowPrompt")
+    }
+}
 
 impl<T, F, P> Prompter<Window<T>> for WindowPrompt<F>
 where
@@ -78,78 +79,36 @@ where
     }
 }
 
-impl<I: Iterator, F> ClaudeWindows<I, F> {
-    pub(crate) fn new(source: I, session: &Session, size: usize, step: usize, prompt_fn: F) -> Self
-    where
-        I::Item: Clone,
-    {
-        assert!(size > 0, "claude_windows: size must be at least 1");
-        assert!(step > 0, "claude_windows: step must be at least 1");
-        let windows = Windowed {
-            source: Some(source),
-            buffer: VecDeque::new(),
-            buffer_start: 0,
-            next_start: 0,
-            last_end: 0,
-            size,
-            step,
-            done: false,
-            clone: I::Item::clone,
-        };
-        ClaudeWindows {
-            engine: Engine::new(windows, session, WindowPrompt(prompt_fn)),
-        }
-    }
-
-    /// Stop starting new windows once `cancel` is set; the rest come back as failed with
-    /// [`Error::Cancelled`](crate::Error::Cancelled). Set it before iterating.
-    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
-        self.engine.set_cancel(cancel);
-        self
-    }
-
-    /// Allow at most `max` windows out and not yet yielded (default 2 × concurrency).
-    ///
-    /// # Panics
-    ///
-    /// If `max` is 0.
-    pub fn with_max_outstanding(mut self, max: usize) -> Self {
-        self.engine.set_max_outstanding(max);
-        self
-    }
-
-    /// The most windows that can be out and not yet yielded: running, or finished and
-    /// waiting for an earlier one.
-    pub fn max_outstanding(&self) -> usize {
-        self.engine.max_outstanding()
-    }
-}
-
-impl<I, F, P> Iterator for ClaudeWindows<I, F>
+/// The windows of `source` as a stream adaptor.
+pub(crate) fn claude_windows<I, F>(
+    source: I,
+    session: &Session,
+    size: usize,
+    step: usize,
+    prompt_fn: F,
+) -> ClaudeWindows<I, F>
 where
     I: Iterator,
-    I::Item: Clone + Send + 'static,
-    F: Fn(&[I::Item]) -> P + Send + Sync + 'static,
-    P: AsRef<str>,
+    I::Item: Clone,
 {
-    type Item = WindowResult<I::Item>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.engine.next()
-    }
-}
-
-impl<I, F, P> FusedIterator for ClaudeWindows<I, F>
-where
-    I: Iterator,
-    I::Item: Clone + Send + 'static,
-    F: Fn(&[I::Item]) -> P + Send + Sync + 'static,
-    P: AsRef<str>,
-{
+    assert!(size > 0, "claude_windows: size must be at least 1");
+    assert!(step > 0, "claude_windows: step must be at least 1");
+    let windows = Windowed {
+        source: Some(source),
+        buffer: VecDeque::new(),
+        buffer_start: 0,
+        next_start: 0,
+        last_end: 0,
+        size,
+        step,
+        done: false,
+        clone: I::Item::clone,
+    };
+    ClaudeStream::new(windows, session, WindowPrompt(prompt_fn))
 }
 
 /// Cuts a source into windows, pulling it only as far as the next window needs.
-pub(crate) struct Windowed<I: Iterator> {
+pub struct Windowed<I: Iterator> {
     /// `None` once the source has ended.
     source: Option<I>,
     /// Items read and still needed, the first at position `buffer_start`.
@@ -164,6 +123,16 @@ pub(crate) struct Windowed<I: Iterator> {
     done: bool,
     /// Taken where `Clone` is known, so that no type naming a window iterator needs the bound.
     clone: fn(&I::Item) -> I::Item,
+}
+
+impl<I: Iterator> std::fmt::Debug for Windowed<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Windowed")
+            .field("size", &self.size)
+            .field("step", &self.step)
+            .field("next_start", &self.next_start)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<I: Iterator> Windowed<I> {

@@ -72,6 +72,15 @@ impl Fake {
             .collect()
     }
 
+    /// The process ids of every fake CLI started with this setup, in start order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "start")
+            .map(|e| e["pid"].as_u64().unwrap() as u32)
+            .collect()
+    }
+
     /// Every prompt the fake processes saw (not `/clear`), with the context size then.
     pub fn prompts(&self) -> Vec<(String, u64)> {
         self.events()
@@ -116,6 +125,55 @@ pub fn pid_alive(pid: u32) -> bool {
         },
         Err(_) => false,
     }
+}
+
+/// The name prefix of a session's threads (`claude-rayon-s<id>-`), learnt from the thread
+/// that runs one item's prompt closure.
+pub fn thread_prefix(session: &Session) -> String {
+    use claude_rayon::prelude::*;
+    use rayon::prelude::*;
+    let name = std::sync::Mutex::new(String::new());
+    let _: Vec<_> = [()]
+        .par_iter()
+        .claude_map(session, |_| {
+            *name.lock().unwrap() = std::thread::current().name().unwrap_or("").to_string();
+            "thread name"
+        })
+        .collect();
+    let name = name.into_inner().unwrap();
+    let prefix = name
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .to_string();
+    assert!(
+        prefix.starts_with("claude-rayon-s") && prefix.ends_with('-') && prefix.len() < name.len(),
+        "a session thread is named claude-rayon-s<session>-<index>: {name:?}"
+    );
+    prefix
+}
+
+/// The live CLI processes this test process started with `home` as their HOME.
+pub fn cli_pids_with_home(home: &Path) -> Vec<u32> {
+    let home = format!("HOME={}", home.display());
+    let me = std::process::id();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(me) && pid_alive(pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == home.as_bytes()))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The parent of a process, if it exists.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Name of the variable that turns a skipped real-CLI test into a failure.
@@ -206,6 +264,12 @@ impl Real {
     /// defaults, no model, no working folder.
     pub fn bare_builder(&self) -> SessionBuilder {
         builder_against(&self.cli, &self.api, self.home.path())
+    }
+
+    /// The CLI processes of this setup alive now: children of this test process whose HOME
+    /// is this setup's.
+    pub fn cli_pids(&self) -> Vec<u32> {
+        cli_pids_with_home(self.home.path())
     }
 
     /// Transcript files the CLI left under HOME/.claude/projects.
