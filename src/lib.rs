@@ -42,8 +42,6 @@ compile_error!(
      to make sure no claude process outlives your program"
 );
 
-#[cfg(test)]
-mod bucket_properties;
 mod budget;
 mod cancel;
 mod conversation;

@@ -18,7 +18,8 @@ pub(crate) enum Event {
     Finished { succeeded: bool },
     /// A try failed and another comes after a wait; the error is why.
     WillRetry,
-    /// The wait is over and the retry is going to be sent.
+    /// A retry got past the budget and the throttle (it is sent, or its process failed to
+    /// start).
     Retried,
 }
 
@@ -184,7 +185,13 @@ pub(crate) fn attempts<W: World + ?Sized>(
             return Err((keep_last(last, reason), calls));
         }
         tries += 1;
-        let error = match world.attempt(prompt) {
+        let outcome = world.attempt(prompt);
+        // A retry is counted once it went further than the budget and the throttle: a stop
+        // during its wait there sends nothing.
+        if last.is_some() && !matches!(outcome, Err(AttemptError::NotStarted(_))) {
+            world.note(Event::Retried, None);
+        }
+        let error = match outcome {
             Ok(response) => return Ok((response, calls + 1)),
             Err(AttemptError::NotStarted(error)) => {
                 if error.is_fatal() {
@@ -211,8 +218,6 @@ pub(crate) fn attempts<W: World + ?Sized>(
         if !went_on {
             return Err((last.expect("just set"), calls));
         }
-        // Counted only once it is going to be sent: a stop during the wait is no retry.
-        world.note(Event::Retried, None);
     }
 }
 
@@ -380,6 +385,21 @@ mod tests {
         let failed = run(&world, &Policy::Plain).unwrap_err();
         assert_eq!(failed.error.api_status(), Some(529));
         assert_eq!(failed.attempts, 1);
+        assert_eq!(world.count(Event::Retried), 0);
+    }
+
+    #[test]
+    fn a_retry_stopped_before_it_is_sent_is_not_counted() {
+        // The retry's wait ends, then it is refused on the throttle (a stop came meanwhile).
+        let world = Script::new(5)
+            .then(Err(api(429)))
+            .then(Err(AttemptError::NotStarted(Error::Cancelled)));
+        let failed = run(&world, &Policy::Plain).unwrap_err();
+        assert_eq!(
+            failed.error.api_status(),
+            Some(429),
+            "the call's error is kept"
+        );
         assert_eq!(world.count(Event::Retried), 0);
     }
 

@@ -30,17 +30,28 @@ struct Dim {
     in_flight: i128,
     /// Scaled; negative means debt.
     level: i128,
+    /// For each grant in flight, how much a refund could still be worth: the least room
+    /// below the burst (capacity − level) seen since it was granted. Had the grant been charged its real cost,
+    /// the level would have been higher by the refund, and capped at the ceiling: a refund
+    /// given back later can only restore what that cap would not have taken. Without this,
+    /// refunds stack on top of a level that refilled meanwhile, and more than the burst goes
+    /// at once.
+    refund_room: Vec<(u64, i128)>,
 }
 
 impl Dim {
-    /// Starts full, so the first burst is not delayed.
+    /// Starts full, so the first burst is not delayed. A burst above one minute's worth is
+    /// refused before this ([`Throttle::with_burst`](super::Throttle::with_burst)): the API's
+    /// own bucket holds no more.
     fn new(per_minute: u64, burst: u64) -> Dim {
+        debug_assert!(burst <= per_minute, "a burst above one minute's worth");
         Dim {
             rate: i128::from(per_minute),
             capacity: scaled(burst),
             limit: scaled(per_minute),
             in_flight: 0,
             level: scaled(burst),
+            refund_room: Vec::new(),
         }
     }
 
@@ -51,10 +62,19 @@ impl Dim {
     }
 
     fn refill(&mut self, elapsed_nanos: i128) {
+        let added = self.rate.saturating_mul(elapsed_nanos);
+        self.raise(added);
+    }
+
+    /// Adds `added` (scaled) up to the ceiling; the grants in flight see the room shrink.
+    fn raise(&mut self, added: i128) {
         let ceiling = self.ceiling();
         if self.level < ceiling {
-            let added = self.rate.saturating_mul(elapsed_nanos);
             self.level = self.level.saturating_add(added).min(ceiling);
+            let room = self.capacity - self.level;
+            for (_, least) in &mut self.refund_room {
+                *least = (*least).min(room);
+            }
         }
     }
 
@@ -74,9 +94,19 @@ impl Dim {
         }
     }
 
-    fn grant(&mut self, amount: u64) {
+    fn grant(&mut self, id: u64, amount: u64) {
         self.take(amount);
         self.in_flight = self.in_flight.saturating_add(scaled(amount));
+        let room = (self.capacity - self.level).max(0);
+        self.refund_room.push((id, room));
+    }
+
+    /// The end of grant `id`: what a refund for it may still give back (scaled).
+    fn refund_worth(&mut self, id: u64) -> i128 {
+        match self.refund_room.iter().position(|(g, _)| *g == id) {
+            Some(i) => self.refund_room.swap_remove(i).1.max(0),
+            None => 0,
+        }
     }
 
     /// The end of a grant of `amount`, settled or given back.
@@ -88,11 +118,9 @@ impl Dim {
         self.level = self.level.saturating_sub(scaled(amount));
     }
 
-    fn give(&mut self, amount: u64) {
-        let ceiling = self.ceiling();
-        if self.level < ceiling {
-            self.level = self.level.saturating_add(scaled(amount)).min(ceiling);
-        }
+    /// Gives back `amount` of a grant, no more than it is still worth (`worth`, scaled).
+    fn give(&mut self, amount: u64, worth: i128) {
+        self.raise(scaled(amount).min(worth));
     }
 }
 
@@ -102,10 +130,30 @@ pub(crate) struct Ticket(u64);
 
 /// What a [`Bucket`] handed out: `requests` requests (one, or the API calls an item is
 /// expected to make) and `tokens` estimated tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Grant {
     pub(crate) tokens: u64,
     pub(crate) requests: u64,
+    /// Which grant this is, for what its refund is worth (see `Dim::refund_room`).
+    id: u64,
+}
+
+impl PartialEq for Grant {
+    fn eq(&self, other: &Grant) -> bool {
+        (self.tokens, self.requests) == (other.tokens, other.requests)
+    }
+}
+
+impl Grant {
+    #[cfg(test)]
+    pub(crate) fn new(tokens: u64, requests: u64) -> Grant {
+        // No grant of the bucket's: a refund for it is worth nothing.
+        Grant {
+            tokens,
+            requests,
+            id: u64::MAX,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -210,11 +258,13 @@ impl Bucket {
                 // Strict FIFO: nobody overtakes a head that does not fit yet.
                 break;
             }
+            // The ticket is unique: it names the grant too.
+            let id = head.ticket.0;
             if let Some(dim) = &mut self.requests {
-                dim.grant(head.requests);
+                dim.grant(id, head.requests);
             }
             if let Some(dim) = &mut self.tokens {
-                dim.grant(head.tokens);
+                dim.grant(id, head.tokens);
             }
             self.queue.pop_front();
             self.granted.push((
@@ -222,6 +272,7 @@ impl Bucket {
                 Grant {
                     tokens: head.tokens,
                     requests: head.requests,
+                    id,
                 },
             ));
         }
@@ -267,11 +318,13 @@ impl Bucket {
             self.refill(now);
             if let Some(dim) = &mut self.requests {
                 dim.land(grant.requests);
-                dim.give(grant.requests);
+                let worth = dim.refund_worth(grant.id);
+                dim.give(grant.requests, worth);
             }
             if let Some(dim) = &mut self.tokens {
                 dim.land(grant.tokens);
-                dim.give(grant.tokens);
+                let worth = dim.refund_worth(grant.id);
+                dim.give(grant.tokens, worth);
             }
         }
     }
@@ -279,11 +332,7 @@ impl Bucket {
     /// Ends a grant, which is no longer in flight, and corrects the token level with its real
     /// usage: a refund when `actual_tokens` is below the estimate, debt when above.
     #[cfg(test)]
-    pub(crate) fn settle(&mut self, now: Instant, granted_tokens: u64, actual_tokens: u64) {
-        let grant = Grant {
-            tokens: granted_tokens,
-            requests: 1,
-        };
+    pub(crate) fn settle(&mut self, now: Instant, grant: Grant, actual_tokens: u64) {
         self.settle_calls(now, grant, actual_tokens, 1);
     }
 
@@ -301,16 +350,18 @@ impl Bucket {
         self.refill(now);
         if let Some(dim) = &mut self.requests {
             dim.land(grant.requests);
+            let worth = dim.refund_worth(grant.id);
             if actual_requests < grant.requests {
-                dim.give(grant.requests - actual_requests);
+                dim.give(grant.requests - actual_requests, worth);
             } else {
                 dim.take(actual_requests - grant.requests);
             }
         }
         if let Some(dim) = &mut self.tokens {
             dim.land(granted_tokens);
+            let worth = dim.refund_worth(grant.id);
             if actual_tokens < granted_tokens {
-                dim.give(granted_tokens - actual_tokens);
+                dim.give(granted_tokens - actual_tokens, worth);
             } else {
                 dim.take(actual_tokens - granted_tokens);
             }
@@ -362,7 +413,7 @@ mod tests {
         let ticket = b.join(tokens);
         let result = b.try_acquire(now, ticket);
         match result {
-            Ok(grant) => b.settle(now, grant.tokens, grant.tokens),
+            Ok(grant) => b.settle(now, grant, grant.tokens),
             Err(_) => b.cancel(now, ticket),
         }
         result
@@ -375,10 +426,7 @@ mod tests {
     }
 
     fn grant(tokens: u64) -> Result<Grant, Instant> {
-        Ok(Grant {
-            tokens,
-            requests: 1,
-        })
+        Ok(Grant::new(tokens, 1))
     }
 
     // ---- pure core ----
@@ -481,7 +529,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Bucket::new(t0, None, Some((60, 60)));
         let held = hold(&mut b, t0, 60);
-        b.settle(t0, held.tokens, 90);
+        b.settle(t0, held, 90);
         // Level -30: 10 more tokens need 40 s.
         assert_eq!(try_now(&mut b, t0, 10), Err(t0 + secs(40)));
         // Even a zero estimate waits out the debt.
@@ -494,7 +542,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Bucket::new(t0, None, Some((60, 60)));
         let held = hold(&mut b, t0, 60);
-        b.settle(t0, held.tokens, 20);
+        b.settle(t0, held, 20);
         assert_eq!(try_now(&mut b, t0, 40), grant(40));
         assert_eq!(try_now(&mut b, t0, 1), Err(t0 + secs(1)));
 
@@ -503,7 +551,7 @@ mod tests {
         let t1 = t0 + secs(60);
         let held = hold(&mut b, t1, 30);
         let t2 = t1 + secs(60);
-        b.settle(t2, held.tokens, 0);
+        b.settle(t2, held, 0);
         assert_eq!(try_now(&mut b, t2, 60), grant(60));
         assert_eq!(try_now(&mut b, t2, 1), Err(t2 + secs(1)));
     }
@@ -521,7 +569,7 @@ mod tests {
             assert_eq!(try_now(&mut b, t10, 0), grant(0));
         }
         assert_eq!(try_now(&mut b, t10, 0), Err(t10 + secs(1)));
-        b.settle(t10, held.tokens, 0);
+        b.settle(t10, held, 0);
         assert_eq!(try_now(&mut b, t10 + secs(1), 0), grant(0));
 
         // When the ceiling itself is below one request, only a settle makes room.
@@ -529,7 +577,7 @@ mod tests {
         let held = hold(&mut b, t0, 0);
         let t120 = t0 + secs(120);
         assert_eq!(try_now(&mut b, t120, 0), Err(t120 + MAX_WAIT));
-        b.settle(t120, held.tokens, 0);
+        b.settle(t120, held, 0);
         assert_eq!(try_now(&mut b, t120, 0), Err(t120 + secs(60)));
         assert_eq!(try_now(&mut b, t120 + secs(60), 0), grant(0));
 
@@ -611,7 +659,7 @@ mod tests {
                             refused += 1;
                         }
                         if lands == now_ms {
-                            b.settle(now, 0, 0);
+                            b.settle(now, Grant::new(0, 1), 0);
                             let (until, cold) = match random(10) {
                                 0 => (now_ms + 20_000 + random(60_000), true),
                                 _ => (now_ms, false),
@@ -679,8 +727,9 @@ mod tests {
         let t60 = t0 + secs(60);
         assert!(b.try_acquire(t60, small).unwrap_err() > t60 + secs(3600));
         assert_eq!(b.waiters(), 2);
-        assert_eq!(b.try_acquire(t60, big), grant(60));
-        b.settle(t60, 60, 60);
+        let granted = b.try_acquire(t60, big).unwrap();
+        assert_eq!(granted, grant(60).unwrap());
+        b.settle(t60, granted, 60);
         assert_eq!(b.try_acquire(t60, small), Err(t60 + secs(1)));
         assert_eq!(b.try_acquire(t60 + secs(1), small), grant(1));
         assert_eq!(b.waiters(), 0);
@@ -763,7 +812,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Bucket::new(t0, None, None);
         b.note_extra_requests(t0, u32::MAX);
-        b.settle(t0, 0, u64::MAX);
+        b.settle(t0, Grant::new(0, 1), u64::MAX);
         for _ in 0..1000 {
             assert_eq!(try_now(&mut b, t0, u64::MAX), grant(u64::MAX));
         }
@@ -773,7 +822,7 @@ mod tests {
     fn huge_debt_does_not_overflow() {
         let t0 = Instant::now();
         let mut b = Bucket::new(t0, Some((1, 1)), Some((1, 1)));
-        b.settle(t0, 0, u64::MAX);
+        b.settle(t0, Grant::new(0, 1), u64::MAX);
         b.note_extra_requests(t0, u32::MAX);
         assert_eq!(try_now(&mut b, t0, 1), Err(t0 + MAX_WAIT));
     }

@@ -22,6 +22,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::Error;
 
 mod bucket;
+#[cfg(test)]
+mod bucket_properties;
 
 use bucket::{Bucket, Grant, Ticket};
 
@@ -100,9 +102,9 @@ struct State {
 /// request stops counting as in flight.
 #[must_use = "settle the permit with the real token usage"]
 pub(crate) struct Permit {
-    estimated_tokens: u64,
-    /// Requests charged: 1, or the calls an item was expected to make.
-    requests: u64,
+    /// What was charged: the estimated tokens, and 1 request or the calls an item was
+    /// expected to make.
+    grant: Grant,
     waited: Duration,
     /// The throttle's state, until settled.
     release: Option<(Arc<Mutex<State>>, Arc<Condvar>)>,
@@ -111,7 +113,7 @@ pub(crate) struct Permit {
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("estimated_tokens", &self.estimated_tokens)
+            .field("estimated_tokens", &self.grant.tokens)
             .field("waited", &self.waited)
             .finish_non_exhaustive()
     }
@@ -119,7 +121,7 @@ impl fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.settle_with(self.estimated_tokens, self.requests);
+        self.settle_with(self.grant.tokens, self.grant.requests);
     }
 }
 
@@ -127,10 +129,7 @@ impl Permit {
     /// Ends the grant on its throttle, once; waiters may fit now that it has landed.
     fn settle_with(&mut self, actual_tokens: u64, actual_requests: u64) {
         if let Some((state, changed)) = self.release.take() {
-            let grant = Grant {
-                tokens: self.estimated_tokens,
-                requests: self.requests,
-            };
+            let grant = self.grant;
             state
                 .lock()
                 .bucket
@@ -143,10 +142,10 @@ impl Permit {
     /// estimate, debt when above; calls expected and not made are refunded, calls beyond
     /// them charged. The request no longer counts as in flight, and the waiters are woken.
     pub(crate) fn settle(mut self, actual_tokens: u64, calls: u64) {
-        if actual_tokens > self.estimated_tokens {
+        if actual_tokens > self.grant.tokens {
             log::trace!(
                 "throttle: request used {actual_tokens} tokens, {} estimated",
-                self.estimated_tokens
+                self.grant.tokens
             );
         }
         self.settle_with(actual_tokens, calls);
@@ -160,7 +159,7 @@ impl Permit {
     /// The tokens charged for this permit when it was granted.
     #[cfg(test)]
     pub(crate) fn estimated_tokens(&self) -> u64 {
-        self.estimated_tokens
+        self.grant.tokens
     }
 
     /// How long [`Throttle::acquire`] blocked before granting this permit.
@@ -213,26 +212,42 @@ impl Throttle {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] if a burst is zero, or is given for a dimension that is
-    /// unlimited.
+    /// [`Error::InvalidConfig`] if a burst is zero, above one minute's worth (the API's own
+    /// bucket holds no more: the excess would come back as 429s), or given for a dimension
+    /// that is unlimited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::Throttle;
+    ///
+    /// let smooth = Throttle::new(Some(60), None)?.with_burst(Some(5), None)?;
+    /// assert_eq!(smooth.requests_per_minute(), Some(60));
+    /// assert!(Throttle::new(Some(60), None)?.with_burst(Some(61), None).is_err());
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
     pub fn with_burst(self, requests: Option<u32>, tokens: Option<u64>) -> Result<Throttle, Error> {
-        fn check<T: PartialEq + From<u8>>(
+        fn check<T: PartialOrd + From<u8>>(
             burst: Option<T>,
-            limited: bool,
+            limit: Option<T>,
             what: &str,
         ) -> Result<(), Error> {
             match burst {
                 Some(b) if b == T::from(0) => Err(Error::InvalidConfig(format!(
                     "{what} burst must be at least 1"
                 ))),
-                Some(_) if !limited => Err(Error::InvalidConfig(format!(
+                Some(_) if limit.is_none() => Err(Error::InvalidConfig(format!(
                     "{what} burst given but {what} per minute is unlimited"
+                ))),
+                Some(b) if limit.is_some_and(|l| b > l) => Err(Error::InvalidConfig(format!(
+                    "a {what} burst above one minute's worth ({what} per minute) would send \
+                     more at once than the API's own bucket holds, and get 429s"
                 ))),
                 _ => Ok(()),
             }
         }
-        check(requests, self.requests_per_minute.is_some(), "requests")?;
-        check(tokens, self.tokens_per_minute.is_some(), "tokens")?;
+        check(requests, self.requests_per_minute, "requests")?;
+        check(tokens, self.tokens_per_minute, "tokens")?;
         let requests = self
             .requests_per_minute
             .map(|r| (u64::from(r), u64::from(requests.unwrap_or(r))));
@@ -294,8 +309,7 @@ impl Throttle {
                         self.changed.notify_all();
                     }
                     return Ok(Permit {
-                        estimated_tokens: grant.tokens,
-                        requests: grant.requests,
+                        grant,
                         waited: if polled_before {
                             now.saturating_duration_since(start)
                         } else {
@@ -445,6 +459,17 @@ mod tests {
                 .with_burst(Some(5), None),
             Err(Error::InvalidConfig(_))
         ));
+        // Above one minute's worth, the API's own bucket would refuse the excess.
+        for above in [
+            t().with_burst(Some(11), None),
+            t().with_burst(None, Some(1001)),
+        ] {
+            match above {
+                Err(Error::InvalidConfig(message)) => assert!(message.contains("429"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(t().with_burst(Some(10), Some(1000)).is_ok());
         let t = Throttle::unlimited();
         assert_eq!(
             (t.requests_per_minute(), t.tokens_per_minute()),
@@ -508,7 +533,8 @@ mod tests {
 
     #[test]
     fn with_burst_limits_the_first_burst() {
-        let t = Throttle::new(Some(1), None)
+        // Sixty a minute, but at most two at once.
+        let t = Throttle::new(Some(60), None)
             .unwrap()
             .with_burst(Some(2), None)
             .unwrap();
