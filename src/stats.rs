@@ -86,8 +86,8 @@ pub(crate) struct Counters {
     pub requests: AtomicU64,
     pub throttle_waits: AtomicU64,
     pub throttle_wait_nanos: AtomicU64,
-    /// A gauge: items inside a throttle wait now.
-    pub throttle_waiting: AtomicU64,
+    /// Items inside a throttle wait now.
+    pub throttle_waiting: Gauge,
     pub backoff_pauses: AtomicU64,
     pub first_result_nanos: AtomicU64,
     pub totals: Mutex<Totals>,
@@ -130,12 +130,38 @@ impl Counters {
             latency_p99: latency.quantile(0.99),
             latency_max: latency.max(),
             last_retry_reason: self.last_retry_reason.lock().clone(),
-            waiting_on_throttle: load(&self.throttle_waiting),
+            waiting_on_throttle: self.throttle_waiting.read().0,
         }
     }
+}
 
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+/// Count `n` more on a counter (of a session's [`Counters`] or a pipeline's).
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A level with its high-water mark.
+#[derive(Default)]
+pub(crate) struct Gauge {
+    now: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Gauge {
+    pub(crate) fn add(&self, n: u64) {
+        let now = self.now.fetch_add(n, Ordering::Relaxed) + n;
+        self.max.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(&self, n: u64) {
+        self.now.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> (u64, u64) {
+        (
+            self.now.load(Ordering::Relaxed),
+            self.max.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -7,10 +7,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The example's binary. `cargo build` makes sure it is current: `cargo test --test examples`
-/// alone does not rebuild examples, and a stale one would test old code.
+/// alone does not rebuild examples, and a stale one would test old code. It is built with the
+/// features this test was built with (README's command turns them all on), so the build is
+/// the one `cargo test` made, not a second one that replaces it.
 fn example(name: &str) -> PathBuf {
+    let mut features = vec!["simulator"];
+    if cfg!(feature = "progress") {
+        features.push("progress");
+    }
+    let features = features.join(",");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", name])
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            name,
+            "--features",
+            &features,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();

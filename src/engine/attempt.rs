@@ -13,7 +13,7 @@ use super::stop::Stop;
 use crate::session::pool::Lease;
 use crate::session::process::{ApiRetry, CliProcess, TurnEvent};
 use crate::session::Inner;
-use crate::stats::Counters;
+use crate::stats;
 use crate::throttle::estimate_tokens;
 use crate::{Error, Response, Usage};
 
@@ -125,20 +125,17 @@ impl World for SessionWorld<'_> {
             .saturating_add(inner.config.output_token_allowance);
         // An item is charged the API calls items made lately (a re-ask is a second call);
         // what it really made is settled after.
-        Counters::add(&inner.counters.throttle_waiting, 1);
+        inner.counters.throttle_waiting.add(1);
         let permit = inner
             .throttle
             .acquire_calls(estimate, expected_calls(inner), &|| self.should_stop());
-        inner
-            .counters
-            .throttle_waiting
-            .fetch_sub(1, Ordering::Relaxed);
+        inner.counters.throttle_waiting.sub(1);
         let permit = permit.map_err(|_| {
             AttemptError::NotStarted(self.stop_holding_reservation().unwrap_or(Error::Cancelled))
         })?;
         if !permit.waited().is_zero() {
-            Counters::add(&inner.counters.throttle_waits, 1);
-            Counters::add(
+            stats::add(&inner.counters.throttle_waits, 1);
+            stats::add(
                 &inner.counters.throttle_wait_nanos,
                 permit.waited().as_nanos() as u64,
             );
@@ -161,7 +158,7 @@ impl World for SessionWorld<'_> {
             permit.give_back();
             return Err(AttemptError::NotStarted(reason));
         }
-        Counters::add(&inner.counters.requests, 1);
+        stats::add(&inner.counters.requests, 1);
         // A hard stop of the run (a pipeline's bounded stop) ends this call by its process.
         let kill_switch = taken.process().kill_switch();
         let call = self
@@ -224,14 +221,14 @@ impl World for SessionWorld<'_> {
     fn note(&self, event: Event, error: Option<&Error>) {
         let counters = &self.inner.counters;
         match event {
-            Event::Started => Counters::add(&counters.started, 1),
+            Event::Started => stats::add(&counters.started, 1),
             Event::Finished { succeeded } => {
                 let counter = if succeeded {
                     &counters.succeeded
                 } else {
                     &counters.failed
                 };
-                Counters::add(counter, 1);
+                stats::add(counter, 1);
                 if let Some(progress) = self.progress {
                     progress.item_done(succeeded);
                 }
@@ -241,7 +238,7 @@ impl World for SessionWorld<'_> {
                     note_retry_reason(self.inner, error);
                 }
             }
-            Event::Retried => Counters::add(&counters.retried, 1),
+            Event::Retried => stats::add(&counters.retried, 1),
         }
     }
 }
@@ -365,7 +362,7 @@ fn run_turn(
         // permit is settled with the calls really made.
         TurnEvent::ExtraCall => {
             calls += 1;
-            Counters::add(&inner.counters.requests, 1);
+            stats::add(&inner.counters.requests, 1);
         }
     };
     let outcome = process.run_turn(
@@ -380,7 +377,7 @@ fn run_turn(
 /// The CLI is retrying on its own: each retry is one more API request, and a 429 or 529 tells
 /// every worker on the throttle to hold off for as long as the CLI waits.
 fn on_cli_retry(inner: &Inner, retry: ApiRetry) {
-    Counters::add(&inner.counters.cli_api_retries, 1);
+    stats::add(&inner.counters.cli_api_retries, 1);
     inner.throttle.note_extra_requests(1);
     if matches!(retry.status, Some(429 | 529)) {
         // The CLI's delay is max(retry-after, its own backoff): the API's word on when.
@@ -396,7 +393,7 @@ fn back_off(inner: &Inner, now: Instant, wait: Duration) {
     }
     let until = crate::retry::saturating_add(now, wait);
     if inner.throttle.paused_until().is_none_or(|p| p < until) {
-        Counters::add(&inner.counters.backoff_pauses, 1);
+        stats::add(&inner.counters.backoff_pauses, 1);
         log::info!("the API is throttling: pausing new requests for {wait:?}");
         inner.throttle.pause_until(until);
     }

@@ -13,8 +13,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::process::{Processed, ToBatcher};
 use super::shared::Shared;
 use super::sink::ToSink;
-use super::stats::add;
 use super::{Batch, Flush};
+use crate::stats::add;
 use crate::Error;
 
 /// A batch being filled.

@@ -62,7 +62,7 @@ where
     /// Send one item (which holds an in-flight slot) to the session's threads.
     pub(crate) fn dispatch(self: &Arc<Self>, item: T) {
         let counters = &self.shared.counters;
-        super::stats::add(&counters.received, 1);
+        crate::stats::add(&counters.received, 1);
         counters.in_flight.add(1);
         let this = Arc::clone(self);
         self.shared.session.threads().spawn(move || {

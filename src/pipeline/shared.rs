@@ -8,8 +8,9 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use super::stats::{add, Counters, PipelineStats};
+use super::stats::{Counters, PipelineStats};
 use crate::engine::Run;
+use crate::stats::add;
 use crate::{Error, Failed, Session};
 
 /// The failure handler, shared by the sink and the source thread (which hands over the

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 
 use super::shared::{OnFailed, Shared};
-use super::stats::add;
 use super::Batch;
+use crate::stats::add;
 use crate::Failed;
 
 pub(crate) enum ToSink<T, O, K> {

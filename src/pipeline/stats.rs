@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::stats::Gauge;
 use crate::{Error, Stats};
 
 /// What a pipeline has done: items in and out, batches, panics in the handlers, and how many
@@ -88,35 +89,6 @@ pub(crate) struct Counters {
     pub on_failed_panics: AtomicU64,
     pub in_flight: Gauge,
     pub buffered: Gauge,
-}
-
-/// A level with its high-water mark.
-#[derive(Default)]
-pub(crate) struct Gauge {
-    now: AtomicU64,
-    max: AtomicU64,
-}
-
-impl Gauge {
-    pub(crate) fn add(&self, n: u64) {
-        let now = self.now.fetch_add(n, Ordering::Relaxed) + n;
-        self.max.fetch_max(now, Ordering::Relaxed);
-    }
-
-    pub(crate) fn sub(&self, n: u64) {
-        self.now.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    fn read(&self) -> (u64, u64) {
-        (
-            self.now.load(Ordering::Relaxed),
-            self.max.load(Ordering::Relaxed),
-        )
-    }
-}
-
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 impl Counters {
