@@ -5,8 +5,6 @@
 //! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench pool_vs_fresh`
 
 mod common;
-#[path = "../tests/support/mock_api.rs"]
-mod mock_api;
 
 use std::time::Instant;
 
@@ -68,10 +66,10 @@ fn main() {
         println!("\nreal CLI: skipped (set CLAUDE_CODE_BIN to the claude executable)");
         return;
     };
-    let api = mock_api::MockApi::start();
+    let api = claude_rayon_mock_api::MockApi::start();
     let home = tempfile::tempdir().unwrap();
     let env = api.cli_env(home.path());
-    let make = || common::real_builder(&cli, &env, mock_api::CLI_ENV_REMOVE);
+    let make = || common::real_builder(&cli, &env, claude_rayon_mock_api::CLI_ENV_REMOVE);
     compare(
         "real CLI 'claude' against an instant loopback mock API",
         &make,

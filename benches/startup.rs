@@ -6,8 +6,6 @@
 //! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench startup`
 
 mod common;
-#[path = "../tests/support/mock_api.rs"]
-mod mock_api;
 
 use std::time::{Duration, Instant};
 
@@ -38,10 +36,10 @@ fn main() {
         println!("startup: skipped (set CLAUDE_CODE_BIN to the claude executable)");
         return;
     };
-    let api = mock_api::MockApi::start();
+    let api = claude_rayon_mock_api::MockApi::start();
     let home = tempfile::tempdir().unwrap();
     let env = api.cli_env(home.path());
-    let make = || common::real_builder(&cli, &env, mock_api::CLI_ENV_REMOVE);
+    let make = || common::real_builder(&cli, &env, claude_rayon_mock_api::CLI_ENV_REMOVE);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!("{cores} cores; items = 2 x processes; times in seconds");
     println!("processes  first answer: at once  staggered   whole batch: at once  staggered");

@@ -9,18 +9,13 @@
 //! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench warm_vs_fresh` (about 1.5 minutes
 //! on 2 cores). Without CLAUDE_CODE_BIN it prints a notice and exits 0.
 
-// The mock allows dead_code itself (`#![allow(dead_code)]`); an outer allow here would be a
-// duplicated attribute for clippy.
-#[path = "../tests/support/mock_api.rs"]
-mod mock_api;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use claude_rayon::{Session, SessionBuilder};
-use mock_api::MockApi;
+use claude_rayon_mock_api::{MockApi, CLI_ENV_REMOVE};
 
 const ITEMS: usize = 50;
 
@@ -116,7 +111,7 @@ fn real_builder(cli: &Path, api: &MockApi, home: &Path, cwd: &Path) -> SessionBu
         .cli_max_retries(Some(0))
         .max_retries(0)
         .timeout(Duration::from_secs(60));
-    for key in mock_api::CLI_ENV_REMOVE {
+    for key in CLI_ENV_REMOVE {
         builder = builder.env_remove(*key);
     }
     for (key, value) in api.cli_env(home) {

@@ -12,7 +12,8 @@ use support::Real;
 const INPUT_USD: f64 = 3.0 / 1e6;
 const OUTPUT_USD: f64 = 15.0 / 1e6;
 
-/// The mock's usage rule (see mock_api.rs): input = body bytes / 4, output = max(1, chars / 4).
+/// The mock's usage rule (see crates/mock-api/src/lib.rs): input = body bytes / 4,
+/// output = max(1, chars / 4).
 fn assert_usage_matches_mock(response: &Response, request: &RecordedRequest, reply: &str) {
     assert_eq!(
         response.usage.input_tokens,

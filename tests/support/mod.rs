@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 pub mod hostile;
-pub mod mock_api;
+/// The mock Messages API, compiled once as its own crate (crates/mock-api).
+pub use claude_rayon_mock_api as mock_api;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -5,10 +5,12 @@
 //! `Drop` (the accept loop is woken by a self-connection and joined; open connections are shut
 //! down and their threads joined).
 //!
+//! Its own crate (`crates/mock-api`, a dev-dependency of `claude-rayon`) so that it compiles
+//! once rather than into every test binary; tests reach it as `support::mock_api` (a re-export
+//! in `tests/support/mod.rs`), benches as `claude_rayon_mock_api`.
+//!
 //! ```ignore
-//! #[path = "support/mock_api.rs"]
-//! mod mock_api;
-//! use mock_api::{Fault, MockApi, Reply, CLI_ENV_REMOVE};
+//! use claude_rayon_mock_api::{Fault, MockApi, Reply, CLI_ENV_REMOVE};
 //!
 //! let api = MockApi::start();
 //! api.set_reply(|prompt| match prompt {
@@ -71,8 +73,6 @@
 //! delay = max(`retry-after`, backoff): a persistent 401 or 429 takes ~183 s to fail. Tests that
 //! script faults should pass `("CLAUDE_CODE_MAX_RETRIES", "0")` (or "1") to the child; the CLI
 //! honours it and emits one `{"type":"system","subtype":"api_retry",…}` line per retry.
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
