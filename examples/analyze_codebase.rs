@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Flags: `--simulate` (built-in simulator), `--model NAME`, `--concurrency N`,
-//! `--out DIR` (default `target/analysis`), `--max-files N`, `--budget USD`.
+//! `--out DIR` (default `target/analysis`), `--max-files N`, `--budget USD`, `--no-journal`.
+//! Answers are kept in a journal in the output folder (`journal.jsonl`), so a rerun after an
+//! interruption (Ctrl-C, a crash, an expired login) pays only for the analyses not done yet;
+//! `--no-journal` asks everything again.
 //! Files ignored by `.gitignore`, binary files and files over 200 KB are skipped.
 
 mod common;
@@ -194,7 +197,7 @@ fn run(args: &[String]) -> i32 {
     ];
     let positional = common::positional(args, &valued);
     let Some(root) = positional.first().map(PathBuf::from) else {
-        eprintln!("usage: analyze_codebase [--simulate] [--model M] [--concurrency N] [--out DIR] [--max-files N] [--budget USD] DIR");
+        eprintln!("usage: analyze_codebase [--simulate] [--model M] [--concurrency N] [--out DIR] [--max-files N] [--budget USD] [--no-journal] DIR");
         return 2;
     };
     let out_dir = common::flag_value(args, "--out")
@@ -221,7 +224,7 @@ fn run(args: &[String]) -> i32 {
     if let Some(budget) = common::flag_value(args, "--budget").and_then(|v| v.parse().ok()) {
         builder = builder.max_budget_usd(budget);
     }
-    let Some(backend) = common::start(builder, args) else {
+    let Some(backend) = common::start(builder, args, Some(&out_dir)) else {
         return 1;
     };
     let label = backend.label();
@@ -282,6 +285,11 @@ fn run(args: &[String]) -> i32 {
         outcome.dead_letter.len()
     );
     println!("  findings         {total_findings}");
+    println!(
+        "  from the journal {} of {} analyses (no call, nothing paid now)",
+        stats.replayed,
+        jobs.len()
+    );
     println!(
         "  tokens           {} in, {} out",
         stats.usage.input_tokens

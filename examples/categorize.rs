@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Flags: `--categories a,b,c` (default: finance, engineering, personal, other),
-//! `--simulate`, `--model NAME`, `--concurrency N`. Reads `.txt` and `.md` files.
+//! `--simulate`, `--model NAME`, `--concurrency N`, `--out DIR` (default
+//! `target/categorize`), `--no-journal`. Reads `.txt` and `.md` files. The categories are kept
+//! in a journal in the output folder, so a rerun pays only for documents not sorted yet.
 
 mod common;
 
@@ -28,13 +30,17 @@ fn main() {
 }
 
 fn run(args: &[String]) -> i32 {
-    let positional = common::positional(args, &["--categories", "--model", "--concurrency"]);
+    let positional =
+        common::positional(args, &["--categories", "--model", "--concurrency", "--out"]);
     let Some(dir) = positional.first().map(PathBuf::from) else {
         eprintln!(
-            "usage: categorize [--categories a,b,c] [--simulate] [--model M] [--concurrency N] DIR"
+            "usage: categorize [--categories a,b,c] [--simulate] [--model M] [--concurrency N] [--out DIR] [--no-journal] DIR"
         );
         return 2;
     };
+    let out_dir = common::flag_value(args, "--out")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/categorize"));
     let categories: Vec<String> = common::flag_value(args, "--categories")
         .unwrap_or_else(|| DEFAULT_CATEGORIES.to_string())
         .split(',')
@@ -60,7 +66,8 @@ fn run(args: &[String]) -> i32 {
         return 1;
     }
 
-    let Some(backend) = common::start(Session::builder().concurrency(4), args) else {
+    let Some(backend) = common::start(Session::builder().concurrency(4), args, Some(&out_dir))
+    else {
         return 1;
     };
     let label = backend.label();
@@ -101,11 +108,12 @@ fn run(args: &[String]) -> i32 {
     }
     let stats = backend.session.stats();
     println!(
-        "{label}{} documents, {} sorted, {} failed, {} requests, ${:.4}",
+        "{label}{} documents, {} sorted, {} failed, {} requests, {} from the journal, ${:.4}",
         groups.len(),
         groups.len() - groups.failed.len(),
         groups.failed.len(),
         stats.requests,
+        stats.replayed,
         stats.cost_usd
     );
     i32::from(!groups.failed.is_empty())

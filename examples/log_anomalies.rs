@@ -75,7 +75,8 @@ fn run(args: &[String]) -> i32 {
         }
     };
 
-    let Some(backend) = common::start(Session::builder().concurrency(concurrency), args) else {
+    let Some(backend) = common::start(Session::builder().concurrency(concurrency), args, None)
+    else {
         return 1;
     };
     let label = backend.label();

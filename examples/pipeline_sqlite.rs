@@ -170,7 +170,7 @@ fn run(args: &[String]) -> i32 {
     if let Some(model) = common::flag_value(args, "--model") {
         builder = builder.model(model);
     }
-    let backend = match common::connect(builder, args.iter().any(|a| a == "--simulate")) {
+    let backend = match common::connect(builder, args.iter().any(|a| a == "--simulate"), None) {
         Ok(backend) => backend,
         Err(err) => {
             eprintln!("cannot start: {err}");

@@ -243,6 +243,27 @@ pub enum Error {
     /// The session was closed.
     #[error("the session is closed")]
     Closed,
+
+    /// Another program (or another `Journal` in this one) has this journal open; two writers
+    /// would interleave their records.
+    #[error(
+        "the journal {} is in use by another program (or another Journal::open in this one); \
+         share one Journal (it is Clone) or use another file",
+        .path.display()
+    )]
+    JournalLocked {
+        /// The journal's path.
+        path: PathBuf,
+    },
+
+    /// A journal could not be opened, read or written.
+    #[error("journal {}: {message}", .path.display())]
+    Journal {
+        /// The journal's path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl Error {
@@ -349,6 +370,8 @@ impl Error {
             Error::InvalidAnswer { .. } => "InvalidAnswer",
             Error::Io(..) => "Io",
             Error::Closed => "Closed",
+            Error::JournalLocked { .. } => "JournalLocked",
+            Error::Journal { .. } => "Journal",
         }
     }
 }

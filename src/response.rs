@@ -94,6 +94,10 @@ pub struct Response {
     /// reminder to use the structured-output tool, an empty answer asked again).
     #[serde(default)]
     pub api_calls: u32,
+    /// Whether this answer came from a [`Journal`](crate::Journal) instead of a call: it keeps
+    /// the cost and usage it had when it was paid, and this run paid nothing for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 impl Response {

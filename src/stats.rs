@@ -66,6 +66,9 @@ pub struct Stats {
     /// Items of this session waiting on the throttle right now (for the rate limit or a
     /// shared back-off pause).
     pub waiting_on_throttle: u64,
+    /// Items answered from a [`Journal`](crate::Journal), without a call (counted in
+    /// `succeeded` too; their cost is not in `cost_usd`, which is what was paid now).
+    pub replayed: u64,
 }
 
 impl Stats {
@@ -88,6 +91,7 @@ pub(crate) struct Counters {
     pub throttle_wait_nanos: AtomicU64,
     /// Items inside a throttle wait now.
     pub throttle_waiting: Gauge,
+    pub replayed: AtomicU64,
     pub backoff_pauses: AtomicU64,
     pub first_result_nanos: AtomicU64,
     pub totals: Mutex<Totals>,
@@ -131,6 +135,7 @@ impl Counters {
             latency_max: latency.max(),
             last_retry_reason: self.last_retry_reason.lock().clone(),
             waiting_on_throttle: self.throttle_waiting.read().0,
+            replayed: load(&self.replayed),
         }
     }
 }

@@ -138,6 +138,26 @@ fn analyze_codebase_writes_a_report_jsonl_and_summary() {
     assert!(stdout.contains("files analysed   4"), "{stdout}");
     assert!(stdout.contains("12 ok, 0 failed"), "{stdout}");
     assert!(stdout.contains("simulated, nothing billed"), "{stdout}");
+    assert!(stdout.contains("from the journal 0 of 12"), "{stdout}");
+
+    // Run again into the same folder: every analysis comes from the journal, the same report.
+    let args = [
+        "--simulate",
+        "--out",
+        out.path().to_str().unwrap(),
+        root.to_str().unwrap(),
+    ];
+    let (code, again, stderr) = run("analyze_codebase", &args);
+    assert_eq!(code, 0, "stdout:\n{again}\nstderr:\n{stderr}");
+    assert!(again.contains("from the journal 12 of 12"), "{again}");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("report.md")).unwrap(),
+        report,
+        "the same report from the journal"
+    );
+    assert!(out.path().join("journal-simulated.jsonl").is_file());
+    let (_, fresh, _) = run("analyze_codebase", &[&["--no-journal"], &args[..]].concat());
+    assert!(fresh.contains("from the journal 0 of 12"), "{fresh}");
 }
 
 #[test]
@@ -152,15 +172,16 @@ fn categorize_prints_every_category_and_every_document_once() {
     ] {
         write(docs.path(), name, text.as_bytes());
     }
-    let (code, stdout, stderr) = run(
-        "categorize",
-        &[
-            "--simulate",
-            "--categories",
-            "money,tech,life",
-            docs.path().to_str().unwrap(),
-        ],
-    );
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "--simulate",
+        "--categories",
+        "money,tech,life",
+        "--out",
+        out.path().to_str().unwrap(),
+        docs.path().to_str().unwrap(),
+    ];
+    let (code, stdout, stderr) = run("categorize", &args);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     for category in ["money", "tech", "life"] {
         assert!(
@@ -176,9 +197,25 @@ fn categorize_prints_every_category_and_every_document_once() {
     }
     assert!(!stdout.contains("skip.pdf"));
     assert!(
-        stdout.contains("[simulated] 4 documents, 4 sorted, 0 failed"),
+        stdout.contains(
+            "[simulated] 4 documents, 4 sorted, 0 failed, 4 requests, 0 from the journal"
+        ),
         "{stdout}"
     );
+    // Again: the categories come from the journal in the output folder, without a request.
+    let (code, again, _) = run("categorize", &args);
+    assert_eq!(code, 0);
+    assert!(
+        again.contains("4 documents, 4 sorted, 0 failed, 0 requests, 4 from the journal"),
+        "{again}"
+    );
+    let listing = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.contains("documents,"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(listing(&stdout), listing(&again), "the same sorting");
 }
 
 #[test]

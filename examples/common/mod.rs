@@ -2,6 +2,8 @@
 //! plainly on an authentication failure.
 #![allow(dead_code)]
 
+use std::path::Path;
+
 use claude_rayon::{Error, Session, SessionBuilder};
 
 /// How the session was made, so output can be labelled.
@@ -23,10 +25,20 @@ impl Backend {
 
 /// Build on the real CLI, or on the built-in simulator when `simulate` is set or no CLI is
 /// found (saying so plainly). The caller's `main` must call
-/// `claude_rayon::simulator::serve_if_requested()` first.
-pub fn connect(builder: SessionBuilder, simulate: bool) -> Result<Backend, Error> {
+/// `claude_rayon::simulator::serve_if_requested()` first. With `journal_dir`, answers are
+/// kept in a journal there (one for real answers, one for simulated ones), so a rerun after
+/// an interruption pays only for what is left.
+pub fn connect(
+    builder: SessionBuilder,
+    simulate: bool,
+    journal_dir: Option<&Path>,
+) -> Result<Backend, Error> {
+    let journaled = |builder: SessionBuilder, name: &str| match journal_dir {
+        Some(dir) => builder.journal(dir.join(name)),
+        None => builder,
+    };
     if !simulate {
-        match builder.clone().build() {
+        match journaled(builder.clone(), "journal.jsonl").build() {
             Ok(session) => {
                 eprintln!("using the claude CLI at {}", session.cli_path().display());
                 return Ok(Backend {
@@ -44,14 +56,19 @@ pub fn connect(builder: SessionBuilder, simulate: bool) -> Result<Backend, Error
         eprintln!("--simulate: running on the built-in simulator: findings are NOT real.\n");
     }
     Ok(Backend {
-        session: builder.simulated()?.build()?,
+        session: journaled(builder.simulated()?, "journal-simulated.jsonl").build()?,
         simulated: true,
     })
 }
 
 /// The flags every example takes (`--model`, `--concurrency`, `--simulate`) applied to
 /// `builder`, a progress bar asked for, and the session started; `None` after saying why not.
-pub fn start(mut builder: SessionBuilder, args: &[String]) -> Option<Backend> {
+/// With `journal_dir`, the session keeps a journal there unless `--no-journal` is given.
+pub fn start(
+    mut builder: SessionBuilder,
+    args: &[String],
+    journal_dir: Option<&Path>,
+) -> Option<Backend> {
     // A bar on stderr when it is a terminal (built with `--features progress`).
     builder = builder.progress(true);
     if let Some(model) = flag_value(args, "--model") {
@@ -60,7 +77,8 @@ pub fn start(mut builder: SessionBuilder, args: &[String]) -> Option<Backend> {
     if let Some(n) = flag_value(args, "--concurrency").and_then(|v| v.parse().ok()) {
         builder = builder.concurrency(n);
     }
-    match connect(builder, args.iter().any(|a| a == "--simulate")) {
+    let journal_dir = journal_dir.filter(|_| !args.iter().any(|a| a == "--no-journal"));
+    match connect(builder, args.iter().any(|a| a == "--simulate"), journal_dir) {
         Ok(backend) => Some(backend),
         Err(err) => {
             eprintln!("cannot start: {err}");

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use super::life::{AttemptError, Event, World};
 use super::progress::RunProgress;
 use super::stop::Stop;
+use crate::journal::format::Key;
 use crate::session::pool::Lease;
 use crate::session::process::{ApiRetry, CliProcess, TurnEvent};
 use crate::session::Inner;
 use crate::stats;
 use crate::throttle::estimate_tokens;
-use crate::{Error, Response, Usage};
+use crate::{Error, Journal, Response, Usage};
 
 /// Request overhead on top of the prompt with the default flags (system prompt off, no tools):
 /// about 1.2 KB, so roughly 300 tokens.
@@ -46,6 +47,8 @@ pub(crate) struct SessionWorld<'a> {
     /// Whether failed tries are tried again (a conversation's are not: a new process would
     /// not have its context).
     pub retries: bool,
+    /// Where answers are kept and replayed from, with what besides the prompt decides them.
+    pub journal: Option<(&'a Journal, &'a str)>,
 }
 
 /// A process taken for one attempt; goes back where it came from on drop.
@@ -239,6 +242,23 @@ impl World for SessionWorld<'_> {
                 }
             }
             Event::Retried => stats::add(&counters.retried, 1),
+            Event::Replayed => {
+                stats::add(&counters.replayed, 1);
+                if let Some(progress) = self.progress {
+                    progress.item_replayed();
+                }
+            }
+        }
+    }
+
+    fn replay(&self, prompt: &str) -> Option<Response> {
+        let (journal, settings) = self.journal?;
+        journal.replay(Key::of(settings, prompt))
+    }
+
+    fn record(&self, prompt: &str, outcome: Result<&Response, &Error>) {
+        if let Some((journal, settings)) = self.journal {
+            journal.record(Key::of(settings, prompt), outcome);
         }
     }
 }

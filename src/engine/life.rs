@@ -21,6 +21,8 @@ pub(crate) enum Event {
     /// A retry got past the budget and the throttle (it is sent, or its process failed to
     /// start).
     Retried,
+    /// The answer came from the journal, without a call.
+    Replayed,
 }
 
 /// Why an attempt failed.
@@ -46,6 +48,10 @@ pub(crate) trait World {
     fn fail_fatally(&self, error: &Error);
     /// Count what happened.
     fn note(&self, event: Event, error: Option<&Error>);
+    /// The journal's answer to `prompt` (as sent), if it has one.
+    fn replay(&self, prompt: &str) -> Option<Response>;
+    /// Write the outcome of `prompt` to the journal, durably, before it is handed on.
+    fn record(&self, prompt: &str, outcome: Result<&Response, &Error>);
 }
 
 /// What an answer must be.
@@ -123,19 +129,63 @@ pub(crate) fn not_started<T, W: World + ?Sized>(world: &W, item: T, error: Error
     }
 }
 
+/// The answer from the journal if it has one, else from calls; either way in the journal
+/// before it is handed on. Under a strict policy the key is the first prompt (with its
+/// instruction), and what is kept is the allowed answer, however many calls it took.
 fn answer<W: World + ?Sized>(
     world: &W,
     prompt: &str,
     policy: &Policy<'_>,
 ) -> Result<Answer, (Error, u32)> {
+    // The item's own text, before any instruction is added to it: the CLI would drop a blank
+    // prompt, and a strict one would be a question about nothing.
+    if crate::session::seal::is_blank(prompt) {
+        return Err((Error::EmptyPrompt, 0));
+    }
+    let asked = match policy {
+        Policy::Plain => prompt.to_owned(),
+        Policy::Strict { allowed, .. } => strict::instruction(prompt, allowed),
+    };
+    if let Some(response) = world.replay(&asked) {
+        let choice = match policy {
+            Policy::Plain => None,
+            Policy::Strict { interpret, .. } => interpret(&response.text),
+        };
+        // A stored strict answer is always an allowed one; should the list have changed
+        // under the same key (it cannot: the list is in the prompt), it is asked again.
+        if choice.is_some() || matches!(policy, Policy::Plain) {
+            world.note(Event::Replayed, None);
+            return Ok(Answer {
+                response,
+                choice,
+                attempts: 0,
+            });
+        }
+    }
+    let outcome = ask(world, prompt, &asked, policy);
+    match &outcome {
+        Ok(answer) => world.record(&asked, Ok(&answer.response)),
+        // A stop is not the item's outcome: nothing to inspect later.
+        Err((Error::Cancelled | Error::Stopped(_) | Error::Closed, _)) => {}
+        Err((error, _)) => world.record(&asked, Err(error)),
+    }
+    outcome
+}
+
+fn ask<W: World + ?Sized>(
+    world: &W,
+    prompt: &str,
+    asked: &str,
+    policy: &Policy<'_>,
+) -> Result<Answer, (Error, u32)> {
     match policy {
-        Policy::Plain => attempts(world, prompt).map(|(response, attempts)| Answer {
+        Policy::Plain => attempts(world, asked).map(|(response, attempts)| Answer {
             response,
             choice: None,
             attempts,
         }),
         Policy::Strict { allowed, interpret } => {
-            let (first, attempts) = attempts(world, &strict::instruction(prompt, allowed))?;
+            let (first, attempts) = attempts(world, asked)?;
             if let Some(choice) = interpret(&first.text) {
                 return Ok(Answer {
                     response: first,
@@ -259,6 +309,9 @@ mod tests {
         /// Set the stop when the nth wait starts (1-based).
         stop_at_wait: Cell<Option<usize>>,
         max_retries: u32,
+        /// Answers by prompt as asked, and every prompt recorded.
+        journal: RefCell<std::collections::HashMap<String, Response>>,
+        recorded: RefCell<Vec<String>>,
     }
 
     impl Script {
@@ -311,6 +364,17 @@ mod tests {
         }
         fn note(&self, event: Event, _: Option<&Error>) {
             self.events.borrow_mut().push(event);
+        }
+        fn replay(&self, prompt: &str) -> Option<Response> {
+            self.journal.borrow().get(prompt).cloned()
+        }
+        fn record(&self, prompt: &str, outcome: Result<&Response, &Error>) {
+            if let Ok(response) = outcome {
+                self.journal
+                    .borrow_mut()
+                    .insert(prompt.to_owned(), response.clone());
+            }
+            self.recorded.borrow_mut().push(prompt.to_owned());
         }
     }
 
@@ -446,6 +510,56 @@ mod tests {
         assert_eq!(failed.item, 7);
         assert!(matches!(&failed.error, Error::Panicked(m) if m == "no prompt for 7"));
         assert_eq!(world.count(Event::Finished { succeeded: false }), 1);
+    }
+
+    #[test]
+    fn a_journaled_answer_is_replayed_without_a_call_and_failures_are_asked_again() {
+        let world = Script::new(0).then(Ok("first")).then(Err(api(400)));
+        let (_, answer) = run(&world, &Policy::Plain).unwrap();
+        assert_eq!(answer.attempts, 1);
+        let failed = live(&world, "other", |_| "another prompt", &Policy::Plain).unwrap_err();
+        assert_eq!(failed.error.api_status(), Some(400));
+        assert_eq!(world.recorded.borrow().len(), 2, "both outcomes recorded");
+        // Again: the answer is replayed, the failure is asked again.
+        let world2 = Script {
+            journal: RefCell::new(world.journal.borrow().clone()),
+            ..Script::new(0)
+        }
+        .then(Ok("now it works"));
+        let (_, answer) = run(&world2, &Policy::Plain).unwrap();
+        assert_eq!(
+            (answer.response.text.as_str(), answer.attempts),
+            ("first", 0)
+        );
+        assert_eq!(world2.count(Event::Replayed), 1);
+        assert!(
+            world2.prompts.borrow().is_empty(),
+            "no call for a replayed answer"
+        );
+        let (_, answer) = live(&world2, "other", |_| "another prompt", &Policy::Plain).unwrap();
+        assert_eq!(answer.response.text, "now it works");
+    }
+
+    #[test]
+    fn a_strict_answer_is_replayed_as_its_choice() {
+        let allowed = vec!["yes".to_string(), "no".to_string()];
+        let policy = Policy::Strict {
+            allowed: &allowed,
+            interpret: &yes_no,
+        };
+        let world = Script::new(0).then(Ok("Perhaps")).then(Ok("No."));
+        run(&world, &policy).unwrap();
+        // Kept under the first prompt (with its instruction): the allowed answer.
+        let kept = world.journal.borrow();
+        let (asked, response) = kept.iter().next().unwrap();
+        assert!(asked.ends_with("Allowed answers: yes | no"));
+        assert_eq!(response.text, "No.");
+        let again = Script {
+            journal: RefCell::new(kept.clone()),
+            ..Script::new(0)
+        };
+        let (_, answer) = run(&again, &policy).unwrap();
+        assert_eq!((answer.choice, answer.attempts), (Some(1), 0));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 pub(crate) use life::{panic_message, Answer, Policy};
 
 use crate::session::process::CliProcess;
-use crate::{Cancel, Error, Failed, Response, Session};
+use crate::{Cancel, Error, Failed, Journal, Response, Session};
 use attempt::{Processes, SessionWorld};
 use progress::RunProgress;
 use stop::Stop;
@@ -34,6 +34,10 @@ pub(crate) struct Run {
     session: Session,
     stop: Stop,
     progress: Option<RunProgress>,
+    /// The run's journal (its own, else the session's), and what besides the prompt decides
+    /// an answer.
+    journal: Option<Journal>,
+    settings: String,
 }
 
 impl Run {
@@ -75,7 +79,17 @@ impl Run {
             session: session.clone(),
             stop,
             progress,
+            journal: session.inner.config.journal.clone(),
+            settings: session.inner.config.answer_settings(),
         }
+    }
+
+    /// Keep this run's answers in `journal` instead of the session's.
+    pub(crate) fn with_journal(mut self, journal: Option<&Journal>) -> Run {
+        if let Some(journal) = journal {
+            self.journal = Some(journal.clone());
+        }
+        self
     }
 
     pub(crate) fn session(&self) -> &Session {
@@ -98,6 +112,7 @@ impl Run {
             progress: self.progress.as_ref(),
             processes,
             retries: true,
+            journal: self.journal.as_ref().map(|j| (j, self.settings.as_str())),
         }
     }
 
@@ -134,8 +149,10 @@ pub(crate) fn turn(
     held: &RefCell<Option<CliProcess>>,
     prompt: &str,
 ) -> Result<Response, Error> {
+    // No journal: a turn's answer depends on the turns before it.
     let world = SessionWorld {
         retries: false,
+        journal: None,
         ..run.world(Processes::Held(held))
     };
     life::live(&world, (), |_| prompt, &Policy::Plain)

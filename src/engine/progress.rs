@@ -24,6 +24,7 @@ pub(crate) struct RunProgress {
     base: Stats,
     done: AtomicU64,
     succeeded: AtomicU64,
+    replayed: AtomicU64,
     failed: AtomicU64,
     last_report: Mutex<Instant>,
 }
@@ -66,6 +67,7 @@ impl RunProgress {
             base: session.stats(),
             done: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_report: Mutex::new(now),
         })
@@ -94,6 +96,11 @@ impl RunProgress {
         }
     }
 
+    /// One item's answer came from the journal (it is also reported done).
+    pub(crate) fn item_replayed(&self) {
+        self.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The run ended: one last report.
     pub(crate) fn finish(&self) {
         self.report(true);
@@ -119,6 +126,7 @@ impl RunProgress {
             done,
             total: self.total,
             succeeded: self.succeeded.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             retried: now.retried - self.base.retried,
             throttle_waits: now.throttle_waits - self.base.throttle_waits,

@@ -21,6 +21,7 @@ pub struct ClaudeFilter<I, F> {
     session: Session,
     question_fn: F,
     cancel: Option<Cancel>,
+    journal: Option<crate::Journal>,
 }
 
 /// The verdicts the model is offered; `true` and `false` are accepted as well.
@@ -44,6 +45,7 @@ impl<I, F> ClaudeFilter<I, F> {
             session: session.clone(),
             question_fn,
             cancel: None,
+            journal: None,
         }
     }
 
@@ -51,6 +53,13 @@ impl<I, F> ClaudeFilter<I, F> {
     /// [`Error::Cancelled`](crate::Error::Cancelled).
     pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
         self.cancel = Some(cancel.clone());
+        self
+    }
+
+    /// Keep this run's answers in `journal` (instead of the session's, if it has one): a
+    /// rerun takes every answer already there without a call. See [`Journal`](crate::Journal).
+    pub fn with_journal(mut self, journal: &crate::Journal) -> Self {
+        self.journal = Some(journal.clone());
         self
     }
 }
@@ -64,7 +73,8 @@ where
     fn run(self) -> Vec<Result<I::Item, Failed<I::Item>>> {
         let items: Vec<I::Item> = self.base.collect();
         let total = Some(items.len() as u64);
-        let run = Run::new(&self.session, "claude_filter", total, self.cancel.as_ref());
+        let run = Run::new(&self.session, "claude_filter", total, self.cancel.as_ref())
+            .with_journal(self.journal.as_ref());
         if let Err(error) = strict::check_session(&self.session, "claude_filter") {
             return refuse_all(&run, items, error);
         }

@@ -123,6 +123,7 @@ pub struct ClaudeGroupBy<I, F> {
     categories: Vec<String>,
     prompt_fn: F,
     cancel: Option<Cancel>,
+    journal: Option<crate::Journal>,
 }
 
 impl<I, F> ClaudeGroupBy<I, F> {
@@ -133,6 +134,7 @@ impl<I, F> ClaudeGroupBy<I, F> {
             categories,
             prompt_fn,
             cancel: None,
+            journal: None,
         }
     }
 
@@ -140,6 +142,13 @@ impl<I, F> ClaudeGroupBy<I, F> {
     /// [`Groups::failed`] with [`Error::Cancelled`].
     pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
         self.cancel = Some(cancel.clone());
+        self
+    }
+
+    /// Keep this run's categories in `journal` (instead of the session's, if it has one): a
+    /// rerun takes every answer already there without a call. See [`Journal`](crate::Journal).
+    pub fn with_journal(mut self, journal: &crate::Journal) -> Self {
+        self.journal = Some(journal.clone());
         self
     }
 }
@@ -161,7 +170,8 @@ where
             "claude_group_by",
             total,
             self.cancel.as_ref(),
-        );
+        )
+        .with_journal(self.journal.as_ref());
         let refused = check_categories(&categories)
             .and_then(|()| strict::check_session(&self.session, "claude_group_by"));
         // Each item with the index of its category, or failed.

@@ -24,6 +24,7 @@ pub struct ClaudeMap<I, F> {
     session: Session,
     prompt_fn: F,
     cancel: Option<Cancel>,
+    journal: Option<crate::Journal>,
 }
 
 impl<I, F> ClaudeMap<I, F> {
@@ -33,6 +34,7 @@ impl<I, F> ClaudeMap<I, F> {
             session: session.clone(),
             prompt_fn,
             cancel: None,
+            journal: None,
         }
     }
 
@@ -40,6 +42,13 @@ impl<I, F> ClaudeMap<I, F> {
     /// [`Error::Cancelled`](crate::Error::Cancelled).
     pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
         self.cancel = Some(cancel.clone());
+        self
+    }
+
+    /// Keep this run's answers in `journal` (instead of the session's, if it has one): a
+    /// rerun takes every answer already there without a call. See [`Journal`](crate::Journal).
+    pub fn with_journal(mut self, journal: &crate::Journal) -> Self {
+        self.journal = Some(journal.clone());
         self
     }
 }
@@ -53,7 +62,8 @@ where
     fn run(self) -> Vec<MapResult<I::Item>> {
         let items: Vec<I::Item> = self.base.collect();
         let total = Some(items.len() as u64);
-        let run = Run::new(&self.session, "claude_map", total, self.cancel.as_ref());
+        let run = Run::new(&self.session, "claude_map", total, self.cancel.as_ref())
+            .with_journal(self.journal.as_ref());
         let prompt_fn = &self.prompt_fn;
         dispatch(&run, items, |item| {
             run.item(item, prompt_fn, &Policy::Plain)

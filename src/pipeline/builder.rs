@@ -30,6 +30,7 @@ pub(crate) struct Common<T> {
     pub max_in_flight: Option<usize>,
     pub on_failed: Option<Box<dyn FnMut(Failed<T>) + Send>>,
     pub progress: Option<bool>,
+    pub journal: Option<crate::Journal>,
 }
 
 /// Configures a [`Pipeline`]: made by [`Pipeline::builder`].
@@ -79,6 +80,7 @@ impl<T: Send + 'static> PipelineBuilder<T> {
                 max_in_flight: None,
                 on_failed: None,
                 progress: None,
+                journal: None,
             },
             output: Output::Pair {
                 make: |item, response| (item, response),
@@ -96,6 +98,14 @@ impl<T, O, K, H> PipelineBuilder<T, O, K, H> {
     /// for this pipeline. Progress callbacks of the session are called either way.
     pub fn progress(mut self, show: bool) -> Self {
         self.common.progress = Some(show);
+        self
+    }
+
+    /// Keep the pipeline's answers in `journal` (instead of the session's, if it has one):
+    /// an item whose answer is already there is not sent again. See
+    /// [`Journal`](crate::Journal).
+    pub fn journal(mut self, journal: &crate::Journal) -> Self {
+        self.common.journal = Some(journal.clone());
         self
     }
 

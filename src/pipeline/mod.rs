@@ -343,7 +343,12 @@ where
         Arc::new(parking_lot::Mutex::new(common.on_failed.unwrap_or_else(
             || Box::new(|failed: Failed<T>| log::warn!("a pipeline item failed: {}", failed.error)),
         )));
-    let shared = Arc::new(Shared::new(&session, max_in_flight, common.progress));
+    let shared = Arc::new(Shared::new(
+        &session,
+        max_in_flight,
+        common.progress,
+        common.journal.as_ref(),
+    ));
     // Never full: one result per slot, plus the end.
     let (results_tx, results_rx) = crossbeam_channel::bounded(max_in_flight + 1);
     // One batch (or failure) waits while the handler works on the one before.

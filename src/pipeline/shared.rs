@@ -123,14 +123,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(session: &Session, max_in_flight: usize, show_bar: Option<bool>) -> Shared {
+    pub(crate) fn new(
+        session: &Session,
+        max_in_flight: usize,
+        show_bar: Option<bool>,
+        journal: Option<&crate::Journal>,
+    ) -> Shared {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         Shared {
             session: session.clone(),
             slots: Slots::new(max_in_flight),
             max_in_flight,
             counters: Counters::default(),
-            run: Run::with_bar(session, "pipeline", None, None, show_bar),
+            run: Run::with_bar(session, "pipeline", None, None, show_bar).with_journal(journal),
             stop_requested: AtomicBool::new(false),
             stop_rx,
             stop_tx: Mutex::new(Some(stop_tx)),

@@ -38,6 +38,8 @@ pub struct Progress {
     pub total: Option<u64>,
     /// Items that ended with an answer.
     pub succeeded: u64,
+    /// Of those, answers taken from the journal without a call.
+    pub replayed: u64,
     /// Items that ended failed.
     pub failed: u64,
     /// Retries made by this crate since the run started.

@@ -86,6 +86,9 @@ pub(crate) struct Config {
     pub cli_max_retries: Option<u32>,
     pub progress: bool,
     pub on_progress: Option<crate::progress::Callback>,
+    /// Where the session's journal is, opened by `build()`.
+    pub journal_path: Option<PathBuf>,
+    pub journal: Option<crate::Journal>,
     #[cfg(feature = "progress")]
     pub progress_draw_target: Option<crate::progress::bar::DrawTargetFactory>,
 }
@@ -130,6 +133,8 @@ impl Default for SessionBuilder {
                 cli_max_retries: Some(2),
                 progress: false,
                 on_progress: None,
+                journal_path: None,
+                journal: None,
                 #[cfg(feature = "progress")]
                 progress_draw_target: None,
             },
@@ -450,13 +455,29 @@ impl SessionBuilder {
         self
     }
 
+    /// Keep a [`Journal`](crate::Journal) of this session's answers at `path` (opened, or
+    /// created, by `build()`): a rerun over the same inputs takes every answer already in it
+    /// without a call. A run given its own journal (`with_journal`) uses that one instead.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let session = claude_rayon::Session::builder().journal("out/answers.jsonl").build()?;
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.journal_path = Some(path.into());
+        self
+    }
+
     /// Check the settings and create the session. No process starts until the first item.
     ///
     /// # Errors
     ///
     /// [`Error::CliNotFound`] when no CLI is found, [`Error::CliUnsupported`] when it is too
     /// old to be sealed (or does not say its version), [`Error::InvalidConfig`] for invalid
-    /// or contradictory settings.
+    /// or contradictory settings, [`Error::JournalLocked`] or [`Error::Journal`] when the
+    /// journal cannot be opened.
     ///
     /// # Examples
     ///
@@ -478,7 +499,11 @@ impl SessionBuilder {
         }
         let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
         super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
-        Session::from_config(self.config, cli)
+        let mut config = self.config;
+        if let Some(path) = &config.journal_path {
+            config.journal = Some(crate::Journal::open(path)?);
+        }
+        Session::from_config(config, cli)
     }
 }
 

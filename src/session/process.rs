@@ -570,6 +570,7 @@ impl CliProcess {
             stop_reason: result.stop_reason,
             continuations: shape.continuations,
             api_calls: shape.calls.max(1),
+            replayed: false,
         })
     }
 

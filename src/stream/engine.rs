@@ -30,6 +30,9 @@ pub(crate) struct Engine<I: Iterator, B> {
     session: Session,
     /// Halted on drop: items not yet started are not started.
     run: Arc<Run>,
+    /// What the run was made with, to make it again when one changes before the start.
+    cancel: Option<Cancel>,
+    journal: Option<crate::Journal>,
     concurrency: usize,
     max_outstanding: usize,
     /// Sequence number of the next item pulled.
@@ -56,6 +59,8 @@ impl<I: Iterator, B> Engine<I, B> {
             prompter: Arc::new(prompter),
             session: session.clone(),
             run: Arc::new(Run::new(session, "stream", None, None)),
+            cancel: None,
+            journal: None,
             concurrency,
             max_outstanding: 2 * concurrency,
             pulled: 0,
@@ -70,7 +75,19 @@ impl<I: Iterator, B> Engine<I, B> {
 
     /// Before the first item: stop starting items once `cancel` is set.
     pub(crate) fn set_cancel(&mut self, cancel: &Cancel) {
-        self.run = Arc::new(Run::new(&self.session, "stream", None, Some(cancel)));
+        self.cancel = Some(cancel.clone());
+        self.remake_run();
+    }
+
+    /// Before the first item: keep answers in `journal`.
+    pub(crate) fn set_journal(&mut self, journal: &crate::Journal) {
+        self.journal = Some(journal.clone());
+        self.remake_run();
+    }
+
+    fn remake_run(&mut self) {
+        let run = Run::new(&self.session, "stream", None, self.cancel.as_ref());
+        self.run = Arc::new(run.with_journal(self.journal.as_ref()));
     }
 
     pub(crate) fn set_max_outstanding(&mut self, max: usize) {

@@ -50,6 +50,14 @@ impl<S: Iterator, P> ClaudeStream<S, P> {
         self
     }
 
+    /// Keep this run's answers in `journal` (instead of the session's, if it has one): a
+    /// rerun takes every answer already there without a call. See [`Journal`](crate::Journal).
+    /// Set it before iterating.
+    pub fn with_journal(mut self, journal: &crate::Journal) -> Self {
+        self.engine.set_journal(journal);
+        self
+    }
+
     /// Allow at most `max` items out of the source and not yet yielded (default
     /// 2 × concurrency). Below the session's concurrency it also limits how many run at once.
     ///

@@ -1,0 +1,412 @@
+//! A journal of answered items, so that a rerun pays only for what is not answered yet.
+//!
+//! - `format`: the lines (a header, then one checksummed JSON record per item) and the key.
+//! - `commit`: the writes, grouped: many items wait on one `fsync`.
+//!
+//! Opening reads every whole record whose checksum holds into memory and cuts a torn last
+//! line off the file; a record that fails its checksum is skipped, never replayed. A record
+//! lock on `PATH.lock` keeps a second program off the same journal (the lock dies with the
+//! program, `kill -9` included).
+
+mod commit;
+pub(crate) mod format;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::{Error, Response};
+use commit::GroupCommit;
+use format::{Key, Record, HEADER};
+
+/// A file of answered items: a rerun of the same program over the same inputs takes every
+/// answer already in it without a call, and calls Claude only for the rest.
+///
+/// Give it to a session ([`SessionBuilder::journal`](crate::SessionBuilder::journal)) or to one
+/// run (`with_journal` on the adaptors, [`PipelineBuilder::journal`](crate::pipeline::PipelineBuilder::journal)).
+/// An item's answer is written (and synced to disk) before it is handed to you, keyed by
+/// everything that decides it: the prompt exactly as sent, and the session's model, system
+/// prompts, JSON schema, tools, effort and max turns. Change one item's text and only that
+/// item is asked again; change the model and all are. Failed items are recorded too, for
+/// inspection, but never replayed: a rerun tries them again.
+///
+/// A replayed answer has [`Response::replayed`] set and keeps the cost it had when it was
+/// paid; the run's stats count it in [`Stats::replayed`](crate::Stats::replayed), at no cost.
+///
+/// The file is JSON lines (README, "Resume"): readable with `jq`, one record per item. A
+/// `kill -9` loses at most the answers not yet written; a torn last line is cut off at the
+/// next open. Two programs cannot open one journal at once: the second gets
+/// [`Error::JournalLocked`].
+///
+/// # Examples
+///
+/// ```
+/// claude_rayon::simulator::serve_if_requested();
+/// use claude_rayon::prelude::*;
+/// use claude_rayon::{Journal, Session};
+/// use rayon::prelude::*;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("answers.jsonl");
+/// let session = Session::builder().simulated()?.concurrency(2).build()?;
+/// let docs = ["first", "second"];
+///
+/// let journal = Journal::open(&path)?;
+/// let first: Vec<_> = docs.par_iter().claude_map(&session, |d| *d).with_journal(&journal).collect();
+/// assert!(first.iter().all(|r| !r.as_ref().unwrap().1.replayed));
+///
+/// // The same run again: every answer comes from the journal, without a call.
+/// let again: Vec<_> = docs.par_iter().claude_map(&session, |d| *d).with_journal(&journal).collect();
+/// assert!(again.iter().all(|r| r.as_ref().unwrap().1.replayed));
+/// assert_eq!(session.stats().replayed, 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    answers: Mutex<HashMap<Key, Response>>,
+    writer: GroupCommit,
+    /// Records skipped at open because their checksum failed (a damaged line).
+    damaged: usize,
+    /// Held for the journal's life: the lock that keeps other programs off.
+    _lock: LockFile,
+}
+
+impl Journal {
+    /// Open the journal at `path`, creating it (and its folder) if needed, and load its
+    /// answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JournalLocked`] if another program (or another `Journal` in this one) has it
+    /// open; [`Error::Journal`] if it cannot be read or written, or is not a journal.
+    pub fn open(path: impl AsRef<Path>) -> Result<Journal, Error> {
+        let path = path.as_ref().to_path_buf();
+        let fail = |message: String| Error::Journal {
+            path: path.clone(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| fail(format!("cannot create its folder: {e}")))?;
+        }
+        let lock = lock(&path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| fail(format!("cannot open it: {e}")))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let loaded = load(&bytes).map_err(fail)?;
+        if loaded.keep < bytes.len() {
+            // A torn last line (the program died while writing it): cut it off, so that the
+            // next record starts on a line of its own.
+            log::warn!(
+                "journal {}: a torn last record ({} bytes) was dropped",
+                path.display(),
+                bytes.len() - loaded.keep
+            );
+            file.set_len(loaded.keep as u64)
+                .map_err(|e| fail(format!("cannot cut its torn end: {e}")))?;
+        }
+        if loaded.keep == 0 {
+            file.write_all(format!("{HEADER}\n").as_bytes())
+                .and_then(|()| file.sync_data())
+                .map_err(|e| fail(format!("cannot write its header: {e}")))?;
+        }
+        if loaded.damaged > 0 {
+            log::warn!(
+                "journal {}: {} damaged record(s) skipped; those items will be asked again",
+                path.display(),
+                loaded.damaged
+            );
+        }
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                writer: GroupCommit::new(file),
+                answers: Mutex::new(loaded.answers),
+                damaged: loaded.damaged,
+                path,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Where the journal is.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// How many answers it holds (each item's latest).
+    pub fn len(&self) -> usize {
+        self.inner.answers.lock().len()
+    }
+
+    /// Whether it holds no answer.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stored answer for `key`, marked as replayed.
+    pub(crate) fn replay(&self, key: Key) -> Option<Response> {
+        let mut response = self.inner.answers.lock().get(&key)?.clone();
+        response.replayed = true;
+        Some(response)
+    }
+
+    /// Write an item's outcome durably (an answer is also kept for replay). A write that
+    /// fails is logged: the answer still goes to the caller, who paid for it.
+    pub(crate) fn record(&self, key: Key, outcome: Result<&Response, &Error>) {
+        let record = match outcome {
+            Ok(response) => Record {
+                key: key.to_hex(),
+                answer: Some(Response {
+                    replayed: false,
+                    ..response.clone()
+                }),
+                error: None,
+            },
+            Err(error) => Record {
+                key: key.to_hex(),
+                answer: None,
+                error: Some(error.to_string()),
+            },
+        };
+        if let Err(error) = self.inner.writer.append(&format::encode(&record)) {
+            log::error!(
+                "journal {}: an answer could not be written ({error}); a rerun will ask for it again",
+                self.inner.path.display()
+            );
+        }
+        if let Ok(response) = outcome {
+            self.inner.answers.lock().insert(key, response.clone());
+        }
+    }
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.inner.path)
+            .field("answers", &self.len())
+            .field("damaged", &self.inner.damaged)
+            .finish()
+    }
+}
+
+/// What a journal file holds.
+struct Loaded {
+    answers: HashMap<Key, Response>,
+    /// How many bytes to keep: everything up to the end of the last whole line.
+    keep: usize,
+    damaged: usize,
+}
+
+fn load(bytes: &[u8]) -> Result<Loaded, String> {
+    let mut answers = HashMap::new();
+    let mut damaged = 0;
+    // Only lines ended by a newline are whole; what follows the last one is torn.
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let not_a_journal =
+        || format!("it is not a claude-rayon journal (its first line is not {HEADER})");
+    if keep == 0 && !format!("{HEADER}\n").as_bytes().starts_with(bytes) {
+        // Not even a torn header: someone else's file, which must not be cut.
+        return Err(not_a_journal());
+    }
+    let mut lines = bytes[..keep].split(|b| *b == b'\n');
+    if keep > 0 {
+        let header = lines.next().unwrap_or_default();
+        if header != HEADER.as_bytes() {
+            return Err(not_a_journal());
+        }
+    }
+    for line in lines.filter(|l| !l.is_empty()) {
+        match format::decode(line).and_then(|r| Some((Key::from_hex(&r.key)?, r))) {
+            // A failure recorded after an answer of the same item does not undo the answer.
+            Some((key, record)) => {
+                if let Some(answer) = record.answer {
+                    answers.insert(key, answer);
+                }
+            }
+            None => damaged += 1,
+        }
+    }
+    Ok(Loaded {
+        answers,
+        keep,
+        damaged,
+    })
+}
+
+/// Journals open in this program, by their lock file: a second `Journal::open` of one file
+/// is refused here, since a process's own record locks never conflict with each other.
+static OPEN_HERE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The journal's lock: a write lock on `PATH.lock`, held until dropped.
+///
+/// A POSIX record lock (`fcntl`) rather than `flock`: it belongs to the process, so a child
+/// forked meanwhile (a CLI process starting, before its `exec`) never holds it, and the
+/// kernel drops it when the program ends, however it ends.
+struct LockFile {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        OPEN_HERE.lock().retain(|p| *p != self.path);
+    }
+}
+
+/// Take the journal's lock, without waiting.
+fn lock(path: &Path) -> Result<LockFile, Error> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let failed = |what: &str, e: std::io::Error| Error::Journal {
+        path: path.to_path_buf(),
+        message: format!("cannot {what} its lock file {}: {e}", lock_path.display()),
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| failed("open", e))?;
+    let key = lock_path.canonicalize().map_err(|e| failed("find", e))?;
+    let mut open_here = OPEN_HERE.lock();
+    let locked = || Error::JournalLocked {
+        path: path.to_path_buf(),
+    };
+    if open_here.contains(&key) {
+        return Err(locked());
+    }
+    // SAFETY: a zeroed `flock` is a valid value of this plain C struct; fcntl reads it.
+    let mut whole: libc::flock = unsafe { std::mem::zeroed() };
+    whole.l_type = libc::F_WRLCK as libc::c_short;
+    whole.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl on a descriptor we own, with a pointer to a struct we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &whole) } != 0 {
+        let error = std::io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::EACCES | libc::EAGAIN) => Err(locked()),
+            _ => Err(failed("lock", error)),
+        };
+    }
+    open_here.push(key.clone());
+    Ok(LockFile {
+        path: key,
+        _file: file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(text: &str) -> Response {
+        Response {
+            text: text.into(),
+            cost_usd: 0.5,
+            ..Response::default()
+        }
+    }
+
+    #[test]
+    fn answers_survive_a_reopen_and_failures_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let journal = Journal::open(&path).unwrap();
+        journal.record(Key(1), Ok(&answer("one")));
+        journal.record(Key(2), Err(&Error::Cancelled));
+        drop(journal);
+        let journal = Journal::open(&path).unwrap();
+        let replayed = journal.replay(Key(1)).unwrap();
+        assert_eq!((replayed.text.as_str(), replayed.replayed), ("one", true));
+        assert_eq!(replayed.cost_usd, 0.5, "the cost it had when it was paid");
+        assert!(journal.replay(Key(2)).is_none());
+        assert_eq!(journal.len(), 1);
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let first = Journal::open(&path).unwrap();
+        assert!(matches!(
+            Journal::open(&path),
+            Err(Error::JournalLocked { .. })
+        ));
+        // A clone shares it.
+        first.clone().record(Key(7), Ok(&answer("x")));
+        drop(first);
+        assert!(Journal::open(&path).unwrap().replay(Key(7)).is_some());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// A `kill -9` at any moment leaves the file cut at some byte: a reopen loads exactly
+        /// the records wholly written before it, never a part of one, and the journal goes on.
+        #[test]
+        fn a_kill_at_any_byte_loses_only_what_was_not_written(
+            n in 1usize..12,
+            at in 0.0f64..=1.0,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("j.jsonl");
+            let journal = Journal::open(&path).unwrap();
+            for i in 0..n {
+                journal.record(Key(i as u128), Ok(&answer(&format!("answer {i} {}", "x".repeat(i * 7)))));
+            }
+            drop(journal);
+            let bytes = std::fs::read(&path).unwrap();
+            let cut = ((bytes.len() as f64) * at) as usize;
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            // The records whose line (newline included) ends at or before the cut.
+            let ends: Vec<usize> = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1).collect();
+            let whole = ends.iter().skip(1).filter(|end| **end <= cut).count();
+
+            let journal = Journal::open(&path).unwrap();
+            proptest::prop_assert_eq!(journal.len(), whole);
+            for i in 0..n {
+                let replayed = journal.replay(Key(i as u128));
+                proptest::prop_assert_eq!(replayed.is_some(), i < whole, "record {}", i);
+                if let Some(response) = replayed {
+                    let expected = format!("answer {i} ");
+                    proptest::prop_assert!(response.text.starts_with(&expected));
+                }
+            }
+            journal.record(Key(99), Ok(&answer("after the crash")));
+            drop(journal);
+            let journal = Journal::open(&path).unwrap();
+            proptest::prop_assert_eq!(journal.len(), whole + 1);
+            proptest::prop_assert_eq!(journal.replay(Key(99)).unwrap().text, "after the crash");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "my precious notes\n").unwrap();
+        assert!(matches!(Journal::open(&path), Err(Error::Journal { .. })));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "my precious notes\n"
+        );
+    }
+}

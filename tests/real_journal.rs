@@ -1,0 +1,131 @@
+//! Real tier: a run killed with `-9` in the middle and run again pays only for what was not
+//! answered. The host is this test binary re-run as a child process; the mock API counts the
+//! calls the rerun makes.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use claude_rayon::prelude::*;
+use claude_rayon::{Journal, SessionBuilder};
+use rayon::prelude::*;
+use support::mock_api::{MockApi, Reply};
+use support::{builder_against, real_cli, wait_until, Real};
+
+const TEST_NAME: &str = "a_run_killed_mid_way_pays_only_for_the_rest_on_rerun";
+const CHILD_HOME: &str = "CLAUDE_RAYON_TEST_JOURNAL_HOME";
+const CHILD_JOURNAL: &str = "CLAUDE_RAYON_TEST_JOURNAL_PATH";
+const ITEMS: usize = 16;
+
+fn prompts() -> Vec<String> {
+    (0..ITEMS).map(|i| format!("journal item {i}")).collect()
+}
+
+/// What the mock answers: one text per prompt, the same in every run.
+fn reply_to(prompt: &str) -> String {
+    format!("the answer to «{prompt}»")
+}
+
+fn settings(builder: SessionBuilder) -> SessionBuilder {
+    builder
+        .model("claude-sonnet-4-5")
+        .cli_max_retries(Some(0))
+        .timeout(Duration::from_secs(60))
+        .concurrency(2)
+}
+
+/// The host: every answer takes 400 ms at the mock, so the parent can kill it mid-run.
+fn run_host(home: &str, journal: &str) -> ! {
+    let api = MockApi::start();
+    api.set_reply(|p| {
+        Reply::After(
+            Duration::from_millis(400),
+            Box::new(Reply::text(reply_to(p))),
+        )
+    });
+    let cli = real_cli(TEST_NAME).expect("the parent found the CLI");
+    let session = settings(builder_against(&cli, &api, std::path::Path::new(home)))
+        .journal(journal)
+        .build()
+        .unwrap();
+    let _: Vec<_> = prompts()
+        .par_iter()
+        .claude_map(&session, |p| p.to_string())
+        .collect();
+    println!("\nHOST FINISHED");
+    std::process::exit(0);
+}
+
+fn texts(results: Vec<claude_rayon::MapResult<&String>>) -> Vec<String> {
+    results.into_iter().map(|r| r.unwrap().1.text).collect()
+}
+
+#[test]
+fn a_run_killed_mid_way_pays_only_for_the_rest_on_rerun() {
+    if let (Ok(home), Ok(journal)) = (std::env::var(CHILD_HOME), std::env::var(CHILD_JOURNAL)) {
+        run_host(&home, &journal);
+    }
+    let Some(real) = Real::start(TEST_NAME) else {
+        return;
+    };
+    let journal_path = real.home.path().join("out/answers.jsonl");
+    let mut host = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads", "1"])
+        .env(CHILD_HOME, real.home.path())
+        .env(CHILD_JOURNAL, &journal_path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once a few answers are in the journal (a header line, then one per answer).
+    let answered_lines = || {
+        std::fs::read_to_string(&journal_path)
+            .map(|t| t.lines().count().saturating_sub(1))
+            .unwrap_or(0)
+    };
+    wait_until("a few answers written", Duration::from_secs(120), || {
+        answered_lines() >= 4
+    });
+    // SAFETY: signals the child process this test started.
+    unsafe {
+        libc::kill(host.id() as i32, libc::SIGKILL);
+    }
+    let _ = host.wait();
+
+    let journal = Journal::open(&journal_path).unwrap();
+    let answered = journal.len();
+    assert!(
+        (4..ITEMS).contains(&answered),
+        "killed mid-way: {answered} of {ITEMS} answered"
+    );
+
+    // The rerun, against a mock that counts its calls.
+    real.api.set_reply(|p| Reply::text(reply_to(p)));
+    let session = settings(real.bare_builder()).build().unwrap();
+    let prompts = prompts();
+    let rerun = texts(
+        prompts
+            .par_iter()
+            .claude_map(&session, |p| p.to_string())
+            .with_journal(&journal)
+            .collect(),
+    );
+    assert_eq!(
+        real.api.request_count(),
+        ITEMS - answered,
+        "exactly the unanswered items were asked"
+    );
+    assert_eq!(session.stats().replayed as usize, answered);
+
+    // What an uninterrupted run gives (no journal).
+    let uninterrupted = texts(
+        prompts
+            .par_iter()
+            .claude_map(&session, |p| p.to_string())
+            .collect(),
+    );
+    assert_eq!(rerun, uninterrupted);
+    for (prompt, text) in prompts.iter().zip(&rerun) {
+        assert_eq!(text, &reply_to(prompt), "every item has its own answer");
+    }
+}
