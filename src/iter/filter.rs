@@ -6,8 +6,9 @@ use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use std::fmt;
 
 use super::dispatch::dispatch;
+use super::RunOptions;
 use crate::engine::{strict, Policy, Run};
-use crate::{Cancel, Failed, Session};
+use crate::{Failed, Session};
 
 /// The adaptor behind
 /// [`claude_filter`](crate::prelude::ClaudeParallelIterator::claude_filter). Lazy: nothing
@@ -20,8 +21,7 @@ pub struct ClaudeFilter<I, F> {
     base: I,
     session: Session,
     question_fn: F,
-    cancel: Option<Cancel>,
-    journal: Option<crate::Journal>,
+    options: RunOptions,
 }
 
 /// The verdicts the model is offered; `true` and `false` are accepted as well.
@@ -44,24 +44,11 @@ impl<I, F> ClaudeFilter<I, F> {
             base,
             session: session.clone(),
             question_fn,
-            cancel: None,
-            journal: None,
+            options: RunOptions::default(),
         }
     }
 
-    /// Stop starting new items once `cancel` is set; the rest come back as failed with
-    /// [`Error::Cancelled`](crate::Error::Cancelled).
-    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
-        self.cancel = Some(cancel.clone());
-        self
-    }
-
-    /// Keep this run's answers in `journal` (instead of the session's, if it has one): a
-    /// rerun takes every answer already there without a call. See [`Journal`](crate::Journal).
-    pub fn with_journal(mut self, journal: &crate::Journal) -> Self {
-        self.journal = Some(journal.clone());
-        self
-    }
+    run_options!();
 }
 
 impl<I, F, P> ClaudeFilter<I, F>
@@ -72,9 +59,9 @@ where
 {
     fn run(self) -> Vec<Result<I::Item, Failed<I::Item>>> {
         let items: Vec<I::Item> = self.base.collect();
-        let total = Some(items.len() as u64);
-        let run = Run::new(&self.session, "claude_filter", total, self.cancel.as_ref())
-            .with_journal(self.journal.as_ref());
+        let run = self
+            .options
+            .start(&self.session, "claude_filter", items.len());
         if let Err(error) = strict::check_session(&self.session, "claude_filter") {
             return refuse_all(&run, items, error);
         }
@@ -113,7 +100,7 @@ impl<I: fmt::Debug, F> fmt::Debug for ClaudeFilter<I, F> {
         f.debug_struct("ClaudeFilter")
             .field("base", &self.base)
             .field("session", &self.session)
-            .field("cancel", &self.cancel)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }

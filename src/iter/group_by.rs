@@ -6,8 +6,9 @@ use rayon::iter::ParallelIterator;
 
 use super::dispatch::dispatch;
 use super::filter::refuse_all;
-use crate::engine::{strict, Policy, Run};
-use crate::{Cancel, Error, Failed, Session};
+use super::RunOptions;
+use crate::engine::{strict, Policy};
+use crate::{Error, Failed, Session};
 
 /// Items sorted into the given categories, and the items that could not be sorted.
 ///
@@ -122,8 +123,7 @@ pub struct ClaudeGroupBy<I, F> {
     session: Session,
     categories: Vec<String>,
     prompt_fn: F,
-    cancel: Option<Cancel>,
-    journal: Option<crate::Journal>,
+    options: RunOptions,
 }
 
 impl<I, F> ClaudeGroupBy<I, F> {
@@ -133,24 +133,11 @@ impl<I, F> ClaudeGroupBy<I, F> {
             session: session.clone(),
             categories,
             prompt_fn,
-            cancel: None,
-            journal: None,
+            options: RunOptions::default(),
         }
     }
 
-    /// Stop starting new items once `cancel` is set; the rest come back in
-    /// [`Groups::failed`] with [`Error::Cancelled`].
-    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
-        self.cancel = Some(cancel.clone());
-        self
-    }
-
-    /// Keep this run's categories in `journal` (instead of the session's, if it has one): a
-    /// rerun takes every answer already there without a call. See [`Journal`](crate::Journal).
-    pub fn with_journal(mut self, journal: &crate::Journal) -> Self {
-        self.journal = Some(journal.clone());
-        self
-    }
+    run_options!();
 }
 
 impl<I, F, P> ClaudeGroupBy<I, F>
@@ -164,14 +151,9 @@ where
         let items: Vec<I::Item> = self.base.collect();
         let categories = self.categories;
         let mut groups = Groups::empty(&categories);
-        let total = Some(items.len() as u64);
-        let run = Run::new(
-            &self.session,
-            "claude_group_by",
-            total,
-            self.cancel.as_ref(),
-        )
-        .with_journal(self.journal.as_ref());
+        let run = self
+            .options
+            .start(&self.session, "claude_group_by", items.len());
         let refused = check_categories(&categories)
             .and_then(|()| strict::check_session(&self.session, "claude_group_by"));
         // Each item with the index of its category, or failed.
@@ -207,7 +189,7 @@ impl<I: fmt::Debug, F> fmt::Debug for ClaudeGroupBy<I, F> {
             .field("base", &self.base)
             .field("session", &self.session)
             .field("categories", &self.categories)
-            .field("cancel", &self.cancel)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }

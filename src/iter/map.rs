@@ -6,8 +6,9 @@ use rayon::iter::plumbing::{Consumer, ProducerCallback, UnindexedConsumer};
 use rayon::iter::{IndexedParallelIterator, IntoParallelIterator, ParallelIterator};
 
 use super::dispatch::dispatch;
-use crate::engine::{Policy, Run};
-use crate::{Cancel, MapResult, Session};
+use super::RunOptions;
+use crate::engine::Policy;
+use crate::{MapResult, Session};
 
 /// The adaptor behind [`claude_map`](crate::prelude::ClaudeParallelIterator::claude_map).
 /// Lazy: nothing runs until it is driven (collected, iterated with `for_each`, …).
@@ -23,8 +24,7 @@ pub struct ClaudeMap<I, F> {
     base: I,
     session: Session,
     prompt_fn: F,
-    cancel: Option<Cancel>,
-    journal: Option<crate::Journal>,
+    options: RunOptions,
 }
 
 impl<I, F> ClaudeMap<I, F> {
@@ -33,24 +33,11 @@ impl<I, F> ClaudeMap<I, F> {
             base,
             session: session.clone(),
             prompt_fn,
-            cancel: None,
-            journal: None,
+            options: RunOptions::default(),
         }
     }
 
-    /// Stop starting new items once `cancel` is set; the rest come back as failed with
-    /// [`Error::Cancelled`](crate::Error::Cancelled).
-    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
-        self.cancel = Some(cancel.clone());
-        self
-    }
-
-    /// Keep this run's answers in `journal` (instead of the session's, if it has one): a
-    /// rerun takes every answer already there without a call. See [`Journal`](crate::Journal).
-    pub fn with_journal(mut self, journal: &crate::Journal) -> Self {
-        self.journal = Some(journal.clone());
-        self
-    }
+    run_options!();
 }
 
 impl<I, F, P> ClaudeMap<I, F>
@@ -61,9 +48,7 @@ where
 {
     fn run(self) -> Vec<MapResult<I::Item>> {
         let items: Vec<I::Item> = self.base.collect();
-        let total = Some(items.len() as u64);
-        let run = Run::new(&self.session, "claude_map", total, self.cancel.as_ref())
-            .with_journal(self.journal.as_ref());
+        let run = self.options.start(&self.session, "claude_map", items.len());
         let prompt_fn = &self.prompt_fn;
         dispatch(&run, items, |item| {
             run.item(item, prompt_fn, &Policy::Plain)
@@ -77,7 +62,7 @@ impl<I: fmt::Debug, F> fmt::Debug for ClaudeMap<I, F> {
         f.debug_struct("ClaudeMap")
             .field("base", &self.base)
             .field("session", &self.session)
-            .field("cancel", &self.cancel)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
