@@ -126,6 +126,12 @@ impl Journal {
             file.write_all(format!("{HEADER}\n").as_bytes())
                 .and_then(|()| file.sync_data())
                 .map_err(|e| fail(format!("cannot write its header: {e}")))?;
+            // A new file's name must outlive a power cut too, not only its contents.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if let Ok(dir) = File::open(dir) {
+                    let _ = dir.sync_all();
+                }
+            }
         }
         if loaded.damaged > 0 {
             log::warn!(
