@@ -47,7 +47,7 @@ fn one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out() {
     let (session, cost) = session_and_item_cost(&fake, 1);
     // Room for the first query and five items, with half an item to spare.
     let budget = cost * 6.5;
-    session.set_max_budget_usd(Some(budget));
+    session.set_max_budget_usd(budget);
 
     let outcome = run(&session, 0..12);
     let done: Vec<u32> = outcome.ok.iter().map(|(i, _)| *i).collect();
@@ -70,7 +70,7 @@ fn one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out() {
     assert_eq!(fake.prompts().len(), 6);
 
     // Raised by three items' worth, it goes on for exactly three more.
-    session.set_max_budget_usd(Some(budget + cost * 3.0));
+    session.set_max_budget_usd(budget + cost * 3.0);
     assert!(!session.stats().budget_exhausted);
     let resumed = run(&session, 5..12);
     let done: Vec<u32> = resumed.ok.iter().map(|(i, _)| *i).collect();
@@ -79,7 +79,7 @@ fn one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out() {
     assert_eq!(fake.prompts().len(), 9);
 
     // Lifting the cap lets everything through.
-    session.set_max_budget_usd(None);
+    session.remove_max_budget();
     assert_eq!(run(&session, 8..12).ok.len(), 4);
 }
 
@@ -89,7 +89,7 @@ fn four_at_a_time_the_overshoot_stays_within_the_items_in_flight() {
     let fake = Fake::new();
     let (session, cost) = session_and_item_cost(&fake, CONCURRENCY);
     let budget = cost * 20.5;
-    session.set_max_budget_usd(Some(budget));
+    session.set_max_budget_usd(budget);
 
     let outcome = run(&session, 0..60);
     // Every reservation is the real cost, so exactly as many start as fit, in any order.
@@ -184,7 +184,7 @@ fn a_spent_budget_stays_spent_for_later_runs_even_where_an_item_would_now_fit() 
     assert_all_refused(&later);
     assert_eq!(fake.prompts().len(), 2);
     // Changing the cap lets it go on, reserving the cost now known.
-    session.set_max_budget_usd(Some(0.025));
+    session.set_max_budget_usd(0.025);
     assert_eq!(run(&session, 8..20).ok.len(), 12);
 }
 

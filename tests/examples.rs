@@ -38,8 +38,28 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The pipeline example, a package of its own (it needs SQLite): built like an example.
+fn sqlite_example() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "pipeline-sqlite"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building pipeline-sqlite");
+    let deps = std::env::current_exe().unwrap();
+    deps.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("pipeline-sqlite")
+}
+
 fn run(name: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(example(name))
+    let program = match name {
+        "pipeline_sqlite" => sqlite_example(),
+        _ => example(name),
+    };
+    let output = Command::new(program)
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("CLAUDE_CODE_BIN")

@@ -108,7 +108,7 @@ fn a_changed_setting_asks_everything_again() {
     let appended = fake
         .builder()
         .model("sonnet")
-        .append_system_prompt("Answer in French.".to_string())
+        .append_system_prompt("Answer in French.")
         .build()
         .unwrap();
     assert!(map_run(&appended, &journal, &items).iter().all(|r| !r.3));

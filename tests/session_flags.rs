@@ -47,7 +47,7 @@ fn every_setting_maps_to_its_flag() {
     let session = fake
         .builder()
         .model("sonnet")
-        .system_prompt(Some("You are terse.".to_string()))
+        .system_prompt("You are terse.")
         .append_system_prompt("Answer in French.")
         .tools(["Read", "Grep"])
         .allowed_tools(["Read"])
@@ -101,7 +101,7 @@ fn system_prompt_none_keeps_the_clis_own() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .system_prompt(None)
+        .cli_system_prompt()
         .concurrency(1)
         .build()
         .unwrap();

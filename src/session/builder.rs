@@ -25,7 +25,7 @@ const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
 /// - [`system_prompt`](Self::system_prompt) replaces the CLI's own system prompt. The default
 ///   here is the empty string.
 /// - [`append_system_prompt`](Self::append_system_prompt) is added after it: after the empty
-///   default, it is in effect your whole system prompt; after `system_prompt(None)` (the CLI's
+///   default, it is in effect your whole system prompt; after `cli_system_prompt()` (the CLI's
 ///   own, about 6 KB) it extends that.
 ///
 /// # Examples
@@ -156,10 +156,23 @@ impl SessionBuilder {
         self
     }
 
-    /// The system prompt (`--system-prompt`). The default is empty; `None` keeps the CLI's own
-    /// (about 6 KB, billed on every item).
-    pub fn system_prompt(mut self, prompt: impl Into<Option<String>>) -> Self {
-        self.config.system_prompt = prompt.into();
+    /// The system prompt (`--system-prompt`). The default is empty (see
+    /// [`cli_system_prompt`](Self::cli_system_prompt) for the CLI's own).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = claude_rayon::Session::builder().system_prompt("You are a terse reviewer.");
+    /// ```
+    pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.config.system_prompt = Some(prompt.into());
+        self
+    }
+
+    /// Keep the CLI's own system prompt (about 6 KB, billed on every item) instead of an
+    /// empty one or yours.
+    pub fn cli_system_prompt(mut self) -> Self {
+        self.config.system_prompt = None;
         self
     }
 
@@ -693,10 +706,8 @@ mod tests {
         assert!(check(SessionBuilder::default().timeout(Duration::ZERO)).contains("timeout"));
         assert!(check(SessionBuilder::default().cwd("/nonexistent/dir")).contains("cwd"));
         assert!(check(SessionBuilder::default().env("A=B", "c")).contains("not valid"));
-        assert!(
-            check(SessionBuilder::default().system_prompt("a\0b".to_string()))
-                .contains("--system-prompt contains a NUL byte")
-        );
+        assert!(check(SessionBuilder::default().system_prompt("a\0b"))
+            .contains("--system-prompt contains a NUL byte"));
         assert!(
             check(SessionBuilder::default().append_system_prompt("x".repeat(130 * 1024)))
                 .contains("--append-system-prompt is 133120 bytes")

@@ -223,9 +223,25 @@ impl Session {
         &self.inner.throttle
     }
 
-    /// Change the spending cap. Raising it lets a session whose budget was spent go on.
-    pub fn set_max_budget_usd(&self, budget: Option<f64>) {
-        self.inner.budget.set_limit(budget);
+    /// Change the spending cap, in US dollars, as
+    /// [`SessionBuilder::max_budget_usd`] sets it. Raising it lets a session whose budget was
+    /// spent go on.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let session = claude_rayon::Session::builder().max_budget_usd(1.0).build()?;
+    /// // ... the first batch spent it; allow another dollar.
+    /// session.set_max_budget_usd(2.0);
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn set_max_budget_usd(&self, budget: f64) {
+        self.inner.budget.set_limit(Some(budget));
+    }
+
+    /// Remove the spending cap; a session whose budget was spent goes on.
+    pub fn remove_max_budget(&self) {
+        self.inner.budget.set_limit(None);
     }
 
     /// The CLI executable this session runs.

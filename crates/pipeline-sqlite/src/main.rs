@@ -5,9 +5,9 @@
 //! checked against the successes.
 //!
 //! ```sh
-//! cargo run --example pipeline_sqlite                        # real CLI, else the simulator
-//! cargo run --example pipeline_sqlite -- --simulate --seconds 3
-//! cargo run --example pipeline_sqlite -- --simulate --items 200 --db /tmp/tickets.sqlite
+//! cargo run -p pipeline-sqlite                        # real CLI, else the simulator
+//! cargo run -p pipeline-sqlite -- --simulate --seconds 3
+//! cargo run -p pipeline-sqlite -- --simulate --items 200 --db /tmp/tickets.sqlite
 //! ```
 //!
 //! Flags: `--seconds N` how long to run (default 5), or `--items N` to stop once the Nth
@@ -15,6 +15,8 @@
 //! (default 4); `--model NAME`; `--db PATH` (default: a new file in the temp folder; an
 //! existing database gets its rows added, and only this run's are counted); `--simulate`.
 
+// The examples' shared helpers, from claude-rayon's own examples folder.
+#[path = "../../../examples/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
