@@ -83,3 +83,9 @@ pub use crossbeam_channel;
 pub use indicatif;
 /// The JSON crate of [`Response::structured`] and [`SessionBuilder::json_schema`].
 pub use serde_json;
+
+// Every Rust snippet of the README and the guides is compiled (and, where it can run
+// without a CLI, run) as a doc-test, so none of them rots.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeSnippets;
