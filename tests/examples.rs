@@ -41,11 +41,11 @@ fn example(name: &str) -> PathBuf {
 /// The pipeline example, a package of its own (it needs SQLite): built like an example.
 fn sqlite_example() -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "pipeline-sqlite"])
+        .args(["build", "--quiet", "-p", "cookbook", "--bin", "pipeline-sqlite"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
-    assert!(status.success(), "building pipeline-sqlite");
+    assert!(status.success(), "building the cookbook's pipeline-sqlite");
     let deps = std::env::current_exe().unwrap();
     deps.parent()
         .unwrap()

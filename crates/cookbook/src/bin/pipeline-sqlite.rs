@@ -5,9 +5,9 @@
 //! checked against the successes.
 //!
 //! ```sh
-//! cargo run -p pipeline-sqlite                        # real CLI, else the simulator
-//! cargo run -p pipeline-sqlite -- --simulate --seconds 3
-//! cargo run -p pipeline-sqlite -- --simulate --items 200 --db /tmp/tickets.sqlite
+//! cargo run -p cookbook --bin pipeline-sqlite                        # real CLI, else the simulator
+//! cargo run -p cookbook --bin pipeline-sqlite -- --simulate --seconds 3
+//! cargo run -p cookbook --bin pipeline-sqlite -- --simulate --items 200 --db /tmp/tickets.sqlite
 //! ```
 //!
 //! Flags: `--seconds N` how long to run (default 5), or `--items N` to stop once the Nth
@@ -16,7 +16,7 @@
 //! existing database gets its rows added, and only this run's are counted); `--simulate`.
 
 // The examples' shared helpers, from claude-rayon's own examples folder.
-#[path = "../../../examples/common/mod.rs"]
+#[path = "../../../../examples/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
