@@ -30,7 +30,9 @@
 //!   stop.
 //! - `simulator` (feature `simulator`): a stand-in CLI for trying things without an API key.
 //!
-//! See `ARCHITECTURE.md` for how they fit together.
+//! Guides (in the repository's `docs/` folder): getting started, a cookbook of recipes, a
+//! tuning guide for concurrency and rate limits, and what the library saves against code
+//! written by hand. See `ARCHITECTURE.md` for how the pieces fit together.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
@@ -89,3 +91,17 @@ pub use serde_json;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeSnippets;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/getting-started.md")]
+struct GettingStartedSnippets;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/tuning.md")]
+struct TuningSnippets;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/why.md")]
+struct WhySnippets;
+
+// docs/cookbook.md is compiled by the `cookbook` package, which has SQLite for one recipe.

@@ -41,7 +41,14 @@ fn example(name: &str) -> PathBuf {
 /// The pipeline example, a package of its own (it needs SQLite): built like an example.
 fn sqlite_example() -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "cookbook", "--bin", "pipeline-sqlite"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "cookbook",
+            "--bin",
+            "pipeline-sqlite",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
@@ -308,4 +315,29 @@ fn pipeline_sqlite_stores_one_row_per_success_and_stops_gracefully() {
         "batches are labelled:\n{stdout}"
     );
     assert!(stdout.contains("simulated, nothing billed"), "{stdout}");
+}
+
+#[test]
+fn categorize_by_hand_really_works_on_the_fake_cli() {
+    let docs = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("a.txt", "Invoice for March"),
+        ("b.md", "Our build broke"),
+        ("c.txt", "Birthday on Saturday"),
+    ] {
+        write(docs.path(), name, text.as_bytes());
+    }
+    let output = Command::new(example("categorize_by_hand"))
+        .arg(docs.path())
+        .env("CLAUDE_CODE_BIN", support::fake_cli())
+        .env("CLAUDE_RAYON_SIM_DEMO", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for doc in ["a.txt", "b.md", "c.txt"] {
+        let mentions = stdout.lines().filter(|l| l.ends_with(doc)).count();
+        assert_eq!(mentions, 1, "{doc} listed {mentions} times:\n{stdout}");
+    }
+    assert!(stdout.contains("3 documents, 0 failed"), "{stdout}");
 }
