@@ -301,7 +301,7 @@ fn run(args: &[String]) -> i32 {
         "  cost             ${:.4}{}",
         stats.cost_usd,
         if backend.simulated {
-            " (simulated, nothing billed)"
+            " (simulated: a made-up figure, nothing was billed)"
         } else {
             ""
         }
@@ -309,13 +309,16 @@ fn run(args: &[String]) -> i32 {
     println!("  wall time        {:.1} s", wall.as_secs_f64());
     println!("  report           {}", report_path.display());
     println!("  raw results      {}", jsonl_path.display());
-    for failed in &outcome.dead_letter {
-        println!(
-            "  failed           {} ({}): {}",
-            failed.item.path.display(),
-            ANALYSES[failed.item.analysis].0,
-            failed.error
-        );
+    if !outcome.dead_letter.is_empty() {
+        println!("  failed (each error once; every failure is in the raw results)");
+        common::print_failures(outcome.dead_letter.iter().map(|failed| {
+            let what = format!(
+                "{} ({})",
+                failed.item.path.display(),
+                ANALYSES[failed.item.analysis].0
+            );
+            (what, &failed.error)
+        }));
     }
     i32::from(!outcome.dead_letter.is_empty())
 }

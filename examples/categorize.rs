@@ -102,13 +102,21 @@ fn run(args: &[String]) -> i32 {
     }
     if !groups.failed.is_empty() {
         println!("not sorted ({})", groups.failed.len());
-        for failed in &groups.failed {
-            println!("  {}: {}", failed.item.display(), failed.error);
-        }
+        common::print_failures(
+            groups
+                .failed
+                .iter()
+                .map(|failed| (failed.item.display().to_string(), &failed.error)),
+        );
     }
     let stats = backend.session.stats();
+    let cost = if backend.simulated {
+        " (simulated: nothing billed)"
+    } else {
+        ""
+    };
     println!(
-        "{label}{} documents, {} sorted, {} failed, {} requests, {} from the journal, ${:.4}",
+        "{label}{} documents, {} sorted, {} failed, {} requests, {} from the journal, ${:.4}{cost}",
         groups.len(),
         groups.len() - groups.failed.len(),
         groups.failed.len(),

@@ -519,6 +519,12 @@ fn env_u64(name: &str) -> Option<u64> {
 /// A small value that satisfies a JSON Schema's types, required fields and enums. With a
 /// `seed` (demo mode), enums and array lengths vary with it, so demo output is not uniform.
 fn instance_of(schema: &Value, seed: Option<u64>) -> Value {
+    instance_named(schema, seed, "value")
+}
+
+/// As [`instance_of`], for a value named `name` (a property's name): a demo string says what
+/// it stands for, once, rather than repeating that it is simulated (the caller labels it).
+fn instance_named(schema: &Value, seed: Option<u64>, name: &str) -> Value {
     let pick = |len: usize| seed.map_or(0, |s| (s % len as u64) as usize);
     if let Some(options) = schema.get("enum").and_then(Value::as_array) {
         if !options.is_empty() {
@@ -531,7 +537,7 @@ fn instance_of(schema: &Value, seed: Option<u64>) -> Value {
             let mut object = serde_json::Map::new();
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                 for (name, sub) in props {
-                    object.insert(name.clone(), instance_of(sub, next));
+                    object.insert(name.clone(), instance_named(sub, next, name));
                 }
             }
             Value::Object(object)
@@ -542,16 +548,18 @@ fn instance_of(schema: &Value, seed: Option<u64>) -> Value {
             match schema.get("items") {
                 Some(items) => Value::Array(
                     (0..len as u64)
-                        .map(|i| instance_of(items, next.map(|n| n.wrapping_add(i * 7919))))
+                        .map(|i| {
+                            instance_named(items, next.map(|n| n.wrapping_add(i * 7919)), name)
+                        })
                         .collect(),
                 ),
                 None => json!([]),
             }
         }
         Some("string") => json!(if seed.is_some() {
-            "simulated: no model was called"
+            format!("stand-in {name}")
         } else {
-            "simulated"
+            "simulated".to_string()
         }),
         Some("integer") => json!(1 + seed.map_or(0, |s| s % 40) as i64),
         Some("number") => json!(1.0),

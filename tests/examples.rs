@@ -164,7 +164,17 @@ fn analyze_codebase_writes_a_report_jsonl_and_summary() {
     assert!(stdout.contains("[simulated] summary"), "{stdout}");
     assert!(stdout.contains("files analysed   4"), "{stdout}");
     assert!(stdout.contains("12 ok, 0 failed"), "{stdout}");
-    assert!(stdout.contains("simulated, nothing billed"), "{stdout}");
+    assert!(
+        stdout.contains("(simulated: a made-up figure, nothing was billed)"),
+        "{stdout}"
+    );
+    // A simulated finding says it is simulated once, not in each of its fields.
+    assert!(
+        finding_lines
+            .iter()
+            .all(|l| l.matches("simulated").count() == 1),
+        "{finding_lines:?}"
+    );
     assert!(stdout.contains("from the journal 0 of 12"), "{stdout}");
 
     // Run again into the same folder: every analysis comes from the journal, the same report.
@@ -340,4 +350,43 @@ fn categorize_by_hand_really_works_on_the_fake_cli() {
         assert_eq!(mentions, 1, "{doc} listed {mentions} times:\n{stdout}");
     }
     assert!(stdout.contains("3 documents, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn failures_are_grouped_one_line_per_distinct_error() {
+    // On the fake CLI (not the demo simulator, which ignores directives): documents whose text
+    // makes it fail, the same error twice and another once.
+    let docs = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("a.txt", "[[sim:error=400]] first"),
+        ("b.txt", "[[sim:error=400]] second"),
+        ("c.txt", "[[sim:max-turns]] third"),
+        ("d.txt", "[[sim:reply=finance]] fine"),
+    ] {
+        write(docs.path(), name, text.as_bytes());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(example("categorize"))
+        .args(["--no-journal", "--out", out.path().to_str().unwrap()])
+        .arg(docs.path())
+        .env("CLAUDE_CODE_BIN", support::fake_cli())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let groups: Vec<&str> = stdout.lines().filter(|l| l.contains(" × ")).collect();
+    assert_eq!(groups.len(), 2, "one line per distinct error:\n{stdout}");
+    assert!(
+        groups[0].trim_start().starts_with("2 × ") && groups[0].contains("status 400"),
+        "{stdout}"
+    );
+    assert!(
+        groups[0].contains("a.txt") && groups[0].contains("b.txt"),
+        "{stdout}"
+    );
+    assert!(groups[1].trim_start().starts_with("1 × "), "{stdout}");
+    assert!(
+        stdout.contains("4 documents, 1 sorted, 3 failed"),
+        "{stdout}"
+    );
 }

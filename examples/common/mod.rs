@@ -126,3 +126,33 @@ pub fn positional(args: &[String], flags_with_values: &[&str]) -> Vec<String> {
     }
     out
 }
+
+/// Failures grouped by what went wrong: one line per distinct error with how many items had
+/// it and a few of them, most frequent first (the full list is in the example's own output
+/// files).
+pub fn print_failures<'a>(failures: impl IntoIterator<Item = (String, &'a Error)>) {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (item, error) in failures {
+        let key = error.to_string();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, items)) => items.push(item),
+            None => groups.push((key, vec![item])),
+        }
+    }
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+    for (error, items) in groups {
+        let shown: Vec<&str> = items.iter().take(3).map(String::as_str).collect();
+        let more = items.len().saturating_sub(shown.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let error: String = error.chars().take(160).collect();
+        println!(
+            "  {:>4} × {error}  ({}{more})",
+            items.len(),
+            shown.join(", ")
+        );
+    }
+}
