@@ -139,7 +139,7 @@ pub fn print_failures<'a>(failures: impl IntoIterator<Item = (String, &'a Error)
             None => groups.push((key, vec![item])),
         }
     }
-    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+    groups.sort_by_key(|(_, items)| std::cmp::Reverse(items.len()));
     for (error, items) in groups {
         let shown: Vec<&str> = items.iter().take(3).map(String::as_str).collect();
         let more = items.len().saturating_sub(shown.len());
