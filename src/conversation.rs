@@ -67,6 +67,19 @@ impl Conversation {
     ///
     /// As [`Session::query`], without retries; [`Error::ConversationLost`] once the context
     /// is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// claude_rayon::simulator::serve_if_requested();
+    /// let session = claude_rayon::Session::builder().simulated()?.build()?;
+    /// let mut chat = session.conversation();
+    /// chat.send("The answer is 42.")?;
+    /// chat.send("What is the answer?")?;
+    /// assert_eq!(chat.turns(), 2);
+    /// assert!(!chat.is_lost());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send(&mut self, prompt: impl AsRef<str>) -> Result<Response, Error> {
         let inner = &self.run.session().inner;
         if inner.is_closed() {

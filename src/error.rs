@@ -303,6 +303,15 @@ impl Error {
 
     /// Whether this error means no other item can succeed either (bad credentials, a spent
     /// budget, a missing CLI), so a run should stop instead of trying the rest.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::Error;
+    ///
+    /// assert!(Error::Authentication { message: "invalid x-api-key".into() }.is_fatal());
+    /// assert!(!Error::Timeout(std::time::Duration::from_secs(60)).is_fatal());
+    /// ```
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
@@ -318,6 +327,16 @@ impl Error {
     }
 
     /// The HTTP status of an API error, if the CLI reported one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::Error;
+    ///
+    /// let overloaded = Error::Api { status: Some(529), message: "Overloaded".into() };
+    /// assert_eq!(overloaded.api_status(), Some(529));
+    /// assert_eq!(Error::Cancelled.api_status(), None);
+    /// ```
     pub fn api_status(&self) -> Option<u16> {
         match self {
             Error::Api { status, .. } => *status,

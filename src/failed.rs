@@ -35,11 +35,31 @@ pub struct Failed<T> {
 
 impl<T> Failed<T> {
     /// Take the item back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Error, Failed};
+    ///
+    /// let failed = Failed { item: 7, error: Error::Cancelled, attempts: 0 };
+    /// assert_eq!(failed.into_item(), 7);
+    /// ```
     pub fn into_item(self) -> T {
         self.item
     }
 
-    /// Apply `f` to the item, keeping the error and attempts.
+    /// Apply `f` to the item, keeping the error and attempts: for example to hand back only
+    /// an id instead of a whole document.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Error, Failed};
+    ///
+    /// let failed = Failed { item: ("doc-7", "a long text"), error: Error::Cancelled, attempts: 1 };
+    /// let by_id = failed.map_item(|(id, _text)| id);
+    /// assert_eq!((by_id.item, by_id.attempts), ("doc-7", 1));
+    /// ```
     pub fn map_item<U>(self, f: impl FnOnce(T) -> U) -> Failed<U> {
         Failed {
             item: f(self.item),
@@ -113,6 +133,18 @@ impl<O, T> Default for Outcome<O, T> {
 
 impl<O, T> Outcome<O, T> {
     /// Whether every item succeeded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Error, Failed, Outcome};
+    ///
+    /// let results: Vec<Result<u32, Failed<&str>>> =
+    ///     vec![Ok(1), Err(Failed { item: "b", error: Error::Cancelled, attempts: 0 })];
+    /// let outcome: Outcome<u32, &str> = results.into_iter().collect();
+    /// assert!(!outcome.is_complete());
+    /// assert_eq!((outcome.len(), outcome.is_empty()), (2, false));
+    /// ```
     pub fn is_complete(&self) -> bool {
         self.dead_letter.is_empty()
     }

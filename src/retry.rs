@@ -75,11 +75,38 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// A policy that never retries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Error, RetryPolicy};
+    ///
+    /// let overloaded = Error::Api { status: Some(529), message: "Overloaded".into() };
+    /// assert!(RetryPolicy::default().should_retry(&overloaded, 1));
+    /// assert!(!RetryPolicy::none().should_retry(&overloaded, 1));
+    /// ```
     pub fn none() -> Self {
         RetryPolicy::default().max_retries(0)
     }
 
     /// Set how many times one item is tried again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use claude_rayon::RetryPolicy;
+    ///
+    /// // Up to 5 retries; waits of at most 1, 2, 4, 8, then 10 seconds (each a random part).
+    /// let patient = RetryPolicy::default()
+    ///     .max_retries(5)
+    ///     .initial_backoff(Duration::from_secs(1))
+    ///     .multiplier(2.0)
+    ///     .max_backoff(Duration::from_secs(10));
+    /// assert_eq!(patient.ceiling(4), Duration::from_secs(8));
+    /// assert_eq!(patient.ceiling(5), Duration::from_secs(10));
+    /// assert!(patient.backoff(3) <= Duration::from_secs(4));
+    /// ```
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -104,6 +131,18 @@ impl RetryPolicy {
     }
 
     /// Choose which errors are retried (default: [`Error::is_retryable`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Error, RetryPolicy};
+    ///
+    /// // Also retry an answer cut at the output limit.
+    /// let policy = RetryPolicy::default()
+    ///     .retry_if(|e| e.is_retryable() || matches!(e, Error::Truncated { .. }));
+    /// let cut = Error::Truncated { stop_reason: "max_tokens".into(), partial: String::new() };
+    /// assert!(policy.should_retry(&cut, 1));
+    /// ```
     pub fn retry_if(mut self, retryable: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
         self.retryable = Arc::new(retryable);
         self

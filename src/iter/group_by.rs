@@ -53,7 +53,8 @@ impl<T> Groups<T> {
         }
     }
 
-    /// The items of a category (exact name as given), or `None` for a name not given.
+    /// The items of a category (exact name as given), or `None` for a name not given. See the
+    /// type's example for `get`, `iter` and `len` on a real run.
     pub fn get(&self, category: &str) -> Option<&[T]> {
         self.groups
             .iter()

@@ -90,6 +90,19 @@ impl Journal {
     ///
     /// [`Error::JournalLocked`] if another program (or another `Journal` in this one) has it
     /// open; [`Error::Journal`] if it cannot be read or written, or is not a journal.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Error, Journal};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let journal = Journal::open(dir.path().join("answers.jsonl"))?;
+    /// assert!(journal.is_empty());
+    /// // The same file twice at once would interleave records: refused.
+    /// assert!(matches!(Journal::open(journal.path()), Err(Error::JournalLocked { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Journal, Error> {
         let path = path.as_ref().to_path_buf();
         let fail = |message: String| Error::Journal {

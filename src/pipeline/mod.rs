@@ -186,6 +186,29 @@ impl Pipeline {
 
     /// What the pipeline has done so far. The counters are read one at a time, so while it
     /// runs they may be a moment apart (an item counted as received and not yet in flight).
+    ///
+    /// # Examples
+    ///
+    /// A source that ends, watched while it runs, then waited for:
+    ///
+    /// ```
+    /// # claude_rayon::simulator::serve_if_requested();
+    /// use claude_rayon::pipeline::Pipeline;
+    /// use claude_rayon::Session;
+    ///
+    /// let session = Session::builder().simulated()?.concurrency(2).build()?;
+    /// let running = Pipeline::builder()
+    ///     .source(0..20u32)
+    ///     .session(&session)
+    ///     .prompt(|n: &u32| format!("item {n}"))
+    ///     .batch_size(5)
+    ///     .on_batch(|batch| assert!(batch.len() <= 5))
+    ///     .start()?;
+    /// eprintln!("{} in flight", running.stats().in_flight);
+    /// let stats = running.join(); // until the source ends and every item is handled
+    /// assert_eq!((stats.received, stats.batched_items), (20, 20));
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
     pub fn stats(&self) -> PipelineStats {
         self.shared.snapshot()
     }

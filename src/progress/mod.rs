@@ -67,6 +67,16 @@ pub struct Progress {
 
 impl Progress {
     /// Done over total, when the total is known.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = claude_rayon::Session::builder().on_progress(|p| {
+    ///     if let Some(f) = p.fraction() {
+    ///         eprintln!("{:>3.0}%", f * 100.0);
+    ///     }
+    /// });
+    /// ```
     pub fn fraction(&self) -> Option<f64> {
         self.total.map(|t| {
             if t == 0 {
