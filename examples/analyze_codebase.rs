@@ -3,8 +3,8 @@
 //! with a summary.
 //!
 //! ```sh
-//! cargo run --release --example analyze_codebase -- src
-//! cargo run --release --example analyze_codebase -- --simulate --out /tmp/report src
+//! cargo run --release -p examples --bin analyze_codebase -- src
+//! cargo run --release -p examples --bin analyze_codebase -- --simulate --out /tmp/report src
 //! ```
 //!
 //! Flags: `--simulate` (built-in simulator), `--model NAME`, `--concurrency N`,

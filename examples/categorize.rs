@@ -2,8 +2,8 @@
 //! category with its documents, then the documents that could not be sorted.
 //!
 //! ```sh
-//! cargo run --example categorize -- examples/data/docs
-//! cargo run --example categorize -- --categories "finance,engineering,personal" --simulate examples/data/docs
+//! cargo run -p examples --bin categorize -- examples/data/docs
+//! cargo run -p examples --bin categorize -- --categories "finance,engineering,personal" --simulate examples/data/docs
 //! ```
 //!
 //! Flags: `--categories a,b,c` (default: finance, engineering, personal, other),

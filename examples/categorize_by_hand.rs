@@ -5,7 +5,7 @@
 //! (docs/why.md), and it really works: `tests/examples.rs` runs it on the fake CLI.
 //!
 //! ```sh
-//! cargo run --example categorize_by_hand -- examples/data/docs
+//! cargo run -p examples --bin categorize_by_hand -- examples/data/docs
 //! ```
 //!
 //! What it still does not do, that the library does: reuse a warm process (each item pays a

@@ -3,8 +3,8 @@
 //! findings print in file order with the line numbers they cover.
 //!
 //! ```sh
-//! cargo run --example log_anomalies -- examples/data/sample.log
-//! cargo run --example log_anomalies -- --simulate --window 20 --step 10 examples/data/sample.log
+//! cargo run -p examples --bin log_anomalies -- examples/data/sample.log
+//! cargo run -p examples --bin log_anomalies -- --simulate --window 20 --step 10 examples/data/sample.log
 //! ```
 //!
 //! Flags: `--window N` lines per window (default 20), `--step N` lines between window starts

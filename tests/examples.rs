@@ -6,36 +6,19 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The example's binary. `cargo build` makes sure it is current: `cargo test --test examples`
-/// alone does not rebuild examples, and a stale one would test old code. It is built with the
-/// features this test was built with (README's command turns them all on), so the build is
-/// the one `cargo test` made, not a second one that replaces it.
+/// An example program (the `examples` package). `cargo build` makes sure it is current:
+/// `cargo test --test examples` alone does not rebuild other packages, and a stale binary
+/// would test old code. Its claude-rayon has the features this test was built with, so the
+/// build is the one `cargo test` made, not a second one that replaces it.
 fn example(name: &str) -> PathBuf {
-    let mut features = vec!["simulator"];
-    if cfg!(feature = "progress") {
-        features.push("progress");
-    }
-    let features = features.join(",");
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            name,
-            "--features",
-            &features,
-        ])
+        .args(["build", "--quiet", "-p", "examples", "--bin", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
     assert!(status.success(), "building example {name}");
     let deps = std::env::current_exe().unwrap();
-    deps.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name)
+    deps.parent().unwrap().parent().unwrap().join(name)
 }
 
 /// The pipeline example, a package of its own (it needs SQLite): built like an example.
