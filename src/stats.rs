@@ -72,6 +72,26 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The share of input tokens read from the prompt cache (billed at a tenth of the input
+    /// price): 0 when nothing was read, near 1 when a long shared prefix was read by every
+    /// item. Cache writes (billed at 1.25×) are `usage.cache_creation_input_tokens`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let stats = claude_rayon::Stats::default();
+    /// assert_eq!(stats.cache_read_share(), 0.0);
+    /// ```
+    pub fn cache_read_share(&self) -> f64 {
+        let u = &self.usage;
+        let input = u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens;
+        if input == 0 {
+            0.0
+        } else {
+            u.cache_read_input_tokens as f64 / input as f64
+        }
+    }
+
     /// Input tokens of every kind plus output tokens.
     pub fn total_tokens(&self) -> u64 {
         self.usage.total()

@@ -13,7 +13,7 @@ use super::stop::Stop;
 use crate::journal::format::Key;
 use crate::session::pool::Lease;
 use crate::session::process::{ApiRetry, CliProcess, TurnEvent};
-use crate::session::Inner;
+use crate::session::{CacheGate, GatePass, Inner};
 use crate::stats;
 use crate::throttle::estimate_tokens;
 use crate::{Error, Journal, Response, Usage};
@@ -29,6 +29,15 @@ const MAX_EXPECTED_CALLS: u64 = 8;
 
 /// Calls in a row that could not connect before the API counts as unreachable.
 const UNREACHABLE_AFTER: u32 = 3;
+
+/// The item warming the prompt cache; if it ends without an answer, the next one warms.
+struct Warming<'a>(&'a CacheGate);
+
+impl Drop for Warming<'_> {
+    fn drop(&mut self) {
+        self.0.gave_up();
+    }
+}
 
 /// Where an attempt's process comes from.
 pub(crate) enum Processes<'a> {
@@ -128,6 +137,20 @@ impl World for SessionWorld<'_> {
             .saturating_add(inner.config.output_token_allowance);
         // An item is charged the API calls items made lately (a re-ask is a second call);
         // what it really made is settled after.
+        // A cold shared prefix is warmed by one item before the others ask (they wait here,
+        // before the throttle, holding nothing but their budget reservation).
+        let _warming = match &inner.cache_gate {
+            Some(gate) => match gate.enter(&|| self.should_stop()) {
+                None => {
+                    return Err(AttemptError::NotStarted(
+                        self.stop_holding_reservation().unwrap_or(Error::Cancelled),
+                    ))
+                }
+                Some(GatePass::Warming) => Some(Warming(gate)),
+                Some(GatePass::Open) => None,
+            },
+            None => None,
+        };
         inner.counters.throttle_waiting.add(1);
         let permit = inner
             .throttle
@@ -179,6 +202,10 @@ impl World for SessionWorld<'_> {
         };
         match outcome {
             Ok(response) => {
+                // An answer is in: the prefix is cached, even if no call said when it began.
+                if let Some(gate) = &inner.cache_gate {
+                    gate.began();
+                }
                 permit.settle(response.usage.total(), calls);
                 note_calls(inner, calls);
                 reservation.settle(response.cost_usd);
@@ -383,6 +410,11 @@ fn run_turn(
         TurnEvent::ExtraCall => {
             calls += 1;
             stats::add(&inner.counters.requests, 1);
+        }
+        TurnEvent::Began => {
+            if let Some(gate) = &inner.cache_gate {
+                gate.began();
+            }
         }
     };
     let outcome = process.run_turn(

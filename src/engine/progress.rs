@@ -132,6 +132,10 @@ impl RunProgress {
             throttle_waits: now.throttle_waits - self.base.throttle_waits,
             backoff_pauses: now.backoff_pauses - self.base.backoff_pauses,
             tokens: now.usage.total() - self.base.usage.total(),
+            cache_write_tokens: now.usage.cache_creation_input_tokens
+                - self.base.usage.cache_creation_input_tokens,
+            cache_read_tokens: now.usage.cache_read_input_tokens
+                - self.base.usage.cache_read_input_tokens,
             cost_usd: now.cost_usd - self.base.cost_usd,
             elapsed,
             items_per_second: rate,

@@ -50,6 +50,10 @@ pub struct Progress {
     pub backoff_pauses: u64,
     /// Input and output tokens since the run started.
     pub tokens: u64,
+    /// Of the input, tokens written to the prompt cache since the run started (1.25× price).
+    pub cache_write_tokens: u64,
+    /// Of the input, tokens read from the prompt cache since the run started (0.1× price).
+    pub cache_read_tokens: u64,
     /// Cost since the run started, in US dollars.
     pub cost_usd: f64,
     /// Time since the run started.

@@ -182,4 +182,12 @@ impl Config {
         })
         .to_string()
     }
+
+    /// The tokens every item's request shares ahead of the item (system prompts), estimated
+    /// at four bytes a token; the CLI's own request overhead is not counted.
+    pub(crate) fn shared_prefix_tokens(&self) -> u64 {
+        let bytes = self.system_prompt.as_ref().map_or(0, String::len)
+            + self.append_system_prompt.as_ref().map_or(0, String::len);
+        bytes as u64 / 4
+    }
 }

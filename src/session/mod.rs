@@ -68,6 +68,76 @@ fn memory_available_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// How long a prompt-cache entry lives after its last use, as the API documents it; a bit
+/// less is assumed, so that an entry about to expire counts as cold.
+const CACHE_LIFETIME: Duration = Duration::from_secs(270);
+
+/// The smallest prefix the API caches (1,024 tokens for Sonnet and Opus; more for some
+/// models, where the warm-up then costs one item's latency for nothing).
+pub(crate) const CACHE_MIN_TOKENS: u64 = 1024;
+
+/// Warming the prompt cache: when the session's shared prefix is cold, the first item goes
+/// alone until its answer has begun (the API makes an entry readable from then on); the
+/// others wait here, before the throttle, and then all read it.
+#[derive(Default)]
+pub(crate) struct CacheGate {
+    state: Mutex<GateState>,
+    changed: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    warm_until: Option<Instant>,
+    warming: bool,
+}
+
+/// What an item is at the gate.
+pub(crate) enum GatePass {
+    /// The prefix is warm (or too small to cache): go.
+    Open,
+    /// This item warms the prefix: others wait until its answer begins, or it gives up.
+    Warming,
+}
+
+impl CacheGate {
+    /// Wait at the gate; `None` when `stopped()` said so first.
+    pub(crate) fn enter(&self, stopped: &dyn Fn() -> bool) -> Option<GatePass> {
+        let mut state = self.state.lock();
+        loop {
+            if state.warm_until.is_some_and(|until| until > Instant::now()) {
+                return Some(GatePass::Open);
+            }
+            if !state.warming {
+                state.warming = true;
+                return Some(GatePass::Warming);
+            }
+            if stopped() {
+                return None;
+            }
+            // Woken when the answer begins or the warming item gives up; the timeout only
+            // rechecks the stop.
+            self.changed.wait_for(&mut state, Duration::from_millis(20));
+        }
+    }
+
+    /// An answer began: the prefix is warm for a while (every read refreshes it).
+    pub(crate) fn began(&self) {
+        let mut state = self.state.lock();
+        state.warm_until = Some(Instant::now() + CACHE_LIFETIME);
+        if std::mem::take(&mut state.warming) {
+            self.changed.notify_all();
+        }
+    }
+
+    /// The warming item ended without an answer: the next one warms.
+    pub(crate) fn gave_up(&self) {
+        let mut state = self.state.lock();
+        if std::mem::take(&mut state.warming) {
+            self.changed.notify_all();
+        }
+    }
+}
+
 /// How long `close` waits for the items whose processes it killed to be counted.
 const CLOSE_SETTLE: Duration = Duration::from_secs(5);
 
@@ -117,6 +187,8 @@ pub(crate) struct Inner {
     pub(crate) unreachable_streak: AtomicU32,
     /// API calls the last answered items made (the engine charges the throttle from them).
     pub(crate) recent_calls: Mutex<VecDeque<u32>>,
+    /// Warming the prompt cache of the shared prefix (`None`: nothing to warm).
+    pub(crate) cache_gate: Option<CacheGate>,
 }
 
 impl Session {
@@ -188,6 +260,8 @@ impl Session {
                 )))
             })?;
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
+        let cache_gate = (config.warm_cache && config.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
+            .then(CacheGate::default);
         Ok(Session {
             inner: Arc::new(Inner {
                 id,
@@ -205,6 +279,7 @@ impl Session {
                 private_dir: Mutex::new(private_dir),
                 unreachable_streak: AtomicU32::new(0),
                 recent_calls: Mutex::new(VecDeque::new()),
+                cache_gate,
             }),
         })
     }

@@ -97,6 +97,9 @@ pub(crate) enum TurnEvent {
     Retry(ApiRetry),
     /// The CLI made one more API call in the same turn (it re-asked the model).
     ExtraCall,
+    /// The turn's first answer began (its first API call's response started): from now on
+    /// the prompt cache holds what the request wrote.
+    Began,
 }
 
 /// Lets another thread (a session's `close()`) kill a process it does not own, without ever
@@ -428,6 +431,8 @@ impl CliProcess {
             calls.push(id.to_string());
             if calls.len() > 1 {
                 on_event(TurnEvent::ExtraCall);
+            } else {
+                on_event(TurnEvent::Began);
             }
         };
         loop {

@@ -187,6 +187,148 @@ pub struct RecordedRequest {
     pub path: String,
     /// The parsed body (`Value::Null` if it was not JSON).
     pub body: Value,
+    /// Input tokens this request read from the prompt cache, as the API would bill them
+    /// (0 until it is answered).
+    pub cache_read: usize,
+    /// Input tokens this request wrote to the prompt cache (0 until it is answered).
+    pub cache_write: usize,
+}
+
+/// Input tokens of one request: read from the cache, written to it, and the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct InputTokens {
+    input: usize,
+    write: usize,
+    read: usize,
+}
+
+impl InputTokens {
+    /// No cache: every byte of the body is input (about four bytes a token).
+    fn plain(body_bytes: usize) -> InputTokens {
+        InputTokens {
+            input: body_bytes / 4,
+            write: 0,
+            read: 0,
+        }
+    }
+}
+
+/// The prompt cache, as the API documents it: each `cache_control` breakpoint marks the end
+/// of a prefix (tools, then system blocks, then message blocks, in order) that can be cached;
+/// a prefix below the minimum size is not; an entry lives five minutes from its last use and
+/// is readable once the response that wrote it has begun.
+struct PromptCache {
+    entries: HashMap<u64, Instant>,
+    ttl: Duration,
+    min_tokens: usize,
+}
+
+impl PromptCache {
+    /// The prefixes of a request that end at a breakpoint: (hash, tokens), in order.
+    fn breakpoints(body: &Value) -> Vec<(u64, usize)> {
+        let mut blocks: Vec<(String, bool)> = Vec::new();
+        let marked = |v: &Value| v.get("cache_control").is_some();
+        if let Some(model) = body.get("model") {
+            blocks.push((model.to_string(), false));
+        }
+        for tool in body
+            .get("tools")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            blocks.push((tool.to_string(), marked(tool)));
+        }
+        match body.get("system") {
+            Some(Value::String(s)) => blocks.push((s.clone(), false)),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    let text = part.get("text").and_then(Value::as_str).unwrap_or_default();
+                    // The CLI's billing header (`cc_version=2.1.197.5f7`, its last part
+                    // changing from request to request) is read by the API, not cached as
+                    // prompt text: the CLI's own caching works across requests.
+                    if text.starts_with("x-anthropic-billing-header:") {
+                        continue;
+                    }
+                    blocks.push((text.to_string(), marked(part)));
+                }
+            }
+            _ => {}
+        }
+        for message in body
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match message.get("content") {
+                Some(Value::String(s)) => blocks.push((s.clone(), false)),
+                Some(Value::Array(parts)) => {
+                    for part in parts {
+                        let text = match part.get("text").and_then(Value::as_str) {
+                            Some(t) => t.to_string(),
+                            None => part.to_string(),
+                        };
+                        blocks.push((text, marked(part)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for (text, is_breakpoint) in blocks {
+            for b in text.bytes().chain([0xff]) {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+            bytes += text.len();
+            if is_breakpoint {
+                out.push((hash, bytes / 4));
+            }
+        }
+        out
+    }
+
+    /// What a request arriving now finds: its cacheable breakpoints and the tokens it reads
+    /// (the longest cached prefix). Entries written by responses that have not begun yet are
+    /// not there.
+    fn look_up(&mut self, body: &Value, now: Instant) -> (Vec<(u64, usize)>, usize) {
+        self.entries.retain(|_, expires| *expires > now);
+        let cacheable: Vec<(u64, usize)> = Self::breakpoints(body)
+            .into_iter()
+            .filter(|(_, tokens)| *tokens >= self.min_tokens)
+            .collect();
+        let read = cacheable
+            .iter()
+            .filter(|(hash, _)| self.entries.contains_key(hash))
+            .map(|(_, tokens)| *tokens)
+            .max()
+            .unwrap_or(0);
+        (cacheable, read)
+    }
+
+    /// The response begins now: its prefixes become readable (a read refreshes their
+    /// lifetime), and the request is billed: what it read, what it wrote up to its last
+    /// breakpoint, and the rest.
+    fn begin(
+        &mut self,
+        (cacheable, read): (Vec<(u64, usize)>, usize),
+        body_bytes: usize,
+        now: Instant,
+    ) -> InputTokens {
+        let last = cacheable.last().map_or(0, |(_, tokens)| *tokens);
+        for (hash, _) in &cacheable {
+            self.entries.insert(*hash, now + self.ttl);
+        }
+        let write = last.saturating_sub(read);
+        let total = (body_bytes / 4).max(read + write);
+        InputTokens {
+            input: total - read - write,
+            write,
+            read,
+        }
+    }
 }
 
 type ReplyFn = dyn Fn(&RecordedRequest) -> Reply + Send + Sync;
@@ -218,6 +360,7 @@ impl Bucket {
 
 struct Inner {
     addr: SocketAddr,
+    cache: Mutex<PromptCache>,
     shutdown: AtomicBool,
     reply: RwLock<Arc<ReplyFn>>,
     bucket: Mutex<Option<Bucket>>,
@@ -254,6 +397,11 @@ impl MockApi {
             addr,
             shutdown: AtomicBool::new(false),
             reply: RwLock::new(Arc::new(|r: &RecordedRequest| echo(&r.prompt))),
+            cache: Mutex::new(PromptCache {
+                entries: HashMap::new(),
+                ttl: Duration::from_secs(300),
+                min_tokens: 1024,
+            }),
             bucket: Mutex::new(None),
             rate_limited: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
@@ -297,6 +445,17 @@ impl MockApi {
     /// Token bucket of capacity `r`, refilled continuously at `r` per minute (starts full);
     /// when empty, answer 429 `rate_limit_error` with `retry-after` (seconds, rounded up).
     /// `None` removes the limit.
+    /// The smallest prefix the prompt cache keeps, in tokens (default 1,024, the API's
+    /// minimum for Sonnet and Opus; 2,048 or 4,096 for some other models).
+    pub fn set_cache_min_tokens(&self, tokens: usize) {
+        lock(&self.inner.cache).min_tokens = tokens;
+    }
+
+    /// How long a cache entry lives after its last use (default five minutes).
+    pub fn set_cache_ttl(&self, ttl: Duration) {
+        lock(&self.inner.cache).ttl = ttl;
+    }
+
     pub fn set_rate_limit(&self, r: Option<u32>) {
         *lock(&self.inner.bucket) = r.map(|r| Bucket {
             capacity: r as f64,
@@ -691,12 +850,16 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
         tool_result,
         path: req.path.clone(),
         body,
+        cache_read: 0,
+        cache_write: 0,
     };
     let idx = {
         let mut reqs = lock(&inner.requests);
         reqs.push(rec.clone());
         reqs.len() - 1
     };
+    // The cache as the request finds it on arrival.
+    let found = lock(&inner.cache).look_up(&rec.body, Instant::now());
     let set_status = |code: u16| {
         if let Some(r) = lock(&inner.requests).get_mut(idx) {
             r.status = code;
@@ -746,6 +909,16 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
             _ => break,
         }
     }
+    // The response begins now: what it reads from the cache, and what it writes there (readable
+    // by requests that arrive from now on).
+    let tokens = match &reply {
+        Reply::Fault(Fault::Status { .. }) => InputTokens::plain(req.body.len()),
+        _ => lock(&inner.cache).begin(found, req.body.len(), Instant::now()),
+    };
+    if let Some(r) = lock(&inner.requests).get_mut(idx) {
+        r.cache_read = tokens.read;
+        r.cache_write = tokens.write;
+    }
     let (code, keep) = match &reply {
         Reply::Fault(Fault::Status { code, retry_after }) => {
             send_error(w, *code, *retry_after, &format!("mock fault {code}"))?;
@@ -753,17 +926,11 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
         }
         Reply::Fault(Fault::CutStream) => {
             set_status(200);
-            cut(w, stream, &rec.model, req.body.len())?;
+            cut(w, stream, &rec.model, tokens)?;
             (200, false)
         }
         Reply::Text(t) => {
-            send_message(
-                w,
-                stream,
-                &rec.model,
-                req.body.len(),
-                Block::Text(t, "end_turn"),
-            )?;
+            send_message(w, stream, &rec.model, tokens, Block::Text(t, "end_turn"))?;
             (200, true)
         }
         Reply::Stop { text, stop_reason } => {
@@ -771,7 +938,7 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
                 w,
                 stream,
                 &rec.model,
-                req.body.len(),
+                tokens,
                 Block::Text(text, stop_reason),
             )?;
             (200, true)
@@ -779,13 +946,13 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
         Reply::Fault(Fault::NoStop(partial, whole)) => {
             set_status(200);
             if stream {
-                send_without_stop(w, &rec.model, req.body.len(), partial)?;
+                send_without_stop(w, &rec.model, tokens, partial)?;
             } else {
                 send_message(
                     w,
                     stream,
                     &rec.model,
-                    req.body.len(),
+                    tokens,
                     Block::Text(whole, "end_turn"),
                 )?;
             }
@@ -796,19 +963,13 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
                 w,
                 stream,
                 &rec.model,
-                req.body.len(),
+                tokens,
                 Block::Tool(STRUCTURED_OUTPUT_TOOL, v),
             )?;
             (200, true)
         }
         Reply::ToolUse { name, input } => {
-            send_message(
-                w,
-                stream,
-                &rec.model,
-                req.body.len(),
-                Block::Tool(name, input),
-            )?;
+            send_message(w, stream, &rec.model, tokens, Block::Tool(name, input))?;
             (200, true)
         }
         Reply::After(..) | Reply::Fault(Fault::Slow(_)) => unreachable!(),
@@ -850,24 +1011,25 @@ enum Block<'a> {
 
 static MSG_COUNTER: AtomicU64 = AtomicU64::new(1);
 
-fn usage(body_bytes: usize, out_chars: usize) -> Value {
+fn usage(tokens: InputTokens, out_chars: usize) -> Value {
     json!({
-        "input_tokens": body_bytes / 4,
+        "input_tokens": tokens.input,
         "output_tokens": (out_chars / 4).max(1),
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": tokens.write,
+        "cache_read_input_tokens": tokens.read,
     })
 }
 
-fn message_start(id: &str, model: &str, body_bytes: usize) -> Value {
+fn message_start(id: &str, model: &str, tokens: InputTokens) -> Value {
     json!({
         "type": "message_start",
         "message": {
             "id": id, "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": null, "stop_sequence": null,
             "usage": {
-                "input_tokens": body_bytes / 4, "output_tokens": 1,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                "input_tokens": tokens.input, "output_tokens": 1,
+                "cache_creation_input_tokens": tokens.write,
+                "cache_read_input_tokens": tokens.read,
             },
         },
     })
@@ -910,7 +1072,7 @@ fn send_message(
     w: &mut TcpStream,
     stream: bool,
     model: &str,
-    body_bytes: usize,
+    tokens: InputTokens,
     block: Block,
 ) -> io::Result<()> {
     let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
@@ -929,7 +1091,7 @@ fn send_message(
             )
         }
     };
-    let usage = usage(body_bytes, out_chars);
+    let usage = usage(tokens, out_chars);
     if !stream {
         let msg = json!({
             "id": id, "type": "message", "role": "assistant", "model": model,
@@ -945,7 +1107,7 @@ fn send_message(
         );
     }
     sse_head(w)?;
-    let mut out = sse("message_start", &message_start(&id, model, body_bytes));
+    let mut out = sse("message_start", &message_start(&id, model, tokens));
     let (start_block, deltas): (Value, Vec<Value>) = match &block {
         Block::Text(t, _) => (
             json!({"type": "text", "text": ""}),
@@ -995,12 +1157,12 @@ fn send_message(
 fn send_without_stop(
     w: &mut TcpStream,
     model: &str,
-    body_bytes: usize,
+    tokens: InputTokens,
     text: &str,
 ) -> io::Result<()> {
     let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
     sse_head(w)?;
-    let mut out = sse("message_start", &message_start(&id, model, body_bytes));
+    let mut out = sse("message_start", &message_start(&id, model, tokens));
     out += &sse(
         "content_block_start",
         &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
@@ -1014,16 +1176,13 @@ fn send_without_stop(
     w.flush()
 }
 
-fn cut(w: &mut TcpStream, stream: bool, model: &str, body_bytes: usize) -> io::Result<()> {
+fn cut(w: &mut TcpStream, stream: bool, model: &str, tokens: InputTokens) -> io::Result<()> {
     let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
     if stream {
         sse_head(w)?;
-        chunk(
-            w,
-            &sse("message_start", &message_start(&id, model, body_bytes)),
-        )?;
+        chunk(w, &sse("message_start", &message_start(&id, model, tokens)))?;
     } else {
-        let body = message_start(&id, model, body_bytes)["message"].to_string();
+        let body = message_start(&id, model, tokens)["message"].to_string();
         let half = &body.as_bytes()[..body.len() / 2];
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",

@@ -1,0 +1,73 @@
+//! Real tier: shared instructions at the cache price. A long instruction given as the
+//! appended system prompt is written to the prompt cache once and read by every other item,
+//! because the first item goes alone until its answer has begun. The tests' mock API
+//! emulates the cache as the API documents it.
+
+mod support;
+
+use claude_rayon::prelude::*;
+use rayon::prelude::*;
+use support::mock_api::Reply;
+use support::Real;
+
+const ITEMS: usize = 100;
+
+/// About 3,000 tokens of instruction, the same for every item.
+fn rubric() -> String {
+    "Grade each answer for accuracy, clarity and tone; explain the grade in one line. ".repeat(150)
+}
+
+/// (requests that wrote the shared prefix, requests that read it) for a run of `items`. Every
+/// answer begins 500 ms after its request arrives, as a real API's first token does.
+fn run(real: &Real, warm: bool, items: usize) -> (usize, usize, f64) {
+    real.api.clear_requests();
+    real.api.set_reply(|p| {
+        Reply::After(
+            std::time::Duration::from_millis(500),
+            Box::new(Reply::text(format!("graded: {p}"))),
+        )
+    });
+    let session = real
+        .builder()
+        .concurrency(4)
+        .max_starting_processes(4)
+        .append_system_prompt(rubric())
+        .warm_cache(warm)
+        .build()
+        .unwrap();
+    let results: Vec<_> = (0..items)
+        .into_par_iter()
+        .claude_map(&session, |i| format!("answer number {i}"))
+        .collect();
+    assert!(results.iter().all(Result::is_ok));
+    let shared = rubric().len() / 4 * 9 / 10;
+    let requests = real.api.requests();
+    assert_eq!(requests.len(), items);
+    let writes = requests.iter().filter(|r| r.cache_write >= shared).count();
+    let reads = requests.iter().filter(|r| r.cache_read >= shared).count();
+    (writes, reads, session.stats().cache_read_share())
+}
+
+#[test]
+#[cfg_attr(
+    claude_rayon_no_cli,
+    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
+)]
+fn a_shared_instruction_is_written_once_and_read_by_every_other_item() {
+    let Some(real) =
+        Real::start("a_shared_instruction_is_written_once_and_read_by_every_other_item")
+    else {
+        return;
+    };
+    let (writes, reads, share) = run(&real, true, ITEMS);
+    assert_eq!((writes, reads), (1, ITEMS - 1), "warmed first");
+    assert!(share > 0.8, "{share}");
+
+    // Cold again (a fresh mock cache), without the warm-up: the first items, sent together,
+    // each write their own entry.
+    let cold = Real::start("a_shared_instruction_is_written_once_and_read_by_every_other_item")
+        .expect("the CLI was found above");
+    let (writes, reads, _) = run(&cold, false, 12);
+    assert!(writes > 1, "{writes} writes without the warm-up");
+    assert_eq!(writes + reads, 12);
+}
