@@ -29,7 +29,12 @@ fn list_price_usd(u: &Usage) -> f64 {
 /// (cost per item, share of input read from the cache, wall seconds), on a cold cache.
 fn run(cli: &std::path::Path, instruction: &str, warm: bool) -> (f64, f64, f64) {
     let api = MockApi::start();
-    api.set_reply(|p| Reply::After(Duration::from_millis(500), Box::new(Reply::text(format!("ok: {p}")))));
+    api.set_reply(|p| {
+        Reply::After(
+            Duration::from_millis(500),
+            Box::new(Reply::text(format!("ok: {p}"))),
+        )
+    });
     let home = tempfile::tempdir().unwrap();
     let env = api.cli_env(home.path());
     let session = common::real_builder(cli, &env, claude_rayon_mock_api::CLI_ENV_REMOVE)
@@ -47,7 +52,11 @@ fn run(cli: &std::path::Path, instruction: &str, warm: bool) -> (f64, f64, f64) 
     let wall = started.elapsed().as_secs_f64();
     assert!(results.iter().all(Result::is_ok));
     let stats = session.stats();
-    (list_price_usd(&stats.usage) / ITEMS as f64, stats.cache_read_share(), wall)
+    (
+        list_price_usd(&stats.usage) / ITEMS as f64,
+        stats.cache_read_share(),
+        wall,
+    )
 }
 
 fn main() {
@@ -55,10 +64,13 @@ fn main() {
         println!("cache: skipped (set CLAUDE_CODE_BIN to the claude executable)");
         return;
     };
-    println!("{ITEMS} items, concurrency {CONCURRENCY}, Sonnet list prices, answers begin after 500 ms");
+    println!(
+        "{ITEMS} items, concurrency {CONCURRENCY}, Sonnet list prices, answers begin after 500 ms"
+    );
     println!("instruction   warm-up  cost/item USD  read share  wall s");
     for tokens in [1_500usize, 3_000, 8_000] {
-        let instruction = "Grade each answer for accuracy, clarity and tone. ".repeat(tokens * 4 / 51);
+        let instruction =
+            "Grade each answer for accuracy, clarity and tone. ".repeat(tokens * 4 / 51);
         let cold = run(&cli, &instruction, false);
         let warm = run(&cli, &instruction, true);
         for (label, (cost, share, wall)) in [("off", cold), ("on", warm)] {

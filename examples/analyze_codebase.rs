@@ -142,14 +142,17 @@ fn prompt_for(job: &Job) -> String {
         .map(|(i, line)| format!("{:>5} | {line}\n", i + 1))
         .collect();
     format!(
-        "You are reviewing the {language} file `{path}` for {name}: {focus}.\n\
-         Report each real problem once, with the line number it is on, a short title and one or \
-         two sentences of detail. Rank severity honestly (high, medium, low). If there are no \
-         problems, return an empty list.\n\n{numbered}",
+        "You are reviewing the {language} file `{path}` for {name}: {focus}.\n\n{numbered}",
         language = job.language,
         path = job.path.display(),
     )
 }
+
+/// What every review shares, given once to the session (the appended system prompt) rather
+/// than in each prompt: with a long rubric, the API reads it from its prompt cache.
+const RUBRIC: &str = "You review source files. Report each real problem once, with the line \
+    number it is on, a short title and one or two sentences of detail. Rank severity honestly \
+    (high, medium, low). If there are no problems, return an empty list.";
 
 fn schema() -> serde_json::Value {
     json!({
@@ -219,6 +222,7 @@ fn run(args: &[String]) -> i32 {
 
     let mut builder = Session::builder()
         .concurrency(concurrency)
+        .append_system_prompt(RUBRIC)
         .json_schema(schema())
         .timeout(Duration::from_secs(300));
     if let Some(budget) = common::flag_value(args, "--budget").and_then(|v| v.parse().ok()) {

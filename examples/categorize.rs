@@ -66,8 +66,18 @@ fn run(args: &[String]) -> i32 {
         return 1;
     }
 
-    let Some(backend) = common::start(Session::builder().concurrency(4), args, Some(&out_dir))
-    else {
+    // What every document shares, given once to the session (the appended system prompt)
+    // rather than in each prompt: with long category definitions, the API reads them from its
+    // prompt cache.
+    let guide = format!(
+        "You sort documents into exactly one of these categories: {}. Judge by the \
+         document's main subject, not by words it happens to contain.",
+        categories.join(", ")
+    );
+    let builder = Session::builder()
+        .concurrency(4)
+        .append_system_prompt(guide);
+    let Some(backend) = common::start(builder, args, Some(&out_dir)) else {
         return 1;
     };
     let label = backend.label();
