@@ -17,6 +17,10 @@ pub trait ClaudeParallelIterator: ParallelIterator {
     /// Send each item's prompt through the session and yield the item with its answer, or the
     /// item back with its error. In input order when collected from an indexed iterator.
     ///
+    /// Put what every item shares (a rubric, definitions, the output format) in the session's
+    /// [`append_system_prompt`](crate::SessionBuilder::append_system_prompt), not in each
+    /// prompt: the API then reads it from its prompt cache at a tenth of the price.
+    ///
     /// # Examples
     ///
     /// ```no_run

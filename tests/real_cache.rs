@@ -39,10 +39,25 @@ fn run(real: &Real, warm: bool, items: usize) -> (usize, usize, f64) {
         .into_par_iter()
         .claude_map(&session, |i| format!("answer number {i}"))
         .collect();
-    assert!(results.iter().all(Result::is_ok));
     let shared = rubric().len() / 4 * 9 / 10;
     let requests = real.api.requests();
     assert_eq!(requests.len(), items);
+    // Each item's own usage says what its request read and wrote, as the API billed it.
+    for result in &results {
+        let (i, response) = result.as_ref().unwrap();
+        let request = requests
+            .iter()
+            .find(|r| r.prompt == format!("answer number {i}"))
+            .unwrap();
+        assert_eq!(
+            (
+                response.usage.cache_read_input_tokens as usize,
+                response.usage.cache_creation_input_tokens as usize
+            ),
+            (request.cache_read, request.cache_write),
+            "item {i}"
+        );
+    }
     let writes = requests.iter().filter(|r| r.cache_write >= shared).count();
     let reads = requests.iter().filter(|r| r.cache_read >= shared).count();
     (writes, reads, session.stats().cache_read_share())
