@@ -135,8 +135,6 @@ impl World for SessionWorld<'_> {
         let estimate = prompt_tokens
             .saturating_add(REQUEST_OVERHEAD_TOKENS)
             .saturating_add(inner.config.output_token_allowance);
-        // An item is charged the API calls items made lately (a re-ask is a second call);
-        // what it really made is settled after.
         // A cold shared prefix is warmed by one item before the others ask (they wait here,
         // before the throttle, holding nothing but their budget reservation).
         let _warming = match &inner.cache_gate {
@@ -151,6 +149,8 @@ impl World for SessionWorld<'_> {
             },
             None => None,
         };
+        // An item is charged the API calls items made lately (a re-ask is a second call);
+        // what it really made is settled after.
         inner.counters.throttle_waiting.add(1);
         let permit = inner
             .throttle
