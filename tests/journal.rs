@@ -163,6 +163,12 @@ fn a_second_program_is_kept_off_the_journal() {
     let fake = Fake::new();
     let path = journal_path(&fake);
     let held = Journal::open(&path).unwrap();
+    // A second open in this program is refused, and must not weaken the first's lock (a
+    // record lock is released by closing any descriptor of its file).
+    assert!(matches!(
+        Journal::open(&path),
+        Err(Error::JournalLocked { .. })
+    ));
     let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",

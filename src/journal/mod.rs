@@ -278,15 +278,21 @@ static OPEN_HERE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 ///
 /// A POSIX record lock (`fcntl`) rather than `flock`: it belongs to the process, so a child
 /// forked meanwhile (a CLI process starting, before its `exec`) never holds it, and the
-/// kernel drops it when the program ends, however it ends.
+/// kernel drops it when the program ends, however it ends. The price: closing *any*
+/// descriptor of the file releases the process's lock, so this program never opens the lock
+/// file a second time while it holds it (the list `OPEN_HERE` is checked first, under its
+/// mutex, and an entry leaves it only after its file is closed).
 struct LockFile {
     path: PathBuf,
-    _file: File,
+    file: Option<File>,
 }
 
 impl Drop for LockFile {
     fn drop(&mut self) {
-        OPEN_HERE.lock().retain(|p| *p != self.path);
+        let mut open_here = OPEN_HERE.lock();
+        // Closed first: nobody in this program can open it again before the lock is gone.
+        drop(self.file.take());
+        open_here.retain(|p| *p != self.path);
     }
 }
 
@@ -299,20 +305,28 @@ fn lock(path: &Path) -> Result<LockFile, Error> {
         path: path.to_path_buf(),
         message: format!("cannot {what} its lock file {}: {e}", lock_path.display()),
     };
+    // The folder exists (the journal's was created); the name identifies the file.
+    let key = match (lock_path.parent(), lock_path.file_name()) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => {
+            dir.canonicalize().map_err(|e| failed("find", e))?.join(name)
+        }
+        _ => std::env::current_dir()
+            .map_err(|e| failed("find", e))?
+            .join(&lock_path),
+    };
+    let mut open_here = OPEN_HERE.lock();
+    if open_here.contains(&key) {
+        // Not opened at all: closing a second descriptor would release the first's lock.
+        return Err(Error::JournalLocked {
+            path: path.to_path_buf(),
+        });
+    }
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(&lock_path)
         .map_err(|e| failed("open", e))?;
-    let key = lock_path.canonicalize().map_err(|e| failed("find", e))?;
-    let mut open_here = OPEN_HERE.lock();
-    let locked = || Error::JournalLocked {
-        path: path.to_path_buf(),
-    };
-    if open_here.contains(&key) {
-        return Err(locked());
-    }
     // SAFETY: a zeroed `flock` is a valid value of this plain C struct; fcntl reads it.
     let mut whole: libc::flock = unsafe { std::mem::zeroed() };
     whole.l_type = libc::F_WRLCK as libc::c_short;
@@ -321,14 +335,16 @@ fn lock(path: &Path) -> Result<LockFile, Error> {
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &whole) } != 0 {
         let error = std::io::Error::last_os_error();
         return match error.raw_os_error() {
-            Some(libc::EACCES | libc::EAGAIN) => Err(locked()),
+            Some(libc::EACCES | libc::EAGAIN) => Err(Error::JournalLocked {
+                path: path.to_path_buf(),
+            }),
             _ => Err(failed("lock", error)),
         };
     }
     open_here.push(key.clone());
     Ok(LockFile {
         path: key,
-        _file: file,
+        file: Some(file),
     })
 }
 
