@@ -214,3 +214,35 @@ fn an_item_too_big_for_the_budget_is_refused_before_it_is_sent() {
     assert_eq!(failed.attempts, 0);
     assert!(fake.prompts().is_empty(), "the item was sent");
 }
+
+#[test]
+fn items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest() {
+    // Three reservations fit, the fourth does not. The throttle lets one request through
+    // at a time (60 a minute, burst 1): two items wait on it, holding their reservations,
+    // when the fourth is refused and stops the run. They were admitted: they go.
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(4)
+        .requests_per_minute(60)
+        .burst(1)
+        .cost_estimate_usd(0.01)
+        .max_budget_usd(0.035)
+        .build()
+        .unwrap();
+    let results: Vec<_> = (0..4u32)
+        .into_par_iter()
+        .claude_map(&session, |i| format!("budget item {i:04}"))
+        .collect();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(f) if matches!(f.error, Error::BudgetExceeded { .. })))
+        .count();
+    let cancelled = results
+        .iter()
+        .filter(|r| matches!(r, Err(f) if matches!(f.error, Error::Cancelled)))
+        .count();
+    assert_eq!(cancelled, 0, "nobody cancelled this run: {results:?}");
+    assert_eq!(refused, 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+}

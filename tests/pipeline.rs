@@ -217,11 +217,13 @@ fn stopping_at_many_points_ends_every_received_item_exactly_once() {
         assert!(stats.received > k, "{what}: {stats:#?}");
         seen.assert_each_once(stats.received);
         // A stop fails only items it kept from being sent; the others fail for their own
-        // reason, or not at all.
+        // reason, or not at all. An item whose first try failed and that the stop caught
+        // before its retry keeps the error of that try (README, "Retries").
         for (id, error, attempts) in seen.failed.lock().unwrap().iter() {
             let stopped = matches!(error, Error::Cancelled) && *attempts == 0;
+            let between_tries = id % 10 == 8 && error.api_status() == Some(500) && *attempts == 1;
             assert!(
-                stopped || fails_for_good(*id),
+                stopped || between_tries || fails_for_good(*id),
                 "{what}: item {id} failed with {error:?} after {attempts} attempts"
             );
         }

@@ -31,11 +31,11 @@ const MAX_EXPECTED_CALLS: u64 = 8;
 const UNREACHABLE_AFTER: u32 = 3;
 
 /// The item warming the prompt cache; if it ends without an answer, the next one warms.
-struct Warming<'a>(&'a CacheGate);
+struct Warming<'a>(&'a CacheGate, u64);
 
 impl Drop for Warming<'_> {
     fn drop(&mut self) {
-        self.0.gave_up();
+        self.0.gave_up(self.1);
     }
 }
 
@@ -112,8 +112,11 @@ impl SessionWorld<'_> {
             .filter(|reason| !matches!(reason, Error::BudgetExceeded { .. }))
     }
 
+    /// Whether a wait of an item that holds its reservation must end: as
+    /// [`stop_holding_reservation`](Self::stop_holding_reservation), so a budget spent by
+    /// other items does not stop one it already has room for.
     fn should_stop(&self) -> bool {
-        self.stop.is_set() || self.inner.is_closed()
+        (self.stop.is_set() || self.inner.is_closed()) && self.stop_holding_reservation().is_some()
     }
 }
 
@@ -137,14 +140,20 @@ impl World for SessionWorld<'_> {
             .saturating_add(inner.config.output_token_allowance);
         // A cold shared prefix is warmed by one item before the others ask (they wait here,
         // before the throttle, holding nothing but their budget reservation).
-        let _warming = match &inner.cache_gate {
+        // Not a conversation's turn: it holds a process, and waiting at the gate for an item
+        // that waits for a process would wait forever.
+        let gate = match self.processes {
+            Processes::Pool => inner.cache_gate.as_ref(),
+            Processes::Held(_) => None,
+        };
+        let _warming = match gate {
             Some(gate) => match gate.enter(&|| self.should_stop()) {
                 None => {
                     return Err(AttemptError::NotStarted(
                         self.stop_holding_reservation().unwrap_or(Error::Cancelled),
                     ))
                 }
-                Some(GatePass::Warming) => Some(Warming(gate)),
+                Some(GatePass::Warming(ticket)) => Some(Warming(gate, ticket)),
                 Some(GatePass::Open) => None,
             },
             None => None,

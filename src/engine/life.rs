@@ -87,8 +87,11 @@ where
     P: AsRef<str>,
     W: World + ?Sized,
 {
-    if let Some(reason) = world.stop_reason() {
-        return Err(not_started(world, item, reason));
+    match world.stop_reason() {
+        // A spent budget still lets an answer come from the journal, at no cost: the item
+        // goes on, and is refused before any call if it has none there.
+        Some(Error::BudgetExceeded { .. }) | None => {}
+        Some(reason) => return Err(not_started(world, item, reason)),
     }
     // Built before a process is taken, so that a prompt closure that itself uses Claude
     // cannot starve the pool; a panic in it fails this item only.
@@ -538,6 +541,26 @@ mod tests {
         );
         let (_, answer) = live(&world2, "other", |_| "another prompt", &Policy::Plain).unwrap();
         assert_eq!(answer.response.text, "now it works");
+    }
+
+    #[test]
+    fn a_spent_budget_still_replays_what_the_journal_has() {
+        let spent = Error::BudgetExceeded {
+            budget_usd: 1.0,
+            spent_usd: 1.0,
+        };
+        let world = Script::new(0);
+        world
+            .journal
+            .borrow_mut()
+            .insert("the prompt".into(), Response::default());
+        *world.stop.borrow_mut() = Some(spent);
+        let (_, answer) = run(&world, &Policy::Plain).unwrap();
+        assert_eq!(answer.attempts, 0);
+        // An item the journal does not have is refused, without a call.
+        let failed = live(&world, "other", |_| "not journaled", &Policy::Plain).unwrap_err();
+        assert!(matches!(failed.error, Error::BudgetExceeded { .. }));
+        assert!(world.prompts.borrow().is_empty());
     }
 
     #[test]

@@ -22,8 +22,9 @@ struct State {
     durable: u64,
     /// Whether a writer is writing and syncing now.
     writing: bool,
-    /// The last write's failure, for the lines it carried (`failed_from..failed_to`).
-    failure: Option<(u64, u64, String)>,
+    /// Failed writes, for the lines each carried (`from..to`): every waiter of a failed
+    /// batch hears of it, however many batches failed since.
+    failures: Vec<(u64, u64, String)>,
 }
 
 impl GroupCommit {
@@ -43,9 +44,13 @@ impl GroupCommit {
         let mine = state.appended;
         loop {
             if state.durable >= mine {
-                return match &state.failure {
-                    Some((from, to, error)) if (*from..*to).contains(&mine) => Err(error.clone()),
-                    _ => Ok(()),
+                return match state
+                    .failures
+                    .iter()
+                    .find(|(from, to, _)| (*from..*to).contains(&mine))
+                {
+                    Some((_, _, error)) => Err(error.clone()),
+                    None => Ok(()),
                 };
             }
             if state.writing {
@@ -59,13 +64,22 @@ impl GroupCommit {
             drop(state);
             let written = {
                 let mut file = self.file.lock();
-                file.write_all(&batch).and_then(|()| file.sync_data())
+                let before = file.metadata().map(|m| m.len());
+                let written = file.write_all(&batch).and_then(|()| file.sync_data());
+                if written.is_err() {
+                    // A write that failed part way (a full disk) must not leave half a line
+                    // for the next batch to be glued to: cut the file back to where it was.
+                    if let Ok(len) = before {
+                        let _ = file.set_len(len);
+                    }
+                }
+                written
             };
             state = self.state.lock();
             state.writing = false;
             state.durable = to - 1;
             if let Err(error) = written {
-                state.failure = Some((from, to, error.to_string()));
+                state.failures.push((from, to, error.to_string()));
             }
             self.done.notify_all();
         }
@@ -103,5 +117,23 @@ mod tests {
         lines.sort_unstable();
         lines.dedup();
         assert_eq!(lines.len(), 400, "no line twice, none lost");
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_to_every_line_it_carried() {
+        // Linux's /dev/full fails every write with "no space left on device".
+        let Ok(full) = std::fs::OpenOptions::new().append(true).open("/dev/full") else {
+            return;
+        };
+        let commit = Arc::new(GroupCommit::new(full));
+        std::thread::scope(|s| {
+            for i in 0..4 {
+                let commit = Arc::clone(&commit);
+                s.spawn(move || {
+                    let error = commit.append(format!("line {i}\n").as_bytes()).unwrap_err();
+                    assert!(error.contains("space"), "{error}");
+                });
+            }
+        });
     }
 }

@@ -307,9 +307,10 @@ fn lock(path: &Path) -> Result<LockFile, Error> {
     };
     // The folder exists (the journal's was created); the name identifies the file.
     let key = match (lock_path.parent(), lock_path.file_name()) {
-        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => {
-            dir.canonicalize().map_err(|e| failed("find", e))?.join(name)
-        }
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => dir
+            .canonicalize()
+            .map_err(|e| failed("find", e))?
+            .join(name),
         _ => std::env::current_dir()
             .map_err(|e| failed("find", e))?
             .join(&lock_path),

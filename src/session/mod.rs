@@ -88,15 +88,18 @@ pub(crate) struct CacheGate {
 #[derive(Default)]
 struct GateState {
     warm_until: Option<Instant>,
-    warming: bool,
+    /// The ticket of the item warming now, if one is.
+    warming: Option<u64>,
+    next_ticket: u64,
 }
 
 /// What an item is at the gate.
 pub(crate) enum GatePass {
     /// The prefix is warm (or too small to cache): go.
     Open,
-    /// This item warms the prefix: others wait until its answer begins, or it gives up.
-    Warming,
+    /// This item warms the prefix (its ticket): others wait until its answer begins, or it
+    /// gives up.
+    Warming(u64),
 }
 
 impl CacheGate {
@@ -107,9 +110,11 @@ impl CacheGate {
             if state.warm_until.is_some_and(|until| until > Instant::now()) {
                 return Some(GatePass::Open);
             }
-            if !state.warming {
-                state.warming = true;
-                return Some(GatePass::Warming);
+            if state.warming.is_none() {
+                state.next_ticket += 1;
+                let ticket = state.next_ticket;
+                state.warming = Some(ticket);
+                return Some(GatePass::Warming(ticket));
             }
             if stopped() {
                 return None;
@@ -124,15 +129,17 @@ impl CacheGate {
     pub(crate) fn began(&self) {
         let mut state = self.state.lock();
         state.warm_until = Some(Instant::now() + CACHE_LIFETIME);
-        if std::mem::take(&mut state.warming) {
+        if state.warming.take().is_some() {
             self.changed.notify_all();
         }
     }
 
-    /// The warming item ended without an answer: the next one warms.
-    pub(crate) fn gave_up(&self) {
+    /// The warming item `ticket` ended: if it is still the one warming (no answer began),
+    /// the next one warms.
+    pub(crate) fn gave_up(&self, ticket: u64) {
         let mut state = self.state.lock();
-        if std::mem::take(&mut state.warming) {
+        if state.warming == Some(ticket) {
+            state.warming = None;
             self.changed.notify_all();
         }
     }
