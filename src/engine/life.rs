@@ -3,6 +3,7 @@
 //! answer) → counted as finished → `Ok` or `Failed`. The library's world is the session
 //! (`attempt.rs`); the unit tests below script one, with no clock and no process.
 
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -145,9 +146,9 @@ fn answer<W: World + ?Sized>(
     if crate::session::seal::is_blank(prompt) {
         return Err((Error::EmptyPrompt, 0));
     }
-    let asked = match policy {
-        Policy::Plain => prompt.to_owned(),
-        Policy::Strict { allowed, .. } => strict::instruction(prompt, allowed),
+    let asked: Cow<'_, str> = match policy {
+        Policy::Plain => Cow::Borrowed(prompt),
+        Policy::Strict { allowed, .. } => Cow::Owned(strict::instruction(prompt, allowed)),
     };
     if let Some(response) = world.replay(&asked) {
         let choice = match policy {

@@ -34,10 +34,8 @@ pub(crate) struct Run {
     session: Session,
     stop: Stop,
     progress: Option<RunProgress>,
-    /// The run's journal (its own, else the session's), and what besides the prompt decides
-    /// an answer.
+    /// The run's journal (its own, else the session's).
     journal: Option<Journal>,
-    settings: String,
 }
 
 impl Run {
@@ -80,7 +78,6 @@ impl Run {
             stop,
             progress,
             journal: session.inner.config.journal.clone(),
-            settings: session.inner.config.answer_settings(),
         }
     }
 
@@ -112,7 +109,10 @@ impl Run {
             progress: self.progress.as_ref(),
             processes,
             retries: true,
-            journal: self.journal.as_ref().map(|j| (j, self.settings.as_str())),
+            journal: self
+                .journal
+                .as_ref()
+                .map(|j| (j, self.session.inner.answer_settings.as_str())),
         }
     }
 

@@ -196,6 +196,8 @@ pub(crate) struct Inner {
     pub(crate) recent_calls: Mutex<VecDeque<u32>>,
     /// Warming the prompt cache of the shared prefix (`None`: nothing to warm).
     pub(crate) cache_gate: Option<CacheGate>,
+    /// What besides the prompt decides an answer (the journal's key), computed once.
+    pub(crate) answer_settings: String,
 }
 
 impl Session {
@@ -267,6 +269,7 @@ impl Session {
                 )))
             })?;
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
+        let answer_settings = config.answer_settings();
         let cache_gate = (config.warm_cache && config.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
             .then(CacheGate::default);
         Ok(Session {
@@ -287,6 +290,7 @@ impl Session {
                 unreachable_streak: AtomicU32::new(0),
                 recent_calls: Mutex::new(VecDeque::new()),
                 cache_gate,
+                answer_settings,
             }),
         })
     }
