@@ -81,3 +81,52 @@ fn a_conversation_turn_does_not_wait_at_the_gate() {
     assert!(turn.join().unwrap().is_ok());
     assert!(query.join().unwrap().is_ok());
 }
+
+#[test]
+fn a_cancel_ends_a_wait_at_the_gate_at_once() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(3)
+        .append_system_prompt("shared rubric line. ".repeat(300))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    // The warming item never answers.
+    let warming = {
+        let session = session.clone();
+        std::thread::spawn(move || session.query("[[sim:hang]] the warming item"))
+    };
+    support::wait_until("the warming item is sent", Duration::from_secs(10), || {
+        fake.prompts().iter().any(|(p, _)| p.contains("warming"))
+    });
+    // A run whose items wait at the gate for it, then a cancel.
+    let cancel = claude_rayon::Cancel::new();
+    let (tx, rx) = mpsc::channel();
+    let run = {
+        let (session, cancel) = (session.clone(), cancel.clone());
+        std::thread::spawn(move || {
+            let results: Vec<_> = (0..2)
+                .into_par_iter()
+                .claude_map(&session, |i| format!("item {i}"))
+                .with_cancel(&cancel)
+                .collect();
+            tx.send(()).ok();
+            results
+        })
+    };
+    support::wait_until(
+        "both items wait at the gate",
+        Duration::from_secs(10),
+        || session.stats().started == 3,
+    );
+    cancel.cancel();
+    let ended = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    let _ = session.clone().close(); // ends the hanging item
+    assert!(ended, "the cancelled items still waited at the gate");
+    let results = run.join().unwrap();
+    assert!(results
+        .iter()
+        .all(|r| matches!(r, Err(f) if matches!(f.error, claude_rayon::Error::Cancelled) && f.attempts == 0)));
+    assert!(warming.join().unwrap().is_err());
+}

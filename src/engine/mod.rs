@@ -70,9 +70,17 @@ impl Run {
     fn build(session: &Session, cancel: Option<&Cancel>, progress: Option<RunProgress>) -> Run {
         let stop = Stop::new(cancel.cloned());
         stop.watch(&session.inner.closing);
-        // Waits on the throttle end at once on a stop, not at their next poll.
+        // Waits on the throttle and at the cache gate end at once on a stop.
         let throttle = Arc::clone(&session.inner.throttle);
         stop.on_change(Box::new(move || throttle.wake_all()));
+        if session.inner.cache_gate.is_some() {
+            let session = session.clone();
+            stop.on_change(Box::new(move || {
+                if let Some(gate) = &session.inner.cache_gate {
+                    gate.wake();
+                }
+            }));
+        }
         Run {
             session: session.clone(),
             stop,

@@ -116,13 +116,19 @@ impl CacheGate {
                 state.warming = Some(ticket);
                 return Some(GatePass::Warming(ticket));
             }
+            // Checked under the lock, so a stop's wake-up (`wake`) cannot slip in between.
             if stopped() {
                 return None;
             }
-            // Woken when the answer begins or the warming item gives up; the timeout only
-            // rechecks the stop.
-            self.changed.wait_for(&mut state, Duration::from_millis(20));
+            // Woken when the answer begins, the warming item gives up, or the run stops.
+            self.changed.wait(&mut state);
         }
+    }
+
+    /// Wake the items waiting here so that they recheck their stop (a run's stop hook).
+    pub(crate) fn wake(&self) {
+        let _state = self.state.lock();
+        self.changed.notify_all();
     }
 
     /// An answer began: the prefix is warm for a while (every read refreshes it).
