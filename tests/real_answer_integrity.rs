@@ -15,10 +15,7 @@ use support::mock_api::{Fault, Reply};
 use support::Real;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn an_answer_cut_at_max_tokens_comes_back_whole() {
     let Some(real) = Real::start("an_answer_cut_at_max_tokens_comes_back_whole") else {
         return;
@@ -44,10 +41,7 @@ fn an_answer_cut_at_max_tokens_comes_back_whole() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_stream_that_ended_early_is_not_the_answer() {
     let Some(real) = Real::start("a_stream_that_ended_early_is_not_the_answer") else {
         return;
@@ -66,10 +60,7 @@ fn a_stream_that_ended_early_is_not_the_answer() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_refusal_fails_at_once() {
     let Some(real) = Real::start("a_refusal_fails_at_once") else {
         return;
@@ -96,10 +87,7 @@ fn a_refusal_fails_at_once() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_model_that_does_not_exist_stops_the_run() {
     let Some(real) = Real::start("a_model_that_does_not_exist_stops_the_run") else {
         return;
@@ -123,10 +111,7 @@ fn a_model_that_does_not_exist_stops_the_run() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_call_the_cli_sends_again_after_a_cut_stream_is_counted() {
     let Some(real) = Real::start("a_call_the_cli_sends_again_after_a_cut_stream_is_counted") else {
         return;

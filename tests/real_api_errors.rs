@@ -12,10 +12,7 @@ use support::mock_api::{Fault, Reply};
 use support::Real;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn api_faults_map_to_typed_errors_and_the_process_survives() {
     let Some(real) = Real::start("api_faults_map_to_typed_errors_and_the_process_survives") else {
         return;
@@ -84,10 +81,7 @@ fn api_faults_map_to_typed_errors_and_the_process_survives() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_401_is_an_authentication_error_that_says_how_to_log_in() {
     let Some(real) = Real::start("a_401_is_an_authentication_error_that_says_how_to_log_in") else {
         return;
@@ -116,10 +110,7 @@ fn a_401_is_an_authentication_error_that_says_how_to_log_in() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn the_librarys_retry_recovers_from_a_fault_on_the_first_request() {
     let Some(real) = Real::start("the_librarys_retry_recovers_from_a_fault_on_the_first_request")
     else {

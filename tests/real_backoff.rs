@@ -17,10 +17,7 @@ const R: u32 = 30;
 const ITEMS: usize = 40;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_batch_over_the_apis_rate_limit_completes_through_back_off_and_retries() {
     let test = "a_batch_over_the_apis_rate_limit_completes_through_back_off_and_retries";
     let Some(real) = Real::start(test) else {

@@ -64,10 +64,7 @@ fn run(real: &Real, warm: bool, items: usize) -> (usize, usize, f64) {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_shared_instruction_is_written_once_and_read_by_every_other_item() {
     let Some(real) =
         Real::start("a_shared_instruction_is_written_once_and_read_by_every_other_item")

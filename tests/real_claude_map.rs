@@ -12,10 +12,7 @@ use support::mock_api::Reply;
 use support::Real;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn fifty_items_each_get_their_own_answer() {
     let Some(real) = Real::start("fifty_items_each_get_their_own_answer") else {
         return;

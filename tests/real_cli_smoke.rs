@@ -7,10 +7,7 @@ use support::mock_api::Reply;
 use support::Real;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn the_real_cli_answers_a_query_through_the_mock_api() {
     let Some(real) = Real::start("the_real_cli_answers_a_query_through_the_mock_api") else {
         return;

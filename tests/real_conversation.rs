@@ -7,10 +7,7 @@ use support::mock_api::Reply;
 use support::Real;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_conversation_keeps_context_and_the_next_query_does_not_see_it() {
     let Some(real) = Real::start("a_conversation_keeps_context_and_the_next_query_does_not_see_it")
     else {

@@ -53,10 +53,7 @@ fn run_host(home: &str, cwd: &str) -> ! {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn everything_the_cli_started_dies_with_a_killed_host() {
     if let (Ok(home), Ok(cwd)) = (std::env::var(CHILD_HOME), std::env::var(CHILD_CWD)) {
         run_host(&home, &cwd);

@@ -15,10 +15,7 @@ fn item_number(prompt: &str) -> u32 {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn filter_and_group_by_through_the_real_cli() {
     let Some(real) = Real::start("filter_and_group_by_through_the_real_cli") else {
         return;

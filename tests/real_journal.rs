@@ -62,10 +62,7 @@ fn texts(results: Vec<claude_rayon::MapResult<&String>>) -> Vec<String> {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_run_killed_mid_way_pays_only_for_the_rest_on_rerun() {
     if let (Ok(home), Ok(journal)) = (std::env::var(CHILD_HOME), std::env::var(CHILD_JOURNAL)) {
         run_host(&home, &journal);

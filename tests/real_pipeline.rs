@@ -17,10 +17,7 @@ use support::Real;
 type Stored = Batch<(u32, String)>;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_short_pipeline_through_the_real_cli_batches_every_answer_with_its_item() {
     let Some(real) =
         Real::start("a_short_pipeline_through_the_real_cli_batches_every_answer_with_its_item")

@@ -36,10 +36,7 @@ fn assert_usage_matches_mock(response: &Response, request: &RecordedRequest, rep
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn query_returns_the_answer_with_its_own_usage_and_cost() {
     let Some(real) = Real::start("query_returns_the_answer_with_its_own_usage_and_cost") else {
         return;
@@ -82,10 +79,7 @@ fn query_returns_the_answer_with_its_own_usage_and_cost() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn each_query_reaches_the_api_with_only_its_own_prompt() {
     let Some(real) = Real::start("each_query_reaches_the_api_with_only_its_own_prompt") else {
         return;
@@ -121,10 +115,7 @@ fn each_query_reaches_the_api_with_only_its_own_prompt() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn the_default_request_carries_no_tools_and_is_small() {
     let Some(real) = Real::start("the_default_request_carries_no_tools_and_is_small") else {
         return;

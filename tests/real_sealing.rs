@@ -156,10 +156,7 @@ fn assert_nothing_rode_along(real: &Real, hostile: &Hostile) {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn items_that_attack_the_cli_reach_the_model_as_text() {
     let Some(real) = Real::start("items_that_attack_the_cli_reach_the_model_as_text") else {
         return;
@@ -209,10 +206,7 @@ fn items_that_attack_the_cli_reach_the_model_as_text() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_session_without_a_model_does_not_take_the_projects() {
     let Some(real) = Real::start("a_session_without_a_model_does_not_take_the_projects") else {
         return;
@@ -238,10 +232,7 @@ fn a_session_without_a_model_does_not_take_the_projects() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close() {
     let Some(real) =
         Real::start("without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close")
@@ -272,10 +263,7 @@ fn without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn control_the_same_machine_leaks_when_the_seal_is_opened() {
     let Some(real) = Real::start("control_the_same_machine_leaks_when_the_seal_is_opened") else {
         return;
@@ -323,10 +311,7 @@ fn control_the_same_machine_leaks_when_the_seal_is_opened() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_cli_that_cannot_clear_never_lets_items_share_context() {
     let Some(real) = Real::start("a_cli_that_cannot_clear_never_lets_items_share_context") else {
         return;
@@ -360,10 +345,7 @@ fn a_cli_that_cannot_clear_never_lets_items_share_context() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn blank_items_fail_typed_without_a_call() {
     let Some(real) = Real::start("blank_items_fail_typed_without_a_call") else {
         return;

@@ -43,10 +43,7 @@ fn run_host(home: &str) -> ! {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_cli_dying_mid_write_does_not_kill_a_host_with_default_sigpipe() {
     if let Ok(home) = std::env::var(CHILD_ENV) {
         run_host(&home);

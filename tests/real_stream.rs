@@ -11,10 +11,7 @@ use support::mock_api::Reply;
 use support::Real;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_stream_through_the_real_cli_keeps_each_answer_with_its_item_in_order() {
     let Some(real) =
         Real::start("a_stream_through_the_real_cli_keeps_each_answer_with_its_item_in_order")
@@ -52,10 +49,7 @@ fn a_stream_through_the_real_cli_keeps_each_answer_with_its_item_in_order() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn windows_through_the_real_cli_each_get_their_own_answer() {
     let Some(real) = Real::start("windows_through_the_real_cli_each_get_their_own_answer") else {
         return;

@@ -16,10 +16,7 @@ struct Verdict {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn json_schema_gives_a_structured_answer_and_a_missing_one_is_an_error() {
     let Some(real) =
         Real::start("json_schema_gives_a_structured_answer_and_a_missing_one_is_an_error")

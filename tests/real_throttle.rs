@@ -11,10 +11,7 @@ use rayon::prelude::*;
 use support::Real;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_batch_at_the_apis_rate_limit_gets_no_429() {
     const R: u32 = 30;
     const ITEMS: usize = 45;
@@ -55,10 +52,7 @@ fn a_batch_at_the_apis_rate_limit_gets_no_429() {
 /// text: two API calls per item. The throttle learns it and charges items for both, so a run
 /// at the API's limit still gets no 429. About 20 s: 40 calls at R = 30 per minute.
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn items_that_make_two_calls_each_still_get_no_429() {
     const R: u32 = 30;
     const ITEMS: usize = 20;

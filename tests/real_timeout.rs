@@ -10,10 +10,7 @@ use support::mock_api::Reply;
 use support::{pid_alive, wait_until, Real};
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_timed_out_item_kills_its_process_and_the_next_item_succeeds() {
     let Some(real) = Real::start("a_timed_out_item_kills_its_process_and_the_next_item_succeeds")
     else {

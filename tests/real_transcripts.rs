@@ -26,10 +26,7 @@ fn run_batch(real: &Real, persist: bool) {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn a_batch_leaves_no_transcripts_by_default() {
     let Some(real) = Real::start("a_batch_leaves_no_transcripts_by_default") else {
         return;
@@ -41,10 +38,7 @@ fn a_batch_leaves_no_transcripts_by_default() {
 }
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn persist_sessions_keeps_transcripts() {
     let Some(real) = Real::start("persist_sessions_keeps_transcripts") else {
         return;

@@ -11,10 +11,7 @@ use rayon::prelude::*;
 use support::Real;
 
 #[test]
-#[cfg_attr(
-    claude_rayon_no_cli,
-    ignore = "needs the claude CLI: set CLAUDE_CODE_BIN (README, Tests)"
-)]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn an_unreachable_api_stops_the_run_within_seconds() {
     let Some(real) = Real::start("an_unreachable_api_stops_the_run_within_seconds") else {
         return;
