@@ -9,7 +9,8 @@
 //! ```
 //!
 //! What it still does not do, that the library does: reuse a warm process (each item pays a
-//! cold start of about 0.7 s), seal the CLI from the user's configuration, share a back-off
+//! cold start of about 0.7 s), keep a user's `settings.json` from turning attachments back on
+//! (it passes the CLI's sealing flags, no more), check the CLI's version, share a back-off
 //! across workers after a 429, limit tokens, cap the budget, resume after a crash.
 
 use std::collections::HashMap;
@@ -37,6 +38,14 @@ fn ask_claude(cli: &str, prompt: &str) -> Result<String, String> {
             "stream-json",
         ])
         .args(["--verbose", "--tools", "", "--no-session-persistence"])
+        // No user or project configuration, hooks or MCP servers; no `@file` from the text.
+        .args([
+            "--setting-sources",
+            "user",
+            "--safe-mode",
+            "--strict-mcp-config",
+        ])
+        .env("CLAUDE_CODE_DISABLE_ATTACHMENTS", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
