@@ -44,10 +44,22 @@ pub(crate) fn seal_args(load_user_config: bool) -> Vec<&'static str> {
     args
 }
 
+/// Set for every process, sealed or not.
+const ALWAYS_ENV: &[(&str, &str)] = &[
+    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ("CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS", "1"),
+];
+
 /// Environment variables that seal every process; also passed through `--settings` so that
 /// the user's own settings file cannot turn them back off.
 pub(crate) fn seal_env(load_user_config: bool, interpret_item_text: bool) -> Vec<(String, String)> {
-    let mut env = Vec::new();
+    // Always, whatever the switches: the CLI's own model calls (2.1.197 asks for a session
+    // title with the item's whole text, once per item) and programs it runs in its working
+    // folder (git, which runs a checkout's `core.fsmonitor`) are nothing the user asked for.
+    let mut env: Vec<(String, String)> = ALWAYS_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     if !interpret_item_text {
         env.push((
             "CLAUDE_CODE_DISABLE_ATTACHMENTS".to_string(),
@@ -304,7 +316,11 @@ mod tests {
             serde_json::from_str(&seal_settings(true, false).unwrap()).unwrap();
         assert_eq!(reopened["env"]["CLAUDE_CODE_DISABLE_ATTACHMENTS"], "1");
         assert!(reopened["env"].get("CLAUDE_CODE_SAFE_MODE").is_none());
-        assert_eq!(seal_settings(true, true), None);
+        let open: serde_json::Value =
+            serde_json::from_str(&seal_settings(true, true).unwrap()).unwrap();
+        assert_eq!(open["env"]["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"], "1");
+        assert_eq!(open["env"]["CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS"], "1");
+        assert!(open["env"].get("CLAUDE_CODE_DISABLE_ATTACHMENTS").is_none());
         assert!(seal_args(false).contains(&"--safe-mode"));
         assert!(!seal_args(true).contains(&"--safe-mode"));
         assert!(seal_args(true).contains(&"--setting-sources"));

@@ -497,12 +497,13 @@ impl MockApi {
     /// Environment for a child `claude` pointed at this mock with `HOME=home`.
     /// Also remove `CLAUDECODE` from the child's env (`Command::env_remove`).
     /// Retries are left at the CLI default; add `CLAUDE_CODE_MAX_RETRIES` for fault tests.
+    /// `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC` is deliberately not set here: the library's
+    /// seal must set it, and the tests must see what a user's environment would give.
     pub fn cli_env(&self, home: &Path) -> Vec<(String, String)> {
         let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
         vec![
             kv("ANTHROPIC_BASE_URL", &self.url()),
             kv("ANTHROPIC_API_KEY", "sk-ant-test-mock-key"),
-            kv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
             kv("HOME", &home.to_string_lossy()),
             // Keep the CLI off every other host and out of the user's real config.
             kv("XDG_CONFIG_HOME", &home.join(".config").to_string_lossy()),
