@@ -292,3 +292,37 @@ impl Real {
         out
     }
 }
+
+/// An item text like a user's: a support ticket of about `len` characters (prose, no marker
+/// at the start), different for every `seed`.
+pub fn ticket(seed: usize, len: usize) -> String {
+    const OPENINGS: [&str; 5] = [
+        "Hello, I am writing about my order",
+        "Since last Tuesday our team has been unable to sign in",
+        "We were charged twice for the same invoice",
+        "The export to spreadsheet feature stopped working",
+        "After the latest update the mobile app crashes",
+    ];
+    const SENTENCES: [&str; 8] = [
+        "I tried clearing the cache and logging in again, but nothing changed.",
+        "Our account manager said this would be fixed within a week, and it has been three.",
+        "The error message only says that something went wrong and to try again later.",
+        "Could you please look into it and tell me what we should do in the meantime?",
+        "This affects about forty people in the finance department every single morning.",
+        "I have attached nothing here because the upload form rejects every file we try.",
+        "We are on the annual plan and renewed it in March without any trouble at all.",
+        "If a refund is the simplest way to settle this, we would accept one gladly.",
+    ];
+    let mut text = format!(
+        "{} (reference {:05}).",
+        OPENINGS[seed % OPENINGS.len()],
+        seed * 7919 % 100_000
+    );
+    let mut i = seed;
+    while text.len() < len {
+        text.push(' ');
+        text.push_str(SENTENCES[i % SENTENCES.len()]);
+        i = (i * 31 + 7) % 1_000_003;
+    }
+    text
+}

@@ -192,6 +192,9 @@ pub struct RecordedRequest {
     pub cache_read: usize,
     /// Input tokens this request wrote to the prompt cache (0 until it is answered).
     pub cache_write: usize,
+    /// Input tokens billed outside the cache (0 until it is answered): with `cache_read` and
+    /// `cache_write`, what the API counts for this request.
+    pub input_tokens: usize,
 }
 
 /// Input tokens of one request: read from the cache, written to it, and the rest.
@@ -853,6 +856,7 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
         body,
         cache_read: 0,
         cache_write: 0,
+        input_tokens: 0,
     };
     let idx = {
         let mut reqs = lock(&inner.requests);
@@ -919,6 +923,7 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
     if let Some(r) = lock(&inner.requests).get_mut(idx) {
         r.cache_read = tokens.read;
         r.cache_write = tokens.write;
+        r.input_tokens = tokens.input;
     }
     let (code, keep) = match &reply {
         Reply::Fault(Fault::Status { code, retry_after }) => {
