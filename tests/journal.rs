@@ -529,3 +529,157 @@ fn a_forged_key_collision_is_asked_not_replayed() {
     assert_eq!(answer.text, format!("echo: {evil}"));
     assert_eq!(fake.prompts().len(), 2, "both invoices reached the model");
 }
+
+/// A session on `fake` with its journal at `path`, `HOME` at `home` (so that the settings
+/// file the CLI would read is `home/.claude/settings.json`).
+fn session_with_home(
+    fake: &Fake,
+    home: &Path,
+    path: &Path,
+    more: impl FnOnce(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder,
+) -> Session {
+    more(fake.builder())
+        .env("HOME", home.to_str().unwrap())
+        .env_remove("CLAUDE_CONFIG_DIR")
+        .journal(path)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_way_of_choosing_the_model_asks_again() {
+    let fake = Fake::new();
+    let home = fake.dir.path().join("home");
+    std::fs::create_dir_all(home.join(".claude")).unwrap();
+    let path = journal_path(&fake);
+    let prompt = "Summarise the attached quarterly report in three sentences for the board.";
+    // Whether `prompt` was answered from the journal by a session set up by `more`.
+    let replayed = |more: &dyn Fn(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder| {
+        let session = session_with_home(&fake, &home, &path, more);
+        session.query(prompt).unwrap().replayed
+    };
+    let plain = |b| b;
+    assert!(!replayed(&plain));
+    assert!(replayed(&plain), "the same settings replay");
+    let ways: [(
+        &str,
+        &dyn Fn(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder,
+    ); 5] = [
+        ("arg(--model)", &|b| {
+            b.arg("--model").arg("claude-haiku-4-5")
+        }),
+        ("arg(--model=)", &|b| b.arg("--model=claude-opus-4-1")),
+        ("env ANTHROPIC_MODEL", &|b| {
+            b.env("ANTHROPIC_MODEL", "claude-haiku-4-5")
+        }),
+        ("load_user_config", &|b| b.load_user_config(true)),
+        ("interpret_item_text", &|b| b.interpret_item_text(true)),
+    ];
+    for (way, more) in ways {
+        assert!(!replayed(more), "{way}: replayed another model's answer");
+        assert!(replayed(more), "{way}: its own answer replays");
+    }
+    // The user's settings file, which the sealed CLI still reads: its model, its env block.
+    let settings = home.join(".claude/settings.json");
+    for text in [
+        r#"{"model": "claude-haiku-4-5"}"#,
+        r#"{"model": "claude-opus-4-1"}"#,
+        r#"{"env": {"ANTHROPIC_MODEL": "claude-haiku-4-5"}}"#,
+    ] {
+        std::fs::write(&settings, text).unwrap();
+        assert!(
+            !replayed(&plain),
+            "settings {text}: replayed another model's answer"
+        );
+        assert!(replayed(&plain), "settings {text}: its own answer replays");
+    }
+    assert_eq!(fake.prompts().len(), 9);
+}
+
+#[test]
+fn a_session_whose_model_cannot_be_known_is_refused_by_the_journal() {
+    let fake = Fake::new();
+    let home = fake.dir.path().join("home");
+    // A settings file that cannot be read (a folder in its place): the CLI's model is unknown.
+    std::fs::create_dir_all(home.join(".claude/settings.json")).unwrap();
+    let path = journal_path(&fake);
+    let err = fake
+        .builder()
+        .env("HOME", home.to_str().unwrap())
+        .env_remove("CLAUDE_CONFIG_DIR")
+        .journal(&path)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Journal { .. }), "{err}");
+    assert!(err.to_string().contains("settings.json"), "{err}");
+    // The same session without a journal runs; given one per run, it refuses each item,
+    // handing it back, without a call.
+    let session = fake
+        .builder()
+        .env("HOME", home.to_str().unwrap())
+        .env_remove("CLAUDE_CONFIG_DIR")
+        .build()
+        .unwrap();
+    session
+        .query("no journal, no question about the model")
+        .unwrap();
+    let journal = Journal::open(&path).unwrap();
+    let results: Vec<_> = ["first item of the run", "second item of the run"]
+        .par_iter()
+        .claude_map(&session, |p| *p)
+        .with_journal(&journal)
+        .collect();
+    for result in results {
+        let failed = result.unwrap_err();
+        assert!(
+            matches!(failed.error, Error::Journal { .. }),
+            "{}",
+            failed.error
+        );
+        assert_eq!(failed.attempts, 0);
+    }
+    assert_eq!(fake.prompts().len(), 1);
+}
+
+/// Run by `the_inherited_model_is_in_the_key` in a child copy of this test binary, with
+/// `ANTHROPIC_MODEL` in its environment.
+const CHILD_MODEL_JOURNAL: &str = "CLAUDE_RAYON_TEST_CHILD_MODEL_JOURNAL";
+
+#[test]
+fn the_inherited_model_is_in_the_key() {
+    if let Ok(path) = std::env::var(CHILD_MODEL_JOURNAL) {
+        let fake = Fake::new();
+        let session = fake.builder().journal(&path).build().unwrap();
+        let answer = session
+            .query("Draft a polite reminder about the overdue invoice from March.")
+            .unwrap();
+        println!("\nCHILD REPLAYED {}", answer.replayed);
+        return;
+    }
+    let fake = Fake::new();
+    let path = journal_path(&fake);
+    let run_with = |model: &str| {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "the_inherited_model_is_in_the_key",
+                "--nocapture",
+            ])
+            .env(CHILD_MODEL_JOURNAL, &path)
+            .env("ANTHROPIC_MODEL", model)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout).into_owned();
+        out.lines()
+            .find_map(|l| l.strip_prefix("CHILD REPLAYED "))
+            .unwrap_or_else(|| panic!("the child said nothing: {out}"))
+            .to_string()
+    };
+    assert_eq!(run_with("claude-haiku-4-5"), "false");
+    assert_eq!(run_with("claude-haiku-4-5"), "true");
+    assert_eq!(
+        run_with("claude-opus-4-1"),
+        "false",
+        "another model's answer replayed"
+    );
+}

@@ -552,10 +552,18 @@ impl SessionBuilder {
         let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
         super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
         let mut config = self.config;
+        // Read now, once: what the processes will read (settings files, the environment).
+        let answer_settings = config.answer_settings();
         if let Some(path) = &config.journal_path {
+            if let Err(why) = &answer_settings {
+                return Err(Error::Journal {
+                    path: path.clone(),
+                    message: why.clone(),
+                });
+            }
             config.journal = Some(crate::Journal::open(path)?);
         }
-        Session::from_config(config, cli)
+        Session::from_config(config, cli, answer_settings)
     }
 }
 

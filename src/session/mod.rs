@@ -8,6 +8,7 @@
 //!   errors and logs), `spawner` (the one thread that starts processes, and the watchdog).
 
 pub(crate) mod builder;
+mod fingerprint;
 mod launch;
 pub(crate) mod locate;
 mod options;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use builder::SessionBuilder;
+pub(crate) use fingerprint::AnswerSettings;
 pub use locate::CLI_ENV_VAR;
 pub use options::{Effort, PermissionMode};
 
@@ -202,8 +204,9 @@ pub(crate) struct Inner {
     pub(crate) recent_calls: Mutex<VecDeque<u32>>,
     /// Warming the prompt cache of the shared prefix (`None`: nothing to warm).
     pub(crate) cache_gate: Option<CacheGate>,
-    /// What besides the prompt decides an answer (the journal's key), computed once.
-    pub(crate) answer_settings: String,
+    /// What besides the prompt decides an answer (the journal's key), computed once; `Err`
+    /// when it cannot be known (a journal then refuses every item).
+    pub(crate) answer_settings: fingerprint::AnswerSettings,
 }
 
 impl Session {
@@ -218,7 +221,11 @@ impl Session {
         SessionBuilder::default()
     }
 
-    pub(crate) fn from_config(config: Config, cli: PathBuf) -> Result<Session, Error> {
+    pub(crate) fn from_config(
+        config: Config,
+        cli: PathBuf,
+        answer_settings: fingerprint::AnswerSettings,
+    ) -> Result<Session, Error> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let private_dir = match &config.cwd {
@@ -275,7 +282,6 @@ impl Session {
                 )))
             })?;
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
-        let answer_settings = config.answer_settings();
         let cache_gate = (config.warm_cache && config.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
             .then(CacheGate::default);
         Ok(Session {
