@@ -10,6 +10,11 @@ use crate::retry::RetryPolicy;
 use crate::throttle::Throttle;
 use crate::{Error, Session};
 
+/// How long the other items wait, by default, for the item warming the prompt cache to begin
+/// its answer: a process start (about 1 s, several on a busy machine) and the API's time to
+/// first token (seconds), with room to spare, yet far below an item's timeout.
+const DEFAULT_WARM_CACHE_WAIT: Duration = Duration::from_secs(20);
+
 /// The longest line read from the CLI by default: answers of tens of megabytes fit.
 const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -88,6 +93,8 @@ pub(crate) struct Config {
     pub on_progress: Option<crate::progress::Callback>,
     /// Whether a cold shared prefix is warmed by one item before the others go.
     pub warm_cache: bool,
+    /// The longest the others wait for the warming item's answer to begin.
+    pub warm_cache_wait: Duration,
     /// Where the session's journal is, opened by `build()`.
     pub journal_path: Option<PathBuf>,
     pub journal: Option<crate::Journal>,
@@ -136,6 +143,7 @@ impl Default for SessionBuilder {
                 progress: false,
                 on_progress: None,
                 warm_cache: true,
+                warm_cache_wait: DEFAULT_WARM_CACHE_WAIT,
                 journal_path: None,
                 journal: None,
                 #[cfg(feature = "progress")]
@@ -504,6 +512,23 @@ impl SessionBuilder {
     /// it, the first `concurrency` items each write their own entry at 1.25× the input price.
     pub fn warm_cache(mut self, warm: bool) -> Self {
         self.config.warm_cache = warm;
+        self
+    }
+
+    /// The longest the other items wait at the start of a run for the item warming the prompt
+    /// cache (see [`warm_cache`](Self::warm_cache)) to begin its answer (default 20 s, and
+    /// never longer than [`timeout`](Self::timeout)). Past it they go without the cache
+    /// (each may write its own entry), so one item that hangs or is slow never holds up the
+    /// batch; a cancel or a close ends the wait at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = claude_rayon::Session::builder().warm_cache_wait(Duration::from_secs(5));
+    /// ```
+    pub fn warm_cache_wait(mut self, wait: Duration) -> Self {
+        self.config.warm_cache_wait = wait;
         self
     }
 
