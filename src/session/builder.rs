@@ -450,7 +450,9 @@ impl SessionBuilder {
 
     /// A spending cap for the whole session, in US dollars. Once the next item's estimated
     /// cost no longer fits, no further call is made and items fail with
-    /// [`Error::BudgetExceeded`].
+    /// [`Error::BudgetExceeded`]. An item whose own prompt would cost more than is left
+    /// (a huge document) fails alone with [`Error::ItemOverBudget`], without spending the
+    /// budget: the other items go on.
     pub fn max_budget_usd(mut self, budget: f64) -> Self {
         self.config.max_budget_usd = Some(budget);
         self
