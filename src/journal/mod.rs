@@ -34,9 +34,11 @@ use format::{Key, Record, HEADER, HEADER_V1};
 /// Give it to a session ([`SessionBuilder::journal`](crate::SessionBuilder::journal)) or to one
 /// run (`with_journal` on the adaptors, [`PipelineBuilder::journal`](crate::pipeline::PipelineBuilder::journal)).
 /// An item's answer is written (and synced to disk) before it is handed to you, keyed by
-/// everything that decides it: the prompt exactly as sent, and the session's model, system
-/// prompts, JSON schema, tools, effort and max turns. Change one item's text and only that
-/// item is asked again; change the model and all are. Failed items are recorded too, for
+/// everything that decides it: the prompt exactly as sent, and the session's system prompts,
+/// JSON schema, tools, effort, max turns, extra arguments and model, however the CLI process
+/// gets it (the builder, `arg("--model")`, `ANTHROPIC_MODEL` set or inherited, the user's
+/// `settings.json`; README, "Resume"). Change one item's text and only that item is asked
+/// again; change the model and all are. Failed items are recorded too, for
 /// inspection, but never replayed: a rerun tries them again.
 ///
 /// A replayed answer has [`Response::replayed`] set and keeps the cost it had when it was
@@ -96,7 +98,8 @@ impl Journal {
     /// # Errors
     ///
     /// [`Error::JournalLocked`] if another program (or another `Journal` in this one) has it
-    /// open; [`Error::Journal`] if it cannot be read or written, or is not a journal.
+    /// open, by any path; [`Error::Journal`] if it cannot be read or written, is not a
+    /// journal, is a symbolic link, or was written by a version whose keys could be forged.
     ///
     /// # Examples
     ///

@@ -510,7 +510,8 @@ impl SessionBuilder {
     /// system prompt and [`append_system_prompt`](Self::append_system_prompt)) is large
     /// enough to be cached and no answer has begun in the last minutes, the first item goes
     /// alone until its answer has begun, then the rest go in parallel and read the entry it
-    /// wrote. It costs at most one item's time to first answer at the start of a run; without
+    /// wrote. It costs at most one item's time to first answer at the start of a run (never
+    /// more than [`warm_cache_wait`](Self::warm_cache_wait)); without
     /// it, the first `concurrency` items each write their own entry at 1.25× the input price.
     pub fn warm_cache(mut self, warm: bool) -> Self {
         self.config.warm_cache = warm;
@@ -556,7 +557,8 @@ impl SessionBuilder {
     /// [`Error::CliNotFound`] when no CLI is found, [`Error::CliUnsupported`] when it is too
     /// old to be sealed (or does not say its version), [`Error::InvalidConfig`] for invalid
     /// or contradictory settings, [`Error::JournalLocked`] or [`Error::Journal`] when the
-    /// journal cannot be opened.
+    /// journal cannot be opened, or cannot tell which model answers (a settings file the CLI
+    /// would read cannot be read).
     ///
     /// # Examples
     ///
