@@ -2,7 +2,7 @@
 //! a checksum of its own body, so a torn or damaged line is recognised and skipped.
 //!
 //! ```text
-//! {"claude_rayon_journal":1}
+//! {"claude_rayon_journal":2}
 //! {"crc":"1c291ca3","r":{"key":"9f…","answer":{"text":"…","cost_usd":0.0021,…}}}
 //! {"crc":"77a0e1b2","r":{"key":"03…","error":"API error (status 400): …"}}
 //! ```
