@@ -12,7 +12,9 @@
 //! Answers are kept in a journal in the output folder (`journal.jsonl`), so a rerun after an
 //! interruption (Ctrl-C, a crash, an expired login) pays only for the analyses not done yet;
 //! `--no-journal` asks everything again.
-//! Files ignored by `.gitignore`, binary files and files over 200 KB are skipped.
+//! Files ignored by `.gitignore`, binary files and files over 200 KB are skipped. Symbolic
+//! links are never followed (a link to a file or a folder is skipped): nothing outside the
+//! tree you name is read or sent.
 
 mod common;
 
@@ -27,6 +29,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 const MAX_FILE_BYTES: u64 = 200 * 1024;
+
+const USAGE: &str = "usage: analyze_codebase [--simulate] [--model M] [--concurrency N] \
+    [--out DIR] [--max-files N] [--budget USD] [--no-journal] DIR";
 
 /// One analysis: its name and what to look for.
 const ANALYSES: [(&str, &str); 3] = [
@@ -65,9 +70,14 @@ struct Findings {
 #[derive(Debug, Clone)]
 struct Job {
     path: PathBuf,
+    /// The file's device and inode as the walk found it: only that file is read.
+    id: (u64, u64),
     language: &'static str,
     analysis: usize,
 }
+
+/// A source file the walk found: its path, identity and language.
+type Source = (PathBuf, (u64, u64), &'static str);
 
 fn language_of(path: &Path) -> Option<&'static str> {
     let ext = path.extension()?.to_str()?;
@@ -96,17 +106,22 @@ fn language_of(path: &Path) -> Option<&'static str> {
     })
 }
 
-/// Source files under `root`: .gitignore respected, binary and huge files skipped.
-fn source_files(root: &Path) -> (Vec<(PathBuf, &'static str)>, usize) {
+/// Source files under `root`: .gitignore respected, binary and huge files skipped, and no
+/// symbolic link followed (the walker does not enter linked folders, and a linked file is
+/// skipped), so that nothing outside the tree is read.
+fn source_files(root: &Path) -> (Vec<Source>, usize) {
     let mut files = Vec::new();
     let mut skipped = 0;
     // .gitignore counts outside a git checkout too (an unpacked tarball, say).
-    let walker = ignore::WalkBuilder::new(root).require_git(false).build();
+    let walker = ignore::WalkBuilder::new(root)
+        .require_git(false)
+        .follow_links(false)
+        .build();
     for entry in walker.flatten() {
         let path = entry.path();
-        if !path.is_file() {
+        let Some(id) = common::plain_file_id(path) else {
             continue;
-        }
+        };
         let Some(language) = language_of(path) else {
             continue;
         };
@@ -114,28 +129,28 @@ fn source_files(root: &Path) -> (Vec<(PathBuf, &'static str)>, usize) {
             .metadata()
             .map(|m| m.len() > MAX_FILE_BYTES)
             .unwrap_or(true);
-        if too_big || is_binary(path) {
+        if too_big || is_binary(path, id) {
             skipped += 1;
             continue;
         }
-        files.push((path.to_path_buf(), language));
+        files.push((path.to_path_buf(), id, language));
     }
     files.sort();
     (files, skipped)
 }
 
-fn is_binary(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 8192];
-    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
-        Ok(n) => head[..n].contains(&0),
+fn is_binary(path: &Path, id: (u64, u64)) -> bool {
+    match common::read_walked_file(path, id) {
+        Ok(bytes) => bytes[..bytes.len().min(8192)].contains(&0),
         Err(_) => true,
     }
 }
 
 fn prompt_for(job: &Job) -> String {
     let (name, focus) = ANALYSES[job.analysis];
-    let source = std::fs::read_to_string(&job.path).unwrap_or_default();
+    let source = common::read_walked_file(&job.path, job.id)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
     let numbered: String = source
         .lines()
         .enumerate()
@@ -199,8 +214,12 @@ fn run(args: &[String]) -> i32 {
         "--budget",
     ];
     let positional = common::positional(args, &valued);
+    if common::wants_help(args) {
+        println!("{USAGE}\n\n{}", common::LINKS_NOTE);
+        return 0;
+    }
     let Some(root) = positional.first().map(PathBuf::from) else {
-        eprintln!("usage: analyze_codebase [--simulate] [--model M] [--concurrency N] [--out DIR] [--max-files N] [--budget USD] [--no-journal] DIR");
+        eprintln!("{USAGE}");
         return 2;
     };
     let out_dir = common::flag_value(args, "--out")
@@ -236,9 +255,10 @@ fn run(args: &[String]) -> i32 {
 
     let jobs: Vec<Job> = files
         .iter()
-        .flat_map(|(path, language)| {
+        .flat_map(|(path, id, language)| {
             (0..ANALYSES.len()).map(move |analysis| Job {
                 path: path.clone(),
+                id: *id,
                 language,
                 analysis,
             })
@@ -330,7 +350,7 @@ fn run(args: &[String]) -> i32 {
 /// The Markdown report, the JSONL lines, and the number of findings.
 fn render(
     outcome: &Outcome<(Job, Response), Job>,
-    files: &[(PathBuf, &'static str)],
+    files: &[Source],
     label: &str,
     simulated: bool,
 ) -> (String, String, usize) {
@@ -344,7 +364,7 @@ fn render(
             "> These results come from the built-in simulator, not from Claude: no finding below is real.\n"
         );
     }
-    for (path, language) in files {
+    for (path, _, language) in files {
         let _ = writeln!(report, "## {} ({language})\n", path.display());
         for (analysis, _) in ANALYSES.iter().enumerate() {
             let name = ANALYSES[analysis].0;

@@ -8,8 +8,10 @@
 //!
 //! Flags: `--categories a,b,c` (default: finance, engineering, personal, other),
 //! `--simulate`, `--model NAME`, `--concurrency N`, `--out DIR` (default
-//! `target/categorize`), `--no-journal`. Reads `.txt` and `.md` files. The categories are kept
-//! in a journal in the output folder, so a rerun pays only for documents not sorted yet.
+//! `target/categorize`), `--no-journal`. Reads `.txt` and `.md` files, never through a
+//! symbolic link (a linked document is skipped: it could point out of the folder). The
+//! categories are kept in a journal in the output folder, so a rerun pays only for documents
+//! not sorted yet.
 
 mod common;
 
@@ -20,6 +22,8 @@ use claude_rayon::Session;
 use rayon::prelude::*;
 
 const DEFAULT_CATEGORIES: &str = "finance,engineering,personal,other";
+const USAGE: &str = "usage: categorize [--categories a,b,c] [--simulate] [--model M] \
+    [--concurrency N] [--out DIR] [--no-journal] DIR";
 /// Long documents are cut: the first part is enough to tell the category.
 const MAX_CHARS: usize = 8_000;
 
@@ -32,10 +36,12 @@ fn main() {
 fn run(args: &[String]) -> i32 {
     let positional =
         common::positional(args, &["--categories", "--model", "--concurrency", "--out"]);
+    if common::wants_help(args) {
+        println!("{USAGE}\n\n{}", common::LINKS_NOTE);
+        return 0;
+    }
     let Some(dir) = positional.first().map(PathBuf::from) else {
-        eprintln!(
-            "usage: categorize [--categories a,b,c] [--simulate] [--model M] [--concurrency N] [--out DIR] [--no-journal] DIR"
-        );
+        eprintln!("{USAGE}");
         return 2;
     };
     let out_dir = common::flag_value(args, "--out")
@@ -47,13 +53,13 @@ fn run(args: &[String]) -> i32 {
         .map(|c| c.trim().to_string())
         .filter(|c| !c.is_empty())
         .collect();
-    let mut documents: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+    // Each document with the identity the listing found, so that only that file is read.
+    let mut documents: Vec<(PathBuf, (u64, u64))> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
-                p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "md"))
-            })
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "md")))
+            .filter_map(|p| common::plain_file_id(&p).map(|id| (p, id)))
             .collect(),
         Err(err) => {
             eprintln!("cannot read {}: {err}", dir.display());
@@ -84,17 +90,22 @@ fn run(args: &[String]) -> i32 {
 
     let groups = documents
         .par_iter()
-        .claude_group_by(&backend.session, categories.iter().cloned(), |path| {
-            let text: String = std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .chars()
-                .take(MAX_CHARS)
-                .collect();
-            format!(
-                "Which category does this document belong to?\n\nDocument `{}`:\n{text}",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            )
-        })
+        .claude_group_by(
+            &backend.session,
+            categories.iter().cloned(),
+            |(path, id)| {
+                let text: String = common::read_walked_file(path, *id)
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .unwrap_or_default()
+                    .chars()
+                    .take(MAX_CHARS)
+                    .collect();
+                format!(
+                    "Which category does this document belong to?\n\nDocument `{}`:\n{text}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                )
+            },
+        )
         .groups();
     if let Some(message) = groups
         .failed
@@ -106,7 +117,7 @@ fn run(args: &[String]) -> i32 {
     }
     for (category, members) in groups.iter() {
         println!("{label}{category} ({})", members.len());
-        for path in members {
+        for (path, _) in members {
             println!("{label}  {}", path.display());
         }
     }
@@ -116,7 +127,7 @@ fn run(args: &[String]) -> i32 {
             groups
                 .failed
                 .iter()
-                .map(|failed| (failed.item.display().to_string(), &failed.error)),
+                .map(|failed| (failed.item.0.display().to_string(), &failed.error)),
         );
     }
     let stats = backend.session.stats();

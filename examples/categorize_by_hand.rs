@@ -12,9 +12,13 @@
 //! cold start of about 0.7 s), keep a user's `settings.json` from turning attachments back on
 //! (it passes the CLI's sealing flags, no more), check the CLI's version, share a back-off
 //! across workers after a 429, limit tokens, cap the budget, resume after a crash.
+//!
+//! A linked document is skipped and a document is never opened through a link (either could
+//! point out of the folder).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -145,6 +149,10 @@ fn classify(cli: &str, text: &str, last: &Mutex<Option<Instant>>) -> Result<&'st
 
 fn main() {
     let dir = match std::env::args().nth(1) {
+        Some(help) if help == "--help" || help == "-h" => {
+            println!("usage: categorize_by_hand DIR\n\nSymbolic links are never followed: a linked document is skipped.");
+            return;
+        }
         Some(dir) => PathBuf::from(dir),
         None => {
             eprintln!("usage: categorize_by_hand DIR");
@@ -155,6 +163,7 @@ fn main() {
     let mut documents: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("a readable folder")
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file())) // not a link: it could lead out
         .map(|e| e.path())
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "md")))
         .collect();
@@ -170,11 +179,13 @@ fn main() {
                 let Some(path) = queue.lock().unwrap().pop() else {
                     return;
                 };
-                let text: String = std::fs::read_to_string(&path)
-                    .unwrap_or_default()
-                    .chars()
-                    .take(8_000)
-                    .collect();
+                let mut text = String::new();
+                let _ = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW) // a link put there since is not followed
+                    .open(&path)
+                    .and_then(|mut file| file.read_to_string(&mut text));
+                let text: String = text.chars().take(8_000).collect();
                 let outcome = classify(&cli, &text, &last);
                 results.lock().unwrap().insert(path, outcome);
             })

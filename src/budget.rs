@@ -12,6 +12,11 @@
 //! Once an item is refused the budget stays spent, for every later run on the session, until
 //! the cap is changed: a later item that happens to fit (a cheaper estimate, a reservation
 //! released by a failed call) must not slip through after the session said it was done.
+//!
+//! Except when the item itself is the problem: an item whose own estimate (its prompt's size)
+//! does not fit while an ordinary item's would is refused alone
+//! ([`Error::ItemOverBudget`]); nothing was spent, so the budget is not marked spent and the
+//! other items go on.
 
 use parking_lot::Mutex;
 
@@ -86,15 +91,28 @@ impl Budget {
             s.in_flight += 1;
             return Ok(self.reservation(0.0));
         };
-        let estimate = if s.largest_seen > 0.0 {
+        let ordinary = if s.largest_seen > 0.0 {
             s.largest_seen
         } else {
             s.first_estimate
-        }
-        .max(own_estimate);
+        };
+        let estimate = ordinary.max(own_estimate);
         // In-flight items valued at the current estimate if that has grown past what they
         // reserved: they are likely to cost what the others did.
         let committed = s.spent + s.reserved.max(f64::from(s.in_flight) * s.largest_seen);
+        if !s.exhausted && committed + ordinary <= limit && committed + estimate > limit {
+            // Only this item is too big: refusing it spends nothing.
+            log::warn!(
+                "an item estimated at {own_estimate:.4} USD does not fit the {:.4} USD left of \
+                 the budget; it is not sent, the others go on",
+                limit - committed
+            );
+            return Err(Error::ItemOverBudget {
+                estimate_usd: own_estimate,
+                left_usd: (limit - committed).max(0.0),
+                budget_usd: limit,
+            });
+        }
         if s.exhausted || committed + estimate > limit {
             if !s.exhausted {
                 log::warn!(
@@ -207,12 +225,24 @@ mod tests {
     }
 
     #[test]
-    fn an_item_too_big_for_what_is_left_is_refused() {
+    fn an_item_too_big_for_what_is_left_is_refused_alone() {
         let b = Budget::new(Some(1.0), Some(0.01));
-        assert!(b.reserve(7.8).is_err());
-        let fresh = Budget::new(Some(1.0), Some(0.01));
-        let r = fresh.reserve(0.002).unwrap();
+        assert!(matches!(
+            b.reserve(7.8),
+            Err(Error::ItemOverBudget { estimate_usd, left_usd, budget_usd })
+                if estimate_usd == 7.8 && left_usd == 1.0 && budget_usd == 1.0
+        ));
+        // Refused is not spent: ordinary items still fit.
+        assert!(!b.is_exhausted());
+        let r = b.reserve(0.002).unwrap();
         r.settle(0.002);
+        assert_eq!(b.spent(), 0.002);
+        // Once an ordinary item no longer fits, the budget is spent, for big items too.
+        let b = Budget::new(Some(0.015), Some(0.01));
+        let held = b.reserve(0.0).unwrap();
+        assert!(matches!(b.reserve(0.0), Err(Error::BudgetExceeded { .. })));
+        assert!(matches!(b.reserve(7.8), Err(Error::BudgetExceeded { .. })));
+        held.settle(0.0);
     }
 
     #[test]

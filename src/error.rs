@@ -227,6 +227,22 @@ pub enum Error {
         spent_usd: f64,
     },
 
+    /// This item alone would cost more than is left of the session's `max_budget_usd` (its
+    /// prompt's input tokens at the model's price): it was not sent. Only this item fails;
+    /// the budget is not spent by the refusal, and smaller items go on.
+    #[error(
+        "this item alone would cost about {estimate_usd:.4} USD, more than the {left_usd:.4} USD \
+         left of the {budget_usd:.4} USD budget: it was not sent (other items go on)"
+    )]
+    ItemOverBudget {
+        /// What this item's prompt would cost at least.
+        estimate_usd: f64,
+        /// What was left of the budget (not spent or reserved) when it was refused.
+        left_usd: f64,
+        /// The configured budget.
+        budget_usd: f64,
+    },
+
     /// A strict answer (a yes/no verdict or a category) was not one of the allowed tokens.
     #[error("answer {answer:?} is not one of the allowed answers {allowed:?}")]
     InvalidAnswer {
@@ -386,6 +402,7 @@ impl Error {
             Error::Cancelled => "Cancelled",
             Error::Stopped(..) => "Stopped",
             Error::BudgetExceeded { .. } => "BudgetExceeded",
+            Error::ItemOverBudget { .. } => "ItemOverBudget",
             Error::InvalidAnswer { .. } => "InvalidAnswer",
             Error::Io(..) => "Io",
             Error::Closed => "Closed",

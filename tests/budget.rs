@@ -207,7 +207,7 @@ fn an_item_too_big_for_the_budget_is_refused_before_it_is_sent() {
         .collect();
     let failed = &outcome.dead_letter[0];
     assert!(
-        matches!(failed.error, claude_rayon::Error::BudgetExceeded { .. }),
+        matches!(failed.error, claude_rayon::Error::ItemOverBudget { .. }),
         "{}",
         failed.error
     );
@@ -245,4 +245,66 @@ fn items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest() {
     assert_eq!(cancelled, 0, "nobody cancelled this run: {results:?}");
     assert_eq!(refused, 1, "{results:?}");
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+}
+
+#[test]
+fn one_oversize_item_fails_alone_and_the_budget_goes_on() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .model("sonnet")
+        .max_budget_usd(1.0)
+        .concurrency(2)
+        .build()
+        .unwrap();
+    // 10 MB of prompt is about 2.6 million tokens: 7.8 USD of input on Sonnet, refused before
+    // it is sent. The other items cost a tiny part of the dollar.
+    let huge = format!("Summarise this export: {}", "row of data; ".repeat(800_000));
+    let mut items: Vec<String> = (0..6)
+        .map(|i| format!("Summarise the meeting notes of week {i} in one paragraph for the team."))
+        .collect();
+    items.insert(3, huge.clone());
+    let outcome: Outcome<(String, Response), String> = items
+        .into_par_iter()
+        .claude_map(&session, |s| s.clone())
+        .collect();
+    assert_eq!(
+        outcome.ok.len(),
+        6,
+        "{:?}",
+        outcome
+            .dead_letter
+            .iter()
+            .map(|f| &f.error)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(outcome.dead_letter.len(), 1);
+    let failed = &outcome.dead_letter[0];
+    assert_eq!(
+        failed.item.len(),
+        huge.len(),
+        "the oversize item is the one that failed"
+    );
+    assert_eq!(failed.attempts, 0);
+    assert!(
+        matches!(failed.error, Error::ItemOverBudget { .. }) && !failed.error.is_fatal(),
+        "{}",
+        failed.error
+    );
+    assert!(
+        failed.error.to_string().contains("this item"),
+        "{}",
+        failed.error
+    );
+    assert!(
+        !fake.prompts().iter().any(|(p, _)| p.len() > 1_000_000),
+        "the oversize item was sent"
+    );
+    // Refused is not spent: the session goes on, for later runs and queries too.
+    assert!(!session.stats().budget_exhausted);
+    assert_eq!(run(&session, 0..4).ok.len(), 4);
+    session
+        .query("And one more question after the big one.")
+        .unwrap();
+    assert_eq!(fake.prompts().len(), 6 + 4 + 1);
 }

@@ -130,3 +130,45 @@ fn a_cancel_ends_a_wait_at_the_gate_at_once() {
         .all(|r| matches!(r, Err(f) if matches!(f.error, claude_rayon::Error::Cancelled) && f.attempts == 0)));
     assert!(warming.join().unwrap().is_err());
 }
+
+#[test]
+fn a_warming_item_that_never_answers_holds_the_others_only_briefly() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(3)
+        .append_system_prompt("shared rubric line. ".repeat(300))
+        // No timeout at all: the others must not wait for it.
+        .timeout(Duration::MAX)
+        .warm_cache_wait(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let warming = {
+        let session = session.clone();
+        std::thread::spawn(move || session.query("[[sim:hang]] the warming item never answers"))
+    };
+    support::wait_until("the warming item is sent", Duration::from_secs(10), || {
+        fake.prompts().iter().any(|(p, _)| p.contains("warming"))
+    });
+    let (tx, rx) = mpsc::channel();
+    let run = {
+        let session = session.clone();
+        std::thread::spawn(move || {
+            let results: Vec<_> = (0..4)
+                .into_par_iter()
+                .claude_map(&session, |i| format!("review item {i} against the rubric"))
+                .collect();
+            tx.send(()).ok();
+            results
+        })
+    };
+    // A deadline only so that a failure ends: on the old gate the run waits forever.
+    let ended = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    let _ = session.clone().close(); // ends the hanging item (and, on failure, the run)
+    assert!(
+        ended,
+        "the others waited at the gate for the hanging warming item"
+    );
+    assert!(run.join().unwrap().iter().all(Result::is_ok));
+    assert!(warming.join().unwrap().is_err());
+}

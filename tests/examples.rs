@@ -45,6 +45,10 @@ fn sqlite_example() -> PathBuf {
 }
 
 fn run(name: &str, args: &[&str]) -> (i32, String, String) {
+    run_with_env(name, args, &[])
+}
+
+fn run_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let program = match name {
         "pipeline_sqlite" => sqlite_example(),
         _ => example(name),
@@ -53,6 +57,7 @@ fn run(name: &str, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("CLAUDE_CODE_BIN")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -372,4 +377,129 @@ fn failures_are_grouped_one_line_per_distinct_error() {
         stdout.contains("4 documents, 1 sorted, 3 failed"),
         "{stdout}"
     );
+}
+
+/// What a file outside the tree holds: it must never reach a prompt.
+const OUTSIDE_SECRET: &str = "sk-ant-outside-the-tree-4417";
+
+/// A folder outside the tree, with a secret in a source file and a text file.
+fn outside_the_tree() -> tempfile::TempDir {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = format!("const TOKEN: &str = \"{OUTSIDE_SECRET}\";\n");
+    write(outside.path(), "credentials.rs", secret.as_bytes());
+    write(outside.path(), "lib/leak.rs", secret.as_bytes());
+    write(outside.path(), "notes.txt", secret.as_bytes());
+    outside
+}
+
+/// Every prompt the (fake or simulated) CLI was sent, from its record.
+fn prompts_sent(record: &Path) -> Vec<String> {
+    support::read_events(record)
+        .iter()
+        .filter(|e| e["event"] == "prompt")
+        .map(|e| e["prompt"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_examples_never_read_a_file_through_a_link_out_of_their_tree() {
+    let outside = outside_the_tree();
+    let o = outside.path();
+    let record_dir = tempfile::tempdir().unwrap();
+    let record = record_dir.path().join("record.jsonl");
+    let record_env = [("CLAUDE_RAYON_SIM_RECORD", record.to_str().unwrap())];
+
+    // analyze_codebase: a linked file and a linked folder inside the tree.
+    let tree = tempfile::tempdir().unwrap();
+    let root = tree.path();
+    write(
+        root,
+        "src/main.rs",
+        b"fn main() {\n    println!(\"inside the tree\");\n}\n",
+    );
+    std::os::unix::fs::symlink(o.join("credentials.rs"), root.join("src/config.rs")).unwrap();
+    std::os::unix::fs::symlink(o.join("lib"), root.join("vendor")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run_with_env(
+        "analyze_codebase",
+        &[
+            "--simulate",
+            "--no-journal",
+            "--out",
+            out.path().to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
+        &record_env,
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let sent = prompts_sent(&record);
+    assert!(
+        sent.iter().any(|p| p.contains("inside the tree")),
+        "the record works: {sent:?}"
+    );
+    assert!(
+        !sent.iter().any(|p| p.contains(OUTSIDE_SECRET)),
+        "a file outside the tree was sent"
+    );
+    assert!(stdout.contains("files analysed   1"), "{stdout}");
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        !report.contains("config.rs") && !report.contains("leak.rs"),
+        "{report}"
+    );
+
+    // categorize, on the fake CLI: a linked document.
+    let docs = tempfile::tempdir().unwrap();
+    write(
+        docs.path(),
+        "a.txt",
+        b"[[sim:reply=finance]] Invoice for March, inside the folder",
+    );
+    std::os::unix::fs::symlink(o.join("notes.txt"), docs.path().join("b.txt")).unwrap();
+    std::fs::remove_file(&record).unwrap();
+    let fake = support::fake_cli();
+    let output = Command::new(example("categorize"))
+        .args(["--no-journal", "--out", out.path().to_str().unwrap()])
+        .arg(docs.path())
+        .env("CLAUDE_CODE_BIN", &fake)
+        .envs(record_env)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let sent = prompts_sent(&record);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        !sent.iter().any(|p| p.contains(OUTSIDE_SECRET)),
+        "a file outside the folder was sent"
+    );
+    assert!(!stdout.contains("b.txt"), "{stdout}");
+
+    // categorize_by_hand, the same folder.
+    std::fs::remove_file(&record).unwrap();
+    let output = Command::new(example("categorize_by_hand"))
+        .arg(docs.path())
+        .env("CLAUDE_CODE_BIN", &fake)
+        .envs(record_env)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let sent = prompts_sent(&record);
+    assert!(
+        !sent.is_empty() && !sent.iter().any(|p| p.contains(OUTSIDE_SECRET)),
+        "{sent:?}"
+    );
+
+    // Each says so in its help.
+    for name in ["analyze_codebase", "categorize", "categorize_by_hand"] {
+        let (code, stdout, stderr) = run(name, &["--help"]);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        assert!(
+            stdout
+                .to_lowercase()
+                .contains("symbolic links are never followed"),
+            "{name} --help:\n{stdout}"
+        );
+    }
 }

@@ -148,45 +148,132 @@ fn failures_are_recorded_for_inspection_and_asked_again() {
     assert_eq!(fake.prompts().len(), 3);
 }
 
-/// Run by `a_second_program_is_kept_off_the_journal` in a child copy of this test binary.
+/// Run by the lock tests in a child copy of this test binary: the paths to open, one per
+/// line; the child prints what each open gave.
 const CHILD_JOURNAL: &str = "CLAUDE_RAYON_TEST_CHILD_JOURNAL";
+
+/// In a child process (another program), open each of `paths` in turn and say what each
+/// open gave: `LOCKED`, `OPENED` (then held until the child ends) or the error.
+fn open_in_another_program(test: &str, paths: &[&Path]) -> Vec<String> {
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(CHILD_JOURNAL, list.join("\n"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&child.stdout);
+    out.lines()
+        .filter_map(|l| l.strip_prefix("CHILD "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The child's side of [`open_in_another_program`]; true when this process is that child.
+fn be_the_child() -> bool {
+    let Ok(paths) = std::env::var(CHILD_JOURNAL) else {
+        return false;
+    };
+    let mut held = Vec::new();
+    for path in paths.lines() {
+        match Journal::open(path) {
+            Err(Error::JournalLocked { .. }) => println!("\nCHILD LOCKED"),
+            Ok(journal) => {
+                println!("\nCHILD OPENED");
+                held.push(journal);
+            }
+            Err(other) => println!("\nCHILD {other}"),
+        }
+    }
+    true
+}
 
 #[test]
 fn a_second_program_is_kept_off_the_journal() {
-    if let Ok(path) = std::env::var(CHILD_JOURNAL) {
-        match Journal::open(&path) {
-            Err(Error::JournalLocked { .. }) => println!("\nCHILD LOCKED"),
-            other => println!("\nCHILD {other:?}"),
-        }
+    if be_the_child() {
         return;
     }
     let fake = Fake::new();
     let path = journal_path(&fake);
     let held = Journal::open(&path).unwrap();
-    // A second open in this program is refused, and must not weaken the first's lock (a
-    // record lock is released by closing any descriptor of its file).
+    // A second open in this program is refused, and must not weaken the first's lock.
     assert!(matches!(
         Journal::open(&path),
         Err(Error::JournalLocked { .. })
     ));
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_second_program_is_kept_off_the_journal",
-            "--nocapture",
-        ])
-        .env(CHILD_JOURNAL, &path)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&child.stdout);
-    assert!(out.contains("CHILD LOCKED"), "{out}");
+    let seen = open_in_another_program("a_second_program_is_kept_off_the_journal", &[&path]);
+    assert_eq!(seen, ["LOCKED"]);
     // In this program too, and through the session builder, with a clear error.
     let err = fake.builder().journal(&path).build().unwrap_err();
     assert!(matches!(err, Error::JournalLocked { .. }), "{err}");
     assert!(err.to_string().contains("in use"), "{err}");
+    // Reading the journal meanwhile (another descriptor of the file, opened and closed by
+    // this program) does not release the lock.
+    std::fs::read_to_string(&path).unwrap();
+    let seen = open_in_another_program("a_second_program_is_kept_off_the_journal", &[&path]);
+    assert_eq!(seen, ["LOCKED"]);
     drop(held);
     let session = fake.builder().journal(&path).build().unwrap();
     session.query("now it is ours").unwrap();
+}
+
+#[test]
+fn every_path_to_the_journal_meets_its_lock() {
+    const TEST: &str = "every_path_to_the_journal_meets_its_lock";
+    if be_the_child() {
+        return;
+    }
+    let fake = Fake::new();
+    let path = journal_path(&fake);
+    let hard_link = fake.dir.path().join("hard-link.jsonl");
+    let linked_folder = fake.dir.path().join("linked-out");
+    let held = Journal::open(&path).unwrap();
+    std::fs::hard_link(&path, &hard_link).unwrap();
+    std::os::unix::fs::symlink(path.parent().unwrap(), &linked_folder).unwrap();
+    let through_folder = linked_folder.join("answers.jsonl");
+    // Another program, by any path to the same file.
+    let seen = open_in_another_program(TEST, &[&hard_link, &through_folder]);
+    assert_eq!(seen, ["LOCKED", "LOCKED"]);
+    // This program too.
+    for other in [&hard_link, &through_folder] {
+        assert!(
+            matches!(Journal::open(other), Err(Error::JournalLocked { .. })),
+            "{}",
+            other.display()
+        );
+    }
+    drop(held);
+    // Free now: the other program takes it by the hard link, and then holds it against
+    // this one's own path.
+    let seen = open_in_another_program(TEST, &[&hard_link, &path]);
+    assert_eq!(seen, ["OPENED", "LOCKED"]);
+}
+
+#[test]
+fn a_symbolic_link_at_the_journals_path_is_never_followed() {
+    let fake = Fake::new();
+    let dir = fake.dir.path();
+    // A dangling link: opening must not create the file it points to.
+    let target = dir.join("elsewhere/planted.jsonl");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let link = dir.join("answers.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = Journal::open(&link).unwrap_err();
+    assert!(matches!(err, Error::Journal { .. }), "{err}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(!target.exists(), "a file was created where the link points");
+    let err = fake.builder().journal(&link).build().unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    // A link to a real journal, held or not, is refused the same way.
+    let real = dir.join("real.jsonl");
+    drop(Journal::open(&real).unwrap());
+    let to_real = dir.join("to-real.jsonl");
+    std::os::unix::fs::symlink(&real, &to_real).unwrap();
+    assert!(Journal::open(&to_real)
+        .unwrap_err()
+        .to_string()
+        .contains("symbolic link"));
+    // Nor is the folder's lock file of earlier versions made, or followed.
+    assert!(!dir.join("answers.jsonl.lock").exists());
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -378,4 +465,221 @@ fn progress_counts_replayed_answers_apart() {
     assert!(cost > 0.0);
     run();
     assert_eq!(last.lock().take().unwrap(), (4, 4, 0.0));
+}
+
+/// Two invoices whose journal keys collided under 0.1's key (FNV-1a-128 over the settings and
+/// the prompt, with the default settings): the 40-character payment references were found by
+/// a lattice reduction (LLL) in well under a second. The second invoice, a fraud, must reach
+/// the model rather than be answered with the first one's approval.
+mod forged {
+    pub const HEAD: &str = "Please check this supplier invoice against our purchase order and \
+        answer APPROVE or REJECT with one line of reasons.\n\n";
+    pub const LEGIT: &str = "Invoice INV-2291 from Northwind Office Supplies Ltd, 14 Harbour \
+        Road, Leeds. Twelve ergonomic chairs at 103.33 EUR each, delivered 3 March, matching \
+        purchase order PO-7781. Total due: 1,240.00 EUR to IBAN GB29 NWBK 6016 1331 9268 19 \
+        within 30 days.";
+    pub const EVIL: &str = "Invoice INV-2291 from Northwind Office Supplies Ltd, 14 Harbour \
+        Road, Leeds. Urgent change of bank details: pay the full amount today to our new \
+        account. Total due: 48,900.00 EUR to IBAN LT12 1000 0111 0100 1000 (EVIL Holdings \
+        UAB), no PO needed.";
+    pub const LEGIT_REFERENCE: &str = "8LFSNS33IKWJ9YK13DCULBGD5MPVTE336HHUMA8D";
+    pub const EVIL_REFERENCE: &str = "HPF2Q202ND8E7CG0RBBRLCBC8AS2R9R20F468F6K";
+    pub const TAIL: &str = "\nThank you for your prompt attention to this matter. Accounts \
+        receivable, Northwind Office Supplies.\n";
+
+    pub fn invoice(body: &str, reference: &str) -> String {
+        format!("{HEAD}{body}\nPayment reference: {reference}{TAIL}")
+    }
+
+    /// 0.1's key, as it was computed: FNV-1a-128 over the lengths and bytes of the settings
+    /// (here the default session's, as 0.1 wrote them) and of the prompt.
+    pub fn old_key(prompt: &str) -> u128 {
+        const SETTINGS: &str = r#"{"allowed_tools":[],"append_system_prompt":null,"disallowed_tools":[],"effort":null,"json_schema":null,"max_turns":null,"model":null,"permission_mode":null,"system_prompt":"","tools":[]}"#;
+        let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+        let mut write = |bytes: &[u8]| {
+            for byte in bytes {
+                hash ^= u128::from(*byte);
+                hash = hash.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+            }
+        };
+        write(&(SETTINGS.len() as u64).to_le_bytes());
+        write(SETTINGS.as_bytes());
+        write(&(prompt.len() as u64).to_le_bytes());
+        write(prompt.as_bytes());
+        hash
+    }
+}
+
+#[test]
+fn a_forged_key_collision_is_asked_not_replayed() {
+    let legit = forged::invoice(forged::LEGIT, forged::LEGIT_REFERENCE);
+    let evil = forged::invoice(forged::EVIL, forged::EVIL_REFERENCE);
+    assert_ne!(legit, evil);
+    assert_eq!(
+        forged::old_key(&legit),
+        forged::old_key(&evil),
+        "the two invoices collide under the old key"
+    );
+    let fake = Fake::new();
+    let session = fake.builder().journal(journal_path(&fake)).build().unwrap();
+    let approved = session.query(&legit).unwrap();
+    assert_eq!(approved.text, format!("echo: {legit}"));
+    let answer = session.query(&evil).unwrap();
+    assert!(!answer.replayed, "the fraud was answered from the journal");
+    assert_eq!(answer.text, format!("echo: {evil}"));
+    assert_eq!(fake.prompts().len(), 2, "both invoices reached the model");
+}
+
+/// A session on `fake` with its journal at `path`, `HOME` at `home` (so that the settings
+/// file the CLI would read is `home/.claude/settings.json`).
+fn session_with_home(
+    fake: &Fake,
+    home: &Path,
+    path: &Path,
+    more: impl FnOnce(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder,
+) -> Session {
+    more(fake.builder())
+        .env("HOME", home.to_str().unwrap())
+        .env_remove("CLAUDE_CONFIG_DIR")
+        .journal(path)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_way_of_choosing_the_model_asks_again() {
+    let fake = Fake::new();
+    let home = fake.dir.path().join("home");
+    std::fs::create_dir_all(home.join(".claude")).unwrap();
+    let path = journal_path(&fake);
+    let prompt = "Summarise the attached quarterly report in three sentences for the board.";
+    // Whether `prompt` was answered from the journal by a session set up by `more`.
+    let replayed = |more: &dyn Fn(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder| {
+        let session = session_with_home(&fake, &home, &path, more);
+        session.query(prompt).unwrap().replayed
+    };
+    let plain = |b| b;
+    assert!(!replayed(&plain));
+    assert!(replayed(&plain), "the same settings replay");
+    let ways: [(
+        &str,
+        &dyn Fn(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder,
+    ); 5] = [
+        ("arg(--model)", &|b| {
+            b.arg("--model").arg("claude-haiku-4-5")
+        }),
+        ("arg(--model=)", &|b| b.arg("--model=claude-opus-4-1")),
+        ("env ANTHROPIC_MODEL", &|b| {
+            b.env("ANTHROPIC_MODEL", "claude-haiku-4-5")
+        }),
+        ("load_user_config", &|b| b.load_user_config(true)),
+        ("interpret_item_text", &|b| b.interpret_item_text(true)),
+    ];
+    for (way, more) in ways {
+        assert!(!replayed(more), "{way}: replayed another model's answer");
+        assert!(replayed(more), "{way}: its own answer replays");
+    }
+    // The user's settings file, which the sealed CLI still reads: its model, its env block.
+    let settings = home.join(".claude/settings.json");
+    for text in [
+        r#"{"model": "claude-haiku-4-5"}"#,
+        r#"{"model": "claude-opus-4-1"}"#,
+        r#"{"env": {"ANTHROPIC_MODEL": "claude-haiku-4-5"}}"#,
+    ] {
+        std::fs::write(&settings, text).unwrap();
+        assert!(
+            !replayed(&plain),
+            "settings {text}: replayed another model's answer"
+        );
+        assert!(replayed(&plain), "settings {text}: its own answer replays");
+    }
+    assert_eq!(fake.prompts().len(), 9);
+}
+
+#[test]
+fn a_session_whose_model_cannot_be_known_is_refused_by_the_journal() {
+    let fake = Fake::new();
+    let home = fake.dir.path().join("home");
+    // A settings file that cannot be read (a folder in its place): the CLI's model is unknown.
+    std::fs::create_dir_all(home.join(".claude/settings.json")).unwrap();
+    let path = journal_path(&fake);
+    let err = fake
+        .builder()
+        .env("HOME", home.to_str().unwrap())
+        .env_remove("CLAUDE_CONFIG_DIR")
+        .journal(&path)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Journal { .. }), "{err}");
+    assert!(err.to_string().contains("settings.json"), "{err}");
+    // The same session without a journal runs; given one per run, it refuses each item,
+    // handing it back, without a call.
+    let session = fake
+        .builder()
+        .env("HOME", home.to_str().unwrap())
+        .env_remove("CLAUDE_CONFIG_DIR")
+        .build()
+        .unwrap();
+    session
+        .query("no journal, no question about the model")
+        .unwrap();
+    let journal = Journal::open(&path).unwrap();
+    let results: Vec<_> = ["first item of the run", "second item of the run"]
+        .par_iter()
+        .claude_map(&session, |p| *p)
+        .with_journal(&journal)
+        .collect();
+    for result in results {
+        let failed = result.unwrap_err();
+        assert!(
+            matches!(failed.error, Error::Journal { .. }),
+            "{}",
+            failed.error
+        );
+        assert_eq!(failed.attempts, 0);
+    }
+    assert_eq!(fake.prompts().len(), 1);
+}
+
+/// Run by `the_inherited_model_is_in_the_key` in a child copy of this test binary, with
+/// `ANTHROPIC_MODEL` in its environment.
+const CHILD_MODEL_JOURNAL: &str = "CLAUDE_RAYON_TEST_CHILD_MODEL_JOURNAL";
+
+#[test]
+fn the_inherited_model_is_in_the_key() {
+    if let Ok(path) = std::env::var(CHILD_MODEL_JOURNAL) {
+        let fake = Fake::new();
+        let session = fake.builder().journal(&path).build().unwrap();
+        let answer = session
+            .query("Draft a polite reminder about the overdue invoice from March.")
+            .unwrap();
+        println!("\nCHILD REPLAYED {}", answer.replayed);
+        return;
+    }
+    let fake = Fake::new();
+    let path = journal_path(&fake);
+    let run_with = |model: &str| {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "the_inherited_model_is_in_the_key",
+                "--nocapture",
+            ])
+            .env(CHILD_MODEL_JOURNAL, &path)
+            .env("ANTHROPIC_MODEL", model)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout).into_owned();
+        out.lines()
+            .find_map(|l| l.strip_prefix("CHILD REPLAYED "))
+            .unwrap_or_else(|| panic!("the child said nothing: {out}"))
+            .to_string()
+    };
+    assert_eq!(run_with("claude-haiku-4-5"), "false");
+    assert_eq!(run_with("claude-haiku-4-5"), "true");
+    assert_eq!(
+        run_with("claude-opus-4-1"),
+        "false",
+        "another model's answer replayed"
+    );
 }

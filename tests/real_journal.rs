@@ -130,3 +130,63 @@ fn a_run_killed_mid_way_pays_only_for_the_rest_on_rerun() {
         assert_eq!(text, &reply_to(prompt), "every item has its own answer");
     }
 }
+
+/// The model the CLI takes from outside the builder (the user's settings file, which a sealed
+/// process still reads, its `env` block, the environment, an extra argument) is in the key:
+/// a change of model asks again, and the mock sees the new model asked.
+#[test]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
+fn a_model_chosen_outside_the_builder_asks_again() {
+    let Some(real) = Real::start("a_model_chosen_outside_the_builder_asks_again") else {
+        return;
+    };
+    real.api.set_reply(|p| Reply::text(reply_to(p)));
+    let journal_path = real.home.path().join("out/answers.jsonl");
+    // The mock's environment points the CLI's configuration folder here.
+    let settings = real.home.path().join(".claude/settings.json");
+    std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    let prompt = "Summarise the quarterly supplier review for the purchasing board in two lines.";
+    // (replayed, model the mock saw for a call made now) for a session set up by `more`.
+    let ask = |more: &dyn Fn(SessionBuilder) -> SessionBuilder| {
+        let before = real.api.request_count();
+        let session = more(real.bare_builder())
+            .cwd(real.cwd.path())
+            .cli_max_retries(Some(0))
+            .timeout(Duration::from_secs(60))
+            .concurrency(1)
+            .journal(&journal_path)
+            .build()
+            .unwrap();
+        let answer = session.query(prompt).unwrap();
+        assert_eq!(answer.text, reply_to(prompt));
+        let called = real.api.requests()[before..]
+            .iter()
+            .find(|r| r.prompt == prompt)
+            .map(|r| r.model.clone());
+        (answer.replayed, called)
+    };
+    let plain = |b| b;
+    let model = |name: &str| Some(name.to_string());
+
+    std::fs::write(&settings, r#"{"model": "claude-haiku-4-5"}"#).unwrap();
+    assert_eq!(ask(&plain), (false, model("claude-haiku-4-5")));
+    assert_eq!(ask(&plain), (true, None), "the same model replays");
+
+    std::fs::write(&settings, r#"{"model": "claude-sonnet-4-5"}"#).unwrap();
+    assert_eq!(ask(&plain), (false, model("claude-sonnet-4-5")));
+
+    std::fs::write(
+        &settings,
+        r#"{"env": {"ANTHROPIC_MODEL": "claude-opus-4-5"}}"#,
+    )
+    .unwrap();
+    assert_eq!(ask(&plain), (false, model("claude-opus-4-5")));
+
+    std::fs::remove_file(&settings).unwrap();
+    let by_env = |b: SessionBuilder| b.env("ANTHROPIC_MODEL", "claude-sonnet-4-6");
+    assert_eq!(ask(&by_env), (false, model("claude-sonnet-4-6")));
+    assert_eq!(ask(&by_env), (true, None));
+
+    let by_arg = |b: SessionBuilder| b.arg("--model").arg("claude-opus-4-6");
+    assert_eq!(ask(&by_arg), (false, model("claude-opus-4-6")));
+}

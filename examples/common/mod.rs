@@ -2,6 +2,8 @@
 //! plainly on an authentication failure.
 #![allow(dead_code)]
 
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use claude_rayon::{Error, Session, SessionBuilder};
@@ -100,6 +102,44 @@ pub fn explain_fatal(error: &Error) -> Option<String> {
         Error::BudgetExceeded { .. } => Some(format!("stopped: {root}")),
         _ => None,
     }
+}
+
+/// What every example that reads a folder says in its `--help`.
+pub const LINKS_NOTE: &str = "Symbolic links are never followed: a link in the folder (to a \
+file or to another folder) is skipped, so nothing outside the folder you name is read or sent.";
+
+/// The identity (device, inode) of a plain file found by walking a folder, `None` for
+/// anything else: a symbolic link is not followed, since it can point out of the folder (at
+/// `~/.ssh`, say) and the file would be sent to the model.
+pub fn plain_file_id(path: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.file_type().is_file().then(|| (meta.dev(), meta.ino()))
+}
+
+/// The bytes of a file a walk found as `id` (see [`plain_file_id`]): opened without
+/// following a link at its path, and read only if it is still that very file, so a link or
+/// another file put there since (at the file or at a folder above it) is not read.
+pub fn read_walked_file(path: &Path, id: (u64, u64)) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        // Non-blocking: a FIFO put in its place would otherwise hold the open forever.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() || (meta.dev(), meta.ino()) != id {
+        return Err(std::io::Error::other(format!(
+            "{} is no longer the file found in the folder",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Whether `--help` (or `-h`) was asked for.
+pub fn wants_help(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--help" || a == "-h")
 }
 
 /// `--name value` from the arguments.

@@ -13,7 +13,7 @@ use super::stop::Stop;
 use crate::journal::format::Key;
 use crate::session::pool::Lease;
 use crate::session::process::{ApiRetry, CliProcess, TurnEvent};
-use crate::session::{CacheGate, GatePass, Inner};
+use crate::session::{AnswerSettings, CacheGate, GatePass, Inner};
 use crate::stats;
 use crate::throttle::estimate_tokens;
 use crate::{Error, Journal, Response, Usage};
@@ -56,8 +56,9 @@ pub(crate) struct SessionWorld<'a> {
     /// Whether failed tries are tried again (a conversation's are not: a new process would
     /// not have its context).
     pub retries: bool,
-    /// Where answers are kept and replayed from, with what besides the prompt decides them.
-    pub journal: Option<(&'a Journal, &'a str)>,
+    /// Where answers are kept and replayed from, with what besides the prompt decides them
+    /// (`Err`: unknown, and the journal refuses the item).
+    pub journal: Option<(&'a Journal, &'a AnswerSettings)>,
 }
 
 /// A process taken for one attempt; goes back where it came from on drop.
@@ -287,13 +288,21 @@ impl World for SessionWorld<'_> {
         }
     }
 
-    fn replay(&self, prompt: &str) -> Option<Response> {
-        let (journal, settings) = self.journal?;
-        journal.replay(Key::of(settings, prompt))
+    fn replay(&self, prompt: &str) -> Result<Option<Response>, Error> {
+        let Some((journal, settings)) = self.journal else {
+            return Ok(None);
+        };
+        match settings {
+            Ok(settings) => Ok(journal.replay(Key::of(settings, prompt))),
+            Err(why) => Err(Error::Journal {
+                path: journal.path().to_path_buf(),
+                message: why.clone(),
+            }),
+        }
     }
 
     fn record(&self, prompt: &str, outcome: Result<&Response, &Error>) {
-        if let Some((journal, settings)) = self.journal {
+        if let Some((journal, Ok(settings))) = self.journal {
             journal.record(Key::of(settings, prompt), outcome);
         }
     }

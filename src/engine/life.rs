@@ -49,8 +49,10 @@ pub(crate) trait World {
     fn fail_fatally(&self, error: &Error);
     /// Count what happened.
     fn note(&self, event: Event, error: Option<&Error>);
-    /// The journal's answer to `prompt` (as sent), if it has one.
-    fn replay(&self, prompt: &str) -> Option<Response>;
+    /// The journal's answer to `prompt` (as sent), if it has one; `Err` when the journal
+    /// cannot key it (the session's answer-deciding settings are unknown): the item fails
+    /// without a call.
+    fn replay(&self, prompt: &str) -> Result<Option<Response>, Error>;
     /// Write the outcome of `prompt` to the journal, durably, before it is handed on.
     fn record(&self, prompt: &str, outcome: Result<&Response, &Error>);
 }
@@ -150,7 +152,7 @@ fn answer<W: World + ?Sized>(
         Policy::Plain => Cow::Borrowed(prompt),
         Policy::Strict { allowed, .. } => Cow::Owned(strict::instruction(prompt, allowed)),
     };
-    if let Some(response) = world.replay(&asked) {
+    if let Some(response) = world.replay(&asked).map_err(|error| (error, 0))? {
         let choice = match policy {
             Policy::Plain => None,
             Policy::Strict { interpret, .. } => interpret(&response.text),
@@ -369,8 +371,8 @@ mod tests {
         fn note(&self, event: Event, _: Option<&Error>) {
             self.events.borrow_mut().push(event);
         }
-        fn replay(&self, prompt: &str) -> Option<Response> {
-            self.journal.borrow().get(prompt).cloned()
+        fn replay(&self, prompt: &str) -> Result<Option<Response>, Error> {
+            Ok(self.journal.borrow().get(prompt).cloned())
         }
         fn record(&self, prompt: &str, outcome: Result<&Response, &Error>) {
             if let Ok(response) = outcome {

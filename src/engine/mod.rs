@@ -120,7 +120,7 @@ impl Run {
             journal: self
                 .journal
                 .as_ref()
-                .map(|j| (j, self.session.inner.answer_settings.as_str())),
+                .map(|j| (j, &self.session.inner.answer_settings)),
         }
     }
 

@@ -2,66 +2,62 @@
 //! a checksum of its own body, so a torn or damaged line is recognised and skipped.
 //!
 //! ```text
-//! {"claude_rayon_journal":1}
+//! {"claude_rayon_journal":2}
 //! {"crc":"1c291ca3","r":{"key":"9f…","answer":{"text":"…","cost_usd":0.0021,…}}}
 //! {"crc":"77a0e1b2","r":{"key":"03…","error":"API error (status 400): …"}}
 //! ```
 //!
-//! `crc` is the CRC-32 (IEEE) of the exact bytes of the `r` value as written. `key` is a
-//! 128-bit FNV-1a hash of what decides the answer (see [`Key`]).
+//! `crc` is the CRC-32 (IEEE) of the exact bytes of the `r` value as written. `key` is the
+//! SHA-256 of what decides the answer (see [`Key`]), in lower-case hex.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::Response;
 
-/// The first line of every journal.
-pub(crate) const HEADER: &str = r#"{"claude_rayon_journal":1}"#;
+/// The first line of every journal. Version 2: SHA-256 keys.
+pub(crate) const HEADER: &str = r#"{"claude_rayon_journal":2}"#;
+
+/// The first line of a journal written before version 2, whose keys (FNV-1a-128) anyone can
+/// make collide: its answers are never replayed (see `journal::load`).
+pub(crate) const HEADER_V1: &str = r#"{"claude_rayon_journal":1}"#;
 
 /// What decides an item's answer, hashed: the session's settings that shape the request and
 /// the prompt exactly as sent.
+///
+/// SHA-256, so that no one can write a document whose key is that of another, answered one
+/// (with a non-cryptographic hash such a document is found in a fraction of a second, and it
+/// would be answered from the journal without reaching the model). The input is
+/// `len(settings) ‖ settings ‖ len(prompt) ‖ prompt`, each length a little-endian `u64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Key(pub(crate) u128);
+pub(crate) struct Key(pub(crate) [u8; 32]);
 
 impl Key {
     /// The key of `prompt` under settings whose fingerprint is `settings`.
     pub(crate) fn of(settings: &str, prompt: &str) -> Key {
-        let mut hash = Fnv::default();
-        // Lengths first, so that no shift of text between the two parts gives the same key.
-        hash.write(&(settings.len() as u64).to_le_bytes());
-        hash.write(settings.as_bytes());
-        hash.write(&(prompt.len() as u64).to_le_bytes());
-        hash.write(prompt.as_bytes());
-        Key(hash.0)
+        let mut hash = Sha256::new();
+        // Lengths first, so that no shift of text between the two parts gives the same input.
+        hash.update((settings.len() as u64).to_le_bytes());
+        hash.update(settings.as_bytes());
+        hash.update((prompt.len() as u64).to_le_bytes());
+        hash.update(prompt.as_bytes());
+        Key(hash.finalize().into())
     }
 
     pub(crate) fn to_hex(self) -> String {
-        format!("{:032x}", self.0)
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub(crate) fn from_hex(hex: &str) -> Option<Key> {
-        (hex.len() == 32)
-            .then(|| u128::from_str_radix(hex, 16).ok())
-            .flatten()
-            .map(Key)
-    }
-}
-
-/// FNV-1a, 128 bits: stable across Rust versions and platforms, unlike std's hasher.
-struct Fnv(u128);
-
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d)
-    }
-}
-
-impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-        for byte in bytes {
-            self.0 ^= u128::from(*byte);
-            self.0 = self.0.wrapping_mul(PRIME);
+        // Lower-case only, so that each key has one spelling.
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
         }
+        let mut key = [0u8; 32];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Key(key))
     }
 }
 
@@ -150,15 +146,13 @@ mod tests {
         // No shift of text between the parts collides.
         assert_ne!(Key::of("ab", "c"), Key::of("a", "bc"));
         assert_eq!(Key::from_hex(&a.to_hex()), Some(a));
-        // Fixed across versions: a journal written today is read by the next release.
+        assert_eq!(Key::from_hex(&a.to_hex().to_uppercase()), None);
+        assert_eq!(Key::from_hex(&a.to_hex()[..32]), None);
+        // Fixed across versions and documented: SHA-256 of the two lengths (here 0 and 0, as
+        // 16 zero bytes) and the two texts; `printf '\0%.0s' {1..16} | sha256sum`.
         assert_eq!(
             Key::of("", "").to_hex(),
-            format!("{:032x}", {
-                let mut h = Fnv::default();
-                h.write(&0u64.to_le_bytes());
-                h.write(&0u64.to_le_bytes());
-                h.0
-            })
+            "374708fff7719dd5979ec875d56cd2286f6d3cf7ec317a3b25632aab28ec37bb"
         );
     }
 

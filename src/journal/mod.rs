@@ -4,9 +4,10 @@
 //! - `commit`: the writes, grouped: many items wait on one `fsync`.
 //!
 //! Opening reads every whole record whose checksum holds into memory and cuts a torn last
-//! line off the file; a record that fails its checksum is skipped, never replayed. A record
-//! lock on `PATH.lock` keeps a second program off the same journal (the lock dies with the
-//! program, `kill -9` included).
+//! line off the file; a record that fails its checksum is skipped, never replayed. A lock on
+//! the file itself (its open file description, so every path to it, hard links included,
+//! meets it) keeps a second program off the same journal; it dies with the program, `kill -9`
+//! included. The file is never opened through a symbolic link at its path.
 
 mod commit;
 pub(crate) mod format;
@@ -15,15 +16,17 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::{Error, Response};
 use commit::GroupCommit;
-use format::{Key, Record, HEADER};
+use format::{Key, Record, HEADER, HEADER_V1};
 
 /// A file of answered items: a rerun of the same program over the same inputs takes every
 /// answer already in it without a call, and calls Claude only for the rest.
@@ -31,9 +34,11 @@ use format::{Key, Record, HEADER};
 /// Give it to a session ([`SessionBuilder::journal`](crate::SessionBuilder::journal)) or to one
 /// run (`with_journal` on the adaptors, [`PipelineBuilder::journal`](crate::pipeline::PipelineBuilder::journal)).
 /// An item's answer is written (and synced to disk) before it is handed to you, keyed by
-/// everything that decides it: the prompt exactly as sent, and the session's model, system
-/// prompts, JSON schema, tools, effort and max turns. Change one item's text and only that
-/// item is asked again; change the model and all are. Failed items are recorded too, for
+/// everything that decides it: the prompt exactly as sent, and the session's system prompts,
+/// JSON schema, tools, effort, max turns, extra arguments and model, however the CLI process
+/// gets it (the builder, `arg("--model")`, `ANTHROPIC_MODEL` set or inherited, the user's
+/// `settings.json`; README, "Resume"). Change one item's text and only that item is asked
+/// again; change the model and all are. Failed items are recorded too, for
 /// inspection, but never replayed: a rerun tries them again.
 ///
 /// A replayed answer has [`Response::replayed`] set and keeps the cost it had when it was
@@ -41,8 +46,10 @@ use format::{Key, Record, HEADER};
 ///
 /// The file is JSON lines (README, "Resume"): readable with `jq`, one record per item. A
 /// `kill -9` loses at most the answers not yet written; a torn last line is cut off at the
-/// next open. Two programs cannot open one journal at once: the second gets
-/// [`Error::JournalLocked`].
+/// next open. Two programs cannot open one journal at once, whatever path each gives (a hard
+/// link or a linked folder reaches the same file): the second gets [`Error::JournalLocked`].
+/// A symbolic link at the journal's own path is refused, never followed. Keys are SHA-256
+/// digests, so a document cannot be crafted to take another's answer.
 ///
 /// # Examples
 ///
@@ -75,11 +82,13 @@ pub struct Journal {
 struct Inner {
     path: PathBuf,
     answers: Mutex<HashMap<Key, Response>>,
+    /// Owns the locked file: the lock goes when it is closed.
     writer: GroupCommit,
     /// Records skipped at open because their checksum failed (a damaged line).
     damaged: usize,
-    /// Held for the journal's life: the lock that keeps other programs off.
-    _lock: LockFile,
+    /// This program's note that the file is open; dropped after `writer`, so after the file
+    /// is closed.
+    _open_here: OpenHere,
 }
 
 impl Journal {
@@ -89,7 +98,8 @@ impl Journal {
     /// # Errors
     ///
     /// [`Error::JournalLocked`] if another program (or another `Journal` in this one) has it
-    /// open; [`Error::Journal`] if it cannot be read or written, or is not a journal.
+    /// open, by any path; [`Error::Journal`] if it cannot be read or written, is not a
+    /// journal, is a symbolic link, or was written by a version whose keys could be forged.
     ///
     /// # Examples
     ///
@@ -113,13 +123,29 @@ impl Journal {
             std::fs::create_dir_all(dir)
                 .map_err(|e| fail(format!("cannot create its folder: {e}")))?;
         }
-        let lock = lock(&path)?;
+        // Never through a symbolic link at its own path: a link planted there (dangling
+        // included) would have this program create or write a file wherever it points.
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| fail(format!("cannot open it: {e}")))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => fail(
+                    "it is a symbolic link, which a journal is never opened through; give the \
+                     path of the file itself"
+                        .into(),
+                ),
+                _ => fail(format!("cannot open it: {e}")),
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| fail(format!("cannot read its metadata: {e}")))?;
+        if !meta.file_type().is_file() {
+            return Err(fail("it is not a regular file".into()));
+        }
+        let open_here = lock(&file, (meta.dev(), meta.ino()), &path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| fail(format!("cannot read it: {e}")))?;
@@ -159,7 +185,7 @@ impl Journal {
                 answers: Mutex::new(loaded.answers),
                 damaged: loaded.damaged,
                 path,
-                _lock: lock,
+                _open_here: open_here,
             }),
         })
     }
@@ -241,6 +267,15 @@ fn load(bytes: &[u8]) -> Result<Loaded, String> {
     let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let not_a_journal =
         || format!("it is not a claude-rayon journal (its first line is not {HEADER})");
+    if bytes.starts_with(format!("{HEADER_V1}\n").as_bytes()) {
+        // Its keys (FNV-1a) can be made to collide on purpose, and its prompts are not kept,
+        // so its answers can neither be trusted for replay nor re-keyed. Refused, untouched.
+        return Err(format!(
+            "it was written by an earlier claude-rayon (first line {HEADER_V1}) whose keys could \
+             be forged, so its answers are not replayed; move it aside (it stays readable with \
+             jq) and a new journal is started at this path"
+        ));
+    }
     if keep == 0 && !format!("{HEADER}\n").as_bytes().starts_with(bytes) {
         // Not even a torn header: someone else's file, which must not be cut.
         return Err(not_a_journal());
@@ -270,88 +305,103 @@ fn load(bytes: &[u8]) -> Result<Loaded, String> {
     })
 }
 
-/// Journals open in this program, by their lock file: a second `Journal::open` of one file
-/// is refused here, since a process's own record locks never conflict with each other.
-static OPEN_HERE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Journals open in this program, by device and inode: a second `Journal::open` of one file
+/// (by any path) is refused at once, without trying its lock.
+static OPEN_HERE: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
-/// The journal's lock: a write lock on `PATH.lock`, held until dropped.
-///
-/// A POSIX record lock (`fcntl`) rather than `flock`: it belongs to the process, so a child
-/// forked meanwhile (a CLI process starting, before its `exec`) never holds it, and the
-/// kernel drops it when the program ends, however it ends. The price: closing *any*
-/// descriptor of the file releases the process's lock, so this program never opens the lock
-/// file a second time while it holds it (the list `OPEN_HERE` is checked first, under its
-/// mutex, and an entry leaves it only after its file is closed).
-struct LockFile {
-    path: PathBuf,
-    file: Option<File>,
-}
+/// How long a lock held by someone else is tried again before the file counts as in use:
+/// a child this program forks (a CLI process starting) holds a copy of every descriptor
+/// until its `exec` closes them, a moment at most.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
 
-impl Drop for LockFile {
+/// A journal's entry in [`OPEN_HERE`], removed when dropped.
+struct OpenHere((u64, u64));
+
+impl Drop for OpenHere {
     fn drop(&mut self) {
-        let mut open_here = OPEN_HERE.lock();
-        // Closed first: nobody in this program can open it again before the lock is gone.
-        drop(self.file.take());
-        open_here.retain(|p| *p != self.path);
+        OPEN_HERE.lock().retain(|id| *id != self.0);
     }
 }
 
-/// Take the journal's lock, without waiting.
-fn lock(path: &Path) -> Result<LockFile, Error> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
-    let failed = |what: &str, e: std::io::Error| Error::Journal {
+/// Lock the journal file `file` (device and inode `id`) for writing, without waiting for
+/// another program.
+///
+/// The lock is on the file itself, so every path to it (a hard link, a linked folder) meets
+/// it, and it belongs to this open file, not to the process: on Linux an open file
+/// description lock (`F_OFD_SETLK`), elsewhere `flock`. So closing some other descriptor of
+/// the file (the program reading its own journal) does not release it, a second open in this
+/// program conflicts like another program's, and the kernel drops it with the program,
+/// however the program ends.
+fn lock(file: &File, id: (u64, u64), path: &Path) -> Result<OpenHere, Error> {
+    let locked = || Error::JournalLocked {
         path: path.to_path_buf(),
-        message: format!("cannot {what} its lock file {}: {e}", lock_path.display()),
     };
-    // The folder exists (the journal's was created); the name identifies the file.
-    let key = match (lock_path.parent(), lock_path.file_name()) {
-        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => dir
-            .canonicalize()
-            .map_err(|e| failed("find", e))?
-            .join(name),
-        _ => std::env::current_dir()
-            .map_err(|e| failed("find", e))?
-            .join(&lock_path),
-    };
-    let mut open_here = OPEN_HERE.lock();
-    if open_here.contains(&key) {
-        // Not opened at all: closing a second descriptor would release the first's lock.
-        return Err(Error::JournalLocked {
-            path: path.to_path_buf(),
-        });
+    {
+        let mut open_here = OPEN_HERE.lock();
+        if open_here.contains(&id) {
+            return Err(locked());
+        }
+        open_here.push(id);
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| failed("open", e))?;
-    // SAFETY: a zeroed `flock` is a valid value of this plain C struct; fcntl reads it.
+    // From here on, dropping the entry takes the file off the list again on every path.
+    let entry = OpenHere(id);
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        match try_lock(file) {
+            Ok(()) => return Ok(entry),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EAGAIN)) => {
+                if Instant::now() >= deadline {
+                    return Err(locked());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                return Err(Error::Journal {
+                    path: path.to_path_buf(),
+                    message: format!("cannot lock it: {e}"),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn try_lock(file: &File) -> std::io::Result<()> {
+    // SAFETY: a zeroed `flock` is a valid value of this plain C struct (l_pid must be 0 for
+    // an OFD lock); fcntl reads it.
     let mut whole: libc::flock = unsafe { std::mem::zeroed() };
     whole.l_type = libc::F_WRLCK as libc::c_short;
     whole.l_whence = libc::SEEK_SET as libc::c_short;
     // SAFETY: fcntl on a descriptor we own, with a pointer to a struct we own.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &whole) } != 0 {
-        let error = std::io::Error::last_os_error();
-        return match error.raw_os_error() {
-            Some(libc::EACCES | libc::EAGAIN) => Err(Error::JournalLocked {
-                path: path.to_path_buf(),
-            }),
-            _ => Err(failed("lock", error)),
-        };
+    match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &whole) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
-    open_here.push(key.clone());
-    Ok(LockFile {
-        path: key,
-        file: Some(file),
-    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn try_lock(file: &File) -> std::io::Result<()> {
+    // SAFETY: flock on a descriptor we own.
+    match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
+        0 => Ok(()),
+        _ => {
+            let error = std::io::Error::last_os_error();
+            // flock says EWOULDBLOCK, which is EAGAIN where it matters.
+            Err(match error.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => std::io::Error::from_raw_os_error(libc::EAGAIN),
+                _ => error,
+            })
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(n: usize) -> Key {
+        Key::of("test", &n.to_string())
+    }
 
     fn answer(text: &str) -> Response {
         Response {
@@ -366,14 +416,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
         let journal = Journal::open(&path).unwrap();
-        journal.record(Key(1), Ok(&answer("one")));
-        journal.record(Key(2), Err(&Error::Cancelled));
+        journal.record(key(1), Ok(&answer("one")));
+        journal.record(key(2), Err(&Error::Cancelled));
         drop(journal);
         let journal = Journal::open(&path).unwrap();
-        let replayed = journal.replay(Key(1)).unwrap();
+        let replayed = journal.replay(key(1)).unwrap();
         assert_eq!((replayed.text.as_str(), replayed.replayed), ("one", true));
         assert_eq!(replayed.cost_usd, 0.5, "the cost it had when it was paid");
-        assert!(journal.replay(Key(2)).is_none());
+        assert!(journal.replay(key(2)).is_none());
         assert_eq!(journal.len(), 1);
     }
 
@@ -387,9 +437,9 @@ mod tests {
             Err(Error::JournalLocked { .. })
         ));
         // A clone shares it.
-        first.clone().record(Key(7), Ok(&answer("x")));
+        first.clone().record(key(7), Ok(&answer("x")));
         drop(first);
-        assert!(Journal::open(&path).unwrap().replay(Key(7)).is_some());
+        assert!(Journal::open(&path).unwrap().replay(key(7)).is_some());
     }
 
     proptest::proptest! {
@@ -406,7 +456,7 @@ mod tests {
             let path = dir.path().join("j.jsonl");
             let journal = Journal::open(&path).unwrap();
             for i in 0..n {
-                journal.record(Key(i as u128), Ok(&answer(&format!("answer {i} {}", "x".repeat(i * 7)))));
+                journal.record(key(i), Ok(&answer(&format!("answer {i} {}", "x".repeat(i * 7)))));
             }
             drop(journal);
             let bytes = std::fs::read(&path).unwrap();
@@ -419,18 +469,18 @@ mod tests {
             let journal = Journal::open(&path).unwrap();
             proptest::prop_assert_eq!(journal.len(), whole);
             for i in 0..n {
-                let replayed = journal.replay(Key(i as u128));
+                let replayed = journal.replay(key(i));
                 proptest::prop_assert_eq!(replayed.is_some(), i < whole, "record {}", i);
                 if let Some(response) = replayed {
                     let expected = format!("answer {i} ");
                     proptest::prop_assert!(response.text.starts_with(&expected));
                 }
             }
-            journal.record(Key(99), Ok(&answer("after the crash")));
+            journal.record(key(99), Ok(&answer("after the crash")));
             drop(journal);
             let journal = Journal::open(&path).unwrap();
             proptest::prop_assert_eq!(journal.len(), whole + 1);
-            proptest::prop_assert_eq!(journal.replay(Key(99)).unwrap().text, "after the crash");
+            proptest::prop_assert_eq!(journal.replay(key(99)).unwrap().text, "after the crash");
         }
     }
 
@@ -444,5 +494,29 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "my precious notes\n"
         );
+    }
+
+    #[test]
+    fn a_journal_with_forgeable_keys_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.jsonl");
+        let old = format!(
+            "{HEADER_V1}\n{{\"crc\":\"00000000\",\"r\":{{\"key\":\"{:032x}\"}}}}\n{{\"torn",
+            7
+        );
+        std::fs::write(&path, &old).unwrap();
+        let error = Journal::open(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("earlier claude-rayon") && error.contains("move it aside"),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            old,
+            "not even its torn end cut"
+        );
+        // Moved aside, a new journal starts at the path.
+        std::fs::rename(&path, dir.path().join("old.v1.jsonl")).unwrap();
+        assert!(Journal::open(&path).unwrap().is_empty());
     }
 }

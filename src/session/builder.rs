@@ -10,6 +10,11 @@ use crate::retry::RetryPolicy;
 use crate::throttle::Throttle;
 use crate::{Error, Session};
 
+/// How long the other items wait, by default, for the item warming the prompt cache to begin
+/// its answer: a process start (about 1 s, several on a busy machine) and the API's time to
+/// first token (seconds), with room to spare, yet far below an item's timeout.
+const DEFAULT_WARM_CACHE_WAIT: Duration = Duration::from_secs(20);
+
 /// The longest line read from the CLI by default: answers of tens of megabytes fit.
 const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -88,6 +93,8 @@ pub(crate) struct Config {
     pub on_progress: Option<crate::progress::Callback>,
     /// Whether a cold shared prefix is warmed by one item before the others go.
     pub warm_cache: bool,
+    /// The longest the others wait for the warming item's answer to begin.
+    pub warm_cache_wait: Duration,
     /// Where the session's journal is, opened by `build()`.
     pub journal_path: Option<PathBuf>,
     pub journal: Option<crate::Journal>,
@@ -136,6 +143,7 @@ impl Default for SessionBuilder {
                 progress: false,
                 on_progress: None,
                 warm_cache: true,
+                warm_cache_wait: DEFAULT_WARM_CACHE_WAIT,
                 journal_path: None,
                 journal: None,
                 #[cfg(feature = "progress")]
@@ -442,7 +450,9 @@ impl SessionBuilder {
 
     /// A spending cap for the whole session, in US dollars. Once the next item's estimated
     /// cost no longer fits, no further call is made and items fail with
-    /// [`Error::BudgetExceeded`].
+    /// [`Error::BudgetExceeded`]. An item whose own prompt would cost more than is left
+    /// (a huge document) fails alone with [`Error::ItemOverBudget`], without spending the
+    /// budget: the other items go on.
     pub fn max_budget_usd(mut self, budget: f64) -> Self {
         self.config.max_budget_usd = Some(budget);
         self
@@ -500,10 +510,28 @@ impl SessionBuilder {
     /// system prompt and [`append_system_prompt`](Self::append_system_prompt)) is large
     /// enough to be cached and no answer has begun in the last minutes, the first item goes
     /// alone until its answer has begun, then the rest go in parallel and read the entry it
-    /// wrote. It costs at most one item's time to first answer at the start of a run; without
+    /// wrote. It costs at most one item's time to first answer at the start of a run (never
+    /// more than [`warm_cache_wait`](Self::warm_cache_wait)); without
     /// it, the first `concurrency` items each write their own entry at 1.25× the input price.
     pub fn warm_cache(mut self, warm: bool) -> Self {
         self.config.warm_cache = warm;
+        self
+    }
+
+    /// The longest the other items wait at the start of a run for the item warming the prompt
+    /// cache (see [`warm_cache`](Self::warm_cache)) to begin its answer (default 20 s, and
+    /// never longer than [`timeout`](Self::timeout)). Past it they go without the cache
+    /// (each may write its own entry), so one item that hangs or is slow never holds up the
+    /// batch; a cancel or a close ends the wait at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = claude_rayon::Session::builder().warm_cache_wait(Duration::from_secs(5));
+    /// ```
+    pub fn warm_cache_wait(mut self, wait: Duration) -> Self {
+        self.config.warm_cache_wait = wait;
         self
     }
 
@@ -529,7 +557,8 @@ impl SessionBuilder {
     /// [`Error::CliNotFound`] when no CLI is found, [`Error::CliUnsupported`] when it is too
     /// old to be sealed (or does not say its version), [`Error::InvalidConfig`] for invalid
     /// or contradictory settings, [`Error::JournalLocked`] or [`Error::Journal`] when the
-    /// journal cannot be opened.
+    /// journal cannot be opened, or cannot tell which model answers (a settings file the CLI
+    /// would read cannot be read).
     ///
     /// # Examples
     ///
@@ -552,10 +581,18 @@ impl SessionBuilder {
         let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
         super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
         let mut config = self.config;
+        // Read now, once: what the processes will read (settings files, the environment).
+        let answer_settings = config.answer_settings();
         if let Some(path) = &config.journal_path {
+            if let Err(why) = &answer_settings {
+                return Err(Error::Journal {
+                    path: path.clone(),
+                    message: why.clone(),
+                });
+            }
             config.journal = Some(crate::Journal::open(path)?);
         }
-        Session::from_config(config, cli)
+        Session::from_config(config, cli, answer_settings)
     }
 }
 

@@ -165,24 +165,6 @@ impl Config {
         secrets
     }
 
-    /// What, besides the prompt, decides an answer: the journal's key is made of this and the
-    /// prompt as sent.
-    pub(crate) fn answer_settings(&self) -> String {
-        serde_json::json!({
-            "model": self.model,
-            "system_prompt": self.system_prompt,
-            "append_system_prompt": self.append_system_prompt,
-            "json_schema": self.json_schema,
-            "tools": self.tools,
-            "allowed_tools": self.allowed_tools,
-            "disallowed_tools": self.disallowed_tools,
-            "permission_mode": self.permission_mode.map(|m| m.as_str()),
-            "effort": self.effort.map(|e| e.as_str()),
-            "max_turns": self.max_turns,
-        })
-        .to_string()
-    }
-
     /// The tokens every item's request shares ahead of the item (system prompts), estimated
     /// at four bytes a token; the CLI's own request overhead is not counted.
     pub(crate) fn shared_prefix_tokens(&self) -> u64 {

@@ -8,6 +8,7 @@
 //!   errors and logs), `spawner` (the one thread that starts processes, and the watchdog).
 
 pub(crate) mod builder;
+mod fingerprint;
 mod launch;
 pub(crate) mod locate;
 mod options;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use builder::SessionBuilder;
+pub(crate) use fingerprint::AnswerSettings;
 pub use locate::CLI_ENV_VAR;
 pub use options::{Effort, PermissionMode};
 
@@ -78,50 +80,76 @@ pub(crate) const CACHE_MIN_TOKENS: u64 = 1024;
 
 /// Warming the prompt cache: when the session's shared prefix is cold, the first item goes
 /// alone until its answer has begun (the API makes an entry readable from then on); the
-/// others wait here, before the throttle, and then all read it.
-#[derive(Default)]
+/// others wait here, before the throttle, and then all read it. They wait at most `max_wait`
+/// after the warming item went: an item that never answers (or answers late) must not hold
+/// up the batch for its whole timeout, so past it they go without the cache.
 pub(crate) struct CacheGate {
     state: Mutex<GateState>,
     changed: parking_lot::Condvar,
+    max_wait: Duration,
 }
 
 #[derive(Default)]
 struct GateState {
     warm_until: Option<Instant>,
-    /// The ticket of the item warming now, if one is.
-    warming: Option<u64>,
+    /// The ticket of the item warming now, if one is, and when it went.
+    warming: Option<(u64, Instant)>,
     next_ticket: u64,
+    /// The warming item the others stopped waiting for (said once in the log).
+    gave_up_waiting_for: Option<u64>,
 }
 
 /// What an item is at the gate.
 pub(crate) enum GatePass {
-    /// The prefix is warm (or too small to cache): go.
+    /// The prefix is warm (or too small to cache, or its warming took too long): go.
     Open,
-    /// This item warms the prefix (its ticket): others wait until its answer begins, or it
-    /// gives up.
+    /// This item warms the prefix (its ticket): others wait until its answer begins, it
+    /// gives up, or the gate's longest wait is over.
     Warming(u64),
 }
 
 impl CacheGate {
+    /// A gate at which items wait at most `max_wait` for the warming one.
+    pub(crate) fn new(max_wait: Duration) -> CacheGate {
+        CacheGate {
+            state: Mutex::new(GateState::default()),
+            changed: parking_lot::Condvar::new(),
+            max_wait,
+        }
+    }
+
     /// Wait at the gate; `None` when `stopped()` said so first.
     pub(crate) fn enter(&self, stopped: &dyn Fn() -> bool) -> Option<GatePass> {
         let mut state = self.state.lock();
         loop {
-            if state.warm_until.is_some_and(|until| until > Instant::now()) {
+            let now = Instant::now();
+            if state.warm_until.is_some_and(|until| until > now) {
                 return Some(GatePass::Open);
             }
-            if state.warming.is_none() {
+            let Some((ticket, since)) = state.warming else {
                 state.next_ticket += 1;
                 let ticket = state.next_ticket;
-                state.warming = Some(ticket);
+                state.warming = Some((ticket, now));
                 return Some(GatePass::Warming(ticket));
+            };
+            let give_up_at = crate::retry::saturating_add(since, self.max_wait);
+            if now >= give_up_at {
+                if state.gave_up_waiting_for != Some(ticket) {
+                    state.gave_up_waiting_for = Some(ticket);
+                    log::info!(
+                        "the item warming the prompt cache has not begun its answer after {:?}; \
+                         the others go without waiting (each may write its own cache entry)",
+                        self.max_wait
+                    );
+                }
+                return Some(GatePass::Open);
             }
             // Checked under the lock, so a stop's wake-up (`wake`) cannot slip in between.
             if stopped() {
                 return None;
             }
             // Woken when the answer begins, the warming item gives up, or the run stops.
-            self.changed.wait(&mut state);
+            self.changed.wait_until(&mut state, give_up_at);
         }
     }
 
@@ -144,7 +172,7 @@ impl CacheGate {
     /// the next one warms.
     pub(crate) fn gave_up(&self, ticket: u64) {
         let mut state = self.state.lock();
-        if state.warming == Some(ticket) {
+        if state.warming.is_some_and(|(warming, _)| warming == ticket) {
             state.warming = None;
             self.changed.notify_all();
         }
@@ -202,8 +230,9 @@ pub(crate) struct Inner {
     pub(crate) recent_calls: Mutex<VecDeque<u32>>,
     /// Warming the prompt cache of the shared prefix (`None`: nothing to warm).
     pub(crate) cache_gate: Option<CacheGate>,
-    /// What besides the prompt decides an answer (the journal's key), computed once.
-    pub(crate) answer_settings: String,
+    /// What besides the prompt decides an answer (the journal's key), computed once; `Err`
+    /// when it cannot be known (a journal then refuses every item).
+    pub(crate) answer_settings: fingerprint::AnswerSettings,
 }
 
 impl Session {
@@ -218,7 +247,11 @@ impl Session {
         SessionBuilder::default()
     }
 
-    pub(crate) fn from_config(config: Config, cli: PathBuf) -> Result<Session, Error> {
+    pub(crate) fn from_config(
+        config: Config,
+        cli: PathBuf,
+        answer_settings: fingerprint::AnswerSettings,
+    ) -> Result<Session, Error> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let private_dir = match &config.cwd {
@@ -275,9 +308,8 @@ impl Session {
                 )))
             })?;
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
-        let answer_settings = config.answer_settings();
         let cache_gate = (config.warm_cache && config.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
-            .then(CacheGate::default);
+            .then(|| CacheGate::new(config.warm_cache_wait.min(config.timeout)));
         Ok(Session {
             inner: Arc::new(Inner {
                 id,
@@ -416,5 +448,29 @@ impl Drop for Inner {
         // The pool's drop kills and reaps idle processes; leased ones cannot exist here
         // because a lease borrows the session.
         log::debug!("session {} dropped", self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_holds_the_others_no_longer_than_its_longest_wait() {
+        let gate = CacheGate::new(Duration::ZERO);
+        assert!(matches!(gate.enter(&|| false), Some(GatePass::Warming(1))));
+        // The warming item has not begun: past the (here empty) wait, the others go.
+        assert!(matches!(gate.enter(&|| false), Some(GatePass::Open)));
+        assert!(matches!(gate.enter(&|| false), Some(GatePass::Open)));
+        // When it gives up, the next item warms.
+        gate.gave_up(1);
+        assert!(matches!(gate.enter(&|| false), Some(GatePass::Warming(2))));
+
+        let gate = CacheGate::new(Duration::MAX);
+        assert!(matches!(gate.enter(&|| false), Some(GatePass::Warming(1))));
+        // However long the wait, a stop ends it.
+        assert!(gate.enter(&|| true).is_none());
+        gate.began();
+        assert!(matches!(gate.enter(&|| true), Some(GatePass::Open)));
     }
 }
