@@ -78,6 +78,22 @@ pub enum Error {
         source: Arc<std::io::Error>,
     },
 
+    /// The CLI exited before it wrote anything, twice in the same way (the same exit code
+    /// and the same words on stderr): it cannot start with this session's settings (a flag
+    /// it does not know, `bypassPermissions` as root, a broken install). Every item would fail
+    /// the same way, so a run stops; no request was sent.
+    #[error(
+        "the claude CLI cannot start with this session's settings: it exited{} before writing \
+         anything, twice in the same way. It said: {stderr:?}",
+        .code.map(|c| format!(" with code {c}")).unwrap_or_default()
+    )]
+    CliCannotStart {
+        /// Its exit code.
+        code: Option<i32>,
+        /// What it wrote to stderr (the tail, secrets redacted).
+        stderr: String,
+    },
+
     /// The CLI process ended while an item was in flight.
     #[error("{} while an item was in flight; stderr: {stderr_tail:?}",
         describe_exit(*.code, *.signal, *.killed_by_library))]
@@ -319,6 +335,7 @@ impl Error {
                 | Error::BudgetExceeded { .. }
                 | Error::CliNotFound { .. }
                 | Error::CliUnsupported { .. }
+                | Error::CliCannotStart { .. }
                 | Error::ModelNotFound { .. }
                 | Error::ApiUnreachable { .. }
                 | Error::InvalidConfig(_)
@@ -368,6 +385,7 @@ impl Error {
             Error::ContextNotReset(..) => "ContextNotReset",
             Error::InvalidConfig(..) => "InvalidConfig",
             Error::Spawn { .. } => "Spawn",
+            Error::CliCannotStart { .. } => "CliCannotStart",
             Error::ProcessExited { .. } => "ProcessExited",
             Error::Protocol { .. } => "Protocol",
             Error::Timeout(..) => "Timeout",

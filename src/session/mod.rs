@@ -257,6 +257,7 @@ impl Session {
             interpret_item_text: config.interpret_item_text,
             clear_timeout: config.timeout.min(Duration::from_secs(30)),
             max_line_bytes: config.max_line_bytes,
+            start_failures: Default::default(),
         };
         let pool = Pool::new(
             launch,
