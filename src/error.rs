@@ -94,6 +94,23 @@ pub enum Error {
         stderr: String,
     },
 
+    /// The private working folder of the session's processes could not be made in the temp
+    /// folder: it does not exist or cannot be written. Without `cwd`, a session makes one in
+    /// `XDG_RUNTIME_DIR` when that is a folder, else in `TMPDIR` (else `/tmp`).
+    #[error(
+        "cannot make the claude processes' private working folder in {}: {source}. The folder \
+         comes from XDG_RUNTIME_DIR when that is a folder, else TMPDIR, else /tmp: make it \
+         exist and be writable, point TMPDIR elsewhere, or give SessionBuilder::cwd",
+        .path.display()
+    )]
+    TempFolder {
+        /// The folder the private folder was to be made in.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
     /// The CLI process ended while an item was in flight.
     #[error("{} while an item was in flight; stderr: {stderr_tail:?}",
         describe_exit(*.code, *.signal, *.killed_by_library))]
@@ -336,6 +353,7 @@ impl Error {
                 | Error::CliNotFound { .. }
                 | Error::CliUnsupported { .. }
                 | Error::CliCannotStart { .. }
+                | Error::TempFolder { .. }
                 | Error::ModelNotFound { .. }
                 | Error::ApiUnreachable { .. }
                 | Error::InvalidConfig(_)
@@ -386,6 +404,7 @@ impl Error {
             Error::InvalidConfig(..) => "InvalidConfig",
             Error::Spawn { .. } => "Spawn",
             Error::CliCannotStart { .. } => "CliCannotStart",
+            Error::TempFolder { .. } => "TempFolder",
             Error::ProcessExited { .. } => "ProcessExited",
             Error::Protocol { .. } => "Protocol",
             Error::Timeout(..) => "Timeout",

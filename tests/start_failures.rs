@@ -140,10 +140,8 @@ fn starts_that_fail_differently_are_each_tried_again() {
     let cli = dir.path().join("claude");
     std::fs::write(
         &cli,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo '2.1.332 (Claude Code)'; exit 0; }}\n\
-             echo \"cannot start (process $$)\" >&2\nexit 1\n"
-        ),
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo '2.1.332 (Claude Code)'; exit 0; }\n\
+         echo \"cannot start (process $$)\" >&2\nexit 1\n",
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;

@@ -223,7 +223,7 @@ impl Session {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let private_dir = match &config.cwd {
             Some(_) => None,
-            None => Some(seal::PrivateDir::create(id).map_err(Error::io)?),
+            None => Some(seal::PrivateDir::create(id)?),
         };
         let throttle = match &config.throttle {
             Some(shared) => Arc::clone(shared),

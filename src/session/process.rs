@@ -925,13 +925,23 @@ pub(crate) fn kill_group(pid: u32) {
 fn prepare_child(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
+    let lock_limit = spawner::lock_limit();
     cmd.process_group(0);
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (prctl, getppid, _exit).
+    // functions (prctl, setrlimit, getppid, _exit).
     unsafe {
         cmd.pre_exec(move || {
             // Die with the program, even if it is killed with SIGKILL.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The mark the watchdog finds what the CLI starts by, whatever it does to its
+            // environment and group (see `spawner`).
+            if let Some((marker, hard)) = lock_limit {
+                let limit = libc::rlimit {
+                    rlim_cur: marker,
+                    rlim_max: hard,
+                };
+                libc::setrlimit(libc::RLIMIT_LOCKS, &limit);
+            }
             // The parent may have died before prctl took effect.
             if libc::getppid() != parent {
                 libc::_exit(1);
