@@ -78,6 +78,39 @@ pub enum Error {
         source: Arc<std::io::Error>,
     },
 
+    /// The CLI exited before it wrote anything, twice in the same way (the same exit code
+    /// and the same words on stderr): it cannot start with this session's settings (a flag
+    /// it does not know, `bypassPermissions` as root, a broken install). Every item would fail
+    /// the same way, so a run stops; no request was sent.
+    #[error(
+        "the claude CLI cannot start with this session's settings: it exited{} before writing \
+         anything, twice in the same way. It said: {stderr:?}",
+        .code.map(|c| format!(" with code {c}")).unwrap_or_default()
+    )]
+    CliCannotStart {
+        /// Its exit code.
+        code: Option<i32>,
+        /// What it wrote to stderr (the tail, secrets redacted).
+        stderr: String,
+    },
+
+    /// The private working folder of the session's processes could not be made in the temp
+    /// folder: it does not exist or cannot be written. Without `cwd`, a session makes one in
+    /// `XDG_RUNTIME_DIR` when that is a folder, else in `TMPDIR` (else `/tmp`).
+    #[error(
+        "cannot make the claude processes' private working folder in {}: {source}. The folder \
+         comes from XDG_RUNTIME_DIR when that is a folder, else TMPDIR, else /tmp: make it \
+         exist and be writable, point TMPDIR elsewhere, or give SessionBuilder::cwd",
+        .path.display()
+    )]
+    TempFolder {
+        /// The folder the private folder was to be made in.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
     /// The CLI process ended while an item was in flight.
     #[error("{} while an item was in flight; stderr: {stderr_tail:?}",
         describe_exit(*.code, *.signal, *.killed_by_library))]
@@ -335,6 +368,8 @@ impl Error {
                 | Error::BudgetExceeded { .. }
                 | Error::CliNotFound { .. }
                 | Error::CliUnsupported { .. }
+                | Error::CliCannotStart { .. }
+                | Error::TempFolder { .. }
                 | Error::ModelNotFound { .. }
                 | Error::ApiUnreachable { .. }
                 | Error::InvalidConfig(_)
@@ -384,6 +419,8 @@ impl Error {
             Error::ContextNotReset(..) => "ContextNotReset",
             Error::InvalidConfig(..) => "InvalidConfig",
             Error::Spawn { .. } => "Spawn",
+            Error::CliCannotStart { .. } => "CliCannotStart",
+            Error::TempFolder { .. } => "TempFolder",
             Error::ProcessExited { .. } => "ProcessExited",
             Error::Protocol { .. } => "Protocol",
             Error::Timeout(..) => "Timeout",

@@ -34,7 +34,10 @@
 //! per start (its arguments) and per prompt (with the context it saw and `t_ms`, when it
 //! arrived in milliseconds since the UNIX epoch);
 //! `CLAUDE_RAYON_SIM_STATE=DIR` holds the `fail-times` counters; `CLAUDE_RAYON_SIM_STARTUP_MS`
-//! delays the start; `CLAUDE_RAYON_SIM_LATENCY_MS` delays every answer;
+//! delays the start; `CLAUDE_RAYON_SIM_START_ERROR=TEXT` makes it fail to start as a CLI given
+//! a flag it does not know does (TEXT on stderr, exit code 1, nothing read or written), on
+//! every start or, with `CLAUDE_RAYON_SIM_START_ERROR_TIMES=N`, the first N (across
+//! processes); `CLAUDE_RAYON_SIM_LATENCY_MS` delays every answer;
 //! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers; `CLAUDE_RAYON_SIM_VERSION` is what
 //! `--version` prints; `CLAUDE_RAYON_SIM_CLEAR` breaks `/clear` on purpose (`as-text`: sent
 //! to the "model" like any prompt; `same-session`: no new session id). Like the CLI, text that starts with `/` is a command: `/clear` resets the
@@ -106,6 +109,16 @@ pub fn run() -> i32 {
     );
     if let Some(ms) = env_u64("CLAUDE_RAYON_SIM_STARTUP_MS") {
         std::thread::sleep(Duration::from_millis(ms));
+    }
+    if let Ok(text) = std::env::var("CLAUDE_RAYON_SIM_START_ERROR") {
+        let fails = match env_u64("CLAUDE_RAYON_SIM_START_ERROR_TIMES") {
+            Some(times) => next_attempt("start-error").is_some_and(|n| u64::from(n) <= times),
+            None => true,
+        };
+        if fails {
+            eprintln!("{text}");
+            return 1;
+        }
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();

@@ -1,6 +1,7 @@
 //! Real tier: after `kill -9` of the host program, nothing the CLI started outlives it: not
 //! the CLI, not its hooks' background processes (one of them left its process group with
-//! `setsid`), not its MCP servers.
+//! `setsid`, one left it with an empty environment too, `setsid env -i`), not its MCP
+//! servers; and so even when the host forked a child that lives on.
 //!
 //! The host is this test binary re-run as a child process (the same test, told so by an
 //! environment variable), with the user's configuration loaded so that hooks and MCP servers
@@ -16,15 +17,16 @@ use support::hostile::Hostile;
 use support::mock_api::MockApi;
 use support::{builder_against, pid_alive, real_cli, wait_until, Real};
 
-const TEST_NAME: &str = "everything_the_cli_started_dies_with_a_killed_host";
+const CHILD_TEST: &str = "CLAUDE_RAYON_TEST_HOST_TEST";
 const CHILD_HOME: &str = "CLAUDE_RAYON_TEST_HOST_HOME";
 const CHILD_CWD: &str = "CLAUDE_RAYON_TEST_HOST_CWD";
+const CHILD_FORKS: &str = "CLAUDE_RAYON_TEST_HOST_FORKS";
 
 /// The host: start a session whose processes run hooks and MCP servers, answer two items,
-/// report the CLI pids, then wait to be killed.
-fn run_host(home: &str, cwd: &str) -> ! {
+/// fork a child that lives on if told to, report the pids, then wait to be killed.
+fn run_host(test: &str, home: &str, cwd: &str) -> ! {
     let api = MockApi::start();
-    let cli = real_cli(TEST_NAME).expect("the parent found the CLI");
+    let cli = real_cli(test).expect("the parent found the CLI");
     let session = builder_against(&cli, &api, std::path::Path::new(home))
         .cwd(cwd)
         .model("claude-sonnet-4-5")
@@ -45,32 +47,80 @@ fn run_host(home: &str, cwd: &str) -> ! {
         .map(u32::to_string)
         .collect();
     assert_eq!(pids.len(), 2, "two CLI processes: {pids:?}");
-    println!("\nREADY {}", pids.join(" "));
+    let mut forked = 0;
+    if std::env::var_os(CHILD_FORKS).is_some() {
+        // A child that is a copy of this program (no exec): it holds a copy of every file
+        // descriptor the program had when it forked.
+        // SAFETY: the child only calls pause, which is async-signal-safe, until killed.
+        forked = unsafe { libc::fork() };
+        if forked == 0 {
+            loop {
+                // SAFETY: waits for a signal; async-signal-safe.
+                unsafe {
+                    libc::pause();
+                }
+            }
+        }
+        assert!(forked > 0, "fork failed");
+    }
+    println!("\nREADY {forked} {}", pids.join(" "));
     // Wait for the parent's kill: stdin stays open until then.
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
     std::process::exit(0);
 }
 
-#[test]
-#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
-fn everything_the_cli_started_dies_with_a_killed_host() {
-    if let (Ok(home), Ok(cwd)) = (std::env::var(CHILD_HOME), std::env::var(CHILD_CWD)) {
-        run_host(&home, &cwd);
+/// Kills a process this test started when dropped, so a failed test leaves none behind.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: signals a process this test started (the host's forked child).
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGKILL);
+            }
+        }
     }
-    let Some(real) = Real::start(TEST_NAME) else {
+}
+
+/// Whether a process lost the environment the CLI gave it (`env -i`; the shell then sets
+/// only `PWD`): no owner marker, no `HOME`.
+fn lost_its_environment(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        !env.split(|b| *b == 0)
+            .any(|v| v.starts_with(b"HOME=") || v.starts_with(b"CLAUDE_RAYON_OWNER="))
+    })
+}
+
+fn check_everything_dies_with_a_killed_host(test: &str, host_forks: bool) {
+    if let (Ok(home), Ok(cwd), Ok(which)) = (
+        std::env::var(CHILD_HOME),
+        std::env::var(CHILD_CWD),
+        std::env::var(CHILD_TEST),
+    ) {
+        if which == test {
+            run_host(test, &home, &cwd);
+        }
+        return;
+    }
+    let Some(real) = Real::start(test) else {
         return;
     };
     let hostile = Hostile::install(&real);
-    let mut host = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads", "1"])
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(CHILD_TEST, test)
         .env(CHILD_HOME, real.home.path())
         .env(CHILD_CWD, real.cwd.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    if host_forks {
+        command.env(CHILD_FORKS, "1");
+    }
+    let mut host = command.spawn().unwrap();
     let stdout = host.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -81,7 +131,7 @@ fn everything_the_cli_started_dies_with_a_killed_host() {
             }
         }
     });
-    let cli_pids: Vec<u32> = match rx.recv_timeout(Duration::from_secs(120)) {
+    let mut reported: Vec<u32> = match rx.recv_timeout(Duration::from_secs(120)) {
         Ok(pids) => pids
             .split_whitespace()
             .map(|p| p.parse().unwrap())
@@ -91,14 +141,25 @@ fn everything_the_cli_started_dies_with_a_killed_host() {
             panic!("the host never became ready");
         }
     };
-    // Every hook run leaves two processes (one outside its group); each MCP server is one.
+    let forked = KillOnDrop(reported.remove(0));
+    let cli_pids = reported;
+    assert_eq!(forked.0 > 0, host_forks);
+    // Every hook run leaves three processes (two outside its group, one of them with an
+    // empty environment); each MCP server is one.
     wait_until(
         "hooks and MCP servers started",
         Duration::from_secs(30),
-        || hostile.mcp_starts() >= 1 && hostile.hook_runs() >= 2,
+        || {
+            hostile.mcp_starts() >= 1
+                && hostile.hook_runs() >= 2
+                && hostile
+                    .leftover_pids()
+                    .into_iter()
+                    .any(lost_its_environment)
+        },
     );
     let started = hostile.leftover_pids();
-    assert!(started.len() >= 5, "{started:?}");
+    assert!(started.len() >= 7, "{started:?}");
     assert!(started.iter().chain(&cli_pids).all(|&p| pid_alive(p)));
 
     // SAFETY: signals the child process this test started.
@@ -109,7 +170,10 @@ fn everything_the_cli_started_dies_with_a_killed_host() {
     let killed_at = Instant::now();
     for pid in cli_pids.iter().chain(&started) {
         wait_until(
-            &format!("process {pid} gone after the host was killed"),
+            &format!(
+                "process {pid} gone after the host was killed (environment lost: {})",
+                lost_its_environment(*pid)
+            ),
             Duration::from_secs(10),
             || !pid_alive(*pid),
         );
@@ -118,5 +182,26 @@ fn everything_the_cli_started_dies_with_a_killed_host() {
         "{} descendants gone {:?} after kill -9 of the host",
         cli_pids.len() + started.len(),
         killed_at.elapsed()
+    );
+    if host_forks {
+        assert!(pid_alive(forked.0), "the host's own child is not the CLI's");
+    }
+}
+
+#[test]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
+fn everything_the_cli_started_dies_with_a_killed_host() {
+    check_everything_dies_with_a_killed_host(
+        "everything_the_cli_started_dies_with_a_killed_host",
+        false,
+    );
+}
+
+#[test]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
+fn everything_the_cli_started_dies_with_a_killed_host_that_forked() {
+    check_everything_dies_with_a_killed_host(
+        "everything_the_cli_started_dies_with_a_killed_host_that_forked",
+        true,
     );
 }

@@ -35,7 +35,10 @@ fn run_host(home: &str) -> ! {
     let prompt = "x".repeat(1024 * 1024);
     let error = session.query(&prompt).unwrap_err();
     assert!(
-        matches!(error, Error::ProcessExited { .. } | Error::Io(_)),
+        matches!(
+            error,
+            Error::ProcessExited { .. } | Error::Io(_) | Error::CliCannotStart { .. }
+        ),
         "{error}"
     );
     println!("SURVIVED: {error}");

@@ -203,6 +203,9 @@ impl World for SessionWorld<'_> {
         let sent_at = Instant::now();
         let (outcome, calls) = run_turn(inner, taken.process(), prompt);
         let failed_cost = taken.process().take_failed_turn_cost();
+        // A process that wrote nothing never started (the CLI writes nothing before it
+        // has read a prompt), so it sent nothing.
+        let never_started = taken.process().said_nothing();
         drop(call);
         drop(taken);
         // A call ended by a hard stop fails as stopped, not as a crash.
@@ -223,6 +226,14 @@ impl World for SessionWorld<'_> {
                 inner.unreachable_streak.store(0, Ordering::SeqCst);
                 record_success(inner, &response);
                 Ok(response)
+            }
+            Err(error) if never_started => {
+                inner.counters.requests.fetch_sub(1, Ordering::Relaxed);
+                permit.give_back();
+                Err(AttemptError::Failed {
+                    error,
+                    called: false,
+                })
             }
             Err(error) => {
                 // An error result is billed as the CLI reports it (max turns, a missing

@@ -256,7 +256,7 @@ impl Session {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let private_dir = match &config.cwd {
             Some(_) => None,
-            None => Some(seal::PrivateDir::create(id).map_err(Error::io)?),
+            None => Some(seal::PrivateDir::create(id)?),
         };
         let throttle = match &config.throttle {
             Some(shared) => Arc::clone(shared),
@@ -290,6 +290,7 @@ impl Session {
             interpret_item_text: config.interpret_item_text,
             clear_timeout: config.timeout.min(Duration::from_secs(30)),
             max_line_bytes: config.max_line_bytes,
+            start_failures: Default::default(),
         };
         let pool = Pool::new(
             launch,

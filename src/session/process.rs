@@ -52,6 +52,36 @@ pub(crate) struct Launch {
     pub clear_timeout: Duration,
     /// The longest stdout line read.
     pub max_line_bytes: usize,
+    /// How the session's processes failed to start, shared by them.
+    pub start_failures: Arc<StartFailures>,
+}
+
+/// The last way a process of a session failed to start (it exited before writing a line),
+/// so that the second start that fails the same way is fatal instead of retried for every
+/// item: a CLI given a flag it does not know fails at every start.
+#[derive(Default)]
+pub(crate) struct StartFailures {
+    last: Mutex<Option<(Option<i32>, String)>>,
+}
+
+impl StartFailures {
+    /// Note a failed start; true when the last one failed the same way.
+    fn repeated(&self, code: Option<i32>, stderr: &str) -> bool {
+        let mut last = self.last.lock();
+        if last
+            .as_ref()
+            .is_some_and(|(c, e)| *c == code && e == stderr)
+        {
+            return true;
+        }
+        *last = Some((code, stderr.to_string()));
+        false
+    }
+
+    /// A process started: failures before it say nothing about the next start.
+    fn started(&self) {
+        *self.last.lock() = None;
+    }
 }
 
 /// A line from the stdout reader thread.
@@ -141,6 +171,12 @@ pub(crate) struct CliProcess {
     stderr_tail: Arc<Mutex<VecDeque<u8>>>,
     /// Closed by the stderr thread at end of stream, so an exit report has all of stderr.
     stderr_done: Receiver<()>,
+    /// Closed by the stdout thread at end of stream, so an exit report knows whether the
+    /// process wrote anything.
+    stdout_done: Receiver<()>,
+    /// Set at the first line the process wrote: it started (the CLI writes nothing before).
+    spoke: Arc<AtomicBool>,
+    start_failures: Arc<StartFailures>,
     secrets: Arc<Vec<String>>,
     /// The CLI reports cost as a running total per process; an item's cost is the difference.
     last_total_cost: f64,
@@ -194,6 +230,10 @@ impl CliProcess {
         let pid = child.id();
         let max_line = launch.max_line_bytes;
         let loaded_by_reader = Arc::clone(&loaded);
+        let spoke = Arc::new(AtomicBool::new(false));
+        let spoke_by_reader = Arc::clone(&spoke);
+        let start_failures = Arc::clone(&launch.start_failures);
+        let (stdout_done_tx, stdout_done_rx) = crossbeam_channel::bounded::<()>(0);
         let (stdin_tx, stdin_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         thread::Builder::new()
@@ -203,8 +243,13 @@ impl CliProcess {
         thread::Builder::new()
             .name(format!("claude-rayon-stdout-{pid}"))
             .spawn(move || {
-                read_stdout(stdout, tx, max_line, &loaded_by_reader);
+                read_stdout(stdout, tx, max_line, &mut || {
+                    spoke_by_reader.store(true, Ordering::SeqCst);
+                    loaded_by_reader.store(true, Ordering::SeqCst);
+                    start_failures.started();
+                });
                 loaded_by_reader.store(true, Ordering::SeqCst);
+                drop(stdout_done_tx);
             })
             .map_err(|e| abandon(&mut child, e))?;
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_BYTES)));
@@ -231,6 +276,9 @@ impl CliProcess {
             stdout: rx,
             stderr_tail: tail,
             stderr_done: done_rx,
+            stdout_done: stdout_done_rx,
+            spoke,
+            start_failures: Arc::clone(&launch.start_failures),
             secrets: Arc::clone(&launch.secrets),
             last_total_cost: 0.0,
             needs_clear: false,
@@ -277,6 +325,12 @@ impl CliProcess {
             );
             rc == 0 && info.si_pid() != 0
         }
+    }
+
+    /// Whether the process has not written a line yet. A CLI writes nothing before it has
+    /// loaded and read its first prompt, so a process that ended so never sent a request.
+    pub(crate) fn said_nothing(&self) -> bool {
+        !self.spoke.load(Ordering::SeqCst)
     }
 
     /// The cost and usage of the last failed turn, once (error results are billed too).
@@ -617,15 +671,30 @@ impl CliProcess {
         }
         let killed_by_library = !self.reaped && !self.has_exited();
         let status = self.reap();
-        // Stdout may close before the last of stderr has been read.
+        // Stdout may close before the last of stderr has been read, and a failed write may
+        // come before the reader has seen what the process wrote.
         let _ = self
             .stderr_done
             .recv_deadline(Instant::now() + GRACEFUL_EXIT);
+        let _ = self
+            .stdout_done
+            .recv_deadline(Instant::now() + GRACEFUL_EXIT);
         use std::os::unix::process::ExitStatusExt;
+        let code = status.and_then(|s| s.code());
+        let stderr_tail = self.stderr_tail();
+        // Exited by itself before a line: it did not start. The second start that fails the
+        // same way is fatal (a signal from outside is no word of the CLI's).
+        if self.said_nothing() && code.is_some() && self.start_failures.repeated(code, &stderr_tail)
+        {
+            return Error::CliCannotStart {
+                code,
+                stderr: stderr_tail,
+            };
+        }
         Error::ProcessExited {
-            code: status.and_then(|s| s.code()),
+            code,
             signal: status.and_then(|s| s.signal()),
-            stderr_tail: self.stderr_tail(),
+            stderr_tail,
             killed_by_library,
         }
     }
@@ -782,7 +851,9 @@ fn write_stdin(
     }
 }
 
-fn read_stdout(stdout: impl Read, tx: Sender<Out>, max_line: usize, loaded: &AtomicBool) {
+/// Read stdout into `tx`, line by line; `first_line` runs once, at the first line.
+fn read_stdout(stdout: impl Read, tx: Sender<Out>, max_line: usize, first_line: &mut dyn FnMut()) {
+    let mut spoke = false;
     // A 10 MB answer is one line, so the cap is large; past it the line is not kept, so a
     // CLI that writes without end cannot take the program's memory with it.
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
@@ -801,7 +872,10 @@ fn read_stdout(stdout: impl Read, tx: Sender<Out>, max_line: usize, loaded: &Ato
                 return;
             }
             Ok(_) => {
-                loaded.store(true, Ordering::SeqCst);
+                if !spoke {
+                    spoke = true;
+                    first_line();
+                }
                 let line = String::from_utf8(line)
                     // Not UTF-8: report it as a protocol problem through the parser.
                     .unwrap_or_else(|_| "<line is not valid UTF-8>".into());
@@ -851,13 +925,23 @@ pub(crate) fn kill_group(pid: u32) {
 fn prepare_child(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
+    let lock_limit = spawner::lock_limit();
     cmd.process_group(0);
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (prctl, getppid, _exit).
+    // functions (prctl, setrlimit, getppid, _exit).
     unsafe {
         cmd.pre_exec(move || {
             // Die with the program, even if it is killed with SIGKILL.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The mark the watchdog finds what the CLI starts by, whatever it does to its
+            // environment and group (see `spawner`).
+            if let Some((marker, hard)) = lock_limit {
+                let limit = libc::rlimit {
+                    rlim_cur: marker,
+                    rlim_max: hard,
+                };
+                libc::setrlimit(libc::RLIMIT_LOCKS, &limit);
+            }
             // The parent may have died before prctl took effect.
             if libc::getppid() != parent {
                 libc::_exit(1);
@@ -890,7 +974,7 @@ mod tests {
         let mut data = "y".repeat(3 * 1024 * 1024);
         data.push('\n');
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_stdout(data.as_bytes(), tx, data.len(), &AtomicBool::new(false));
+        read_stdout(data.as_bytes(), tx, data.len(), &mut || {});
         match rx.recv().unwrap() {
             Out::Line(l) => assert_eq!(l.len(), data.len()),
             _ => panic!("expected a line"),
@@ -902,7 +986,7 @@ mod tests {
     fn a_line_over_the_cap_stops_the_reader() {
         let data = format!("{{}}\n{}", "z".repeat(5000));
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_stdout(data.as_bytes(), tx, 1000, &AtomicBool::new(false));
+        read_stdout(data.as_bytes(), tx, 1000, &mut || {});
         assert!(matches!(rx.recv().unwrap(), Out::Line(l) if l == "{}\n"));
         assert!(matches!(rx.recv().unwrap(), Out::TooLong(1000)));
         assert!(rx.recv().is_err(), "nothing after a line over the cap");

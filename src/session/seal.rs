@@ -14,7 +14,7 @@
 //!   with anything else (a space included) is plain text. So such text gets one leading space.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use serde_json::json;
 
+use super::spawner;
 use crate::error::shorten;
 use crate::Error;
 
@@ -217,26 +218,44 @@ fn read_version(
 /// A private, empty working directory for a session's processes (mode 0700), removed when
 /// dropped. Under `XDG_RUNTIME_DIR` when there is one (a folder only this user can write,
 /// so no one else can plant a `CLAUDE.md` in a parent folder), else the temp folder.
+///
+/// A program killed with `kill -9`, or one that ran `exec`, drops nothing: the watchdog
+/// removes its folders when it ends (`spawner`), and a start sweeps away the folders of
+/// programs that ended without one. A folder's name says whose it is (pid namespace, pid,
+/// the process's start time, a nonce; `spawner::Host`), so a folder is removed only when it
+/// is ours by name and by owner and the program that made it has ended, never because its
+/// pid was given to another process.
 pub(crate) struct PrivateDir {
     path: PathBuf,
 }
 
 impl PrivateDir {
-    pub(crate) fn create(session_id: u64) -> std::io::Result<PrivateDir> {
+    pub(crate) fn create(session_id: u64) -> Result<PrivateDir, Error> {
+        let parent = private_dir_parent();
+        PrivateDir::create_in(&parent, session_id).map_err(|source| Error::TempFolder {
+            path: parent,
+            source: std::sync::Arc::new(source),
+        })
+    }
+
+    fn create_in(parent: &Path, session_id: u64) -> std::io::Result<PrivateDir> {
         use std::os::unix::fs::DirBuilderExt;
-        let parent = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute() && p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let host = spawner::host();
+        // Once per folder and program: the watchdog learns where to clean up, and what
+        // ended programs left there goes.
+        static SEEN: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+        if SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .insert(parent.to_path_buf())
+        {
+            sweep_stale(parent, host);
+            spawner::watch_folder(parent);
+        }
+        let prefix = host.folder_prefix();
         let mut attempt = 0u32;
         loop {
-            let path = parent.join(format!(
-                "claude-rayon-{}-{session_id}-{nanos:x}{attempt}",
-                std::process::id()
-            ));
+            let path = parent.join(format!("{prefix}{session_id}-{attempt}"));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => return Ok(PrivateDir { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
@@ -255,6 +274,49 @@ impl PrivateDir {
 impl Drop for PrivateDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Where private folders are made: `XDG_RUNTIME_DIR` when it is an absolute path to a folder,
+/// else the temp folder (`TMPDIR`, else `/tmp`).
+fn private_dir_parent() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(runtime) if runtime.is_absolute() && runtime.is_dir() => runtime,
+        Some(runtime) => {
+            log::warn!(
+                "XDG_RUNTIME_DIR ({}) is not a folder; the claude processes' private folder goes in the temp folder",
+                runtime.display()
+            );
+            std::env::temp_dir()
+        }
+        None => std::env::temp_dir(),
+    }
+}
+
+/// Remove the private folders in `parent` whose programs have ended: ours by name (this pid
+/// namespace), a directory owned by this user, not a link, and the process that made it is
+/// gone (or is this one, before an `exec`).
+fn sweep_stale(parent: &Path, host: &spawner::Host) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    // SAFETY: geteuid only reads this process's user id.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if host.folder_owner_ended(name) != Some(true) {
+            continue;
+        }
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if ours {
+            log::debug!("removing {}, left by a program that ended", path.display());
+            let _ = std::fs::remove_dir_all(&path);
+        }
     }
 }
 

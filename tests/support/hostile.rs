@@ -55,12 +55,15 @@ impl Hostile {
     }
 
     fn hook(&self, tag: &str) -> serde_json::Value {
-        // Each run logs itself, and leaves a process behind: one in its group, one that left
-        // it (setsid), each recording its pid.
+        // Each run logs itself, and leaves processes behind: one in its group, one that left
+        // it (setsid), one that left it with an empty environment (setsid env -i), each
+        // recording its pid.
         let pids = self.pids_log.display();
         let command = format!(
             "echo {tag} >> {log}; (sleep 600 </dev/null >/dev/null 2>&1 & echo $! >> {pids}); \
-             (setsid sh -c 'echo $$ >> {pids}; exec sleep 600' </dev/null >/dev/null 2>&1 &); exit 0",
+             (setsid sh -c 'echo $$ >> {pids}; exec sleep 600' </dev/null >/dev/null 2>&1 &); \
+             (setsid env -i /bin/sh -c 'echo $$ >> {pids}; exec /bin/sleep 600' \
+             </dev/null >/dev/null 2>&1 &); exit 0",
             log = self.hooks_log.display()
         );
         json!([{ "hooks": [{ "type": "command", "command": command }] }])
