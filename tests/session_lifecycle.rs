@@ -371,3 +371,79 @@ fn a_start_up_slot_is_freed_once_the_process_has_loaded_not_after_its_first_item
         starts[3] - starts[0]
     );
 }
+
+/// A conversation's turn that will not end by itself (`hang`) on its own thread; returns
+/// the thread and the pid of the conversation's process once the turn's prompt arrived.
+fn hanging_turn(
+    fake: &Fake,
+    mut chat: claude_rayon::Conversation,
+) -> (
+    std::thread::JoinHandle<(
+        claude_rayon::Conversation,
+        Result<claude_rayon::Response, Error>,
+    )>,
+    u32,
+) {
+    chat.send("Please remember that the quarterly report is due on Friday, not Monday.")
+        .unwrap();
+    let turn = std::thread::spawn(move || {
+        let answer = chat.send(
+            "[[sim:hang]] When is the quarterly report due, and who asked for it to be moved?",
+        );
+        (chat, answer)
+    });
+    wait_until("the second turn reached the process", GONE, || {
+        fake.prompts().len() == 2
+    });
+    (turn, fake.pids()[0])
+}
+
+#[test]
+fn a_cancel_ends_a_conversations_turn_in_flight_and_refuses_the_next() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let cancel = claude_rayon::Cancel::new();
+    let chat = session.conversation().with_cancel(&cancel);
+    let (turn, pid) = hanging_turn(&fake, chat);
+    cancel.cancel();
+    let (mut chat, answer) = turn.join().unwrap();
+    assert!(matches!(answer, Err(Error::Cancelled)), "{answer:?}");
+    wait_until("the turn's process is gone", GONE, || !pid_alive(pid));
+    let next = chat.send("Is the report still due on Friday?");
+    assert!(matches!(next, Err(Error::Cancelled)), "{next:?}");
+    assert_eq!(fake.prompts().len(), 2, "nothing sent after the cancel");
+    let stats = session.stats();
+    assert_eq!((stats.started, stats.succeeded, stats.failed), (3, 1, 2));
+    // The session goes on: a query is not the conversation's.
+    assert!(session
+        .query("Summarise: the report moved to Friday.")
+        .is_ok());
+}
+
+#[test]
+fn a_conversation_cancelled_before_a_turn_sends_nothing() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let cancel = claude_rayon::Cancel::new();
+    cancel.cancel();
+    let mut chat = session.conversation().with_cancel(&cancel);
+    let answer = chat.send("Draft a polite reply to a customer whose parcel arrived late.");
+    assert!(matches!(answer, Err(Error::Cancelled)), "{answer:?}");
+    assert!(fake.pids().is_empty(), "no process was started");
+    // Reset, the conversation goes on.
+    cancel.reset();
+    assert!(chat
+        .send("Draft a polite reply to a customer whose parcel arrived late.")
+        .is_ok());
+}
+
+#[test]
+fn close_during_a_conversations_turn_reports_closed() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let (turn, pid) = hanging_turn(&fake, session.conversation());
+    session.clone().close().unwrap();
+    let (_chat, answer) = turn.join().unwrap();
+    assert!(matches!(answer, Err(Error::Closed)), "{answer:?}");
+    assert!(!pid_alive(pid));
+}
