@@ -13,6 +13,11 @@ use crate::{Error, Session};
 /// The longest line read from the CLI by default: answers of tens of megabytes fit.
 const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
 
+/// A warm process is retired after this many items (measured: see `docs/tuning.md`).
+const DEFAULT_RECYCLE_AFTER_ITEMS: Option<u64> = None;
+/// A warm process is retired above this resident memory (measured: see `docs/tuning.md`).
+const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = None;
+
 /// Settings of a [`Session`], built with [`Session::builder`].
 ///
 /// The defaults suit batch work: no tools and an empty system prompt, so a request carries
@@ -70,6 +75,10 @@ pub(crate) struct Config {
     pub timeout: Duration,
     pub persist_sessions: bool,
     pub fresh_process_per_item: bool,
+    /// A process is retired at checkin once it has answered this many items.
+    pub recycle_after_items: Option<u64>,
+    /// A process is retired at checkin once its resident memory is above this (bytes).
+    pub recycle_above_memory: Option<u64>,
     pub extra_args: Vec<String>,
     pub load_user_config: bool,
     pub interpret_item_text: bool,
@@ -117,6 +126,8 @@ impl Default for SessionBuilder {
                 timeout: Duration::from_secs(600),
                 persist_sessions: false,
                 fresh_process_per_item: false,
+                recycle_after_items: DEFAULT_RECYCLE_AFTER_ITEMS,
+                recycle_above_memory: DEFAULT_RECYCLE_ABOVE_MEMORY,
                 extra_args: Vec::new(),
                 load_user_config: false,
                 interpret_item_text: false,
@@ -328,6 +339,34 @@ impl SessionBuilder {
     /// 0.8 s of CPU and 300 MB per item; use it only when items must not share a process.
     pub fn fresh_process_per_item(mut self, fresh: bool) -> Self {
         self.config.fresh_process_per_item = fresh;
+        self
+    }
+
+    /// Retire a warm process once it has answered `items` items (`None`: never), and start
+    /// a fresh one for the next item. The CLI's memory grows over a long headless session;
+    /// a process is retired only between items (when it goes back to the pool), so no item
+    /// is cut short, lost or asked twice. A [`Conversation`](crate::Conversation) keeps its
+    /// process until it is dropped. Default: see `docs/tuning.md`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // A fresh process every 200 items; no memory ceiling.
+    /// let builder = claude_rayon::Session::builder()
+    ///     .recycle_after_items(Some(200))
+    ///     .recycle_above_memory(None);
+    /// ```
+    pub fn recycle_after_items(mut self, items: Option<u64>) -> Self {
+        self.config.recycle_after_items = items;
+        self
+    }
+
+    /// Retire a warm process, between items, once its resident memory (Linux `VmRSS`) is
+    /// above `bytes` (`None`: never). Read from `/proc` when the process goes back to the
+    /// pool; elsewhere than Linux only [`recycle_after_items`](Self::recycle_after_items)
+    /// applies. Default: see `docs/tuning.md`.
+    pub fn recycle_above_memory(mut self, bytes: Option<u64>) -> Self {
+        self.config.recycle_above_memory = bytes;
         self
     }
 
@@ -571,6 +610,9 @@ impl Config {
                 self.concurrency
             ));
         }
+        if self.recycle_after_items == Some(0) {
+            return invalid("recycle_after_items must be at least 1 (None never recycles)".into());
+        }
         if self.max_starting_processes == 0 {
             return invalid("max_starting_processes must be at least 1".into());
         }
@@ -696,6 +738,8 @@ impl fmt::Debug for Config {
             .field("load_user_config", &self.load_user_config)
             .field("interpret_item_text", &self.interpret_item_text)
             .field("fresh_process_per_item", &self.fresh_process_per_item)
+            .field("recycle_after_items", &self.recycle_after_items)
+            .field("recycle_above_memory", &self.recycle_above_memory)
             .field("throttle", &self.throttle)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("tokens_per_minute", &self.tokens_per_minute)
