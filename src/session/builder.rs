@@ -415,6 +415,11 @@ impl SessionBuilder {
     /// [`simulator::serve_if_requested`](crate::simulator::serve_if_requested) first. Answers
     /// are labelled as simulated; no API is called and nothing is billed.
     ///
+    /// `build()` checks that the program serves (it starts it once and asks), and refuses
+    /// with [`Error::SimulatorNotServed`] when it does not; a copy started as the simulator
+    /// never builds a session of its own, so a forgotten call cannot make the program start
+    /// itself again and again.
+    ///
     /// # Errors
     ///
     /// [`Error::Io`] when the path of the running program cannot be found.
@@ -566,7 +571,8 @@ impl SessionBuilder {
     /// # Errors
     ///
     /// [`Error::CliNotFound`] when no CLI is found, [`Error::CliUnsupported`] when it is too
-    /// old to be sealed (or does not say its version), [`Error::InvalidConfig`] for invalid
+    /// old to be sealed (or does not say its version), [`Error::SimulatorNotServed`] for a
+    /// [`simulated`](Self::simulated) session whose program does not serve the simulator, [`Error::InvalidConfig`] for invalid
     /// or contradictory settings, [`Error::JournalLocked`] or [`Error::Journal`] when the
     /// journal cannot be opened.
     ///
@@ -588,8 +594,22 @@ impl SessionBuilder {
                  on_progress(..) works without it"
             );
         }
+        // A copy of this program started as the simulator must serve, never start another.
+        #[cfg(feature = "simulator")]
+        super::simulated::refuse_in_the_simulator()?;
         let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
-        super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
+        #[cfg(feature = "simulator")]
+        let simulated = super::simulated::is_simulated(&self.config.env);
+        #[cfg(not(feature = "simulator"))]
+        let simulated = false;
+        if simulated {
+            // The program itself as the simulator: check that it serves, once, instead of
+            // asking its version (which a program that does not serve answers by running).
+            #[cfg(feature = "simulator")]
+            super::simulated::handshake(&cli, &self.config.cli_env(), &self.config.env_remove)?;
+        } else {
+            super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
+        }
         let mut config = self.config;
         if let Some(path) = &config.journal_path {
             config.journal = Some(crate::Journal::open(path)?);

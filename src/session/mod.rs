@@ -16,6 +16,8 @@ pub(crate) mod process;
 pub(crate) mod protocol;
 pub(crate) mod seal;
 pub(crate) mod secrets;
+#[cfg(feature = "simulator")]
+mod simulated;
 pub(crate) mod spawner;
 
 use std::collections::VecDeque;
