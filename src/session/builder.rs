@@ -13,10 +13,12 @@ use crate::{Error, Session};
 /// The longest line read from the CLI by default: answers of tens of megabytes fit.
 const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
 
-/// A warm process is retired after this many items (measured: see `docs/tuning.md`).
-const DEFAULT_RECYCLE_AFTER_ITEMS: Option<u64> = None;
-/// A warm process is retired above this resident memory (measured: see `docs/tuning.md`).
-const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = None;
+/// A warm process is retired after this many items: the most a process was measured over
+/// on both CLI versions (`benches/process_memory.rs`, docs/tuning.md).
+const DEFAULT_RECYCLE_AFTER_ITEMS: Option<u64> = Some(2000);
+/// A warm process is retired above this resident memory: above every reading of a healthy
+/// process over 2,000 items (at most 475 MiB), about 2.5 times a fresh one.
+const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = Some(512 * 1024 * 1024);
 
 /// Settings of a [`Session`], built with [`Session::builder`].
 ///
@@ -346,7 +348,9 @@ impl SessionBuilder {
     /// a fresh one for the next item. The CLI's memory grows over a long headless session;
     /// a process is retired only between items (when it goes back to the pool), so no item
     /// is cut short, lost or asked twice. A [`Conversation`](crate::Conversation) keeps its
-    /// process until it is dropped. Default: see `docs/tuning.md`.
+    /// process until it is dropped. Default: `Some(2000)`, the most items a process was
+    /// measured over on both CLI versions; a recycle costs about one start (docs/tuning.md,
+    /// "Recycling").
     ///
     /// # Examples
     ///
@@ -364,7 +368,9 @@ impl SessionBuilder {
     /// Retire a warm process, between items, once its resident memory (Linux `VmRSS`) is
     /// above `bytes` (`None`: never). Read from `/proc` when the process goes back to the
     /// pool; elsewhere than Linux only [`recycle_after_items`](Self::recycle_after_items)
-    /// applies. Default: see `docs/tuning.md`.
+    /// applies. Default: `Some(512 MiB)`, above every reading of a healthy process over
+    /// 2,000 items (at most 475 MiB; 187-190 MiB fresh), so that it retires only a process
+    /// that grows beyond what a healthy one reaches (docs/tuning.md, "Recycling").
     pub fn recycle_above_memory(mut self, bytes: Option<u64>) -> Self {
         self.config.recycle_above_memory = bytes;
         self

@@ -109,7 +109,10 @@ pub(crate) fn handshake(
             "it gave no answer in {HANDSHAKE_TIMEOUT:?}"
         )));
     };
-    if output.lines().any(|line| line.trim() == handshake_answer(&nonce)) {
+    if output
+        .lines()
+        .any(|line| line.trim() == handshake_answer(&nonce))
+    {
         serving.lock().insert(program.to_path_buf());
         return Ok(());
     }
