@@ -372,18 +372,15 @@ fn a_start_up_slot_is_freed_once_the_process_has_loaded_not_after_its_first_item
     );
 }
 
+/// A conversation's turn on its own thread: the conversation back, and the turn's answer.
+type Turn = std::thread::JoinHandle<(
+    claude_rayon::Conversation,
+    Result<claude_rayon::Response, Error>,
+)>;
+
 /// A conversation's turn that will not end by itself (`hang`) on its own thread; returns
 /// the thread and the pid of the conversation's process once the turn's prompt arrived.
-fn hanging_turn(
-    fake: &Fake,
-    mut chat: claude_rayon::Conversation,
-) -> (
-    std::thread::JoinHandle<(
-        claude_rayon::Conversation,
-        Result<claude_rayon::Response, Error>,
-    )>,
-    u32,
-) {
+fn hanging_turn(fake: &Fake, mut chat: claude_rayon::Conversation) -> (Turn, u32) {
     chat.send("Please remember that the quarterly report is due on Friday, not Monday.")
         .unwrap();
     let turn = std::thread::spawn(move || {
