@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::engine::{self, Run};
 use crate::session::process::CliProcess;
-use crate::{Error, Response, Session};
+use crate::{Cancel, Error, Response, Session};
 
 /// One CLI process held for a multi-turn exchange ([`Session::conversation`]).
 ///
@@ -16,6 +16,10 @@ use crate::{Error, Response, Session};
 /// the context. If the process dies mid-turn after earlier turns, the context is gone: that
 /// turn fails as it failed, and every later turn fails with [`Error::ConversationLost`]
 /// (start a new conversation).
+///
+/// [`with_cancel`](Self::with_cancel) stops it from another thread: a turn in flight ends at
+/// once with [`Error::Cancelled`] (its process is killed, so the context is gone), and later
+/// turns are refused. [`Session::close`] ends a turn in flight with [`Error::Closed`].
 ///
 /// # Examples
 ///
@@ -52,7 +56,7 @@ impl Session {
     /// ```
     pub fn conversation(&self) -> Conversation {
         Conversation {
-            run: Run::untracked(self),
+            run: Run::conversation(self, None),
             process: RefCell::new(None),
             turns: 0,
             lost: None,
@@ -61,6 +65,31 @@ impl Session {
 }
 
 impl Conversation {
+    /// Stop this conversation when `cancel` is set, as the adaptors' `with_cancel` does: a
+    /// turn in flight ends at once with [`Error::Cancelled`] (its process is killed: a turn
+    /// holds it, and waiting for the answer could take minutes), and every later turn is
+    /// refused with [`Error::Cancelled`] without a call. A turn ended that way loses the
+    /// context of the turns before it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// claude_rayon::simulator::serve_if_requested();
+    /// use claude_rayon::{Cancel, Error, Session};
+    ///
+    /// let session = Session::builder().simulated()?.build()?;
+    /// let cancel = Cancel::new();
+    /// let mut chat = session.conversation().with_cancel(&cancel);
+    /// chat.send("The answer is 42.")?;
+    /// cancel.cancel(); // from a Ctrl-C handler, say
+    /// assert!(matches!(chat.send("What is the answer?"), Err(Error::Cancelled)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
+        self.run = Run::conversation(self.run.session(), Some(cancel));
+        self
+    }
+
     /// Send the next turn and wait for its answer.
     ///
     /// # Errors
@@ -90,7 +119,11 @@ impl Conversation {
             return Err(Error::Closed);
         }
         if let Some(turns) = self.lost {
-            return Err(Error::ConversationLost { turns });
+            // A stopped conversation (cancelled, say) refuses as stopped, through the engine
+            // so that the turn is counted like any refused item.
+            if self.run.stop_reason().is_none() {
+                return Err(Error::ConversationLost { turns });
+            }
         }
         match self.process.get_mut() {
             Some(process) if self.turns > 0 => process.keep_context(),

@@ -53,6 +53,23 @@ pub enum Error {
         minimum: String,
     },
 
+    /// [`SessionBuilder::simulated`](crate::SessionBuilder::simulated) runs the program
+    /// itself again as the simulator, and it did not answer as one: its `main` does not call
+    /// `claude_rayon::simulator::serve_if_requested()` first. Also what `build()` returns in
+    /// the copy of the program started as the simulator, so that it never starts another.
+    #[error(
+        "{} did not answer as the claude-rayon simulator ({detail}): a session built with \
+         SessionBuilder::simulated() runs this program again as the simulator, so the first \
+         line of its `main` must be `claude_rayon::simulator::serve_if_requested();`",
+        .program.display()
+    )]
+    SimulatorNotServed {
+        /// The program that was (or is) started as the simulator.
+        program: PathBuf,
+        /// What happened instead of the simulator's answer.
+        detail: String,
+    },
+
     /// A prompt was empty or only white space; the CLI would drop it and the model would
     /// answer something else, so it is refused without a call.
     #[error("the prompt is empty or only white space; nothing was sent")]
@@ -370,6 +387,7 @@ impl Error {
                 | Error::CliUnsupported { .. }
                 | Error::CliCannotStart { .. }
                 | Error::TempFolder { .. }
+                | Error::SimulatorNotServed { .. }
                 | Error::ModelNotFound { .. }
                 | Error::ApiUnreachable { .. }
                 | Error::InvalidConfig(_)
@@ -415,6 +433,7 @@ impl Error {
         match self {
             Error::CliNotFound { .. } => "CliNotFound",
             Error::CliUnsupported { .. } => "CliUnsupported",
+            Error::SimulatorNotServed { .. } => "SimulatorNotServed",
             Error::EmptyPrompt => "EmptyPrompt",
             Error::ContextNotReset(..) => "ContextNotReset",
             Error::InvalidConfig(..) => "InvalidConfig",

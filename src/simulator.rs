@@ -63,6 +63,16 @@ const ALLOWED_PREFIX: &str = "Allowed answers: ";
 /// Set to `1` in a child's environment to make [`serve_if_requested`] run the simulator.
 pub const SIMULATOR_ENV_VAR: &str = "CLAUDE_RAYON_SIMULATOR";
 
+/// Set by `build()` of a simulated session when it starts the program once to check that it
+/// serves: the simulator answers `--version` with [`handshake_answer`] of its value, which a
+/// program whose `main` forgot [`serve_if_requested`] cannot print.
+pub(crate) const HANDSHAKE_ENV_VAR: &str = "CLAUDE_RAYON_SIM_HANDSHAKE";
+
+/// The line the simulator prints for the handshake `nonce`.
+pub(crate) fn handshake_answer(nonce: &str) -> String {
+    format!("claude-rayon simulator serving, handshake {nonce}")
+}
+
 /// If this process was started as the simulator (by a session built with
 /// [`SessionBuilder::simulated`](crate::SessionBuilder::simulated)), run it and exit;
 /// otherwise return at once. Call it first thing in `main`.
@@ -89,6 +99,11 @@ pub fn run() -> i32 {
         let version = std::env::var("CLAUDE_RAYON_SIM_VERSION")
             .unwrap_or_else(|_| "2.1.332 (Claude Code; claude-rayon simulator)".into());
         println!("{version}");
+        // The answer to a session's handshake: only the simulator says it (see
+        // `HANDSHAKE_ENV_VAR`).
+        if let Ok(nonce) = std::env::var(HANDSHAKE_ENV_VAR) {
+            println!("{}", handshake_answer(&nonce));
+        }
         return 0;
     }
     let mut sim = Simulator::new(args);

@@ -50,6 +50,10 @@ pub struct Stats {
     pub processes_started: u64,
     /// CLI processes that exist right now, idle or busy.
     pub processes_live: u64,
+    /// Healthy processes retired between items and replaced, by
+    /// [`recycle_after_items`](crate::SessionBuilder::recycle_after_items) or
+    /// [`recycle_above_memory`](crate::SessionBuilder::recycle_above_memory).
+    pub processes_recycled: u64,
     /// Time from the session's start to its first answer.
     pub time_to_first_result: Option<Duration>,
     /// Median item latency (prompt sent to result read, successful attempts).
@@ -148,6 +152,7 @@ impl Counters {
             // Counted by the pool; `Session::stats` fills it in.
             processes_started: 0,
             processes_live: 0,
+            processes_recycled: 0,
             time_to_first_result: (first > 0).then(|| Duration::from_nanos(first)),
             latency_p50: latency.quantile(0.50),
             latency_p90: latency.quantile(0.90),

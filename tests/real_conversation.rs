@@ -52,3 +52,68 @@ fn a_conversation_keeps_context_and_the_next_query_does_not_see_it() {
         "the process was reused"
     );
 }
+
+/// A turn the mock API does not answer until released: a cancel ends it at once with
+/// `Cancelled` (its CLI process killed, no answer waited for), and a close with `Closed`.
+#[test]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
+fn a_cancel_or_a_close_ends_a_conversation_turn_in_flight() {
+    use claude_rayon::{Cancel, Error};
+    use std::time::Duration;
+
+    let Some(real) = Real::start("a_cancel_or_a_close_ends_a_conversation_turn_in_flight") else {
+        return;
+    };
+    // Questions about the report wait until the test lets them go (or a minute passes).
+    let (release, held) = crossbeam_channel::bounded::<()>(0);
+    real.api.set_reply(move |prompt| {
+        if prompt.contains("Who asked") {
+            let _ = held.recv_timeout(Duration::from_secs(60));
+        }
+        Reply::text("Noted.")
+    });
+    let first = "Please remember that the quarterly report is due on Friday, not Monday.";
+    let question = "Who asked for the quarterly report to be moved, and why was it moved?";
+    let wait_for_requests = |n: usize| {
+        support::wait_until("the turn reached the API", Duration::from_secs(60), || {
+            real.api.request_count() >= n
+        })
+    };
+
+    for ending in ["cancel", "close"] {
+        real.api.clear_requests();
+        let session = real.builder().concurrency(1).build().unwrap();
+        let cancel = Cancel::new();
+        let mut chat = session.conversation().with_cancel(&cancel);
+        chat.send(first).unwrap();
+        let pids = real.cli_pids();
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        let turn = std::thread::spawn(move || {
+            let answer = chat.send(question);
+            (chat, answer)
+        });
+        wait_for_requests(2);
+        match ending {
+            "cancel" => cancel.cancel(),
+            _ => {
+                session.clone().close().unwrap();
+            }
+        }
+        let (mut chat, answer) = turn.join().unwrap();
+        match ending {
+            "cancel" => {
+                assert!(matches!(answer, Err(Error::Cancelled)), "{answer:?}");
+                let next = chat.send("Is the report still due on Friday?");
+                assert!(matches!(next, Err(Error::Cancelled)), "{next:?}");
+                assert_eq!(real.api.request_count(), 2, "nothing sent after the cancel");
+            }
+            _ => assert!(matches!(answer, Err(Error::Closed)), "{answer:?}"),
+        }
+        support::wait_until("the CLI process is gone", Duration::from_secs(10), || {
+            real.cli_pids().is_empty()
+        });
+        // Let the mock's held reply go, so that the mock can stop.
+        let _ = release.try_send(());
+    }
+    drop(release);
+}

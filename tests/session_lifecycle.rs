@@ -371,3 +371,188 @@ fn a_start_up_slot_is_freed_once_the_process_has_loaded_not_after_its_first_item
         starts[3] - starts[0]
     );
 }
+
+/// A conversation's turn on its own thread: the conversation back, and the turn's answer.
+type Turn = std::thread::JoinHandle<(
+    claude_rayon::Conversation,
+    Result<claude_rayon::Response, Error>,
+)>;
+
+/// A conversation's turn that will not end by itself (`hang`) on its own thread; returns
+/// the thread and the pid of the conversation's process once the turn's prompt arrived.
+fn hanging_turn(fake: &Fake, mut chat: claude_rayon::Conversation) -> (Turn, u32) {
+    chat.send("Please remember that the quarterly report is due on Friday, not Monday.")
+        .unwrap();
+    let turn = std::thread::spawn(move || {
+        let answer = chat.send(
+            "[[sim:hang]] When is the quarterly report due, and who asked for it to be moved?",
+        );
+        (chat, answer)
+    });
+    wait_until("the second turn reached the process", GONE, || {
+        fake.prompts().len() == 2
+    });
+    (turn, fake.pids()[0])
+}
+
+#[test]
+fn a_cancel_ends_a_conversations_turn_in_flight_and_refuses_the_next() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let cancel = claude_rayon::Cancel::new();
+    let chat = session.conversation().with_cancel(&cancel);
+    let (turn, pid) = hanging_turn(&fake, chat);
+    cancel.cancel();
+    let (mut chat, answer) = turn.join().unwrap();
+    assert!(matches!(answer, Err(Error::Cancelled)), "{answer:?}");
+    wait_until("the turn's process is gone", GONE, || !pid_alive(pid));
+    let next = chat.send("Is the report still due on Friday?");
+    assert!(matches!(next, Err(Error::Cancelled)), "{next:?}");
+    assert_eq!(fake.prompts().len(), 2, "nothing sent after the cancel");
+    let stats = session.stats();
+    assert_eq!((stats.started, stats.succeeded, stats.failed), (3, 1, 2));
+    // The session goes on: a query is not the conversation's.
+    assert!(session
+        .query("Summarise: the report moved to Friday.")
+        .is_ok());
+}
+
+#[test]
+fn a_conversation_cancelled_before_a_turn_sends_nothing() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let cancel = claude_rayon::Cancel::new();
+    cancel.cancel();
+    let mut chat = session.conversation().with_cancel(&cancel);
+    let answer = chat.send("Draft a polite reply to a customer whose parcel arrived late.");
+    assert!(matches!(answer, Err(Error::Cancelled)), "{answer:?}");
+    assert!(fake.pids().is_empty(), "no process was started");
+    // Reset, the conversation goes on.
+    cancel.reset();
+    assert!(chat
+        .send("Draft a polite reply to a customer whose parcel arrived late.")
+        .is_ok());
+}
+
+#[test]
+fn close_during_a_conversations_turn_reports_closed() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let (turn, pid) = hanging_turn(&fake, session.conversation());
+    session.clone().close().unwrap();
+    let (_chat, answer) = turn.join().unwrap();
+    assert!(matches!(answer, Err(Error::Closed)), "{answer:?}");
+    assert!(!pid_alive(pid));
+}
+
+/// A support ticket of a few hundred characters, one per item.
+fn ticket(i: usize) -> String {
+    format!(
+        "Ticket {i}: since the update on Tuesday our nightly export to CSV stops after about \
+         ninety seconds with a timeout, and the finance team needs the file for the month-end \
+         close. We tried a smaller date range and a different browser without luck. Please \
+         classify the urgency and suggest a next step for case number {i}."
+    )
+}
+
+/// The prompts each fake process answered, by pid.
+fn prompts_by_pid(fake: &Fake) -> std::collections::BTreeMap<u64, Vec<String>> {
+    let mut by_pid = std::collections::BTreeMap::<u64, Vec<String>>::new();
+    for event in fake.events().iter().filter(|e| e["event"] == "prompt") {
+        by_pid
+            .entry(event["pid"].as_u64().unwrap())
+            .or_default()
+            .push(event["prompt"].as_str().unwrap().to_string());
+    }
+    by_pid
+}
+
+#[test]
+fn a_process_is_recycled_after_n_items_and_every_item_is_answered_once() {
+    use claude_rayon::prelude::*;
+    use rayon::prelude::*;
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(2)
+        .recycle_after_items(Some(3))
+        .recycle_above_memory(None)
+        .build()
+        .unwrap();
+    let items: Vec<usize> = (0..10).collect();
+    let results: Vec<_> = items
+        .par_iter()
+        .claude_map(&session, |&&i| ticket(i))
+        .collect();
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(
+            result.as_ref().unwrap().1.text,
+            format!("echo: {}", ticket(i))
+        );
+    }
+    let by_pid = prompts_by_pid(&fake);
+    let mut asked: Vec<String> = by_pid.values().flatten().cloned().collect();
+    asked.sort();
+    let mut expected: Vec<String> = items.iter().map(|&i| ticket(i)).collect();
+    expected.sort();
+    assert_eq!(asked, expected, "every item asked exactly once");
+    assert!(
+        by_pid.values().all(|prompts| prompts.len() <= 3),
+        "no process answered more than 3 items: {by_pid:?}"
+    );
+    let stats = session.stats();
+    assert_eq!(stats.processes_started as usize, fake.pids().len());
+    assert!(fake.pids().len() >= 4, "10 items, 3 per process");
+    let full = by_pid.values().filter(|p| p.len() == 3).count() as u64;
+    assert_eq!(stats.processes_recycled, full, "{by_pid:?}");
+    assert_eq!((stats.succeeded, stats.failed, stats.requests), (10, 0, 10));
+}
+
+#[test]
+fn a_process_above_the_memory_ceiling_is_recycled_between_items() {
+    let fake = Fake::new();
+    // Any process is above one byte: each is retired after its item.
+    let session = fake
+        .builder()
+        .concurrency(1)
+        .recycle_after_items(None)
+        .recycle_above_memory(Some(1))
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            session.query(ticket(i)).unwrap().text,
+            format!("echo: {}", ticket(i))
+        );
+    }
+    let pids = fake.pids();
+    assert_eq!(pids.len(), 3, "one process per item");
+    let stats = session.stats();
+    assert_eq!(stats.processes_recycled, 3);
+    for pid in pids {
+        wait_until("a retired process ends", GONE, || !pid_alive(pid));
+    }
+}
+
+#[test]
+fn a_conversation_keeps_its_process_past_the_recycling_limit() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .concurrency(1)
+        .recycle_after_items(Some(2))
+        .build()
+        .unwrap();
+    let mut chat = session.conversation();
+    for i in 0..4 {
+        chat.send(format!("[[sim:context]] {}", ticket(i))).unwrap();
+    }
+    let prompts = fake.prompts();
+    assert_eq!(prompts.last().unwrap().1, 4, "the fourth turn saw all four");
+    assert_eq!(fake.pids().len(), 1);
+    drop(chat);
+    // Given back past its limit, it is retired; the next item gets a new process.
+    session.query(ticket(9)).unwrap();
+    assert_eq!(fake.pids().len(), 2);
+    assert_eq!(session.stats().processes_recycled, 1);
+}

@@ -208,9 +208,11 @@ impl World for SessionWorld<'_> {
         let never_started = taken.process().said_nothing();
         drop(call);
         drop(taken);
-        // A call ended by a hard stop fails as stopped, not as a crash.
+        // A call ended by a stop fails as stopped, and one ended by the session's close as
+        // closed, not as a crash ("killed by signal 9 from outside").
         let outcome = match outcome {
-            Err(_) if self.stop.is_aborted() => Err(Error::Cancelled),
+            Err(_) if self.stop.ended_calls() => Err(Error::Cancelled),
+            Err(_) if inner.is_closed() => Err(Error::Closed),
             other => other,
         };
         match outcome {

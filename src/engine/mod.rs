@@ -62,9 +62,17 @@ impl Run {
         Run::build(session, cancel, progress)
     }
 
-    /// A run that reports no progress: one query, a conversation.
+    /// A run that reports no progress: one query.
     pub(crate) fn untracked(session: &Session) -> Run {
         Run::build(session, None, None)
+    }
+
+    /// A conversation's run: no progress, and `cancel`, when given, also ends the turn in
+    /// flight (the conversation holds its process; a cancel must not wait for the answer).
+    pub(crate) fn conversation(session: &Session, cancel: Option<&Cancel>) -> Run {
+        let run = Run::build(session, cancel, None);
+        run.stop.end_calls_on_cancel();
+        run
     }
 
     fn build(session: &Session, cancel: Option<&Cancel>, progress: Option<RunProgress>) -> Run {

@@ -23,7 +23,11 @@ pub(crate) struct Stop {
     has_fatal: AtomicBool,
     /// Set by [`abort`](Self::abort): calls in flight were ended, new ones end at once.
     aborted: AtomicBool,
-    in_flight: Mutex<Vec<(u64, Abort)>>,
+    /// Set by [`end_calls_on_cancel`](Self::end_calls_on_cancel): the user's cancel also
+    /// ends the calls in flight.
+    cancel_ends_calls: AtomicBool,
+    /// Shared with the hook that ends them on a cancel.
+    in_flight: Arc<Mutex<Vec<(u64, Abort)>>>,
     next_call: AtomicU64,
     signal: Arc<Signal>,
 }
@@ -53,7 +57,8 @@ impl Stop {
             fatal: Mutex::new(None),
             has_fatal: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
-            in_flight: Mutex::new(Vec::new()),
+            cancel_ends_calls: AtomicBool::new(false),
+            in_flight: Arc::new(Mutex::new(Vec::new())),
             next_call: AtomicU64::new(0),
             signal,
         }
@@ -125,12 +130,42 @@ impl Stop {
             .wait_until(deadline, &|| self.is_set() || also_stop())
     }
 
+    /// Let the user's cancel end the calls in flight too, not only stop new ones: a
+    /// conversation's turn holds its process, and a cancel must not wait for its answer.
+    pub(crate) fn end_calls_on_cancel(&self) {
+        let Some(cancel) = self.cancel.clone() else {
+            return;
+        };
+        self.cancel_ends_calls.store(true, Ordering::SeqCst);
+        let in_flight = Arc::clone(&self.in_flight);
+        self.signal.on_raise(Box::new(move || {
+            if cancel.is_cancelled() {
+                for (_, abort) in in_flight.lock().iter() {
+                    abort();
+                }
+            }
+        }));
+    }
+
+    /// Whether a call that failed was ended by the stop ([`abort`](Self::abort), or a cancel
+    /// under [`end_calls_on_cancel`](Self::end_calls_on_cancel)) rather than by itself.
+    pub(crate) fn ended_calls(&self) -> bool {
+        self.is_aborted() || self.cancel_ended_calls()
+    }
+
+    fn cancel_ended_calls(&self) -> bool {
+        self.cancel_ends_calls.load(Ordering::SeqCst)
+            && self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+    }
+
     /// A call starts: `abort` ends it if the run is stopped hard meanwhile (at once if it
     /// already was).
     pub(crate) fn register_call(&self, abort: Abort) -> CallGuard<'_> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let mut in_flight = self.in_flight.lock();
-        if self.aborted.load(Ordering::SeqCst) {
+        // Under the lock the cancel hook takes too: a cancel either sees this call or is
+        // seen here.
+        if self.aborted.load(Ordering::SeqCst) || self.cancel_ended_calls() {
             abort();
         }
         in_flight.push((id, abort));
@@ -201,6 +236,42 @@ mod tests {
         stop.halt();
         assert!(!waiter.join().unwrap());
         assert!(woken.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_cancel_ends_calls_only_when_asked_to() {
+        let counter = || {
+            let ended = Arc::new(AtomicU64::new(0));
+            let seen = Arc::clone(&ended);
+            let abort = Arc::new(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }) as Abort;
+            (ended, abort)
+        };
+        // A run's cancel stops new items; the calls in flight finish.
+        let cancel = Cancel::new();
+        let stop = Stop::new(Some(cancel.clone()));
+        let (ended, abort) = counter();
+        let _call = stop.register_call(abort);
+        cancel.cancel();
+        assert_eq!(ended.load(Ordering::SeqCst), 0);
+        assert!(!stop.ended_calls());
+        // A conversation's: the call in flight ends at once, and one that starts after.
+        let cancel = Cancel::new();
+        let stop = Stop::new(Some(cancel.clone()));
+        stop.end_calls_on_cancel();
+        let (ended, abort) = counter();
+        let first = stop.register_call(Arc::clone(&abort));
+        assert_eq!(ended.load(Ordering::SeqCst), 0);
+        cancel.cancel();
+        assert_eq!(ended.load(Ordering::SeqCst), 1);
+        assert!(stop.ended_calls());
+        drop(first);
+        let _second = stop.register_call(abort);
+        assert_eq!(ended.load(Ordering::SeqCst), 2);
+        // Reset, the cancel no longer ends calls.
+        cancel.reset();
+        assert!(!stop.ended_calls());
     }
 
     #[test]

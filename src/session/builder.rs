@@ -18,6 +18,13 @@ const DEFAULT_WARM_CACHE_WAIT: Duration = Duration::from_secs(20);
 /// The longest line read from the CLI by default: answers of tens of megabytes fit.
 const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
 
+/// A warm process is retired after this many items: the most a process was measured over
+/// on both CLI versions (`benches/process_memory.rs`, docs/tuning.md).
+const DEFAULT_RECYCLE_AFTER_ITEMS: Option<u64> = Some(2000);
+/// A warm process is retired above this resident memory: above every reading of a healthy
+/// process over 2,000 items (at most 475 MiB), about 2.5 times a fresh one.
+const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = Some(512 * 1024 * 1024);
+
 /// Settings of a [`Session`], built with [`Session::builder`].
 ///
 /// The defaults suit batch work: no tools and an empty system prompt, so a request carries
@@ -75,6 +82,10 @@ pub(crate) struct Config {
     pub timeout: Duration,
     pub persist_sessions: bool,
     pub fresh_process_per_item: bool,
+    /// A process is retired at checkin once it has answered this many items.
+    pub recycle_after_items: Option<u64>,
+    /// A process is retired at checkin once its resident memory is above this (bytes).
+    pub recycle_above_memory: Option<u64>,
     pub extra_args: Vec<String>,
     pub load_user_config: bool,
     pub interpret_item_text: bool,
@@ -124,6 +135,8 @@ impl Default for SessionBuilder {
                 timeout: Duration::from_secs(600),
                 persist_sessions: false,
                 fresh_process_per_item: false,
+                recycle_after_items: DEFAULT_RECYCLE_AFTER_ITEMS,
+                recycle_above_memory: DEFAULT_RECYCLE_ABOVE_MEMORY,
                 extra_args: Vec::new(),
                 load_user_config: false,
                 interpret_item_text: false,
@@ -339,6 +352,38 @@ impl SessionBuilder {
         self
     }
 
+    /// Retire a warm process once it has answered `items` items (`None`: never), and start
+    /// a fresh one for the next item. The CLI's memory grows over a long headless session;
+    /// a process is retired only between items (when it goes back to the pool), so no item
+    /// is cut short, lost or asked twice. A [`Conversation`](crate::Conversation) keeps its
+    /// process until it is dropped. Default: `Some(2000)`, the most items a process was
+    /// measured over on both CLI versions; a recycle costs about one start (docs/tuning.md,
+    /// "Recycling").
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // A fresh process every 200 items; no memory ceiling.
+    /// let builder = claude_rayon::Session::builder()
+    ///     .recycle_after_items(Some(200))
+    ///     .recycle_above_memory(None);
+    /// ```
+    pub fn recycle_after_items(mut self, items: Option<u64>) -> Self {
+        self.config.recycle_after_items = items;
+        self
+    }
+
+    /// Retire a warm process, between items, once its resident memory (Linux `VmRSS`) is
+    /// above `bytes` (`None`: never). Read from `/proc` when the process goes back to the
+    /// pool; elsewhere than Linux only [`recycle_after_items`](Self::recycle_after_items)
+    /// applies. Default: `Some(512 MiB)`, above every reading of a healthy process over
+    /// 2,000 items (at most 475 MiB; 187-190 MiB fresh), so that it retires only a process
+    /// that grows beyond what a healthy one reaches (docs/tuning.md, "Recycling").
+    pub fn recycle_above_memory(mut self, bytes: Option<u64>) -> Self {
+        self.config.recycle_above_memory = bytes;
+        self
+    }
+
     /// Load your own Claude Code configuration into every process: `~/.claude/CLAUDE.md`,
     /// your hooks, MCP servers, skills, plugins, agents and output styles (default: off).
     ///
@@ -383,6 +428,11 @@ impl SessionBuilder {
     /// program re-runs itself as the simulator, so its `main` must call
     /// [`simulator::serve_if_requested`](crate::simulator::serve_if_requested) first. Answers
     /// are labelled as simulated; no API is called and nothing is billed.
+    ///
+    /// `build()` checks that the program serves (it starts it once and asks), and refuses
+    /// with [`Error::SimulatorNotServed`] when it does not; a copy started as the simulator
+    /// never builds a session of its own, so a forgotten call cannot make the program start
+    /// itself again and again.
     ///
     /// # Errors
     ///
@@ -555,7 +605,8 @@ impl SessionBuilder {
     /// # Errors
     ///
     /// [`Error::CliNotFound`] when no CLI is found, [`Error::CliUnsupported`] when it is too
-    /// old to be sealed (or does not say its version), [`Error::InvalidConfig`] for invalid
+    /// old to be sealed (or does not say its version), [`Error::SimulatorNotServed`] for a
+    /// [`simulated`](Self::simulated) session whose program does not serve the simulator, [`Error::InvalidConfig`] for invalid
     /// or contradictory settings, [`Error::JournalLocked`] or [`Error::Journal`] when the
     /// journal cannot be opened, or cannot tell which model answers (a settings file the CLI
     /// would read cannot be read).
@@ -578,8 +629,22 @@ impl SessionBuilder {
                  on_progress(..) works without it"
             );
         }
+        // A copy of this program started as the simulator must serve, never start another.
+        #[cfg(feature = "simulator")]
+        super::simulated::refuse_in_the_simulator()?;
         let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
-        super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
+        #[cfg(feature = "simulator")]
+        let simulated = super::simulated::is_simulated(&self.config.env);
+        #[cfg(not(feature = "simulator"))]
+        let simulated = false;
+        if simulated {
+            // The program itself as the simulator: check that it serves, once, instead of
+            // asking its version (which a program that does not serve answers by running).
+            #[cfg(feature = "simulator")]
+            super::simulated::handshake(&cli, &self.config.cli_env(), &self.config.env_remove)?;
+        } else {
+            super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
+        }
         let mut config = self.config;
         // Read now, once: what the processes will read (settings files, the environment).
         let answer_settings = config.answer_settings();
@@ -607,6 +672,9 @@ impl Config {
                 "concurrency {} is more processes than is sensible (each holds ~185 MB); use at most 256",
                 self.concurrency
             ));
+        }
+        if self.recycle_after_items == Some(0) {
+            return invalid("recycle_after_items must be at least 1 (None never recycles)".into());
         }
         if self.max_starting_processes == 0 {
             return invalid("max_starting_processes must be at least 1".into());
@@ -733,6 +801,8 @@ impl fmt::Debug for Config {
             .field("load_user_config", &self.load_user_config)
             .field("interpret_item_text", &self.interpret_item_text)
             .field("fresh_process_per_item", &self.fresh_process_per_item)
+            .field("recycle_after_items", &self.recycle_after_items)
+            .field("recycle_above_memory", &self.recycle_above_memory)
             .field("throttle", &self.throttle)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("tokens_per_minute", &self.tokens_per_minute)

@@ -17,6 +17,8 @@ pub(crate) mod process;
 pub(crate) mod protocol;
 pub(crate) mod seal;
 pub(crate) mod secrets;
+#[cfg(feature = "simulator")]
+mod simulated;
 pub(crate) mod spawner;
 
 use std::collections::VecDeque;
@@ -297,6 +299,10 @@ impl Session {
             config.concurrency,
             config.max_starting_processes,
             config.fresh_process_per_item,
+            pool::Recycle {
+                after_prompts: config.recycle_after_items,
+                above_bytes: config.recycle_above_memory,
+            },
         );
         warn_if_memory_is_short(config.concurrency);
         let threads = rayon::ThreadPoolBuilder::new()
@@ -339,6 +345,7 @@ impl Session {
         let mut stats = self.inner.counters.snapshot();
         stats.processes_started = self.inner.pool.started();
         stats.processes_live = self.inner.pool.live() as u64;
+        stats.processes_recycled = self.inner.pool.recycled();
         stats.budget_exhausted = self.inner.budget.is_exhausted();
         stats
     }

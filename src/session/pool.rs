@@ -15,6 +15,7 @@ use crate::Error;
 pub(crate) struct Pool {
     launch: Launch,
     capacity: usize,
+    recycle: Recycle,
     /// At most this many processes start at once (a start costs ~0.8 s of CPU; many at once
     /// on few cores delay every first answer).
     max_starting: usize,
@@ -33,9 +34,50 @@ struct State {
     closed: bool,
     /// How many processes were ever started.
     started: u64,
+    /// How many healthy processes were retired by [`Recycle`].
+    recycled: u64,
     /// Processes held outside the pool: leased to an item, or kept by a conversation
     /// (`detached`), so `close` can end them too.
     busy: Vec<(Arc<KillSwitch>, bool)>,
+}
+
+/// When a healthy warm process is retired between items and replaced by a fresh one: the
+/// CLI's memory grows over a long headless session.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Recycle {
+    /// After this many prompts.
+    pub after_prompts: Option<u64>,
+    /// Above this resident memory, in bytes.
+    pub above_bytes: Option<u64>,
+}
+
+impl Recycle {
+    /// Why `process` should be retired now, if it should.
+    fn reason(&self, process: &CliProcess) -> Option<String> {
+        let prompts = process.prompts_run();
+        if self.after_prompts.is_some_and(|limit| prompts >= limit) {
+            return Some(format!("it answered {prompts} prompts"));
+        }
+        let limit = self.above_bytes?;
+        let rss = resident_bytes(process.pid())?;
+        (rss > limit).then(|| {
+            format!(
+                "its resident memory is {} MB, above {} MB",
+                rss / (1024 * 1024),
+                limit / (1024 * 1024)
+            )
+        })
+    }
+}
+
+/// The resident memory of process `pid` (Linux only): `/proc/PID/statm`'s resident pages,
+/// the `VmRSS` of `/proc/PID/status` in a line a tenth its size, read at every checkin.
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system setting.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(pages.saturating_mul(page_size))
 }
 
 /// A process checked out of the pool. It goes back when dropped, unless it is broken.
@@ -50,10 +92,12 @@ impl Pool {
         capacity: usize,
         max_starting: usize,
         fresh_per_item: bool,
+        recycle: Recycle,
     ) -> Pool {
         Pool {
             launch,
             capacity,
+            recycle,
             // With a process per item every start is an item: staggering them would only cap
             // its concurrency.
             max_starting: if fresh_per_item {
@@ -68,6 +112,7 @@ impl Pool {
                 starting: Vec::new(),
                 closed: false,
                 started: 0,
+                recycled: 0,
                 busy: Vec::new(),
             }),
             freed: Condvar::new(),
@@ -160,7 +205,14 @@ impl Pool {
     }
 
     fn checkin(&self, mut process: CliProcess) {
-        let reuse = !self.fresh_per_item && !self.state.lock().closed;
+        // Retired here, between items: the item it answered is already handed on, and the
+        // next one goes to another process.
+        let retire = if self.fresh_per_item {
+            None
+        } else {
+            self.recycle.reason(&process)
+        };
+        let reuse = !self.fresh_per_item && retire.is_none() && !self.state.lock().closed;
         if reuse {
             // The reset runs while the process waits for its next item.
             process.begin_clear();
@@ -169,9 +221,15 @@ impl Pool {
         let mut state = self.state.lock();
         let pid = process.pid();
         state.busy.retain(|(switch, _)| switch.pid() != pid);
-        if healthy && !self.fresh_per_item && !state.closed {
+        if healthy && reuse && !state.closed {
             state.idle.push(process);
         } else {
+            if healthy {
+                if let Some(reason) = &retire {
+                    state.recycled += 1;
+                    log::debug!("retiring claude process {pid}: {reason}");
+                }
+            }
             state.live -= 1;
             drop(state);
             if healthy {
@@ -222,6 +280,11 @@ impl Pool {
         self.state.lock().started
     }
 
+    /// Healthy processes retired between items by the recycling settings.
+    pub(crate) fn recycled(&self) -> u64 {
+        self.state.lock().recycled
+    }
+
     pub(crate) fn live(&self) -> usize {
         self.state.lock().live
     }
@@ -260,5 +323,33 @@ impl Drop for Lease<'_> {
         if let Some(process) = self.process.take() {
             self.pool.checkin(process);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn resident_memory_is_read_as_the_kernel_reports_it() {
+        let me = std::process::id();
+        let from_status = || -> u64 {
+            let status = std::fs::read_to_string(format!("/proc/{me}/status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                * 1024
+        };
+        let before = from_status();
+        let read = resident_bytes(me).unwrap();
+        let after = from_status();
+        // The test's threads may allocate meanwhile: within 16 MB of both readings.
+        let slack = 16 * 1024 * 1024;
+        assert!(read + slack >= before.min(after) && read <= before.max(after) + slack);
+        assert!(resident_bytes(u32::MAX).is_none(), "no such process");
     }
 }

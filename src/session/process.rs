@@ -156,6 +156,8 @@ impl KillSwitch {
 /// A running CLI process.
 pub(crate) struct CliProcess {
     kill_switch: Arc<KillSwitch>,
+    /// Prompts this process was given (items and conversation turns), for recycling.
+    prompts_run: u64,
     child: Child,
     /// Bytes for stdin go to a writer thread, so a CLI that stops reading cannot block a
     /// worker past its deadline; dropping the sender closes stdin.
@@ -268,6 +270,7 @@ impl CliProcess {
                 pid,
                 reaped: Mutex::new(false),
             }),
+            prompts_run: 0,
             child,
             stdin: Some(stdin_tx),
             written: ack_rx,
@@ -299,6 +302,11 @@ impl CliProcess {
     /// The operating system's id of the process.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How many prompts (items, conversation turns) this process was given.
+    pub(crate) fn prompts_run(&self) -> u64 {
+        self.prompts_run
     }
 
     /// Whether the process can take another item.
@@ -432,6 +440,7 @@ impl CliProcess {
         let deadline = crate::retry::saturating_add(started, timeout);
         self.settle_clear()?;
         let text = seal::item_text(prompt, self.interpret_item_text);
+        self.prompts_run += 1;
         self.failed_turn_cost = None;
         // Broken until the result is read: if anything unwinds meanwhile, the process is not
         // reused with a turn half done.
