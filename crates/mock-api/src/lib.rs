@@ -969,7 +969,14 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
             (200, false)
         }
         Reply::Text(t) => {
-            send_message(w, stream, &id, &rec.model, tokens, Block::Text(t, "end_turn"))?;
+            send_message(
+                w,
+                stream,
+                &id,
+                &rec.model,
+                tokens,
+                Block::Text(t, "end_turn"),
+            )?;
             (200, true)
         }
         Reply::Stop { text, stop_reason } => {
