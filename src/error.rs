@@ -217,6 +217,28 @@ pub enum Error {
         partial: String,
     },
 
+    /// The answer did not finish: its call's stream ended before the API said why it stopped
+    /// (`stop_reason` `None`: a gateway or the network cut it, and the CLI took the part for
+    /// the answer), or the API paused the turn (`pause_turn`), which the CLI does not resume.
+    /// The part that came is kept here rather than returned as if whole. Retryable: the next
+    /// try is likely to finish.
+    ///
+    /// ```
+    /// use claude_rayon::Error;
+    ///
+    /// let cut = Error::IncompleteAnswer { stop_reason: None, partial: "The boots left".into() };
+    /// assert!(cut.is_retryable());
+    /// assert!(cut.to_string().contains("ended before the API said"));
+    /// ```
+    #[error("the answer did not finish ({}); {} bytes came",
+        describe_unfinished(.stop_reason.as_deref()), .partial.len())]
+    IncompleteAnswer {
+        /// The stop reason the API gave (`pause_turn`), or `None` when none came.
+        stop_reason: Option<String>,
+        /// The text that came.
+        partial: String,
+    },
+
     /// The API rejected the credentials (HTTP 401 or an auth failure).
     #[error(
         "authentication failed: {message}. Log in with `claude` (then /login), or set \
@@ -334,8 +356,8 @@ pub enum Error {
 
 impl Error {
     /// Whether trying the same item again may succeed: rate limits (429), overload (529),
-    /// server errors (5xx), API errors without a status (cut streams), timeouts and crashed or
-    /// garbled processes. Client errors (400, 401), `max_turns`, invalid answers and
+    /// server errors (5xx), API errors without a status (cut streams), answers that did not
+    /// finish, timeouts and crashed or garbled processes. Client errors (400, 401), `max_turns`, invalid answers and
     /// configuration errors are not retryable.
     ///
     /// # Examples
@@ -362,7 +384,8 @@ impl Error {
             | Error::ProcessExited { .. }
             | Error::Protocol { .. }
             | Error::Io(_)
-            | Error::ContextNotReset(_) => true,
+            | Error::ContextNotReset(_)
+            | Error::IncompleteAnswer { .. } => true,
             _ => false,
         }
     }
@@ -449,6 +472,7 @@ impl Error {
             Error::Refused { .. } => "Refused",
             Error::ModelNotFound { .. } => "ModelNotFound",
             Error::Truncated { .. } => "Truncated",
+            Error::IncompleteAnswer { .. } => "IncompleteAnswer",
             Error::Authentication { .. } => "Authentication",
             Error::MaxTurns { .. } => "MaxTurns",
             Error::Execution { .. } => "Execution",
@@ -477,6 +501,14 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn describe_unfinished(stop_reason: Option<&str>) -> String {
+    match stop_reason {
+        None => "its stream ended before the API said it was done".into(),
+        Some("pause_turn") => "the API paused the turn (pause_turn)".into(),
+        Some(other) => format!("stop_reason {other}"),
+    }
 }
 
 fn describe_exit(code: Option<i32>, signal: Option<i32>, killed_by_library: bool) -> String {

@@ -87,11 +87,13 @@ pub struct Response {
     #[serde(default)]
     pub stop_reason: Option<String>,
     /// How many times the CLI asked the model to go on after an answer hit the output limit
-    /// (`max_tokens`); `text` then holds the whole answer, every part in order.
+    /// (`max_tokens`) or its stream was cut (a resume); `text` then holds the whole answer,
+    /// every part in order.
     #[serde(default)]
     pub continuations: u32,
     /// API calls the CLI made for this answer: 1, plus one per re-ask (a continuation, a
-    /// reminder to use the structured-output tool, an empty answer asked again).
+    /// resume, a reminder to use the structured-output tool, an empty answer asked again)
+    /// and per call sent again after a cut stream.
     #[serde(default)]
     pub api_calls: u32,
     /// Whether this answer came from a [`Journal`](crate::Journal) instead of a call: it keeps

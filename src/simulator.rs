@@ -27,8 +27,16 @@
 //! | `[[sim:structured=JSON]]` | this structured output |
 //! | `[[sim:context]]` | answer with the prompts currently in context |
 //! | `[[sim:continue=A|B]]` | the answer came in parts: model messages A, B (each ended at `max_tokens`), then the answer (as when the CLI continues a cut answer) |
-//! | `[[sim:repeat=A]]` | a model message A that did not end at `max_tokens`, then the answer (as when a cut stream is sent again) |
-//! | `[[sim:stop=REASON]]` | the result's `stop_reason` is REASON (`refusal` also makes it an error) |
+//! | `[[sim:repeat=A]]` | a streamed call with text A cut before its stop reason, then the answer sent again without streaming (2.1.197 after a cut stream) |
+//! | `[[sim:resumed=A]]` | a streamed call with text A that ended without a stop reason, the CLI's resume request, then the rest of the answer (2.1.332) |
+//! | `[[sim:ends-early]]` | the answer's stream ended without a stop reason and the result holds it as a success with `stop_reason: null` (2.1.197) |
+//! | `[[sim:refused-first]]` | a call refused (`stop_reason: refusal`), the CLI's re-ask, then the answer as a success (2.1.332) |
+//! | `[[sim:same-ids]]` | every call of the turn has the same message id (a gateway that reuses ids) |
+//! | `[[sim:stop=REASON]]` | the answer's call and the result stop with REASON (`refusal` also makes the result an error) |
+//!
+//! With `--include-partial-messages` (the library always passes it) each streamed call shows
+//! as the CLI shows it: a `message_start` stream event, the message, then a `message_delta`
+//! with the stop reason and a `message_stop` when the stream finished.
 //!
 //! The environment scripts the process: `CLAUDE_RAYON_SIM_RECORD=FILE` appends a JSON line
 //! per start (its arguments) and per prompt (with the context it saw and `t_ms`, when it
@@ -175,6 +183,8 @@ struct Simulator {
     model: String,
     demo: bool,
     latency: Option<u64>,
+    /// `--include-partial-messages`: each streamed call shows its start and its stop reason.
+    partial_messages: bool,
 }
 
 impl Simulator {
@@ -186,7 +196,9 @@ impl Simulator {
         };
         let json_schema = flag("--json-schema").and_then(|s| serde_json::from_str(&s).ok());
         let model = flag("--model").unwrap_or_else(|| "claude-simulated".into());
+        let partial_messages = args.iter().any(|a| a == "--include-partial-messages");
         Simulator {
+            partial_messages,
             session_id: new_session_id(),
             args,
             context: Vec::new(),
@@ -391,23 +403,51 @@ impl Simulator {
         let output_tokens = (text.len() / 4 + 1) as u64;
         // Priced like a mid-size model: $3 per million input tokens, $15 per million output.
         self.total_cost += input_tokens as f64 * 3e-6 + output_tokens as f64 * 15e-6;
+        // One message id for every call of the turn: a gateway that reuses ids.
+        let same_id = d("same-ids").map(|_| self.next_message_id());
+        let id = || same_id.clone().unwrap_or_else(|| self.next_message_id());
         // Earlier parts of an answer the CLI asked the model to continue, one call each.
         if let Some(spec) = d("continue") {
             for part in spec.split('|') {
-                let mut line = self.assistant_line(part);
-                line["message"]["stop_reason"] = json!("max_tokens");
-                self.emit(line);
+                self.emit_call(&id(), part, Some("max_tokens"), true);
             }
         }
-        if let Some(part) = d("repeat") {
-            self.emit(self.assistant_line(&part));
+        // A call whose stream was cut after its text, sent again without streaming (2.1.197
+        // after a cut connection).
+        let resent = d("repeat");
+        if let Some(part) = &resent {
+            self.emit_call(&id(), part, None, true);
         }
-        self.emit(self.assistant_line(if text.len() > 200 {
+        // A call whose stream ended without a stop reason, resumed by the CLI (2.1.332): its
+        // own `message_stop`, the resume request as a user line, then the answer's call.
+        if let Some(part) = d("resumed") {
+            let cut = id();
+            self.emit_call(&cut, &part, None, true);
+            self.emit_stream_event(&cut, json!({"type": "message_stop"}));
+            self.emit_cli_note(
+                "Your response above was cut off mid-stream. Resume directly from where it stops.",
+            );
+        }
+        // A refused call the CLI asks again by itself (2.1.332), then the answer's call.
+        if d("refused-first").is_some() {
+            self.emit_call(&id(), "I can't help with that.", Some("refusal"), true);
+            self.emit_cli_note("Your response above was stopped by a safety classifier.");
+        }
+        let stop = d("stop");
+        // `ends-early`: the answer's stream ended without a stop reason and the CLI took
+        // what came as the answer (2.1.197).
+        let answer_stop = match (&stop, d("ends-early")) {
+            (_, Some(_)) => None,
+            (Some(reason), None) => Some(reason.as_str()),
+            (None, None) => Some("end_turn"),
+        };
+        let shown = if text.len() > 200 {
             "…"
         } else {
             text.as_str()
-        }));
-        if let Some(reason) = d("stop") {
+        };
+        self.emit_call(&id(), shown, answer_stop, resent.is_none());
+        if let Some(reason) = stop {
             let refused = reason == "refusal";
             let text = if refused {
                 "API Error: Claude Code is unable to respond to this request, which appears to violate our Usage Policy."
@@ -420,7 +460,7 @@ impl Simulator {
             self.emit(line);
             return None;
         }
-        self.emit(self.result_line(
+        let mut line = self.result_line(
             1,
             &text,
             input_tokens,
@@ -428,17 +468,63 @@ impl Simulator {
             false,
             None,
             structured,
-        ));
+        );
+        if answer_stop.is_none() {
+            line["stop_reason"] = Value::Null;
+        }
+        self.emit(line);
         None
     }
 
-    /// One model message: one API call's answer, with an id of its own.
-    fn assistant_line(&self, text: &str) -> Value {
+    /// A message id of its own.
+    fn next_message_id(&self) -> String {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        json!({"type": "assistant", "session_id": self.session_id,
-            "message": {"id": format!("msg_sim_{}_{id}", std::process::id()), "role": "assistant",
-                "model": self.model, "content": [{"type": "text", "text": text}]}})
+        format!("msg_sim_{}_{id}", std::process::id())
+    }
+
+    /// One API call as the CLI prints it. Streamed, with `--include-partial-messages`: the
+    /// stream's `message_start`, the message, and, when the stream said why it stopped, a
+    /// `message_delta` with the reason and a `message_stop`. Otherwise the message alone,
+    /// carrying its stop reason (a call made without streaming, or a CLI not asked for the
+    /// stream).
+    fn emit_call(&self, id: &str, text: &str, stop_reason: Option<&str>, streamed: bool) {
+        let streamed = streamed && self.partial_messages;
+        if streamed {
+            self.emit_stream_event(
+                id,
+                json!({"type": "message_start", "message": {"id": id, "type": "message",
+                    "role": "assistant", "model": self.model, "content": [], "stop_reason": null}}),
+            );
+        }
+        let mut line = json!({"type": "assistant", "session_id": self.session_id,
+            "message": {"id": id, "role": "assistant", "model": self.model,
+                "content": [{"type": "text", "text": text}], "stop_reason": null}});
+        if !streamed {
+            line["message"]["stop_reason"] = json!(stop_reason);
+        }
+        self.emit(line);
+        if let (true, Some(reason)) = (streamed, stop_reason) {
+            self.emit_stream_event(
+                id,
+                json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": null}}),
+            );
+            self.emit_stream_event(id, json!({"type": "message_stop"}));
+        }
+    }
+
+    fn emit_stream_event(&self, id: &str, event: Value) {
+        self.emit(json!({"type": "stream_event", "event": event,
+            "session_id": self.session_id, "api_message_id": id}));
+    }
+
+    /// A message the CLI adds to the conversation by itself within a turn (a resume or
+    /// re-ask request), as 2.1.332 prints it.
+    fn emit_cli_note(&self, text: &str) {
+        self.emit(
+            json!({"type": "user", "session_id": self.session_id, "isSynthetic": true,
+            "message": {"role": "user", "content": [{"type": "text", "text": text}]}}),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]

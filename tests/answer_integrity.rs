@@ -8,6 +8,16 @@ use claude_rayon::{Error, Outcome};
 use rayon::prelude::*;
 use support::Fake;
 
+/// An item as a user writes one, after a directive for the simulator (which echoes it).
+fn ticket(directive: &str) -> String {
+    format!(
+        "{directive} Hello, I ordered a pair of waterproof walking boots three weeks ago and the \
+         tracking page has said 'in transit' for nine days. I am leaving for a hiking trip on \
+         the 14th and need them before then. Could you tell me where the parcel is, and if it \
+         is lost, whether you can send a replacement by express delivery?"
+    )
+}
+
 #[test]
 fn an_answer_the_cli_continued_comes_back_whole() {
     let fake = Fake::new();
@@ -144,4 +154,116 @@ fn a_message_that_did_not_end_at_the_limit_is_not_part_of_the_answer() {
     let response = session.query(prompt).unwrap();
     assert_eq!(response.text, format!("echo: {prompt}"));
     assert_eq!((response.continuations, response.api_calls), (0, 2));
+}
+
+#[test]
+fn an_answer_whose_stream_ended_early_is_incomplete_and_asked_again() {
+    // The CLI (2.1.197) took a stream that ended without a stop reason for the answer.
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .max_retries(2)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let items = vec![ticket("[[sim:ends-early]]")];
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |s| s.to_string())
+        .collect();
+    let failed = &outcome.dead_letter[0];
+    match &failed.error {
+        Error::IncompleteAnswer {
+            stop_reason: None,
+            partial,
+        } => assert!(partial.starts_with("echo: [[sim:ends-early]]"), "{partial}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(failed.error.is_retryable());
+    assert_eq!(failed.attempts, 3);
+    assert_eq!(fake.prompts().len(), 3);
+    assert_eq!(session.stats().requests, 3);
+}
+
+#[test]
+fn a_stream_the_cli_resumed_comes_back_whole() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let prompt = ticket("[[sim:resumed=Thank you for writing; the boots left on the 3rd, ]]");
+    let response = session.query(&prompt).unwrap();
+    assert_eq!(
+        response.text,
+        format!("Thank you for writing; the boots left on the 3rd, echo: {prompt}")
+    );
+    assert_eq!((response.continuations, response.api_calls), (1, 2));
+    assert_eq!(session.stats().requests, 2);
+}
+
+#[test]
+fn continuations_under_one_message_id_come_back_whole() {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    let prompt = ticket("[[sim:same-ids]] [[sim:continue=First part, |second part, ]]");
+    let response = session.query(&prompt).unwrap();
+    assert_eq!(
+        response.text,
+        format!("First part, second part, echo: {prompt}")
+    );
+    assert_eq!((response.continuations, response.api_calls), (2, 3));
+    let prompt = ticket("[[sim:same-ids]] [[sim:resumed=The boots left on the 3rd, ]]");
+    let response = session.query(&prompt).unwrap();
+    assert_eq!(
+        response.text,
+        format!("The boots left on the 3rd, echo: {prompt}")
+    );
+    assert_eq!((response.continuations, response.api_calls), (1, 2));
+    assert_eq!(session.stats().requests, 5);
+}
+
+#[test]
+fn a_refusal_the_cli_asked_again_is_still_a_refusal() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .max_retries(3)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let items = vec![ticket("[[sim:refused-first]]")];
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |s| s.to_string())
+        .collect();
+    let failed = &outcome.dead_letter[0];
+    assert!(
+        matches!(failed.error, Error::Refused { .. }),
+        "{}",
+        failed.error
+    );
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(fake.prompts().len(), 1);
+    // Both calls the CLI made are counted.
+    assert_eq!(session.stats().requests, 2);
+}
+
+#[test]
+fn a_paused_turn_is_an_incomplete_answer() {
+    let fake = Fake::new();
+    let session = fake
+        .builder()
+        .max_retries(0)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    match session.query(ticket("[[sim:stop=pause_turn]]")) {
+        Err(Error::IncompleteAnswer {
+            stop_reason,
+            partial,
+        }) => {
+            assert_eq!(stop_reason.as_deref(), Some("pause_turn"));
+            assert!(partial.starts_with("echo: "), "{partial}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(session.stats().requests, 1);
 }

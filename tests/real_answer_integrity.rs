@@ -1,7 +1,9 @@
 //! Real tier: answers that are not whole or not answers, through the real CLI and the mock
 //! API: an answer the CLI continued after the output limit comes back whole; a stream that
-//! ended early is never taken for the answer; a refusal fails at once; a model that does not
-//! exist stops the run.
+//! ended early is never taken for the answer; a refusal fails at once, also when the CLI asks
+//! again by itself; a paused turn is not an answer; continuations are joined whatever their
+//! message ids; a model that does not exist stops the run. Every call the mock received is
+//! counted in `Response::api_calls` and `stats().requests`.
 
 mod support;
 
@@ -11,8 +13,31 @@ use std::sync::Arc;
 use claude_rayon::prelude::*;
 use claude_rayon::{Error, Outcome};
 use rayon::prelude::*;
-use support::mock_api::{Fault, Reply};
+use support::mock_api::{Fault, RecordedRequest, Reply};
 use support::Real;
+
+/// An item as a user writes one: a support ticket.
+const TICKET: &str = "Hello, I ordered a pair of waterproof walking boots (size 43, brown) three \
+weeks ago and the tracking page has said 'in transit' for the last nine days. I am leaving for a \
+hiking trip in the Highlands on the 14th and really need them before then. Could you tell me \
+where the parcel actually is, and if it is lost, whether you can send a replacement by express \
+delivery? My order number is on the confirmation email you sent on the 2nd.";
+/// The first part of the answer to [`TICKET`], the part a cut stream delivers.
+const FIRST_PART: &str = "Thank you for writing, and sorry for the wait. Your boots left our \
+warehouse on the 3rd, and the courier's record shows the parcel held at the depot nearest you \
+since Tuesday because of a damaged address label. ";
+/// The rest of the answer.
+const REST: &str = "We have asked the courier to deliver it tomorrow before noon; if it has not \
+arrived by Friday, reply to this message and we will send a new pair by express delivery at \
+no cost, well before your trip on the 14th.";
+
+/// Whether the CLI made this request to go on from an answer already given (it carries the
+/// model's earlier message): a continuation or a resume, not a fresh ask.
+fn goes_on_from_an_answer(request: &RecordedRequest) -> bool {
+    request.body["messages"]
+        .as_array()
+        .is_some_and(|messages| messages.iter().any(|m| m["role"] == "assistant"))
+}
 
 #[test]
 #[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
@@ -158,4 +183,147 @@ fn a_call_the_cli_sends_again_after_a_cut_stream_is_counted() {
             version.trim()
         );
     }
+}
+
+#[test]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
+fn a_stream_that_ends_without_message_stop_comes_back_whole_or_is_asked_again() {
+    let Some(real) =
+        Real::start("a_stream_that_ends_without_message_stop_comes_back_whole_or_is_asked_again")
+    else {
+        return;
+    };
+    let fresh_asks = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&fresh_asks);
+    // The first call's stream ends cleanly after its text, with no message_delta and no
+    // message_stop: 2.1.197 answers the part as a success, 2.1.332 asks the model to resume.
+    real.api.set_reply_with(move |request| {
+        if goes_on_from_an_answer(request) {
+            Reply::text(REST)
+        } else if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::Fault(Fault::EndsBeforeStop {
+                text: FIRST_PART.into(),
+                stop_reason: None,
+            })
+        } else {
+            Reply::text(format!("{FIRST_PART}{REST}"))
+        }
+    });
+    let session = real
+        .builder()
+        .max_retries(1)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let response = session.query(TICKET).unwrap();
+    assert_eq!(response.text, format!("{FIRST_PART}{REST}"));
+    let stats = session.stats();
+    let received = real.api.request_count() as u64;
+    assert_eq!(stats.requests, received, "every call counted: {stats:?}");
+    let resumed = real.api.requests().iter().any(goes_on_from_an_answer);
+    if resumed {
+        // The CLI resumed the cut answer (2.1.332): both parts, both calls, no retry.
+        assert_eq!((response.continuations, response.api_calls), (1, 2));
+        assert_eq!((stats.retried, received), (0, 2));
+    } else {
+        // The CLI took the part for the answer (2.1.197): an incomplete answer, asked again.
+        assert_eq!((response.continuations, response.api_calls), (0, 1));
+        assert_eq!((stats.retried, received), (1, 2));
+        let reason = stats.last_retry_reason.unwrap_or_default();
+        assert!(reason.contains("did not finish"), "{reason}");
+    }
+}
+
+#[test]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
+fn a_refusal_the_cli_asks_again_is_still_a_refusal() {
+    let Some(real) = Real::start("a_refusal_the_cli_asks_again_is_still_a_refusal") else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    // The first answer is refused; 2.1.332 asks again by itself and gets an answer.
+    real.api.set_reply(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::Stop {
+                text: "I can't help with that part of the request.".into(),
+                stop_reason: "refusal".into(),
+            }
+        } else {
+            Reply::text(format!("{FIRST_PART}{REST}"))
+        }
+    });
+    let session = real
+        .builder()
+        .max_retries(3)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let error = session.query(TICKET).unwrap_err();
+    assert!(matches!(error, Error::Refused { .. }), "{error}");
+    let stats = session.stats();
+    assert_eq!(stats.retried, 0, "a refusal is never retried");
+    let received = real.api.request_count() as u64;
+    assert!(received <= 2, "{received}");
+    assert_eq!(stats.requests, received, "every call counted: {stats:?}");
+}
+
+#[test]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
+fn a_paused_turn_is_an_incomplete_answer() {
+    let Some(real) = Real::start("a_paused_turn_is_an_incomplete_answer") else {
+        return;
+    };
+    real.api.set_reply(|_| Reply::Stop {
+        text: FIRST_PART.into(),
+        stop_reason: "pause_turn".into(),
+    });
+    let session = real
+        .builder()
+        .max_retries(0)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    match session.query(TICKET) {
+        Err(
+            ref error @ Error::IncompleteAnswer {
+                ref stop_reason,
+                ref partial,
+            },
+        ) => {
+            assert_eq!(stop_reason.as_deref(), Some("pause_turn"));
+            assert_eq!(partial, FIRST_PART);
+            assert!(error.is_retryable());
+        }
+        other => panic!("a paused turn came back as {other:?}"),
+    }
+    assert_eq!(real.api.request_count(), 1);
+    assert_eq!(session.stats().requests, 1);
+}
+
+#[test]
+#[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
+fn a_continuation_under_the_same_message_id_comes_back_whole() {
+    let Some(real) = Real::start("a_continuation_under_the_same_message_id_comes_back_whole")
+    else {
+        return;
+    };
+    // A gateway that gives every response the same message id.
+    real.api.set_reply_with(|request| {
+        if goes_on_from_an_answer(request) {
+            Reply::text(REST).with_id("msg_gateway")
+        } else {
+            Reply::Stop {
+                text: FIRST_PART.into(),
+                stop_reason: "max_tokens".into(),
+            }
+            .with_id("msg_gateway")
+        }
+    });
+    let session = real.builder().concurrency(1).build().unwrap();
+    let response = session.query(TICKET).unwrap();
+    assert_eq!(response.text, format!("{FIRST_PART}{REST}"));
+    assert_eq!((response.continuations, response.api_calls), (1, 2));
+    assert_eq!(real.api.request_count(), 2);
+    assert_eq!(session.stats().requests, 2, "both calls counted");
 }

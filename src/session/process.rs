@@ -101,20 +101,115 @@ pub(crate) struct ApiRetry {
     pub status: Option<u16>,
 }
 
-/// One model message of a turn: one API call's answer.
+/// One API call of a turn, as its stream (or its whole message) showed it.
 #[derive(Debug, Clone, Default)]
-struct ModelMessage {
+struct Call {
     id: String,
+    /// Shown by its stream (`message_start`), not only as a whole message.
+    streamed: bool,
     text: String,
     tool_use: bool,
-    /// Why its call ended, when the stream said so (or the message came whole).
+    /// Why the call ended: from its stream's `message_delta`, or from its message when it
+    /// came whole. `None` for a streamed call means its stream ended before the API said.
     stop_reason: Option<String>,
+    /// The CLI added a message of its own after this call (a request to resume, to answer
+    /// again), so the next call goes on from this one instead of repeating it.
+    followed_by_cli_message: bool,
 }
 
-/// What a turn's model messages say beyond its result line.
+impl Call {
+    /// A streamed call whose stream ended before the API said why it stopped.
+    fn was_cut(&self) -> bool {
+        self.streamed && self.stop_reason.is_none()
+    }
+}
+
+/// Every API call of a turn, in order, as its lines show them: each stream start (a cut
+/// stream included) and each message that came whole (a call made without streaming shows
+/// only as its message). Ids do not tell calls apart: a gateway may reuse them.
+#[derive(Debug, Default)]
+struct CallLog {
+    calls: Vec<Call>,
+}
+
+impl CallLog {
+    /// Take in one event about the turn's calls; returns what the throttle and the
+    /// statistics must know at once: a call began (the turn's first, or one more).
+    fn note(&mut self, event: Event) -> Option<TurnEvent> {
+        match event {
+            Event::CallStarted { id } => self.push(Call {
+                id,
+                streamed: true,
+                ..Call::default()
+            }),
+            Event::CallStopped { stop_reason } => {
+                // A `message_delta` belongs to the stream that started last.
+                if let Some(call) = self.calls.last_mut().filter(|c| c.streamed) {
+                    call.stop_reason = Some(stop_reason);
+                }
+                None
+            }
+            Event::CliMessage => {
+                if let Some(call) = self.calls.last_mut() {
+                    call.followed_by_cli_message = true;
+                }
+                None
+            }
+            Event::Assistant {
+                id,
+                text,
+                tool_use,
+                stop_reason,
+            } => {
+                // A streamed message shows as one line per content block, without a stop
+                // reason (its `message_delta` comes after); a message that came whole
+                // carries its stop reason and is a call of its own.
+                let same_message = self.calls.last().is_some_and(|last| {
+                    !last.followed_by_cli_message
+                        && last.id == id
+                        && if last.streamed {
+                            stop_reason.is_none() && last.stop_reason.is_none()
+                        } else {
+                            !id.is_empty() && stop_reason == last.stop_reason
+                        }
+                });
+                match self.calls.last_mut() {
+                    Some(last) if same_message => {
+                        last.text.push_str(&text);
+                        last.tool_use |= tool_use;
+                        None
+                    }
+                    _ => self.push(Call {
+                        id,
+                        text,
+                        tool_use,
+                        stop_reason,
+                        ..Call::default()
+                    }),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn push(&mut self, call: Call) -> Option<TurnEvent> {
+        self.calls.push(call);
+        Some(if self.calls.len() > 1 {
+            TurnEvent::ExtraCall
+        } else {
+            TurnEvent::Began
+        })
+    }
+
+    fn into_calls(self) -> Vec<Call> {
+        self.calls
+    }
+}
+
+/// What a turn's calls say beyond its result line.
 #[derive(Debug, Clone, Copy, Default)]
 struct TurnShape {
-    /// API calls the turn made (distinct message ids, streamed or not).
+    /// API calls the turn made (every stream start and every message that came whole).
     calls: u32,
     /// Times the CLI asked the model to go on after a cut answer.
     continuations: u32,
@@ -387,7 +482,7 @@ impl CliProcess {
             return Ok(());
         }
         let timeout = self.clear_timeout;
-        let (result, _, _) = self.next_result(Instant::now() + timeout, timeout, &mut |_| {})?;
+        let (result, _) = self.next_result(Instant::now() + timeout, timeout, &mut |_| {})?;
         self.clear_pending = false;
         let previous = self.last_session_id.take();
         let problem = if result.is_error {
@@ -447,15 +542,16 @@ impl CliProcess {
         self.broken = true;
         self.write(protocol::user_line(&text).into_bytes(), deadline, timeout)?;
         let mut api_retries = 0;
-        let (mut result, messages, calls) = self.next_result(deadline, timeout, &mut |event| {
+        let (mut result, calls) = self.next_result(deadline, timeout, &mut |event| {
             if matches!(event, TurnEvent::Retry(_)) {
                 api_retries += 1;
             }
             on_event(event);
         })?;
+        let judged = whole_answer(&mut result, &calls, want_structured);
         let shape = TurnShape {
-            calls,
-            continuations: whole_answer(&mut result, &messages, want_structured),
+            calls: calls.len() as u32,
+            continuations: *judged.as_ref().unwrap_or(&0),
         };
         self.broken = false;
         self.needs_clear = true;
@@ -470,34 +566,18 @@ impl CliProcess {
         if !result.session_id.is_empty() {
             self.last_session_id = Some(result.session_id.clone());
         }
-        self.finish(result, started, api_retries, want_structured, shape)
+        self.finish(result, started, api_retries, want_structured, shape, judged)
     }
 
     /// Read stdout until the next `result` line, answering control requests and reporting
-    /// the CLI's own retries on the way.
+    /// the CLI's own retries and every API call on the way.
     fn next_result(
         &mut self,
         deadline: Instant,
         timeout: Duration,
         on_event: &mut dyn FnMut(TurnEvent),
-    ) -> Result<(ResultLine, Vec<ModelMessage>, u32), Error> {
-        let mut messages: Vec<ModelMessage> = Vec::new();
-        // Every API call of the turn, by message id: streamed starts (a cut stream included)
-        // and messages (a call made without streaming shows only as its message).
-        let mut calls: Vec<String> = Vec::new();
-        // The streamed call that started last: a `message_delta` belongs to it.
-        let mut current_call = String::new();
-        let mut note_call = |id: &str, on_event: &mut dyn FnMut(TurnEvent)| {
-            if id.is_empty() || calls.iter().any(|c| c == id) {
-                return;
-            }
-            calls.push(id.to_string());
-            if calls.len() > 1 {
-                on_event(TurnEvent::ExtraCall);
-            } else {
-                on_event(TurnEvent::Began);
-            }
-        };
+    ) -> Result<(ResultLine, Vec<Call>), Error> {
+        let mut calls = CallLog::default();
         loop {
             let event = match self.stdout.recv_deadline(deadline) {
                 Ok(Out::Line(line)) => match protocol::parse_line(&line) {
@@ -539,42 +619,7 @@ impl CliProcess {
                 Err(RecvTimeoutError::Disconnected) => return Err(self.exited(deadline)),
             };
             match event {
-                Event::Result(result) => return Ok((result, messages, calls.len() as u32)),
-                Event::CallStarted { id } => {
-                    note_call(&id, on_event);
-                    current_call = id;
-                }
-                Event::CallStopped { stop_reason } => {
-                    if let Some(message) = messages
-                        .iter_mut()
-                        .rev()
-                        .find(|m| !m.id.is_empty() && m.id == current_call)
-                    {
-                        message.stop_reason = Some(stop_reason);
-                    }
-                }
-                Event::Assistant {
-                    id,
-                    text,
-                    tool_use,
-                    stop_reason,
-                } => {
-                    note_call(&id, on_event);
-                    // A message with content blocks may come as several lines, one id.
-                    match messages.last_mut() {
-                        Some(last) if !id.is_empty() && last.id == id => {
-                            last.text.push_str(&text);
-                            last.tool_use |= tool_use;
-                            last.stop_reason = stop_reason.or(last.stop_reason.take());
-                        }
-                        _ => messages.push(ModelMessage {
-                            id,
-                            text,
-                            tool_use,
-                            stop_reason,
-                        }),
-                    }
-                }
+                Event::Result(result) => return Ok((result, calls.into_calls())),
                 Event::ControlRequest {
                     request_id,
                     subtype,
@@ -598,6 +643,11 @@ impl CliProcess {
                     }));
                 }
                 Event::Other => {}
+                event => {
+                    if let Some(began) = calls.note(event) {
+                        on_event(began);
+                    }
+                }
             }
         }
     }
@@ -609,6 +659,7 @@ impl CliProcess {
         api_retries: u32,
         want_structured: bool,
         shape: TurnShape,
+        judged: Result<u32, Error>,
     ) -> Result<Response, Error> {
         let total = result.total_cost_usd;
         // A total lower than the last one means the CLI restarted its count.
@@ -619,7 +670,7 @@ impl CliProcess {
         };
         self.last_total_cost = total;
         let usage = result.usage;
-        let result = match result.into_outcome(want_structured) {
+        let result = match judged.and_then(|_| result.into_outcome(want_structured)) {
             Ok(result) => result,
             Err(error) => {
                 self.failed_turn_cost = Some((cost, usage));
@@ -760,6 +811,13 @@ impl CliProcess {
                 stop_reason,
                 partial: clean(partial),
             },
+            Error::IncompleteAnswer {
+                stop_reason,
+                partial,
+            } => Error::IncompleteAnswer {
+                stop_reason,
+                partial: clean(partial),
+            },
             Error::ContextNotReset(message) => Error::ContextNotReset(clean(message)),
             other => other,
         }
@@ -806,34 +864,73 @@ impl Drop for CliProcess {
     }
 }
 
-/// When an answer hits the output limit, the CLI asks the model to go on by itself and its
-/// result holds only the last part. Put the whole answer, every part in order, in the result:
-/// the last message with text, preceded by each message before it that ended at `max_tokens`
-/// (a message cut some other way, say a stream the CLI sent again, is not a part). Turns that
-/// used tools and structured answers are left alone. Returns how many times the answer was
-/// continued.
-fn whole_answer(result: &mut ResultLine, messages: &[ModelMessage], want_structured: bool) -> u32 {
-    if want_structured || result.is_error || messages.iter().any(|m| m.tool_use) {
-        return 0;
+/// Check a turn's calls against its result line, and put the whole answer in the result.
+///
+/// - A call refused (`stop_reason: refusal`) makes the turn a refusal, even when the CLI
+///   asked again by itself (2.1.332) and the second answer is the result.
+/// - When the CLI had the model go on, by itself, from a cut answer (after `max_tokens`, or
+///   after a stream that ended without a stop reason when it then asked to resume), its
+///   result holds only the last part: the answer is every part in order. A call cut and
+///   sent again as it was (no message of the CLI's in between) is not a part.
+/// - The answer's own call must have finished: a stream that ended without a stop reason
+///   (2.1.197 takes the part for the answer) or a paused turn is an incomplete answer.
+///
+/// Turns that used tools and structured answers keep their result (the CLI checks a
+/// structured answer whole). Returns how many times the answer was continued.
+fn whole_answer(
+    result: &mut ResultLine,
+    calls: &[Call],
+    want_structured: bool,
+) -> Result<u32, Error> {
+    if result.stop_reason.as_deref() != Some("refusal")
+        && calls
+            .iter()
+            .any(|c| c.stop_reason.as_deref() == Some("refusal"))
+    {
+        return Err(Error::Refused {
+            message: "the model refused to answer (stop_reason: refusal); the CLI asked it \
+                      again by itself, and what it answered then is not taken for the answer"
+                .into(),
+        });
     }
-    let with_text: Vec<&ModelMessage> = messages.iter().filter(|m| !m.text.is_empty()).collect();
-    let Some((last, earlier)) = with_text.split_last() else {
-        return 0;
-    };
-    let cut_before = earlier
+    if result.is_error || !matches!(result.subtype.as_str(), "success" | "") {
+        return Ok(0);
+    }
+    let mut continuations = 0;
+    let plain = !want_structured && !calls.iter().any(|c| c.tool_use);
+    if let Some(last) = calls
         .iter()
-        .rev()
-        .take_while(|m| m.stop_reason.as_deref() == Some("max_tokens"))
-        .count();
-    if cut_before == 0 {
-        return 0;
+        .rposition(|c| !c.text.is_empty())
+        .filter(|_| plain)
+    {
+        let continued = |call: &Call| match call.stop_reason.as_deref() {
+            Some("max_tokens") => true,
+            None => call.was_cut() && call.followed_by_cli_message,
+            Some(_) => false,
+        };
+        let first = calls[..last]
+            .iter()
+            .rposition(|c| !continued(c))
+            .map_or(0, |i| i + 1);
+        if first < last {
+            let mut whole: String = calls[first..last].iter().map(|c| c.text.as_str()).collect();
+            // The result line holds the last part in full.
+            whole.push_str(result.result.as_deref().unwrap_or(&calls[last].text));
+            result.result = Some(whole);
+            continuations = (last - first) as u32;
+        }
     }
-    let parts = &earlier[earlier.len() - cut_before..];
-    let mut whole: String = parts.iter().map(|m| m.text.as_str()).collect();
-    // The result line holds the last part in full.
-    whole.push_str(result.result.as_deref().unwrap_or(&last.text));
-    result.result = Some(whole);
-    cut_before as u32
+    let answer_call = calls.last();
+    let paused = result.stop_reason.as_deref() == Some("pause_turn")
+        || answer_call.is_some_and(|c| c.stop_reason.as_deref() == Some("pause_turn"));
+    let cut = !want_structured && answer_call.is_some_and(Call::was_cut);
+    if paused || cut {
+        return Err(Error::IncompleteAnswer {
+            stop_reason: paused.then(|| "pause_turn".to_string()),
+            partial: result.result.clone().unwrap_or_default(),
+        });
+    }
+    Ok(continuations)
 }
 
 /// A child whose helper threads could not start: kill its group, stop watching it, reap it.
@@ -969,6 +1066,182 @@ fn prepare_child(cmd: &mut Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The lines of a turn as the CLIs print them with `--include-partial-messages`
+    // (measured against the mock API; fields this crate does not read left out).
+    fn start(id: &str) -> String {
+        format!(
+            r#"{{"type":"stream_event","event":{{"message":{{"content":[],"id":"{id}","model":"m","role":"assistant","stop_reason":null}},"type":"message_start"}}}}"#
+        )
+    }
+    fn streamed_text(id: &str, text: &str) -> Vec<String> {
+        vec![
+            r#"{"type":"stream_event","event":{"content_block":{"text":"","type":"text"},"index":0,"type":"content_block_start"}}"#.into(),
+            format!(r#"{{"type":"stream_event","event":{{"delta":{{"text":"{text}","type":"text_delta"}},"index":0,"type":"content_block_delta"}}}}"#),
+            format!(r#"{{"type":"assistant","message":{{"content":[{{"text":"{text}","type":"text"}}],"id":"{id}","model":"m","role":"assistant","stop_reason":null}}}}"#),
+            r#"{"type":"stream_event","event":{"index":0,"type":"content_block_stop"}}"#.into(),
+        ]
+    }
+    fn delta(stop_reason: &str) -> String {
+        format!(
+            r#"{{"type":"stream_event","event":{{"delta":{{"stop_reason":"{stop_reason}","stop_sequence":null}},"type":"message_delta","usage":{{}}}}}}"#
+        )
+    }
+    fn message_stop() -> String {
+        r#"{"type":"stream_event","event":{"type":"message_stop"}}"#.into()
+    }
+    /// A call made without streaming: its message alone, with its stop reason.
+    fn whole(id: &str, text: &str, stop_reason: &str) -> String {
+        format!(
+            r#"{{"type":"assistant","message":{{"content":[{{"text":"{text}","type":"text"}}],"id":"{id}","model":"m","role":"assistant","stop_reason":"{stop_reason}"}}}}"#
+        )
+    }
+    /// A message the CLI adds by itself (2.1.332).
+    fn cli_message(text: &str) -> String {
+        format!(
+            r#"{{"type":"user","message":{{"role":"user","content":[{{"type":"text","text":"{text}"}}]}},"isSynthetic":true}}"#
+        )
+    }
+    fn result_line(text: &str, stop_reason: Option<&str>) -> String {
+        let stop = stop_reason.map_or("null".to_string(), |r| format!("\"{r}\""));
+        format!(
+            r#"{{"type":"result","subtype":"success","is_error":false,"num_turns":1,"result":"{text}","stop_reason":{stop},"session_id":"s","total_cost_usd":0}}"#
+        )
+    }
+    /// A whole streamed call: start, text, stop reason, stop.
+    fn call(id: &str, text: &str, stop_reason: &str) -> Vec<String> {
+        let mut lines = vec![start(id)];
+        lines.extend(streamed_text(id, text));
+        lines.extend([delta(stop_reason), message_stop()]);
+        lines
+    }
+
+    /// What a turn of these lines comes to: the verdict, the result as it then reads, the
+    /// calls counted, and the throttle events.
+    fn judge(lines: &[String]) -> (Result<u32, Error>, ResultLine, usize, Vec<TurnEvent>) {
+        let mut log = CallLog::default();
+        let mut events = Vec::new();
+        for line in lines {
+            match protocol::parse_line(line).unwrap() {
+                Event::Result(mut result) => {
+                    let calls = log.into_calls();
+                    let verdict = whole_answer(&mut result, &calls, false);
+                    return (verdict, result, calls.len(), events);
+                }
+                event => events.extend(log.note(event)),
+            }
+        }
+        panic!("no result line");
+    }
+
+    #[test]
+    fn a_stream_taken_for_the_answer_without_a_stop_reason_is_incomplete() {
+        // 2.1.197: the stream ended after its text, with no message_delta or message_stop.
+        let mut lines = vec![start("msg_1")];
+        lines.extend(streamed_text("msg_1", "The boots left on the 3rd, "));
+        lines.push(result_line("The boots left on the 3rd, ", None));
+        let (verdict, _, calls, _) = judge(&lines);
+        assert!(matches!(
+            verdict,
+            Err(Error::IncompleteAnswer { stop_reason: None, ref partial }) if partial == "The boots left on the 3rd, "
+        ));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_stream_the_cli_resumed_is_joined_to_its_rest() {
+        // 2.1.332: its own message_stop, the resume request, then the rest.
+        let mut lines = vec![start("msg_1")];
+        lines.extend(streamed_text("msg_1", "The boots left on the 3rd, "));
+        lines.push(message_stop());
+        lines.push(cli_message(
+            "Your response above was cut off mid-stream. Resume directly",
+        ));
+        lines.extend(call("msg_2", "and arrive tomorrow.", "end_turn"));
+        lines.push(result_line("and arrive tomorrow.", Some("end_turn")));
+        let (verdict, result, calls, events) = judge(&lines);
+        assert_eq!(verdict.unwrap(), 1);
+        assert_eq!(
+            result.result.as_deref(),
+            Some("The boots left on the 3rd, and arrive tomorrow.")
+        );
+        assert_eq!(calls, 2);
+        assert_eq!(events, [TurnEvent::Began, TurnEvent::ExtraCall]);
+    }
+
+    #[test]
+    fn a_call_cut_and_sent_again_is_not_a_part() {
+        // 2.1.197 after a cut connection: the call again without streaming, under the same
+        // id here (a gateway that reuses ids).
+        let mut lines = vec![start("msg_1")];
+        lines.extend(streamed_text("msg_1", "The boots le"));
+        lines.push(whole("msg_1", "The boots left on the 3rd.", "end_turn"));
+        lines.push(result_line("The boots left on the 3rd.", Some("end_turn")));
+        let (verdict, result, calls, _) = judge(&lines);
+        assert_eq!(verdict.unwrap(), 0);
+        assert_eq!(result.result.as_deref(), Some("The boots left on the 3rd."));
+        assert_eq!(calls, 2);
+        // 2.1.332 when the stream stopped inside its text: its own message_stop, no message.
+        let lines = vec![
+            start("msg_1"),
+            message_stop(),
+            whole("msg_2", "The boots left on the 3rd.", "end_turn"),
+            result_line("The boots left on the 3rd.", Some("end_turn")),
+        ];
+        let (verdict, _, calls, _) = judge(&lines);
+        assert_eq!((verdict.unwrap(), calls), (0, 2));
+    }
+
+    #[test]
+    fn a_refusal_the_cli_asked_again_is_a_refusal() {
+        let mut lines = call("msg_1", "I can't help with that.", "refusal");
+        lines.push(cli_message(
+            "Your response above was stopped by a safety classifier",
+        ));
+        lines.extend(call("msg_2", "Here it is anyway.", "end_turn"));
+        lines.push(result_line("Here it is anyway.", Some("end_turn")));
+        let (verdict, _, calls, _) = judge(&lines);
+        assert!(matches!(verdict, Err(Error::Refused { .. })), "{verdict:?}");
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn a_paused_turn_is_incomplete() {
+        let mut lines = call("msg_1", "Looking into it, ", "pause_turn");
+        lines.push(result_line("Looking into it, ", Some("pause_turn")));
+        let (verdict, _, _, _) = judge(&lines);
+        assert!(matches!(
+            verdict,
+            Err(Error::IncompleteAnswer { stop_reason: Some(ref r), .. }) if r == "pause_turn"
+        ));
+    }
+
+    #[test]
+    fn continuations_are_calls_whatever_their_ids() {
+        // A gateway that gives every response the same id; 2.1.197 prints no message of its
+        // own between the parts.
+        let mut lines = call("msg_same", "First, ", "max_tokens");
+        lines.extend(call("msg_same", "second, ", "max_tokens"));
+        lines.extend(call("msg_same", "last.", "end_turn"));
+        lines.push(result_line("last.", Some("end_turn")));
+        let (verdict, result, calls, _) = judge(&lines);
+        assert_eq!(verdict.unwrap(), 2);
+        assert_eq!(result.result.as_deref(), Some("First, second, last."));
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_message_in_several_blocks_is_one_call() {
+        let mut lines = vec![start("msg_1")];
+        lines.extend(streamed_text("msg_1", "One, "));
+        lines.extend(streamed_text("msg_1", "two."));
+        // A message_delta without message_stop: the API said why it stopped; it is whole.
+        lines.push(delta("end_turn"));
+        lines.push(result_line("One, two.", Some("end_turn")));
+        let (verdict, result, calls, _) = judge(&lines);
+        assert_eq!((verdict.unwrap(), calls), (0, 1));
+        assert_eq!(result.result.as_deref(), Some("One, two."));
+    }
 
     #[test]
     fn stderr_tail_is_bounded() {

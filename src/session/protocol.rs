@@ -56,8 +56,13 @@ pub(crate) enum Event {
     /// The streamed call that started last ended, for this reason (`max_tokens`, ...).
     CallStopped { stop_reason: String },
     /// An API call began answering (a streamed `message_start`): one call, even if its
-    /// stream is cut and the CLI sends it again without streaming.
+    /// stream is cut and the CLI sends it again without streaming, and even if its id is
+    /// one an earlier call had (a gateway may reuse ids).
     CallStarted { id: String },
+    /// The CLI added a message of its own to the conversation within the turn (2.1.332 asks
+    /// the model to resume a cut answer, or to answer again after a refusal): the next call
+    /// goes on from the one before, it does not repeat it.
+    CliMessage,
     /// The CLI is retrying an API call on its own.
     ApiRetry {
         attempt: u32,
@@ -163,6 +168,7 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
                     .to_string(),
             }
         }
+        ("user", _) if has_text_block(&value) => Event::CliMessage,
         ("system", "api_retry") => Event::ApiRetry {
             attempt: u64_field(&value, "attempt") as u32,
             // The CLI prints its own jittered delay as a float (`557.83`).
@@ -178,6 +184,17 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
         },
         _ => Event::Other,
     })
+}
+
+/// A user message with text in it (not only tool results).
+fn has_text_block(value: &Value) -> bool {
+    match value.pointer("/message/content") {
+        Some(Value::String(_)) => true,
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .any(|b| b.get("type").and_then(Value::as_str) == Some("text")),
+        _ => false,
+    }
 }
 
 /// A message the model wrote, not one the CLI made up (`<synthetic>`: command output and
@@ -420,6 +437,20 @@ mod tests {
                 stop_reason: "max_tokens".into()
             }
         );
+    }
+
+    #[test]
+    fn a_message_the_cli_adds_is_read_and_tool_results_skipped() {
+        let resume = parse_line(
+            r#"{"type":"user","message":{"role":"user","content":[{"type":"text","text":"Your response above was cut off mid-stream. Resume directly"}]},"isSynthetic":true}"#,
+        )
+        .unwrap();
+        assert_eq!(resume, Event::CliMessage);
+        let tool_result = parse_line(
+            r#"{"type":"user","message":{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":"ok"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(tool_result, Event::Other);
     }
 
     #[test]

@@ -66,6 +66,22 @@
 //! * A cut stream makes the CLI retry once without streaming (`"stream": false`), at once; if
 //!   that is cut too the result is `is_error: true, api_error_status: null` ("Connection to the
 //!   API was lost (ECONNRESET)"), never retried further.
+//! * A stream that ends cleanly without `message_stop` ([`Fault::EndsBeforeStop`] with no stop
+//!   reason: the text block whole, no `message_delta`): 2.1.197 answers a success holding the
+//!   partial text with `stop_reason: null`, after one call; 2.1.332 prints a `message_stop` of
+//!   its own (with `abandoned_blocks`), a synthetic `user` line ("Your response above was cut
+//!   off mid-stream. Resume directly...", sent as a `<system-reminder>` block, so the mock's
+//!   prompt stays the item's) and makes a second call whose answer alone is the result. A
+//!   stream that stops inside its text block ([`Fault::NoStop`]) makes both send the call again
+//!   without streaming. With a `message_delta` but no `message_stop` both take the answer as
+//!   whole.
+//! * `stop_reason: refusal`: 2.1.197 answers `is_error: true, stop_reason: refusal` after one
+//!   call; 2.1.332 prints a synthetic `user` line ("...stopped by a safety classifier...") and
+//!   asks once more; a second answer that is not refused is its result (a success).
+//!   `pause_turn`: both answer a success with the paused text and `stop_reason: pause_turn`.
+//!   `max_tokens`: both ask the model to go on (2.1.332 prints the request as a `user` line).
+//! * Message ids are the mock's own, one per reply, unless [`Reply::WithId`] names one (a
+//!   gateway that reuses ids); the CLIs show them as they come.
 //!
 //! # Retries
 //! [`MockApi::cli_env`] leaves `CLAUDE_CODE_MAX_RETRIES` at the CLI default: 10 retries for
@@ -131,6 +147,8 @@ pub enum Reply {
     Fault(Fault),
     /// Wait, then answer with the inner reply.
     After(Duration, Box<Reply>),
+    /// The inner reply under this message id (a gateway that reuses ids across calls).
+    WithId(String, Box<Reply>),
 }
 
 /// Scripted failures.
@@ -149,6 +167,15 @@ pub enum Fault {
     /// `message_stop` (a stream that stopped early); a non-streaming request gets the second
     /// text whole.
     NoStop(String, String),
+    /// Stream the text as a whole content block (`content_block_stop` included) and, when a
+    /// stop reason is given, a `message_delta` carrying it; then end the response cleanly
+    /// without `message_stop`. A non-streaming request gets the text whole, `end_turn`.
+    EndsBeforeStop {
+        /// The text streamed.
+        text: String,
+        /// The `message_delta`'s stop reason, if one is sent.
+        stop_reason: Option<String>,
+    },
 }
 
 impl Reply {
@@ -159,6 +186,10 @@ impl Reply {
     /// `Reply::Fault(Fault::Status { code, retry_after })`.
     pub fn status(code: u16, retry_after: Option<u32>) -> Reply {
         Reply::Fault(Fault::Status { code, retry_after })
+    }
+    /// This reply under the message id `id`.
+    pub fn with_id(self, id: impl Into<String>) -> Reply {
+        Reply::WithId(id.into(), Box::new(self))
     }
 }
 
@@ -901,10 +932,16 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
             }
         }
     };
+    // The message id the reply goes out under: a fresh one unless the script names it.
+    let mut id = None;
     loop {
         match reply {
             Reply::After(d, next) => {
                 sleep_unless_shutdown(inner, d);
+                reply = *next;
+            }
+            Reply::WithId(named, next) => {
+                id = Some(named);
                 reply = *next;
             }
             Reply::Fault(Fault::Slow(d)) => {
@@ -914,6 +951,7 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
             _ => break,
         }
     }
+    let id = id.unwrap_or_else(next_message_id);
     // The response begins now: what it reads from the cache, and what it writes there (readable
     // by requests that arrive from now on).
     let tokens = match &reply {
@@ -932,17 +970,25 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
         }
         Reply::Fault(Fault::CutStream) => {
             set_status(200);
-            cut(w, stream, &rec.model, tokens)?;
+            cut(w, stream, &id, &rec.model, tokens)?;
             (200, false)
         }
         Reply::Text(t) => {
-            send_message(w, stream, &rec.model, tokens, Block::Text(t, "end_turn"))?;
+            send_message(
+                w,
+                stream,
+                &id,
+                &rec.model,
+                tokens,
+                Block::Text(t, "end_turn"),
+            )?;
             (200, true)
         }
         Reply::Stop { text, stop_reason } => {
             send_message(
                 w,
                 stream,
+                &id,
                 &rec.model,
                 tokens,
                 Block::Text(text, stop_reason),
@@ -952,14 +998,32 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
         Reply::Fault(Fault::NoStop(partial, whole)) => {
             set_status(200);
             if stream {
-                send_without_stop(w, &rec.model, tokens, partial)?;
+                send_without_stop(w, &id, &rec.model, tokens, partial, None)?;
             } else {
                 send_message(
                     w,
                     stream,
+                    &id,
                     &rec.model,
                     tokens,
                     Block::Text(whole, "end_turn"),
+                )?;
+            }
+            (200, true)
+        }
+        Reply::Fault(Fault::EndsBeforeStop { text, stop_reason }) => {
+            set_status(200);
+            if stream {
+                let ending = Some(stop_reason.as_deref());
+                send_without_stop(w, &id, &rec.model, tokens, text, ending)?;
+            } else {
+                send_message(
+                    w,
+                    stream,
+                    &id,
+                    &rec.model,
+                    tokens,
+                    Block::Text(text, "end_turn"),
                 )?;
             }
             (200, true)
@@ -968,6 +1032,7 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
             send_message(
                 w,
                 stream,
+                &id,
                 &rec.model,
                 tokens,
                 Block::Tool(STRUCTURED_OUTPUT_TOOL, v),
@@ -975,10 +1040,10 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
             (200, true)
         }
         Reply::ToolUse { name, input } => {
-            send_message(w, stream, &rec.model, tokens, Block::Tool(name, input))?;
+            send_message(w, stream, &id, &rec.model, tokens, Block::Tool(name, input))?;
             (200, true)
         }
-        Reply::After(..) | Reply::Fault(Fault::Slow(_)) => unreachable!(),
+        Reply::After(..) | Reply::WithId(..) | Reply::Fault(Fault::Slow(_)) => unreachable!(),
     };
     set_status(code);
     Ok(keep)
@@ -1016,6 +1081,11 @@ enum Block<'a> {
 }
 
 static MSG_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// A message id no other reply of this process had.
+fn next_message_id() -> String {
+    format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst))
+}
 
 fn usage(tokens: InputTokens, out_chars: usize) -> Value {
     json!({
@@ -1077,11 +1147,11 @@ fn pieces(s: &str, n: usize) -> Vec<&str> {
 fn send_message(
     w: &mut TcpStream,
     stream: bool,
+    id: &str,
     model: &str,
     tokens: InputTokens,
     block: Block,
 ) -> io::Result<()> {
-    let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
     let (content, stop, out_chars) = match &block {
         Block::Text(t, stop) => (json!({"type": "text", "text": t}), *stop, t.chars().count()),
         Block::Tool(name, input) => {
@@ -1113,7 +1183,7 @@ fn send_message(
         );
     }
     sse_head(w)?;
-    let mut out = sse("message_start", &message_start(&id, model, tokens));
+    let mut out = sse("message_start", &message_start(id, model, tokens));
     let (start_block, deltas): (Value, Vec<Value>) = match &block {
         Block::Text(t, _) => (
             json!({"type": "text", "text": ""}),
@@ -1159,16 +1229,19 @@ fn send_message(
     w.flush()
 }
 
-/// A stream with its text but no `message_delta` or `message_stop`, ended cleanly.
+/// A stream with its text but no `message_stop`, ended cleanly. With `ending`, the text
+/// block is closed (`content_block_stop`) and, given a stop reason, a `message_delta` says it;
+/// without, the stream stops inside the block.
 fn send_without_stop(
     w: &mut TcpStream,
+    id: &str,
     model: &str,
     tokens: InputTokens,
     text: &str,
+    ending: Option<Option<&str>>,
 ) -> io::Result<()> {
-    let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
     sse_head(w)?;
-    let mut out = sse("message_start", &message_start(&id, model, tokens));
+    let mut out = sse("message_start", &message_start(id, model, tokens));
     out += &sse(
         "content_block_start",
         &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
@@ -1177,18 +1250,36 @@ fn send_without_stop(
         "content_block_delta",
         &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
     );
+    if let Some(stop_reason) = ending {
+        out += &sse(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        );
+        if let Some(stop_reason) = stop_reason {
+            let usage = usage(tokens, text.chars().count());
+            out += &sse(
+                "message_delta",
+                &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": usage}),
+            );
+        }
+    }
     chunk(w, &out)?;
     w.write_all(b"0\r\n\r\n")?;
     w.flush()
 }
 
-fn cut(w: &mut TcpStream, stream: bool, model: &str, tokens: InputTokens) -> io::Result<()> {
-    let id = format!("msg_mock_{:06}", MSG_COUNTER.fetch_add(1, Ordering::SeqCst));
+fn cut(
+    w: &mut TcpStream,
+    stream: bool,
+    id: &str,
+    model: &str,
+    tokens: InputTokens,
+) -> io::Result<()> {
     if stream {
         sse_head(w)?;
-        chunk(w, &sse("message_start", &message_start(&id, model, tokens)))?;
+        chunk(w, &sse("message_start", &message_start(id, model, tokens)))?;
     } else {
-        let body = message_start(&id, model, tokens)["message"].to_string();
+        let body = message_start(id, model, tokens)["message"].to_string();
         let half = &body.as_bytes()[..body.len() / 2];
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
