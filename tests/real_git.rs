@@ -1,6 +1,7 @@
 //! Real tier: nothing runs from the folder the CLI works in. A git checkout can carry
-//! configuration that runs a program (`core.fsmonitor` runs on every `git status`), and so
-//! can the user's own `~/.gitconfig`; an archive or a copied tree is enough to plant one.
+//! configuration that runs a program (`core.fsmonitor` and a clean filter run on `git
+//! status`), and so can the user's own `~/.gitconfig`; an archive or a copied tree is enough
+//! to plant one.
 //! The CLI (2.1.197) runs `git status` in its working folder unless told not to, so a session
 //! with `cwd(checkout)`, or with no cwd while the temp folder lies inside a work tree, would
 //! run them. One test in this binary: it points the temp folder into a checkout.
@@ -23,6 +24,19 @@ fn logging_program(dir: &Path, tag: &str, log: &Path) -> PathBuf {
             "#!/bin/sh\necho {tag} \"$@\" >> {}\nexit 1\n",
             log.display()
         ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A clean filter that logs each run under `tag` and passes the file through.
+fn logging_filter(dir: &Path, tag: &str, log: &Path) -> PathBuf {
+    let path = dir.join(format!("{tag}.sh"));
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\necho {tag} \"$@\" >> {}\ncat\n", log.display()),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -67,12 +81,38 @@ fn nothing_runs_from_a_checkout_or_the_users_git_config() {
         &checkout,
         &["config", "core.fsmonitor", repo_monitor.to_str().unwrap()],
     );
+    // A clean filter runs when `git status` finds a file changed since it was staged.
+    let repo_filter = logging_filter(&programs, "repo-clean-filter", &log);
+    std::fs::write(checkout.join(".gitattributes"), "*.md filter=tidy\n").unwrap();
+    git(
+        &checkout,
+        &["config", "filter.tidy.clean", repo_filter.to_str().unwrap()],
+    );
     let user_monitor = logging_program(&programs, "user-fsmonitor", &log);
+    let user_filter = logging_filter(&programs, "user-clean-filter", &log);
+    let user_attributes = real.home.path().join("attributes");
+    std::fs::write(&user_attributes, "*.md filter=neat\n").unwrap();
     std::fs::write(
         real.home.path().join(".gitconfig"),
-        format!("[core]\n\tfsmonitor = {}\n", user_monitor.display()),
+        format!(
+            "[core]\n\tfsmonitor = {}\n\tattributesFile = {}\n[filter \"neat\"]\n\tclean = {}\n",
+            user_monitor.display(),
+            user_attributes.display(),
+            user_filter.display()
+        ),
     )
     .unwrap();
+    // The same text with another modification time: only the filtered text tells git
+    // whether it changed.
+    for dir in [&checkout, &plain] {
+        let readme = std::fs::File::options()
+            .write(true)
+            .open(dir.join("README.md"))
+            .unwrap();
+        readme
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+            .unwrap();
+    }
     // The control: git itself runs them, so the test would see a run.
     let control = Command::new("git")
         .args(["--no-optional-locks", "status", "--short"])
@@ -82,8 +122,9 @@ fn nothing_runs_from_a_checkout_or_the_users_git_config() {
         .unwrap();
     assert!(control.status.success());
     assert!(
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("repo-fsmonitor")),
-        "the planted monitor does not run under git status: the test proves nothing"
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("repo-fsmonitor") && l.contains("repo-clean-filter")),
+        "the planted monitor and filter do not run under git status: the test proves nothing"
     );
     let control = Command::new("git")
         .args(["--no-optional-locks", "status", "--short"])
@@ -93,8 +134,9 @@ fn nothing_runs_from_a_checkout_or_the_users_git_config() {
         .unwrap();
     assert!(control.status.success());
     assert!(
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("user-fsmonitor")),
-        "the user's monitor does not run under git status: the test proves nothing"
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("user-fsmonitor") && l.contains("user-clean-filter")),
+        "the user's monitor and filter do not run under git status: the test proves nothing"
     );
     std::fs::remove_file(&log).unwrap();
 

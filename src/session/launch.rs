@@ -122,12 +122,10 @@ impl Config {
                 .into_iter()
                 .map(OsString::from),
         );
-        if let Some(settings) =
-            super::seal::seal_settings(self.load_user_config, self.interpret_item_text)
-        {
-            args.push("--settings".into());
-            args.push(settings.into());
-        }
+        args.push("--settings".into());
+        args.push(
+            super::seal::seal_settings(self.load_user_config, self.interpret_item_text).into(),
+        );
         args.extend(self.extra_args.iter().map(OsString::from));
         args
     }

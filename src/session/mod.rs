@@ -282,7 +282,18 @@ impl Session {
         let launch = Launch {
             program: cli.clone(),
             args: config.cli_args(),
-            env: config.cli_env(),
+            env: {
+                let mut env = config.cli_env();
+                // Git looks for a repository no higher than the private folder: a temp folder
+                // inside a work tree does not make the CLI's git calls run in that tree.
+                if let Some(parent) = private_dir.as_ref().and_then(|d| d.path().parent()) {
+                    env.push((
+                        "GIT_CEILING_DIRECTORIES".to_string(),
+                        parent.to_string_lossy().into_owned(),
+                    ));
+                }
+                env
+            },
             env_remove: config.env_remove.clone(),
             cwd: config
                 .cwd

@@ -45,18 +45,32 @@ pub(crate) fn seal_args(load_user_config: bool) -> Vec<&'static str> {
     args
 }
 
-/// Set for every process, sealed or not.
+/// Set for every process, sealed or not: each turns off a model call, a model switch or a
+/// program the user did not ask for (found in the CLI's code, probed on 2.1.197 and 2.1.332).
 const ALWAYS_ENV: &[(&str, &str)] = &[
+    // Background traffic: 2.1.197 asks the model for a session title with each item's whole
+    // text (a second paid call per item), and both versions call home at start-up.
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    // The title call again, should an Agent SDK host's environment bring it back (2.1.332).
+    ("CLAUDE_CODE_DISABLE_TERMINAL_TITLE", "1"),
+    ("CLAUDE_CODE_ENABLE_PROMPT_SUGGESTION", "false"),
+    // `git status` in the working folder runs a checkout's `core.fsmonitor` and clean filters.
     ("CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS", "1"),
+    // A stream that fails is asked again without streaming: a call the stream never shows.
+    ("CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK", "1"),
+    // 2.1.332 asks a refused prompt again by itself, and may answer from another model.
+    ("CLAUDE_CODE_DISABLE_REFUSAL_RETRY", "1"),
+    ("CLAUDE_CODE_DISABLE_REFUSAL_FALLBACK", "1"),
+    ("CLAUDE_CODE_NO_MODEL_FALLBACK", "1"),
+    ("CLAUDE_CODE_DISABLE_RESPONSE_COMPARISON", "1"),
+    // Whatever git still runs never waits for a password or takes the index lock.
+    ("GIT_TERMINAL_PROMPT", "0"),
+    ("GIT_OPTIONAL_LOCKS", "0"),
 ];
 
 /// Environment variables that seal every process; also passed through `--settings` so that
 /// the user's own settings file cannot turn them back off.
 pub(crate) fn seal_env(load_user_config: bool, interpret_item_text: bool) -> Vec<(String, String)> {
-    // Always, whatever the switches: the CLI's own model calls (2.1.197 asks for a session
-    // title with the item's whole text, once per item) and programs it runs in its working
-    // folder (git, which runs a checkout's `core.fsmonitor`) are nothing the user asked for.
     let mut env: Vec<(String, String)> = ALWAYS_ENV
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -73,18 +87,27 @@ pub(crate) fn seal_env(load_user_config: bool, interpret_item_text: bool) -> Vec
             "CLAUDE_CODE_DISABLE_AUTO_MEMORY".to_string(),
             "1".to_string(),
         ));
+        // The user's and the machine's git configuration is configuration too (a global
+        // `core.fsmonitor`, `core.attributesFile` with a clean filter).
+        env.push(("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()));
+        env.push(("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()));
     }
     env
 }
 
-/// The `--settings` value carrying [`seal_env`], or `None` when there is nothing to seal.
-pub(crate) fn seal_settings(load_user_config: bool, interpret_item_text: bool) -> Option<String> {
+/// The `--settings` value carrying [`seal_env`]. The spinner tips are set so that 2.1.197
+/// does not start a shell for `ps aux | grep` (looking for an editor to suggest) at each start.
+pub(crate) fn seal_settings(load_user_config: bool, interpret_item_text: bool) -> String {
     let env: serde_json::Map<String, serde_json::Value> =
         seal_env(load_user_config, interpret_item_text)
             .into_iter()
             .map(|(k, v)| (k, json!(v)))
             .collect();
-    (!env.is_empty()).then(|| json!({ "env": env }).to_string())
+    json!({
+        "env": env,
+        "spinnerTipsOverride": { "excludeDefault": true, "tips": ["."] },
+    })
+    .to_string()
 }
 
 /// Command-line flags that would undo the sealing; refused in `arg(..)` unless the user's
@@ -370,19 +393,20 @@ mod tests {
 
     #[test]
     fn settings_carry_the_seal() {
-        let sealed: serde_json::Value =
-            serde_json::from_str(&seal_settings(false, false).unwrap()).unwrap();
+        let sealed: serde_json::Value = serde_json::from_str(&seal_settings(false, false)).unwrap();
         assert_eq!(sealed["env"]["CLAUDE_CODE_DISABLE_ATTACHMENTS"], "1");
         assert_eq!(sealed["env"]["CLAUDE_CODE_SAFE_MODE"], "1");
         let reopened: serde_json::Value =
-            serde_json::from_str(&seal_settings(true, false).unwrap()).unwrap();
+            serde_json::from_str(&seal_settings(true, false)).unwrap();
         assert_eq!(reopened["env"]["CLAUDE_CODE_DISABLE_ATTACHMENTS"], "1");
         assert!(reopened["env"].get("CLAUDE_CODE_SAFE_MODE").is_none());
-        let open: serde_json::Value =
-            serde_json::from_str(&seal_settings(true, true).unwrap()).unwrap();
+        let open: serde_json::Value = serde_json::from_str(&seal_settings(true, true)).unwrap();
         assert_eq!(open["env"]["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"], "1");
         assert_eq!(open["env"]["CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS"], "1");
         assert!(open["env"].get("CLAUDE_CODE_DISABLE_ATTACHMENTS").is_none());
+        assert_eq!(sealed["env"]["GIT_CONFIG_GLOBAL"], "/dev/null");
+        assert!(open["env"].get("GIT_CONFIG_GLOBAL").is_none());
+        assert_eq!(open["spinnerTipsOverride"]["excludeDefault"], true);
         assert!(seal_args(false).contains(&"--safe-mode"));
         assert!(!seal_args(true).contains(&"--safe-mode"));
         assert!(seal_args(true).contains(&"--setting-sources"));
