@@ -1,13 +1,25 @@
-//! Starting many processes: time to the first answer and to the whole batch, with processes
-//! started a few at a time (the default, `max_starting_processes` = the number of cores) and
-//! all at once, for 2, 8 and 32 processes, side by side in one run, on the real CLI against
-//! an instant loopback mock API.
+//! Starting many processes, on the real CLI against a loopback mock API.
 //!
-//! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench startup`
+//! Section 1: time to the first answer and to the whole batch, with processes started a few at
+//! a time (the default, `max_starting_processes` = the number of cores) and all at once, for
+//! 2, 8 and 32 processes, side by side, at an instant API.
+//! Section 2: where a process's start-up CPU goes: user + system CPU of one CLI process (and
+//! everything it started) from start to its first answer and exit, with the seal as it was in
+//! 0.1.0 and as it is now (the CLI's own calls, git and the `ps` shell off), alternating,
+//! medians of 7.
+//! Section 3: 200 support tickets at a 3 s API latency with 32 processes (the latency bound is
+//! 200 / 32 × 3 s = 18.75 s): a bare driver with the 0.1.0 seal, a bare driver with the seal
+//! now, and `claude_map`, one after the other.
+//!
+//! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench startup` (about 3 minutes).
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use claude_rayon_mock_api::{Fault, MockApi, Reply, CLI_ENV_REMOVE};
 
 use claude_rayon::prelude::*;
 use claude_rayon::SessionBuilder;
@@ -36,7 +48,7 @@ fn main() {
         println!("startup: skipped (set CLAUDE_CODE_BIN to the claude executable)");
         return;
     };
-    let api = claude_rayon_mock_api::MockApi::start();
+    let api = MockApi::start();
     let home = tempfile::tempdir().unwrap();
     let env = api.cli_env(home.path());
     let make = || common::real_builder(&cli, &env, claude_rayon_mock_api::CLI_ENV_REMOVE);
@@ -54,4 +66,134 @@ fn main() {
             whole_staggered.as_secs_f64()
         );
     }
+    cpu_sections(&cli, &api, home.path());
+}
+
+/// User + system CPU of one CLI process and its descendants, from its start to its first
+/// answer and its exit.
+fn start_cpu(
+    cli: &std::path::Path,
+    api: &MockApi,
+    home: &std::path::Path,
+    cwd: &std::path::Path,
+    seal: common::Seal,
+) -> Duration {
+    let mut command = Command::new(cli);
+    command
+        .args([
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--model",
+            "claude-sonnet-4-5",
+            "--system-prompt",
+            "",
+            "--tools",
+            "",
+            "--no-session-persistence",
+        ])
+        .args(seal.args())
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for key in CLI_ENV_REMOVE {
+        command.env_remove(key);
+    }
+    command
+        .envs(api.cli_env(home))
+        .env("CLAUDE_CODE_MAX_RETRIES", "0")
+        .envs(seal.env().iter().copied());
+    let mut child = command.spawn().expect("spawn the CLI");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let message = serde_json::json!({
+        "type": "user",
+        "message": { "role": "user", "content": common::ticket(1, 600) },
+    });
+    writeln!(stdin, "{message}").expect("write");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("read") > 0,
+            "the CLI ended"
+        );
+        if line.starts_with(r#"{"type":"result""#) {
+            break;
+        }
+    }
+    drop(stdin);
+    drop(stdout);
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child, writing only into the structs we pass.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn cpu_sections(cli: &std::path::Path, api: &MockApi, home: &std::path::Path) {
+    let cwd = tempfile::tempdir().unwrap();
+    println!();
+    println!("== start-up CPU of one process (user + system, to its first answer and exit), medians of 7");
+    let (mut before, mut now) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        before.push(start_cpu(cli, api, home, cwd.path(), common::Seal::Before));
+        now.push(start_cpu(cli, api, home, cwd.path(), common::Seal::Now));
+    }
+    let (before, now) = (common::median(before), common::median(now));
+    println!(
+        "  seal of 0.1.0 {:.2} s   seal now {:.2} s   ({:.0}% less)",
+        before.as_secs_f64(),
+        now.as_secs_f64(),
+        100.0 * (1.0 - now.as_secs_f64() / before.as_secs_f64())
+    );
+
+    println!();
+    println!("== 200 tickets, API latency 3 s, 32 processes (latency bound 18.75 s)");
+    api.set_reply(|_| Reply::Fault(Fault::Slow(Duration::from_secs(3))));
+    let tickets: Vec<String> = (0..200)
+        .map(|i| common::ticket(i, 300 + (i * 97) % 1700))
+        .collect();
+    for seal in [common::Seal::Before, common::Seal::Now] {
+        api.clear_requests();
+        let cpu = common::children_cpu_time();
+        let took = common::bare_driver(cli, api, home, cwd.path(), &tickets, 32, seal);
+        println!(
+            "  bare driver, seal {:<6}  {:>6.2} s  ({} API calls, CLI CPU {:.1} s)",
+            format!("{seal:?}"),
+            took.as_secs_f64(),
+            api.request_count(),
+            (common::children_cpu_time() - cpu).as_secs_f64()
+        );
+    }
+    api.clear_requests();
+    let env = api.cli_env(home);
+    let cpu = common::children_cpu_time();
+    let session = common::real_builder(cli, &env, CLI_ENV_REMOVE)
+        .concurrency(32)
+        .build()
+        .expect("session");
+    let started = Instant::now();
+    let answered = tickets
+        .par_iter()
+        .claude_map(&session, |t| t.to_string())
+        .filter(Result::is_ok)
+        .count();
+    let took = started.elapsed();
+    assert_eq!(answered, tickets.len(), "every ticket answered");
+    let first = session.stats().time_to_first_result;
+    session.close().expect("close");
+    println!(
+        "  claude_map               {:>6.2} s  ({} API calls, CLI CPU {:.1} s, first answer after {:.2} s)",
+        took.as_secs_f64(),
+        api.request_count(),
+        (common::children_cpu_time() - cpu).as_secs_f64(),
+        first.map_or(0.0, |d| d.as_secs_f64())
+    );
 }

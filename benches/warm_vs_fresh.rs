@@ -14,6 +14,8 @@
 //! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench warm_vs_fresh` (about 2 minutes
 //! on 2 cores). Without CLAUDE_CODE_BIN it prints a notice and exits 0.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -109,7 +111,7 @@ fn main() {
     println!();
     println!("== concurrency 2, {TICKETS} support tickets: claude_map against a bare driver");
     let tickets: Vec<String> = (0..TICKETS)
-        .map(|i| ticket(i, 300 + (i * 97) % 1700))
+        .map(|i| common::ticket(i, 300 + (i * 97) % 1700))
         .collect();
     let mut library = Vec::new();
     let mut bare = Vec::new();
@@ -133,7 +135,15 @@ fn main() {
         library.push(TICKETS as f64 / took.as_secs_f64());
 
         api.clear_requests();
-        let took = bare_driver(&cli, &api, home.path(), cwd.path(), &tickets, 2);
+        let took = common::bare_driver(
+            &cli,
+            &api,
+            home.path(),
+            cwd.path(),
+            &tickets,
+            2,
+            common::Seal::Now,
+        );
         assert_eq!(api.request_count(), TICKETS, "one call per ticket");
         bare.push(TICKETS as f64 / took.as_secs_f64());
         println!(
@@ -142,7 +152,10 @@ fn main() {
             bare[round - 1]
         );
     }
-    let (library, bare) = (median(&mut library), median(&mut bare));
+    let (library, bare) = (
+        common::median_f64(&mut library),
+        common::median_f64(&mut bare),
+    );
     println!(
         "  medians: claude_map {library:.1} items/s, bare driver {bare:.1} items/s: \
          claude_map at {:.0}% of the bare driver",
@@ -152,116 +165,6 @@ fn main() {
 
 const TICKETS: usize = 200;
 const ROUNDS: usize = 3;
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// A support ticket of about `len` characters, different for every `seed`.
-fn ticket(seed: usize, len: usize) -> String {
-    const SENTENCES: [&str; 6] = [
-        "I tried clearing the cache and logging in again, but nothing changed.",
-        "Our account manager said this would be fixed within a week, and it has been three.",
-        "The error message only says that something went wrong and to try again later.",
-        "Could you please look into it and tell me what we should do in the meantime?",
-        "This affects about forty people in the finance department every single morning.",
-        "If a refund is the simplest way to settle this, we would accept one gladly.",
-    ];
-    let mut text = format!("Ticket {seed}: we were charged twice for the same invoice.");
-    let mut i = seed;
-    while text.len() < len {
-        text.push(' ');
-        text.push_str(SENTENCES[i % SENTENCES.len()]);
-        i = (i * 31 + 7) % 1_000_003;
-    }
-    text
-}
-
-/// The same CLI with the same flags and environment as a session's processes, driven by
-/// `threads` plain threads with nothing checked: each writes an item, reads lines until its
-/// result, writes `/clear`, reads until that result. Returns the wall time.
-fn bare_driver(
-    cli: &Path,
-    api: &MockApi,
-    home: &Path,
-    cwd: &Path,
-    items: &[String],
-    threads: usize,
-) -> Duration {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    let next = AtomicUsize::new(0);
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                let mut command = Command::new(cli);
-                command
-                    .args([
-                        "-p",
-                        "--input-format",
-                        "stream-json",
-                        "--output-format",
-                        "stream-json",
-                        "--verbose",
-                        "--model",
-                        "claude-sonnet-4-5",
-                        "--system-prompt",
-                        "",
-                        "--tools",
-                        "",
-                        "--no-session-persistence",
-                        "--setting-sources",
-                        "user",
-                        "--safe-mode",
-                        "--strict-mcp-config",
-                    ])
-                    .current_dir(cwd)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null());
-                for key in CLI_ENV_REMOVE {
-                    command.env_remove(key);
-                }
-                command.envs(api.cli_env(home)).envs([
-                    ("CLAUDE_CODE_MAX_RETRIES", "0"),
-                    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
-                    ("CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS", "1"),
-                    ("CLAUDE_CODE_DISABLE_ATTACHMENTS", "1"),
-                    ("CLAUDE_CODE_SAFE_MODE", "1"),
-                    ("CLAUDE_CODE_DISABLE_AUTO_MEMORY", "1"),
-                ]);
-                let mut child = command.spawn().expect("spawn the CLI");
-                let mut stdin = child.stdin.take().expect("stdin");
-                let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-                let mut line = String::new();
-                let mut turn = |text: &str| {
-                    let message = serde_json::json!({
-                        "type": "user",
-                        "message": { "role": "user", "content": text },
-                    });
-                    writeln!(stdin, "{message}").expect("write");
-                    loop {
-                        line.clear();
-                        let read = stdout.read_line(&mut line).expect("read");
-                        assert!(read > 0, "the CLI ended");
-                        if line.starts_with(r#"{"type":"result""#) {
-                            break;
-                        }
-                    }
-                };
-                while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    turn(item);
-                    turn("/clear");
-                }
-                drop(stdin);
-                let _ = child.wait();
-            });
-        }
-    });
-    started.elapsed()
-}
 
 /// A builder for the real CLI against the mock: what the real-tier tests use.
 fn real_builder(cli: &Path, api: &MockApi, home: &Path, cwd: &Path) -> SessionBuilder {
