@@ -219,7 +219,9 @@ fn an_item_too_big_for_the_budget_is_refused_before_it_is_sent() {
 fn items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest() {
     // Three reservations fit, the fourth does not. The throttle lets one request through
     // at a time (60 a minute, burst 1): two items wait on it, holding their reservations,
-    // when the fourth is refused and stops the run. They were admitted: they go.
+    // when the fourth is refused and stops the run. They were admitted: they go. Each item
+    // really costs about the estimate (a ticket of 2,400 characters and its echo), so the
+    // fourth is refused even when a busy machine starts it after the first has finished.
     let fake = Fake::new();
     let session = fake
         .builder()
@@ -232,8 +234,15 @@ fn items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest() {
         .unwrap();
     let results: Vec<_> = (0..4u32)
         .into_par_iter()
-        .claude_map(&session, |i| format!("budget item {i:04}"))
+        .claude_map(&session, |i| support::ticket(*i as usize, 2_400))
         .collect();
+    for (_, response) in results.iter().flatten() {
+        assert!(
+            (0.00875..0.0116).contains(&response.cost_usd),
+            "three items must fit in 0.035 USD and four not: {}",
+            response.cost_usd
+        );
+    }
     let refused = results
         .iter()
         .filter(|r| matches!(r, Err(f) if matches!(f.error, Error::BudgetExceeded { .. })))
