@@ -425,11 +425,11 @@ mod tests {
 
     #[test]
     fn a_usage_pause_is_asked_again_without_spending_a_try() {
-        // No retries at all, and a 529 before: the refused calls spend nothing of them.
+        // One retry, still there for the 529 after two refused calls: they spent none.
         let world = Script::new(1)
+            .then(Err(usage_limit()))
+            .then(Err(usage_limit()))
             .then(Err(api(529)))
-            .then(Err(usage_limit()))
-            .then(Err(usage_limit()))
             .then(Ok("answered"));
         let (_, answer) = run(&world, &Policy::Plain).unwrap();
         assert_eq!(answer.response.text, "answered");
