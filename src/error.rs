@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Everything that can go wrong between a prompt and its [`Response`](crate::Response).
 ///
@@ -239,6 +239,49 @@ pub enum Error {
         partial: String,
     },
 
+    /// A subscription (claude.ai login) usage window is used up: the CLI reported the window
+    /// `rejected` and the call failed with HTTP 429. A session waits for the reset by
+    /// itself, pausing every item (see
+    /// [`SessionBuilder::max_usage_limit_wait`](crate::SessionBuilder::max_usage_limit_wait));
+    /// this error comes when the reset is further away than that setting allows. Every item
+    /// would fail the same way, so a run stops.
+    ///
+    /// ```
+    /// use claude_rayon::{Error, UsageWindow};
+    ///
+    /// let limit = Error::UsageLimitReached {
+    ///     window: UsageWindow::FiveHour,
+    ///     resets_at: None,
+    ///     message: "You've hit your 5-hour limit".into(),
+    /// };
+    /// assert!(limit.is_fatal() && !limit.is_retryable());
+    /// assert!(limit.to_string().contains("five-hour"));
+    /// ```
+    #[error(
+        "the subscription's {window} usage limit is reached{}: {message}. \
+         SessionBuilder::max_usage_limit_wait sets how long a session waits for a reset",
+        .resets_at.map(|t| format!(" (it resets at {})", utc_time(t))).unwrap_or_default()
+    )]
+    UsageLimitReached {
+        /// The window that is used up.
+        window: UsageWindow,
+        /// When the CLI said it resets, if it said (and said something sane).
+        resets_at: Option<SystemTime>,
+        /// The CLI's message ("You've hit your 5-hour limit · resets 3pm").
+        message: String,
+    },
+
+    /// The subscription's spend cap is reached ("You've hit your monthly spend limit", out of
+    /// usage credits): no reset within the run, so it stops, without retries or a pause.
+    #[error(
+        "the subscription's spending limit is reached: {message}. Raise it at \
+         claude.ai/settings/usage (or ask your organisation's admin), or use an API key"
+    )]
+    SpendLimitReached {
+        /// The CLI's message.
+        message: String,
+    },
+
     /// The API rejected the credentials (HTTP 401 or an auth failure).
     #[error(
         "authentication failed: {message}. Log in with `claude` (then /login), or set \
@@ -413,6 +456,8 @@ impl Error {
                 | Error::SimulatorNotServed { .. }
                 | Error::ModelNotFound { .. }
                 | Error::ApiUnreachable { .. }
+                | Error::UsageLimitReached { .. }
+                | Error::SpendLimitReached { .. }
                 | Error::InvalidConfig(_)
                 | Error::Closed
         )
@@ -434,6 +479,7 @@ impl Error {
             Error::Api { status, .. } => *status,
             Error::Authentication { .. } => Some(401),
             Error::ModelNotFound { .. } => Some(404),
+            Error::UsageLimitReached { .. } | Error::SpendLimitReached { .. } => Some(429),
             _ => None,
         }
     }
@@ -473,6 +519,8 @@ impl Error {
             Error::ModelNotFound { .. } => "ModelNotFound",
             Error::Truncated { .. } => "Truncated",
             Error::IncompleteAnswer { .. } => "IncompleteAnswer",
+            Error::UsageLimitReached { .. } => "UsageLimitReached",
+            Error::SpendLimitReached { .. } => "SpendLimitReached",
             Error::Authentication { .. } => "Authentication",
             Error::MaxTurns { .. } => "MaxTurns",
             Error::Execution { .. } => "Execution",
@@ -490,6 +538,92 @@ impl Error {
             Error::Journal { .. } => "Journal",
         }
     }
+}
+
+/// A subscription usage window, as the CLI names it in its `rate_limit_event`
+/// (`rateLimitType`).
+///
+/// # Examples
+///
+/// ```
+/// use claude_rayon::UsageWindow;
+///
+/// assert_eq!(UsageWindow::FiveHour.to_string(), "five-hour");
+/// assert_eq!(UsageWindow::Other("ten_day".into()).to_string(), "ten_day");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UsageWindow {
+    /// The five-hour session window (`five_hour`).
+    FiveHour,
+    /// The weekly window (`seven_day`).
+    SevenDay,
+    /// The weekly window of Opus models (`seven_day_opus`).
+    SevenDayOpus,
+    /// The weekly window of Sonnet models (`seven_day_sonnet`).
+    SevenDaySonnet,
+    /// The weekly window with overage included (`seven_day_overage_included`).
+    SevenDayOverageIncluded,
+    /// Paid usage beyond the plan (`overage`).
+    Overage,
+    /// A window this crate does not know (a newer CLI), by the CLI's name; empty when the CLI
+    /// named none.
+    Other(String),
+}
+
+impl UsageWindow {
+    /// The window the CLI calls `name`.
+    pub(crate) fn from_cli_name(name: &str) -> UsageWindow {
+        match name {
+            "five_hour" => UsageWindow::FiveHour,
+            "seven_day" => UsageWindow::SevenDay,
+            "seven_day_opus" => UsageWindow::SevenDayOpus,
+            "seven_day_sonnet" => UsageWindow::SevenDaySonnet,
+            "seven_day_overage_included" => UsageWindow::SevenDayOverageIncluded,
+            "overage" => UsageWindow::Overage,
+            other => UsageWindow::Other(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for UsageWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UsageWindow::FiveHour => "five-hour",
+            UsageWindow::SevenDay => "weekly",
+            UsageWindow::SevenDayOpus => "weekly Opus",
+            UsageWindow::SevenDaySonnet => "weekly Sonnet",
+            UsageWindow::SevenDayOverageIncluded => "weekly (overage included)",
+            UsageWindow::Overage => "overage",
+            UsageWindow::Other(name) if name.is_empty() => "unnamed",
+            UsageWindow::Other(name) => name,
+        })
+    }
+}
+
+/// `time` as `YYYY-MM-DD HH:MM:SS UTC` (no time-zone database here: UTC is always right).
+pub(crate) fn utc_time(time: SystemTime) -> String {
+    let secs = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs(),
+        Err(_) => return "before 1970".into(),
+    };
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -601,6 +735,34 @@ mod tests {
             }
         );
         assert!(auth.contains("ANTHROPIC_API_KEY"), "{auth}");
+    }
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        let at = |secs| utc_time(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(at(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(at(1_796_256_415), "2026-12-03 00:06:55 UTC");
+    }
+
+    #[test]
+    fn usage_limits_are_fatal_and_not_retried() {
+        let spend = Error::SpendLimitReached {
+            message: "You've hit your monthly spend limit".into(),
+        };
+        assert!(spend.is_fatal() && !spend.is_retryable());
+        assert_eq!(spend.api_status(), Some(429));
+        let limit = Error::UsageLimitReached {
+            window: UsageWindow::SevenDay,
+            resets_at: Some(UNIX_EPOCH + Duration::from_secs(1_796_256_415)),
+            message: "You've hit your weekly limit".into(),
+        };
+        let text = limit.to_string();
+        assert!(
+            text.contains("weekly") && text.contains("2026-12-03 00:06:55 UTC"),
+            "{text}"
+        );
+        assert!(format!("{limit:?}").starts_with("UsageLimitReached: "));
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //! | `[[sim:refused-first]]` | a call refused (`stop_reason: refusal`), the CLI's re-ask, then the answer as a success (2.1.332) |
 //! | `[[sim:same-ids]]` | every call of the turn has the same message id (a gateway that reuses ids) |
 //! | `[[sim:stop=REASON]]` | the answer's call and the result stop with REASON (`refusal` also makes the result an error) |
+//! | `[[sim:usage-warning=WINDOW,UTILIZATION]]` | a `rate_limit_event` with status `allowed_warning` for WINDOW (`five_hour`, ...) before the answer |
+//! | `[[sim:spend-limit]]` | the subscription's spend cap is reached: a `rejected` overage `rate_limit_event`, the 429 error result "You've hit your monthly spend limit", then exit 1 |
 //!
 //! With `--include-partial-messages` (the library always passes it) each streamed call shows
 //! as the CLI shows it: a `message_start` stream event, the message, then a `message_delta`
@@ -46,6 +48,11 @@
 //! a flag it does not know does (TEXT on stderr, exit code 1, nothing read or written), on
 //! every start or, with `CLAUDE_RAYON_SIM_START_ERROR_TIMES=N`, the first N (across
 //! processes); `CLAUDE_RAYON_SIM_LATENCY_MS` delays every answer;
+//! `CLAUDE_RAYON_SIM_USAGE_LIMIT_UNTIL=UNIX_S[,WINDOW]` makes every model turn before that
+//! time (seconds since the UNIX epoch) refused as a subscription whose usage window
+//! (default `five_hour`) is used up: a `rejected` `rate_limit_event` with `resetsAt`
+//! UNIX_S, the CLI's error message and a 429 error result, then exit 1 (the 2.1.197 wording
+//! when `CLAUDE_RAYON_SIM_VERSION` starts with `2.1.197`, else 2.1.332's);
 //! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers; `CLAUDE_RAYON_SIM_VERSION` is what
 //! `--version` prints; `CLAUDE_RAYON_SIM_CLEAR` breaks `/clear` on purpose (`as-text`: sent
 //! to the "model" like any prompt; `same-session`: no new session id). Like the CLI, text that starts with `/` is a command: `/clear` resets the
@@ -283,6 +290,21 @@ impl Simulator {
         {
             std::thread::sleep(Duration::from_millis(ms));
         }
+        if let Some(code) = self.usage_limit(d("spend-limit").is_some()) {
+            return Some(code);
+        }
+        if let Some(spec) = d("usage-warning") {
+            let (window, utilization) = spec.split_once(',').unwrap_or((spec.as_str(), "0.95"));
+            let utilization = utilization.parse::<f64>().unwrap_or(0.95);
+            let resets_at = unix_seconds() + 3 * 3600;
+            self.emit(json!({"type": "rate_limit_event", "rate_limit_info": {
+                "status": "allowed_warning", "resetsAt": resets_at, "rateLimitType": window,
+                "utilization": utilization, "overageStatus": "rejected",
+                "overageDisabledReason": "org_level_disabled", "isUsingOverage": false,
+                "surpassedThreshold": 0.9, "unifiedWindows": {window: {"utilization": utilization,
+                    "resetsAt": resets_at, "status": "allowed_warning", "surpassedThreshold": 0.9}}},
+                "uuid": "sim-rate-limit", "session_id": self.session_id}));
+        }
         if let Some(spec) = d("retry") {
             let (status, n) = spec.split_once(',').unwrap_or((spec.as_str(), "1"));
             for attempt in 1..=n.parse::<u32>().unwrap_or(1) {
@@ -476,6 +498,62 @@ impl Simulator {
         None
     }
 
+    /// A subscription limit reached, as the CLI reports it (no retries of its own): a
+    /// `rejected` window, its error text as a synthetic message and a 429 error result; then
+    /// it exits 1. `spend_cap`: the monthly spend limit; else the usage window of
+    /// `CLAUDE_RAYON_SIM_USAGE_LIMIT_UNTIL`, while it lasts. `None` when neither applies.
+    fn usage_limit(&self, spend_cap: bool) -> Option<i32> {
+        let old = std::env::var("CLAUDE_RAYON_SIM_VERSION").is_ok_and(|v| v.starts_with("2.1.197"));
+        let (info, text) = if spend_cap {
+            (
+                json!({"status": "rejected", "resetsAt": unix_seconds() + 20 * 86_400,
+                    "rateLimitType": "overage", "overageStatus": "rejected",
+                    "overageDisabledReason": "org_level_disabled_until", "isUsingOverage": true}),
+                "You've hit your monthly spend limit · raise it at claude.ai/settings/usage"
+                    .to_string(),
+            )
+        } else {
+            let spec = std::env::var("CLAUDE_RAYON_SIM_USAGE_LIMIT_UNTIL").ok()?;
+            let (until, window) = spec.split_once(',').unwrap_or((spec.as_str(), "five_hour"));
+            let until = until.trim().parse::<u64>().ok()?;
+            if unix_seconds() >= until {
+                return None;
+            }
+            let name = match (window, old) {
+                ("five_hour", true) => "session limit",
+                ("five_hour", false) => "5-hour limit",
+                ("seven_day", _) => "weekly limit",
+                ("seven_day_opus", _) => "Opus limit",
+                ("seven_day_sonnet", _) => "Sonnet limit",
+                _ => "usage limit",
+            };
+            (
+                json!({"status": "rejected", "resetsAt": until, "rateLimitType": window,
+                    "overageStatus": "rejected", "overageDisabledReason": "org_level_disabled",
+                    "isUsingOverage": false}),
+                format!("You've hit your {name} · resets 3pm (UTC)"),
+            )
+        };
+        self.emit(json!({"type": "rate_limit_event", "rate_limit_info": info,
+            "uuid": "sim-rate-limit", "session_id": self.session_id}));
+        let mut message = json!({"type": "assistant", "session_id": self.session_id,
+            "message": {"id": self.next_message_id(), "role": "assistant", "model": "<synthetic>",
+                "content": [{"type": "text", "text": text}], "stop_reason": "stop_sequence"},
+            "error": "rate_limit"});
+        let mut result = self.result_line(0, &text, 0, 0, true, Some(429), None);
+        if !old {
+            for line in [&mut message, &mut result] {
+                line["api_error"] = json!("usage_limit_reached");
+                line["api_error_type"] = json!("rate_limit_error");
+            }
+            message["api_error_params"] = json!({"rate_limit_info": info});
+            result["terminal_reason"] = json!("api_error");
+        }
+        self.emit(message);
+        self.emit(result);
+        Some(1)
+    }
+
     /// A message id of its own.
     fn next_message_id(&self) -> String {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -624,6 +702,12 @@ fn new_session_id() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -1,7 +1,7 @@
 //! What a session did: counters, tokens, cost and a latency histogram of constant size.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -40,6 +40,12 @@ pub struct Stats {
     pub throttle_wait: Duration,
     /// Shared back-off pauses (after a 429 or 529).
     pub backoff_pauses: u64,
+    /// Pauses of every item because a subscription usage window was used up (one per reset
+    /// waited for, however many items hit it).
+    pub usage_limit_pauses: u64,
+    /// Time items were held by those pauses, up to now (a pause in force counts as far as it
+    /// has run; one the session's close or a cancel ended early still holds the throttle).
+    pub usage_limit_wait: Duration,
     /// Tokens used, summed over items.
     pub usage: Usage,
     /// What the session has cost, in US dollars.
@@ -117,6 +123,9 @@ pub(crate) struct Counters {
     pub throttle_waiting: Gauge,
     pub replayed: AtomicU64,
     pub backoff_pauses: AtomicU64,
+    pub usage_limit_pauses: AtomicU64,
+    /// The usage-limit pauses, as time.
+    pub usage_limit_clock: Mutex<PauseClock>,
     pub first_result_nanos: AtomicU64,
     pub totals: Mutex<Totals>,
     pub latency: Mutex<Histogram>,
@@ -146,6 +155,8 @@ impl Counters {
             throttle_waits: load(&self.throttle_waits),
             throttle_wait: Duration::from_nanos(load(&self.throttle_wait_nanos)),
             backoff_pauses: load(&self.backoff_pauses),
+            usage_limit_pauses: load(&self.usage_limit_pauses),
+            usage_limit_wait: self.usage_limit_clock.lock().held(Instant::now()),
             usage: totals.usage,
             cost_usd: totals.cost_usd,
             budget_exhausted: false,
@@ -162,6 +173,37 @@ impl Counters {
             waiting_on_throttle: self.throttle_waiting.read().0,
             replayed: load(&self.replayed),
         }
+    }
+}
+
+/// Time held by pauses that follow or extend one another: the ones over, and the one in
+/// force as far as it has run.
+#[derive(Default)]
+pub(crate) struct PauseClock {
+    over: Duration,
+    current: Option<(Instant, Instant)>,
+}
+
+impl PauseClock {
+    /// Pause from `now` until `until`; extends the pause in force rather than counting its
+    /// overlap twice.
+    pub(crate) fn pause(&mut self, now: Instant, until: Instant) {
+        match self.current {
+            Some((since, end)) if end > now => self.current = Some((since, end.max(until))),
+            Some((since, end)) => {
+                self.over += end.saturating_duration_since(since);
+                self.current = Some((now, until));
+            }
+            None => self.current = Some((now, until)),
+        }
+    }
+
+    /// The time held up to `now`.
+    pub(crate) fn held(&self, now: Instant) -> Duration {
+        self.over
+            + self.current.map_or(Duration::ZERO, |(since, end)| {
+                end.min(now).saturating_duration_since(since)
+            })
     }
 }
 
@@ -270,6 +312,22 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pause_clock_counts_overlaps_once() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut clock = PauseClock::default();
+        assert_eq!(clock.held(at(5)), Duration::ZERO);
+        clock.pause(at(0), at(10));
+        assert_eq!(clock.held(at(4)), Duration::from_secs(4));
+        // A second item hits the same limit: the pause extends, not doubles.
+        clock.pause(at(2), at(12));
+        assert_eq!(clock.held(at(20)), Duration::from_secs(12));
+        // A later pause adds its own time.
+        clock.pause(at(30), at(33));
+        assert_eq!(clock.held(at(40)), Duration::from_secs(15));
+    }
 
     #[test]
     fn quantiles_are_within_an_eighth() {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::life::{AttemptError, Event, World};
 use super::progress::RunProgress;
 use super::stop::Stop;
+use super::usage;
 use crate::journal::format::Key;
 use crate::session::pool::Lease;
 use crate::session::process::{ApiRetry, CliProcess, TurnEvent};
@@ -244,6 +245,26 @@ impl World for SessionWorld<'_> {
                 permit.settle(usage.total(), calls);
                 reservation.settle(cost);
                 record_cost(inner, cost, &usage);
+                if let Error::UsageLimitReached {
+                    window, resets_at, ..
+                } = &error
+                {
+                    // A conversation's process dies with the refusal (the CLI exits), and
+                    // its context with it: its turn fails rather than wait.
+                    if self.retries && usage::wait_for_reset(inner, window, *resets_at) {
+                        return Err(AttemptError::Paused(error));
+                    }
+                    return Err(AttemptError::Failed {
+                        error,
+                        called: true,
+                    });
+                }
+                if matches!(error, Error::SpendLimitReached { .. }) {
+                    return Err(AttemptError::Failed {
+                        error,
+                        called: true,
+                    });
+                }
                 if matches!(error.api_status(), Some(429 | 529)) {
                     let now = Instant::now();
                     let wait = inner.cooldown.throttled(&inner.config.retry, sent_at, now);
@@ -436,6 +457,7 @@ fn run_turn(
     let mut calls = 1u64;
     let mut on_event = |event: TurnEvent| match event {
         TurnEvent::Retry(retry) => on_cli_retry(inner, retry),
+        TurnEvent::UsageWindow(info) => usage::note_window(inner, &info),
         // One more request the API counts; the throttle is charged for it when the item's
         // permit is settled with the calls really made.
         TurnEvent::ExtraCall => {

@@ -33,6 +33,9 @@ pub(crate) enum AttemptError {
     NotStarted(Error),
     /// The try failed: in the call (`called`), or before it in starting a process.
     Failed { error: Error, called: bool },
+    /// The call was refused because a subscription usage window is used up, and every item
+    /// now waits for its reset on the throttle: asked again, a call made but not a try.
+    Paused(Error),
 }
 
 /// Everything an item's life needs from outside.
@@ -236,6 +239,8 @@ pub(crate) fn attempts<W: World + ?Sized>(
     let mut tries = 0;
     let mut calls = 0;
     let mut last: Option<Error> = None;
+    // The last call was refused for a usage window: the next is the same try again.
+    let mut after_pause = false;
     loop {
         if let Some(reason) = world.stop_reason() {
             return Err((keep_last(last, reason), calls));
@@ -244,11 +249,20 @@ pub(crate) fn attempts<W: World + ?Sized>(
         let outcome = world.attempt(prompt);
         // A retry is counted once it went further than the budget and the throttle: a stop
         // during its wait there sends nothing.
-        if last.is_some() && !matches!(outcome, Err(AttemptError::NotStarted(_))) {
+        let retry = last.is_some() && !std::mem::replace(&mut after_pause, false);
+        if retry && !matches!(outcome, Err(AttemptError::NotStarted(_))) {
             world.note(Event::Retried, None);
         }
         let error = match outcome {
             Ok(response) => return Ok((response, calls + 1)),
+            Err(AttemptError::Paused(error)) => {
+                // A window used up is no fault of the item's: its tries stay as they were.
+                calls += 1;
+                tries -= 1;
+                after_pause = true;
+                last = Some(error);
+                continue;
+            }
             Err(AttemptError::NotStarted(error)) => {
                 if error.is_fatal() {
                     world.fail_fatally(&error);
@@ -399,6 +413,48 @@ mod tests {
         policy: &Policy<'_>,
     ) -> Result<(&'static str, Answer), Failed<&'static str>> {
         live(world, "item", |_| "the prompt", policy)
+    }
+
+    fn usage_limit() -> AttemptError {
+        AttemptError::Paused(Error::UsageLimitReached {
+            window: crate::UsageWindow::FiveHour,
+            resets_at: None,
+            message: "You've hit your 5-hour limit".into(),
+        })
+    }
+
+    #[test]
+    fn a_usage_pause_is_asked_again_without_spending_a_try() {
+        // One retry, still there for the 529 after two refused calls: they spent none.
+        let world = Script::new(1)
+            .then(Err(usage_limit()))
+            .then(Err(usage_limit()))
+            .then(Err(api(529)))
+            .then(Ok("answered"));
+        let (_, answer) = run(&world, &Policy::Plain).unwrap();
+        assert_eq!(answer.response.text, "answered");
+        // Every call made counts, the refused ones too.
+        assert_eq!(answer.attempts, 4);
+        // The wait is the throttle's, not a retry's: only the 529's backoff was waited here.
+        assert_eq!(world.waits.borrow().len(), 1);
+        // The 529's retry is one; the re-asks after the pauses are not retries.
+        assert_eq!(world.count(Event::Retried), 1);
+        assert!(world.fatal.borrow().is_none());
+    }
+
+    #[test]
+    fn a_stop_during_a_usage_pause_keeps_the_limit_as_the_items_error() {
+        let world = Script::new(0)
+            .then(Err(usage_limit()))
+            .then(Err(AttemptError::NotStarted(Error::Cancelled)));
+        let failed = run(&world, &Policy::Plain).unwrap_err();
+        assert!(
+            matches!(failed.error, Error::UsageLimitReached { .. }),
+            "{:?}",
+            failed.error
+        );
+        assert_eq!((failed.item, failed.attempts), ("item", 1));
+        assert_eq!(world.count(Event::Retried), 0);
     }
 
     #[test]

@@ -11,12 +11,14 @@
 //! - `stop`: the one stop state of a run.
 //! - `strict`: what makes an answer one of a fixed set.
 //! - `progress`: the run's progress reports.
+//! - `usage`: subscription usage windows: a warning once, a pause of every item on a limit.
 
 mod attempt;
 mod life;
 mod progress;
 pub(crate) mod stop;
 pub(crate) mod strict;
+mod usage;
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -14,6 +14,8 @@ use crate::{Error, Session};
 /// its answer: a process start (about 1 s, several on a busy machine) and the API's time to
 /// first token (seconds), with room to spare, yet far below an item's timeout.
 const DEFAULT_WARM_CACHE_WAIT: Duration = Duration::from_secs(20);
+/// Longer than any subscription window (the weekly ones reset within seven days).
+pub(crate) const DEFAULT_MAX_USAGE_LIMIT_WAIT: Duration = Duration::from_secs(8 * 24 * 3600);
 
 /// The longest line read from the CLI by default: answers of tens of megabytes fit.
 const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
@@ -106,6 +108,8 @@ pub(crate) struct Config {
     pub warm_cache: bool,
     /// The longest the others wait for the warming item's answer to begin.
     pub warm_cache_wait: Duration,
+    /// The longest reset of a used-up subscription window a run waits for.
+    pub max_usage_limit_wait: Duration,
     /// Where the session's journal is, opened by `build()`.
     pub journal_path: Option<PathBuf>,
     pub journal: Option<crate::Journal>,
@@ -157,6 +161,7 @@ impl Default for SessionBuilder {
                 on_progress: None,
                 warm_cache: true,
                 warm_cache_wait: DEFAULT_WARM_CACHE_WAIT,
+                max_usage_limit_wait: DEFAULT_MAX_USAGE_LIMIT_WAIT,
                 journal_path: None,
                 journal: None,
                 #[cfg(feature = "progress")]
@@ -582,6 +587,27 @@ impl SessionBuilder {
     /// ```
     pub fn warm_cache_wait(mut self, wait: Duration) -> Self {
         self.config.warm_cache_wait = wait;
+        self
+    }
+
+    /// The longest a run waits for a used-up subscription usage window to reset (claude.ai
+    /// logins only: an API key has no such windows). When the CLI reports a window used up
+    /// (the five-hour one, a weekly one), every item of the session pauses on its throttle
+    /// until the reset, then the item that hit it is asked again: no item fails and no retry
+    /// is spent. A reset further away than `wait` fails the run at once with
+    /// [`Error::UsageLimitReached`] instead (`Duration::ZERO`: never wait). The default, 8
+    /// days, waits for any window. A cancel or the session's close ends the wait at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // Wait out the five-hour window, but not a weekly one.
+    /// let builder = claude_rayon::Session::builder()
+    ///     .max_usage_limit_wait(Duration::from_secs(5 * 3600));
+    /// ```
+    pub fn max_usage_limit_wait(mut self, wait: Duration) -> Self {
+        self.config.max_usage_limit_wait = wait;
         self
     }
 

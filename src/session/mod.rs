@@ -21,7 +21,7 @@ pub(crate) mod secrets;
 mod simulated;
 pub(crate) mod spawner;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -39,7 +39,7 @@ use crate::budget::Budget;
 use crate::retry::Cooldown;
 use crate::stats::Counters;
 use crate::throttle::Throttle;
-use crate::{Cancel, Error, Stats};
+use crate::{Cancel, Error, Stats, UsageWindow};
 use builder::Config;
 use pool::Pool;
 use process::Launch;
@@ -235,6 +235,17 @@ pub(crate) struct Inner {
     /// What besides the prompt decides an answer (the journal's key), computed once; `Err`
     /// when it cannot be known (a journal then refuses every item).
     pub(crate) answer_settings: fingerprint::AnswerSettings,
+    /// What the session has said about subscription usage windows, so each is said once.
+    pub(crate) usage_windows: Mutex<UsageWindowsSeen>,
+}
+
+/// Subscription usage windows the session has logged about.
+#[derive(Default)]
+pub(crate) struct UsageWindowsSeen {
+    /// Windows whose warning was logged.
+    pub warned: HashSet<UsageWindow>,
+    /// The end of the usage-limit pause in force, if one was ever made.
+    pub paused_until: Option<Instant>,
 }
 
 impl Session {
@@ -347,6 +358,7 @@ impl Session {
                 recent_calls: Mutex::new(VecDeque::new()),
                 cache_gate,
                 answer_settings,
+                usage_windows: Mutex::default(),
             }),
         })
     }

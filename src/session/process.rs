@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::protocol::{self, Event, ResultLine};
+pub(crate) use super::protocol::{RateLimitInfo, WindowStatus};
 use super::secrets::redact;
 use super::{seal, spawner};
 use crate::error::shorten;
@@ -216,8 +217,10 @@ struct TurnShape {
 }
 
 /// What the CLI did during a turn that the throttle and the statistics must know at once.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum TurnEvent {
+    /// A subscription usage window changed state (claude.ai logins only).
+    UsageWindow(RateLimitInfo),
     /// The CLI retries a failed API call.
     Retry(ApiRetry),
     /// The CLI made one more API call in the same turn (it re-asked the model).
@@ -289,6 +292,8 @@ pub(crate) struct CliProcess {
     clear_timeout: Duration,
     /// A failure left the process in an unknown state: do not reuse it.
     broken: bool,
+    /// The last `rejected` usage window the current turn reported.
+    rejected_window: Option<RateLimitInfo>,
 }
 
 impl CliProcess {
@@ -386,6 +391,7 @@ impl CliProcess {
             interpret_item_text: launch.interpret_item_text,
             clear_timeout: launch.clear_timeout,
             broken: false,
+            rejected_window: None,
         })
     }
 
@@ -548,7 +554,14 @@ impl CliProcess {
             }
             on_event(event);
         })?;
-        let judged = whole_answer(&mut result, &calls, want_structured);
+        // A subscription limit reached: the CLI exits after saying so, so the process is
+        // not reused (a write to it would fail another item).
+        let limit = protocol::usage_limit(&result, self.rejected_window.take().as_ref());
+        let used_up = limit.is_some();
+        let judged = match limit {
+            Some(error) => Err(error),
+            None => whole_answer(&mut result, &calls, want_structured),
+        };
         let shape = TurnShape {
             calls: calls.len() as u32,
             continuations: *judged.as_ref().unwrap_or(&0),
@@ -566,7 +579,11 @@ impl CliProcess {
         if !result.session_id.is_empty() {
             self.last_session_id = Some(result.session_id.clone());
         }
-        self.finish(result, started, api_retries, want_structured, shape, judged)
+        let outcome = self.finish(result, started, api_retries, want_structured, shape, judged);
+        if used_up {
+            self.broken = true;
+        }
+        outcome
     }
 
     /// Read stdout until the next `result` line, answering control requests and reporting
@@ -578,6 +595,7 @@ impl CliProcess {
         on_event: &mut dyn FnMut(TurnEvent),
     ) -> Result<(ResultLine, Vec<Call>), Error> {
         let mut calls = CallLog::default();
+        self.rejected_window = None;
         loop {
             let event = match self.stdout.recv_deadline(deadline) {
                 Ok(Out::Line(line)) => match protocol::parse_line(&line) {
@@ -641,6 +659,13 @@ impl CliProcess {
                         delay: Duration::from_millis(delay_ms),
                         status,
                     }));
+                }
+                Event::RateLimit(info) => {
+                    log::debug!("the CLI reports a usage window: {info:?}");
+                    if info.status == WindowStatus::Rejected {
+                        self.rejected_window = Some(info.clone());
+                    }
+                    on_event(TurnEvent::UsageWindow(info));
                 }
                 Event::Other => {}
                 event => {
@@ -819,6 +844,18 @@ impl CliProcess {
                 partial: clean(partial),
             },
             Error::ContextNotReset(message) => Error::ContextNotReset(clean(message)),
+            Error::UsageLimitReached {
+                window,
+                resets_at,
+                message,
+            } => Error::UsageLimitReached {
+                window,
+                resets_at,
+                message: clean(message),
+            },
+            Error::SpendLimitReached { message } => Error::SpendLimitReached {
+                message: clean(message),
+            },
             other => other,
         }
     }

@@ -5,8 +5,10 @@
 
 use serde_json::{json, Value};
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use crate::error::shorten;
-use crate::{Error, Usage};
+use crate::{Error, Usage, UsageWindow};
 
 /// The prompt that resets a persistent process's context between items.
 pub(crate) const CLEAR: &str = "/clear";
@@ -69,8 +71,72 @@ pub(crate) enum Event {
         delay_ms: u64,
         status: Option<u16>,
     },
+    /// A subscription usage window changed state (`rate_limit_event`; claude.ai logins only,
+    /// never with an API key).
+    RateLimit(RateLimitInfo),
     /// Anything else (init, assistant, status, conversation_reset, unknown types).
     Other,
+}
+
+/// How a usage window stands (`status`, `overageStatus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WindowStatus {
+    Allowed,
+    /// Past a warning threshold, still allowed.
+    Warning,
+    /// Used up: calls are refused until it resets.
+    Rejected,
+    /// A status this crate does not know (a newer CLI).
+    Other(String),
+}
+
+impl WindowStatus {
+    fn parse(text: &str) -> WindowStatus {
+        match text {
+            "allowed" => WindowStatus::Allowed,
+            "allowed_warning" => WindowStatus::Warning,
+            "rejected" => WindowStatus::Rejected,
+            other => WindowStatus::Other(other.to_string()),
+        }
+    }
+}
+
+/// The fields of a `rate_limit_event` this crate uses; the rest is skipped.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RateLimitInfo {
+    pub status: WindowStatus,
+    /// When the window resets, in seconds since the UNIX epoch, as the CLI said.
+    pub resets_at: Option<u64>,
+    pub window: UsageWindow,
+    /// The share of the window used, 0 to 1.
+    pub utilization: Option<f64>,
+    /// The warning threshold that was passed, 0 to 1.
+    pub surpassed_threshold: Option<f64>,
+    pub overage_status: Option<WindowStatus>,
+    pub overage_resets_at: Option<u64>,
+    pub overage_disabled_reason: Option<String>,
+    /// `credits_required` when the account has no credit left.
+    pub error_code: Option<String>,
+}
+
+impl RateLimitInfo {
+    /// When the window resets, if the CLI said.
+    pub(crate) fn resets_at(&self) -> Option<SystemTime> {
+        self.resets_at
+            .or(self.overage_resets_at)
+            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+    }
+
+    /// Whether this rejection is a spend cap (no reset within the run), not a window that
+    /// resets.
+    fn is_spend_cap(&self) -> bool {
+        self.error_code.as_deref() == Some("credits_required")
+            || (self.window == UsageWindow::Overage
+                && matches!(
+                    self.overage_disabled_reason.as_deref(),
+                    Some("org_level_disabled_until" | "org_spend_cap_reached" | "out_of_credits")
+                ))
+    }
 }
 
 /// The fields of a `result` line this crate uses.
@@ -86,6 +152,8 @@ pub(crate) struct ResultLine {
     pub num_turns: u32,
     pub session_id: String,
     pub stop_reason: Option<String>,
+    /// The API error's name (2.1.332: `usage_limit_reached`).
+    pub api_error: Option<String>,
 }
 
 /// Parse one stdout line. An empty line is `Other`; a line that is not JSON is an error.
@@ -169,6 +237,10 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
             }
         }
         ("user", _) if has_text_block(&value) => Event::CliMessage,
+        ("rate_limit_event", _) => match parse_rate_limit(&value) {
+            Some(info) => Event::RateLimit(info),
+            None => Event::Other,
+        },
         ("system", "api_retry") => Event::ApiRetry {
             attempt: u64_field(&value, "attempt") as u32,
             // The CLI prints its own jittered delay as a float (`557.83`).
@@ -183,6 +255,85 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
                 .map(|s| s as u16),
         },
         _ => Event::Other,
+    })
+}
+
+/// A `rate_limit_event`'s window, leniently: a field missing or of another type is `None`,
+/// an unknown window or status is kept by name; no `status` at all is no event.
+fn parse_rate_limit(value: &Value) -> Option<RateLimitInfo> {
+    let info = value.get("rate_limit_info")?;
+    let text = |name: &str| info.get(name).and_then(Value::as_str).map(str::to_string);
+    let number = |name: &str| {
+        info.get(name)
+            .and_then(Value::as_f64)
+            .filter(|n| n.is_finite())
+    };
+    // A whole number of seconds; a float is rounded up, a negative one is no time.
+    let seconds = |name: &str| {
+        number(name)
+            .filter(|n| *n > 0.0)
+            .map(|n| n.ceil().min(u64::MAX as f64) as u64)
+    };
+    Some(RateLimitInfo {
+        status: WindowStatus::parse(info.get("status")?.as_str()?),
+        resets_at: seconds("resetsAt"),
+        window: UsageWindow::from_cli_name(&text("rateLimitType").unwrap_or_default()),
+        utilization: number("utilization"),
+        surpassed_threshold: number("surpassedThreshold"),
+        overage_status: text("overageStatus").map(|s| WindowStatus::parse(&s)),
+        overage_resets_at: seconds("overageResetsAt"),
+        overage_disabled_reason: text("overageDisabledReason"),
+        error_code: text("errorCode"),
+    })
+}
+
+/// A result that failed because a subscription limit is reached: a window used up
+/// ([`Error::UsageLimitReached`], which resets) or a spend cap
+/// ([`Error::SpendLimitReached`], which does not within a run). `rejected` is the turn's
+/// last `rate_limit_event` with status `rejected`, if one came. The CLI says it in its text
+/// ("You've hit your session limit", 2.1.197; "5-hour limit" and `api_error:
+/// usage_limit_reached`, 2.1.332; "monthly spend limit"), and an API key's 429 ("API Error:
+/// Request rejected (429)") is neither.
+pub(crate) fn usage_limit(result: &ResultLine, rejected: Option<&RateLimitInfo>) -> Option<Error> {
+    if !result.is_error || !matches!(result.api_error_status, Some(429) | None) {
+        return None;
+    }
+    let message = result.result.clone().unwrap_or_default();
+    let lower = message.to_lowercase().replace('\u{2019}', "'");
+    let says_limit = lower.starts_with("you've hit your")
+        || lower.starts_with("you're out of")
+        || lower.starts_with("your org is out of usage");
+    let is_limit = rejected.is_some()
+        || result.api_error.as_deref() == Some("usage_limit_reached")
+        || (result.api_error_status == Some(429) && says_limit);
+    if !is_limit {
+        return None;
+    }
+    let spend_text = [
+        "spend limit",
+        "out of usage",
+        "usage credit",
+        "credit balance is too low",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle));
+    if spend_text || rejected.is_some_and(RateLimitInfo::is_spend_cap) {
+        return Some(Error::SpendLimitReached { message });
+    }
+    let window = match rejected {
+        Some(info) => info.window.clone(),
+        None if lower.contains("session limit") || lower.contains("5-hour limit") => {
+            UsageWindow::FiveHour
+        }
+        None if lower.contains("weekly limit") => UsageWindow::SevenDay,
+        None if lower.contains("opus limit") => UsageWindow::SevenDayOpus,
+        None if lower.contains("sonnet limit") => UsageWindow::SevenDaySonnet,
+        None => UsageWindow::Other(String::new()),
+    };
+    Some(Error::UsageLimitReached {
+        window,
+        resets_at: rejected.and_then(RateLimitInfo::resets_at),
+        message,
     })
 }
 
@@ -244,6 +395,10 @@ fn parse_result(value: &Value) -> ResultLine {
         session_id: str_field(value, "session_id"),
         stop_reason: value
             .get("stop_reason")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        api_error: value
+            .get("api_error")
             .and_then(Value::as_str)
             .map(str::to_string),
     }
@@ -507,6 +662,161 @@ mod tests {
         assert!(matches!(
             parse_line("Segmentation fault"),
             Err(Error::Protocol { .. })
+        ));
+    }
+
+    /// The events as the real CLI printed them (/work/notes: 2.1.197 and 2.1.332).
+    const WARNING_197: &str = r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning","resetsAt":1796256415,"rateLimitType":"five_hour","utilization":0.95,"isUsingOverage":false,"surpassedThreshold":0.9},"uuid":"u","session_id":"s"}"#;
+    const WARNING_332: &str = r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning","resetsAt":1796256430,"rateLimitType":"five_hour","utilization":0.95,"overageStatus":"rejected","overageDisabledReason":"org_level_disabled","isUsingOverage":false,"surpassedThreshold":0.9,"unifiedWindows":{"five_hour":{"utilization":0.95,"resetsAt":1796256430,"status":"allowed_warning","surpassedThreshold":0.9},"seven_day":{"utilization":0.4,"resetsAt":1796512030}}},"uuid":"u","session_id":"s"}"#;
+    const REJECTED: &str = r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1796256415,"rateLimitType":"five_hour","overageStatus":"rejected","overageDisabledReason":"org_level_disabled","isUsingOverage":false},"uuid":"u","session_id":"s"}"#;
+
+    fn rate_limit(line: &str) -> RateLimitInfo {
+        match parse_line(line).unwrap() {
+            Event::RateLimit(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limit_events_are_read_from_both_versions() {
+        for line in [WARNING_197, WARNING_332] {
+            let info = rate_limit(line);
+            assert_eq!(info.status, WindowStatus::Warning);
+            assert_eq!(info.window, UsageWindow::FiveHour);
+            assert_eq!(info.utilization, Some(0.95));
+            assert_eq!(info.surpassed_threshold, Some(0.9));
+            assert!(info.resets_at.is_some_and(|t| t >= 1_796_256_415));
+        }
+        let rejected = rate_limit(REJECTED);
+        assert_eq!(rejected.status, WindowStatus::Rejected);
+        assert_eq!(rejected.overage_status, Some(WindowStatus::Rejected));
+        assert_eq!(
+            rejected.resets_at(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_796_256_415))
+        );
+        // An event too thin to say anything is skipped, never an error.
+        assert_eq!(
+            parse_line(r#"{"type":"rate_limit_event","note":"x"}"#).unwrap(),
+            Event::Other
+        );
+    }
+
+    #[test]
+    fn rate_limit_events_are_read_leniently() {
+        let info = rate_limit(
+            r#"{"type":"rate_limit_event","rate_limit_info":{"status":"throttled_gently","rateLimitType":"ten_day","resetsAt":"soon","utilization":"high","extra":{"a":[1]}}}"#,
+        );
+        assert_eq!(info.status, WindowStatus::Other("throttled_gently".into()));
+        assert_eq!(info.window, UsageWindow::Other("ten_day".into()));
+        assert_eq!((info.resets_at, info.utilization), (None, None));
+        let info = rate_limit(
+            r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1796256415.2}}"#,
+        );
+        assert_eq!(info.window, UsageWindow::Other(String::new()));
+        assert_eq!(info.resets_at, Some(1_796_256_416));
+        let info = rate_limit(
+            r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":-5}}"#,
+        );
+        assert_eq!(info.resets_at(), None);
+    }
+
+    fn limit_result(status: Option<u16>, text: &str, api_error: Option<&str>) -> ResultLine {
+        ResultLine {
+            subtype: "success".into(),
+            is_error: true,
+            api_error_status: status,
+            result: Some(text.into()),
+            api_error: api_error.map(str::to_string),
+            ..ResultLine::default()
+        }
+    }
+
+    #[test]
+    fn a_used_up_window_is_a_usage_limit() {
+        let rejected = rate_limit(REJECTED);
+        // 2.1.197 and 2.1.332, each after its `rejected` event.
+        for (text, api_error) in [
+            ("You've hit your session limit · resets 12:07am (UTC)", None),
+            (
+                "You've hit your 5-hour limit · resets 3pm (Europe/Paris)",
+                Some("usage_limit_reached"),
+            ),
+        ] {
+            let result = limit_result(Some(429), text, api_error);
+            match usage_limit(&result, Some(&rejected)) {
+                Some(Error::UsageLimitReached {
+                    window: UsageWindow::FiveHour,
+                    resets_at: Some(at),
+                    message,
+                }) => {
+                    assert_eq!(at, UNIX_EPOCH + Duration::from_secs(1_796_256_415));
+                    assert_eq!(message, text);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Without the event, the text still says which window, with no reset time.
+        let weekly = limit_result(
+            Some(429),
+            "You\u{2019}ve hit your weekly limit · resets Mon",
+            None,
+        );
+        assert!(matches!(
+            usage_limit(&weekly, None),
+            Some(Error::UsageLimitReached {
+                window: UsageWindow::SevenDay,
+                resets_at: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_spend_cap_is_not_a_window() {
+        let rejected = rate_limit(REJECTED);
+        for text in [
+            "You've hit your monthly spend limit · raise it at claude.ai/settings/usage",
+            "You've hit your org's monthly spend limit · ask your admin to raise it",
+            "You're out of usage credits",
+            "Your org is out of usage · add funds to continue",
+        ] {
+            let result = limit_result(Some(429), text, None);
+            assert!(
+                matches!(usage_limit(&result, Some(&rejected)), Some(Error::SpendLimitReached { ref message }) if message == text),
+                "{text}"
+            );
+        }
+        // The event alone says so: an overage window closed by its spend cap.
+        let capped = rate_limit(
+            r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","rateLimitType":"overage","overageStatus":"rejected","overageDisabledReason":"org_level_disabled_until","resetsAt":1796256415}}"#,
+        );
+        let result = limit_result(Some(429), "You've hit your limit", None);
+        assert!(matches!(
+            usage_limit(&result, Some(&capped)),
+            Some(Error::SpendLimitReached { .. })
+        ));
+    }
+
+    #[test]
+    fn an_api_keys_429_and_other_errors_are_not_usage_limits() {
+        let rejected = rate_limit(REJECTED);
+        let key = limit_result(
+            Some(429),
+            "API Error: Request rejected (429) · slow down",
+            None,
+        );
+        assert!(usage_limit(&key, None).is_none());
+        let overloaded = limit_result(Some(529), "You've hit your session limit", None);
+        assert!(usage_limit(&overloaded, Some(&rejected)).is_none());
+        let answered = ResultLine {
+            result: Some("You've hit your session limit, says the ticket".into()),
+            ..ResultLine::default()
+        };
+        assert!(usage_limit(&answered, Some(&rejected)).is_none());
+        // The 429 as an ordinary API error stays retryable.
+        assert!(matches!(
+            key.into_outcome(false),
+            Err(ref e @ Error::Api { status: Some(429), .. }) if e.is_retryable()
         ));
     }
 
