@@ -71,6 +71,8 @@ fn main() {
 
 /// User + system CPU of one CLI process and its descendants, from its start to its first
 /// answer and its exit.
+// Reaped with wait4, which `Child::wait` cannot do: it gives the child's resource usage.
+#[allow(clippy::zombie_processes)]
 fn start_cpu(
     cli: &std::path::Path,
     api: &MockApi,
