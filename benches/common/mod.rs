@@ -234,6 +234,9 @@ pub fn bare_driver(
                     turn(item);
                     turn("/clear");
                 }
+                // Killed, not left to exit: without the seal's switches 2.1.332 goes on sending
+                // its telemetry home for minutes after stdin closes.
+                let _ = child.kill();
                 drop(stdin);
                 let _ = child.wait();
             });
