@@ -7,8 +7,9 @@
 //! Section 2: concurrency 2, two threads sharing the prompts: items/s both ways.
 //! Section 3: concurrency 2, 200 support tickets of 300-2,000 characters (items like a
 //! user's): `claude_map` against a bare driver of the same CLI (two persistent processes with
-//! the same flags and environment, two plain threads writing each item and `/clear`, reading
-//! lines until each result, nothing checked), alternating, three rounds; the library's
+//! the seal's flags and environment, two plain threads writing each item and `/clear`, reading
+//! lines until each result, nothing checked), without and with `--include-partial-messages`
+//! (which the library passes to see every API call), alternating, three rounds; the library's
 //! overhead is the ratio of the medians.
 //!
 //! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench warm_vs_fresh` (about 2 minutes
@@ -115,6 +116,7 @@ fn main() {
         .collect();
     let mut library = Vec::new();
     let mut bare = Vec::new();
+    let mut partial = Vec::new();
     for round in 1..=ROUNDS {
         api.clear_requests();
         let session = builder(2, false).build().expect("session");
@@ -134,32 +136,40 @@ fn main() {
         assert_eq!(api.request_count(), TICKETS, "one call per ticket");
         library.push(TICKETS as f64 / took.as_secs_f64());
 
-        api.clear_requests();
-        let took = common::bare_driver(
-            &cli,
-            &api,
-            home.path(),
-            cwd.path(),
-            &tickets,
-            2,
-            common::Seal::Now,
-        );
-        assert_eq!(api.request_count(), TICKETS, "one call per ticket");
-        bare.push(TICKETS as f64 / took.as_secs_f64());
+        for (flags, speeds) in [
+            (&[][..], &mut bare),
+            (&["--include-partial-messages"][..], &mut partial),
+        ] {
+            api.clear_requests();
+            let took = common::bare_driver(
+                (&cli, &api, home.path(), cwd.path()),
+                &tickets,
+                2,
+                common::Seal::Now,
+                flags,
+            );
+            assert_eq!(api.request_count(), TICKETS, "one call per ticket");
+            speeds.push(TICKETS as f64 / took.as_secs_f64());
+        }
         println!(
-            "  round {round}: claude_map {:>6.1} items/s   bare driver {:>6.1} items/s",
+            "  round {round}: claude_map {:>6.1} items/s   bare driver {:>6.1} items/s   \
+             with --include-partial-messages {:>6.1} items/s",
             library[round - 1],
-            bare[round - 1]
+            bare[round - 1],
+            partial[round - 1]
         );
     }
-    let (library, bare) = (
+    let (library, bare, partial) = (
         common::median_f64(&mut library),
         common::median_f64(&mut bare),
+        common::median_f64(&mut partial),
     );
     println!(
-        "  medians: claude_map {library:.1} items/s, bare driver {bare:.1} items/s: \
-         claude_map at {:.0}% of the bare driver",
-        100.0 * library / bare
+        "  medians: claude_map {library:.1} items/s, bare driver {bare:.1} items/s, with \
+         --include-partial-messages {partial:.1} items/s: claude_map at {:.0}% of the bare \
+         driver, {:.0}% of the bare driver with the same flags",
+        100.0 * library / bare,
+        100.0 * library / partial
     );
 }
 

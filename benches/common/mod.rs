@@ -167,13 +167,11 @@ pub fn ticket(seed: usize, len: usize) -> String {
 /// threads with nothing checked: each writes an item, reads lines until its
 /// result, writes `/clear`, reads until that result. Returns the wall time.
 pub fn bare_driver(
-    cli: &Path,
-    api: &MockApi,
-    home: &Path,
-    cwd: &Path,
+    (cli, api, home, cwd): (&Path, &MockApi, &Path, &Path),
     items: &[String],
     threads: usize,
     seal: Seal,
+    extra_args: &[&str],
 ) -> Duration {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
@@ -208,6 +206,7 @@ pub fn bare_driver(
                 }
                 command
                     .args(seal.args())
+                    .args(extra_args)
                     .envs(api.cli_env(home))
                     .env("CLAUDE_CODE_MAX_RETRIES", "0")
                     .envs(seal.env().iter().copied());
