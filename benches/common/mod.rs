@@ -76,6 +76,11 @@ pub fn children_cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// Whether a stream-json line is a turn's result (2.1.332 does not put `type` first).
+pub fn is_result(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["type"] == "result")
+}
+
 pub fn median_f64(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -224,7 +229,7 @@ pub fn bare_driver(
                         line.clear();
                         let read = stdout.read_line(&mut line).expect("read");
                         assert!(read > 0, "the CLI ended");
-                        if line.starts_with(r#"{"type":"result""#) {
+                        if is_result(&line) {
                             break;
                         }
                     }
@@ -233,8 +238,7 @@ pub fn bare_driver(
                     turn(item);
                     turn("/clear");
                 }
-                // Killed, not left to exit: without the seal's switches 2.1.332 goes on sending
-                // its telemetry home for minutes after stdin closes.
+                // Killed after the last answer: the exit is not part of what is measured.
                 let _ = child.kill();
                 drop(stdin);
                 let _ = child.wait();

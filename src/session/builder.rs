@@ -310,7 +310,8 @@ impl SessionBuilder {
 
     /// How many CLI processes the session keeps, and so how many items run at once
     /// (default 4). Each process holds about 185 MB once warm and peaks near 300 MB while it
-    /// starts and answers; `build()` logs a warning when `concurrency` × 300 MB is more than
+    /// starts and answers, and grows to 380-470 MiB over a long run before it is recycled;
+    /// `build()` logs a warning when `concurrency` × 480 MB is more than
     /// the memory available. Past the number of cores, more processes only help when the API
     /// is slow (they wait on the network, not on the CPU).
     pub fn concurrency(mut self, processes: usize) -> Self {
