@@ -207,9 +207,10 @@ pub enum Error {
         message: String,
     },
 
-    /// The answer was cut at the output limit (`max_tokens`) and not completed; the part
-    /// that came is kept here rather than returned as if whole.
-    #[error("the answer was cut at the output limit ({stop_reason}); {} bytes came", .partial.len())]
+    /// The answer was cut at the output limit (`max_tokens`) or where the model's context
+    /// window ran out (`model_context_window_exceeded`), and not completed; the part that
+    /// came is kept here rather than returned as if whole.
+    #[error("the answer was cut at a limit ({stop_reason}); {} bytes came", .partial.len())]
     Truncated {
         /// The stop reason the API gave.
         stop_reason: String,

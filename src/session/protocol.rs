@@ -444,9 +444,13 @@ impl ResultLine {
             "success" | "" => {}
             _ => return Err(self.subtype_error(message)),
         }
-        if self.stop_reason.as_deref() == Some("max_tokens") {
+        // Cut at the output limit, or where the context window ran out (newer models stop
+        // with `model_context_window_exceeded`): the part is not the answer.
+        if let Some(limit @ ("max_tokens" | "model_context_window_exceeded")) =
+            self.stop_reason.as_deref()
+        {
             return Err(Error::Truncated {
-                stop_reason: "max_tokens".into(),
+                stop_reason: limit.into(),
                 partial: message,
             });
         }
@@ -566,6 +570,11 @@ mod tests {
         assert!(matches!(
             r(false, None, "max_tokens").into_outcome(false),
             Err(Error::Truncated { ref partial, .. }) if partial == "text"
+        ));
+        assert!(matches!(
+            r(false, None, "model_context_window_exceeded").into_outcome(false),
+            Err(Error::Truncated { ref stop_reason, ref partial })
+                if stop_reason == "model_context_window_exceeded" && partial == "text"
         ));
         assert!(r(false, None, "end_turn").into_outcome(false).is_ok());
     }
