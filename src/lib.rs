@@ -46,6 +46,7 @@ compile_error!(
 
 mod budget;
 mod cancel;
+mod clock;
 mod conversation;
 mod engine;
 mod error;

@@ -240,13 +240,6 @@ impl Cooldown {
     }
 }
 
-/// `at + wait`, or a moment centuries away when that would overflow (a `Duration::MAX`
-/// setting means "no limit", not a panic).
-pub(crate) fn saturating_add(at: Instant, wait: Duration) -> Instant {
-    at.checked_add(wait)
-        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
 /// A number in [0, 1) from a small xorshift generator; jitter needs spread, not secrecy.
 pub(crate) fn random_unit() -> f64 {
     static STATE: AtomicU64 = AtomicU64::new(0);

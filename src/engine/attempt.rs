@@ -284,7 +284,7 @@ impl World for SessionWorld<'_> {
     }
 
     fn wait(&self, wait: Duration) -> bool {
-        let deadline = crate::retry::saturating_add(Instant::now(), wait);
+        let deadline = crate::clock::saturating_add(Instant::now(), wait);
         self.stop.wait_until(deadline, &|| self.inner.is_closed())
     }
 
@@ -496,7 +496,7 @@ fn back_off(inner: &Inner, now: Instant, wait: Duration) {
     if wait.is_zero() {
         return;
     }
-    let until = crate::retry::saturating_add(now, wait);
+    let until = crate::clock::saturating_add(now, wait);
     if inner.throttle.paused_until().is_none_or(|p| p < until) {
         stats::add(&inner.counters.backoff_pauses, 1);
         log::info!("the API is throttling: pausing new requests for {wait:?}");

@@ -148,7 +148,7 @@ fn answer<W: World + ?Sized>(
 ) -> Result<Answer, (Error, u32)> {
     // The item's own text, before any instruction is added to it: the CLI would drop a blank
     // prompt, and a strict one would be a question about nothing.
-    if crate::session::seal::is_blank(prompt) {
+    if is_blank(prompt) {
         return Err((Error::EmptyPrompt, 0));
     }
     let asked: Cow<'_, str> = match policy {
@@ -231,7 +231,7 @@ pub(crate) fn attempts<W: World + ?Sized>(
     prompt: &str,
 ) -> Result<(Response, u32), (Error, u32)> {
     // The CLI drops a blank prompt and the model would answer something else.
-    if crate::session::seal::is_blank(prompt) {
+    if is_blank(prompt) {
         return Err((Error::EmptyPrompt, 0));
     }
     // Tries count towards `max_retries` even when no call could be made (a process that
@@ -308,6 +308,12 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "a panic with a non-string payload".into()
     }
+}
+
+/// Whether the CLI would drop this prompt: empty, or only white space (a byte-order mark
+/// counts, as the CLI trims it too).
+fn is_blank(prompt: &str) -> bool {
+    prompt.chars().all(|c| c.is_whitespace() || c == '\u{feff}')
 }
 
 #[cfg(test)]
@@ -679,5 +685,15 @@ mod tests {
         let failed = run(&world, &policy).unwrap_err();
         assert!(matches!(&failed.error, Error::InvalidAnswer { answer, .. } if answer == "Maybe"));
         assert_eq!(failed.attempts, 2);
+    }
+
+    #[test]
+    fn blank_prompts() {
+        for blank in ["", " ", "\n\t ", "\u{feff}", "\u{3000}\u{a0}"] {
+            assert!(is_blank(blank), "{blank:?}");
+        }
+        for text in ["a", " x ", "\u{200b}"] {
+            assert!(!is_blank(text), "{text:?}");
+        }
     }
 }

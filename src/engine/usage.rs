@@ -95,7 +95,7 @@ pub(crate) fn wait_for_reset(
         );
         return false;
     }
-    let until = crate::retry::saturating_add(now, wait);
+    let until = crate::clock::saturating_add(now, wait);
     let mut seen = inner.usage_windows.lock();
     // Every item in flight is refused the same way: one pause, said and counted once.
     let new_pause = seen.paused_until.is_none_or(|end| end <= now);

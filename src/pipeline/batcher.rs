@@ -101,7 +101,7 @@ where
                             Open {
                                 items: Vec::with_capacity(self.batch_size.min(1024)),
                                 opened,
-                                deadline: crate::retry::saturating_add(
+                                deadline: crate::clock::saturating_add(
                                     Instant::now(),
                                     self.batch_timeout,
                                 ),

@@ -258,7 +258,7 @@ impl Pipeline {
     /// As [`stop`](Self::stop).
     pub fn stop_within(mut self, bound: std::time::Duration) -> PipelineStats {
         self.shared.request_stop();
-        let deadline = crate::retry::saturating_add(std::time::Instant::now(), bound);
+        let deadline = crate::clock::saturating_add(std::time::Instant::now(), bound);
         if self.finished.recv_deadline(deadline).is_err() && !self.is_finished() {
             log::info!("pipeline stop: calls still in flight after {bound:?} are ended");
             self.shared.run.stop().abort();

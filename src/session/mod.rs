@@ -134,7 +134,7 @@ impl CacheGate {
                 state.warming = Some((ticket, now));
                 return Some(GatePass::Warming(ticket));
             };
-            let give_up_at = crate::retry::saturating_add(since, self.max_wait);
+            let give_up_at = crate::clock::saturating_add(since, self.max_wait);
             if now >= give_up_at {
                 if state.gave_up_waiting_for != Some(ticket) {
                     state.gave_up_waiting_for = Some(ticket);

@@ -538,7 +538,7 @@ impl CliProcess {
         on_event: &mut dyn FnMut(TurnEvent),
     ) -> Result<Response, Error> {
         let started = Instant::now();
-        let deadline = crate::retry::saturating_add(started, timeout);
+        let deadline = crate::clock::saturating_add(started, timeout);
         self.settle_clear()?;
         let text = seal::item_text(prompt, self.interpret_item_text);
         self.prompts_run += 1;

@@ -133,12 +133,6 @@ pub(crate) fn item_text(prompt: &str, interpret_item_text: bool) -> Cow<'_, str>
     }
 }
 
-/// Whether the CLI would drop this prompt: empty, or only white space (a byte-order mark
-/// counts, as the CLI trims it too).
-pub(crate) fn is_blank(prompt: &str) -> bool {
-    prompt.chars().all(|c| c.is_whitespace() || c == '\u{feff}')
-}
-
 /// A CLI version, `major.minor.patch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct CliVersion(pub u32, pub u32, pub u32);
@@ -379,16 +373,6 @@ mod tests {
             assert_eq!(item_text(plain, false), plain);
         }
         assert_eq!(item_text("/cost", true), "/cost");
-    }
-
-    #[test]
-    fn blank_prompts() {
-        for blank in ["", " ", "\n\t ", "\u{feff}", "\u{3000}\u{a0}"] {
-            assert!(is_blank(blank), "{blank:?}");
-        }
-        for text in ["a", " x ", "\u{200b}"] {
-            assert!(!is_blank(text), "{text:?}");
-        }
     }
 
     #[test]
