@@ -58,14 +58,14 @@ impl Usage {
 /// #[derive(serde::Deserialize)]
 /// struct Verdict { score: u32 }
 ///
-/// let response = Response {
-///     structured: Some(serde_json::json!({ "score": 7 })),
-///     ..Response::default()
-/// };
+/// let mut response = Response::default();
+/// response.structured = Some(serde_json::json!({ "score": 7 }));
 /// let verdict: Verdict = response.parse().unwrap();
 /// assert_eq!(verdict.score, 7);
 /// ```
+// Non-exhaustive: a backend may report more about an answer without breaking users.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Response {
     /// The final answer text.
     pub text: String,
