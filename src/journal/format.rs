@@ -10,10 +10,12 @@
 //! `crc` is the CRC-32 (IEEE) of the exact bytes of the `r` value as written. `key` is the
 //! SHA-256 of what decides the answer (see [`Key`]), in lower-case hex.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::Response;
+use crate::{Response, Usage};
 
 /// The first line of every journal. Version 2: SHA-256 keys.
 pub(crate) const HEADER: &str = r#"{"claude_rayon_journal":2}"#;
@@ -67,9 +69,88 @@ impl Key {
 pub(crate) struct Record {
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answer: Option<Response>,
+    pub answer: Option<StoredAnswer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// An answer as the journal keeps it: a type of its own, so that [`Response`] can grow or
+/// change its serde form without old journals failing to replay. The field names and their
+/// JSON are journal format 2 (pinned by `a_written_line_stays_readable_and_the_same`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredAnswer {
+    pub text: String,
+    pub structured: Option<serde_json::Value>,
+    pub usage: StoredUsage,
+    pub cost_usd: f64,
+    pub duration: Duration,
+    pub num_turns: u32,
+    pub session_id: String,
+    pub api_retries: u32,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub continuations: u32,
+    #[serde(default)]
+    pub api_calls: u32,
+}
+
+/// Tokens as the journal keeps them (see [`StoredAnswer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+impl From<&Response> for StoredAnswer {
+    fn from(response: &Response) -> StoredAnswer {
+        let usage = response.usage;
+        StoredAnswer {
+            text: response.text.clone(),
+            structured: response.structured.clone(),
+            usage: StoredUsage {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cache_creation_input_tokens: usage.cache_creation_input_tokens,
+                cache_read_input_tokens: usage.cache_read_input_tokens,
+            },
+            cost_usd: response.cost_usd,
+            duration: response.duration,
+            num_turns: response.num_turns,
+            session_id: response.session_id.clone(),
+            api_retries: response.api_retries,
+            stop_reason: response.stop_reason.clone(),
+            continuations: response.continuations,
+            api_calls: response.api_calls,
+        }
+    }
+}
+
+impl StoredAnswer {
+    /// The answer as a [`Response`] (not yet marked replayed).
+    pub(crate) fn into_response(self) -> Response {
+        Response {
+            text: self.text,
+            structured: self.structured,
+            usage: Usage {
+                input_tokens: self.usage.input_tokens,
+                output_tokens: self.usage.output_tokens,
+                cache_creation_input_tokens: self.usage.cache_creation_input_tokens,
+                cache_read_input_tokens: self.usage.cache_read_input_tokens,
+            },
+            cost_usd: self.cost_usd,
+            duration: self.duration,
+            num_turns: self.num_turns,
+            session_id: self.session_id,
+            api_retries: self.api_retries,
+            stop_reason: self.stop_reason,
+            continuations: self.continuations,
+            api_calls: self.api_calls,
+            replayed: false,
+        }
+    }
 }
 
 /// The line for `record`, newline included.
@@ -160,11 +241,11 @@ mod tests {
     fn a_line_decodes_only_whole_and_unchanged() {
         let record = Record {
             key: Key::of("s", "p").to_hex(),
-            answer: Some(Response {
+            answer: Some(StoredAnswer::from(&Response {
                 text: "an answer with \"quotes\" and \n a line break".into(),
                 cost_usd: 0.25,
                 ..Response::default()
-            }),
+            })),
             error: None,
         };
         let line = encode(&record);
@@ -187,5 +268,28 @@ mod tests {
         // Readable by everyday tools: the line is plain JSON.
         let value: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(value["r"]["answer"]["cost_usd"], 0.25);
+    }
+
+    /// A line of journal format 2 as written before answers had a type of their own: it must
+    /// keep replaying, and a line written now must be the same bytes.
+    #[test]
+    fn a_written_line_stays_readable_and_the_same() {
+        let body = r#"{"key":"374708fff7719dd5979ec875d56cd2286f6d3cf7ec317a3b25632aab28ec37bb","answer":{"text":"Refund approved.","structured":{"amount":42,"verdict":"refund"},"usage":{"input_tokens":120,"output_tokens":30,"cache_creation_input_tokens":2000,"cache_read_input_tokens":4000},"cost_usd":0.0125,"duration":{"secs":2,"nanos":500000000},"num_turns":1,"session_id":"9d3c","api_retries":1,"stop_reason":"end_turn","continuations":1,"api_calls":3}}"#;
+        let line = format!(
+            "{{\"crc\":\"{:08x}\",\"r\":{body}}}",
+            crc32(body.as_bytes())
+        );
+        let record = decode(line.as_bytes()).expect("the line decodes");
+        let answer = record.answer.clone().expect("an answer").into_response();
+        assert_eq!(answer.text, "Refund approved.");
+        assert_eq!(answer.structured.as_ref().unwrap()["amount"], 42);
+        assert_eq!(answer.usage.cache_read_input_tokens, 4000);
+        assert_eq!(answer.duration, std::time::Duration::from_millis(2500));
+        assert_eq!(
+            (answer.api_retries, answer.continuations, answer.api_calls),
+            (1, 1, 3)
+        );
+        assert_eq!(answer.stop_reason.as_deref(), Some("end_turn"));
+        assert_eq!(encode(&record), format!("{line}\n").into_bytes());
     }
 }

@@ -218,10 +218,7 @@ impl Journal {
         let record = match outcome {
             Ok(response) => Record {
                 key: key.to_hex(),
-                answer: Some(Response {
-                    replayed: false,
-                    ..response.clone()
-                }),
+                answer: Some(format::StoredAnswer::from(response)),
                 error: None,
             },
             Err(error) => Record {
@@ -292,7 +289,7 @@ fn load(bytes: &[u8]) -> Result<Loaded, String> {
             // A failure recorded after an answer of the same item does not undo the answer.
             Some((key, record)) => {
                 if let Some(answer) = record.answer {
-                    answers.insert(key, answer);
+                    answers.insert(key, answer.into_response());
                 }
             }
             None => damaged += 1,
