@@ -385,8 +385,13 @@ fn all_refused_once(results: &[MapResult<usize>]) -> Result<(u64, u64), TestCase
             }
             Err(f) => {
                 prop_assert_eq!(f.item, i);
+                // Refused before it was sent: the budget is spent, or this item alone is more
+                // than the whole budget (which spends nothing).
                 prop_assert!(
-                    matches!(f.error, Error::BudgetExceeded { .. }) && f.attempts == 0,
+                    matches!(
+                        f.error,
+                        Error::BudgetExceeded { .. } | Error::ItemOverBudget { .. }
+                    ) && f.attempts == 0,
                     "item {}: {:?} after {} attempts",
                     i,
                     f.error,
