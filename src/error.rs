@@ -771,4 +771,170 @@ mod tests {
         fn check<T: Send + Sync + Clone + 'static>() {}
         check::<Error>();
     }
+
+    /// One of every variant, so that moving or grouping them (a backend seam) shows at once
+    /// if any changes how it is treated.
+    fn one_of_each() -> Vec<Error> {
+        let io = || Arc::new(std::io::Error::other("disk"));
+        let path = || PathBuf::from("/p");
+        let text = || "t".to_string();
+        vec![
+            Error::CliNotFound {
+                searched: vec![path()],
+            },
+            Error::CliUnsupported {
+                path: path(),
+                version: text(),
+                minimum: text(),
+            },
+            Error::SimulatorNotServed {
+                program: path(),
+                detail: text(),
+            },
+            Error::EmptyPrompt,
+            Error::ContextNotReset(text()),
+            Error::InvalidConfig(text()),
+            Error::Spawn {
+                path: path(),
+                source: io(),
+            },
+            Error::CliCannotStart {
+                code: Some(1),
+                stderr: text(),
+            },
+            Error::TempFolder {
+                path: path(),
+                source: io(),
+            },
+            Error::ProcessExited {
+                code: Some(1),
+                signal: None,
+                stderr_tail: text(),
+                killed_by_library: false,
+            },
+            Error::Protocol {
+                reason: text(),
+                line: text(),
+            },
+            Error::Timeout(Duration::from_secs(1)),
+            Error::Api {
+                status: Some(529),
+                message: text(),
+            },
+            Error::Api {
+                status: Some(400),
+                message: text(),
+            },
+            Error::ApiUnreachable {
+                message: text(),
+                failures: 3,
+            },
+            Error::ConversationLost { turns: 2 },
+            Error::Refused { message: text() },
+            Error::ModelNotFound { message: text() },
+            Error::Truncated {
+                stop_reason: text(),
+                partial: text(),
+            },
+            Error::IncompleteAnswer {
+                stop_reason: None,
+                partial: text(),
+            },
+            Error::UsageLimitReached {
+                window: UsageWindow::FiveHour,
+                resets_at: None,
+                message: text(),
+            },
+            Error::SpendLimitReached { message: text() },
+            Error::Authentication { message: text() },
+            Error::MaxTurns { turns: 3 },
+            Error::Execution {
+                subtype: text(),
+                message: text(),
+            },
+            Error::StructuredOutputMissing { text: text() },
+            Error::StructuredOutputInvalid(text()),
+            Error::Panicked(text()),
+            Error::Cancelled,
+            Error::Stopped(Box::new(Error::Cancelled)),
+            Error::BudgetExceeded {
+                budget_usd: 1.0,
+                spent_usd: 1.0,
+            },
+            Error::ItemOverBudget {
+                estimate_usd: 2.0,
+                left_usd: 1.0,
+                budget_usd: 1.0,
+            },
+            Error::InvalidAnswer {
+                answer: text(),
+                allowed: vec![text()],
+            },
+            Error::Io(io()),
+            Error::Closed,
+            Error::JournalLocked { path: path() },
+            Error::Journal {
+                path: path(),
+                message: text(),
+            },
+        ]
+    }
+
+    #[test]
+    fn how_every_variant_is_treated_is_pinned() {
+        let table: Vec<String> = one_of_each()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} retryable={} fatal={} status={:?}",
+                    e.kind(),
+                    e.is_retryable(),
+                    e.is_fatal(),
+                    e.api_status()
+                )
+            })
+            .collect();
+        let pinned = PINNED.lines().map(str::trim).filter(|l| !l.is_empty());
+        assert_eq!(table, pinned.collect::<Vec<_>>(), "\n{}", table.join("\n"));
+    }
+
+    const PINNED: &str = "
+    CliNotFound retryable=false fatal=true status=None
+    CliUnsupported retryable=false fatal=true status=None
+    SimulatorNotServed retryable=false fatal=true status=None
+    EmptyPrompt retryable=false fatal=false status=None
+    ContextNotReset retryable=true fatal=false status=None
+    InvalidConfig retryable=false fatal=true status=None
+    Spawn retryable=false fatal=false status=None
+    CliCannotStart retryable=false fatal=true status=None
+    TempFolder retryable=false fatal=true status=None
+    ProcessExited retryable=true fatal=false status=None
+    Protocol retryable=true fatal=false status=None
+    Timeout retryable=true fatal=false status=None
+    Api retryable=true fatal=false status=Some(529)
+    Api retryable=false fatal=false status=Some(400)
+    ApiUnreachable retryable=false fatal=true status=None
+    ConversationLost retryable=false fatal=false status=None
+    Refused retryable=false fatal=false status=None
+    ModelNotFound retryable=false fatal=true status=Some(404)
+    Truncated retryable=false fatal=false status=None
+    IncompleteAnswer retryable=true fatal=false status=None
+    UsageLimitReached retryable=false fatal=true status=Some(429)
+    SpendLimitReached retryable=false fatal=true status=Some(429)
+    Authentication retryable=false fatal=true status=Some(401)
+    MaxTurns retryable=false fatal=false status=None
+    Execution retryable=false fatal=false status=None
+    StructuredOutputMissing retryable=false fatal=false status=None
+    StructuredOutputInvalid retryable=false fatal=false status=None
+    Panicked retryable=false fatal=false status=None
+    Cancelled retryable=false fatal=false status=None
+    Stopped retryable=false fatal=false status=None
+    BudgetExceeded retryable=false fatal=true status=None
+    ItemOverBudget retryable=false fatal=false status=None
+    InvalidAnswer retryable=false fatal=false status=None
+    Io retryable=true fatal=false status=None
+    Closed retryable=false fatal=true status=None
+    JournalLocked retryable=false fatal=false status=None
+    Journal retryable=false fatal=false status=None
+";
 }
