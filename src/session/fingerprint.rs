@@ -58,6 +58,14 @@ fn decides_answer(name: &str) -> bool {
         && !CREDENTIAL_PARTS.iter().any(|p| upper.contains(p))
 }
 
+/// The SHA-256, in lower-case hex, of the fingerprint's JSON.
+fn fingerprint_of(inputs: &Value) -> String {
+    Sha256::digest(inputs.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Config {
     /// What, besides the prompt, decides an answer, hashed: the journal's key is made of this
     /// and the prompt as sent. `Err` says why it cannot be known (a settings file the CLI
@@ -79,10 +87,22 @@ impl Config {
         for path in self.file_args() {
             files.insert(display(&path), text_file(&path)?);
         }
-        let answer_env: BTreeMap<&String, &String> =
-            env.iter().filter(|(k, _)| decides_answer(k)).collect();
+        let answer_env: BTreeMap<String, String> =
+            env.into_iter().filter(|(k, _)| decides_answer(k)).collect();
+        Ok(fingerprint_of(
+            &self.fingerprint_inputs(&answer_env, &files),
+        ))
+    }
+
+    /// Everything the fingerprint holds, from the session's settings and what was read from
+    /// the machine (`answer_env`, `files`). Its field names are part of every journal key.
+    fn fingerprint_inputs(
+        &self,
+        answer_env: &BTreeMap<String, String>,
+        files: &BTreeMap<String, Value>,
+    ) -> Value {
         let tools_off = matches!(&self.tools, Some(t) if t.is_empty());
-        let fingerprint = json!({
+        json!({
             "model": self.model,
             "system_prompt": self.system_prompt,
             "append_system_prompt": self.append_system_prompt,
@@ -100,9 +120,7 @@ impl Config {
             "files": files,
             // With tools on, the model may read the working folder.
             "cwd": (!tools_off).then(|| self.cwd.as_deref().map(display)),
-        });
-        let digest = Sha256::digest(fingerprint.to_string().as_bytes());
-        Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+        })
     }
 
     /// The environment a CLI process will have: this program's, without what is removed,
@@ -361,4 +379,27 @@ mod tests {
             .unwrap_err();
         assert!(no_home.contains("HOME"), "{no_home}");
     }
+
+    /// What goes into every journal key besides the prompt, pinned: moving the settings
+    /// (a backend seam) must not change a key, or every journal would be asked again.
+    #[test]
+    fn the_fingerprint_of_fixed_settings_is_pinned() {
+        let config = SessionBuilder::default()
+            .model("claude-sonnet-4-5")
+            .append_system_prompt("Answer in one paragraph.")
+            .max_turns(1)
+            .config;
+        let env = BTreeMap::from([("ANTHROPIC_MODEL".to_string(), "opus".to_string())]);
+        let files = BTreeMap::from([(
+            "/home/u/.claude/settings.json".to_string(),
+            json!({"model": "haiku"}),
+        )]);
+        assert_eq!(
+            fingerprint_of(&config.fingerprint_inputs(&env, &files)),
+            PINNED_FINGERPRINT
+        );
+    }
+
+    const PINNED_FINGERPRINT: &str =
+        "0406b34a6a3a19b8746b14eff206cb55bdd4ba1378070630fb01ee784e224e3e";
 }
