@@ -16,7 +16,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use claude_rayon_mock_api::{Fault, MockApi, Reply, CLI_ENV_REMOVE};
@@ -80,35 +79,7 @@ fn start_cpu(
     cwd: &std::path::Path,
     seal: common::Seal,
 ) -> Option<Duration> {
-    let mut command = Command::new(cli);
-    command
-        .args([
-            "-p",
-            "--input-format",
-            "stream-json",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--model",
-            "claude-sonnet-4-5",
-            "--system-prompt",
-            "",
-            "--tools",
-            "",
-            "--no-session-persistence",
-        ])
-        .args(seal.args())
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for key in CLI_ENV_REMOVE {
-        command.env_remove(key);
-    }
-    command
-        .envs(api.cli_env(home))
-        .env("CLAUDE_CODE_MAX_RETRIES", "0")
-        .envs(seal.env().iter().copied());
+    let mut command = common::bare_command((cli, api, home, cwd), seal, &[]);
     let mut child = command.spawn().expect("spawn the CLI");
     let mut stdin = child.stdin.take().expect("stdin");
     let message = serde_json::json!({

@@ -168,6 +168,47 @@ pub fn ticket(seed: usize, len: usize) -> String {
     text
 }
 
+/// A `claude` command as a session starts one, against the mock API, with `seal`'s flags
+/// and environment and stdin and stdout piped.
+pub fn bare_command(
+    (cli, api, home, cwd): (&Path, &MockApi, &Path, &Path),
+    seal: Seal,
+    extra_args: &[&str],
+) -> std::process::Command {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(cli);
+    command
+        .args([
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--model",
+            "claude-sonnet-4-5",
+            "--system-prompt",
+            "",
+            "--tools",
+            "",
+            "--no-session-persistence",
+        ])
+        .args(seal.args())
+        .args(extra_args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for key in CLI_ENV_REMOVE {
+        command.env_remove(key);
+    }
+    command
+        .envs(api.cli_env(home))
+        .env("CLAUDE_CODE_MAX_RETRIES", "0")
+        .envs(seal.env().iter().copied());
+    command
+}
+
 /// The same CLI with a session's flags and environment (`seal`), driven by `threads` plain
 /// threads with nothing checked: each writes an item, reads lines until its
 /// result, writes `/clear`, reads until that result. Returns the wall time.
@@ -179,42 +220,12 @@ pub fn bare_driver(
     extra_args: &[&str],
 ) -> Duration {
     use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
     let next = AtomicUsize::new(0);
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                let mut command = Command::new(cli);
-                command
-                    .args([
-                        "-p",
-                        "--input-format",
-                        "stream-json",
-                        "--output-format",
-                        "stream-json",
-                        "--verbose",
-                        "--model",
-                        "claude-sonnet-4-5",
-                        "--system-prompt",
-                        "",
-                        "--tools",
-                        "",
-                        "--no-session-persistence",
-                    ])
-                    .current_dir(cwd)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null());
-                for key in CLI_ENV_REMOVE {
-                    command.env_remove(key);
-                }
-                command
-                    .args(seal.args())
-                    .args(extra_args)
-                    .envs(api.cli_env(home))
-                    .env("CLAUDE_CODE_MAX_RETRIES", "0")
-                    .envs(seal.env().iter().copied());
+                let mut command = bare_command((cli, api, home, cwd), seal, extra_args);
                 let mut child = command.spawn().expect("spawn the CLI");
                 let mut stdin = child.stdin.take().expect("stdin");
                 let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
