@@ -3,8 +3,8 @@
 use std::cell::RefCell;
 use std::fmt;
 
+use crate::backend::cli::process::CliProcess;
 use crate::engine::{self, Run};
-use crate::session::process::CliProcess;
 use crate::{Cancel, Error, Response, Session};
 
 /// One CLI process held for a multi-turn exchange ([`Session::conversation`]).

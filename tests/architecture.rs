@@ -5,11 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Files of `src/session/` that form the process layer below the session.
-const PROCESS_LAYER: &[&str] = &[
-    "locate", "pool", "process", "protocol", "seal", "secrets", "spawner",
-];
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -24,9 +19,7 @@ fn layer_of(relative: &Path) -> Option<String> {
     match parts.as_slice() {
         [lib] if lib == "lib" => None,
         [bin, ..] if bin == "bin" => None,
-        [session, file] if session == "session" && PROCESS_LAYER.contains(&file.as_str()) => {
-            Some("process".into())
-        }
+        [backend, cli, ..] if backend == "backend" && cli == "cli" => Some("cli".into()),
         [first, ..] => Some(first.clone()),
         [] => None,
     }
@@ -191,7 +184,7 @@ fn root_names(lib: &str) -> BTreeMap<String, String> {
     names
 }
 
-/// The layer a path names, seen from `from` (a file of `src/session/` for `super::`).
+/// The layer a path names.
 fn layer_named(
     (first, second): &(String, Option<String>),
     roots: &BTreeMap<String, String>,
@@ -202,12 +195,8 @@ fn layer_named(
             None => format!("unknown root name {first}"),
         };
     }
-    if first == "session"
-        && second
-            .as_deref()
-            .is_some_and(|s| PROCESS_LAYER.contains(&s))
-    {
-        return "process".into();
+    if first == "backend" && second.as_deref() == Some("cli") {
+        return "cli".into();
     }
     first.clone()
 }
@@ -339,10 +328,10 @@ fn the_parser_sees_the_edges_it_must() {
     // A check of the checker: edges that exist today, in each form it parses.
     let edges = edges_in_sources();
     for (from, to) in [
-        ("engine", "session"),  // crate::session::Inner
-        ("engine", "process"),  // crate::session::process::CliProcess
-        ("iter", "failed"),     // crate::{Cancel, Failed, Session} through lib.rs
-        ("session", "process"), // super::pool in src/session/mod.rs
+        ("engine", "session"), // crate::session::Inner
+        ("engine", "cli"),     // crate::backend::cli::process::CliProcess
+        ("iter", "failed"),    // crate::{Cancel, Failed, Session} through lib.rs
+        ("session", "cli"),    // crate::backend::cli::pool in src/session/mod.rs
         ("conversation", "engine"),
     ] {
         assert!(

@@ -87,7 +87,7 @@ pub fn median_f64(values: &mut [f64]) -> f64 {
 }
 
 /// What seals a process, for a bare driver: the library's seal as it is now, or as it was
-/// before the CLI's own calls and git were turned off (0.1.0). Mirrors `src/session/seal.rs`.
+/// before the CLI's own calls and git were turned off (0.1.0). Mirrors `src/backend/cli/seal.rs`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Seal {
     /// `--safe-mode`, `--setting-sources user`, `--strict-mcp-config`; no attachments, safe

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub(crate) use life::{panic_message, Answer, Policy};
 
-use crate::session::process::CliProcess;
+use crate::backend::cli::process::CliProcess;
 use crate::{Cancel, Error, Failed, Journal, Response, Session};
 use attempt::{Processes, SessionWorld};
 use progress::RunProgress;

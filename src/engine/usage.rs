@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::backend::cli::process::{RateLimitInfo, WindowStatus};
 use crate::error::utc_time;
-use crate::session::process::{RateLimitInfo, WindowStatus};
 use crate::session::Inner;
 use crate::{stats, UsageWindow};
 

@@ -659,7 +659,7 @@ impl SessionBuilder {
         // A copy of this program started as the simulator must serve, never start another.
         #[cfg(feature = "simulator")]
         super::simulated::refuse_in_the_simulator()?;
-        let cli = super::locate::find_cli(self.config.cli_path.as_deref())?;
+        let cli = crate::backend::cli::locate::find_cli(self.config.cli_path.as_deref())?;
         #[cfg(feature = "simulator")]
         let simulated = super::simulated::is_simulated(&self.config.env);
         #[cfg(not(feature = "simulator"))]
@@ -670,7 +670,11 @@ impl SessionBuilder {
             #[cfg(feature = "simulator")]
             super::simulated::handshake(&cli, &self.config.cli_env(), &self.config.env_remove)?;
         } else {
-            super::seal::check_cli_version(&cli, &self.config.cli_env(), &self.config.env_remove)?;
+            crate::backend::cli::seal::check_cli_version(
+                &cli,
+                &self.config.cli_env(),
+                &self.config.env_remove,
+            )?;
         }
         let mut config = self.config;
         // Read now, once: what the processes will read (settings files, the environment).
@@ -778,11 +782,9 @@ impl Config {
         }
         if !self.load_user_config {
             let flag_name = |arg: &str| arg.split('=').next().unwrap_or("").to_string();
-            if let Some(arg) = self
-                .extra_args
-                .iter()
-                .find(|a| super::seal::UNSEALING_ARGS.contains(&flag_name(a).as_str()))
-            {
+            if let Some(arg) = self.extra_args.iter().find(|a| {
+                crate::backend::cli::seal::UNSEALING_ARGS.contains(&flag_name(a).as_str())
+            }) {
                 return invalid(format!(
                     "arg({:?}) would load configuration into sealed processes; turn on \
                      load_user_config(true) to pass it",

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 
 use super::builder::Config;
-use super::secrets::is_secret_key;
+use crate::backend::cli::secrets::is_secret_key;
 use crate::Error;
 
 /// Linux caps one argv string at 128 KiB; stay clear of it.
@@ -118,13 +118,17 @@ impl Config {
             args.push("--no-session-persistence".into());
         }
         args.extend(
-            super::seal::seal_args(self.load_user_config)
+            crate::backend::cli::seal::seal_args(self.load_user_config)
                 .into_iter()
                 .map(OsString::from),
         );
         args.push("--settings".into());
         args.push(
-            super::seal::seal_settings(self.load_user_config, self.interpret_item_text).into(),
+            crate::backend::cli::seal::seal_settings(
+                self.load_user_config,
+                self.interpret_item_text,
+            )
+            .into(),
         );
         args.extend(self.extra_args.iter().map(OsString::from));
         args
@@ -132,7 +136,8 @@ impl Config {
 
     /// The environment the CLI runs with: ours on top of the inherited one.
     pub(crate) fn cli_env(&self) -> Vec<(String, String)> {
-        let mut env = super::seal::seal_env(self.load_user_config, self.interpret_item_text);
+        let mut env =
+            crate::backend::cli::seal::seal_env(self.load_user_config, self.interpret_item_text);
         if let Some(retries) = self.cli_max_retries {
             env.push(("CLAUDE_CODE_MAX_RETRIES".to_string(), retries.to_string()));
         }

@@ -2,24 +2,14 @@
 //! (throttle, budget, counters). The engine (`crate::engine`) drives items through it.
 //!
 //! - `builder`: every setting, checked once.
-//! - The process layer, which knows nothing above it: `locate` (finding the CLI), `protocol`
-//!   (the stream-json lines), `process` (one persistent CLI process), `pool` (up to
-//!   `concurrency` of them), `seal` (what seals a process), `secrets` (keeping keys out of
-//!   errors and logs), `spawner` (the one thread that starts processes, and the watchdog).
+//! - The processes themselves live below, in `crate::backend::cli`.
 
 pub(crate) mod builder;
 mod fingerprint;
 mod launch;
-pub(crate) mod locate;
 mod options;
-pub(crate) mod pool;
-pub(crate) mod process;
-pub(crate) mod protocol;
-pub(crate) mod seal;
-pub(crate) mod secrets;
 #[cfg(feature = "simulator")]
 mod simulated;
-pub(crate) mod spawner;
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -30,19 +20,20 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+pub use crate::backend::cli::locate::CLI_ENV_VAR;
 pub use builder::SessionBuilder;
 pub(crate) use fingerprint::AnswerSettings;
-pub use locate::CLI_ENV_VAR;
 pub use options::{Effort, PermissionMode};
 
+use crate::backend::cli::pool::{self, Pool};
+use crate::backend::cli::process::Launch;
+use crate::backend::cli::seal;
 use crate::budget::Budget;
 use crate::retry::Cooldown;
 use crate::stats::Counters;
 use crate::throttle::Throttle;
 use crate::{Cancel, Error, Stats, UsageWindow};
 use builder::Config;
-use pool::Pool;
-use process::Launch;
 
 /// Peak memory of one CLI process over a long run, before it is recycled (measured: ~300 MB
 /// while it starts, growing to 467-475 MiB by 2,000 items; `benches/process_memory.rs`).
