@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::fmt;
 
-use crate::backend::cli::process::CliProcess;
+use crate::backend::Conn;
 use crate::engine::{self, Run};
 use crate::{Cancel, Error, Response, Session};
 
@@ -33,7 +33,8 @@ use crate::{Cancel, Error, Response, Session};
 /// ```
 pub struct Conversation {
     run: Run,
-    process: RefCell<Option<CliProcess>>,
+    /// The connection (a CLI process) the context lives in.
+    conn: RefCell<Option<Box<dyn Conn>>>,
     turns: u32,
     /// Turns whose context died with the process; later turns are refused.
     lost: Option<u32>,
@@ -57,7 +58,7 @@ impl Session {
     pub fn conversation(&self) -> Conversation {
         Conversation {
             run: Run::conversation(self, None),
-            process: RefCell::new(None),
+            conn: RefCell::new(None),
             turns: 0,
             lost: None,
         }
@@ -113,9 +114,7 @@ impl Conversation {
         let inner = &self.run.session().inner;
         if inner.is_closed() {
             // Let the process go now rather than when the conversation is dropped.
-            if let Some(process) = self.process.get_mut().take() {
-                inner.pool.give_back(process);
-            }
+            drop(self.conn.get_mut().take());
             return Err(Error::Closed);
         }
         if let Some(turns) = self.lost {
@@ -125,23 +124,23 @@ impl Conversation {
                 return Err(Error::ConversationLost { turns });
             }
         }
-        match self.process.get_mut() {
-            Some(process) if self.turns > 0 => process.keep_context(),
+        match self.conn.get_mut() {
+            Some(conn) if self.turns > 0 => conn.keep_context(),
             // A new process: the context starts here.
             _ => self.turns = 0,
         }
-        let outcome = engine::turn(&self.run, &self.process, prompt.as_ref());
+        let outcome = engine::turn(&self.run, &self.conn, prompt.as_ref());
         let reusable = self
-            .process
+            .conn
             .get_mut()
             .as_mut()
-            .is_some_and(CliProcess::is_reusable);
+            .is_some_and(|conn| conn.is_reusable());
         if outcome.is_ok() {
             self.turns += 1;
         }
         if !reusable {
-            if let Some(process) = self.process.get_mut().take() {
-                inner.pool.give_back(process);
+            if let Some(conn) = self.conn.get_mut().take() {
+                drop(conn);
                 if self.turns > 0 {
                     self.lost = Some(self.turns);
                 }
@@ -164,11 +163,9 @@ impl Conversation {
 
 impl Drop for Conversation {
     fn drop(&mut self) {
-        if let Some(mut process) = self.process.get_mut().take() {
-            // The next user of this process must not see this conversation.
-            process.mark_dirty();
-            self.run.session().inner.pool.give_back(process);
-        }
+        // Given back before the session may go with `run`; the next user of the process
+        // starts from a fresh context.
+        drop(self.conn.get_mut().take());
     }
 }
 
@@ -176,7 +173,7 @@ impl fmt::Debug for Conversation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conversation")
             .field("turns", &self.turns)
-            .field("pid", &self.process.borrow().as_ref().map(CliProcess::pid))
+            .field("conn", &self.conn.borrow())
             .finish()
     }
 }

@@ -4,24 +4,18 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::life::{AttemptError, Event, World};
 use super::progress::RunProgress;
 use super::stop::Stop;
 use super::usage;
-use crate::backend::cli::pool::Lease;
-use crate::backend::cli::process::{ApiRetry, CliProcess, TurnEvent};
+use crate::backend::{Checkout, Conn, TurnEvent, TurnFailure, TurnRequest};
 use crate::journal::format::Key;
 use crate::session::{AnswerSettings, CacheGate, GatePass, Inner};
 use crate::stats;
 use crate::throttle::estimate_tokens;
 use crate::{Error, Journal, Response, Usage};
-
-/// Request overhead on top of the prompt with the default flags (system prompt off, no tools):
-/// about 1.2 KB, so roughly 300 tokens.
-pub(crate) const REQUEST_OVERHEAD_TOKENS: u64 = 300;
 
 /// How many answered items the expected calls per item is learned from.
 const RECENT_CALLS_WINDOW: usize = 32;
@@ -40,12 +34,12 @@ impl Drop for Warming<'_> {
     }
 }
 
-/// Where an attempt's process comes from.
+/// Where an attempt's connection comes from.
 pub(crate) enum Processes<'a> {
-    /// The session's pool: a fresh context per attempt.
+    /// The session's backend: a fresh context per attempt.
     Pool,
-    /// A conversation's own process (taken from the pool on the first turn and kept).
-    Held(&'a RefCell<Option<CliProcess>>),
+    /// A conversation's own connection (taken from the backend on the first turn and kept).
+    Held(&'a RefCell<Option<Box<dyn Conn>>>),
 }
 
 /// One run's items on one session.
@@ -62,46 +56,57 @@ pub(crate) struct SessionWorld<'a> {
     pub journal: Option<(&'a Journal, &'a AnswerSettings)>,
 }
 
-/// A process taken for one attempt; goes back where it came from on drop.
+/// A connection taken for one attempt; goes back where it came from on drop.
 enum Taken<'a> {
-    Lease(Lease<'a>),
+    Pooled(Box<dyn Conn>),
     Held {
-        slot: &'a RefCell<Option<CliProcess>>,
-        process: Option<CliProcess>,
+        slot: &'a RefCell<Option<Box<dyn Conn>>>,
+        conn: Option<Box<dyn Conn>>,
     },
 }
 
 impl Taken<'_> {
-    fn process(&mut self) -> &mut CliProcess {
+    fn conn(&mut self) -> &mut dyn Conn {
         match self {
-            Taken::Lease(lease) => lease.process(),
-            Taken::Held { process, .. } => process.as_mut().expect("held until dropped"),
+            Taken::Pooled(conn) => conn.as_mut(),
+            Taken::Held { conn, .. } => conn.as_deref_mut().expect("held until dropped"),
         }
     }
 }
 
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
-        if let Taken::Held { slot, process } = self {
-            *slot.borrow_mut() = process.take();
+        if let Taken::Held { slot, conn } = self {
+            *slot.borrow_mut() = conn.take();
         }
     }
 }
 
 impl SessionWorld<'_> {
-    fn take_process(&self) -> Result<Taken<'_>, Error> {
+    /// A connection for this attempt; `Ok(None)` when a stop ended the wait for one.
+    fn take_conn(&self) -> Result<Option<Taken<'_>>, Error> {
+        let checkout = || match self.inner.backend.checkout(&|| self.should_stop())? {
+            Checkout::Ready(conn) => Ok(Some(conn)),
+            Checkout::Stopped => Ok(None),
+        };
         match self.processes {
-            Processes::Pool => self.inner.pool.checkout().map(Taken::Lease),
+            Processes::Pool => Ok(checkout()?.map(Taken::Pooled)),
             Processes::Held(slot) => {
                 let held = slot.borrow_mut().take();
-                let process = match held {
-                    Some(process) => process,
-                    None => self.inner.pool.checkout()?.detach(),
+                let conn = match held {
+                    Some(conn) => conn,
+                    None => match checkout()? {
+                        Some(mut conn) => {
+                            conn.hold();
+                            conn
+                        }
+                        None => return Ok(None),
+                    },
                 };
-                Ok(Taken::Held {
+                Ok(Some(Taken::Held {
                     slot,
-                    process: Some(process),
-                })
+                    conn: Some(conn),
+                }))
             }
         }
     }
@@ -138,7 +143,7 @@ impl World for SessionWorld<'_> {
             .reserve(item_estimate_usd(inner, prompt_tokens))
             .map_err(AttemptError::NotStarted)?;
         let estimate = prompt_tokens
-            .saturating_add(REQUEST_OVERHEAD_TOKENS)
+            .saturating_add(inner.backend.request_overhead_tokens())
             .saturating_add(inner.config.output_token_allowance);
         // A cold shared prefix is warmed by one item before the others ask (they wait here,
         // before the throttle, holding nothing but their budget reservation).
@@ -177,10 +182,16 @@ impl World for SessionWorld<'_> {
                 permit.waited().as_nanos() as u64,
             );
         }
-        // Nothing is sent on these two paths: the permit is given back whole (dropped, it
+        // Nothing is sent on these paths: the permit is given back whole (dropped, it
         // would keep the estimate charged, as for a call that may have gone out).
-        let mut taken = match self.take_process() {
-            Ok(taken) => taken,
+        let mut taken = match self.take_conn() {
+            Ok(Some(taken)) => taken,
+            Ok(None) => {
+                permit.give_back();
+                return Err(AttemptError::NotStarted(
+                    self.stop_holding_reservation().unwrap_or(Error::Cancelled),
+                ));
+            }
             Err(error) => {
                 permit.give_back();
                 return Err(AttemptError::Failed {
@@ -189,31 +200,29 @@ impl World for SessionWorld<'_> {
                 });
             }
         };
-        // Waiting for a process can take long; a stop that came meanwhile still holds.
+        // Waiting for a connection can take long; a stop that came meanwhile still holds.
         if let Some(reason) = self.stop_holding_reservation() {
             drop(taken);
             permit.give_back();
             return Err(AttemptError::NotStarted(reason));
         }
         stats::add(&inner.counters.requests, 1);
-        // A hard stop of the run (a pipeline's bounded stop) ends this call by its process.
-        let kill_switch = taken.process().kill_switch();
-        let call = self
-            .stop
-            .register_call(Arc::new(move || kill_switch.kill()));
+        // A hard stop of the run (a pipeline's bounded stop) ends this call.
+        let call = self.stop.register_call(taken.conn().abort_handle());
         let sent_at = Instant::now();
-        let (outcome, calls) = run_turn(inner, taken.process(), prompt);
-        let failed_cost = taken.process().take_failed_turn_cost();
-        // A process that wrote nothing never started (the CLI writes nothing before it
-        // has read a prompt), so it sent nothing.
-        let never_started = taken.process().said_nothing();
+        let (outcome, calls) = run_turn(inner, taken.conn(), prompt);
         drop(call);
         drop(taken);
         // A call ended by a stop fails as stopped, and one ended by the session's close as
         // closed, not as a crash ("killed by signal 9 from outside").
+        let stopped_as = |failure: TurnFailure, error| TurnFailure {
+            error,
+            unreachable: false,
+            ..failure
+        };
         let outcome = match outcome {
-            Err(_) if self.stop.ended_calls() => Err(Error::Cancelled),
-            Err(_) if inner.is_closed() => Err(Error::Closed),
+            Err(failure) if self.stop.ended_calls() => Err(stopped_as(failure, Error::Cancelled)),
+            Err(failure) if inner.is_closed() => Err(stopped_as(failure, Error::Closed)),
             other => other,
         };
         match outcome {
@@ -230,7 +239,9 @@ impl World for SessionWorld<'_> {
                 record_success(inner, &response);
                 Ok(response)
             }
-            Err(error) if never_started => {
+            Err(TurnFailure {
+                error, sent: false, ..
+            }) => {
                 inner.counters.requests.fetch_sub(1, Ordering::Relaxed);
                 permit.give_back();
                 Err(AttemptError::Failed {
@@ -238,13 +249,15 @@ impl World for SessionWorld<'_> {
                     called: false,
                 })
             }
-            Err(error) => {
-                // An error result is billed as the CLI reports it (max turns, a missing
-                // structured answer); a crash or timeout reports nothing, so it costs 0 here.
-                let (cost, usage) = failed_cost.unwrap_or_default();
-                permit.settle(usage.total(), calls);
-                reservation.settle(cost);
-                record_cost(inner, cost, &usage);
+            Err(TurnFailure {
+                error,
+                billed,
+                unreachable,
+                ..
+            }) => {
+                permit.settle(billed.usage.total(), calls);
+                reservation.settle(billed.cost_usd);
+                record_cost(inner, billed.cost_usd, &billed.usage);
                 if let Error::UsageLimitReached {
                     window, resets_at, ..
                 } = &error
@@ -270,8 +283,13 @@ impl World for SessionWorld<'_> {
                     let wait = inner.cooldown.throttled(&inner.config.retry, sent_at, now);
                     back_off(inner, now, wait);
                 }
+                let error = if unreachable {
+                    note_unreachable(inner, error)
+                } else {
+                    error
+                };
                 Err(AttemptError::Failed {
-                    error: note_unreachable(inner, error),
+                    error,
                     called: true,
                 })
             }
@@ -375,42 +393,13 @@ fn note_retry_reason(inner: &Inner, error: &Error) {
     *inner.counters.last_retry_reason.lock() = Some(reason);
 }
 
-/// What the CLI says when a call could not connect at all (not a stream cut midway).
-fn is_connection_failure(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    if m.contains("was lost") || m.contains("econnreset") {
-        return false;
-    }
-    [
-        "unable to connect",
-        "connection error",
-        "connectionrefused",
-        "econnrefused",
-        "enotfound",
-        "eai_again",
-        "etimedout",
-        "ehostunreach",
-        "enetunreach",
-        "failed to fetch",
-    ]
-    .iter()
-    .any(|needle| m.contains(needle))
-}
-
 /// Count calls in a row, across the session, that could not connect to the API; after a
 /// few, every item would fail the same way, so the error becomes a fatal one that says what
 /// to check (and stops the run) instead of minutes of retries.
 fn note_unreachable(inner: &Inner, error: Error) -> Error {
-    let Error::Api {
-        status: None,
-        message,
-    } = &error
-    else {
+    let Error::Api { message, .. } = &error else {
         return error;
     };
-    if !is_connection_failure(message) {
-        return error;
-    }
     let failures = inner.unreachable_streak.fetch_add(1, Ordering::SeqCst) + 1;
     note_retry_reason(inner, &error);
     log::warn!("cannot reach the API ({message}); {failures} calls in a row could not connect");
@@ -447,16 +436,16 @@ fn record_success(inner: &Inner, response: &Response) {
     );
 }
 
-/// Run one turn on `process` with the session's settings, reporting what the CLI did on the
-/// way; returns the outcome and the API calls the turn made.
+/// Run one turn on `conn` with the session's settings, reporting what the backend did on
+/// the way; returns the outcome and the API calls the turn made.
 fn run_turn(
     inner: &Inner,
-    process: &mut CliProcess,
+    conn: &mut dyn Conn,
     prompt: &str,
-) -> (Result<Response, Error>, u64) {
+) -> (Result<Response, TurnFailure>, u64) {
     let mut calls = 1u64;
     let mut on_event = |event: TurnEvent| match event {
-        TurnEvent::Retry(retry) => on_cli_retry(inner, retry),
+        TurnEvent::Retry { status, delay } => on_backend_retry(inner, status, delay),
         TurnEvent::UsageWindow(info) => usage::note_window(inner, &info),
         // One more request the API counts; the throttle is charged for it when the item's
         // permit is settled with the calls really made.
@@ -470,23 +459,23 @@ fn run_turn(
             }
         }
     };
-    let outcome = process.run_turn(
+    let request = TurnRequest {
         prompt,
-        inner.config.timeout,
-        inner.config.json_schema.is_some(),
-        &mut on_event,
-    );
+        timeout: inner.config.timeout,
+        structured: inner.config.json_schema.is_some(),
+    };
+    let outcome = conn.turn(&request, &mut on_event);
     (outcome, calls)
 }
 
-/// The CLI is retrying on its own: each retry is one more API request, and a 429 or 529 tells
-/// every worker on the throttle to hold off for as long as the CLI waits.
-fn on_cli_retry(inner: &Inner, retry: ApiRetry) {
+/// The backend is retrying on its own: each retry is one more API request, and a 429 or 529
+/// tells every worker on the throttle to hold off for as long as the backend waits.
+fn on_backend_retry(inner: &Inner, status: Option<u16>, delay: Duration) {
     stats::add(&inner.counters.cli_api_retries, 1);
     inner.throttle.note_extra_requests(1);
-    if matches!(retry.status, Some(429 | 529)) {
+    if matches!(status, Some(429 | 529)) {
         // The CLI's delay is max(retry-after, its own backoff): the API's word on when.
-        back_off(inner, Instant::now(), retry.delay);
+        back_off(inner, Instant::now(), delay);
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub(crate) use life::{panic_message, Answer, Policy};
 
-use crate::backend::cli::process::CliProcess;
+use crate::backend::Conn;
 use crate::{Cancel, Error, Failed, Journal, Response, Session};
 use attempt::{Processes, SessionWorld};
 use progress::RunProgress;
@@ -80,9 +80,12 @@ impl Run {
     fn build(session: &Session, cancel: Option<&Cancel>, progress: Option<RunProgress>) -> Run {
         let stop = Stop::new(cancel.cloned());
         stop.watch(&session.inner.closing);
-        // Waits on the throttle and at the cache gate end at once on a stop.
+        // Waits on the throttle, at the cache gate and for a connection end at once on a
+        // stop.
         let throttle = Arc::clone(&session.inner.throttle);
         stop.on_change(Box::new(move || throttle.wake_all()));
+        let waiting = session.clone();
+        stop.on_change(Box::new(move || waiting.inner.backend.wake()));
         if session.inner.cache_gate.is_some() {
             let session = session.clone();
             stop.on_change(Box::new(move || {
@@ -160,11 +163,11 @@ impl Run {
     }
 }
 
-/// One turn of a conversation on its own process: the same life as an item, without
-/// retries, and keeping the process in `held`.
+/// One turn of a conversation on its own connection: the same life as an item, without
+/// retries, and keeping the connection in `held`.
 pub(crate) fn turn(
     run: &Run,
-    held: &RefCell<Option<CliProcess>>,
+    held: &RefCell<Option<Box<dyn Conn>>>,
     prompt: &str,
 ) -> Result<Response, Error> {
     // No journal: a turn's answer depends on the turns before it.

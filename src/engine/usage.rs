@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::cli::process::{RateLimitInfo, WindowStatus};
+use crate::backend::{RateLimitInfo, WindowStatus};
 use crate::error::utc_time;
 use crate::session::Inner;
 use crate::{stats, UsageWindow};

@@ -28,6 +28,8 @@ pub use options::{Effort, PermissionMode};
 use crate::backend::cli::pool::{self, Pool};
 use crate::backend::cli::process::Launch;
 use crate::backend::cli::seal;
+use crate::backend::cli::CliBackend;
+use crate::backend::Backend;
 use crate::budget::Budget;
 use crate::retry::Cooldown;
 use crate::stats::Counters;
@@ -204,7 +206,8 @@ pub(crate) struct Inner {
     id: u64,
     pub(crate) config: Config,
     cli: PathBuf,
-    pub(crate) pool: Pool,
+    /// What answers the turns: the CLI's processes.
+    pub(crate) backend: Box<dyn Backend>,
     threads: rayon::ThreadPool,
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) budget: Budget,
@@ -215,8 +218,6 @@ pub(crate) struct Inner {
     pub(crate) closing: Cancel,
     /// The exponential pause after 429/529 results that carry no delay of the API's.
     pub(crate) cooldown: Cooldown,
-    /// The processes' private working folder when no `cwd` was given; removed at close.
-    private_dir: Mutex<Option<seal::PrivateDir>>,
     /// Calls in a row that could not connect to the API (reset by any success).
     pub(crate) unreachable_streak: AtomicU32,
     /// API calls the last answered items made (the engine charges the throttle from them).
@@ -317,6 +318,7 @@ impl Session {
                 above_bytes: config.recycle_above_memory,
             },
         );
+        let backend = Box::new(CliBackend::new(pool, private_dir));
         warn_if_memory_is_short(config.concurrency);
         let threads = rayon::ThreadPoolBuilder::new()
             .num_threads(config.concurrency)
@@ -335,7 +337,7 @@ impl Session {
                 id,
                 config,
                 cli,
-                pool,
+                backend,
                 threads,
                 throttle,
                 budget,
@@ -344,7 +346,6 @@ impl Session {
                 closed: AtomicBool::new(false),
                 cooldown: Cooldown::default(),
                 closing: Cancel::new(),
-                private_dir: Mutex::new(private_dir),
                 unreachable_streak: AtomicU32::new(0),
                 recent_calls: Mutex::new(VecDeque::new()),
                 cache_gate,
@@ -357,9 +358,10 @@ impl Session {
     /// A snapshot of what the session has done so far.
     pub fn stats(&self) -> Stats {
         let mut stats = self.inner.counters.snapshot();
-        stats.processes_started = self.inner.pool.started();
-        stats.processes_live = self.inner.pool.live() as u64;
-        stats.processes_recycled = self.inner.pool.recycled();
+        let backend = self.inner.backend.stats();
+        stats.processes_started = backend.processes_started;
+        stats.processes_live = backend.processes_live;
+        stats.processes_recycled = backend.processes_recycled;
         stats.budget_exhausted = self.inner.budget.is_exhausted();
         stats
     }
@@ -427,7 +429,7 @@ impl Session {
         self.inner.throttle.wake_all();
         // Items in flight are ended and counted before the stats are taken.
         let deadline = Instant::now() + CLOSE_SETTLE;
-        self.inner.pool.close(CLOSE_SETTLE);
+        self.inner.backend.close(CLOSE_SETTLE);
         let counters = &self.inner.counters;
         let in_flight = || {
             let load = |c: &AtomicU64| c.load(Ordering::SeqCst);
@@ -438,7 +440,7 @@ impl Session {
             std::thread::sleep(Duration::from_millis(2));
         }
         // The processes are gone; their private folder goes too.
-        drop(self.inner.private_dir.lock().take());
+        self.inner.backend.release();
         Ok(self.stats())
     }
 
@@ -460,15 +462,16 @@ impl fmt::Debug for Session {
             .field("id", &self.inner.id)
             .field("cli", &self.inner.cli)
             .field("config", &self.inner.config)
-            .field("live_processes", &self.inner.pool.live())
+            .field("backend", &self.inner.backend)
             .finish()
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The pool's drop kills and reaps idle processes; leased ones cannot exist here
-        // because a lease borrows the session.
+        // The backend's drop ends idle connections (the pool kills and reaps its idle
+        // processes); whoever holds a connection (an attempt, a conversation) holds the
+        // session too, so none is in use here.
         log::debug!("session {} dropped", self.id);
     }
 }

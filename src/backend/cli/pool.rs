@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 /// How often a checkout waiting for a process to finish loading looks again.
 const STARTING_POLL: Duration = Duration::from_millis(20);
 
+use super::conn::PooledConn;
 use super::process::{CliProcess, KillSwitch, Launch};
 use crate::Error;
 
@@ -37,7 +38,7 @@ struct State {
     /// How many healthy processes were retired by [`Recycle`].
     recycled: u64,
     /// Processes held outside the pool: leased to an item, or kept by a conversation
-    /// (`detached`), so `close` can end them too.
+    /// (held), so `close` can end them too.
     busy: Vec<(Arc<KillSwitch>, bool)>,
 }
 
@@ -80,12 +81,6 @@ pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     Some(pages.saturating_mul(page_size))
 }
 
-/// A process checked out of the pool. It goes back when dropped, unless it is broken.
-pub(crate) struct Lease<'a> {
-    pool: &'a Pool,
-    process: Option<CliProcess>,
-}
-
 impl Pool {
     pub(crate) fn new(
         launch: Launch,
@@ -119,10 +114,14 @@ impl Pool {
         }
     }
 
-    /// Take an idle process, start a new one if there is room, or wait for one. An idle
-    /// process whose context reset fails (see `process`) is killed and replaced here, before
-    /// anything of the next item is written to it.
-    pub(crate) fn checkout(&self) -> Result<Lease<'_>, Error> {
+    /// Take an idle process, start a new one if there is room, or wait for one until
+    /// `should_stop()` (`None`; asked under the lock, so a [`wake`](Self::wake) is never
+    /// missed). An idle process whose context reset fails (see `process`) is killed and
+    /// replaced here, before anything of the next item is written to it.
+    pub(crate) fn checkout(
+        self: &Arc<Self>,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Option<PooledConn>, Error> {
         let mut state = self.state.lock();
         loop {
             if state.closed {
@@ -137,10 +136,7 @@ impl Pool {
                 let ready = process.is_reusable() && process.settle_clear().is_ok();
                 state = self.state.lock();
                 if ready && !state.closed {
-                    return Ok(Lease {
-                        pool: self,
-                        process: Some(process),
-                    });
+                    return Ok(Some(PooledConn::new(Arc::clone(self), process)));
                 }
                 state.busy.retain(|(s, _)| !Arc::ptr_eq(s, &switch));
                 state.live -= 1;
@@ -162,7 +158,7 @@ impl Pool {
                 }
                 drop(state);
                 return match CliProcess::spawn(&self.launch, Arc::clone(&loaded)) {
-                    Ok(process) => self.lease(process),
+                    Ok(process) => self.lease(process).map(Some),
                     Err(err) => {
                         loaded.store(true, Ordering::SeqCst);
                         self.state.lock().live -= 1;
@@ -170,6 +166,9 @@ impl Pool {
                         Err(err)
                     }
                 };
+            }
+            if should_stop() {
+                return Ok(None);
             }
             if state.live < self.capacity {
                 // Room for a process, but enough are starting: look again when one has loaded
@@ -181,7 +180,14 @@ impl Pool {
         }
     }
 
-    fn lease(&self, mut process: CliProcess) -> Result<Lease<'_>, Error> {
+    /// Make waiting checkouts ask their `should_stop` again.
+    pub(crate) fn wake(&self) {
+        // Under the lock: a checkout between its question and its wait cannot miss this.
+        let _state = self.state.lock();
+        self.freed.notify_all();
+    }
+
+    fn lease(self: &Arc<Self>, mut process: CliProcess) -> Result<PooledConn, Error> {
         let mut state = self.state.lock();
         if state.closed {
             // A close() came while this process was being started: it must not run.
@@ -193,18 +199,21 @@ impl Pool {
         }
         state.started += 1;
         state.busy.push((process.kill_switch(), false));
-        Ok(Lease {
-            pool: self,
-            process: Some(process),
-        })
+        Ok(PooledConn::new(Arc::clone(self), process))
     }
 
-    /// Return a process taken with [`Lease::detach`].
-    pub(crate) fn give_back(&self, process: CliProcess) {
-        self.checkin(process);
+    /// Mark a busy process as held beyond one turn (a conversation's): a close kills it but
+    /// does not wait for it.
+    pub(super) fn hold(&self, pid: u32) {
+        for (switch, held) in &mut self.state.lock().busy {
+            if switch.pid() == pid {
+                *held = true;
+            }
+        }
     }
 
-    fn checkin(&self, mut process: CliProcess) {
+    /// Take back a process that was checked out: kept warm for the next item, or retired.
+    pub(super) fn checkin(&self, mut process: CliProcess) {
         // Retired here, between items: the item it answered is already handed on, and the
         // next one goes to another process.
         let retire = if self.fresh_per_item {
@@ -269,7 +278,7 @@ impl Pool {
         }
         let deadline = Instant::now() + settle;
         let mut state = self.state.lock();
-        while state.busy.iter().any(|(_, detached)| !detached) {
+        while state.busy.iter().any(|(_, held)| !held) {
             if self.freed.wait_until(&mut state, deadline).timed_out() {
                 break;
             }
@@ -295,34 +304,6 @@ impl Drop for Pool {
         // Idle processes die with the pool (CliProcess kills and reaps on drop).
         let idle = std::mem::take(&mut self.state.get_mut().idle);
         drop(idle);
-    }
-}
-
-impl Lease<'_> {
-    pub(crate) fn process(&mut self) -> &mut CliProcess {
-        self.process.as_mut().expect("lease holds a process")
-    }
-}
-
-impl Lease<'_> {
-    /// Keep the process beyond the lease; hand it back with [`Pool::give_back`].
-    pub(crate) fn detach(mut self) -> CliProcess {
-        let process = self.process.take().expect("lease holds a process");
-        let pid = process.pid();
-        for (switch, detached) in &mut self.pool.state.lock().busy {
-            if switch.pid() == pid {
-                *detached = true;
-            }
-        }
-        process
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if let Some(process) = self.process.take() {
-            self.pool.checkin(process);
-        }
     }
 }
 

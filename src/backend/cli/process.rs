@@ -25,9 +25,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::protocol::{self, Event, ResultLine};
-pub(crate) use super::protocol::{RateLimitInfo, WindowStatus};
 use super::secrets::redact;
 use super::{seal, spawner};
+use crate::backend::{RateLimitInfo, TurnEvent, WindowStatus};
 use crate::error::shorten;
 use crate::{Error, Response, Usage};
 
@@ -92,14 +92,6 @@ enum Out {
     TooLong(usize),
     Eof,
     Failed(std::io::Error),
-}
-
-/// Something the CLI reported while a turn ran, for throttling and statistics.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct ApiRetry {
-    pub attempt: u32,
-    pub delay: Duration,
-    pub status: Option<u16>,
 }
 
 /// One API call of a turn, as its stream (or its whole message) showed it.
@@ -214,20 +206,6 @@ struct TurnShape {
     calls: u32,
     /// Times the CLI asked the model to go on after a cut answer.
     continuations: u32,
-}
-
-/// What the CLI did during a turn that the throttle and the statistics must know at once.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum TurnEvent {
-    /// A subscription usage window changed state (claude.ai logins only).
-    UsageWindow(RateLimitInfo),
-    /// The CLI retries a failed API call.
-    Retry(ApiRetry),
-    /// The CLI made one more API call in the same turn (it re-asked the model).
-    ExtraCall,
-    /// The turn's first answer began (its first API call's response started): from now on
-    /// the prompt cache holds what the request wrote.
-    Began,
 }
 
 /// Lets another thread (a session's `close()`) kill a process it does not own, without ever
@@ -549,7 +527,7 @@ impl CliProcess {
         self.write(protocol::user_line(&text).into_bytes(), deadline, timeout)?;
         let mut api_retries = 0;
         let (mut result, calls) = self.next_result(deadline, timeout, &mut |event| {
-            if matches!(event, TurnEvent::Retry(_)) {
+            if matches!(event, TurnEvent::Retry { .. }) {
                 api_retries += 1;
             }
             on_event(event);
@@ -654,11 +632,10 @@ impl CliProcess {
                     log::debug!(
                         "the CLI retries an API call (attempt {attempt}, status {status:?}, in {delay_ms} ms)"
                     );
-                    on_event(TurnEvent::Retry(ApiRetry {
-                        attempt,
-                        delay: Duration::from_millis(delay_ms),
+                    on_event(TurnEvent::Retry {
                         status,
-                    }));
+                        delay: Duration::from_millis(delay_ms),
+                    });
                 }
                 Event::RateLimit(info) => {
                     log::debug!("the CLI reports a usage window: {info:?}");

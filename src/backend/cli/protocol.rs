@@ -5,8 +5,7 @@
 
 use serde_json::{json, Value};
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+pub(crate) use crate::backend::{RateLimitInfo, WindowStatus};
 use crate::error::shorten;
 use crate::{Error, Usage, UsageWindow};
 
@@ -78,64 +77,13 @@ pub(crate) enum Event {
     Other,
 }
 
-/// How a usage window stands (`status`, `overageStatus`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum WindowStatus {
-    Allowed,
-    /// Past a warning threshold, still allowed.
-    Warning,
-    /// Used up: calls are refused until it resets.
-    Rejected,
-    /// A status this crate does not know (a newer CLI).
-    Other(String),
-}
-
-impl WindowStatus {
-    fn parse(text: &str) -> WindowStatus {
-        match text {
-            "allowed" => WindowStatus::Allowed,
-            "allowed_warning" => WindowStatus::Warning,
-            "rejected" => WindowStatus::Rejected,
-            other => WindowStatus::Other(other.to_string()),
-        }
-    }
-}
-
-/// The fields of a `rate_limit_event` this crate uses; the rest is skipped.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct RateLimitInfo {
-    pub status: WindowStatus,
-    /// When the window resets, in seconds since the UNIX epoch, as the CLI said.
-    pub resets_at: Option<u64>,
-    pub window: UsageWindow,
-    /// The share of the window used, 0 to 1.
-    pub utilization: Option<f64>,
-    /// The warning threshold that was passed, 0 to 1.
-    pub surpassed_threshold: Option<f64>,
-    pub overage_status: Option<WindowStatus>,
-    pub overage_resets_at: Option<u64>,
-    pub overage_disabled_reason: Option<String>,
-    /// `credits_required` when the account has no credit left.
-    pub error_code: Option<String>,
-}
-
-impl RateLimitInfo {
-    /// When the window resets, if the CLI said.
-    pub(crate) fn resets_at(&self) -> Option<SystemTime> {
-        self.resets_at
-            .or(self.overage_resets_at)
-            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
-    }
-
-    /// Whether this rejection is a spend cap (no reset within the run), not a window that
-    /// resets.
-    fn is_spend_cap(&self) -> bool {
-        self.error_code.as_deref() == Some("credits_required")
-            || (self.window == UsageWindow::Overage
-                && matches!(
-                    self.overage_disabled_reason.as_deref(),
-                    Some("org_level_disabled_until" | "org_spend_cap_reached" | "out_of_credits")
-                ))
+/// How a usage window stands, from its `status` or `overageStatus`.
+fn window_status(text: &str) -> WindowStatus {
+    match text {
+        "allowed" => WindowStatus::Allowed,
+        "allowed_warning" => WindowStatus::Warning,
+        "rejected" => WindowStatus::Rejected,
+        other => WindowStatus::Other(other.to_string()),
     }
 }
 
@@ -275,12 +223,12 @@ fn parse_rate_limit(value: &Value) -> Option<RateLimitInfo> {
             .map(|n| n.ceil().min(u64::MAX as f64) as u64)
     };
     Some(RateLimitInfo {
-        status: WindowStatus::parse(info.get("status")?.as_str()?),
+        status: window_status(info.get("status")?.as_str()?),
         resets_at: seconds("resetsAt"),
         window: UsageWindow::from_cli_name(&text("rateLimitType").unwrap_or_default()),
         utilization: number("utilization"),
         surpassed_threshold: number("surpassedThreshold"),
-        overage_status: text("overageStatus").map(|s| WindowStatus::parse(&s)),
+        overage_status: text("overageStatus").map(|s| window_status(&s)),
         overage_resets_at: seconds("overageResetsAt"),
         overage_disabled_reason: text("overageDisabledReason"),
         error_code: text("errorCode"),
@@ -494,6 +442,7 @@ fn looks_like_auth_failure(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn user_line_is_one_json_line() {
