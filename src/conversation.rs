@@ -111,8 +111,7 @@ impl Conversation {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn send(&mut self, prompt: impl AsRef<str>) -> Result<Response, Error> {
-        let inner = &self.run.session().inner;
-        if inner.is_closed() {
+        if self.run.session().is_closed() {
             // Let the process go now rather than when the conversation is dropped.
             drop(self.conn.get_mut().take());
             return Err(Error::Closed);

@@ -44,6 +44,7 @@ compile_error!(
      to make sure no claude process outlives your program"
 );
 
+mod admission;
 mod backend;
 mod budget;
 mod cancel;

@@ -76,6 +76,9 @@ pub struct Stats {
     /// Items of this session waiting on the throttle right now (for the rate limit or a
     /// shared back-off pause).
     pub waiting_on_throttle: u64,
+    /// Items of this session waiting for a free connection right now (for the CLI, a free
+    /// process: every one is busy, or held by a conversation).
+    pub waiting_for_connection: u64,
     /// Items answered from a [`Journal`](crate::Journal), without a call (counted in
     /// `succeeded` too; their cost is not in `cost_usd`, which is what was paid now).
     pub replayed: u64,
@@ -121,6 +124,8 @@ pub(crate) struct Counters {
     pub throttle_wait_nanos: AtomicU64,
     /// Items inside a throttle wait now.
     pub throttle_waiting: Gauge,
+    /// Items inside a wait for a connection now.
+    pub connection_waiting: Gauge,
     pub replayed: AtomicU64,
     pub backoff_pauses: AtomicU64,
     pub usage_limit_pauses: AtomicU64,
@@ -171,6 +176,7 @@ impl Counters {
             latency_max: latency.max(),
             last_retry_reason: self.last_retry_reason.lock().clone(),
             waiting_on_throttle: self.throttle_waiting.read().0,
+            waiting_for_connection: self.connection_waiting.read().0,
             replayed: load(&self.replayed),
         }
     }

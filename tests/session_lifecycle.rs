@@ -556,3 +556,60 @@ fn a_conversation_keeps_its_process_past_the_recycling_limit() {
     assert_eq!(fake.pids().len(), 2);
     assert_eq!(session.stats().processes_recycled, 1);
 }
+
+#[test]
+fn a_cancel_ends_the_wait_for_a_process_a_conversation_holds() {
+    use claude_rayon::prelude::*;
+    use claude_rayon::{Cancel, Outcome};
+    use rayon::prelude::*;
+
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(1).build().unwrap();
+    // The one process is held by a conversation until the end of the test.
+    let mut chat = session.conversation();
+    chat.send(
+        "You are reviewing a pull request that renames the configuration loader and moves its \
+         defaults into a table; remember that the table must stay sorted by key.",
+    )
+    .unwrap();
+    let cancel = Cancel::new();
+    let (done, outcome) = std::sync::mpsc::channel();
+    {
+        let (session, cancel) = (session.clone(), cancel.clone());
+        // On its own thread, so that a wait that never ends fails the test instead of
+        // hanging it.
+        std::thread::spawn(move || {
+            let outcome: Outcome<_, String> = vec![
+                "Summarise the release notes for version 4.2: the exporter streams rows instead \
+                 of buffering them, the importer accepts gzip, and the CLI gained a --dry-run \
+                 flag that prints what would change."
+                    .to_string(),
+            ]
+            .into_par_iter()
+            .claude_map(&session, |notes| notes.clone())
+            .with_cancel(&cancel)
+            .collect();
+            let _ = done.send(outcome);
+        });
+    }
+    wait_until("the item waits for a process", GONE, || {
+        session.stats().waiting_for_connection == 1
+    });
+    cancel.cancel();
+    let outcome = outcome
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the run ended after its cancel");
+    assert_eq!(outcome.dead_letter.len(), 1, "{outcome:?}");
+    let failed = &outcome.dead_letter[0];
+    assert!(
+        matches!(failed.error, Error::Cancelled),
+        "{:?}",
+        failed.error
+    );
+    assert!(failed.item.contains("release notes"));
+    let stats = session.stats();
+    assert_eq!(stats.waiting_for_connection, 0);
+    assert_eq!(stats.requests, 1, "only the conversation's turn was sent");
+    assert_eq!(fake.prompts().len(), 1);
+    drop(chat);
+}

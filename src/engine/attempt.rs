@@ -1,38 +1,20 @@
-//! The session as an item's [`World`]: one attempt is a budget reservation, a throttle permit
-//! and a process, each a guard that gives itself back on drop (an error or a panic on the
-//! way included), then the turn, then the settlement of all three with what it really cost.
+//! The session as an item's [`World`]: one attempt is an admission ticket (budget
+//! reservation, cache gate, throttle permit) and a connection, each a guard that gives
+//! itself back on drop (an error or a panic on the way included), then the turn, then the
+//! settlement of the ticket with what it really cost.
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::life::{AttemptError, Event, World};
 use super::progress::RunProgress;
 use super::stop::Stop;
-use super::usage;
-use crate::backend::{Checkout, Conn, TurnEvent, TurnFailure, TurnRequest};
+use crate::admission::{Refused, Settled};
+use crate::backend::{Checkout, Conn, TurnFailure, TurnRequest};
 use crate::journal::format::Key;
-use crate::session::{AnswerSettings, CacheGate, GatePass, Inner};
+use crate::session::AnswerSettings;
 use crate::stats;
-use crate::throttle::estimate_tokens;
-use crate::{Error, Journal, Response, Usage};
-
-/// How many answered items the expected calls per item is learned from.
-const RECENT_CALLS_WINDOW: usize = 32;
-/// The most calls an item is charged up front.
-const MAX_EXPECTED_CALLS: u64 = 8;
-
-/// Calls in a row that could not connect before the API counts as unreachable.
-const UNREACHABLE_AFTER: u32 = 3;
-
-/// The item warming the prompt cache; if it ends without an answer, the next one warms.
-struct Warming<'a>(&'a CacheGate, u64);
-
-impl Drop for Warming<'_> {
-    fn drop(&mut self) {
-        self.0.gave_up(self.1);
-    }
-}
+use crate::{Error, Journal, Response, Session};
 
 /// Where an attempt's connection comes from.
 pub(crate) enum Processes<'a> {
@@ -44,7 +26,7 @@ pub(crate) enum Processes<'a> {
 
 /// One run's items on one session.
 pub(crate) struct SessionWorld<'a> {
-    pub inner: &'a Inner,
+    pub session: &'a Session,
     pub stop: &'a Stop,
     pub progress: Option<&'a RunProgress>,
     pub processes: Processes<'a>,
@@ -85,9 +67,15 @@ impl Drop for Taken<'_> {
 impl SessionWorld<'_> {
     /// A connection for this attempt; `Ok(None)` when a stop ended the wait for one.
     fn take_conn(&self) -> Result<Option<Taken<'_>>, Error> {
-        let checkout = || match self.inner.backend.checkout(&|| self.should_stop())? {
-            Checkout::Ready(conn) => Ok(Some(conn)),
-            Checkout::Stopped => Ok(None),
+        let checkout = || {
+            let waiting = &self.session.counters().connection_waiting;
+            waiting.add(1);
+            let checkout = self.session.backend().checkout(&|| self.should_stop());
+            waiting.sub(1);
+            match checkout? {
+                Checkout::Ready(conn) => Ok(Some(conn)),
+                Checkout::Stopped => Ok(None),
+            }
         };
         match self.processes {
             Processes::Pool => Ok(checkout()?.map(Taken::Pooled)),
@@ -123,77 +111,43 @@ impl SessionWorld<'_> {
     /// [`stop_holding_reservation`](Self::stop_holding_reservation), so a budget spent by
     /// other items does not stop one it already has room for.
     fn should_stop(&self) -> bool {
-        (self.stop.is_set() || self.inner.is_closed()) && self.stop_holding_reservation().is_some()
+        (self.stop.is_set() || self.session.is_closed())
+            && self.stop_holding_reservation().is_some()
     }
 }
 
 impl World for SessionWorld<'_> {
     fn stop_reason(&self) -> Option<Error> {
-        if self.inner.is_closed() {
+        if self.session.is_closed() {
             return Some(Error::Closed);
         }
         self.stop.reason()
     }
 
     fn attempt(&self, prompt: &str) -> Result<Response, AttemptError> {
-        let inner = self.inner;
-        let prompt_tokens = estimate_tokens(prompt);
-        let reservation = inner
-            .budget
-            .reserve(item_estimate_usd(inner, prompt_tokens))
-            .map_err(AttemptError::NotStarted)?;
-        let estimate = prompt_tokens
-            .saturating_add(inner.backend.request_overhead_tokens())
-            .saturating_add(inner.config.output_token_allowance);
-        // A cold shared prefix is warmed by one item before the others ask (they wait here,
-        // before the throttle, holding nothing but their budget reservation).
-        // Not a conversation's turn: it holds a process, and waiting at the gate for an item
-        // that waits for a process would wait forever.
-        let gate = match self.processes {
-            Processes::Pool => inner.cache_gate.as_ref(),
-            Processes::Held(_) => None,
-        };
-        let _warming = match gate {
-            Some(gate) => match gate.enter(&|| self.should_stop()) {
-                None => {
-                    return Err(AttemptError::NotStarted(
-                        self.stop_holding_reservation().unwrap_or(Error::Cancelled),
-                    ))
-                }
-                Some(GatePass::Warming(ticket)) => Some(Warming(gate, ticket)),
-                Some(GatePass::Open) => None,
-            },
-            None => None,
-        };
-        // An item is charged the API calls items made lately (a re-ask is a second call);
-        // what it really made is settled after.
-        inner.counters.throttle_waiting.add(1);
-        let permit = inner
-            .throttle
-            .acquire_calls(estimate, expected_calls(inner), &|| self.should_stop());
-        inner.counters.throttle_waiting.sub(1);
-        let permit = permit.map_err(|_| {
+        let session = self.session;
+        let not_started = || {
             AttemptError::NotStarted(self.stop_holding_reservation().unwrap_or(Error::Cancelled))
-        })?;
-        if !permit.waited().is_zero() {
-            stats::add(&inner.counters.throttle_waits, 1);
-            stats::add(
-                &inner.counters.throttle_wait_nanos,
-                permit.waited().as_nanos() as u64,
-            );
-        }
-        // Nothing is sent on these paths: the permit is given back whole (dropped, it
-        // would keep the estimate charged, as for a call that may have gone out).
+        };
+        // A conversation's turn skips the cache gate: it holds its connection, and waiting
+        // there for an item that waits for a connection would wait forever.
+        let gated = matches!(self.processes, Processes::Pool);
+        let mut ticket = match session
+            .admission()
+            .admit(prompt, gated, &|| self.should_stop())
+        {
+            Ok(ticket) => ticket,
+            Err(Refused::Budget(error)) => return Err(AttemptError::NotStarted(error)),
+            Err(Refused::Stopped) => return Err(not_started()),
+        };
         let mut taken = match self.take_conn() {
             Ok(Some(taken)) => taken,
             Ok(None) => {
-                permit.give_back();
-                return Err(AttemptError::NotStarted(
-                    self.stop_holding_reservation().unwrap_or(Error::Cancelled),
-                ));
+                ticket.give_back();
+                return Err(not_started());
             }
             Err(error) => {
-                permit.give_back();
+                ticket.give_back();
                 return Err(AttemptError::Failed {
                     error,
                     called: false,
@@ -203,107 +157,67 @@ impl World for SessionWorld<'_> {
         // Waiting for a connection can take long; a stop that came meanwhile still holds.
         if let Some(reason) = self.stop_holding_reservation() {
             drop(taken);
-            permit.give_back();
+            ticket.give_back();
             return Err(AttemptError::NotStarted(reason));
         }
-        stats::add(&inner.counters.requests, 1);
+        ticket.send();
         // A hard stop of the run (a pipeline's bounded stop) ends this call.
         let call = self.stop.register_call(taken.conn().abort_handle());
-        let sent_at = Instant::now();
-        let (outcome, calls) = run_turn(inner, taken.conn(), prompt);
+        let request = TurnRequest {
+            prompt,
+            timeout: session.config().timeout,
+            structured: session.config().json_schema.is_some(),
+        };
+        let outcome = taken
+            .conn()
+            .turn(&request, &mut |event| ticket.on_event(event));
         drop(call);
         drop(taken);
-        // A call ended by a stop fails as stopped, and one ended by the session's close as
-        // closed, not as a crash ("killed by signal 9 from outside").
-        let stopped_as = |failure: TurnFailure, error| TurnFailure {
-            error,
-            unreachable: false,
-            ..failure
-        };
-        let outcome = match outcome {
-            Err(failure) if self.stop.ended_calls() => Err(stopped_as(failure, Error::Cancelled)),
-            Err(failure) if inner.is_closed() => Err(stopped_as(failure, Error::Closed)),
-            other => other,
-        };
         match outcome {
             Ok(response) => {
-                // An answer is in: the prefix is cached, even if no call said when it began.
-                if let Some(gate) = &inner.cache_gate {
-                    gate.began();
-                }
-                permit.settle(response.usage.total(), calls);
-                note_calls(inner, calls);
-                reservation.settle(response.cost_usd);
-                inner.cooldown.succeeded(sent_at);
-                inner.unreachable_streak.store(0, Ordering::SeqCst);
-                record_success(inner, &response);
+                ticket.answered(&response);
                 Ok(response)
             }
-            Err(TurnFailure {
-                error, sent: false, ..
-            }) => {
-                inner.counters.requests.fetch_sub(1, Ordering::Relaxed);
-                permit.give_back();
-                Err(AttemptError::Failed {
+            Err(failure) => {
+                // A call ended by a stop fails as stopped, and one ended by the session's
+                // close as closed, not as a crash ("killed by signal 9 from outside").
+                let stopped_as = |error| TurnFailure {
                     error,
-                    called: false,
-                })
-            }
-            Err(TurnFailure {
-                error,
-                billed,
-                unreachable,
-                ..
-            }) => {
-                permit.settle(billed.usage.total(), calls);
-                reservation.settle(billed.cost_usd);
-                record_cost(inner, billed.cost_usd, &billed.usage);
-                if let Error::UsageLimitReached {
-                    window, resets_at, ..
-                } = &error
-                {
-                    // A conversation's process dies with the refusal (the CLI exits), and
-                    // its context with it: its turn fails rather than wait.
-                    if self.retries && usage::wait_for_reset(inner, window, *resets_at) {
-                        return Err(AttemptError::Paused(error));
-                    }
-                    return Err(AttemptError::Failed {
-                        error,
-                        called: true,
-                    });
-                }
-                if matches!(error, Error::SpendLimitReached { .. }) {
-                    return Err(AttemptError::Failed {
-                        error,
-                        called: true,
-                    });
-                }
-                if matches!(error.api_status(), Some(429 | 529)) {
-                    let now = Instant::now();
-                    let wait = inner.cooldown.throttled(&inner.config.retry, sent_at, now);
-                    back_off(inner, now, wait);
-                }
-                let error = if unreachable {
-                    note_unreachable(inner, error)
-                } else {
-                    error
+                    unreachable: false,
+                    ..failure
                 };
-                Err(AttemptError::Failed {
-                    error,
-                    called: true,
+                let failure = if self.stop.ended_calls() {
+                    stopped_as(Error::Cancelled)
+                } else if session.is_closed() {
+                    stopped_as(Error::Closed)
+                } else {
+                    failure
+                };
+                // A conversation's process dies with a usage-limit refusal (the CLI
+                // exits), and its context with it: its turn fails rather than wait.
+                Err(match ticket.failed(failure, self.retries) {
+                    Settled::Unsent(error) => AttemptError::Failed {
+                        error,
+                        called: false,
+                    },
+                    Settled::Sent(error) => AttemptError::Failed {
+                        error,
+                        called: true,
+                    },
+                    Settled::Paused(error) => AttemptError::Paused(error),
                 })
             }
         }
     }
 
     fn retry_after(&self, error: &Error, tries: u32) -> Option<Duration> {
-        let policy = &self.inner.config.retry;
+        let policy = &self.session.config().retry;
         (self.retries && policy.should_retry(error, tries)).then(|| policy.backoff(tries))
     }
 
     fn wait(&self, wait: Duration) -> bool {
         let deadline = crate::clock::saturating_add(Instant::now(), wait);
-        self.stop.wait_until(deadline, &|| self.inner.is_closed())
+        self.stop.wait_until(deadline, &|| self.session.is_closed())
     }
 
     fn fail_fatally(&self, error: &Error) {
@@ -311,7 +225,7 @@ impl World for SessionWorld<'_> {
     }
 
     fn note(&self, event: Event, error: Option<&Error>) {
-        let counters = &self.inner.counters;
+        let counters = self.session.counters();
         match event {
             Event::Started => stats::add(&counters.started, 1),
             Event::Finished { succeeded } => {
@@ -327,7 +241,7 @@ impl World for SessionWorld<'_> {
             }
             Event::WillRetry => {
                 if let Some(error) = error {
-                    note_retry_reason(self.inner, error);
+                    self.session.admission().note_retry_reason(error);
                 }
             }
             Event::Retried => stats::add(&counters.retried, 1),
@@ -357,138 +271,5 @@ impl World for SessionWorld<'_> {
         if let Some((journal, Ok(settings))) = self.journal {
             journal.record(Key::of(settings, prompt), outcome);
         }
-    }
-}
-
-/// The API calls an item is expected to make: the most any of the last items made (the CLI
-/// re-asks the model for some answers). Over-charges are refunded at settle.
-fn expected_calls(inner: &Inner) -> u64 {
-    inner
-        .recent_calls
-        .lock()
-        .iter()
-        .copied()
-        .max()
-        .map_or(1, u64::from)
-        .clamp(1, MAX_EXPECTED_CALLS)
-}
-
-/// Remember how many API calls an answered item made.
-fn note_calls(inner: &Inner, calls: u64) {
-    let mut recent = inner.recent_calls.lock();
-    if recent.len() == RECENT_CALLS_WINDOW {
-        recent.pop_front();
-    }
-    recent.push_back(u32::try_from(calls).unwrap_or(u32::MAX));
-}
-
-/// What an item's prompt of `input_tokens` will cost at least (see `budget`).
-fn item_estimate_usd(inner: &Inner, input_tokens: u64) -> f64 {
-    crate::budget::prompt_cost_usd(inner.config.model.as_deref(), input_tokens)
-}
-
-/// Remember why items are being retried, for `Stats` and the progress bar.
-fn note_retry_reason(inner: &Inner, error: &Error) {
-    let reason = crate::error::shorten(&error.to_string(), 120);
-    *inner.counters.last_retry_reason.lock() = Some(reason);
-}
-
-/// Count calls in a row, across the session, that could not connect to the API; after a
-/// few, every item would fail the same way, so the error becomes a fatal one that says what
-/// to check (and stops the run) instead of minutes of retries.
-fn note_unreachable(inner: &Inner, error: Error) -> Error {
-    let Error::Api { message, .. } = &error else {
-        return error;
-    };
-    let failures = inner.unreachable_streak.fetch_add(1, Ordering::SeqCst) + 1;
-    note_retry_reason(inner, &error);
-    log::warn!("cannot reach the API ({message}); {failures} calls in a row could not connect");
-    if failures < UNREACHABLE_AFTER {
-        return error;
-    }
-    Error::ApiUnreachable {
-        message: message.clone(),
-        failures,
-    }
-}
-
-/// Add what a failed call cost to the totals.
-fn record_cost(inner: &Inner, cost: f64, usage: &Usage) {
-    if cost > 0.0 || usage.total() > 0 {
-        let mut totals = inner.counters.totals.lock();
-        totals.usage.add(usage);
-        totals.cost_usd += cost;
-    }
-}
-
-fn record_success(inner: &Inner, response: &Response) {
-    let mut totals = inner.counters.totals.lock();
-    totals.usage.add(&response.usage);
-    totals.cost_usd += response.cost_usd;
-    drop(totals);
-    inner.counters.latency.lock().record(response.duration);
-    let since_start = inner.created.elapsed().as_nanos().max(1) as u64;
-    let _ = inner.counters.first_result_nanos.compare_exchange(
-        0,
-        since_start,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-}
-
-/// Run one turn on `conn` with the session's settings, reporting what the backend did on
-/// the way; returns the outcome and the API calls the turn made.
-fn run_turn(
-    inner: &Inner,
-    conn: &mut dyn Conn,
-    prompt: &str,
-) -> (Result<Response, TurnFailure>, u64) {
-    let mut calls = 1u64;
-    let mut on_event = |event: TurnEvent| match event {
-        TurnEvent::Retry { status, delay } => on_backend_retry(inner, status, delay),
-        TurnEvent::UsageWindow(info) => usage::note_window(inner, &info),
-        // One more request the API counts; the throttle is charged for it when the item's
-        // permit is settled with the calls really made.
-        TurnEvent::ExtraCall => {
-            calls += 1;
-            stats::add(&inner.counters.requests, 1);
-        }
-        TurnEvent::Began => {
-            if let Some(gate) = &inner.cache_gate {
-                gate.began();
-            }
-        }
-    };
-    let request = TurnRequest {
-        prompt,
-        timeout: inner.config.timeout,
-        structured: inner.config.json_schema.is_some(),
-    };
-    let outcome = conn.turn(&request, &mut on_event);
-    (outcome, calls)
-}
-
-/// The backend is retrying on its own: each retry is one more API request, and a 429 or 529
-/// tells every worker on the throttle to hold off for as long as the backend waits.
-fn on_backend_retry(inner: &Inner, status: Option<u16>, delay: Duration) {
-    stats::add(&inner.counters.cli_api_retries, 1);
-    inner.throttle.note_extra_requests(1);
-    if matches!(status, Some(429 | 529)) {
-        // The CLI's delay is max(retry-after, its own backoff): the API's word on when.
-        back_off(inner, Instant::now(), delay);
-    }
-}
-
-/// Pause new requests on the shared throttle (every session using it) for `wait` from `now`;
-/// a pause already in force that ends later is kept.
-fn back_off(inner: &Inner, now: Instant, wait: Duration) {
-    if wait.is_zero() {
-        return;
-    }
-    let until = crate::clock::saturating_add(now, wait);
-    if inner.throttle.paused_until().is_none_or(|p| p < until) {
-        stats::add(&inner.counters.backoff_pauses, 1);
-        log::info!("the API is throttling: pausing new requests for {wait:?}");
-        inner.throttle.pause_until(until);
     }
 }

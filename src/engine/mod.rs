@@ -18,10 +18,8 @@ mod life;
 mod progress;
 pub(crate) mod stop;
 pub(crate) mod strict;
-mod usage;
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
 pub(crate) use life::{panic_message, Answer, Policy};
 
@@ -79,26 +77,19 @@ impl Run {
 
     fn build(session: &Session, cancel: Option<&Cancel>, progress: Option<RunProgress>) -> Run {
         let stop = Stop::new(cancel.cloned());
-        stop.watch(&session.inner.closing);
+        stop.watch(session.closing());
         // Waits on the throttle, at the cache gate and for a connection end at once on a
         // stop.
-        let throttle = Arc::clone(&session.inner.throttle);
-        stop.on_change(Box::new(move || throttle.wake_all()));
         let waiting = session.clone();
-        stop.on_change(Box::new(move || waiting.inner.backend.wake()));
-        if session.inner.cache_gate.is_some() {
-            let session = session.clone();
-            stop.on_change(Box::new(move || {
-                if let Some(gate) = &session.inner.cache_gate {
-                    gate.wake();
-                }
-            }));
-        }
+        stop.on_change(Box::new(move || {
+            waiting.admission().wake();
+            waiting.backend().wake();
+        }));
         Run {
             session: session.clone(),
             stop,
             progress,
-            journal: session.inner.config.journal.clone(),
+            journal: session.config().journal.clone(),
         }
     }
 
@@ -125,7 +116,7 @@ impl Run {
 
     fn world<'a>(&'a self, processes: Processes<'a>) -> SessionWorld<'a> {
         SessionWorld {
-            inner: &self.session.inner,
+            session: &self.session,
             stop: &self.stop,
             progress: self.progress.as_ref(),
             processes,
@@ -133,7 +124,7 @@ impl Run {
             journal: self
                 .journal
                 .as_ref()
-                .map(|j| (j, &self.session.inner.answer_settings)),
+                .map(|j| (j, self.session.answer_settings())),
         }
     }
 

@@ -38,13 +38,13 @@ impl RunProgress {
         total: Option<u64>,
         show_bar: Option<bool>,
     ) -> Option<Self> {
-        let callback = session.inner.config.on_progress.clone();
+        let callback = session.config().on_progress.clone();
         #[cfg(feature = "progress")]
         let bar = crate::progress::bar::Bar::new(
             run,
             total,
-            show_bar.unwrap_or(session.inner.config.progress),
-            session.inner.config.progress_draw_target.as_ref(),
+            show_bar.unwrap_or(session.config().progress),
+            session.config().progress_draw_target.as_ref(),
         );
         #[cfg(not(feature = "progress"))]
         let _ = show_bar;

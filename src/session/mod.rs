@@ -11,30 +11,27 @@ mod options;
 #[cfg(feature = "simulator")]
 mod simulated;
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
 
 pub use crate::backend::cli::locate::CLI_ENV_VAR;
 pub use builder::SessionBuilder;
 pub(crate) use fingerprint::AnswerSettings;
 pub use options::{Effort, PermissionMode};
 
+use crate::admission::{Admission, AdmissionSettings, CacheGate, CACHE_MIN_TOKENS};
 use crate::backend::cli::pool::{self, Pool};
 use crate::backend::cli::process::Launch;
 use crate::backend::cli::seal;
 use crate::backend::cli::CliBackend;
 use crate::backend::Backend;
 use crate::budget::Budget;
-use crate::retry::Cooldown;
 use crate::stats::Counters;
 use crate::throttle::Throttle;
-use crate::{Cancel, Error, Stats, UsageWindow};
+use crate::{Cancel, Error, Stats};
 use builder::Config;
 
 /// Peak memory of one CLI process over a long run, before it is recycled (measured: ~300 MB
@@ -65,115 +62,6 @@ fn memory_available_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// How long a prompt-cache entry lives after its last use, as the API documents it; a bit
-/// less is assumed, so that an entry about to expire counts as cold.
-const CACHE_LIFETIME: Duration = Duration::from_secs(270);
-
-/// The smallest prefix the API caches (1,024 tokens for Sonnet and Opus; more for some
-/// models, where the warm-up then costs one item's latency for nothing).
-pub(crate) const CACHE_MIN_TOKENS: u64 = 1024;
-
-/// Warming the prompt cache: when the session's shared prefix is cold, the first item goes
-/// alone until its answer has begun (the API makes an entry readable from then on); the
-/// others wait here, before the throttle, and then all read it. They wait at most `max_wait`
-/// after the warming item went: an item that never answers (or answers late) must not hold
-/// up the batch for its whole timeout, so past it they go without the cache.
-pub(crate) struct CacheGate {
-    state: Mutex<GateState>,
-    changed: parking_lot::Condvar,
-    max_wait: Duration,
-}
-
-#[derive(Default)]
-struct GateState {
-    warm_until: Option<Instant>,
-    /// The ticket of the item warming now, if one is, and when it went.
-    warming: Option<(u64, Instant)>,
-    next_ticket: u64,
-    /// The warming item the others stopped waiting for (said once in the log).
-    gave_up_waiting_for: Option<u64>,
-}
-
-/// What an item is at the gate.
-pub(crate) enum GatePass {
-    /// The prefix is warm (or too small to cache, or its warming took too long): go.
-    Open,
-    /// This item warms the prefix (its ticket): others wait until its answer begins, it
-    /// gives up, or the gate's longest wait is over.
-    Warming(u64),
-}
-
-impl CacheGate {
-    /// A gate at which items wait at most `max_wait` for the warming one.
-    pub(crate) fn new(max_wait: Duration) -> CacheGate {
-        CacheGate {
-            state: Mutex::new(GateState::default()),
-            changed: parking_lot::Condvar::new(),
-            max_wait,
-        }
-    }
-
-    /// Wait at the gate; `None` when `stopped()` said so first.
-    pub(crate) fn enter(&self, stopped: &dyn Fn() -> bool) -> Option<GatePass> {
-        let mut state = self.state.lock();
-        loop {
-            let now = Instant::now();
-            if state.warm_until.is_some_and(|until| until > now) {
-                return Some(GatePass::Open);
-            }
-            let Some((ticket, since)) = state.warming else {
-                state.next_ticket += 1;
-                let ticket = state.next_ticket;
-                state.warming = Some((ticket, now));
-                return Some(GatePass::Warming(ticket));
-            };
-            let give_up_at = crate::clock::saturating_add(since, self.max_wait);
-            if now >= give_up_at {
-                if state.gave_up_waiting_for != Some(ticket) {
-                    state.gave_up_waiting_for = Some(ticket);
-                    log::info!(
-                        "the item warming the prompt cache has not begun its answer after {:?}; \
-                         the others go without waiting (each may write its own cache entry)",
-                        self.max_wait
-                    );
-                }
-                return Some(GatePass::Open);
-            }
-            // Checked under the lock, so a stop's wake-up (`wake`) cannot slip in between.
-            if stopped() {
-                return None;
-            }
-            // Woken when the answer begins, the warming item gives up, or the run stops.
-            self.changed.wait_until(&mut state, give_up_at);
-        }
-    }
-
-    /// Wake the items waiting here so that they recheck their stop (a run's stop hook).
-    pub(crate) fn wake(&self) {
-        let _state = self.state.lock();
-        self.changed.notify_all();
-    }
-
-    /// An answer began: the prefix is warm for a while (every read refreshes it).
-    pub(crate) fn began(&self) {
-        let mut state = self.state.lock();
-        state.warm_until = Some(Instant::now() + CACHE_LIFETIME);
-        if state.warming.take().is_some() {
-            self.changed.notify_all();
-        }
-    }
-
-    /// The warming item `ticket` ended: if it is still the one warming (no answer began),
-    /// the next one warms.
-    pub(crate) fn gave_up(&self, ticket: u64) {
-        let mut state = self.state.lock();
-        if state.warming.is_some_and(|(warming, _)| warming == ticket) {
-            state.warming = None;
-            self.changed.notify_all();
-        }
-    }
-}
-
 /// How long `close` waits for the items whose processes it killed to be counted.
 const CLOSE_SETTLE: Duration = Duration::from_secs(5);
 
@@ -198,46 +86,26 @@ const CLOSE_SETTLE: Duration = Duration::from_secs(5);
 /// ```
 #[derive(Clone)]
 pub struct Session {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 /// What a session holds; the engine (`crate::engine`) drives items through it.
-pub(crate) struct Inner {
+struct Inner {
     id: u64,
-    pub(crate) config: Config,
+    config: Config,
     cli: PathBuf,
     /// What answers the turns: the CLI's processes.
-    pub(crate) backend: Box<dyn Backend>,
+    backend: Box<dyn Backend>,
     threads: rayon::ThreadPool,
-    pub(crate) throttle: Arc<Throttle>,
-    pub(crate) budget: Budget,
-    pub(crate) counters: Counters,
-    pub(crate) created: Instant,
+    /// Budget, cache gate and throttle: what a turn must hold before it goes out.
+    admission: Admission,
+    counters: Arc<Counters>,
     closed: AtomicBool,
     /// Set at close, so that every run's waits end at once.
-    pub(crate) closing: Cancel,
-    /// The exponential pause after 429/529 results that carry no delay of the API's.
-    pub(crate) cooldown: Cooldown,
-    /// Calls in a row that could not connect to the API (reset by any success).
-    pub(crate) unreachable_streak: AtomicU32,
-    /// API calls the last answered items made (the engine charges the throttle from them).
-    pub(crate) recent_calls: Mutex<VecDeque<u32>>,
-    /// Warming the prompt cache of the shared prefix (`None`: nothing to warm).
-    pub(crate) cache_gate: Option<CacheGate>,
+    closing: Cancel,
     /// What besides the prompt decides an answer (the journal's key), computed once; `Err`
     /// when it cannot be known (a journal then refuses every item).
-    pub(crate) answer_settings: fingerprint::AnswerSettings,
-    /// What the session has said about subscription usage windows, so each is said once.
-    pub(crate) usage_windows: Mutex<UsageWindowsSeen>,
-}
-
-/// Subscription usage windows the session has logged about.
-#[derive(Default)]
-pub(crate) struct UsageWindowsSeen {
-    /// Windows whose warning was logged.
-    pub warned: HashSet<UsageWindow>,
-    /// The end of the usage-limit pause in force, if one was ever made.
-    pub paused_until: Option<Instant>,
+    answer_settings: fingerprint::AnswerSettings,
 }
 
 impl Session {
@@ -332,6 +200,20 @@ impl Session {
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
         let cache_gate = (config.warm_cache && config.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
             .then(|| CacheGate::new(config.warm_cache_wait.min(config.timeout)));
+        let counters = Arc::new(Counters::default());
+        let admission = Admission::new(
+            AdmissionSettings {
+                model: config.model.clone(),
+                output_token_allowance: config.output_token_allowance,
+                request_overhead_tokens: backend.request_overhead_tokens(),
+                retry: config.retry.clone(),
+                max_usage_limit_wait: config.max_usage_limit_wait,
+            },
+            budget,
+            throttle,
+            cache_gate,
+            Arc::clone(&counters),
+        );
         Ok(Session {
             inner: Arc::new(Inner {
                 id,
@@ -339,18 +221,11 @@ impl Session {
                 cli,
                 backend,
                 threads,
-                throttle,
-                budget,
-                counters: Counters::default(),
-                created: Instant::now(),
+                admission,
+                counters,
                 closed: AtomicBool::new(false),
-                cooldown: Cooldown::default(),
                 closing: Cancel::new(),
-                unreachable_streak: AtomicU32::new(0),
-                recent_calls: Mutex::new(VecDeque::new()),
-                cache_gate,
                 answer_settings,
-                usage_windows: Mutex::default(),
             }),
         })
     }
@@ -362,13 +237,13 @@ impl Session {
         stats.processes_started = backend.processes_started;
         stats.processes_live = backend.processes_live;
         stats.processes_recycled = backend.processes_recycled;
-        stats.budget_exhausted = self.inner.budget.is_exhausted();
+        stats.budget_exhausted = self.inner.admission.budget().is_exhausted();
         stats
     }
 
     /// The shared throttle this session waits on.
     pub fn throttle(&self) -> &Arc<Throttle> {
-        &self.inner.throttle
+        self.inner.admission.throttle()
     }
 
     /// Change the spending cap, in US dollars, as
@@ -384,12 +259,12 @@ impl Session {
     /// # Ok::<(), claude_rayon::Error>(())
     /// ```
     pub fn set_max_budget_usd(&self, budget: f64) {
-        self.inner.budget.set_limit(Some(budget));
+        self.inner.admission.budget().set_limit(Some(budget));
     }
 
     /// Remove the spending cap; a session whose budget was spent goes on.
     pub fn remove_max_budget(&self) {
-        self.inner.budget.set_limit(None);
+        self.inner.admission.budget().set_limit(None);
     }
 
     /// The CLI executable this session runs.
@@ -426,7 +301,7 @@ impl Session {
         }
         // Waits on the throttle and between retries end now.
         self.inner.closing.cancel();
-        self.inner.throttle.wake_all();
+        self.inner.admission.wake();
         // Items in flight are ended and counted before the stats are taken.
         let deadline = Instant::now() + CLOSE_SETTLE;
         self.inner.backend.close(CLOSE_SETTLE);
@@ -442,6 +317,41 @@ impl Session {
         // The processes are gone; their private folder goes too.
         self.inner.backend.release();
         Ok(self.stats())
+    }
+
+    /// The session's settings, as built.
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// What answers the turns.
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.inner.backend.as_ref()
+    }
+
+    /// What a turn must hold before it goes out (budget, cache gate, throttle).
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
+    /// The live counters behind [`stats`](Self::stats).
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Set at close, so that every run's waits end at once.
+    pub(crate) fn closing(&self) -> &Cancel {
+        &self.inner.closing
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// What besides the prompt decides an answer (the journal's key).
+    pub(crate) fn answer_settings(&self) -> &AnswerSettings {
+        &self.inner.answer_settings
     }
 
     /// The session's own thread pool: `concurrency` named threads.
@@ -473,29 +383,5 @@ impl Drop for Inner {
         // processes); whoever holds a connection (an attempt, a conversation) holds the
         // session too, so none is in use here.
         log::debug!("session {} dropped", self.id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_gate_holds_the_others_no_longer_than_its_longest_wait() {
-        let gate = CacheGate::new(Duration::ZERO);
-        assert!(matches!(gate.enter(&|| false), Some(GatePass::Warming(1))));
-        // The warming item has not begun: past the (here empty) wait, the others go.
-        assert!(matches!(gate.enter(&|| false), Some(GatePass::Open)));
-        assert!(matches!(gate.enter(&|| false), Some(GatePass::Open)));
-        // When it gives up, the next item warms.
-        gate.gave_up(1);
-        assert!(matches!(gate.enter(&|| false), Some(GatePass::Warming(2))));
-
-        let gate = CacheGate::new(Duration::MAX);
-        assert!(matches!(gate.enter(&|| false), Some(GatePass::Warming(1))));
-        // However long the wait, a stop ends it.
-        assert!(gate.enter(&|| true).is_none());
-        gate.began();
-        assert!(matches!(gate.enter(&|| true), Some(GatePass::Open)));
     }
 }
