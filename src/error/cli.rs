@@ -193,7 +193,8 @@ impl CliError {
         )
     }
 
-    /// The name `Debug` shows before the message: where the variant is, under [`Error`](crate::Error).
+    /// The name `Debug` shows before the message: where the variant is, under
+    /// [`Error`](crate::Error).
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             CliError::NotFound { .. } => "Cli::NotFound",

@@ -564,6 +564,25 @@ mod tests {
         assert!(auth.contains("ANTHROPIC_API_KEY"), "{auth}");
     }
 
+    /// Grouped under `Error::Cli`, a CLI error still says the same on its own and inside, and
+    /// still leads to what the operating system said.
+    #[test]
+    fn a_cli_error_reads_the_same_inside_an_error() {
+        use std::error::Error as _;
+        let spawn = CliError::Spawn {
+            path: PathBuf::from("/x/claude"),
+            source: Arc::new(std::io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        let outer = Error::from(spawn.clone());
+        assert_eq!(outer.to_string(), spawn.to_string());
+        assert_eq!(format!("{outer:?}"), format!("{spawn:?}"));
+        let source = outer.source().expect("the OS error").to_string();
+        assert_eq!(
+            source,
+            std::io::Error::from_raw_os_error(libc::ENOENT).to_string()
+        );
+    }
+
     #[test]
     fn utc_times_are_civil_dates() {
         let at = |secs| utc_time(UNIX_EPOCH + Duration::from_secs(secs));
