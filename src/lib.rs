@@ -69,7 +69,7 @@ mod throttle;
 
 pub use cancel::Cancel;
 pub use conversation::Conversation;
-pub use error::{Error, UsageWindow};
+pub use error::{CliError, Error, UsageWindow};
 pub use failed::{Failed, MapResult, Outcome};
 pub use journal::Journal;
 pub use progress::Progress;

@@ -37,15 +37,15 @@ use crate::Error;
 ///
 /// ```
 /// use std::time::Duration;
-/// use claude_rayon::{Error, RetryPolicy};
+/// use claude_rayon::{CliError, Error, RetryPolicy};
 ///
 /// let policy = RetryPolicy::default()
 ///     .max_retries(5)
 ///     .initial_backoff(Duration::from_millis(100))
 ///     .max_backoff(Duration::from_secs(10))
-///     .retry_if(|e| e.is_retryable() || matches!(e, Error::MaxTurns { .. }));
-/// assert!(policy.should_retry(&Error::MaxTurns { turns: 3 }, 1));
-/// assert!(!policy.should_retry(&Error::MaxTurns { turns: 3 }, 6));
+///     .retry_if(|e| e.is_retryable() || matches!(e, Error::Cli(CliError::MaxTurns { .. })));
+/// assert!(policy.should_retry(&Error::Cli(CliError::MaxTurns { turns: 3 }), 1));
+/// assert!(!policy.should_retry(&Error::Cli(CliError::MaxTurns { turns: 3 }), 6));
 /// assert!(policy.backoff(3) <= Duration::from_millis(400));
 /// ```
 #[derive(Clone)]

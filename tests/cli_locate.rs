@@ -3,7 +3,7 @@
 
 mod support;
 
-use claude_rayon::{Error, Session, CLI_ENV_VAR};
+use claude_rayon::{CliError, Error, Session, CLI_ENV_VAR};
 
 #[test]
 fn cli_is_found_through_the_environment_variable() {
@@ -14,7 +14,7 @@ fn cli_is_found_through_the_environment_variable() {
     std::env::set_var(CLI_ENV_VAR, "/nonexistent/claude");
     let err = Session::builder().build().unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, Error::CliNotFound { .. }));
+    assert!(matches!(err, Error::Cli(CliError::NotFound { .. })));
     assert!(
         text.contains("/nonexistent/claude") && text.contains("npm install"),
         "{text}"
@@ -25,7 +25,7 @@ fn cli_is_found_through_the_environment_variable() {
     std::env::set_var("PATH", "/nonexistent-bin");
     std::env::set_var("HOME", "/nonexistent-home");
     match Session::builder().build().unwrap_err() {
-        Error::CliNotFound { searched } => {
+        Error::Cli(CliError::NotFound { searched }) => {
             assert!(
                 searched.iter().any(|p| p.starts_with("/nonexistent-home")),
                 "{searched:?}"

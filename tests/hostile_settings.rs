@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use claude_rayon::prelude::*;
-use claude_rayon::{Cancel, Error, RetryPolicy};
+use claude_rayon::{Cancel, CliError, Error, RetryPolicy};
 use rayon::prelude::*;
 use support::{wait_until, Fake};
 
@@ -78,20 +78,20 @@ fn what_the_os_cannot_start_is_refused_at_build() {
 
 #[test]
 fn a_spawn_that_cannot_succeed_is_not_retried() {
-    let missing = Error::Spawn {
+    let missing = Error::Cli(CliError::Spawn {
         path: "/nowhere/claude".into(),
         source: std::sync::Arc::new(std::io::Error::from_raw_os_error(libc::ENOENT)),
-    };
+    });
     assert!(!missing.is_retryable());
-    let too_big = Error::Spawn {
+    let too_big = Error::Cli(CliError::Spawn {
         path: "/bin/claude".into(),
         source: std::sync::Arc::new(std::io::Error::from_raw_os_error(libc::E2BIG)),
-    };
+    });
     assert!(!too_big.is_retryable());
-    let busy = Error::Spawn {
+    let busy = Error::Cli(CliError::Spawn {
         path: "/bin/claude".into(),
         source: std::sync::Arc::new(std::io::Error::from_raw_os_error(libc::EAGAIN)),
-    };
+    });
     assert!(busy.is_retryable());
 }
 
@@ -110,7 +110,9 @@ fn a_line_without_end_is_capped_and_its_process_killed() {
         fake.pids()[0]
     };
     match session.query("[[sim:huge=3000000]]").unwrap_err() {
-        Error::Protocol { reason, .. } => assert!(reason.contains("max_line_bytes"), "{reason}"),
+        Error::Cli(CliError::Protocol { reason, .. }) => {
+            assert!(reason.contains("max_line_bytes"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     wait_until("the process is gone", Duration::from_secs(10), || {
@@ -129,21 +131,21 @@ fn a_process_the_library_killed_is_said_to_be_killed_by_the_library() {
         .build()
         .unwrap();
     match session.query("[[sim:close-stdout]]").unwrap_err() {
-        error @ Error::ProcessExited {
+        error @ Error::Cli(CliError::ProcessExited {
             killed_by_library: true,
             ..
-        } => assert!(
+        }) => assert!(
             error.to_string().contains("claude-rayon killed it"),
             "{error}"
         ),
         other => panic!("{other:?}"),
     }
     match session.query("[[sim:crash]]").unwrap_err() {
-        error @ Error::ProcessExited {
+        error @ Error::Cli(CliError::ProcessExited {
             killed_by_library: false,
             code: Some(3),
             ..
-        } => assert!(error.to_string().contains("exit code 3"), "{error}"),
+        }) => assert!(error.to_string().contains("exit code 3"), "{error}"),
         other => panic!("{other:?}"),
     }
 }
@@ -156,7 +158,7 @@ fn a_conversation_that_lost_its_context_says_so() {
     chat.send("remember 7").unwrap();
     assert!(matches!(
         chat.send("[[sim:crash]]"),
-        Err(Error::ProcessExited { .. })
+        Err(Error::Cli(CliError::ProcessExited { .. }))
     ));
     assert!(chat.is_lost());
     match chat.send("what did I say?") {

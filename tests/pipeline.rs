@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use claude_rayon::pipeline::Pipeline;
 use claude_rayon::pipeline::{Batch, Flush, PipelineStats};
-use claude_rayon::{Error, Failed, Response, Session};
+use claude_rayon::{CliError, Error, Failed, Response, Session};
 use support::{wait_until, Fake};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -154,7 +154,9 @@ fn every_item_ends_exactly_once_with_errors_and_crashes_mixed_in() {
                     }
                 ) && *attempts == 1
             ),
-            _ => assert!(matches!(error, Error::ProcessExited { .. }) && *attempts == 4),
+            _ => assert!(
+                matches!(error, Error::Cli(CliError::ProcessExited { .. })) && *attempts == 4
+            ),
         }
     }
     assert_eq!(stats.stopped, 0);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use claude_rayon::Error;
+use claude_rayon::{CliError, Error};
 use support::{wait_until, Fake};
 
 const HOST_TEST: &str = "CLAUDE_RAYON_TEST_FOLDER_HOST";
@@ -182,7 +182,7 @@ fn a_temp_folder_that_does_not_exist_is_named_at_build() {
             .build()
             .unwrap_err();
         println!("\nERROR {error:?}");
-        let Error::TempFolder { path, .. } = &error else {
+        let Error::Cli(CliError::TempFolder { path, .. }) = &error else {
             panic!("not a TempFolder error: {error:?}");
         };
         println!("\nPATH {}", path.display());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use claude_rayon::prelude::*;
 use claude_rayon::MapResult;
-use claude_rayon::{Cancel, Error, Session};
+use claude_rayon::{Cancel, CliError, Error, Session};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use rayon::prelude::*;
@@ -156,7 +156,10 @@ fn is_error_of(fault: Fault, error: &Error) -> bool {
         Fault::Fail { status, .. } => {
             matches!(error, Error::Api { status: Some(s), .. } if *s == status)
         }
-        Fault::Crash { .. } => matches!(error, Error::ProcessExited { code: Some(3), .. }),
+        Fault::Crash { .. } => matches!(
+            error,
+            Error::Cli(CliError::ProcessExited { code: Some(3), .. })
+        ),
         Fault::Hang => matches!(error, Error::Timeout(_)),
         Fault::None => false,
     }

@@ -11,7 +11,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use claude_rayon::Error;
+use claude_rayon::{CliError, Error};
 use support::mock_api::MockApi;
 use support::{builder_against, real_cli, Real};
 
@@ -37,7 +37,9 @@ fn run_host(home: &str) -> ! {
     assert!(
         matches!(
             error,
-            Error::ProcessExited { .. } | Error::Io(_) | Error::CliCannotStart { .. }
+            Error::Cli(CliError::ProcessExited { .. })
+                | Error::Io(_)
+                | Error::Cli(CliError::CannotStart { .. })
         ),
         "{error}"
     );

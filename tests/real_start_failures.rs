@@ -6,7 +6,7 @@
 mod support;
 
 use claude_rayon::prelude::*;
-use claude_rayon::{Error, PermissionMode, RetryPolicy, SessionBuilder};
+use claude_rayon::{CliError, Error, PermissionMode, RetryPolicy, SessionBuilder};
 use rayon::prelude::*;
 use support::Real;
 
@@ -42,7 +42,7 @@ fn check_cannot_start(real: &Real, builder: SessionBuilder, cli_says: &str) {
     let error = results
         .iter()
         .map(|r| &r.as_ref().unwrap_err().error)
-        .find(|e| matches!(e, Error::CliCannotStart { .. }))
+        .find(|e| matches!(e, Error::Cli(CliError::CannotStart { .. })))
         .unwrap_or_else(|| panic!("one error says the CLI cannot start: {results:?}"));
     assert!(error.is_fatal());
     assert!(error.to_string().contains(cli_says), "{error}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use claude_rayon::prelude::*;
-use claude_rayon::{Cancel, Error, Failed, Outcome, Response, RetryPolicy, Throttle};
+use claude_rayon::{Cancel, CliError, Error, Failed, Outcome, Response, RetryPolicy, Throttle};
 use rayon::prelude::*;
 use serde_json::json;
 use support::{wait_until, Fake};
@@ -20,8 +20,11 @@ fn expected_error(fault: &str, error: &Error) -> bool {
             matches!(error, Error::Api { status: Some(s), .. } if s.to_string() == fault)
         }
         "none" => matches!(error, Error::Api { status: None, .. }),
-        "crash" => matches!(error, Error::ProcessExited { code: Some(3), .. }),
-        "garbage" => matches!(error, Error::Protocol { .. }),
+        "crash" => matches!(
+            error,
+            Error::Cli(CliError::ProcessExited { code: Some(3), .. })
+        ),
+        "garbage" => matches!(error, Error::Cli(CliError::Protocol { .. })),
         "timeout" => matches!(error, Error::Timeout(_)),
         other => panic!("unknown fault {other}"),
     }
@@ -117,7 +120,10 @@ fn non_retryable_errors_fail_at_the_first_attempt() {
             ..
         }
     ));
-    assert!(matches!(errors[1].error, Error::MaxTurns { .. }));
+    assert!(matches!(
+        errors[1].error,
+        Error::Cli(CliError::MaxTurns { .. })
+    ));
     assert!(matches!(
         errors[2].error,
         Error::StructuredOutputMissing { .. }

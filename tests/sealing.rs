@@ -5,7 +5,7 @@
 mod support;
 
 use claude_rayon::prelude::*;
-use claude_rayon::{Error, Outcome};
+use claude_rayon::{CliError, Error, Outcome};
 use rayon::prelude::*;
 use support::Fake;
 
@@ -200,7 +200,7 @@ fn a_cli_too_old_to_seal_is_refused() {
             .build()
             .unwrap_err();
         match &err {
-            Error::CliUnsupported { minimum, .. } => assert_eq!(minimum, "2.1.197"),
+            Error::Cli(CliError::Unsupported { minimum, .. }) => assert_eq!(minimum, "2.1.197"),
             other => panic!("{version}: {other}"),
         }
         let message = err.to_string();

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use claude_rayon::{Error, Session};
+use claude_rayon::{CliError, Error, Session};
 use serde_json::json;
 use support::{pid_alive, wait_until, Fake};
 
@@ -61,9 +61,9 @@ fn a_crash_is_reported_with_exit_code_and_stderr_and_the_process_replaced() {
     session.query("warm up").unwrap();
     let first = fake.pids()[0];
     match session.query("[[sim:crash]]").unwrap_err() {
-        Error::ProcessExited {
+        Error::Cli(CliError::ProcessExited {
             code, stderr_tail, ..
-        } => {
+        }) => {
             assert_eq!(code, Some(3));
             assert!(stderr_tail.contains("simulated crash"), "{stderr_tail:?}");
         }
@@ -84,7 +84,7 @@ fn garbage_on_stdout_is_a_protocol_error_and_the_process_is_killed() {
     let session = one_process(&fake);
     let err = session.query("[[sim:garbage]]").unwrap_err();
     match &err {
-        Error::Protocol { line, .. } => assert!(line.contains("not json"), "{line}"),
+        Error::Cli(CliError::Protocol { line, .. }) => assert!(line.contains("not json"), "{line}"),
         other => panic!("{other:?}"),
     }
     assert!(err.is_retryable());
@@ -163,7 +163,10 @@ fn max_turns_is_its_own_error() {
     let fake = Fake::new();
     let session = one_process(&fake);
     let err = session.query("[[sim:max-turns]]").unwrap_err();
-    assert!(matches!(err, Error::MaxTurns { turns: 2 }), "{err:?}");
+    assert!(
+        matches!(err, Error::Cli(CliError::MaxTurns { turns: 2 })),
+        "{err:?}"
+    );
     assert!(!err.is_retryable());
 }
 
@@ -254,7 +257,7 @@ fn a_failed_call_is_billed_to_the_stats_and_the_budget() {
         .unwrap();
     for _ in 0..2 {
         let err = session.query("[[sim:max-turns]]").unwrap_err();
-        assert!(matches!(err, Error::MaxTurns { .. }));
+        assert!(matches!(err, Error::Cli(CliError::MaxTurns { .. })));
     }
     let stats = session.stats();
     assert!((stats.cost_usd - 0.02).abs() < 1e-9, "{}", stats.cost_usd);
@@ -309,7 +312,10 @@ fn a_secret_split_by_shortening_is_still_redacted() {
         .query("[[sim:garbage-env=ANTHROPIC_API_KEY]]")
         .unwrap_err();
     let shown = format!("{err} {err:?}");
-    assert!(matches!(err, Error::Protocol { .. }), "{shown}");
+    assert!(
+        matches!(err, Error::Cli(CliError::Protocol { .. })),
+        "{shown}"
+    );
     // Not even a prefix of the key survives the cut.
     assert!(!shown.contains(&secret[..14]), "{shown}");
 }

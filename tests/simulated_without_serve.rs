@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use claude_rayon::{Error, Session};
+use claude_rayon::{CliError, Error, Session};
 
 /// The file each copy of this program appends its pid to.
 const STARTS_ENV: &str = "CLAUDE_RAYON_TEST_SIMULATOR_STARTS";
@@ -71,7 +71,7 @@ fn main() {
         starts.len()
     );
     assert!(
-        matches!(error, Error::SimulatorNotServed { .. }),
+        matches!(error, Error::Cli(CliError::SimulatorNotServed { .. })),
         "not the simulator error: {error:?}"
     );
     let message = error.to_string();

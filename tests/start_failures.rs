@@ -5,7 +5,7 @@
 mod support;
 
 use claude_rayon::prelude::*;
-use claude_rayon::Error;
+use claude_rayon::{CliError, Error};
 use rayon::prelude::*;
 use support::Fake;
 
@@ -48,7 +48,7 @@ fn a_cli_that_cannot_start_stops_the_run_after_two_starts_that_fail_alike() {
         .iter()
         .filter_map(|r| r.as_ref().err())
         .map(|f| &f.error)
-        .filter(|e| matches!(e, Error::CliCannotStart { .. }))
+        .filter(|e| matches!(e, Error::Cli(CliError::CannotStart { .. })))
         .collect();
     assert!(results.iter().all(Result::is_err), "{results:?}");
     assert_eq!(cannot_start.len(), 1, "{results:?}");
@@ -59,14 +59,20 @@ fn a_cli_that_cannot_start_stops_the_run_after_two_starts_that_fail_alike() {
     assert!(!format!("{error:?}").contains(SECRET));
     assert!(error.is_fatal() && !error.is_retryable());
     assert!(
-        matches!(error, Error::CliCannotStart { code: Some(1), .. }),
+        matches!(
+            error,
+            Error::Cli(CliError::CannotStart { code: Some(1), .. })
+        ),
         "{error:?}"
     );
     // The other items never started a process: the run stopped.
     for result in &results {
         let error = &result.as_ref().unwrap_err().error;
         assert!(
-            matches!(error, Error::CliCannotStart { .. } | Error::Stopped(_)),
+            matches!(
+                error,
+                Error::Cli(CliError::CannotStart { .. }) | Error::Stopped(_)
+            ),
             "{error:?}"
         );
     }
@@ -99,9 +105,10 @@ fn concurrent_starts_that_fail_alike_stop_the_run_at_once() {
         .claude_map(&session, |t| t.clone())
         .collect();
     assert!(results.iter().all(Result::is_err));
-    assert!(results
-        .iter()
-        .any(|r| matches!(r.as_ref().unwrap_err().error, Error::CliCannotStart { .. })));
+    assert!(results.iter().any(|r| matches!(
+        r.as_ref().unwrap_err().error,
+        Error::Cli(CliError::CannotStart { .. })
+    )));
     // Each worker starts at most one process after the first failure.
     assert!(fake.starts().len() <= 4, "{} starts", fake.starts().len());
     assert_eq!(session.stats().requests, 0);
@@ -155,7 +162,10 @@ fn starts_that_fail_differently_are_each_tried_again() {
         .unwrap();
     let error = session.query(&tickets()[0]).unwrap_err();
     assert!(
-        matches!(error, Error::ProcessExited { code: Some(1), .. }),
+        matches!(
+            error,
+            Error::Cli(CliError::ProcessExited { code: Some(1), .. })
+        ),
         "{error:?}"
     );
     let stats = session.stats();

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use claude_rayon::{Error, Session, SessionBuilder};
+use claude_rayon::{CliError, Error, Session, SessionBuilder};
 
 /// How the session was made, so output can be labelled.
 pub struct Backend {
@@ -48,7 +48,7 @@ pub fn connect(
                     simulated: false,
                 });
             }
-            Err(err @ Error::CliNotFound { .. }) => {
+            Err(err @ Error::Cli(CliError::NotFound { .. })) => {
                 eprintln!("{err}");
                 eprintln!("running on the built-in simulator instead: findings are NOT real.\n");
             }

@@ -67,7 +67,7 @@ impl Drop for Taken<'_> {
 impl SessionWorld<'_> {
     /// A connection for this attempt; `Ok(None)` when a stop ended the wait for one.
     fn take_conn(&self) -> Result<Option<Taken<'_>>, Error> {
-        let checkout = || {
+        let checkout = || -> Result<Option<Box<dyn Conn>>, Error> {
             let waiting = &self.session.counters().connection_waiting;
             waiting.add(1);
             let checkout = self.session.backend().checkout(&|| self.should_stop());

@@ -261,7 +261,8 @@ impl SessionBuilder {
         self
     }
 
-    /// The most model turns per item (`--max-turns`); running out is [`Error::MaxTurns`].
+    /// The most model turns per item (`--max-turns`); running out is
+    /// [`CliError::MaxTurns`](crate::CliError::MaxTurns).
     pub fn max_turns(mut self, turns: u32) -> Self {
         self.config.max_turns = Some(turns);
         self
@@ -337,8 +338,8 @@ impl SessionBuilder {
     }
 
     /// The longest line the CLI may write, in bytes (default 256 MiB; an answer is one line).
-    /// A longer line fails its item with [`Error::Protocol`] and the process is killed, so a
-    /// CLI that writes without end cannot take the program's memory.
+    /// A longer line fails its item with [`CliError::Protocol`](crate::CliError::Protocol) and
+    /// the process is killed, so a CLI that writes without end cannot take the program's memory.
     pub fn max_line_bytes(mut self, bytes: usize) -> Self {
         self.config.max_line_bytes = bytes;
         self
@@ -436,9 +437,9 @@ impl SessionBuilder {
     /// are labelled as simulated; no API is called and nothing is billed.
     ///
     /// `build()` checks that the program serves (it starts it once and asks), and refuses
-    /// with [`Error::SimulatorNotServed`] when it does not; a copy started as the simulator
-    /// never builds a session of its own, so a forgotten call cannot make the program start
-    /// itself again and again.
+    /// with [`CliError::SimulatorNotServed`](crate::CliError::SimulatorNotServed) when it does
+    /// not; a copy started as the simulator never builds a session of its own, so a forgotten
+    /// call cannot make the program start itself again and again.
     ///
     /// # Errors
     ///
@@ -631,8 +632,10 @@ impl SessionBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::CliNotFound`] when no CLI is found, [`Error::CliUnsupported`] when it is too
-    /// old to be sealed (or does not say its version), [`Error::SimulatorNotServed`] for a
+    /// [`Error::Cli`] with [`CliError::NotFound`](crate::CliError::NotFound) when no CLI is
+    /// found, [`CliError::Unsupported`](crate::CliError::Unsupported) when it is too old to be
+    /// sealed (or does not say its version),
+    /// [`CliError::SimulatorNotServed`](crate::CliError::SimulatorNotServed) for a
     /// [`simulated`](Self::simulated) session whose program does not serve the simulator, [`Error::InvalidConfig`] for invalid
     /// or contradictory settings, [`Error::JournalLocked`] or [`Error::Journal`] when the
     /// journal cannot be opened, or cannot tell which model answers (a settings file the CLI

@@ -7,9 +7,9 @@
 //! - The copy never builds a session: reaching `build()` with the simulator's variable in its
 //!   own environment means `serve_if_requested` was not called.
 //! - `build()` starts the program once, before any session process, and asks for a
-//!   handshake only the simulator answers; anything else is [`Error::SimulatorNotServed`],
-//!   as soon as the copy ends (at the copy's own `build()`, at the latest after
-//!   [`HANDSHAKE_TIMEOUT`]).
+//!   handshake only the simulator answers; anything else is
+//!   [`CliError::SimulatorNotServed`], as soon as the copy ends (at the copy's own `build()`,
+//!   at the latest after [`HANDSHAKE_TIMEOUT`]).
 //!
 //! [`SessionBuilder::simulated`]: crate::SessionBuilder::simulated
 
@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 
 use crate::error::shorten;
 use crate::simulator::{handshake_answer, HANDSHAKE_ENV_VAR, SIMULATOR_ENV_VAR};
-use crate::Error;
+use crate::{CliError, Error};
 
 /// How long the program may take to answer the handshake. The simulator answers at once
 /// (`serve_if_requested` is the first line of `main`); a program that does not serve usually
@@ -40,13 +40,13 @@ pub(crate) fn is_simulated(env: &[(String, String)]) -> bool {
 /// be serving, and a session here would start yet another copy.
 pub(crate) fn refuse_in_the_simulator() -> Result<(), Error> {
     if std::env::var_os(SIMULATOR_ENV_VAR).is_some_and(|v| v == "1") {
-        return Err(Error::SimulatorNotServed {
+        return Err(Error::Cli(CliError::SimulatorNotServed {
             program: std::env::current_exe().unwrap_or_default(),
             detail: format!(
                 "this copy was started as the simulator ({SIMULATOR_ENV_VAR}=1) and reached \
                  SessionBuilder::build() instead of serving"
             ),
-        });
+        }));
     }
     Ok(())
 }
@@ -63,9 +63,11 @@ pub(crate) fn handshake(
     if serving.lock().contains(program) {
         return Ok(());
     }
-    let refuse = |detail: String| Error::SimulatorNotServed {
-        program: program.to_path_buf(),
-        detail,
+    let refuse = |detail: String| {
+        Error::Cli(CliError::SimulatorNotServed {
+            program: program.to_path_buf(),
+            detail,
+        })
     };
     let nonce = format!(
         "{}-{}",

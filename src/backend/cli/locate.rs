@@ -3,7 +3,7 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
-use crate::Error;
+use crate::{CliError, Error};
 
 /// The environment variable that names the CLI to use when `cli_path` is not set.
 pub const CLI_ENV_VAR: &str = "CLAUDE_CODE_BIN";
@@ -17,7 +17,7 @@ pub(crate) fn find_cli(explicit: Option<&Path>) -> Result<PathBuf, Error> {
             return Ok(path.to_path_buf());
         }
         searched.push(path.to_path_buf());
-        return Err(Error::CliNotFound { searched });
+        return Err(Error::Cli(CliError::NotFound { searched }));
     }
     if let Some(path) = env::var_os(CLI_ENV_VAR).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -26,7 +26,7 @@ pub(crate) fn find_cli(explicit: Option<&Path>) -> Result<PathBuf, Error> {
         }
         searched.push(path);
         // An explicit setting that is wrong is an error, not a reason to pick another CLI.
-        return Err(Error::CliNotFound { searched });
+        return Err(Error::Cli(CliError::NotFound { searched }));
     }
     if let Some(paths) = env::var_os("PATH") {
         for dir in env::split_paths(&paths) {
@@ -43,7 +43,7 @@ pub(crate) fn find_cli(explicit: Option<&Path>) -> Result<PathBuf, Error> {
         }
         searched.push(candidate);
     }
-    Err(Error::CliNotFound { searched })
+    Err(Error::Cli(CliError::NotFound { searched }))
 }
 
 fn usual_install_paths() -> Vec<PathBuf> {
@@ -75,7 +75,7 @@ mod tests {
     fn explicit_missing_path_is_reported() {
         let err = find_cli(Some(Path::new("/nonexistent/claude"))).unwrap_err();
         match err {
-            Error::CliNotFound { searched } => {
+            Error::Cli(CliError::NotFound { searched }) => {
                 assert_eq!(searched, vec![PathBuf::from("/nonexistent/claude")])
             }
             other => panic!("{other:?}"),

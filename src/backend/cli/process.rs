@@ -29,7 +29,7 @@ use super::secrets::redact;
 use super::{seal, spawner};
 use crate::backend::{RateLimitInfo, TurnEvent, WindowStatus};
 use crate::error::shorten;
-use crate::{Error, Response, Usage};
+use crate::{CliError, Error, Response, Usage};
 
 /// How much of stderr an error message shows.
 const STDERR_TAIL_SHOWN: usize = 4096;
@@ -299,9 +299,11 @@ impl CliProcess {
             cmd.current_dir(dir);
         }
         prepare_child(&mut cmd);
-        let mut child = spawner::spawn(cmd).map_err(|e| Error::Spawn {
-            path: launch.program.clone(),
-            source: Arc::new(e),
+        let mut child = spawner::spawn(cmd).map_err(|e| {
+            Error::Cli(CliError::Spawn {
+                path: launch.program.clone(),
+                source: Arc::new(e),
+            })
         })?;
         let child_stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -457,9 +459,9 @@ impl CliProcess {
             self.begin_clear();
             if !self.clear_pending {
                 self.broken = true;
-                return Err(Error::ContextNotReset(
+                return Err(Error::Cli(CliError::ContextNotReset(
                     "the /clear could not be written".into(),
-                ));
+                )));
             }
         }
         if !self.clear_pending {
@@ -491,7 +493,7 @@ impl CliProcess {
                 self.kill();
                 let problem = redact(&problem, &self.secrets);
                 log::warn!("claude process {} did not reset its context between items ({problem}); it was killed and will be replaced", self.pid());
-                Err(self.redact_error(Error::ContextNotReset(problem)))
+                Err(self.redact_error(Error::Cli(CliError::ContextNotReset(problem))))
             }
             None => {
                 // The running cost total is per conversation in newer CLIs (2.1.332 starts
@@ -549,9 +551,9 @@ impl CliProcess {
         if let Some(expected) = self.cleared_session_id.take() {
             if result.session_id != expected {
                 self.kill();
-                return Err(Error::ContextNotReset(
+                return Err(Error::Cli(CliError::ContextNotReset(
                     "the item was answered outside the conversation its /clear started".into(),
-                ));
+                )));
             }
         }
         if !result.session_id.is_empty() {
@@ -578,15 +580,15 @@ impl CliProcess {
             let event = match self.stdout.recv_deadline(deadline) {
                 Ok(Out::Line(line)) => match protocol::parse_line(&line) {
                     Ok(event) => event,
-                    Err(Error::Protocol { reason, .. }) => {
+                    Err(Error::Cli(CliError::Protocol { reason, .. })) => {
                         self.broken = true;
                         // Redact the whole line before shortening: a cut secret is no longer
                         // recognisable.
                         let line = redact(line.trim(), &self.secrets);
-                        return Err(Error::Protocol {
+                        return Err(Error::Cli(CliError::Protocol {
                             reason,
                             line: shorten(&line, 200),
-                        });
+                        }));
                     }
                     Err(err) => {
                         self.broken = true;
@@ -596,12 +598,12 @@ impl CliProcess {
                 Ok(Out::Eof) => return Err(self.exited(deadline)),
                 Ok(Out::TooLong(cap)) => {
                     self.kill();
-                    return Err(Error::Protocol {
+                    return Err(Error::Cli(CliError::Protocol {
                         reason: format!(
                             "the CLI wrote a line longer than {cap} bytes (SessionBuilder::max_line_bytes); its process was killed"
                         ),
                         line: String::new(),
-                    });
+                    }));
                 }
                 Ok(Out::Failed(e)) => {
                     self.broken = true;
@@ -748,17 +750,17 @@ impl CliProcess {
         // same way is fatal (a signal from outside is no word of the CLI's).
         if self.said_nothing() && code.is_some() && self.start_failures.repeated(code, &stderr_tail)
         {
-            return Error::CliCannotStart {
+            return Error::Cli(CliError::CannotStart {
                 code,
                 stderr: stderr_tail,
-            };
+            });
         }
-        Error::ProcessExited {
+        Error::Cli(CliError::ProcessExited {
             code,
             signal: status.and_then(|s| s.signal()),
             stderr_tail,
             killed_by_library,
-        }
+        })
     }
 
     /// The last lines of stderr, secrets removed.
@@ -779,10 +781,10 @@ impl CliProcess {
     fn redact_error(&self, err: Error) -> Error {
         let clean = |text: String| redact(&text, &self.secrets);
         match err {
-            Error::Protocol { reason, line } => Error::Protocol {
+            Error::Cli(CliError::Protocol { reason, line }) => Error::Cli(CliError::Protocol {
                 reason,
                 line: clean(line),
-            },
+            }),
             Error::Api { status, message } => Error::Api {
                 status,
                 message: clean(message),
@@ -790,10 +792,12 @@ impl CliProcess {
             Error::Authentication { message } => Error::Authentication {
                 message: clean(message),
             },
-            Error::Execution { subtype, message } => Error::Execution {
-                subtype,
-                message: clean(message),
-            },
+            Error::Cli(CliError::Execution { subtype, message }) => {
+                Error::Cli(CliError::Execution {
+                    subtype,
+                    message: clean(message),
+                })
+            }
             Error::StructuredOutputMissing { text } => {
                 Error::StructuredOutputMissing { text: clean(text) }
             }
@@ -820,7 +824,9 @@ impl CliProcess {
                 stop_reason,
                 partial: clean(partial),
             },
-            Error::ContextNotReset(message) => Error::ContextNotReset(clean(message)),
+            Error::Cli(CliError::ContextNotReset(message)) => {
+                Error::Cli(CliError::ContextNotReset(clean(message)))
+            }
             Error::UsageLimitReached {
                 window,
                 resets_at,

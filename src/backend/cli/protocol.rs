@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 pub(crate) use crate::backend::{RateLimitInfo, WindowStatus};
 use crate::error::shorten;
-use crate::{Error, Usage, UsageWindow};
+use crate::{CliError, Error, Usage, UsageWindow};
 
 /// The prompt that resets a persistent process's context between items.
 pub(crate) const CLEAR: &str = "/clear";
@@ -118,9 +118,11 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, Error> {
     {
         return Ok(Event::Other);
     }
-    let value: Value = serde_json::from_str(trimmed).map_err(|e| Error::Protocol {
-        reason: format!("not a JSON line ({e})"),
-        line: shorten(trimmed, 200),
+    let value: Value = serde_json::from_str(trimmed).map_err(|e| {
+        Error::Cli(CliError::Protocol {
+            reason: format!("not a JSON line ({e})"),
+            line: shorten(trimmed, 200),
+        })
     })?;
     let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
     let subtype = value.get("subtype").and_then(Value::as_str).unwrap_or("");
@@ -412,9 +414,9 @@ impl ResultLine {
 
     fn subtype_error(&self, message: String) -> Error {
         match self.subtype.as_str() {
-            "error_max_turns" => Error::MaxTurns {
+            "error_max_turns" => Error::Cli(CliError::MaxTurns {
                 turns: self.num_turns,
-            },
+            }),
             "error_max_structured_output_retries" => {
                 Error::StructuredOutputInvalid(if message.is_empty() {
                     "the model did not produce output matching the json_schema".into()
@@ -422,10 +424,10 @@ impl ResultLine {
                     message
                 })
             }
-            other => Error::Execution {
+            other => Error::Cli(CliError::Execution {
                 subtype: other.to_string(),
                 message,
-            },
+            }),
         }
     }
 }
@@ -597,7 +599,7 @@ mod tests {
         };
         assert!(matches!(
             r.into_outcome(false),
-            Err(Error::MaxTurns { turns: 2 })
+            Err(Error::Cli(CliError::MaxTurns { turns: 2 }))
         ));
         let r = ResultLine {
             subtype: "success".into(),
@@ -619,7 +621,7 @@ mod tests {
         assert_eq!(parse_line("").unwrap(), Event::Other);
         assert!(matches!(
             parse_line("Segmentation fault"),
-            Err(Error::Protocol { .. })
+            Err(Error::Cli(CliError::Protocol { .. }))
         ));
     }
 

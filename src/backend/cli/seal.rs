@@ -27,7 +27,7 @@ use serde_json::json;
 
 use super::spawner;
 use crate::error::shorten;
-use crate::Error;
+use crate::{CliError, Error};
 
 /// The oldest CLI whose sealing flags this crate has verified (CI runs it and the newest).
 pub(crate) const MIN_CLI_VERSION: CliVersion = CliVersion(2, 1, 197);
@@ -186,10 +186,12 @@ pub(crate) fn check_cli_version(
             answer
         }
     };
-    let refuse = |version: String| Error::CliUnsupported {
-        path: program.to_path_buf(),
-        version,
-        minimum: MIN_CLI_VERSION.to_string(),
+    let refuse = |version: String| {
+        Error::Cli(CliError::Unsupported {
+            path: program.to_path_buf(),
+            version,
+            minimum: MIN_CLI_VERSION.to_string(),
+        })
     };
     match answer {
         Ok(version) if version >= MIN_CLI_VERSION => Ok(version),
@@ -249,9 +251,11 @@ pub(crate) struct PrivateDir {
 impl PrivateDir {
     pub(crate) fn create(session_id: u64) -> Result<PrivateDir, Error> {
         let parent = private_dir_parent();
-        PrivateDir::create_in(&parent, session_id).map_err(|source| Error::TempFolder {
-            path: parent,
-            source: std::sync::Arc::new(source),
+        PrivateDir::create_in(&parent, session_id).map_err(|source| {
+            Error::Cli(CliError::TempFolder {
+                path: parent,
+                source: std::sync::Arc::new(source),
+            })
         })
     }
 

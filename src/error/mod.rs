@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod cli;
+
+pub use cli::CliError;
+
 /// Everything that can go wrong between a prompt and its [`Response`](crate::Response).
 ///
 /// Errors are cheap to clone (I/O errors sit behind an [`Arc`]) so that one failure can be
@@ -23,134 +27,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No `claude` executable was found.
-    #[error(
-        "the claude CLI was not found (looked in: {}). Install it with \
-         `npm install -g @anthropic-ai/claude-code`, or set CLAUDE_CODE_BIN or \
-         SessionBuilder::cli_path to its path",
-        display_paths(.searched)
-    )]
-    CliNotFound {
-        /// Every place that was searched, in order.
-        searched: Vec<PathBuf>,
-    },
-
-    /// The CLI found is too old (or does not say its version) for the flags that seal its
-    /// processes; the library never runs it unsealed.
-    #[error(
-        "the claude CLI at {} reports version {version:?}, but claude-rayon needs {minimum} or \
-         newer to seal its processes (no memory files, hooks, MCP servers, project settings \
-         or @-file mentions). Update it with `npm install -g @anthropic-ai/claude-code@latest` \
-         (or `claude update`)",
-        .path.display()
-    )]
-    CliUnsupported {
-        /// The executable that was checked.
-        path: PathBuf,
-        /// What `claude --version` printed (shortened), or why it could not be read.
-        version: String,
-        /// The oldest version this crate accepts.
-        minimum: String,
-    },
-
-    /// [`SessionBuilder::simulated`](crate::SessionBuilder::simulated) runs the program
-    /// itself again as the simulator, and it did not answer as one: its `main` does not call
-    /// `claude_rayon::simulator::serve_if_requested()` first. Also what `build()` returns in
-    /// the copy of the program started as the simulator, so that it never starts another.
-    #[error(
-        "{} did not answer as the claude-rayon simulator ({detail}): a session built with \
-         SessionBuilder::simulated() runs this program again as the simulator, so the first \
-         line of its `main` must be `claude_rayon::simulator::serve_if_requested();`",
-        .program.display()
-    )]
-    SimulatorNotServed {
-        /// The program that was (or is) started as the simulator.
-        program: PathBuf,
-        /// What happened instead of the simulator's answer.
-        detail: String,
-    },
+    /// The Claude Code CLI backend failed: the `claude` program could not be found, checked
+    /// or started, or one of its processes died, garbled its output or ended an item its own
+    /// way (see [`CliError`]). Its message is the [`CliError`]'s.
+    #[error(transparent)]
+    Cli(#[from] CliError),
 
     /// A prompt was empty or only white space; the CLI would drop it and the model would
     /// answer something else, so it is refused without a call.
     #[error("the prompt is empty or only white space; nothing was sent")]
     EmptyPrompt,
 
-    /// A process did not reset its context between two items (its `/clear` did not start a
-    /// new conversation). The process was killed and replaced so that items never share
-    /// context; the item is retried.
-    #[error("the claude process did not reset its context between items ({0}); it was killed and replaced")]
-    ContextNotReset(String),
-
     /// The settings given to a builder are invalid or contradict each other.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-
-    /// The CLI could not be started.
-    #[error("could not start {path}: {source}")]
-    Spawn {
-        /// The executable that failed to start.
-        path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: Arc<std::io::Error>,
-    },
-
-    /// The CLI exited before it wrote anything, twice in the same way (the same exit code
-    /// and the same words on stderr): it cannot start with this session's settings (a flag
-    /// it does not know, `bypassPermissions` as root, a broken install). Every item would fail
-    /// the same way, so a run stops; no request was sent.
-    #[error(
-        "the claude CLI cannot start with this session's settings: it exited{} before writing \
-         anything, twice in the same way. It said: {stderr:?}",
-        .code.map(|c| format!(" with code {c}")).unwrap_or_default()
-    )]
-    CliCannotStart {
-        /// Its exit code.
-        code: Option<i32>,
-        /// What it wrote to stderr (the tail, secrets redacted).
-        stderr: String,
-    },
-
-    /// The private working folder of the session's processes could not be made in the temp
-    /// folder: it does not exist or cannot be written. Without `cwd`, a session makes one in
-    /// `XDG_RUNTIME_DIR` when that is a folder, else in `TMPDIR` (else `/tmp`).
-    #[error(
-        "cannot make the claude processes' private working folder in {}: {source}. The folder \
-         comes from XDG_RUNTIME_DIR when that is a folder, else TMPDIR, else /tmp: make it \
-         exist and be writable, point TMPDIR elsewhere, or give SessionBuilder::cwd",
-        .path.display()
-    )]
-    TempFolder {
-        /// The folder the private folder was to be made in.
-        path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: Arc<std::io::Error>,
-    },
-
-    /// The CLI process ended while an item was in flight.
-    #[error("{} while an item was in flight; stderr: {stderr_tail:?}",
-        describe_exit(*.code, *.signal, *.killed_by_library))]
-    ProcessExited {
-        /// Exit code, when it exited normally.
-        code: Option<i32>,
-        /// Signal number, when a signal ended it.
-        signal: Option<i32>,
-        /// The last lines the process wrote to stderr (secrets redacted).
-        stderr_tail: String,
-        /// The process closed its output (or stopped reading) but did not exit, so this
-        /// library killed it; `signal` is then the library's own SIGKILL.
-        killed_by_library: bool,
-    },
-
-    /// The CLI wrote something this crate cannot read as its stream-json protocol.
-    #[error("protocol error: {reason}; line: {line:?}")]
-    Protocol {
-        /// What was wrong.
-        reason: String,
-        /// The offending line, shortened.
-        line: String,
-    },
 
     /// An item ran longer than the configured timeout; its process was killed and replaced.
     #[error("the item timed out after {0:?}; its claude process was killed")]
@@ -293,22 +183,6 @@ pub enum Error {
         message: String,
     },
 
-    /// The conversation hit `max_turns` before a final answer.
-    #[error("the item used up its max_turns ({turns} turns) without a final answer")]
-    MaxTurns {
-        /// Turns used.
-        turns: u32,
-    },
-
-    /// The CLI stopped the item for a reason of its own (`error_during_execution` and others).
-    #[error("the CLI failed the item ({subtype}): {message}")]
-    Execution {
-        /// The result's `subtype`.
-        subtype: String,
-        /// Whatever message came with it.
-        message: String,
-    },
-
     /// A `json_schema` was set but the answer carried no structured output.
     #[error(
         "a json_schema was set but the answer has no structured output; answer text: {text:?}"
@@ -418,18 +292,8 @@ impl Error {
                 None => true,
                 Some(s) => *s == 408 || *s == 409 || *s == 429 || *s >= 500,
             },
-            // Only a shortage the system may recover from; a bad path, permissions or an
-            // argument list over the limit fail the same way every time.
-            Error::Spawn { source, .. } => matches!(
-                source.raw_os_error(),
-                Some(libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::EINTR)
-            ),
-            Error::Timeout(_)
-            | Error::ProcessExited { .. }
-            | Error::Protocol { .. }
-            | Error::Io(_)
-            | Error::ContextNotReset(_)
-            | Error::IncompleteAnswer { .. } => true,
+            Error::Cli(cli) => cli.is_retryable(),
+            Error::Timeout(_) | Error::Io(_) | Error::IncompleteAnswer { .. } => true,
             _ => false,
         }
     }
@@ -446,22 +310,18 @@ impl Error {
     /// assert!(!Error::Timeout(std::time::Duration::from_secs(60)).is_fatal());
     /// ```
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
+        match self {
+            Error::Cli(cli) => cli.is_fatal(),
             Error::Authentication { .. }
-                | Error::BudgetExceeded { .. }
-                | Error::CliNotFound { .. }
-                | Error::CliUnsupported { .. }
-                | Error::CliCannotStart { .. }
-                | Error::TempFolder { .. }
-                | Error::SimulatorNotServed { .. }
-                | Error::ModelNotFound { .. }
-                | Error::ApiUnreachable { .. }
-                | Error::UsageLimitReached { .. }
-                | Error::SpendLimitReached { .. }
-                | Error::InvalidConfig(_)
-                | Error::Closed
-        )
+            | Error::BudgetExceeded { .. }
+            | Error::ModelNotFound { .. }
+            | Error::ApiUnreachable { .. }
+            | Error::UsageLimitReached { .. }
+            | Error::SpendLimitReached { .. }
+            | Error::InvalidConfig(_)
+            | Error::Closed => true,
+            _ => false,
+        }
     }
 
     /// The HTTP status of an API error, if the CLI reported one.
@@ -501,17 +361,9 @@ impl fmt::Debug for Error {
 impl Error {
     fn kind(&self) -> &'static str {
         match self {
-            Error::CliNotFound { .. } => "CliNotFound",
-            Error::CliUnsupported { .. } => "CliUnsupported",
-            Error::SimulatorNotServed { .. } => "SimulatorNotServed",
+            Error::Cli(cli) => cli.kind(),
             Error::EmptyPrompt => "EmptyPrompt",
-            Error::ContextNotReset(..) => "ContextNotReset",
             Error::InvalidConfig(..) => "InvalidConfig",
-            Error::Spawn { .. } => "Spawn",
-            Error::CliCannotStart { .. } => "CliCannotStart",
-            Error::TempFolder { .. } => "TempFolder",
-            Error::ProcessExited { .. } => "ProcessExited",
-            Error::Protocol { .. } => "Protocol",
             Error::Timeout(..) => "Timeout",
             Error::Api { .. } => "Api",
             Error::ApiUnreachable { .. } => "ApiUnreachable",
@@ -523,8 +375,6 @@ impl Error {
             Error::UsageLimitReached { .. } => "UsageLimitReached",
             Error::SpendLimitReached { .. } => "SpendLimitReached",
             Error::Authentication { .. } => "Authentication",
-            Error::MaxTurns { .. } => "MaxTurns",
-            Error::Execution { .. } => "Execution",
             Error::StructuredOutputMissing { .. } => "StructuredOutputMissing",
             Error::StructuredOutputInvalid(..) => "StructuredOutputInvalid",
             Error::Panicked(..) => "Panicked",
@@ -627,35 +477,11 @@ pub(crate) fn utc_time(time: SystemTime) -> String {
     )
 }
 
-fn display_paths(paths: &[PathBuf]) -> String {
-    if paths.is_empty() {
-        return "nowhere".into();
-    }
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn describe_unfinished(stop_reason: Option<&str>) -> String {
     match stop_reason {
         None => "its stream ended before the API said it was done".into(),
         Some("pause_turn") => "the API paused the turn (pause_turn)".into(),
         Some(other) => format!("stop_reason {other}"),
-    }
-}
-
-fn describe_exit(code: Option<i32>, signal: Option<i32>, killed_by_library: bool) -> String {
-    if killed_by_library {
-        return "the claude process stopped talking (its output closed or a write to it \
-                failed) without exiting, so claude-rayon killed it"
-            .into();
-    }
-    match (code, signal) {
-        (Some(c), _) => format!("the claude process exited (exit code {c})"),
-        (None, Some(s)) => format!("the claude process was killed by signal {s} from outside"),
-        (None, None) => "the claude process exited (exit status unknown)".into(),
     }
 }
 
@@ -688,7 +514,7 @@ mod tests {
         assert!(!api(Some(400)).is_retryable());
         assert!(!api(Some(404)).is_retryable());
         assert!(Error::Timeout(Duration::from_secs(1)).is_retryable());
-        assert!(!Error::MaxTurns { turns: 1 }.is_retryable());
+        assert!(!Error::Cli(CliError::MaxTurns { turns: 1 }).is_retryable());
         assert!(!Error::StructuredOutputInvalid("x".into()).is_retryable());
     }
 
@@ -703,9 +529,9 @@ mod tests {
 
     #[test]
     fn not_found_says_how_to_install() {
-        let e = Error::CliNotFound {
+        let e = Error::Cli(CliError::NotFound {
             searched: vec![PathBuf::from("/usr/bin/claude")],
-        };
+        });
         let s = e.to_string();
         assert!(
             s.contains("/usr/bin/claude") && s.contains("npm install"),
@@ -723,11 +549,11 @@ mod tests {
 
     #[test]
     fn debug_carries_the_message_and_its_hint() {
-        let e = Error::CliNotFound {
+        let e = Error::Cli(CliError::NotFound {
             searched: vec![PathBuf::from("/x/claude")],
-        };
+        });
         let debug = format!("{e:?}");
-        assert!(debug.starts_with("CliNotFound: "), "{debug}");
+        assert!(debug.starts_with("Cli::NotFound: "), "{debug}");
         assert!(debug.contains("npm install"), "{debug}");
         let auth = format!(
             "{:?}",
@@ -736,6 +562,25 @@ mod tests {
             }
         );
         assert!(auth.contains("ANTHROPIC_API_KEY"), "{auth}");
+    }
+
+    /// Grouped under `Error::Cli`, a CLI error still says the same on its own and inside, and
+    /// still leads to what the operating system said.
+    #[test]
+    fn a_cli_error_reads_the_same_inside_an_error() {
+        use std::error::Error as _;
+        let spawn = CliError::Spawn {
+            path: PathBuf::from("/x/claude"),
+            source: Arc::new(std::io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        let outer = Error::from(spawn.clone());
+        assert_eq!(outer.to_string(), spawn.to_string());
+        assert_eq!(format!("{outer:?}"), format!("{spawn:?}"));
+        let source = outer.source().expect("the OS error").to_string();
+        assert_eq!(
+            source,
+            std::io::Error::from_raw_os_error(libc::ENOENT).to_string()
+        );
     }
 
     #[test]
@@ -779,43 +624,43 @@ mod tests {
         let path = || PathBuf::from("/p");
         let text = || "t".to_string();
         vec![
-            Error::CliNotFound {
+            Error::Cli(CliError::NotFound {
                 searched: vec![path()],
-            },
-            Error::CliUnsupported {
+            }),
+            Error::Cli(CliError::Unsupported {
                 path: path(),
                 version: text(),
                 minimum: text(),
-            },
-            Error::SimulatorNotServed {
+            }),
+            Error::Cli(CliError::SimulatorNotServed {
                 program: path(),
                 detail: text(),
-            },
+            }),
             Error::EmptyPrompt,
-            Error::ContextNotReset(text()),
+            Error::Cli(CliError::ContextNotReset(text())),
             Error::InvalidConfig(text()),
-            Error::Spawn {
+            Error::Cli(CliError::Spawn {
                 path: path(),
                 source: io(),
-            },
-            Error::CliCannotStart {
+            }),
+            Error::Cli(CliError::CannotStart {
                 code: Some(1),
                 stderr: text(),
-            },
-            Error::TempFolder {
+            }),
+            Error::Cli(CliError::TempFolder {
                 path: path(),
                 source: io(),
-            },
-            Error::ProcessExited {
+            }),
+            Error::Cli(CliError::ProcessExited {
                 code: Some(1),
                 signal: None,
                 stderr_tail: text(),
                 killed_by_library: false,
-            },
-            Error::Protocol {
+            }),
+            Error::Cli(CliError::Protocol {
                 reason: text(),
                 line: text(),
-            },
+            }),
             Error::Timeout(Duration::from_secs(1)),
             Error::Api {
                 status: Some(529),
@@ -847,11 +692,11 @@ mod tests {
             },
             Error::SpendLimitReached { message: text() },
             Error::Authentication { message: text() },
-            Error::MaxTurns { turns: 3 },
-            Error::Execution {
+            Error::Cli(CliError::MaxTurns { turns: 3 }),
+            Error::Cli(CliError::Execution {
                 subtype: text(),
                 message: text(),
-            },
+            }),
             Error::StructuredOutputMissing { text: text() },
             Error::StructuredOutputInvalid(text()),
             Error::Panicked(text()),
@@ -899,17 +744,17 @@ mod tests {
     }
 
     const PINNED: &str = "
-    CliNotFound retryable=false fatal=true status=None
-    CliUnsupported retryable=false fatal=true status=None
-    SimulatorNotServed retryable=false fatal=true status=None
+    Cli::NotFound retryable=false fatal=true status=None
+    Cli::Unsupported retryable=false fatal=true status=None
+    Cli::SimulatorNotServed retryable=false fatal=true status=None
     EmptyPrompt retryable=false fatal=false status=None
-    ContextNotReset retryable=true fatal=false status=None
+    Cli::ContextNotReset retryable=true fatal=false status=None
     InvalidConfig retryable=false fatal=true status=None
-    Spawn retryable=false fatal=false status=None
-    CliCannotStart retryable=false fatal=true status=None
-    TempFolder retryable=false fatal=true status=None
-    ProcessExited retryable=true fatal=false status=None
-    Protocol retryable=true fatal=false status=None
+    Cli::Spawn retryable=false fatal=false status=None
+    Cli::CannotStart retryable=false fatal=true status=None
+    Cli::TempFolder retryable=false fatal=true status=None
+    Cli::ProcessExited retryable=true fatal=false status=None
+    Cli::Protocol retryable=true fatal=false status=None
     Timeout retryable=true fatal=false status=None
     Api retryable=true fatal=false status=Some(529)
     Api retryable=false fatal=false status=Some(400)
@@ -922,8 +767,8 @@ mod tests {
     UsageLimitReached retryable=false fatal=true status=Some(429)
     SpendLimitReached retryable=false fatal=true status=Some(429)
     Authentication retryable=false fatal=true status=Some(401)
-    MaxTurns retryable=false fatal=false status=None
-    Execution retryable=false fatal=false status=None
+    Cli::MaxTurns retryable=false fatal=false status=None
+    Cli::Execution retryable=false fatal=false status=None
     StructuredOutputMissing retryable=false fatal=false status=None
     StructuredOutputInvalid retryable=false fatal=false status=None
     Panicked retryable=false fatal=false status=None
