@@ -74,9 +74,8 @@ fn throughput(concurrency: usize) {
         assert!(results.iter().all(Result::is_ok));
 
         let started = Instant::now();
-        let stats = Pipeline::builder()
+        let stats = Pipeline::builder(&session)
             .source(0..ITEMS)
-            .session(&session)
             .prompt(|i: &u64| format!("item {i}"))
             .batch_size(100)
             .on_batch(|_| {})
@@ -115,9 +114,8 @@ fn memory(target: u64, limit: Duration) {
     warm(&session);
     let before = peak_rss_kib();
     let started = Instant::now();
-    let handle = Pipeline::builder()
+    let handle = Pipeline::builder(&session)
         .source((0u64..).map(|i| format!("record {i}")))
-        .session(&session)
         .prompt(|record: &String| format!("Summarise: {record}"))
         .batch_size(batch_size)
         .on_batch(|batch| {

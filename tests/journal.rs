@@ -393,9 +393,8 @@ fn streams_windows_the_pipeline_and_query_replay_too() {
     let pipeline = || {
         let answers = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&answers);
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source(lines())
-            .session(&session)
             .prompt(|l: &String| format!("pipeline {l}"))
             .batch_size(2)
             .batch_timeout(Duration::from_millis(20))
@@ -435,6 +434,48 @@ fn streams_windows_the_pipeline_and_query_replay_too() {
     assert_eq!(texts(&first.0), texts(&second.0));
     assert_eq!(texts(&first.1), texts(&second.1));
     assert_eq!(second.3.text, first.3.text);
+}
+
+#[test]
+fn a_pipeline_keeps_its_answers_in_its_own_journal() {
+    let fake = Fake::new();
+    let path = journal_path(&fake);
+    // No journal on the session: only the pipeline's own can replay.
+    let session = fake.builder().concurrency(2).build().unwrap();
+    let journal = Journal::open(&path).unwrap();
+    let tickets: Vec<String> = (0..4).map(|i| support::ticket(i, 400)).collect();
+    let run = || {
+        let answers = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&answers);
+        Pipeline::builder(&session)
+            .with_journal(&journal)
+            .source(tickets.clone().into_iter())
+            .prompt(|ticket: &String| format!("Urgency of this ticket, in one word: {ticket}"))
+            .batch_size(2)
+            .batch_timeout(Duration::from_millis(20))
+            .on_batch(move |batch| sink.lock().extend(batch.items))
+            .run()
+            .unwrap();
+        let mut answers = answers.lock().clone();
+        answers.sort_by(|a, b| a.0.cmp(&b.0));
+        answers
+    };
+    let first = run();
+    assert_eq!(fake.prompts().len(), 4);
+    assert_eq!(
+        journal.len(),
+        4,
+        "every answer kept in the pipeline's journal"
+    );
+    let second = run();
+    assert_eq!(fake.prompts().len(), 4, "no call for an answered item");
+    assert!(second.iter().all(|(_, r)| r.replayed));
+    let texts = |r: &[(String, Response)]| {
+        r.iter()
+            .map(|(t, r)| (t.clone(), r.text.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&first), texts(&second));
 }
 
 #[test]

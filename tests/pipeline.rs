@@ -126,9 +126,8 @@ fn every_item_ends_exactly_once_with_errors_and_crashes_mixed_in() {
     let stats = {
         let (session, seen) = (session.clone(), seen.clone());
         within("the pipeline over a finite source", move || {
-            Pipeline::builder()
+            Pipeline::builder(&session)
                 .source(0..n)
-                .session(&session)
                 .prompt(faulty_prompt)
                 .batch_size(7)
                 .batch_timeout(Duration::from_millis(50))
@@ -167,7 +166,7 @@ fn every_item_ends_exactly_once_with_errors_and_crashes_mixed_in() {
 /// Stop an endless source once item `k` is being processed, and check the accounting.
 fn stop_after(session: &Session, k: u64, channel: bool, seen: &Seen) -> PipelineStats {
     let (trigger_tx, trigger_rx) = crossbeam_channel::bounded(1);
-    let builder = Pipeline::builder();
+    let builder = Pipeline::builder(session);
     let builder = if channel {
         let (tx, rx) = crossbeam_channel::bounded(8);
         // Fed without end; the feeder ends when the pipeline lets go of the receiver.
@@ -183,7 +182,6 @@ fn stop_after(session: &Session, k: u64, channel: bool, seen: &Seen) -> Pipeline
         builder.source(0u64..)
     };
     let handle = builder
-        .session(session)
         .prompt(move |id: &u64| {
             if *id == k {
                 let _ = trigger_tx.try_send(());
@@ -273,14 +271,13 @@ fn stop_does_not_wait_for_a_source_blocked_in_next_and_its_late_item_still_ends_
     let (stuck, stuck_rx) = crossbeam_channel::unbounded();
     let (go_on, go_on_rx) = crossbeam_channel::bounded(1);
     let seen = Seen::default();
-    let handle = Pipeline::builder()
+    let handle = Pipeline::builder(&session)
         .source(Stalling {
             next: 0,
             ready: 5,
             stuck,
             go_on: go_on_rx,
         })
-        .session(&session)
         .prompt(|id: &u64| format!("item {id}"))
         .batch_size(2)
         .batch_timeout(Duration::from_secs(3600))
@@ -327,9 +324,8 @@ fn a_full_batch_goes_at_once_and_a_partial_one_when_its_timeout_expires() {
     let timeout = Duration::from_millis(300);
     let (items, source) = crossbeam_channel::unbounded::<u64>();
     let (batches_tx, batches) = crossbeam_channel::unbounded();
-    let handle = Pipeline::builder()
+    let handle = Pipeline::builder(&session)
         .source_channel(source)
-        .session(&session)
         .prompt(|id: &u64| format!("item {id}"))
         .batch_size(3)
         .batch_timeout(timeout)
@@ -371,9 +367,8 @@ fn the_end_of_the_source_flushes_the_partial_batches_without_waiting_for_the_tim
     let session = fake.builder().concurrency(2).build().unwrap();
     let (batches_tx, batches) = crossbeam_channel::unbounded();
     let stats = within("a run whose last batch is partial", move || {
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source(0..7u64)
-            .session(&session)
             .prompt(|id: &u64| format!("item {id}"))
             .batch_key(|(id, _): &(u64, Response)| id % 2)
             .batch_size(3)
@@ -409,9 +404,8 @@ fn batches_of_one_key_come_in_formation_order_one_at_a_time() {
     let stats = {
         let (busy, overlaps, calls) = (busy.clone(), overlaps.clone(), calls.clone());
         within("a keyed run", move || {
-            Pipeline::builder()
+            Pipeline::builder(&session)
                 .source(0..n)
-                .session(&session)
                 .prompt(|id: &u64| format!("[[sim:delay={}]] item {id}", (id * 7) % 5))
                 .transform(|id: &u64, _answer| *id)
                 .batch_key(|id: &u64| id % 3)
@@ -486,9 +480,8 @@ fn memory_stays_bounded_over_a_long_source() {
         }
     };
     let stats = within("20,000 items", move || {
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source(source)
-            .session(&session)
             .prompt(|id: &u64| format!("item {id}"))
             .batch_size(batch_size)
             .on_batch(on_batch)
@@ -521,9 +514,8 @@ fn a_panicking_handler_is_counted_and_the_run_goes_on() {
     let stats = {
         let later = later.clone();
         within("a run with a panicking handler", move || {
-            Pipeline::builder()
+            Pipeline::builder(&session)
                 .source(0..40u64)
-                .session(&session)
                 .prompt(|id: &u64| match id {
                     13 => "[[sim:error=400]]".to_string(),
                     _ => format!("item {id}"),
@@ -560,9 +552,8 @@ fn panics_in_the_prompt_transform_or_key_fail_only_their_item_and_hand_it_back()
     let stats = {
         let (failed, batched) = (failed.clone(), batched.clone());
         within("a run with panicking closures", move || {
-            Pipeline::builder()
+            Pipeline::builder(&session)
                 .source(0..20u64)
-                .session(&session)
                 .prompt(|id: &u64| {
                     assert_ne!(*id, 3, "no prompt for 3");
                     format!("item {id}")
@@ -611,9 +602,8 @@ fn a_fatal_error_stops_an_endless_pipeline_by_itself() {
     let stats = {
         let seen = seen.clone();
         within("an endless pipeline that meets a 401", move || {
-            Pipeline::builder()
+            Pipeline::builder(&session)
                 .source(0u64..)
-                .session(&session)
                 .prompt(|id: &u64| match id {
                     10 => "[[sim:error=401]]".to_string(),
                     _ => format!("item {id}"),
@@ -648,9 +638,8 @@ fn a_panicking_source_ends_the_run_with_the_panic_as_its_error() {
     let session = fake.builder().concurrency(2).build().unwrap();
     let source = (0u64..).inspect(|id| assert!(*id < 6, "the queue broke"));
     let stats = within("a run whose source panics", move || {
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source(source)
-            .session(&session)
             .prompt(|id: &u64| format!("item {id}"))
             .on_batch(|_| {})
             .run()
@@ -682,9 +671,8 @@ fn dropping_the_handle_stops_the_pipeline() {
     let fake = Fake::new();
     let session = fake.builder().concurrency(2).build().unwrap();
     let (dropped_tx, dropped) = crossbeam_channel::bounded(1);
-    let handle = Pipeline::builder()
+    let handle = Pipeline::builder(&session)
         .source(Watched(0.., dropped_tx))
-        .session(&session)
         .prompt(|id: &u64| format!("item {id}"))
         .on_batch(|_| {})
         .start()
@@ -705,33 +693,22 @@ fn incomplete_or_invalid_settings_are_refused() {
         other => panic!("{what}: {other:?}"),
     };
     refused(
-        Pipeline::builder()
-            .source(0..3u64)
-            .prompt(|id: &u64| id.to_string())
-            .on_batch(|_| {})
-            .run(),
-        "session",
-    );
-    refused(
-        Pipeline::builder::<u64>()
-            .session(&session)
+        Pipeline::builder::<u64>(&session)
             .prompt(|id: &u64| id.to_string())
             .on_batch(|_| {})
             .run(),
         "source",
     );
     refused(
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source(0..3u64)
-            .session(&session)
             .on_batch(|_| {})
             .run(),
         "prompt",
     );
     refused(
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source(0..3u64)
-            .session(&session)
             .prompt(|id: &u64| id.to_string())
             .batch_size(0)
             .on_batch(|_| {})
@@ -739,9 +716,8 @@ fn incomplete_or_invalid_settings_are_refused() {
         "batch_size",
     );
     refused(
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source(0..3u64)
-            .session(&session)
             .prompt(|id: &u64| id.to_string())
             .max_in_flight(0)
             .on_batch(|_| {})
@@ -764,9 +740,8 @@ fn progress_reports_cover_a_pipeline_to_its_last_item() {
             .unwrap()
     };
     let stats = within("a run with progress reports", move || {
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source(0..30u64)
-            .session(&session)
             .prompt(|id: &u64| match id % 10 {
                 4 => "[[sim:error=400]]".to_string(),
                 _ => format!("item {id}"),
@@ -796,9 +771,8 @@ fn a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped() {
         .build()
         .unwrap();
     let seen = Seen::default();
-    let handle = Pipeline::builder()
+    let handle = Pipeline::builder(&session)
         .source(0..6u64)
-        .session(&session)
         .prompt(|id: &u64| format!("[[sim:hang]] item {id}"))
         .batch_size(2)
         .on_batch(seen.on_batch())

@@ -190,9 +190,8 @@ fn a_pipeline_turns_its_own_bar_on_or_off() {
             .progress(false)
             .build()
             .unwrap();
-        let stats = Pipeline::builder()
+        let stats = Pipeline::builder(&session)
             .source(0..12u32)
-            .session(&session)
             .prompt(|i: &u32| format!("item {i}"))
             .batch_size(5)
             .progress(show)

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use claude_rayon::prelude::*;
-use claude_rayon::{Error, Outcome};
+use claude_rayon::{Error, Outcome, Session};
 use rayon::prelude::*;
 use support::mock_api::{Fault, RecordedRequest, Reply};
-use support::Real;
+use support::{one_at_a_time, one_at_a_time_retrying, Real};
 
 /// An item as a user writes one: a support ticket.
 const TICKET: &str = "Hello, I ordered a pair of waterproof walking boots (size 43, brown) three \
@@ -39,30 +39,54 @@ fn goes_on_from_an_answer(request: &RecordedRequest) -> bool {
         .is_some_and(|messages| messages.iter().any(|m| m["role"] == "assistant"))
 }
 
+/// One text block ending with `stop_reason`.
+fn stopped(text: impl Into<String>, stop_reason: &str) -> Reply {
+    Reply::Stop {
+        text: text.into(),
+        stop_reason: stop_reason.into(),
+    }
+}
+
+/// The mock answers the first call with `first`, every later one with `then`.
+fn first_then(real: &Real, first: Reply, then: Reply) {
+    let calls = AtomicUsize::new(0);
+    real.api.set_reply(move |_| {
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            first.clone()
+        } else {
+            then.clone()
+        }
+    });
+}
+
+/// Ask `prompt` and check it came back refused.
+#[track_caller]
+fn assert_refused(session: &Session, prompt: &str) {
+    let error = session.query(prompt).unwrap_err();
+    assert!(matches!(error, Error::Refused { .. }), "{error}");
+}
+
+/// Ask `prompt` and check its answer, `text`, came back whole from two calls, both counted.
+#[track_caller]
+fn assert_whole_from_two_calls(real: &Real, session: &Session, prompt: &str, text: &str) {
+    let response = session.query(prompt).unwrap();
+    assert_eq!(response.text, text);
+    assert_eq!((response.continuations, response.api_calls), (1, 2));
+    assert_eq!(real.api.request_count(), 2);
+    assert_eq!(session.stats().requests, 2, "both calls counted");
+}
+
 #[test]
 #[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
 fn an_answer_cut_at_max_tokens_comes_back_whole() {
     let Some(real) = Real::start("an_answer_cut_at_max_tokens_comes_back_whole") else {
         return;
     };
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&calls);
-    real.api.set_reply(move |_| {
-        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::Stop {
-                text: "The first half, ".into(),
-                stop_reason: "max_tokens".into(),
-            }
-        } else {
-            Reply::text("and the second half.")
-        }
-    });
-    let session = real.builder().concurrency(1).build().unwrap();
-    let response = session.query("write something long").unwrap();
-    assert_eq!(response.text, "The first half, and the second half.");
-    assert_eq!((response.continuations, response.api_calls), (1, 2));
-    assert_eq!(real.api.request_count(), 2);
-    assert_eq!(session.stats().requests, 2, "both calls counted");
+    let first = stopped("The first half, ", "max_tokens");
+    first_then(&real, first, Reply::text("and the second half."));
+    let session = one_at_a_time(real.builder());
+    let whole = "The first half, and the second half.";
+    assert_whole_from_two_calls(&real, &session, "write something long", whole);
 }
 
 #[test]
@@ -77,7 +101,7 @@ fn a_stream_that_ended_early_is_not_the_answer() {
             "A partial answer, whole at last.".into(),
         ))
     });
-    let session = real.builder().concurrency(1).build().unwrap();
+    let session = one_at_a_time(real.builder());
     match session.query("tell me") {
         Ok(response) => assert_eq!(response.text, "A partial answer, whole at last."),
         Err(error) => assert!(error.is_retryable(), "{error}"),
@@ -90,18 +114,9 @@ fn a_refusal_fails_at_once() {
     let Some(real) = Real::start("a_refusal_fails_at_once") else {
         return;
     };
-    real.api.set_reply(|_| Reply::Stop {
-        text: String::new(),
-        stop_reason: "refusal".into(),
-    });
-    let session = real
-        .builder()
-        .max_retries(3)
-        .concurrency(1)
-        .build()
-        .unwrap();
-    let error = session.query("something refused").unwrap_err();
-    assert!(matches!(error, Error::Refused { .. }), "{error}");
+    real.api.set_reply(|_| stopped("", "refusal"));
+    let session = one_at_a_time_retrying(real.builder(), 3);
+    assert_refused(&session, "something refused");
     // The library does not retry it; newer CLIs (2.1.332) ask once more by themselves.
     assert_eq!(session.stats().retried, 0);
     assert!(
@@ -153,7 +168,7 @@ fn a_call_the_cli_sends_again_after_a_cut_stream_is_counted() {
             Reply::text(format!("answer to {p}"))
         }
     });
-    let session = real.builder().concurrency(1).build().unwrap();
+    let session = one_at_a_time(real.builder());
     for i in 0..5 {
         let response = session.query(format!("item {i}")).unwrap();
         assert_eq!(response.text, format!("answer to item {i}"));
@@ -192,12 +207,7 @@ fn a_stream_that_ends_without_message_stop_comes_back_whole_or_is_asked_again() 
             Reply::text(format!("{FIRST_PART}{REST}"))
         }
     });
-    let session = real
-        .builder()
-        .max_retries(1)
-        .concurrency(1)
-        .build()
-        .unwrap();
+    let session = one_at_a_time_retrying(real.builder(), 1);
     let response = session.query(TICKET).unwrap();
     assert_eq!(response.text, format!("{FIRST_PART}{REST}"));
     let stats = session.stats();
@@ -223,28 +233,12 @@ fn a_refusal_the_cli_asks_again_is_still_a_refusal() {
     let Some(real) = Real::start("a_refusal_the_cli_asks_again_is_still_a_refusal") else {
         return;
     };
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&calls);
     // The first answer is refused; 2.1.332 would ask again by itself (a second paid call)
     // and answer, but the seal turns that off (`CLAUDE_CODE_DISABLE_REFUSAL_RETRY`).
-    real.api.set_reply(move |_| {
-        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::Stop {
-                text: "I can't help with that part of the request.".into(),
-                stop_reason: "refusal".into(),
-            }
-        } else {
-            Reply::text(format!("{FIRST_PART}{REST}"))
-        }
-    });
-    let session = real
-        .builder()
-        .max_retries(3)
-        .concurrency(1)
-        .build()
-        .unwrap();
-    let error = session.query(TICKET).unwrap_err();
-    assert!(matches!(error, Error::Refused { .. }), "{error}");
+    let refusal = stopped("I can't help with that part of the request.", "refusal");
+    first_then(&real, refusal, Reply::text(format!("{FIRST_PART}{REST}")));
+    let session = one_at_a_time_retrying(real.builder(), 3);
+    assert_refused(&session, TICKET);
     let stats = session.stats();
     assert_eq!(stats.retried, 0, "a refusal is never retried");
     let received = real.api.request_count() as u64;
@@ -258,16 +252,8 @@ fn a_paused_turn_is_an_incomplete_answer() {
     let Some(real) = Real::start("a_paused_turn_is_an_incomplete_answer") else {
         return;
     };
-    real.api.set_reply(|_| Reply::Stop {
-        text: FIRST_PART.into(),
-        stop_reason: "pause_turn".into(),
-    });
-    let session = real
-        .builder()
-        .max_retries(0)
-        .concurrency(1)
-        .build()
-        .unwrap();
+    real.api.set_reply(|_| stopped(FIRST_PART, "pause_turn"));
+    let session = one_at_a_time_retrying(real.builder(), 0);
     match session.query(TICKET) {
         Err(
             ref error @ Error::IncompleteAnswer {
@@ -297,17 +283,10 @@ fn a_continuation_under_the_same_message_id_comes_back_whole() {
         if goes_on_from_an_answer(request) {
             Reply::text(REST).with_id("msg_gateway")
         } else {
-            Reply::Stop {
-                text: FIRST_PART.into(),
-                stop_reason: "max_tokens".into(),
-            }
-            .with_id("msg_gateway")
+            stopped(FIRST_PART, "max_tokens").with_id("msg_gateway")
         }
     });
-    let session = real.builder().concurrency(1).build().unwrap();
-    let response = session.query(TICKET).unwrap();
-    assert_eq!(response.text, format!("{FIRST_PART}{REST}"));
-    assert_eq!((response.continuations, response.api_calls), (1, 2));
-    assert_eq!(real.api.request_count(), 2);
-    assert_eq!(session.stats().requests, 2, "both calls counted");
+    let session = one_at_a_time(real.builder());
+    let whole = format!("{FIRST_PART}{REST}");
+    assert_whole_from_two_calls(&real, &session, TICKET, &whole);
 }

@@ -12,16 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use claude_rayon::prelude::*;
+use claude_rayon::Session;
 use rayon::prelude::*;
 use support::{ticket, Real};
 
-/// A program that logs each run under `tag` and answers like a monitor with nothing to say.
-fn logging_program(dir: &Path, tag: &str, log: &Path) -> PathBuf {
+/// A script `dir/tag.sh` that logs each run under `tag` to `log`, then runs `then`.
+fn logging_script(dir: &Path, tag: &str, log: &Path, then: &str) -> PathBuf {
     let path = dir.join(format!("{tag}.sh"));
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\necho {tag} \"$@\" >> {}\nexit 1\n",
+            "#!/bin/sh\necho {tag} \"$@\" >> {}\n{then}\n",
             log.display()
         ),
     )
@@ -31,17 +32,14 @@ fn logging_program(dir: &Path, tag: &str, log: &Path) -> PathBuf {
     path
 }
 
+/// A program that logs each run under `tag` and answers like a monitor with nothing to say.
+fn logging_program(dir: &Path, tag: &str, log: &Path) -> PathBuf {
+    logging_script(dir, tag, log, "exit 1")
+}
+
 /// A clean filter that logs each run under `tag` and passes the file through.
 fn logging_filter(dir: &Path, tag: &str, log: &Path) -> PathBuf {
-    let path = dir.join(format!("{tag}.sh"));
-    std::fs::write(
-        &path,
-        format!("#!/bin/sh\necho {tag} \"$@\" >> {}\ncat\n", log.display()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    logging_script(dir, tag, log, "cat")
 }
 
 fn git(dir: &Path, args: &[&str]) {
@@ -54,6 +52,40 @@ fn git(dir: &Path, args: &[&str]) {
         .status()
         .expect("git");
     assert!(status.success(), "git {args:?}");
+}
+
+/// The control: `git status` in `dir`, with `home` as HOME, runs `whose` monitor and filter
+/// (logged under `monitor` and `filter`), so the test would see a run.
+#[track_caller]
+fn assert_git_status_runs(
+    dir: &Path,
+    home: &Path,
+    log: &Path,
+    [monitor, filter]: [&str; 2],
+    whose: &str,
+) {
+    let control = Command::new("git")
+        .args(["--no-optional-locks", "status", "--short"])
+        .current_dir(dir)
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    assert!(control.status.success());
+    assert!(
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains(monitor) && l.contains(filter)),
+        "{whose} monitor and filter do not run under git status: the test proves nothing"
+    );
+}
+
+/// Every item answered on `session`.
+#[track_caller]
+fn assert_all_answered(session: &Session, items: &[String]) {
+    let answered = items
+        .par_iter()
+        .claude_map(session, |t| t.to_string())
+        .filter(Result::is_ok)
+        .count();
+    assert_eq!(answered, items.len());
 }
 
 #[test]
@@ -114,30 +146,11 @@ fn nothing_runs_from_a_checkout_or_the_users_git_config() {
             .unwrap();
     }
     // The control: git itself runs them, so the test would see a run.
-    let control = Command::new("git")
-        .args(["--no-optional-locks", "status", "--short"])
-        .current_dir(&checkout)
-        .env("HOME", real.home.path())
-        .output()
-        .unwrap();
-    assert!(control.status.success());
-    assert!(
-        std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.contains("repo-fsmonitor") && l.contains("repo-clean-filter")),
-        "the planted monitor and filter do not run under git status: the test proves nothing"
-    );
-    let control = Command::new("git")
-        .args(["--no-optional-locks", "status", "--short"])
-        .current_dir(&plain)
-        .env("HOME", real.home.path())
-        .output()
-        .unwrap();
-    assert!(control.status.success());
-    assert!(
-        std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.contains("user-fsmonitor") && l.contains("user-clean-filter")),
-        "the user's monitor and filter do not run under git status: the test proves nothing"
-    );
+    let home = real.home.path();
+    let repo_tags = ["repo-fsmonitor", "repo-clean-filter"];
+    assert_git_status_runs(&checkout, home, &log, repo_tags, "the planted");
+    let user_tags = ["user-fsmonitor", "user-clean-filter"];
+    assert_git_status_runs(&plain, home, &log, user_tags, "the user's");
     std::fs::remove_file(&log).unwrap();
 
     let items: Vec<String> = (0..4).map(|i| ticket(i, 500)).collect();
@@ -148,12 +161,7 @@ fn nothing_runs_from_a_checkout_or_the_users_git_config() {
         .concurrency(2)
         .build()
         .unwrap();
-    let answered = items
-        .par_iter()
-        .claude_map(&session, |t| t.to_string())
-        .filter(Result::is_ok)
-        .count();
-    assert_eq!(answered, items.len());
+    assert_all_answered(&session, &items);
     session.close().unwrap();
     // With no cwd, the private folder inside a work tree (the temp folder is one there).
     let tmp = plain.join("tmp");
@@ -168,12 +176,7 @@ fn nothing_runs_from_a_checkout_or_the_users_git_config() {
         .concurrency(2)
         .build()
         .unwrap();
-    let answered = items
-        .par_iter()
-        .claude_map(&session, |t| t.to_string())
-        .filter(Result::is_ok)
-        .count();
-    assert_eq!(answered, items.len());
+    assert_all_answered(&session, &items);
     let pids = real.cli_pids();
     assert!(!pids.is_empty());
     let cwd = std::fs::read_link(format!("/proc/{}/cwd", pids[0])).unwrap();

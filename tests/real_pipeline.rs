@@ -38,9 +38,8 @@ fn a_short_pipeline_through_the_real_cli_batches_every_answer_with_its_item() {
     let batches: Arc<Mutex<Vec<Stored>>> = Arc::default();
     let stats = {
         let batches = Arc::clone(&batches);
-        Pipeline::builder()
+        Pipeline::builder(&session)
             .source_channel(rx)
-            .session(&session)
             .prompt(|id: &u32| format!("ticket {id}"))
             .transform(|id: &u32, answer| (*id, answer.text))
             .batch_size(5)

@@ -5,7 +5,7 @@
 mod support;
 
 use claude_rayon::prelude::*;
-use claude_rayon::{CliError, Error};
+use claude_rayon::{CliError, Error, MapResult, Session};
 use rayon::prelude::*;
 use support::Fake;
 
@@ -26,24 +26,41 @@ fn tickets() -> Vec<String> {
         .collect()
 }
 
+/// A session whose processes fail to start saying `start_error` (the simulator writes it and
+/// exits 1), with `env` set besides, `concurrency` processes, and up to 3 retries an item.
+fn failing_to_start(
+    fake: &Fake,
+    start_error: &str,
+    env: &[(&str, &str)],
+    concurrency: usize,
+) -> Session {
+    let mut builder = fake
+        .builder()
+        .env("CLAUDE_RAYON_SIM_START_ERROR", start_error);
+    for (key, value) in env {
+        builder = builder.env(*key, *value);
+    }
+    builder
+        .concurrency(concurrency)
+        .max_retries(3)
+        .build()
+        .unwrap()
+}
+
+/// Every ticket through `claude_map`.
+fn map_tickets(session: &Session) -> Vec<MapResult<String>> {
+    tickets()
+        .into_par_iter()
+        .claude_map(session, |t| t.clone())
+        .collect()
+}
+
 #[test]
 fn a_cli_that_cannot_start_stops_the_run_after_two_starts_that_fail_alike() {
     let fake = Fake::new();
-    let session = fake
-        .builder()
-        .env(
-            "CLAUDE_RAYON_SIM_START_ERROR",
-            format!("{REFUSAL} ({SECRET})"),
-        )
-        .env("ANTHROPIC_API_KEY", SECRET)
-        .concurrency(1)
-        .max_retries(3)
-        .build()
-        .unwrap();
-    let results: Vec<_> = tickets()
-        .into_par_iter()
-        .claude_map(&session, |t| t.clone())
-        .collect();
+    let start_error = format!("{REFUSAL} ({SECRET})");
+    let session = failing_to_start(&fake, &start_error, &[("ANTHROPIC_API_KEY", SECRET)], 1);
+    let results = map_tickets(&session);
     let cannot_start: Vec<&Error> = results
         .iter()
         .filter_map(|r| r.as_ref().err())
@@ -93,17 +110,8 @@ fn a_cli_that_cannot_start_stops_the_run_after_two_starts_that_fail_alike() {
 #[test]
 fn concurrent_starts_that_fail_alike_stop_the_run_at_once() {
     let fake = Fake::new();
-    let session = fake
-        .builder()
-        .env("CLAUDE_RAYON_SIM_START_ERROR", REFUSAL)
-        .concurrency(3)
-        .max_retries(3)
-        .build()
-        .unwrap();
-    let results: Vec<_> = tickets()
-        .into_par_iter()
-        .claude_map(&session, |t| t.clone())
-        .collect();
+    let session = failing_to_start(&fake, REFUSAL, &[], 3);
+    let results = map_tickets(&session);
     assert!(results.iter().all(Result::is_err));
     assert!(results.iter().any(|r| matches!(
         r.as_ref().unwrap_err().error,
@@ -117,14 +125,12 @@ fn concurrent_starts_that_fail_alike_stop_the_run_at_once() {
 #[test]
 fn a_start_that_fails_once_is_tried_again_and_not_counted() {
     let fake = Fake::new();
-    let session = fake
-        .builder()
-        .env("CLAUDE_RAYON_SIM_START_ERROR", REFUSAL)
-        .env("CLAUDE_RAYON_SIM_START_ERROR_TIMES", "1")
-        .concurrency(1)
-        .max_retries(3)
-        .build()
-        .unwrap();
+    let session = failing_to_start(
+        &fake,
+        REFUSAL,
+        &[("CLAUDE_RAYON_SIM_START_ERROR_TIMES", "1")],
+        1,
+    );
     let ticket = &tickets()[0];
     let response = session.query(ticket).unwrap();
     assert_eq!(response.text, format!("echo: {ticket}"));

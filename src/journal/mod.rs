@@ -32,7 +32,7 @@ use format::{Key, Record, HEADER, HEADER_V1};
 /// answer already in it without a call, and calls Claude only for the rest.
 ///
 /// Give it to a session ([`SessionBuilder::journal`](crate::SessionBuilder::journal)) or to one
-/// run (`with_journal` on the adaptors, [`PipelineBuilder::journal`](crate::pipeline::PipelineBuilder::journal)).
+/// run (`with_journal` on the adaptors, [`PipelineBuilder::with_journal`](crate::pipeline::PipelineBuilder::with_journal)).
 /// An item's answer is written (and synced to disk) before it is handed to you, keyed by
 /// everything that decides it: the prompt exactly as sent, and the session's system prompts,
 /// JSON schema, tools, effort, max turns, extra arguments and model, however the CLI process

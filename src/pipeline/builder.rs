@@ -23,7 +23,7 @@ pub struct NoHandler;
 /// The settings that do not depend on the value, key or handler types.
 pub(crate) struct Common<T> {
     pub source: Option<Source<T>>,
-    pub session: Option<Session>,
+    pub session: Session,
     pub prompt: Option<PromptFn<T>>,
     pub batch_size: usize,
     pub batch_timeout: Duration,
@@ -33,7 +33,7 @@ pub(crate) struct Common<T> {
     pub journal: Option<crate::Journal>,
 }
 
-/// Configures a [`Pipeline`]: made by [`Pipeline::builder`].
+/// Configures a [`Pipeline`]: made by [`Pipeline::builder`], which takes the session.
 ///
 /// - `T`: the source's items;
 /// - `O`: the value each answered item becomes, `(T, Response)` unless
@@ -42,8 +42,8 @@ pub(crate) struct Common<T> {
 ///   says otherwise;
 /// - `H`: the batch handler, [`NoHandler`] until [`on_batch`](Self::on_batch).
 ///
-/// Needed: a source ([`source`](Self::source) or [`source_channel`](Self::source_channel)),
-/// a [`session`](Self::session), a [`prompt`](Self::prompt) and a handler
+/// Needed besides the session: a source ([`source`](Self::source) or
+/// [`source_channel`](Self::source_channel)), a [`prompt`](Self::prompt) and a handler
 /// ([`on_batch`](Self::on_batch)).
 #[must_use = "a pipeline does nothing until run() or start()"]
 pub struct PipelineBuilder<T, O = (T, Response), K = (), H = NoHandler> {
@@ -69,11 +69,11 @@ impl<T, O, K, H> std::fmt::Debug for PipelineBuilder<T, O, K, H> {
 }
 
 impl<T: Send + 'static> PipelineBuilder<T> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(session: &Session) -> Self {
         PipelineBuilder {
             common: Common {
                 source: None,
-                session: None,
+                session: session.clone(),
                 prompt: None,
                 batch_size: 100,
                 batch_timeout: Duration::from_secs(1),
@@ -104,7 +104,7 @@ impl<T, O, K, H> PipelineBuilder<T, O, K, H> {
     /// Keep the pipeline's answers in `journal` (instead of the session's, if it has one):
     /// an item whose answer is already there is not sent again. See
     /// [`Journal`](crate::Journal).
-    pub fn journal(mut self, journal: &crate::Journal) -> Self {
+    pub fn with_journal(mut self, journal: &crate::Journal) -> Self {
         self.common.journal = Some(journal.clone());
         self
     }
@@ -129,13 +129,6 @@ impl<T, O, K, H> PipelineBuilder<T, O, K, H> {
     /// wait on it at once (the receive is `select`ed against the stop).
     pub fn source_channel(mut self, receiver: Receiver<T>) -> Self {
         self.common.source = Some(Source::Channel(receiver));
-        self
-    }
-
-    /// The session the items run on: its concurrency, throttle, retries and budget. Items
-    /// run on its threads, at most [`Session::concurrency`] calls at once.
-    pub fn session(mut self, session: &Session) -> Self {
-        self.common.session = Some(session.clone());
         self
     }
 
@@ -263,7 +256,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] if the source, session or prompt is missing, or a size is 0;
+    /// [`Error::InvalidConfig`] if the source or prompt is missing, or a size is 0;
     /// [`Error::Io`] if a thread cannot be started. Items' failures go to `on_failed`.
     pub fn run(self) -> Result<PipelineStats, Error> {
         Ok(super::launch(self)?.supervise())

@@ -132,9 +132,8 @@ pub enum Flush {
 ///         tx.send((id, format!("printer {id} is on fire"))).unwrap();
 ///     }
 /// });
-/// let stats = Pipeline::builder()
+/// let stats = Pipeline::builder(&session)
 ///     .source_channel(rx)
-///     .session(&session)
 ///     .prompt(|(_, text): &(u32, String)| format!("Urgency of this ticket, in one word: {text}"))
 ///     .transform(|(id, _), answer| (*id, answer.text))
 ///     .batch_size(4)
@@ -155,9 +154,8 @@ pub enum Flush {
 /// use claude_rayon::Session;
 ///
 /// let session = Session::builder().model("haiku").concurrency(4).build()?;
-/// let handle = Pipeline::builder()
+/// let handle = Pipeline::builder(&session)
 ///     .source((0u64..).map(|n| format!("event {n}")))
-///     .session(&session)
 ///     .prompt(|event: &String| format!("Summarise: {event}"))
 ///     .on_batch(|batch| println!("{} answers", batch.items.len()))
 ///     .start()?;
@@ -178,10 +176,12 @@ pub struct Pipeline {
 pub const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Pipeline {
-    /// Start configuring a pipeline whose source yields `T`. The type is usually inferred
-    /// from the source, so set that first.
-    pub fn builder<T: Send + 'static>() -> PipelineBuilder<T> {
-        PipelineBuilder::new()
+    /// Start configuring a pipeline whose source yields `T`, on `session`: its
+    /// concurrency, throttle, retries and budget. Items run on its threads, at most
+    /// [`Session::concurrency`](crate::Session::concurrency) calls at once. The type is
+    /// usually inferred from the source, so set that first.
+    pub fn builder<T: Send + 'static>(session: &crate::Session) -> PipelineBuilder<T> {
+        PipelineBuilder::new(session)
     }
 
     /// What the pipeline has done so far. The counters are read one at a time, so while it
@@ -197,9 +197,8 @@ impl Pipeline {
     /// use claude_rayon::Session;
     ///
     /// let session = Session::builder().simulated()?.concurrency(2).build()?;
-    /// let running = Pipeline::builder()
+    /// let running = Pipeline::builder(&session)
     ///     .source(0..20u32)
-    ///     .session(&session)
     ///     .prompt(|n: &u32| format!("item {n}"))
     ///     .batch_size(5)
     ///     .on_batch(|batch| assert!(batch.len() <= 5))
@@ -242,8 +241,7 @@ impl Pipeline {
     /// use claude_rayon::Session;
     ///
     /// let session = Session::builder().simulated()?.concurrency(2).build()?;
-    /// let handle = Pipeline::builder()
-    ///     .session(&session)
+    /// let handle = Pipeline::builder(&session)
     ///     .source(0..)
     ///     .prompt(|n: &u64| format!("item {n}"))
     ///     .on_batch(|_batch| {})
@@ -346,9 +344,7 @@ where
         key,
         handler,
     } = builder;
-    let session = common
-        .session
-        .ok_or_else(|| invalid("a pipeline needs a session: .session(&session)"))?;
+    let session = common.session;
     let source = common.source.ok_or_else(|| {
         invalid("a pipeline needs a source: .source(iterator) or .source_channel(receiver)")
     })?;

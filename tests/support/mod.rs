@@ -293,6 +293,16 @@ impl Real {
     }
 }
 
+/// `builder`'s session on one process: items one at a time.
+pub fn one_at_a_time(builder: SessionBuilder) -> Session {
+    builder.concurrency(1).build().unwrap()
+}
+
+/// As [`one_at_a_time`], asking a failed item up to `retries` more times.
+pub fn one_at_a_time_retrying(builder: SessionBuilder, retries: u32) -> Session {
+    builder.max_retries(retries).concurrency(1).build().unwrap()
+}
+
 /// An item text like a user's: a support ticket of about `len` characters (prose, no marker
 /// at the start), different for every `seed`.
 pub fn ticket(seed: usize, len: usize) -> String {

@@ -238,9 +238,8 @@ fn run(args: &[String]) -> i32 {
     let (enough_tx, enough) = crossbeam_channel::bounded(1);
     let last_ticket = settings.items;
     let started = Instant::now();
-    let handle = Pipeline::builder()
+    let handle = Pipeline::builder(&backend.session)
         .source_channel(source)
-        .session(&backend.session)
         .prompt(move |ticket: &Ticket| {
             if Some(ticket.id) == last_ticket {
                 let _ = enough_tx.try_send(());
