@@ -98,14 +98,23 @@ impl Fake {
 }
 
 pub fn read_events(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    let Ok(mut bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    // Only whole lines: a fake process may be writing the last one as this reads (a line
+    // over a page long, a long system prompt's, shows up in two parts).
+    bytes.truncate(
+        bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |end| end + 1),
+    );
+    String::from_utf8(bytes)
+        .expect("the fake writes UTF-8")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Wait until `condition` holds, failing the test at the deadline. Never a fixed sleep.
