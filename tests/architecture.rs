@@ -374,3 +374,57 @@ fn every_allowed_edge_is_used() {
         unused.join("\n")
     );
 }
+
+#[test]
+fn only_the_scheduler_puts_items_on_the_session_threads() {
+    // One scheduler: items reach the session's threads through src/engine/schedule.rs
+    // only, so every way of running items (and a backend that answers many at once) has
+    // one place to change.
+    let src = root().join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed = |relative: &Path| {
+        relative.starts_with("session") || relative == Path::new("engine/schedule.rs")
+    };
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|file| !allowed(file.strip_prefix(&src).unwrap()))
+        .filter(|file| code_of(&std::fs::read_to_string(file).unwrap()).contains(".threads()"))
+        .map(|file| file.display().to_string())
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "not through the scheduler: {offenders:?}"
+    );
+}
+
+#[test]
+fn no_file_outside_the_cli_backend_names_a_cli_type() {
+    // The seam holds: above it, a turn is a `Conn`, not a process. The session builds the
+    // backend (src/session/ names `backend::cli`), nothing else does.
+    let src = root().join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let cli_types = [
+        "CliProcess",
+        "PooledConn",
+        "KillSwitch",
+        "Launch",
+        "Pool::",
+        "backend::cli",
+    ];
+    let mut offenders = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        if relative.starts_with("backend/cli") || relative.starts_with("session") {
+            continue;
+        }
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        for name in cli_types {
+            if code.contains(name) {
+                offenders.push(format!("{} names {name}", relative.display()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:?}");
+}

@@ -1,21 +1,23 @@
 //! One engine for an item's life, under every adaptor, the pipeline, [`Session::query`] and
 //! [`Conversation`](crate::Conversation), beside the session:
 //!
-//! stop check → prompt (panics caught) → counted as started → [budget reservation →
-//! throttle permit → process → turn → settle] × tries under the retry policy → counted as
-//! finished → progress → `Ok` or `Failed`.
+//! stop check → prompt (panics caught) → counted as started → [admission (budget
+//! reservation → cache gate → throttle permit) → connection → turn → settle] × tries under
+//! the retry policy → counted as finished → progress → `Ok` or `Failed`.
 //!
 //! - `life`: that sequence, over a `World` (so it is unit-tested without a clock or a
-//!   process), with a `Policy` for what differs (a strict answer's one re-prompt).
-//! - `attempt`: the session as that world; reservation, permit and process are guards.
+//!   backend), with a `Policy` for what differs (a strict answer's one re-prompt).
+//! - `attempt`: the session as that world; the admission ticket and the connection are
+//!   guards.
+//! - `schedule`: the one place items are put on the session's threads.
 //! - `stop`: the one stop state of a run.
 //! - `strict`: what makes an answer one of a fixed set.
 //! - `progress`: the run's progress reports.
-//! - `usage`: subscription usage windows: a warning once, a pause of every item on a limit.
 
 mod attempt;
 mod life;
 mod progress;
+mod schedule;
 pub(crate) mod stop;
 pub(crate) mod strict;
 

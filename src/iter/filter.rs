@@ -5,7 +5,6 @@ use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
 use std::fmt;
 
-use super::dispatch::dispatch;
 use super::RunOptions;
 use crate::engine::{strict, Policy, Run};
 use crate::{Failed, Session};
@@ -71,11 +70,9 @@ where
             allowed: &allowed,
             interpret: &interpret_verdict,
         };
-        let verdicts = dispatch(&run, items, |item| {
-            match run.item(item, question_fn, &policy) {
-                Ok((item, answer)) => (answer.choice == Some(0)).then_some(Ok(item)),
-                Err(failed) => Some(Err(failed)),
-            }
+        let verdicts = run.answer_all(items, |item| match run.item(item, question_fn, &policy) {
+            Ok((item, answer)) => (answer.choice == Some(0)).then_some(Ok(item)),
+            Err(failed) => Some(Err(failed)),
         });
         verdicts.into_iter().flatten().collect()
     }

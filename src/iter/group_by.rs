@@ -4,7 +4,6 @@ use std::fmt;
 
 use rayon::iter::ParallelIterator;
 
-use super::dispatch::dispatch;
 use super::filter::refuse_all;
 use super::RunOptions;
 use crate::engine::{strict, Policy};
@@ -168,7 +167,7 @@ where
                     interpret: &interpret,
                 };
                 let prompt_fn = &self.prompt_fn;
-                dispatch(&run, items, |item| {
+                run.answer_all(items, |item| {
                     let (item, answer) = run.item(item, prompt_fn, &policy)?;
                     Ok((answer.choice.expect("a strict answer has a choice"), item))
                 })

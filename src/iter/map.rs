@@ -5,7 +5,6 @@ use std::fmt;
 use rayon::iter::plumbing::{Consumer, ProducerCallback, UnindexedConsumer};
 use rayon::iter::{IndexedParallelIterator, IntoParallelIterator, ParallelIterator};
 
-use super::dispatch::dispatch;
 use super::RunOptions;
 use crate::engine::Policy;
 use crate::{MapResult, Session};
@@ -50,7 +49,7 @@ where
         let items: Vec<I::Item> = self.base.collect();
         let run = self.options.start(&self.session, "claude_map", items.len());
         let prompt_fn = &self.prompt_fn;
-        dispatch(&run, items, |item| {
+        run.answer_all(items, |item| {
             run.item(item, prompt_fn, &Policy::Plain)
                 .map(|(item, answer)| (item, answer.response))
         })

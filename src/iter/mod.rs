@@ -23,7 +23,6 @@ macro_rules! run_options {
     };
 }
 
-mod dispatch;
 mod filter;
 mod group_by;
 mod map;

@@ -64,14 +64,17 @@ where
         let counters = &self.shared.counters;
         crate::stats::add(&counters.received, 1);
         counters.in_flight.add(1);
-        let this = Arc::clone(self);
-        self.shared.session.threads().spawn(move || {
-            // A panic must not reach rayon (which would abort) nor lose the slot.
-            let done = catch_unwind(AssertUnwindSafe(|| this.process(item)))
-                .unwrap_or_else(|panic| Processed::Bug(panic_message(panic.as_ref())));
-            // The batcher lives until every slot is back, so this cannot fail or block.
-            let _ = this.results.send(ToBatcher::Item(done));
-        });
+        let (this, results) = (Arc::clone(self), self.results.clone());
+        self.shared.run.answer_later(
+            move || this.process(item),
+            move |done| {
+                // A panic must not lose the slot.
+                let done =
+                    done.unwrap_or_else(|panic| Processed::Bug(panic_message(panic.as_ref())));
+                // The batcher lives until every slot is back, so this cannot fail or block.
+                let _ = results.send(ToBatcher::Item(done));
+            },
+        );
     }
 
     fn process(&self, item: T) -> Processed<T, O, K> {

@@ -3,9 +3,8 @@
 //! one channel tagged with their sequence number, to be put back in source order.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::panic::resume_unwind;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -185,38 +184,21 @@ where
         let run = Arc::clone(&self.run);
         let prompter = Arc::clone(&self.prompter);
         let tx = self.tx.clone();
-        self.session.threads().spawn(move || {
-            // A panic must not reach rayon (which would abort) nor leave `next()` waiting.
-            let result = catch_unwind(AssertUnwindSafe(|| {
+        self.run.answer_later(
+            move || {
                 run.item(item, |item: &I::Item| prompter.prompt(item), &Policy::Plain)
                     .map(|(item, answer)| (item, answer.response))
-            }));
+            },
             // The receiver is gone if the stream was dropped: nobody wants the result.
-            let _ = tx.send((seq, result));
-        });
+            move |result| {
+                let _ = tx.send((seq, result));
+            },
+        );
     }
 
     /// Block until some running item finishes.
     fn wait(&self) -> Finished<I::Item> {
-        let pool = self.session.threads();
-        if pool.current_thread_index().is_none() {
-            return self
-                .rx
-                .recv()
-                .expect("the stream holds a sender, so the channel stays open");
-        }
-        // On one of the session's own threads (a stream inside a prompt closure): blocking
-        // could take the very thread our items are queued for, so run queued work meanwhile.
-        loop {
-            if let Ok(finished) = self.rx.try_recv() {
-                return finished;
-            }
-            if pool.yield_now() != Some(rayon::Yield::Executed) {
-                if let Ok(finished) = self.rx.recv_timeout(Duration::from_millis(1)) {
-                    return finished;
-                }
-            }
-        }
+        self.run.wait_for(&self.rx)
     }
 }
 
