@@ -366,7 +366,7 @@ fn note_calls(inner: &Inner, calls: u64) {
 
 /// What an item's prompt of `input_tokens` will cost at least (see `budget`).
 fn item_estimate_usd(inner: &Inner, input_tokens: u64) -> f64 {
-    crate::budget::prompt_cost_usd(inner.config.model.as_deref(), input_tokens)
+    crate::budget::prompt_cost_usd(inner.config.spec.model.as_deref(), input_tokens)
 }
 
 /// Remember why items are being retried, for `Stats` and the progress bar.
@@ -473,7 +473,7 @@ fn run_turn(
     let outcome = process.run_turn(
         prompt,
         inner.config.timeout,
-        inner.config.json_schema.is_some(),
+        inner.config.spec.json_schema.is_some(),
         &mut on_event,
     );
     (outcome, calls)

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::options::{Effort, PermissionMode};
+use crate::backend::cli::{CliOptions, PermissionMode};
+use crate::backend::spec::{AnswerSpec, Effort};
 use crate::retry::RetryPolicy;
 use crate::throttle::Throttle;
 use crate::{Error, Session};
@@ -16,16 +17,6 @@ use crate::{Error, Session};
 const DEFAULT_WARM_CACHE_WAIT: Duration = Duration::from_secs(20);
 /// Longer than any subscription window (the weekly ones reset within seven days).
 pub(crate) const DEFAULT_MAX_USAGE_LIMIT_WAIT: Duration = Duration::from_secs(8 * 24 * 3600);
-
-/// The longest line read from the CLI by default: answers of tens of megabytes fit.
-const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
-
-/// A warm process is retired after this many items: the most a process was measured over
-/// on both CLI versions (`benches/process_memory.rs`, docs/tuning.md).
-const DEFAULT_RECYCLE_AFTER_ITEMS: Option<u64> = Some(2000);
-/// A warm process is retired above this resident memory: above every reading of a healthy
-/// process over 2,000 items (at most 475 MiB), about 2.5 times a fresh one.
-const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = Some(512 * 1024 * 1024);
 
 /// Settings of a [`Session`], built with [`Session::builder`].
 ///
@@ -60,39 +51,17 @@ const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = Some(512 * 1024 * 1024);
 #[derive(Clone)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct SessionBuilder {
-    pub(crate) config: Config,
+    pub(crate) settings: Settings,
+    pub(crate) cli: CliOptions,
 }
 
-/// The checked settings a session runs with.
+/// The checked settings a session runs with, whatever answers its items.
 #[derive(Clone)]
-pub(crate) struct Config {
-    pub cli_path: Option<PathBuf>,
-    pub model: Option<String>,
-    pub system_prompt: Option<String>,
-    pub append_system_prompt: Option<String>,
-    pub tools: Option<Vec<String>>,
-    pub allowed_tools: Vec<String>,
-    pub disallowed_tools: Vec<String>,
-    pub permission_mode: Option<PermissionMode>,
-    pub max_turns: Option<u32>,
-    pub json_schema: Option<serde_json::Value>,
-    pub effort: Option<Effort>,
-    pub cwd: Option<PathBuf>,
-    pub env: Vec<(String, String)>,
-    pub env_remove: Vec<String>,
+pub(crate) struct Settings {
+    /// What decides an answer besides the item.
+    pub spec: AnswerSpec,
     pub concurrency: usize,
     pub timeout: Duration,
-    pub persist_sessions: bool,
-    pub fresh_process_per_item: bool,
-    /// A process is retired at checkin once it has answered this many items.
-    pub recycle_after_items: Option<u64>,
-    /// A process is retired at checkin once its resident memory is above this (bytes).
-    pub recycle_above_memory: Option<u64>,
-    pub extra_args: Vec<String>,
-    pub load_user_config: bool,
-    pub interpret_item_text: bool,
-    pub max_line_bytes: usize,
-    pub max_starting_processes: usize,
     pub throttle: Option<Arc<Throttle>>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
@@ -101,7 +70,6 @@ pub(crate) struct Config {
     pub retry: RetryPolicy,
     pub max_budget_usd: Option<f64>,
     pub cost_estimate_usd: Option<f64>,
-    pub cli_max_retries: Option<u32>,
     pub progress: bool,
     pub on_progress: Option<crate::progress::Callback>,
     /// Whether a cold shared prefix is warmed by one item before the others go.
@@ -120,34 +88,10 @@ pub(crate) struct Config {
 impl Default for SessionBuilder {
     fn default() -> Self {
         SessionBuilder {
-            config: Config {
-                cli_path: None,
-                model: None,
-                system_prompt: Some(String::new()),
-                append_system_prompt: None,
-                tools: Some(Vec::new()),
-                allowed_tools: Vec::new(),
-                disallowed_tools: Vec::new(),
-                permission_mode: None,
-                max_turns: None,
-                json_schema: None,
-                effort: None,
-                cwd: None,
-                env: Vec::new(),
-                env_remove: Vec::new(),
+            settings: Settings {
+                spec: AnswerSpec::default(),
                 concurrency: 4,
                 timeout: Duration::from_secs(600),
-                persist_sessions: false,
-                fresh_process_per_item: false,
-                recycle_after_items: DEFAULT_RECYCLE_AFTER_ITEMS,
-                recycle_above_memory: DEFAULT_RECYCLE_ABOVE_MEMORY,
-                extra_args: Vec::new(),
-                load_user_config: false,
-                interpret_item_text: false,
-                max_line_bytes: DEFAULT_MAX_LINE_BYTES,
-                max_starting_processes: std::thread::available_parallelism()
-                    .map_or(2, std::num::NonZeroUsize::get)
-                    .max(2),
                 throttle: None,
                 requests_per_minute: None,
                 tokens_per_minute: None,
@@ -156,7 +100,6 @@ impl Default for SessionBuilder {
                 retry: RetryPolicy::default(),
                 max_budget_usd: None,
                 cost_estimate_usd: None,
-                cli_max_retries: Some(2),
                 progress: false,
                 on_progress: None,
                 warm_cache: true,
@@ -167,6 +110,7 @@ impl Default for SessionBuilder {
                 #[cfg(feature = "progress")]
                 progress_draw_target: None,
             },
+            cli: CliOptions::default(),
         }
     }
 }
@@ -175,13 +119,13 @@ impl SessionBuilder {
     /// The `claude` executable to run. Without it: `CLAUDE_CODE_BIN`, then `claude` on `PATH`,
     /// then the usual install folders.
     pub fn cli_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config.cli_path = Some(path.into());
+        self.cli.cli_path = Some(path.into());
         self
     }
 
     /// The model (`--model`): an alias such as `"sonnet"` or a full model name.
     pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.config.model = Some(model.into());
+        self.settings.spec.model = Some(model.into());
         self
     }
 
@@ -194,14 +138,14 @@ impl SessionBuilder {
     /// let builder = claude_rayon::Session::builder().system_prompt("You are a terse reviewer.");
     /// ```
     pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
-        self.config.system_prompt = Some(prompt.into());
+        self.settings.spec.system_prompt = Some(prompt.into());
         self
     }
 
     /// Keep the CLI's own system prompt (about 6 KB, billed on every item) instead of an
     /// empty one or yours.
     pub fn cli_system_prompt(mut self) -> Self {
-        self.config.system_prompt = None;
+        self.cli.keep_cli_system_prompt = true;
         self
     }
 
@@ -232,38 +176,38 @@ impl SessionBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn append_system_prompt(mut self, prompt: impl Into<String>) -> Self {
-        self.config.append_system_prompt = Some(prompt.into());
+        self.settings.spec.append_system_prompt = Some(prompt.into());
         self
     }
 
     /// The built-in tools offered to the model (`--tools`). The default is none (`--tools ""`):
     /// tool definitions add about 64 KB to every request. Pass `["default"]` for all of them.
     pub fn tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.config.tools = Some(tools.into_iter().map(Into::into).collect());
+        self.cli.tools = Some(tools.into_iter().map(Into::into).collect());
         self
     }
 
     /// Tools the model may use without asking (`--allowedTools`), e.g. `"Bash(git *)"`.
     pub fn allowed_tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.config.allowed_tools = tools.into_iter().map(Into::into).collect();
+        self.cli.allowed_tools = tools.into_iter().map(Into::into).collect();
         self
     }
 
     /// Tools the model may never use (`--disallowedTools`).
     pub fn disallowed_tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.config.disallowed_tools = tools.into_iter().map(Into::into).collect();
+        self.cli.disallowed_tools = tools.into_iter().map(Into::into).collect();
         self
     }
 
     /// The permission mode (`--permission-mode`).
     pub fn permission_mode(mut self, mode: PermissionMode) -> Self {
-        self.config.permission_mode = Some(mode);
+        self.cli.permission_mode = Some(mode);
         self
     }
 
     /// The most model turns per item (`--max-turns`); running out is [`Error::MaxTurns`].
     pub fn max_turns(mut self, turns: u32) -> Self {
-        self.config.max_turns = Some(turns);
+        self.cli.max_turns = Some(turns);
         self
     }
 
@@ -271,13 +215,13 @@ impl SessionBuilder {
     /// [`Response::structured`](crate::Response::structured). An answer without one is
     /// [`Error::StructuredOutputMissing`].
     pub fn json_schema(mut self, schema: serde_json::Value) -> Self {
-        self.config.json_schema = Some(schema);
+        self.settings.spec.json_schema = Some(schema);
         self
     }
 
     /// The effort level (`--effort`).
     pub fn effort(mut self, effort: Effort) -> Self {
-        self.config.effort = Some(effort);
+        self.settings.spec.effort = Some(effort);
         self
     }
 
@@ -286,7 +230,7 @@ impl SessionBuilder {
     /// way, the project configuration in that folder (its `CLAUDE.md`, `.mcp.json`,
     /// `.claude/settings.json`, skills and commands) does not apply.
     pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config.cwd = Some(dir.into());
+        self.cli.cwd = Some(dir.into());
         self
     }
 
@@ -294,8 +238,8 @@ impl SessionBuilder {
     /// Values are never shown in `Debug` output, logs or errors.
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let key = key.into();
-        self.config.env.retain(|(k, _)| *k != key);
-        self.config.env.push((key, value.into()));
+        self.cli.env.retain(|(k, _)| *k != key);
+        self.cli.env.push((key, value.into()));
         self
     }
 
@@ -303,8 +247,8 @@ impl SessionBuilder {
     /// `ANTHROPIC_AUTH_TOKEN`, so that an API key given with [`env`](Self::env) is used).
     pub fn env_remove(mut self, key: impl Into<String>) -> Self {
         let key = key.into();
-        self.config.env.retain(|(k, _)| *k != key);
-        self.config.env_remove.push(key);
+        self.cli.env.retain(|(k, _)| *k != key);
+        self.cli.env_remove.push(key);
         self
     }
 
@@ -315,7 +259,7 @@ impl SessionBuilder {
     /// the memory available. Past the number of cores, more processes only help when the API
     /// is slow (they wait on the network, not on the CPU).
     pub fn concurrency(mut self, processes: usize) -> Self {
-        self.config.concurrency = processes;
+        self.settings.concurrency = processes;
         self
     }
 
@@ -325,14 +269,14 @@ impl SessionBuilder {
     /// answers in about a second and the rest as each process warms up. Set it to
     /// `concurrency` to start them all at once.
     pub fn max_starting_processes(mut self, processes: usize) -> Self {
-        self.config.max_starting_processes = processes;
+        self.cli.max_starting_processes = processes;
         self
     }
 
     /// The longest one item may take (default 10 minutes). A process that runs past it is
     /// killed and replaced, and the item fails with [`Error::Timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
@@ -340,21 +284,21 @@ impl SessionBuilder {
     /// A longer line fails its item with [`Error::Protocol`] and the process is killed, so a
     /// CLI that writes without end cannot take the program's memory.
     pub fn max_line_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_line_bytes = bytes;
+        self.cli.max_line_bytes = bytes;
         self
     }
 
     /// Keep the CLI's transcripts under `~/.claude/projects` (default: off, so a batch does
     /// not flood the user's `claude --resume` list).
     pub fn persist_sessions(mut self, persist: bool) -> Self {
-        self.config.persist_sessions = persist;
+        self.cli.persist_sessions = persist;
         self
     }
 
     /// Start a new CLI process for every item instead of reusing warm ones. Costs about
     /// 0.8 s of CPU and 300 MB per item; use it only when items must not share a process.
     pub fn fresh_process_per_item(mut self, fresh: bool) -> Self {
-        self.config.fresh_process_per_item = fresh;
+        self.cli.fresh_process_per_item = fresh;
         self
     }
 
@@ -375,7 +319,7 @@ impl SessionBuilder {
     ///     .recycle_above_memory(None);
     /// ```
     pub fn recycle_after_items(mut self, items: Option<u64>) -> Self {
-        self.config.recycle_after_items = items;
+        self.cli.recycle_after_items = items;
         self
     }
 
@@ -386,7 +330,7 @@ impl SessionBuilder {
     /// 2,000 items (at most 475 MiB; 187-190 MiB fresh), so that it retires only a process
     /// that grows beyond what a healthy one reaches (docs/tuning.md, "Recycling").
     pub fn recycle_above_memory(mut self, bytes: Option<u64>) -> Self {
-        self.config.recycle_above_memory = bytes;
+        self.cli.recycle_above_memory = bytes;
         self
     }
 
@@ -406,7 +350,7 @@ impl SessionBuilder {
     /// let builder = claude_rayon::Session::builder().load_user_config(true);
     /// ```
     pub fn load_user_config(mut self, load: bool) -> Self {
-        self.config.load_user_config = load;
+        self.cli.load_user_config = load;
         self
     }
 
@@ -417,7 +361,7 @@ impl SessionBuilder {
     /// Off, an item's text is always sent as text: `@` mentions stay text, and text that
     /// begins with `/` is sent with one leading space so that the CLI does not run it.
     pub fn interpret_item_text(mut self, interpret: bool) -> Self {
-        self.config.interpret_item_text = interpret;
+        self.cli.interpret_item_text = interpret;
         self
     }
 
@@ -426,7 +370,7 @@ impl SessionBuilder {
     /// `--plugin-dir`, `--plugin-url`, `--agents`, `--agent`, `--add-dir`) are refused by
     /// `build()` unless [`load_user_config`](Self::load_user_config) is on.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.config.extra_args.push(arg.into());
+        self.cli.extra_args.push(arg.into());
         self
     }
 
@@ -454,45 +398,45 @@ impl SessionBuilder {
 
     /// Limit requests per minute on a throttle of this session's own.
     pub fn requests_per_minute(mut self, limit: u32) -> Self {
-        self.config.requests_per_minute = Some(limit);
+        self.settings.requests_per_minute = Some(limit);
         self
     }
 
     /// Limit tokens (input plus output, of every kind) per minute on this session's throttle.
     pub fn tokens_per_minute(mut self, limit: u64) -> Self {
-        self.config.tokens_per_minute = Some(limit);
+        self.settings.tokens_per_minute = Some(limit);
         self
     }
 
     /// How many requests may go at once after an idle spell (default: one minute's worth).
     pub fn burst(mut self, requests: u32) -> Self {
-        self.config.burst = Some(requests);
+        self.settings.burst = Some(requests);
         self
     }
 
     /// Output tokens reserved per item on the tokens-per-minute bucket before the real usage
     /// is known (default 1024).
     pub fn output_token_allowance(mut self, tokens: u64) -> Self {
-        self.config.output_token_allowance = tokens;
+        self.settings.output_token_allowance = tokens;
         self
     }
 
     /// Share one throttle between sessions that use one API key. Overrides
     /// `requests_per_minute`, `tokens_per_minute` and `burst`.
     pub fn throttle(mut self, throttle: Arc<Throttle>) -> Self {
-        self.config.throttle = Some(throttle);
+        self.settings.throttle = Some(throttle);
         self
     }
 
     /// How often an item is tried again after a retryable error (default 3).
     pub fn max_retries(mut self, retries: u32) -> Self {
-        self.config.retry.max_retries = retries;
+        self.settings.retry.max_retries = retries;
         self
     }
 
     /// The whole retry policy: counts, delays and which errors are retried.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.config.retry = policy;
+        self.settings.retry = policy;
         self
     }
 
@@ -500,7 +444,7 @@ impl SessionBuilder {
     /// (`CLAUDE_CODE_MAX_RETRIES`; default here 2, the CLI's own default is 10). `None` keeps
     /// the CLI's default. See the crate's retry documentation for how the two share the work.
     pub fn cli_max_retries(mut self, retries: Option<u32>) -> Self {
-        self.config.cli_max_retries = retries;
+        self.cli.cli_max_retries = retries;
         self
     }
 
@@ -510,14 +454,14 @@ impl SessionBuilder {
     /// (a huge document) fails alone with [`Error::ItemOverBudget`], without spending the
     /// budget: the other items go on.
     pub fn max_budget_usd(mut self, budget: f64) -> Self {
-        self.config.max_budget_usd = Some(budget);
+        self.settings.max_budget_usd = Some(budget);
         self
     }
 
     /// The cost reserved for an item before it runs, when no item has finished yet to learn
     /// from (default: 0.01 USD). After that, the largest cost seen is reserved.
     pub fn cost_estimate_usd(mut self, estimate: f64) -> Self {
-        self.config.cost_estimate_usd = Some(estimate);
+        self.settings.cost_estimate_usd = Some(estimate);
         self
     }
 
@@ -537,7 +481,7 @@ impl SessionBuilder {
         mut self,
         callback: impl Fn(&crate::Progress) + Send + Sync + 'static,
     ) -> Self {
-        self.config.on_progress = Some(Arc::new(callback));
+        self.settings.on_progress = Some(Arc::new(callback));
         self
     }
 
@@ -546,7 +490,7 @@ impl SessionBuilder {
     /// feature (without it nothing is drawn and `build()` logs a warning saying so). No bar is drawn when stderr is not a terminal,
     /// unless a target is given with `progress_draw_target`.
     pub fn progress(mut self, show: bool) -> Self {
-        self.config.progress = show;
+        self.settings.progress = show;
         self
     }
 
@@ -557,8 +501,8 @@ impl SessionBuilder {
         mut self,
         target: impl Fn() -> indicatif::ProgressDrawTarget + Send + Sync + 'static,
     ) -> Self {
-        self.config.progress = true;
-        self.config.progress_draw_target = Some(Arc::new(target));
+        self.settings.progress = true;
+        self.settings.progress_draw_target = Some(Arc::new(target));
         self
     }
 
@@ -570,7 +514,7 @@ impl SessionBuilder {
     /// more than [`warm_cache_wait`](Self::warm_cache_wait)); without
     /// it, the first `concurrency` items each write their own entry at 1.25× the input price.
     pub fn warm_cache(mut self, warm: bool) -> Self {
-        self.config.warm_cache = warm;
+        self.settings.warm_cache = warm;
         self
     }
 
@@ -587,7 +531,7 @@ impl SessionBuilder {
     /// let builder = claude_rayon::Session::builder().warm_cache_wait(Duration::from_secs(5));
     /// ```
     pub fn warm_cache_wait(mut self, wait: Duration) -> Self {
-        self.config.warm_cache_wait = wait;
+        self.settings.warm_cache_wait = wait;
         self
     }
 
@@ -608,7 +552,7 @@ impl SessionBuilder {
     ///     .max_usage_limit_wait(Duration::from_secs(5 * 3600));
     /// ```
     pub fn max_usage_limit_wait(mut self, wait: Duration) -> Self {
-        self.config.max_usage_limit_wait = wait;
+        self.settings.max_usage_limit_wait = wait;
         self
     }
 
@@ -623,7 +567,7 @@ impl SessionBuilder {
     /// # Ok::<(), claude_rayon::Error>(())
     /// ```
     pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config.journal_path = Some(path.into());
+        self.settings.journal_path = Some(path.into());
         self
     }
 
@@ -647,52 +591,44 @@ impl SessionBuilder {
     /// assert!(matches!(err, Error::InvalidConfig(_)));
     /// ```
     pub fn build(self) -> Result<Session, Error> {
-        self.config.validate()?;
+        let SessionBuilder {
+            mut settings,
+            cli: options,
+        } = self;
+        settings.validate()?;
+        options.validate(&settings.spec)?;
         #[cfg(not(feature = "progress"))]
-        if self.config.progress {
+        if settings.progress {
             log::warn!(
                 "progress(true) draws nothing: the progress bar needs the `progress` feature \
                  (claude-rayon = {{ version = \"...\", features = [\"progress\"] }}); \
                  on_progress(..) works without it"
             );
         }
-        // A copy of this program started as the simulator must serve, never start another.
-        #[cfg(feature = "simulator")]
-        super::simulated::refuse_in_the_simulator()?;
-        let cli = crate::backend::cli::locate::find_cli(self.config.cli_path.as_deref())?;
-        #[cfg(feature = "simulator")]
-        let simulated = super::simulated::is_simulated(&self.config.env);
-        #[cfg(not(feature = "simulator"))]
-        let simulated = false;
-        if simulated {
-            // The program itself as the simulator: check that it serves, once, instead of
-            // asking its version (which a program that does not serve answers by running).
-            #[cfg(feature = "simulator")]
-            super::simulated::handshake(&cli, &self.config.cli_env(), &self.config.env_remove)?;
-        } else {
-            crate::backend::cli::seal::check_cli_version(
-                &cli,
-                &self.config.cli_env(),
-                &self.config.env_remove,
-            )?;
-        }
-        let mut config = self.config;
-        // Read now, once: what the processes will read (settings files, the environment).
-        let answer_settings = config.answer_settings();
-        if let Some(path) = &config.journal_path {
-            if let Err(why) = &answer_settings {
+        let id = super::next_session_id();
+        let started = crate::backend::cli::start(
+            id,
+            &settings.spec,
+            settings.concurrency,
+            settings.timeout,
+            &options,
+        )?;
+        if let Some(path) = &settings.journal_path {
+            if let Err(why) = &started.answer_settings {
                 return Err(Error::Journal {
                     path: path.clone(),
                     message: why.clone(),
                 });
             }
-            config.journal = Some(crate::Journal::open(path)?);
+            settings.journal = Some(crate::Journal::open(path)?);
         }
-        Session::from_config(config, cli, answer_settings)
+        Session::start(id, settings, started)
     }
 }
 
-impl Config {
+impl Settings {
+    /// The checks of the settings any backend understands; `CliOptions::validate` has the
+    /// CLI's.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let invalid = |msg: String| Err(Error::InvalidConfig(msg));
         if self.concurrency == 0 {
@@ -704,51 +640,12 @@ impl Config {
                 self.concurrency
             ));
         }
-        if self.recycle_after_items == Some(0) {
-            return invalid("recycle_after_items must be at least 1 (None never recycles)".into());
-        }
-        if self.max_starting_processes == 0 {
-            return invalid("max_starting_processes must be at least 1".into());
-        }
-        if self.max_line_bytes < 64 * 1024 {
-            return invalid(format!(
-                "max_line_bytes {} is too small for the CLI's own lines; use at least 64 KiB",
-                self.max_line_bytes
-            ));
-        }
         if self.timeout.is_zero() {
             return invalid("timeout must be longer than zero".into());
         }
-        if self.max_turns == Some(0) {
-            return invalid("max_turns must be at least 1".into());
-        }
-        if let Some(schema) = &self.json_schema {
+        if let Some(schema) = &self.spec.json_schema {
             if !schema.is_object() {
                 return invalid("json_schema must be a JSON object (a JSON Schema)".into());
-            }
-        }
-        let tools_off = matches!(&self.tools, Some(t) if t.is_empty());
-        if tools_off && !self.allowed_tools.is_empty() {
-            return invalid(format!(
-                "allowed_tools {:?} given but tools are off (the default); enable them with .tools([...])",
-                self.allowed_tools
-            ));
-        }
-        if let Some(both) = self
-            .allowed_tools
-            .iter()
-            .find(|t| self.disallowed_tools.contains(t))
-        {
-            return invalid(format!("tool {both:?} is both allowed and disallowed"));
-        }
-        for (key, _) in &self.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return invalid(format!("environment variable name {key:?} is not valid"));
-            }
-        }
-        if let Some(dir) = &self.cwd {
-            if !dir.is_dir() {
-                return invalid(format!("cwd {} is not a directory", dir.display()));
             }
         }
         if self.requests_per_minute == Some(0) || self.tokens_per_minute == Some(0) {
@@ -780,58 +677,29 @@ impl Config {
                 ));
             }
         }
-        if !self.load_user_config {
-            let flag_name = |arg: &str| arg.split('=').next().unwrap_or("").to_string();
-            if let Some(arg) = self.extra_args.iter().find(|a| {
-                crate::backend::cli::seal::UNSEALING_ARGS.contains(&flag_name(a).as_str())
-            }) {
-                return invalid(format!(
-                    "arg({:?}) would load configuration into sealed processes; turn on \
-                     load_user_config(true) to pass it",
-                    flag_name(arg)
-                ));
-            }
-        }
-        if self.cli_max_retries.is_some_and(|r| r > 15) {
-            return invalid("cli_max_retries is capped at 15 by the CLI".into());
-        }
-        self.retry.validate()?;
-        self.validate_command_line()
+        self.retry.validate()
     }
 }
 
 impl fmt::Debug for SessionBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.config.fmt(f)
+        f.debug_struct("SessionBuilder")
+            .field("settings", &self.settings)
+            .field("cli", &self.cli)
+            .finish()
     }
 }
 
-impl fmt::Debug for Config {
+impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Values of environment variables can be credentials: show names only.
-        let env_names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
-        f.debug_struct("Config")
-            .field("cli_path", &self.cli_path)
-            .field("model", &self.model)
-            .field("system_prompt", &self.system_prompt)
-            .field("append_system_prompt", &self.append_system_prompt)
-            .field("tools", &self.tools)
-            .field("allowed_tools", &self.allowed_tools)
-            .field("disallowed_tools", &self.disallowed_tools)
-            .field("permission_mode", &self.permission_mode)
-            .field("max_turns", &self.max_turns)
-            .field("json_schema", &self.json_schema)
-            .field("effort", &self.effort)
-            .field("cwd", &self.cwd)
-            .field("env (values hidden)", &env_names)
+        f.debug_struct("Settings")
+            .field("model", &self.spec.model)
+            .field("system_prompt", &self.spec.system_prompt)
+            .field("append_system_prompt", &self.spec.append_system_prompt)
+            .field("json_schema", &self.spec.json_schema)
+            .field("effort", &self.spec.effort)
             .field("concurrency", &self.concurrency)
             .field("timeout", &self.timeout)
-            .field("persist_sessions", &self.persist_sessions)
-            .field("load_user_config", &self.load_user_config)
-            .field("interpret_item_text", &self.interpret_item_text)
-            .field("fresh_process_per_item", &self.fresh_process_per_item)
-            .field("recycle_after_items", &self.recycle_after_items)
-            .field("recycle_above_memory", &self.recycle_above_memory)
             .field("throttle", &self.throttle)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("tokens_per_minute", &self.tokens_per_minute)
@@ -846,8 +714,8 @@ mod tests {
     use super::*;
 
     fn args(b: SessionBuilder) -> Vec<String> {
-        b.config
-            .cli_args()
+        b.cli
+            .cli_args(&b.settings.spec)
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
@@ -865,7 +733,13 @@ mod tests {
 
     #[test]
     fn contradictions_are_rejected() {
-        let check = |b: SessionBuilder| b.config.validate().unwrap_err().to_string();
+        let check = |b: SessionBuilder| {
+            b.settings
+                .validate()
+                .and_then(|()| b.cli.validate(&b.settings.spec))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(check(SessionBuilder::default().allowed_tools(["Bash"])).contains("tools are off"));
         assert!(check(
             SessionBuilder::default()
@@ -902,7 +776,7 @@ mod tests {
             .env("ANTHROPIC_API_KEY", "sk-ant-very-secret")
             .env("HOME", "/tmp/home");
         assert!(!format!("{b:?}").contains("sk-ant-very-secret"));
-        let secrets = b.config.secrets();
+        let secrets = b.cli.secrets();
         assert!(secrets.contains(&"sk-ant-very-secret".to_string()));
         assert!(!secrets.contains(&"/tmp/home".to_string()));
     }

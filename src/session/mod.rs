@@ -5,11 +5,6 @@
 //! - The processes themselves live below, in `crate::backend::cli`.
 
 pub(crate) mod builder;
-mod fingerprint;
-mod launch;
-mod options;
-#[cfg(feature = "simulator")]
-mod simulated;
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -21,47 +16,19 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use crate::backend::cli::locate::CLI_ENV_VAR;
+pub use crate::backend::cli::PermissionMode;
+pub use crate::backend::spec::Effort;
 pub use builder::SessionBuilder;
-pub(crate) use fingerprint::AnswerSettings;
-pub use options::{Effort, PermissionMode};
 
-use crate::backend::cli::pool::{self, Pool};
-use crate::backend::cli::process::Launch;
+use crate::backend::cli::pool::Pool;
 use crate::backend::cli::seal;
+pub(crate) use crate::backend::cli::AnswerSettings;
 use crate::budget::Budget;
 use crate::retry::Cooldown;
 use crate::stats::Counters;
 use crate::throttle::Throttle;
 use crate::{Cancel, Error, Stats, UsageWindow};
-use builder::Config;
-
-/// Peak memory of one CLI process over a long run, before it is recycled (measured: ~300 MB
-/// while it starts, growing to 467-475 MiB by 2,000 items; `benches/process_memory.rs`).
-pub(crate) const CLI_PEAK_BYTES: u64 = 480 * 1024 * 1024;
-
-/// Warn when `concurrency` processes at their peak would not fit in the memory available.
-fn warn_if_memory_is_short(concurrency: usize) {
-    let needed = CLI_PEAK_BYTES.saturating_mul(concurrency as u64);
-    if let Some(available) = memory_available_bytes() {
-        if needed > available {
-            log::warn!(
-                "concurrency {concurrency} needs about {} MB for its claude processes (~480 MB \
-                 each over a long run), more than the {} MB available: expect swapping or the OOM \
-                 killer; lower concurrency",
-                needed / (1024 * 1024),
-                available / (1024 * 1024)
-            );
-        }
-    }
-}
-
-/// `MemAvailable` from `/proc/meminfo` (Linux); `None` elsewhere.
-fn memory_available_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+use builder::Settings;
 
 /// How long a prompt-cache entry lives after its last use, as the API documents it; a bit
 /// less is assumed, so that an entry about to expire counts as cold.
@@ -202,7 +169,7 @@ pub struct Session {
 /// What a session holds; the engine (`crate::engine`) drives items through it.
 pub(crate) struct Inner {
     id: u64,
-    pub(crate) config: Config,
+    pub(crate) config: Settings,
     cli: PathBuf,
     pub(crate) pool: Pool,
     threads: rayon::ThreadPool,
@@ -225,7 +192,7 @@ pub(crate) struct Inner {
     pub(crate) cache_gate: Option<CacheGate>,
     /// What besides the prompt decides an answer (the journal's key), computed once; `Err`
     /// when it cannot be known (a journal then refuses every item).
-    pub(crate) answer_settings: fingerprint::AnswerSettings,
+    pub(crate) answer_settings: AnswerSettings,
     /// What the session has said about subscription usage windows, so each is said once.
     pub(crate) usage_windows: Mutex<UsageWindowsSeen>,
 }
@@ -237,6 +204,12 @@ pub(crate) struct UsageWindowsSeen {
     pub warned: HashSet<UsageWindow>,
     /// The end of the usage-limit pause in force, if one was ever made.
     pub paused_until: Option<Instant>,
+}
+
+/// A new session's id, unique in this program (it names the session's threads and folder).
+pub(crate) fn next_session_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Session {
@@ -251,17 +224,18 @@ impl Session {
         SessionBuilder::default()
     }
 
-    pub(crate) fn from_config(
-        config: Config,
-        cli: PathBuf,
-        answer_settings: fingerprint::AnswerSettings,
+    /// Session `id` with these settings on the CLI `started` for it.
+    pub(crate) fn start(
+        id: u64,
+        config: Settings,
+        started: crate::backend::cli::Started,
     ) -> Result<Session, Error> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let private_dir = match &config.cwd {
-            Some(_) => None,
-            None => Some(seal::PrivateDir::create(id)?),
-        };
+        let crate::backend::cli::Started {
+            program: cli,
+            pool,
+            private_dir,
+            answer_settings,
+        } = started;
         let throttle = match &config.throttle {
             Some(shared) => Arc::clone(shared),
             None => {
@@ -281,43 +255,6 @@ impl Session {
                 Arc::new(throttle)
             }
         };
-        let launch = Launch {
-            program: cli.clone(),
-            args: config.cli_args(),
-            env: {
-                let mut env = config.cli_env();
-                // Git looks for a repository no higher than the private folder: a temp folder
-                // inside a work tree does not make the CLI's git calls run in that tree.
-                if let Some(parent) = private_dir.as_ref().and_then(|d| d.path().parent()) {
-                    env.push((
-                        "GIT_CEILING_DIRECTORIES".to_string(),
-                        parent.to_string_lossy().into_owned(),
-                    ));
-                }
-                env
-            },
-            env_remove: config.env_remove.clone(),
-            cwd: config
-                .cwd
-                .clone()
-                .or_else(|| private_dir.as_ref().map(|d| d.path().to_path_buf())),
-            secrets: Arc::new(config.secrets()),
-            interpret_item_text: config.interpret_item_text,
-            clear_timeout: config.timeout.min(Duration::from_secs(30)),
-            max_line_bytes: config.max_line_bytes,
-            start_failures: Default::default(),
-        };
-        let pool = Pool::new(
-            launch,
-            config.concurrency,
-            config.max_starting_processes,
-            config.fresh_process_per_item,
-            pool::Recycle {
-                after_prompts: config.recycle_after_items,
-                above_bytes: config.recycle_above_memory,
-            },
-        );
-        warn_if_memory_is_short(config.concurrency);
         let threads = rayon::ThreadPoolBuilder::new()
             .num_threads(config.concurrency)
             .thread_name(move |i| format!("claude-rayon-s{id}-{i}"))
@@ -328,7 +265,8 @@ impl Session {
                 )))
             })?;
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
-        let cache_gate = (config.warm_cache && config.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
+        let cache_gate = (config.warm_cache
+            && config.spec.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
             .then(|| CacheGate::new(config.warm_cache_wait.min(config.timeout)));
         Ok(Session {
             inner: Arc::new(Inner {
