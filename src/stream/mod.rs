@@ -85,7 +85,7 @@ pub trait ClaudeIterator: Iterator + Sized {
     }
 
     /// Analyse windows of `size` consecutive items, one every `step` items, each with one
-    /// prompt built from the window's items; yield each [`Window`](crate::stream::Window) with its answer (or back
+    /// prompt built from the window's items; yield each [`Window`] with its answer (or back
     /// with its error), in source order. Windows overlap when `step < size`, and the items
     /// between them are skipped when `step > size`. When the source ends inside a window,
     /// that shorter window is yielded unless all its items were in the previous window; no
