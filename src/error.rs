@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 ///
 /// Errors are cheap to clone (I/O errors sit behind an [`Arc`]) so that one failure can be
 /// reported to every item it affected. Secrets given through
-/// [`SessionBuilder::env`](crate::SessionBuilder::env) are redacted from every message.
+/// [`CliOptions::env`](crate::CliOptions::env) are redacted from every message.
 ///
 /// # Examples
 ///
@@ -27,7 +27,7 @@ pub enum Error {
     #[error(
         "the claude CLI was not found (looked in: {}). Install it with \
          `npm install -g @anthropic-ai/claude-code`, or set CLAUDE_CODE_BIN or \
-         SessionBuilder::cli_path to its path",
+         SessionBuilder::cli(|c| c.cli_path(..)) to its path",
         display_paths(.searched)
     )]
     CliNotFound {
@@ -117,7 +117,7 @@ pub enum Error {
     #[error(
         "cannot make the claude processes' private working folder in {}: {source}. The folder \
          comes from XDG_RUNTIME_DIR when that is a folder, else TMPDIR, else /tmp: make it \
-         exist and be writable, point TMPDIR elsewhere, or give SessionBuilder::cwd",
+         exist and be writable, point TMPDIR elsewhere, or give SessionBuilder::cli(|c| c.cwd(..))",
         .path.display()
     )]
     TempFolder {
@@ -286,7 +286,7 @@ pub enum Error {
     /// The API rejected the credentials (HTTP 401 or an auth failure).
     #[error(
         "authentication failed: {message}. Log in with `claude` (then /login), or set \
-         ANTHROPIC_API_KEY for the process (SessionBuilder::env)"
+         ANTHROPIC_API_KEY for the process (SessionBuilder::cli(|c| c.env(..)))"
     )]
     Authentication {
         /// The CLI's message.

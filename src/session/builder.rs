@@ -116,11 +116,9 @@ impl Default for SessionBuilder {
 }
 
 impl SessionBuilder {
-    /// The `claude` executable to run. Without it: `CLAUDE_CODE_BIN`, then `claude` on `PATH`,
-    /// then the usual install folders.
-    pub fn cli_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.cli.cli_path = Some(path.into());
-        self
+    /// Moved: [`cli(|c| c.cli_path(..))`](CliOptions::cli_path).
+    pub fn cli_path(self, path: impl Into<PathBuf>) -> Self {
+        self.cli(|c| c.cli_path(path))
     }
 
     /// The model (`--model`): an alias such as `"sonnet"` or a full model name.
@@ -142,11 +140,9 @@ impl SessionBuilder {
         self
     }
 
-    /// Keep the CLI's own system prompt (about 6 KB, billed on every item) instead of an
-    /// empty one or yours.
-    pub fn cli_system_prompt(mut self) -> Self {
-        self.cli.keep_cli_system_prompt = true;
-        self
+    /// Moved: [`cli(|c| c.cli_system_prompt(..))`](CliOptions::cli_system_prompt).
+    pub fn cli_system_prompt(self) -> Self {
+        self.cli(|c| c.cli_system_prompt())
     }
 
     /// Text added after the system prompt (`--append-system-prompt`): **the place for
@@ -180,35 +176,29 @@ impl SessionBuilder {
         self
     }
 
-    /// The built-in tools offered to the model (`--tools`). The default is none (`--tools ""`):
-    /// tool definitions add about 64 KB to every request. Pass `["default"]` for all of them.
-    pub fn tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.cli.tools = Some(tools.into_iter().map(Into::into).collect());
-        self
+    /// Moved: [`cli(|c| c.tools(..))`](CliOptions::tools).
+    pub fn tools<S: Into<String>>(self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.cli(|c| c.tools(tools))
     }
 
-    /// Tools the model may use without asking (`--allowedTools`), e.g. `"Bash(git *)"`.
-    pub fn allowed_tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.cli.allowed_tools = tools.into_iter().map(Into::into).collect();
-        self
+    /// Moved: [`cli(|c| c.allowed_tools(..))`](CliOptions::allowed_tools).
+    pub fn allowed_tools<S: Into<String>>(self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.cli(|c| c.allowed_tools(tools))
     }
 
-    /// Tools the model may never use (`--disallowedTools`).
-    pub fn disallowed_tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.cli.disallowed_tools = tools.into_iter().map(Into::into).collect();
-        self
+    /// Moved: [`cli(|c| c.disallowed_tools(..))`](CliOptions::disallowed_tools).
+    pub fn disallowed_tools<S: Into<String>>(self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.cli(|c| c.disallowed_tools(tools))
     }
 
-    /// The permission mode (`--permission-mode`).
-    pub fn permission_mode(mut self, mode: PermissionMode) -> Self {
-        self.cli.permission_mode = Some(mode);
-        self
+    /// Moved: [`cli(|c| c.permission_mode(..))`](CliOptions::permission_mode).
+    pub fn permission_mode(self, mode: PermissionMode) -> Self {
+        self.cli(|c| c.permission_mode(mode))
     }
 
-    /// The most model turns per item (`--max-turns`); running out is [`Error::MaxTurns`].
-    pub fn max_turns(mut self, turns: u32) -> Self {
-        self.cli.max_turns = Some(turns);
-        self
+    /// Moved: [`cli(|c| c.max_turns(..))`](CliOptions::max_turns).
+    pub fn max_turns(self, turns: u32) -> Self {
+        self.cli(|c| c.max_turns(turns))
     }
 
     /// A JSON Schema every answer must follow (`--json-schema`); answers then carry
@@ -225,31 +215,19 @@ impl SessionBuilder {
         self
     }
 
-    /// The working directory of the CLI processes. Without it, each session runs its
-    /// processes in a private, empty folder of its own (mode 0700, removed at close). Either
-    /// way, the project configuration in that folder (its `CLAUDE.md`, `.mcp.json`,
-    /// `.claude/settings.json`, skills and commands) does not apply.
-    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cli.cwd = Some(dir.into());
-        self
+    /// Moved: [`cli(|c| c.cwd(..))`](CliOptions::cwd).
+    pub fn cwd(self, dir: impl Into<PathBuf>) -> Self {
+        self.cli(|c| c.cwd(dir))
     }
 
-    /// Set an environment variable for the CLI processes (for example `ANTHROPIC_API_KEY`).
-    /// Values are never shown in `Debug` output, logs or errors.
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        let key = key.into();
-        self.cli.env.retain(|(k, _)| *k != key);
-        self.cli.env.push((key, value.into()));
-        self
+    /// Moved: [`cli(|c| c.env(..))`](CliOptions::env).
+    pub fn env(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cli(|c| c.env(key, value))
     }
 
-    /// Remove an inherited environment variable from the CLI processes (for example
-    /// `ANTHROPIC_AUTH_TOKEN`, so that an API key given with [`env`](Self::env) is used).
-    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
-        let key = key.into();
-        self.cli.env.retain(|(k, _)| *k != key);
-        self.cli.env_remove.push(key);
-        self
+    /// Moved: [`cli(|c| c.env_remove(..))`](CliOptions::env_remove).
+    pub fn env_remove(self, key: impl Into<String>) -> Self {
+        self.cli(|c| c.env_remove(key))
     }
 
     /// How many CLI processes the session keeps, and so how many items run at once
@@ -263,14 +241,9 @@ impl SessionBuilder {
         self
     }
 
-    /// How many CLI processes may be starting at once (default: the number of cores, at
-    /// least 2). A start costs about 0.8 s of CPU; starting 32 at once on 2 cores delays
-    /// every first answer by many seconds, while starting them a few at a time gets the first
-    /// answers in about a second and the rest as each process warms up. Set it to
-    /// `concurrency` to start them all at once.
-    pub fn max_starting_processes(mut self, processes: usize) -> Self {
-        self.cli.max_starting_processes = processes;
-        self
+    /// Moved: [`cli(|c| c.max_starting_processes(..))`](CliOptions::max_starting_processes).
+    pub fn max_starting_processes(self, processes: usize) -> Self {
+        self.cli(|c| c.max_starting_processes(processes))
     }
 
     /// The longest one item may take (default 10 minutes). A process that runs past it is
@@ -280,98 +253,44 @@ impl SessionBuilder {
         self
     }
 
-    /// The longest line the CLI may write, in bytes (default 256 MiB; an answer is one line).
-    /// A longer line fails its item with [`Error::Protocol`] and the process is killed, so a
-    /// CLI that writes without end cannot take the program's memory.
-    pub fn max_line_bytes(mut self, bytes: usize) -> Self {
-        self.cli.max_line_bytes = bytes;
-        self
+    /// Moved: [`cli(|c| c.max_line_bytes(..))`](CliOptions::max_line_bytes).
+    pub fn max_line_bytes(self, bytes: usize) -> Self {
+        self.cli(|c| c.max_line_bytes(bytes))
     }
 
-    /// Keep the CLI's transcripts under `~/.claude/projects` (default: off, so a batch does
-    /// not flood the user's `claude --resume` list).
-    pub fn persist_sessions(mut self, persist: bool) -> Self {
-        self.cli.persist_sessions = persist;
-        self
+    /// Moved: [`cli(|c| c.persist_sessions(..))`](CliOptions::persist_sessions).
+    pub fn persist_sessions(self, persist: bool) -> Self {
+        self.cli(|c| c.persist_sessions(persist))
     }
 
-    /// Start a new CLI process for every item instead of reusing warm ones. Costs about
-    /// 0.8 s of CPU and 300 MB per item; use it only when items must not share a process.
-    pub fn fresh_process_per_item(mut self, fresh: bool) -> Self {
-        self.cli.fresh_process_per_item = fresh;
-        self
+    /// Moved: [`cli(|c| c.fresh_process_per_item(..))`](CliOptions::fresh_process_per_item).
+    pub fn fresh_process_per_item(self, fresh: bool) -> Self {
+        self.cli(|c| c.fresh_process_per_item(fresh))
     }
 
-    /// Retire a warm process once it has answered `items` items (`None`: never), and start
-    /// a fresh one for the next item. The CLI's memory grows over a long headless session;
-    /// a process is retired only between items (when it goes back to the pool), so no item
-    /// is cut short, lost or asked twice. A [`Conversation`](crate::Conversation) keeps its
-    /// process until it is dropped. Default: `Some(2000)`, the most items a process was
-    /// measured over on both CLI versions; a recycle costs about one start (docs/tuning.md,
-    /// "Recycling").
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// // A fresh process every 200 items; no memory ceiling.
-    /// let builder = claude_rayon::Session::builder()
-    ///     .recycle_after_items(Some(200))
-    ///     .recycle_above_memory(None);
-    /// ```
-    pub fn recycle_after_items(mut self, items: Option<u64>) -> Self {
-        self.cli.recycle_after_items = items;
-        self
+    /// Moved: [`cli(|c| c.recycle_after_items(..))`](CliOptions::recycle_after_items).
+    pub fn recycle_after_items(self, items: Option<u64>) -> Self {
+        self.cli(|c| c.recycle_after_items(items))
     }
 
-    /// Retire a warm process, between items, once its resident memory (Linux `VmRSS`) is
-    /// above `bytes` (`None`: never). Read from `/proc` when the process goes back to the
-    /// pool; elsewhere than Linux only [`recycle_after_items`](Self::recycle_after_items)
-    /// applies. Default: `Some(512 MiB)`, above every reading of a healthy process over
-    /// 2,000 items (at most 475 MiB; 187-190 MiB fresh), so that it retires only a process
-    /// that grows beyond what a healthy one reaches (docs/tuning.md, "Recycling").
-    pub fn recycle_above_memory(mut self, bytes: Option<u64>) -> Self {
-        self.cli.recycle_above_memory = bytes;
-        self
+    /// Moved: [`cli(|c| c.recycle_above_memory(..))`](CliOptions::recycle_above_memory).
+    pub fn recycle_above_memory(self, bytes: Option<u64>) -> Self {
+        self.cli(|c| c.recycle_above_memory(bytes))
     }
 
-    /// Load your own Claude Code configuration into every process: `~/.claude/CLAUDE.md`,
-    /// your hooks, MCP servers, skills, plugins, agents and output styles (default: off).
-    ///
-    /// Off, the processes are sealed: they read no memory files, run no hooks, start no MCP
-    /// servers and load no customizations, while your login or API key works as usual. The
-    /// project's configuration (in the working directory) stays off either way, and an
-    /// item's text still cannot attach files or run commands; see
-    /// [`interpret_item_text`](Self::interpret_item_text) for that.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// // Items may use the MCP servers and memory configured in ~/.claude.
-    /// let builder = claude_rayon::Session::builder().load_user_config(true);
-    /// ```
-    pub fn load_user_config(mut self, load: bool) -> Self {
-        self.cli.load_user_config = load;
-        self
+    /// Moved: [`cli(|c| c.load_user_config(..))`](CliOptions::load_user_config).
+    pub fn load_user_config(self, load: bool) -> Self {
+        self.cli(|c| c.load_user_config(load))
     }
 
-    /// Let an item's text do what text typed into the CLI does (default: off): `@path`
-    /// attaches that file to the request and a leading `/` runs a CLI command (`/config`
-    /// can rewrite your settings). Turn it on only for prompts you wrote yourself.
-    ///
-    /// Off, an item's text is always sent as text: `@` mentions stay text, and text that
-    /// begins with `/` is sent with one leading space so that the CLI does not run it.
-    pub fn interpret_item_text(mut self, interpret: bool) -> Self {
-        self.cli.interpret_item_text = interpret;
-        self
+    /// Moved: [`cli(|c| c.interpret_item_text(..))`](CliOptions::interpret_item_text).
+    pub fn interpret_item_text(self, interpret: bool) -> Self {
+        self.cli(|c| c.interpret_item_text(interpret))
     }
 
-    /// An extra command-line argument for the CLI, passed as is after the ones this crate sets.
-    /// Flags that would undo the sealing (`--settings`, `--setting-sources`, `--mcp-config`,
-    /// `--plugin-dir`, `--plugin-url`, `--agents`, `--agent`, `--add-dir`) are refused by
-    /// `build()` unless [`load_user_config`](Self::load_user_config) is on.
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.cli.extra_args.push(arg.into());
-        self
+    /// Moved: [`cli(|c| c.arg(..))`](CliOptions::arg).
+    pub fn arg(self, arg: impl Into<String>) -> Self {
+        self.cli(|c| c.arg(arg))
     }
 
     /// Run on the built-in [`simulator`](crate::simulator) instead of the real CLI: this
@@ -390,10 +309,32 @@ impl SessionBuilder {
     #[cfg(feature = "simulator")]
     pub fn simulated(self) -> Result<Self, Error> {
         let exe = std::env::current_exe().map_err(Error::io)?;
-        Ok(self
-            .cli_path(exe)
-            .env(crate::simulator::SIMULATOR_ENV_VAR, "1")
-            .env("CLAUDE_RAYON_SIM_DEMO", "1"))
+        Ok(self.cli(|c| {
+            c.cli_path(exe)
+                .env(crate::simulator::SIMULATOR_ENV_VAR, "1")
+                .env("CLAUDE_RAYON_SIM_DEMO", "1")
+        }))
+    }
+
+    /// Settings only the Claude Code CLI understands (the CLI is what answers items): its
+    /// path, arguments, environment and working folder, tools, sealing and recycling; see
+    /// [`CliOptions`]. Calls compose: each closure gets the options as the ones before left
+    /// them (a [`simulated`](Self::simulated) session's included).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::Session;
+    ///
+    /// let key = "sk-ant-secret"; // read from your own secret store
+    /// let builder = Session::builder()
+    ///     .model("sonnet")
+    ///     .cli(|c| c.env("ANTHROPIC_API_KEY", key).env_remove("ANTHROPIC_AUTH_TOKEN"))
+    ///     .cli(|c| c.cli_max_retries(Some(0)));
+    /// ```
+    pub fn cli(mut self, configure: impl FnOnce(CliOptions) -> CliOptions) -> Self {
+        self.cli = configure(std::mem::take(&mut self.cli));
+        self
     }
 
     /// Limit requests per minute on a throttle of this session's own.
@@ -440,12 +381,9 @@ impl SessionBuilder {
         self
     }
 
-    /// How often the CLI itself retries an API call before reporting an error
-    /// (`CLAUDE_CODE_MAX_RETRIES`; default here 2, the CLI's own default is 10). `None` keeps
-    /// the CLI's default. See the crate's retry documentation for how the two share the work.
-    pub fn cli_max_retries(mut self, retries: Option<u32>) -> Self {
-        self.cli.cli_max_retries = retries;
-        self
+    /// Moved: [`cli(|c| c.cli_max_retries(..))`](CliOptions::cli_max_retries).
+    pub fn cli_max_retries(self, retries: Option<u32>) -> Self {
+        self.cli(|c| c.cli_max_retries(retries))
     }
 
     /// A spending cap for the whole session, in US dollars. Once the next item's estimated
@@ -713,54 +651,14 @@ impl fmt::Debug for Settings {
 mod tests {
     use super::*;
 
-    fn args(b: SessionBuilder) -> Vec<String> {
-        b.cli
-            .cli_args(&b.settings.spec)
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn defaults_turn_tools_and_system_prompt_off() {
-        let a = args(SessionBuilder::default());
-        let joined = a.join(" ");
-        assert!(joined.contains("--tools  ") || a.windows(2).any(|w| w == ["--tools", ""]));
-        assert!(a.windows(2).any(|w| w == ["--system-prompt", ""]));
-        assert!(a.contains(&"--no-session-persistence".to_string()));
-        assert!(a.contains(&"stream-json".to_string()));
-    }
-
     #[test]
     fn contradictions_are_rejected() {
-        let check = |b: SessionBuilder| {
-            b.settings
-                .validate()
-                .and_then(|()| b.cli.validate(&b.settings.spec))
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(check(SessionBuilder::default().allowed_tools(["Bash"])).contains("tools are off"));
-        assert!(check(
-            SessionBuilder::default()
-                .tools(["Bash"])
-                .allowed_tools(["Bash"])
-                .disallowed_tools(["Bash"])
-        )
-        .contains("both allowed and disallowed"));
-        assert!(check(SessionBuilder::default().max_turns(0)).contains("max_turns"));
+        // The CLI's own checks are in `CliOptions::validate`'s tests.
+        let check = |b: SessionBuilder| b.settings.validate().unwrap_err().to_string();
         assert!(
             check(SessionBuilder::default().json_schema(serde_json::json!("x"))).contains("object")
         );
         assert!(check(SessionBuilder::default().timeout(Duration::ZERO)).contains("timeout"));
-        assert!(check(SessionBuilder::default().cwd("/nonexistent/dir")).contains("cwd"));
-        assert!(check(SessionBuilder::default().env("A=B", "c")).contains("not valid"));
-        assert!(check(SessionBuilder::default().system_prompt("a\0b"))
-            .contains("--system-prompt contains a NUL byte"));
-        assert!(
-            check(SessionBuilder::default().append_system_prompt("x".repeat(130 * 1024)))
-                .contains("--append-system-prompt is 133120 bytes")
-        );
         assert!(check(SessionBuilder::default().max_budget_usd(f64::NAN)).contains("budget"));
         assert!(check(
             SessionBuilder::default()
@@ -771,13 +669,42 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted_and_hidden_from_debug() {
+    fn cli_calls_compose() {
         let b = SessionBuilder::default()
-            .env("ANTHROPIC_API_KEY", "sk-ant-very-secret")
-            .env("HOME", "/tmp/home");
-        assert!(!format!("{b:?}").contains("sk-ant-very-secret"));
-        let secrets = b.cli.secrets();
-        assert!(secrets.contains(&"sk-ant-very-secret".to_string()));
-        assert!(!secrets.contains(&"/tmp/home".to_string()));
+            .cli(|c| c.env("FIRST", "1").max_turns(2))
+            .model("sonnet")
+            .cli(|c| c.env("SECOND", "2"));
+        let env: Vec<&str> = b.cli.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(env, ["FIRST", "SECOND"]);
+        assert_eq!(b.cli.max_turns, Some(2));
+        assert_eq!(b.settings.spec.model.as_deref(), Some("sonnet"));
+    }
+
+    #[cfg(feature = "simulator")]
+    #[test]
+    fn a_simulated_session_keeps_its_simulator_under_later_cli_calls() {
+        let b = SessionBuilder::default()
+            .simulated()
+            .unwrap()
+            .cli(|c| c.env("MORE", "1"));
+        assert_eq!(b.cli.cli_path, Some(std::env::current_exe().unwrap()));
+        assert!(b
+            .cli
+            .env
+            .iter()
+            .any(|(k, v)| k == crate::simulator::SIMULATOR_ENV_VAR && v == "1"));
+    }
+
+    #[test]
+    fn secrets_are_hidden_from_debug() {
+        let b = SessionBuilder::default()
+            .cli(|c| c.env("ANTHROPIC_API_KEY", "sk-ant-very-secret"))
+            .model("sonnet");
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("sk-ant-very-secret"), "{shown}");
+        assert!(
+            shown.contains("ANTHROPIC_API_KEY") && shown.contains("sonnet"),
+            "{shown}"
+        );
     }
 }

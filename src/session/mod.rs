@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use crate::backend::cli::locate::CLI_ENV_VAR;
-pub use crate::backend::cli::PermissionMode;
+pub use crate::backend::cli::{CliOptions, PermissionMode};
 pub use crate::backend::spec::Effort;
 pub use builder::SessionBuilder;
 

@@ -27,8 +27,7 @@ use std::time::Duration;
 use crate::backend::spec::AnswerSpec;
 use crate::Error;
 pub(crate) use fingerprint::AnswerSettings;
-pub(crate) use options::CliOptions;
-pub use options::PermissionMode;
+pub use options::{CliOptions, PermissionMode};
 use pool::Pool;
 use process::Launch;
 
