@@ -6,7 +6,7 @@ mod support;
 use claude_rayon::prelude::*;
 use claude_rayon::{Error, Outcome};
 use rayon::prelude::*;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 /// An item as a user writes one, after a directive for the simulator (which echoes it).
 fn ticket(directive: &str) -> String {
@@ -62,7 +62,7 @@ fn a_refusal_fails_at_once_without_retries() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .concurrency(1)
         .build()
         .unwrap();
@@ -136,7 +136,7 @@ fn an_unreachable_api_stops_the_run_with_one_clear_error() {
     let session = fake
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
     for i in 0..6 {
@@ -162,7 +162,7 @@ fn an_answer_whose_stream_ended_early_is_incomplete_and_asked_again() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .max_retries(2)
+        .retry_policy(quick_retries(2))
         .concurrency(1)
         .build()
         .unwrap();
@@ -225,7 +225,7 @@ fn a_refusal_the_cli_asked_again_is_still_a_refusal() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .concurrency(1)
         .build()
         .unwrap();
@@ -251,7 +251,7 @@ fn a_paused_turn_is_an_incomplete_answer() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .concurrency(1)
         .build()
         .unwrap();

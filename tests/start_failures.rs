@@ -7,7 +7,7 @@ mod support;
 use claude_rayon::prelude::*;
 use claude_rayon::Error;
 use rayon::prelude::*;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 const REFUSAL: &str = "error: unknown option '--no-such-flag'";
 const SECRET: &str = "sk-ant-start-failure-0123456789";
@@ -31,13 +31,15 @@ fn a_cli_that_cannot_start_stops_the_run_after_two_starts_that_fail_alike() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .env(
-            "CLAUDE_RAYON_SIM_START_ERROR",
-            format!("{REFUSAL} ({SECRET})"),
-        )
-        .env("ANTHROPIC_API_KEY", SECRET)
+        .cli(|c| {
+            c.env(
+                "CLAUDE_RAYON_SIM_START_ERROR",
+                format!("{REFUSAL} ({SECRET})"),
+            )
+            .env("ANTHROPIC_API_KEY", SECRET)
+        })
         .concurrency(1)
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .build()
         .unwrap();
     let results: Vec<_> = tickets()
@@ -89,9 +91,9 @@ fn concurrent_starts_that_fail_alike_stop_the_run_at_once() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .env("CLAUDE_RAYON_SIM_START_ERROR", REFUSAL)
+        .cli(|c| c.env("CLAUDE_RAYON_SIM_START_ERROR", REFUSAL))
         .concurrency(3)
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .build()
         .unwrap();
     let results: Vec<_> = tickets()
@@ -112,10 +114,12 @@ fn a_start_that_fails_once_is_tried_again_and_not_counted() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .env("CLAUDE_RAYON_SIM_START_ERROR", REFUSAL)
-        .env("CLAUDE_RAYON_SIM_START_ERROR_TIMES", "1")
+        .cli(|c| {
+            c.env("CLAUDE_RAYON_SIM_START_ERROR", REFUSAL)
+                .env("CLAUDE_RAYON_SIM_START_ERROR_TIMES", "1")
+        })
         .concurrency(1)
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .build()
         .unwrap();
     let ticket = &tickets()[0];
@@ -148,9 +152,9 @@ fn starts_that_fail_differently_are_each_tried_again() {
     std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
     let session = fake
         .builder()
-        .cli_path(&cli)
+        .cli(|c| c.cli_path(&cli))
         .concurrency(1)
-        .max_retries(2)
+        .retry_policy(quick_retries(2))
         .build()
         .unwrap();
     let error = session.query(&tickets()[0]).unwrap_err();
