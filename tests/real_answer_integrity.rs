@@ -14,7 +14,7 @@ use claude_rayon::prelude::*;
 use claude_rayon::{Error, Outcome};
 use rayon::prelude::*;
 use support::mock_api::{Fault, RecordedRequest, Reply};
-use support::Real;
+use support::{quick_retries, Real};
 
 /// An item as a user writes one: a support ticket.
 const TICKET: &str = "Hello, I ordered a pair of waterproof walking boots (size 43, brown) three \
@@ -96,7 +96,7 @@ fn a_refusal_fails_at_once() {
     });
     let session = real
         .builder()
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .concurrency(1)
         .build()
         .unwrap();
@@ -194,7 +194,7 @@ fn a_stream_that_ends_without_message_stop_comes_back_whole_or_is_asked_again() 
     });
     let session = real
         .builder()
-        .max_retries(1)
+        .retry_policy(quick_retries(1))
         .concurrency(1)
         .build()
         .unwrap();
@@ -239,7 +239,7 @@ fn a_refusal_the_cli_asks_again_is_still_a_refusal() {
     });
     let session = real
         .builder()
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .concurrency(1)
         .build()
         .unwrap();
@@ -264,7 +264,7 @@ fn a_paused_turn_is_an_incomplete_answer() {
     });
     let session = real
         .builder()
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .concurrency(1)
         .build()
         .unwrap();
