@@ -282,11 +282,10 @@ mod tests {
     }
 
     fn settings(home: &Path, builder: SessionBuilder) -> AnswerSettings {
-        answer_settings(
-            builder
-                .env("HOME", home.to_str().unwrap())
-                .env_remove("CLAUDE_CONFIG_DIR"),
-        )
+        answer_settings(builder.cli(|c| {
+            c.env("HOME", home.to_str().unwrap())
+                .env_remove("CLAUDE_CONFIG_DIR")
+        }))
     }
 
     #[test]
@@ -300,16 +299,16 @@ mod tests {
             assert_ne!(other, base);
         };
         differs(SessionBuilder::default().model("haiku"));
-        differs(SessionBuilder::default().arg("--model=haiku"));
-        differs(SessionBuilder::default().env("ANTHROPIC_MODEL", "haiku"));
-        differs(SessionBuilder::default().env("ANTHROPIC_DEFAULT_SONNET_MODEL", "x"));
-        differs(SessionBuilder::default().env("MAX_THINKING_TOKENS", "1024"));
-        differs(SessionBuilder::default().load_user_config(true));
-        differs(SessionBuilder::default().interpret_item_text(true));
+        differs(SessionBuilder::default().cli(|c| c.arg("--model=haiku")));
+        differs(SessionBuilder::default().cli(|c| c.env("ANTHROPIC_MODEL", "haiku")));
+        differs(SessionBuilder::default().cli(|c| c.env("ANTHROPIC_DEFAULT_SONNET_MODEL", "x")));
+        differs(SessionBuilder::default().cli(|c| c.env("MAX_THINKING_TOKENS", "1024")));
+        differs(SessionBuilder::default().cli(|c| c.load_user_config(true)));
+        differs(SessionBuilder::default().cli(|c| c.interpret_item_text(true)));
         // Neither a credential nor an unrelated variable does.
         let same = |b: SessionBuilder| assert_eq!(settings(h, b).unwrap(), base);
-        same(SessionBuilder::default().env("ANTHROPIC_API_KEY", "sk-ant-other"));
-        same(SessionBuilder::default().env("CLAUDE_RAYON_UNRELATED", "1"));
+        same(SessionBuilder::default().cli(|c| c.env("ANTHROPIC_API_KEY", "sk-ant-other")));
+        same(SessionBuilder::default().cli(|c| c.env("CLAUDE_RAYON_UNRELATED", "1")));
 
         let file = h.join(".claude/settings.json");
         std::fs::write(&file, r#"{"model": "claude-haiku-4-5"}"#).unwrap();
@@ -341,11 +340,12 @@ mod tests {
         )
         .unwrap();
         let with = |b: SessionBuilder| {
-            answer_settings(b.env("HOME", home.path().to_str().unwrap())).unwrap()
+            answer_settings(b.cli(|c| c.env("HOME", home.path().to_str().unwrap()))).unwrap()
         };
-        let in_home = with(SessionBuilder::default().env_remove("CLAUDE_CONFIG_DIR"));
+        let in_home = with(SessionBuilder::default().cli(|c| c.env_remove("CLAUDE_CONFIG_DIR")));
         let moved = with(
-            SessionBuilder::default().env("CLAUDE_CONFIG_DIR", elsewhere.path().to_str().unwrap()),
+            SessionBuilder::default()
+                .cli(|c| c.env("CLAUDE_CONFIG_DIR", elsewhere.path().to_str().unwrap())),
         );
         assert_ne!(in_home, moved);
     }
@@ -358,8 +358,7 @@ mod tests {
         std::fs::write(&prompt, "Answer in French.").unwrap();
         let builder = || {
             SessionBuilder::default()
-                .arg("--system-prompt-file")
-                .arg(prompt.to_str().unwrap())
+                .cli(|c| c.arg("--system-prompt-file").arg(prompt.to_str().unwrap()))
         };
         let french = settings(home.path(), builder()).unwrap();
         std::fs::write(&prompt, "Answer in German.").unwrap();
@@ -377,9 +376,7 @@ mod tests {
             "{why}"
         );
         let no_home = answer_settings(
-            SessionBuilder::default()
-                .env_remove("HOME")
-                .env_remove("CLAUDE_CONFIG_DIR"),
+            SessionBuilder::default().cli(|c| c.env_remove("HOME").env_remove("CLAUDE_CONFIG_DIR")),
         )
         .unwrap_err();
         assert!(no_home.contains("HOME"), "{no_home}");
@@ -392,7 +389,7 @@ mod tests {
         let builder = SessionBuilder::default()
             .model("claude-sonnet-4-5")
             .append_system_prompt("Answer in one paragraph.")
-            .max_turns(1);
+            .cli(|c| c.max_turns(1));
         let env = BTreeMap::from([("ANTHROPIC_MODEL".to_string(), "opus".to_string())]);
         let files = BTreeMap::from([(
             "/home/u/.claude/settings.json".to_string(),

@@ -18,14 +18,14 @@ const DEFAULT_RECYCLE_AFTER_ITEMS: Option<u64> = Some(2000);
 const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = Some(512 * 1024 * 1024);
 
 /// What the model may do without asking (`--permission-mode`). Matters only when tools are
-/// on ([`SessionBuilder::tools`](crate::SessionBuilder::tools)).
+/// on ([`CliOptions::tools`]).
 ///
 /// # Examples
 ///
 /// ```
 /// use claude_rayon::{PermissionMode, Session};
 ///
-/// let builder = Session::builder().tools(["Read"]).permission_mode(PermissionMode::Plan);
+/// let builder = Session::builder().cli(|c| c.tools(["Read"]).permission_mode(PermissionMode::Plan));
 /// assert_eq!(PermissionMode::AcceptEdits.to_string(), "acceptEdits");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
