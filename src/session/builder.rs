@@ -1,11 +1,12 @@
-//! `SessionBuilder`: every setting of a session, checked once in `build()`.
+//! `SessionBuilder`: a session's settings, what any backend understands and the CLI's options
+//! (`cli(..)`), checked once in `build()`.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::cli::{CliOptions, PermissionMode};
+use crate::backend::cli::CliOptions;
 use crate::backend::spec::{AnswerSpec, Effort};
 use crate::retry::RetryPolicy;
 use crate::throttle::Throttle;
@@ -20,6 +21,13 @@ pub(crate) const DEFAULT_MAX_USAGE_LIMIT_WAIT: Duration = Duration::from_secs(8 
 
 /// Settings of a [`Session`], built with [`Session::builder`].
 ///
+/// The builder holds what any way of answering understands: the model, the prompts around
+/// every item, its schema and effort, how many items run at once and how long one may take,
+/// rate limits, retries (all in [`retry_policy`](Self::retry_policy)), the budget, progress,
+/// the prompt cache and the journal. What only the Claude Code CLI understands (its path,
+/// arguments, environment and working folder, tools, sealing, recycling) is set through
+/// [`cli`](Self::cli), on [`CliOptions`].
+///
 /// The defaults suit batch work: no tools and an empty system prompt, so a request carries
 /// little more than the prompt (about 1.2 KB instead of about 76 KB with the CLI's defaults),
 /// and no transcripts are written to `~/.claude`.
@@ -30,21 +38,23 @@ pub(crate) const DEFAULT_MAX_USAGE_LIMIT_WAIT: Duration = Duration::from_secs(8 
 /// - [`system_prompt`](Self::system_prompt) replaces the CLI's own system prompt. The default
 ///   here is the empty string.
 /// - [`append_system_prompt`](Self::append_system_prompt) is added after it: after the empty
-///   default, it is in effect your whole system prompt; after `cli_system_prompt()` (the CLI's
-///   own, about 6 KB) it extends that.
+///   default, it is in effect your whole system prompt; after
+///   [`cli(|c| c.cli_system_prompt())`](CliOptions::cli_system_prompt) (the CLI's own, about
+///   6 KB) it extends that.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::time::Duration;
-/// use claude_rayon::Session;
+/// use claude_rayon::{RetryPolicy, Session};
 ///
 /// let builder = Session::builder()
 ///     .model("sonnet")
 ///     .append_system_prompt("Answer in one line.")
 ///     .concurrency(4)
 ///     .timeout(Duration::from_secs(120))
-///     .env("ANTHROPIC_API_KEY", "sk-ant-secret");
+///     .retry_policy(RetryPolicy::default().max_retries(5))
+///     .cli(|c| c.env("ANTHROPIC_API_KEY", "sk-ant-secret").max_turns(1));
 /// // The secret never shows:
 /// assert!(!format!("{builder:?}").contains("sk-ant-secret"));
 /// ```
@@ -116,11 +126,6 @@ impl Default for SessionBuilder {
 }
 
 impl SessionBuilder {
-    /// Moved: [`cli(|c| c.cli_path(..))`](CliOptions::cli_path).
-    pub fn cli_path(self, path: impl Into<PathBuf>) -> Self {
-        self.cli(|c| c.cli_path(path))
-    }
-
     /// The model (`--model`): an alias such as `"sonnet"` or a full model name.
     pub fn model(mut self, model: impl Into<String>) -> Self {
         self.settings.spec.model = Some(model.into());
@@ -128,7 +133,7 @@ impl SessionBuilder {
     }
 
     /// The system prompt (`--system-prompt`). The default is empty (see
-    /// [`cli_system_prompt`](Self::cli_system_prompt) for the CLI's own).
+    /// [`CliOptions::cli_system_prompt`] for the CLI's own, which cannot go with this one).
     ///
     /// # Examples
     ///
@@ -138,11 +143,6 @@ impl SessionBuilder {
     pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
         self.settings.spec.system_prompt = Some(prompt.into());
         self
-    }
-
-    /// Moved: [`cli(|c| c.cli_system_prompt(..))`](CliOptions::cli_system_prompt).
-    pub fn cli_system_prompt(self) -> Self {
-        self.cli(|c| c.cli_system_prompt())
     }
 
     /// Text added after the system prompt (`--append-system-prompt`): **the place for
@@ -176,31 +176,6 @@ impl SessionBuilder {
         self
     }
 
-    /// Moved: [`cli(|c| c.tools(..))`](CliOptions::tools).
-    pub fn tools<S: Into<String>>(self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.cli(|c| c.tools(tools))
-    }
-
-    /// Moved: [`cli(|c| c.allowed_tools(..))`](CliOptions::allowed_tools).
-    pub fn allowed_tools<S: Into<String>>(self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.cli(|c| c.allowed_tools(tools))
-    }
-
-    /// Moved: [`cli(|c| c.disallowed_tools(..))`](CliOptions::disallowed_tools).
-    pub fn disallowed_tools<S: Into<String>>(self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.cli(|c| c.disallowed_tools(tools))
-    }
-
-    /// Moved: [`cli(|c| c.permission_mode(..))`](CliOptions::permission_mode).
-    pub fn permission_mode(self, mode: PermissionMode) -> Self {
-        self.cli(|c| c.permission_mode(mode))
-    }
-
-    /// Moved: [`cli(|c| c.max_turns(..))`](CliOptions::max_turns).
-    pub fn max_turns(self, turns: u32) -> Self {
-        self.cli(|c| c.max_turns(turns))
-    }
-
     /// A JSON Schema every answer must follow (`--json-schema`); answers then carry
     /// [`Response::structured`](crate::Response::structured). An answer without one is
     /// [`Error::StructuredOutputMissing`].
@@ -215,23 +190,8 @@ impl SessionBuilder {
         self
     }
 
-    /// Moved: [`cli(|c| c.cwd(..))`](CliOptions::cwd).
-    pub fn cwd(self, dir: impl Into<PathBuf>) -> Self {
-        self.cli(|c| c.cwd(dir))
-    }
-
-    /// Moved: [`cli(|c| c.env(..))`](CliOptions::env).
-    pub fn env(self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.cli(|c| c.env(key, value))
-    }
-
-    /// Moved: [`cli(|c| c.env_remove(..))`](CliOptions::env_remove).
-    pub fn env_remove(self, key: impl Into<String>) -> Self {
-        self.cli(|c| c.env_remove(key))
-    }
-
-    /// How many CLI processes the session keeps, and so how many items run at once
-    /// (default 4). Each process holds about 185 MB once warm and peaks near 300 MB while it
+    /// How many items run at once (default 4): for the CLI, how many processes the session
+    /// keeps. Each process holds about 185 MB once warm and peaks near 300 MB while it
     /// starts and answers, and grows to 380-470 MiB over a long run before it is recycled;
     /// `build()` logs a warning when `concurrency` × 480 MB is more than
     /// the memory available. Past the number of cores, more processes only help when the API
@@ -241,56 +201,11 @@ impl SessionBuilder {
         self
     }
 
-    /// Moved: [`cli(|c| c.max_starting_processes(..))`](CliOptions::max_starting_processes).
-    pub fn max_starting_processes(self, processes: usize) -> Self {
-        self.cli(|c| c.max_starting_processes(processes))
-    }
-
     /// The longest one item may take (default 10 minutes). A process that runs past it is
     /// killed and replaced, and the item fails with [`Error::Timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.timeout = timeout;
         self
-    }
-
-    /// Moved: [`cli(|c| c.max_line_bytes(..))`](CliOptions::max_line_bytes).
-    pub fn max_line_bytes(self, bytes: usize) -> Self {
-        self.cli(|c| c.max_line_bytes(bytes))
-    }
-
-    /// Moved: [`cli(|c| c.persist_sessions(..))`](CliOptions::persist_sessions).
-    pub fn persist_sessions(self, persist: bool) -> Self {
-        self.cli(|c| c.persist_sessions(persist))
-    }
-
-    /// Moved: [`cli(|c| c.fresh_process_per_item(..))`](CliOptions::fresh_process_per_item).
-    pub fn fresh_process_per_item(self, fresh: bool) -> Self {
-        self.cli(|c| c.fresh_process_per_item(fresh))
-    }
-
-    /// Moved: [`cli(|c| c.recycle_after_items(..))`](CliOptions::recycle_after_items).
-    pub fn recycle_after_items(self, items: Option<u64>) -> Self {
-        self.cli(|c| c.recycle_after_items(items))
-    }
-
-    /// Moved: [`cli(|c| c.recycle_above_memory(..))`](CliOptions::recycle_above_memory).
-    pub fn recycle_above_memory(self, bytes: Option<u64>) -> Self {
-        self.cli(|c| c.recycle_above_memory(bytes))
-    }
-
-    /// Moved: [`cli(|c| c.load_user_config(..))`](CliOptions::load_user_config).
-    pub fn load_user_config(self, load: bool) -> Self {
-        self.cli(|c| c.load_user_config(load))
-    }
-
-    /// Moved: [`cli(|c| c.interpret_item_text(..))`](CliOptions::interpret_item_text).
-    pub fn interpret_item_text(self, interpret: bool) -> Self {
-        self.cli(|c| c.interpret_item_text(interpret))
-    }
-
-    /// Moved: [`cli(|c| c.arg(..))`](CliOptions::arg).
-    pub fn arg(self, arg: impl Into<String>) -> Self {
-        self.cli(|c| c.arg(arg))
     }
 
     /// Run on the built-in [`simulator`](crate::simulator) instead of the real CLI: this
@@ -369,21 +284,20 @@ impl SessionBuilder {
         self
     }
 
-    /// How often an item is tried again after a retryable error (default 3).
-    pub fn max_retries(mut self, retries: u32) -> Self {
-        self.settings.retry.max_retries = retries;
-        self
-    }
-
-    /// The whole retry policy: counts, delays and which errors are retried.
+    /// The whole retry policy: how often an item is tried again after a retryable error
+    /// (default 3), the delays, and which errors are retried. The one place retries are set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{RetryPolicy, Session};
+    ///
+    /// let patient = Session::builder().retry_policy(RetryPolicy::default().max_retries(6));
+    /// let once = Session::builder().retry_policy(RetryPolicy::none());
+    /// ```
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.settings.retry = policy;
         self
-    }
-
-    /// Moved: [`cli(|c| c.cli_max_retries(..))`](CliOptions::cli_max_retries).
-    pub fn cli_max_retries(self, retries: Option<u32>) -> Self {
-        self.cli(|c| c.cli_max_retries(retries))
     }
 
     /// A spending cap for the whole session, in US dollars. Once the next item's estimated
@@ -525,7 +439,11 @@ impl SessionBuilder {
     /// ```
     /// use claude_rayon::{Error, Session};
     ///
-    /// let err = Session::builder().concurrency(0).cli_path("/bin/sh").build().unwrap_err();
+    /// let err = Session::builder()
+    ///     .concurrency(0)
+    ///     .cli(|c| c.cli_path("/bin/sh"))
+    ///     .build()
+    ///     .unwrap_err();
     /// assert!(matches!(err, Error::InvalidConfig(_)));
     /// ```
     pub fn build(self) -> Result<Session, Error> {
