@@ -39,7 +39,7 @@ fn run(cli: &std::path::Path, instruction: &str, warm: bool) -> (f64, f64, f64) 
     let env = api.cli_env(home.path());
     let session = common::real_builder(cli, &env, claude_rayon_mock_api::CLI_ENV_REMOVE)
         .concurrency(CONCURRENCY)
-        .max_starting_processes(CONCURRENCY)
+        .cli(|c| c.max_starting_processes(CONCURRENCY))
         .append_system_prompt(instruction)
         .warm_cache(warm)
         .build()

@@ -18,7 +18,7 @@ const ROUNDS: usize = 5;
 
 fn session(latency_ms: u64, concurrency: usize) -> Session {
     common::fake_builder()
-        .env("CLAUDE_RAYON_SIM_LATENCY_MS", latency_ms.to_string())
+        .cli(|c| c.env("CLAUDE_RAYON_SIM_LATENCY_MS", latency_ms.to_string()))
         .concurrency(concurrency)
         .build()
         .unwrap()

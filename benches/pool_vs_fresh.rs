@@ -44,7 +44,9 @@ fn compare(label: &str, make: &dyn Fn() -> SessionBuilder, plan: &[(usize, usize
         // One item per process first, so every process has started.
         let (warm, whole) = run(make().concurrency(concurrency), items, concurrency);
         let (fresh, _) = run(
-            make().concurrency(concurrency).fresh_process_per_item(true),
+            make()
+                .concurrency(concurrency)
+                .cli(|c| c.fresh_process_per_item(true)),
             items,
             0,
         );

@@ -92,8 +92,7 @@ fn mb(bytes: u64) -> f64 {
 fn memory_over_items(make: &dyn Fn() -> SessionBuilder, cli: &Path, items: usize) {
     let session = make()
         .concurrency(1)
-        .recycle_after_items(None)
-        .recycle_above_memory(None)
+        .cli(|c| c.recycle_after_items(None).recycle_above_memory(None))
         .build()
         .expect("session");
     println!("\none warm process, {items} items in a row, recycling off");
@@ -208,16 +207,17 @@ fn main() {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let (seconds, started) = timed(
-            make().recycle_after_items(None).recycle_above_memory(None),
+            make().cli(|c| c.recycle_after_items(None).recycle_above_memory(None)),
             batch,
         );
         println!("round {round}: never     {seconds:>6.2} s, {started} processes started");
         off.push(seconds);
         api.clear_requests();
         let (seconds, started) = timed(
-            make()
-                .recycle_after_items(Some(every as u64))
-                .recycle_above_memory(None),
+            make().cli(|c| {
+                c.recycle_after_items(Some(every as u64))
+                    .recycle_above_memory(None)
+            }),
             batch,
         );
         println!("round {round}: every {every} {seconds:>6.2} s, {started} processes started");

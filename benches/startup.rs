@@ -55,7 +55,7 @@ fn main() {
     println!("{cores} cores; items = 2 x processes; times in seconds");
     println!("processes  first answer: at once  staggered   whole batch: at once  staggered");
     for n in [2usize, 8, 32] {
-        let (first_at_once, whole_at_once) = run(make().max_starting_processes(n), n);
+        let (first_at_once, whole_at_once) = run(make().cli(|c| c.max_starting_processes(n)), n);
         let (first_staggered, whole_staggered) = run(make(), n);
         println!(
             "{n:>9}  {:>20.2}  {:>9.2}  {:>20.2}  {:>9.2}",

@@ -31,10 +31,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let record = dir.path().join("record.jsonl");
     let session = common::fake_builder()
-        .env(
-            "CLAUDE_RAYON_SIM_RECORD",
-            record.to_str().expect("utf-8 path"),
-        )
+        .cli(|c| {
+            c.env(
+                "CLAUDE_RAYON_SIM_RECORD",
+                record.to_str().expect("utf-8 path"),
+            )
+        })
         .concurrency(4)
         .requests_per_minute(R)
         .burst(1)

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use claude_rayon::{Session, SessionBuilder};
+use claude_rayon::{RetryPolicy, Session, SessionBuilder};
 use claude_rayon_mock_api::{MockApi, CLI_ENV_REMOVE};
 
 const ITEMS: usize = 50;
@@ -48,7 +48,7 @@ fn main() {
     let builder = |concurrency: usize, fresh: bool| {
         real_builder(&cli, &api, home.path(), cwd.path())
             .concurrency(concurrency)
-            .fresh_process_per_item(fresh)
+            .cli(|c| c.fresh_process_per_item(fresh))
     };
 
     println!("warm_vs_fresh: {ITEMS} prompts, real CLI {}", cli.display());
@@ -178,20 +178,20 @@ const ROUNDS: usize = 3;
 
 /// A builder for the real CLI against the mock: what the real-tier tests use.
 fn real_builder(cli: &Path, api: &MockApi, home: &Path, cwd: &Path) -> SessionBuilder {
-    let mut builder = Session::builder()
-        .cli_path(cli)
-        .cwd(cwd)
+    Session::builder()
         .model("claude-sonnet-4-5")
-        .cli_max_retries(Some(0))
-        .max_retries(0)
-        .timeout(Duration::from_secs(60));
-    for key in CLI_ENV_REMOVE {
-        builder = builder.env_remove(*key);
-    }
-    for (key, value) in api.cli_env(home) {
-        builder = builder.env(key, value);
-    }
-    builder
+        .retry_policy(RetryPolicy::none())
+        .timeout(Duration::from_secs(60))
+        .cli(|mut c| {
+            c = c.cli_path(cli).cwd(cwd).cli_max_retries(Some(0));
+            for key in CLI_ENV_REMOVE {
+                c = c.env_remove(*key);
+            }
+            for (key, value) in api.cli_env(home) {
+                c = c.env(key, value);
+            }
+            c
+        })
 }
 
 struct Run {

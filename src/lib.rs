@@ -75,7 +75,7 @@ pub use journal::Journal;
 pub use progress::Progress;
 pub use response::{Response, Usage};
 pub use retry::RetryPolicy;
-pub use session::{Effort, PermissionMode, Session, SessionBuilder, CLI_ENV_VAR};
+pub use session::{CliOptions, Effort, PermissionMode, Session, SessionBuilder, CLI_ENV_VAR};
 pub use stats::Stats;
 pub use throttle::Throttle;
 

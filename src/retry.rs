@@ -5,7 +5,7 @@
 //! The CLI retries an API call on its own (`CLAUDE_CODE_MAX_RETRIES`, 10 by default, backing
 //! off up to ~32 s; a 529 took 182 s to fail that way). Left at that, one overloaded item
 //! holds a process for minutes and the rest of the batch learns nothing. This crate sets the
-//! CLI's count to 2 (see [`SessionBuilder::cli_max_retries`](crate::SessionBuilder::cli_max_retries)):
+//! CLI's count to 2 (see [`CliOptions::cli_max_retries`](crate::CliOptions::cli_max_retries)):
 //! short blips are absorbed inside the CLI, and its `api_retry` lines pause the shared
 //! throttle at once, while longer trouble comes back to this crate, which retries the item
 //! [`max_retries`](RetryPolicy::max_retries) times with exponential backoff and full jitter.

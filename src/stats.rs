@@ -57,8 +57,8 @@ pub struct Stats {
     /// CLI processes that exist right now, idle or busy.
     pub processes_live: u64,
     /// Healthy processes retired between items and replaced, by
-    /// [`recycle_after_items`](crate::SessionBuilder::recycle_after_items) or
-    /// [`recycle_above_memory`](crate::SessionBuilder::recycle_above_memory).
+    /// [`recycle_after_items`](crate::CliOptions::recycle_after_items) or
+    /// [`recycle_above_memory`](crate::CliOptions::recycle_above_memory).
     pub processes_recycled: u64,
     /// Time from the session's start to its first answer.
     pub time_to_first_result: Option<Duration>,

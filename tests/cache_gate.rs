@@ -28,7 +28,7 @@ fn run(warm: bool) -> Vec<u64> {
     let session = fake
         .builder()
         .concurrency(4)
-        .max_starting_processes(4)
+        .cli(|c| c.max_starting_processes(4))
         .append_system_prompt("shared rubric line. ".repeat(300)) // ~1,500 tokens
         .warm_cache(warm)
         .build()

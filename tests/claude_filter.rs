@@ -6,7 +6,7 @@ use claude_rayon::prelude::*;
 use claude_rayon::{Error, Failed};
 use rayon::prelude::*;
 use serde_json::json;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 #[test]
 fn accepted_verdict_forms_keep_or_drop() {
@@ -112,7 +112,7 @@ fn empty_input_and_api_failures_come_back_with_their_items() {
     let session = fake
         .builder()
         .concurrency(2)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
     let none: Vec<Result<u32, Failed<u32>>> = Vec::<u32>::new()

@@ -5,7 +5,7 @@ mod support;
 use claude_rayon::prelude::*;
 use claude_rayon::Error;
 use rayon::prelude::*;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 const CATEGORIES: [&str; 3] = ["Bug report", "Feature", "Question"];
 
@@ -108,7 +108,7 @@ fn every_item_ends_exactly_once() {
     let session = fake
         .builder()
         .concurrency(4)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
     let items: Vec<u32> = (0..40).collect();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use claude_rayon::prelude::*;
 use claude_rayon::{Cancel, Error, Failed, Outcome, Response};
 use rayon::prelude::*;
-use support::{wait_until, Fake};
+use support::{quick_retries, wait_until, Fake};
 
 #[test]
 fn results_come_back_in_input_order_under_random_latencies() {
@@ -42,7 +42,7 @@ fn every_item_ends_exactly_once_in_the_outcome() {
     let session = fake
         .builder()
         .concurrency(3)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
     let items: Vec<String> = (0..50).map(|i| format!("doc-{i}")).collect();

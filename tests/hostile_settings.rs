@@ -8,7 +8,7 @@ use std::time::Duration;
 use claude_rayon::prelude::*;
 use claude_rayon::{Cancel, CliError, Error, RetryPolicy};
 use rayon::prelude::*;
-use support::{wait_until, Fake};
+use support::{quick_retries, wait_until, Fake};
 
 #[test]
 fn duration_max_settings_do_not_panic() {
@@ -63,9 +63,13 @@ fn what_the_os_cannot_start_is_refused_at_build() {
         other => panic!("{what}: {other:?}"),
     };
     refused(fake.builder().model("son\0net"), "NUL");
-    refused(fake.builder().env("SOME_VAR", "a\0b"), "SOME_VAR");
     refused(
-        fake.builder().env("BIG_VAR", "x".repeat(200 * 1024)),
+        fake.builder().cli(|c| c.env("SOME_VAR", "a\0b")),
+        "SOME_VAR",
+    );
+    refused(
+        fake.builder()
+            .cli(|c| c.env("BIG_VAR", "x".repeat(200 * 1024))),
         "BIG_VAR",
     );
     let huge_schema = serde_json::json!({
@@ -73,7 +77,10 @@ fn what_the_os_cannot_start_is_refused_at_build() {
         "description": "d".repeat(200 * 1024),
     });
     refused(fake.builder().json_schema(huge_schema), "128 KiB");
-    refused(fake.builder().max_line_bytes(10), "max_line_bytes");
+    refused(
+        fake.builder().cli(|c| c.max_line_bytes(10)),
+        "max_line_bytes",
+    );
 }
 
 #[test]
@@ -100,8 +107,8 @@ fn a_line_without_end_is_capped_and_its_process_killed() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .max_line_bytes(1 << 20)
-        .max_retries(0)
+        .cli(|c| c.max_line_bytes(1 << 20))
+        .retry_policy(quick_retries(0))
         .concurrency(1)
         .build()
         .unwrap();
@@ -126,7 +133,7 @@ fn a_process_the_library_killed_is_said_to_be_killed_by_the_library() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .concurrency(1)
         .build()
         .unwrap();

@@ -11,7 +11,7 @@ use claude_rayon::pipeline::Pipeline;
 use claude_rayon::prelude::*;
 use claude_rayon::{Error, Journal, Response, Session};
 use rayon::prelude::*;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 fn journal_path(fake: &Fake) -> PathBuf {
     fake.dir.path().join("out/answers.jsonl")
@@ -119,7 +119,11 @@ fn a_changed_setting_asks_everything_again() {
 fn failures_are_recorded_for_inspection_and_asked_again() {
     let fake = Fake::new();
     let path = journal_path(&fake);
-    let session = fake.builder().max_retries(0).build().unwrap();
+    let session = fake
+        .builder()
+        .retry_policy(quick_retries(0))
+        .build()
+        .unwrap();
     let journal = Journal::open(&path).unwrap();
     let prompts = ["[[sim:fail-times=flaky,1,400]] flaky item", "steady item"];
     let first: Vec<_> = prompts
@@ -580,8 +584,10 @@ fn session_with_home(
     more: impl FnOnce(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder,
 ) -> Session {
     more(fake.builder())
-        .env("HOME", home.to_str().unwrap())
-        .env_remove("CLAUDE_CONFIG_DIR")
+        .cli(|c| {
+            c.env("HOME", home.to_str().unwrap())
+                .env_remove("CLAUDE_CONFIG_DIR")
+        })
         .journal(path)
         .build()
         .unwrap()
@@ -607,14 +613,18 @@ fn every_way_of_choosing_the_model_asks_again() {
         &dyn Fn(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder,
     ); 5] = [
         ("arg(--model)", &|b| {
-            b.arg("--model").arg("claude-haiku-4-5")
+            b.cli(|c| c.arg("--model").arg("claude-haiku-4-5"))
         }),
-        ("arg(--model=)", &|b| b.arg("--model=claude-opus-4-1")),
+        ("arg(--model=)", &|b| {
+            b.cli(|c| c.arg("--model=claude-opus-4-1"))
+        }),
         ("env ANTHROPIC_MODEL", &|b| {
-            b.env("ANTHROPIC_MODEL", "claude-haiku-4-5")
+            b.cli(|c| c.env("ANTHROPIC_MODEL", "claude-haiku-4-5"))
         }),
-        ("load_user_config", &|b| b.load_user_config(true)),
-        ("interpret_item_text", &|b| b.interpret_item_text(true)),
+        ("load_user_config", &|b| b.cli(|c| c.load_user_config(true))),
+        ("interpret_item_text", &|b| {
+            b.cli(|c| c.interpret_item_text(true))
+        }),
     ];
     for (way, more) in ways {
         assert!(!replayed(more), "{way}: replayed another model's answer");
@@ -646,8 +656,10 @@ fn a_session_whose_model_cannot_be_known_is_refused_by_the_journal() {
     let path = journal_path(&fake);
     let err = fake
         .builder()
-        .env("HOME", home.to_str().unwrap())
-        .env_remove("CLAUDE_CONFIG_DIR")
+        .cli(|c| {
+            c.env("HOME", home.to_str().unwrap())
+                .env_remove("CLAUDE_CONFIG_DIR")
+        })
         .journal(&path)
         .build()
         .unwrap_err();
@@ -657,8 +669,10 @@ fn a_session_whose_model_cannot_be_known_is_refused_by_the_journal() {
     // handing it back, without a call.
     let session = fake
         .builder()
-        .env("HOME", home.to_str().unwrap())
-        .env_remove("CLAUDE_CONFIG_DIR")
+        .cli(|c| {
+            c.env("HOME", home.to_str().unwrap())
+                .env_remove("CLAUDE_CONFIG_DIR")
+        })
         .build()
         .unwrap();
     session

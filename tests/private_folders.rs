@@ -178,7 +178,7 @@ const MISSING_TMPDIR_HOST: &str = "CLAUDE_RAYON_TEST_MISSING_TMPDIR";
 fn a_temp_folder_that_does_not_exist_is_named_at_build() {
     if std::env::var_os(MISSING_TMPDIR_HOST).is_some() {
         let error = claude_rayon::Session::builder()
-            .cli_path(support::fake_cli())
+            .cli(|c| c.cli_path(support::fake_cli()))
             .build()
             .unwrap_err();
         println!("\nERROR {error:?}");

@@ -9,7 +9,7 @@ use std::time::Instant;
 use claude_rayon::prelude::*;
 use claude_rayon::Progress;
 use rayon::prelude::*;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 #[test]
 fn the_final_callback_matches_stats_and_calls_are_rate_limited() {
@@ -19,7 +19,7 @@ fn the_final_callback_matches_stats_and_calls_are_rate_limited() {
     let session = fake
         .builder()
         .concurrency(3)
-        .max_retries(1)
+        .retry_policy(quick_retries(1))
         .on_progress(move |p| sink.lock().unwrap().push(p.clone()))
         .build()
         .unwrap();
@@ -89,7 +89,7 @@ fn the_bar_renders_the_expected_fields() {
     let session = fake
         .builder()
         .concurrency(2)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .progress_draw_target(move || ProgressDrawTarget::term_like(Box::new(target_term.clone())))
         .build()
         .unwrap();

@@ -16,7 +16,7 @@ use claude_rayon::{Cancel, CliError, Error, Session};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use rayon::prelude::*;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 /// The session timeout of a case with a hanging item: each of its attempts costs this.
 const HANG_TIMEOUT: Duration = Duration::from_millis(400);
@@ -66,7 +66,7 @@ impl Plan {
         let mut builder = fake
             .builder()
             .concurrency(self.concurrency)
-            .max_retries(self.max_retries);
+            .retry_policy(quick_retries(self.max_retries));
         if self.has_hang() {
             builder = builder.timeout(HANG_TIMEOUT);
         }

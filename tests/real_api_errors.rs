@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use claude_rayon::Error;
 use support::mock_api::{Fault, Reply};
-use support::Real;
+use support::{quick_retries, Real};
 
 #[test]
 #[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
@@ -29,7 +29,7 @@ fn api_faults_map_to_typed_errors_and_the_process_survives() {
     let session = real
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
 
@@ -90,7 +90,7 @@ fn a_401_is_an_authentication_error_that_says_how_to_log_in() {
     let session = real
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
     let err = session.query("who am I?").unwrap_err();
@@ -128,7 +128,7 @@ fn the_librarys_retry_recovers_from_a_fault_on_the_first_request() {
     let session = real
         .builder()
         .concurrency(1)
-        .max_retries(2)
+        .retry_policy(quick_retries(2))
         .build()
         .unwrap();
     let response = session.query("try me").unwrap();

@@ -32,7 +32,7 @@ fn a_batch_over_the_apis_rate_limit_completes_through_back_off_and_retries() {
         .builder()
         .concurrency(2)
         .requests_per_minute(2 * R)
-        .cli_max_retries(Some(1))
+        .cli(|c| c.cli_max_retries(Some(1)))
         .retry_policy(
             RetryPolicy::default()
                 .max_retries(8)

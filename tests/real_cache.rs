@@ -51,7 +51,7 @@ fn run(real: &Real, warm: bool, items: usize) -> (usize, usize, f64) {
     let session = real
         .builder()
         .concurrency(CONCURRENCY)
-        .max_starting_processes(CONCURRENCY)
+        .cli(|c| c.max_starting_processes(CONCURRENCY))
         .append_system_prompt(rubric())
         .warm_cache(warm)
         .build()

@@ -28,10 +28,9 @@ fn run_host(test: &str, home: &str, cwd: &str) -> ! {
     let api = MockApi::start();
     let cli = real_cli(test).expect("the parent found the CLI");
     let session = builder_against(&cli, &api, std::path::Path::new(home))
-        .cwd(cwd)
+        .cli(|c| c.cwd(cwd))
         .model("claude-sonnet-4-5")
-        .load_user_config(true)
-        .cli_max_retries(Some(0))
+        .cli(|c| c.load_user_config(true).cli_max_retries(Some(0)))
         .timeout(Duration::from_secs(60))
         .concurrency(2)
         .build()

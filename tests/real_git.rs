@@ -157,7 +157,7 @@ fn nothing_runs_from_a_checkout_or_the_users_git_config() {
     // With the checkout as the working folder.
     let session = real
         .builder()
-        .cwd(&checkout)
+        .cli(|c| c.cwd(&checkout))
         .concurrency(2)
         .build()
         .unwrap();
@@ -172,7 +172,7 @@ fn nothing_runs_from_a_checkout_or_the_users_git_config() {
     let session = real
         .bare_builder()
         .model("claude-sonnet-4-5")
-        .cli_max_retries(Some(0))
+        .cli(|c| c.cli_max_retries(Some(0)))
         .concurrency(2)
         .build()
         .unwrap();

@@ -30,7 +30,7 @@ fn reply_to(prompt: &str) -> String {
 fn settings(builder: SessionBuilder) -> SessionBuilder {
     builder
         .model("claude-sonnet-4-5")
-        .cli_max_retries(Some(0))
+        .cli(|c| c.cli_max_retries(Some(0)))
         .timeout(Duration::from_secs(60))
         .concurrency(2)
 }
@@ -150,8 +150,7 @@ fn a_model_chosen_outside_the_builder_asks_again() {
     let ask = |more: &dyn Fn(SessionBuilder) -> SessionBuilder| {
         let before = real.api.request_count();
         let session = more(real.bare_builder())
-            .cwd(real.cwd.path())
-            .cli_max_retries(Some(0))
+            .cli(|c| c.cwd(real.cwd.path()).cli_max_retries(Some(0)))
             .timeout(Duration::from_secs(60))
             .concurrency(1)
             .journal(&journal_path)
@@ -183,10 +182,10 @@ fn a_model_chosen_outside_the_builder_asks_again() {
     assert_eq!(ask(&plain), (false, model("claude-opus-4-5")));
 
     std::fs::remove_file(&settings).unwrap();
-    let by_env = |b: SessionBuilder| b.env("ANTHROPIC_MODEL", "claude-sonnet-4-6");
+    let by_env = |b: SessionBuilder| b.cli(|c| c.env("ANTHROPIC_MODEL", "claude-sonnet-4-6"));
     assert_eq!(ask(&by_env), (false, model("claude-sonnet-4-6")));
     assert_eq!(ask(&by_env), (true, None));
 
-    let by_arg = |b: SessionBuilder| b.arg("--model").arg("claude-opus-4-6");
+    let by_arg = |b: SessionBuilder| b.cli(|c| c.arg("--model").arg("claude-opus-4-6"));
     assert_eq!(ask(&by_arg), (false, model("claude-opus-4-6")));
 }

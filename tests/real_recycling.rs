@@ -29,8 +29,7 @@ fn a_process_is_recycled_after_n_items_without_losing_or_repeating_one() {
     let session = real
         .builder()
         .concurrency(1)
-        .recycle_after_items(Some(3))
-        .recycle_above_memory(None)
+        .cli(|c| c.recycle_after_items(Some(3)).recycle_above_memory(None))
         .build()
         .unwrap();
     let items: Vec<usize> = (0..7).collect();

@@ -166,7 +166,7 @@ fn items_that_attack_the_cli_reach_the_model_as_text() {
     let items = attacks(&real, &hostile);
     let session = real
         .builder()
-        .env(SECRET_ENV_VAR, SECRETS[2])
+        .cli(|c| c.env(SECRET_ENV_VAR, SECRETS[2]))
         .concurrency(2)
         .build()
         .unwrap();
@@ -215,8 +215,7 @@ fn a_session_without_a_model_does_not_take_the_projects() {
     // The real tier's builder names a model; this one must not, so start from scratch.
     let session = real
         .bare_builder()
-        .cwd(&hostile.cwd)
-        .cli_max_retries(Some(0))
+        .cli(|c| c.cwd(&hostile.cwd).cli_max_retries(Some(0)))
         .concurrency(1)
         .build()
         .unwrap();
@@ -242,7 +241,7 @@ fn without_a_cwd_processes_run_in_a_private_empty_folder_removed_at_close() {
     let session = real
         .bare_builder()
         .model(MODEL)
-        .cli_max_retries(Some(0))
+        .cli(|c| c.cli_max_retries(Some(0)))
         .concurrency(1)
         .build()
         .unwrap();
@@ -271,8 +270,7 @@ fn control_the_same_machine_leaks_when_the_seal_is_opened() {
     let hostile = Hostile::install(&real);
     let session = real
         .builder()
-        .load_user_config(true)
-        .interpret_item_text(true)
+        .cli(|c| c.load_user_config(true).interpret_item_text(true))
         .concurrency(1)
         .build()
         .unwrap();
@@ -319,7 +317,7 @@ fn a_cli_that_cannot_clear_never_lets_items_share_context() {
     // With this flag the CLI sends `/clear` to the model as text instead of resetting.
     let session = real
         .builder()
-        .arg("--disable-slash-commands")
+        .cli(|c| c.arg("--disable-slash-commands"))
         .concurrency(1)
         .build()
         .unwrap();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use claude_rayon::{CliError, Error};
 use support::mock_api::MockApi;
-use support::{builder_against, real_cli, Real};
+use support::{builder_against, quick_retries, real_cli, Real};
 
 const TEST_NAME: &str = "a_cli_dying_mid_write_does_not_kill_a_host_with_default_sigpipe";
 const CHILD_ENV: &str = "CLAUDE_RAYON_TEST_SIGPIPE_HOST";
@@ -26,8 +26,8 @@ fn run_host(home: &str) -> ! {
     let api = MockApi::start();
     let cli = real_cli(TEST_NAME).expect("the parent found the CLI");
     let session = builder_against(&cli, &api, std::path::Path::new(home))
-        .arg("--no-such-flag-claude-rayon-test")
-        .max_retries(2)
+        .cli(|c| c.arg("--no-such-flag-claude-rayon-test"))
+        .retry_policy(quick_retries(2))
         .timeout(Duration::from_secs(60))
         .concurrency(1)
         .build()

@@ -67,7 +67,7 @@ fn a_flag_the_cli_does_not_know_stops_the_run_with_its_words() {
     else {
         return;
     };
-    let builder = real.builder().arg("--no-such-flag");
+    let builder = real.builder().cli(|c| c.arg("--no-such-flag"));
     check_cannot_start(&real, builder, "unknown option '--no-such-flag'");
 }
 
@@ -90,6 +90,6 @@ fn bypass_permissions_as_root_stops_the_run_with_the_clis_words() {
     }
     let builder = real
         .builder()
-        .permission_mode(PermissionMode::BypassPermissions);
+        .cli(|c| c.permission_mode(PermissionMode::BypassPermissions));
     check_cannot_start(&real, builder, "cannot be used with root/sudo privileges");
 }

@@ -7,7 +7,7 @@ use claude_rayon::Error;
 use serde::Deserialize;
 use serde_json::json;
 use support::mock_api::{Reply, STRUCTURED_OUTPUT_TOOL};
-use support::Real;
+use support::{quick_retries, Real};
 
 #[derive(Debug, Deserialize, PartialEq)]
 struct Verdict {
@@ -40,7 +40,7 @@ fn json_schema_gives_a_structured_answer_and_a_missing_one_is_an_error() {
     let session = real
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .json_schema(schema)
         .build()
         .unwrap();

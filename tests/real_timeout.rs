@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use claude_rayon::Error;
 use support::mock_api::Reply;
-use support::{pid_alive, wait_until, Real};
+use support::{pid_alive, quick_retries, wait_until, Real};
 
 #[test]
 #[cfg_attr(claude_rayon_no_cli, ignore = "needs CLAUDE_CODE_BIN (README, Tests)")]
@@ -26,7 +26,7 @@ fn a_timed_out_item_kills_its_process_and_the_next_item_succeeds() {
     let session = real
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .timeout(timeout)
         .build()
         .unwrap();

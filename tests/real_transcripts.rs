@@ -14,7 +14,7 @@ fn run_batch(real: &Real, persist: bool) {
     let session = real
         .builder()
         .concurrency(1)
-        .persist_sessions(persist)
+        .cli(|c| c.persist_sessions(persist))
         .build()
         .unwrap();
     for i in 0..BATCH {

@@ -24,11 +24,11 @@ fn an_unreachable_api_stops_the_run_within_seconds() {
     // The library's defaults: the CLI retries twice, the library three times.
     let session = real
         .bare_builder()
-        .cwd(real.cwd.path())
+        .cli(|c| c.cwd(real.cwd.path()))
         .model("claude-sonnet-4-5")
         .retry_policy(RetryPolicy::default())
         .concurrency(2)
-        .env("ANTHROPIC_BASE_URL", format!("http://{closed}"))
+        .cli(|c| c.env("ANTHROPIC_BASE_URL", format!("http://{closed}")))
         .build()
         .unwrap();
     let started = Instant::now();

@@ -11,7 +11,7 @@ use claude_rayon::prelude::*;
 use claude_rayon::{Cancel, CliError, Error, Failed, Outcome, Response, RetryPolicy, Throttle};
 use rayon::prelude::*;
 use serde_json::json;
-use support::{wait_until, Fake};
+use support::{quick_retries, wait_until, Fake};
 
 /// What each retryable fault must end as once its retries are used up.
 fn expected_error(fault: &str, error: &Error) -> bool {
@@ -83,7 +83,7 @@ fn max_retries_is_configurable() {
     let session = fake
         .builder()
         .concurrency(1)
-        .max_retries(5)
+        .retry_policy(quick_retries(5))
         .build()
         .unwrap();
     let results: Vec<Result<(u32, Response), Failed<u32>>> = vec![1u32]
@@ -274,7 +274,7 @@ fn a_burst_of_throttled_results_in_flight_together_escalates_once() {
         .builder()
         .concurrency(4)
         // All four processes start together, so the four requests are in flight at once.
-        .max_starting_processes(4)
+        .cli(|c| c.max_starting_processes(4))
         .retry_policy(
             RetryPolicy::none()
                 .initial_backoff(step)
@@ -332,7 +332,7 @@ fn a_seeded_fault_schedule_over_1000_items_ends_every_item_exactly_once() {
     let session = fake
         .builder()
         .concurrency(4)
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .build()
         .unwrap();
     let started = Instant::now();

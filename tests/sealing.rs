@@ -48,7 +48,7 @@ fn the_users_configuration_can_be_reopened_but_item_text_stays_text() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .load_user_config(true)
+        .cli(|c| c.load_user_config(true))
         .concurrency(1)
         .build()
         .unwrap();
@@ -74,16 +74,14 @@ fn flags_that_would_unseal_are_refused_unless_the_configuration_is_reopened() {
         "--setting-sources=user,project",
         "--plugin-dir",
     ] {
-        let err = fake.builder().arg(flag).build().unwrap_err();
+        let err = fake.builder().cli(|c| c.arg(flag)).build().unwrap_err();
         assert!(
             matches!(&err, Error::InvalidConfig(m) if m.contains("load_user_config")),
             "{flag}: {err}"
         );
     }
     fake.builder()
-        .load_user_config(true)
-        .arg("--mcp-config")
-        .arg("{}")
+        .cli(|c| c.load_user_config(true).arg("--mcp-config").arg("{}"))
         .build()
         .unwrap();
 }
@@ -105,7 +103,7 @@ fn interpreted_item_text_runs_commands() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .interpret_item_text(true)
+        .cli(|c| c.interpret_item_text(true))
         .concurrency(1)
         .build()
         .unwrap();
@@ -148,7 +146,7 @@ fn a_reset_that_did_not_happen_replaces_the_process_and_items_never_share_contex
         let fake = Fake::new();
         let session = fake
             .builder()
-            .env("CLAUDE_RAYON_SIM_CLEAR", mode)
+            .cli(|c| c.env("CLAUDE_RAYON_SIM_CLEAR", mode))
             .concurrency(2)
             .build()
             .unwrap();
@@ -196,7 +194,7 @@ fn a_cli_too_old_to_seal_is_refused() {
     for version in ["2.0.99 (Claude Code)", "1.0.0", "not a version"] {
         let err = fake
             .builder()
-            .env("CLAUDE_RAYON_SIM_VERSION", version)
+            .cli(|c| c.env("CLAUDE_RAYON_SIM_VERSION", version))
             .build()
             .unwrap_err();
         match &err {
@@ -211,7 +209,7 @@ fn a_cli_too_old_to_seal_is_refused() {
         assert!(err.is_fatal());
     }
     fake.builder()
-        .env("CLAUDE_RAYON_SIM_VERSION", "2.1.197 (Claude Code)")
+        .cli(|c| c.env("CLAUDE_RAYON_SIM_VERSION", "2.1.197 (Claude Code)"))
         .build()
         .unwrap();
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use claude_rayon::{CliError, Error, Session};
 use serde_json::json;
-use support::{pid_alive, wait_until, Fake};
+use support::{pid_alive, quick_retries, wait_until, Fake};
 
 fn one_process(fake: &Fake) -> Session {
     fake.builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap()
 }
@@ -103,7 +103,7 @@ fn a_hung_item_times_out_and_its_process_is_killed_and_replaced() {
     let session = fake
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .timeout(Duration::from_millis(400))
         .build()
         .unwrap();
@@ -180,7 +180,7 @@ fn structured_output_present_missing_and_typed() {
     let session = fake
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .json_schema(
             json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}),
         )
@@ -203,8 +203,8 @@ fn a_secret_never_appears_in_errors_or_debug() {
     let builder = fake
         .builder()
         .concurrency(1)
-        .max_retries(0)
-        .env("ANTHROPIC_API_KEY", secret);
+        .retry_policy(quick_retries(0))
+        .cli(|c| c.env("ANTHROPIC_API_KEY", secret));
     assert!(!format!("{builder:?}").contains(secret));
     let session = builder.build().unwrap();
     assert!(!format!("{session:?}").contains(secret));
@@ -222,7 +222,7 @@ fn retryable_failures_are_retried_until_they_succeed() {
     let session = fake
         .builder()
         .concurrency(1)
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .build()
         .unwrap();
     let response = session.query("[[sim:fail-times=a,2,529]] x").unwrap();
@@ -251,7 +251,7 @@ fn a_failed_call_is_billed_to_the_stats_and_the_budget() {
     let session = fake
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .max_budget_usd(0.025)
         .build()
         .unwrap();
@@ -273,10 +273,10 @@ fn a_cli_that_stops_reading_cannot_block_past_the_timeout() {
     let session = fake
         .builder()
         .concurrency(1)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .timeout(Duration::from_millis(500))
         // Stuck before it reads stdin: a large prompt fills the pipe and the write blocks.
-        .env("CLAUDE_RAYON_SIM_STARTUP_MS", "60000")
+        .cli(|c| c.env("CLAUDE_RAYON_SIM_STARTUP_MS", "60000"))
         .build()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -304,8 +304,8 @@ fn a_secret_split_by_shortening_is_still_redacted() {
     let session = fake
         .builder()
         .concurrency(1)
-        .max_retries(0)
-        .env("ANTHROPIC_API_KEY", secret)
+        .retry_policy(quick_retries(0))
+        .cli(|c| c.env("ANTHROPIC_API_KEY", secret))
         .build()
         .unwrap();
     let err = session

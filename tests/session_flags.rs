@@ -49,16 +49,20 @@ fn every_setting_maps_to_its_flag() {
         .model("sonnet")
         .system_prompt("You are terse.")
         .append_system_prompt("Answer in French.")
-        .tools(["Read", "Grep"])
-        .allowed_tools(["Read"])
-        .disallowed_tools(["Bash"])
-        .permission_mode(claude_rayon::PermissionMode::Plan)
-        .max_turns(3)
+        .cli(|c| {
+            c.tools(["Read", "Grep"])
+                .allowed_tools(["Read"])
+                .disallowed_tools(["Bash"])
+                .permission_mode(claude_rayon::PermissionMode::Plan)
+                .max_turns(3)
+        })
         .json_schema(schema.clone())
         .effort(claude_rayon::Effort::Low)
-        .cwd(cwd.path())
-        .persist_sessions(true)
-        .arg("--strict-mcp-config")
+        .cli(|c| {
+            c.cwd(cwd.path())
+                .persist_sessions(true)
+                .arg("--strict-mcp-config")
+        })
         .concurrency(1)
         .timeout(Duration::from_secs(20))
         .build()
@@ -101,7 +105,7 @@ fn system_prompt_none_keeps_the_clis_own() {
     let fake = Fake::new();
     let session = fake
         .builder()
-        .cli_system_prompt()
+        .cli(|c| c.cli_system_prompt())
         .concurrency(1)
         .build()
         .unwrap();

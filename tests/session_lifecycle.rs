@@ -107,7 +107,7 @@ fn fresh_process_per_item_starts_one_per_item_and_ends_each() {
     let session = fake
         .builder()
         .concurrency(2)
-        .fresh_process_per_item(true)
+        .cli(|c| c.fresh_process_per_item(true))
         .build()
         .unwrap();
     for i in 0..3 {
@@ -233,10 +233,10 @@ fn a_host_with_default_sigpipe_survives_a_cli_that_will_not_read() {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
         let session = claude_rayon::Session::builder()
-            .cli_path(cli)
-            .max_retries(1)
+            .cli(|c| c.cli_path(cli))
             .retry_policy(
                 claude_rayon::RetryPolicy::default()
+                    .max_retries(1)
                     .initial_backoff(Duration::from_millis(1))
                     .max_backoff(Duration::from_millis(2)),
             )
@@ -317,9 +317,9 @@ fn processes_start_a_few_at_a_time() {
         let fake = Fake::new();
         let session = fake
             .builder()
-            .env("CLAUDE_RAYON_SIM_STARTUP_MS", "300")
+            .cli(|c| c.env("CLAUDE_RAYON_SIM_STARTUP_MS", "300"))
             .concurrency(6)
-            .max_starting_processes(max_starting)
+            .cli(|c| c.max_starting_processes(max_starting))
             .build()
             .unwrap();
         let items: Vec<u32> = (0..12).collect();
@@ -352,7 +352,7 @@ fn a_start_up_slot_is_freed_once_the_process_has_loaded_not_after_its_first_item
     let session = fake
         .builder()
         .concurrency(4)
-        .max_starting_processes(1)
+        .cli(|c| c.max_starting_processes(1))
         .build()
         .unwrap();
     // Long items, instant start-up: the four processes start one after another as each
@@ -475,8 +475,7 @@ fn a_process_is_recycled_after_n_items_and_every_item_is_answered_once() {
     let session = fake
         .builder()
         .concurrency(2)
-        .recycle_after_items(Some(3))
-        .recycle_above_memory(None)
+        .cli(|c| c.recycle_after_items(Some(3)).recycle_above_memory(None))
         .build()
         .unwrap();
     let items: Vec<usize> = (0..10).collect();
@@ -515,8 +514,7 @@ fn a_process_above_the_memory_ceiling_is_recycled_between_items() {
     let session = fake
         .builder()
         .concurrency(1)
-        .recycle_after_items(None)
-        .recycle_above_memory(Some(1))
+        .cli(|c| c.recycle_after_items(None).recycle_above_memory(Some(1)))
         .build()
         .unwrap();
     for i in 0..3 {
@@ -540,7 +538,7 @@ fn a_conversation_keeps_its_process_past_the_recycling_limit() {
     let session = fake
         .builder()
         .concurrency(1)
-        .recycle_after_items(Some(2))
+        .cli(|c| c.recycle_after_items(Some(2)))
         .build()
         .unwrap();
     let mut chat = session.conversation();

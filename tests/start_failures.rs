@@ -7,7 +7,7 @@ mod support;
 use claude_rayon::prelude::*;
 use claude_rayon::{CliError, Error, MapResult, Session};
 use rayon::prelude::*;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 const REFUSAL: &str = "error: unknown option '--no-such-flag'";
 const SECRET: &str = "sk-ant-start-failure-0123456789";
@@ -34,15 +34,16 @@ fn failing_to_start(
     env: &[(&str, &str)],
     concurrency: usize,
 ) -> Session {
-    let mut builder = fake
-        .builder()
-        .env("CLAUDE_RAYON_SIM_START_ERROR", start_error);
-    for (key, value) in env {
-        builder = builder.env(*key, *value);
-    }
-    builder
+    fake.builder()
+        .cli(|mut c| {
+            c = c.env("CLAUDE_RAYON_SIM_START_ERROR", start_error);
+            for (key, value) in env {
+                c = c.env(*key, *value);
+            }
+            c
+        })
         .concurrency(concurrency)
-        .max_retries(3)
+        .retry_policy(quick_retries(3))
         .build()
         .unwrap()
 }
@@ -161,9 +162,9 @@ fn starts_that_fail_differently_are_each_tried_again() {
     std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
     let session = fake
         .builder()
-        .cli_path(&cli)
+        .cli(|c| c.cli_path(&cli))
         .concurrency(1)
-        .max_retries(2)
+        .retry_policy(quick_retries(2))
         .build()
         .unwrap();
     let error = session.query(&tickets()[0]).unwrap_err();

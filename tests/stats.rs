@@ -8,7 +8,7 @@ use std::time::Duration;
 use claude_rayon::prelude::*;
 use claude_rayon::{Failed, Response};
 use rayon::prelude::*;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 #[test]
 fn counters_tokens_cost_and_latency_percentiles_add_up() {
@@ -16,7 +16,7 @@ fn counters_tokens_cost_and_latency_percentiles_add_up() {
     let session = fake
         .builder()
         .concurrency(3)
-        .max_retries(2)
+        .retry_policy(quick_retries(2))
         .build()
         .unwrap();
     let before = session.stats();

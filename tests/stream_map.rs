@@ -11,7 +11,7 @@ use std::time::Duration;
 use claude_rayon::prelude::*;
 use claude_rayon::{Cancel, Error, Session};
 use rayon::prelude::*;
-use support::{wait_until, Fake};
+use support::{quick_retries, wait_until, Fake};
 
 /// A source that counts how often it handed out an item.
 struct Counting<I> {
@@ -239,7 +239,7 @@ fn a_failure_in_the_middle_comes_back_in_its_place_with_its_item() {
     let session = fake
         .builder()
         .concurrency(3)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
     let words: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use claude_rayon::prelude::*;
 use claude_rayon::stream::Window;
 use claude_rayon::Error;
-use support::Fake;
+use support::{quick_retries, Fake};
 
 fn prompt_of(items: &[u32]) -> String {
     let list: Vec<String> = items.iter().map(u32::to_string).collect();
@@ -86,7 +86,7 @@ fn a_failing_window_comes_back_in_its_place_with_its_items() {
     let session = fake
         .builder()
         .concurrency(2)
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
     let lines: Vec<String> = (0..12)

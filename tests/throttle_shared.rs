@@ -283,11 +283,11 @@ fn a_429_pauses_every_session_on_the_shared_throttle() {
         .concurrency(1)
         .retry_policy(
             RetryPolicy::default()
+                .max_retries(1)
                 .initial_backoff(Duration::from_millis(200))
                 .max_backoff(Duration::from_secs(3600))
                 .multiplier(100_000.0),
         )
-        .max_retries(1)
         .build()
         .unwrap();
     let b = fake

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use claude_rayon::prelude::*;
 use claude_rayon::{Cancel, Error, Outcome, Response, Session, UsageWindow};
 use rayon::prelude::*;
-use support::{thread_prefix, ticket, wait_until, Fake};
+use support::{quick_retries, thread_prefix, ticket, wait_until, Fake};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -22,10 +22,12 @@ fn unix_now() -> u64 {
 
 /// A window that is used up until `until` (seconds since the UNIX epoch).
 fn used_up_until(fake: &Fake, until: u64, window: &str) -> claude_rayon::SessionBuilder {
-    fake.builder().env(
-        "CLAUDE_RAYON_SIM_USAGE_LIMIT_UNTIL",
-        format!("{until},{window}"),
-    )
+    fake.builder().cli(|c| {
+        c.env(
+            "CLAUDE_RAYON_SIM_USAGE_LIMIT_UNTIL",
+            format!("{until},{window}"),
+        )
+    })
 }
 
 fn tickets(n: usize) -> Vec<String> {
@@ -54,7 +56,7 @@ fn a_used_up_window_pauses_every_worker_until_it_resets_and_nothing_fails() {
     let session = used_up_until(&fake, until, "five_hour")
         .concurrency(3)
         // A refused call spent as a retry would fail the items here.
-        .max_retries(0)
+        .retry_policy(quick_retries(0))
         .build()
         .unwrap();
     let items = tickets(8);

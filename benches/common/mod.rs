@@ -16,7 +16,7 @@ pub fn fake_cli() -> PathBuf {
 
 /// A builder on the fake CLI.
 pub fn fake_builder() -> SessionBuilder {
-    Session::builder().cli_path(fake_cli())
+    Session::builder().cli(|c| c.cli_path(fake_cli()))
 }
 
 /// A builder for the real CLI with `env` (the mock API's) set and `remove` removed, on the
@@ -26,17 +26,16 @@ pub fn real_builder(
     env: &[(String, String)],
     remove: &[&str],
 ) -> SessionBuilder {
-    let mut builder = Session::builder()
-        .cli_path(cli)
-        .model("claude-sonnet-4-5")
-        .cli_max_retries(Some(0));
-    for key in remove {
-        builder = builder.env_remove(*key);
-    }
-    for (key, value) in env {
-        builder = builder.env(key.clone(), value.clone());
-    }
-    builder
+    Session::builder().model("claude-sonnet-4-5").cli(|mut c| {
+        c = c.cli_path(cli).cli_max_retries(Some(0));
+        for key in remove {
+            c = c.env_remove(*key);
+        }
+        for (key, value) in env {
+            c = c.env(key.clone(), value.clone());
+        }
+        c
+    })
 }
 
 /// The real CLI from CLAUDE_CODE_BIN, if set.

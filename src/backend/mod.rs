@@ -10,9 +10,11 @@
 //! from a pool. The shape is the one ureq gives its transports and crossbeam-channel its
 //! flavours: one public face (`Session`), the implementations behind a private trait. See
 //! ARCHITECTURE.md ("Backends") for why a turn-at-a-time seam, and how a backend that answers
-//! many items at once (the Message Batches API) attaches to it.
+//! many items at once (the Message Batches API) attaches to it. `spec` is what every
+//! backend is told about answers (model, system prompt, schema, effort).
 
 pub(crate) mod cli;
+pub(crate) mod spec;
 
 use std::fmt;
 use std::sync::Arc;

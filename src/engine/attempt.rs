@@ -166,7 +166,7 @@ impl World for SessionWorld<'_> {
         let request = TurnRequest {
             prompt,
             timeout: session.config().timeout,
-            structured: session.config().json_schema.is_some(),
+            structured: session.config().spec.json_schema.is_some(),
         };
         let outcome = taken
             .conn()

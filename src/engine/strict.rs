@@ -82,7 +82,7 @@ pub(crate) fn invalid(answer: &str, allowed: &[String]) -> Error {
 
 /// Refuse sessions whose answers are bound to the user's own JSON schema.
 pub(crate) fn check_session(session: &Session, adaptor: &str) -> Result<(), Error> {
-    if session.config().json_schema.is_some() {
+    if session.config().spec.json_schema.is_some() {
         return Err(Error::InvalidConfig(format!(
             "{adaptor} needs plain-text answers, but this session was built with a json_schema \
              (which belongs to your own answers); use a session without json_schema"

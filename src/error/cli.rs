@@ -31,7 +31,7 @@ pub enum CliError {
     #[error(
         "the claude CLI was not found (looked in: {}). Install it with \
          `npm install -g @anthropic-ai/claude-code`, or set CLAUDE_CODE_BIN or \
-         SessionBuilder::cli_path to its path",
+         SessionBuilder::cli(|c| c.cli_path(..)) to its path",
         display_paths(.searched)
     )]
     NotFound {
@@ -106,7 +106,7 @@ pub enum CliError {
     #[error(
         "cannot make the claude processes' private working folder in {}: {source}. The folder \
          comes from XDG_RUNTIME_DIR when that is a folder, else TMPDIR, else /tmp: make it \
-         exist and be writable, point TMPDIR elsewhere, or give SessionBuilder::cwd",
+         exist and be writable, point TMPDIR elsewhere, or give SessionBuilder::cli(|c| c.cwd(..))",
         .path.display()
     )]
     TempFolder {

@@ -13,7 +13,7 @@ pub use cli::CliError;
 ///
 /// Errors are cheap to clone (I/O errors sit behind an [`Arc`]) so that one failure can be
 /// reported to every item it affected. Secrets given through
-/// [`SessionBuilder::env`](crate::SessionBuilder::env) are redacted from every message.
+/// [`CliOptions::env`](crate::CliOptions::env) are redacted from every message.
 ///
 /// # Examples
 ///
@@ -176,7 +176,7 @@ pub enum Error {
     /// The API rejected the credentials (HTTP 401 or an auth failure).
     #[error(
         "authentication failed: {message}. Log in with `claude` (then /login), or set \
-         ANTHROPIC_API_KEY for the process (SessionBuilder::env)"
+         ANTHROPIC_API_KEY for the process (SessionBuilder::cli(|c| c.env(..)))"
     )]
     Authentication {
         /// The CLI's message.

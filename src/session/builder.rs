@@ -1,11 +1,13 @@
-//! `SessionBuilder`: every setting of a session, checked once in `build()`.
+//! `SessionBuilder`: a session's settings, what any backend understands and the CLI's options
+//! (`cli(..)`), checked once in `build()`.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::options::{Effort, PermissionMode};
+use crate::backend::cli::CliOptions;
+use crate::backend::spec::{AnswerSpec, Effort};
 use crate::retry::RetryPolicy;
 use crate::throttle::Throttle;
 use crate::{Error, Session};
@@ -17,17 +19,14 @@ const DEFAULT_WARM_CACHE_WAIT: Duration = Duration::from_secs(20);
 /// Longer than any subscription window (the weekly ones reset within seven days).
 pub(crate) const DEFAULT_MAX_USAGE_LIMIT_WAIT: Duration = Duration::from_secs(8 * 24 * 3600);
 
-/// The longest line read from the CLI by default: answers of tens of megabytes fit.
-const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
-
-/// A warm process is retired after this many items: the most a process was measured over
-/// on both CLI versions (`benches/process_memory.rs`, docs/tuning.md).
-const DEFAULT_RECYCLE_AFTER_ITEMS: Option<u64> = Some(2000);
-/// A warm process is retired above this resident memory: above every reading of a healthy
-/// process over 2,000 items (at most 475 MiB), about 2.5 times a fresh one.
-const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = Some(512 * 1024 * 1024);
-
 /// Settings of a [`Session`], built with [`Session::builder`].
+///
+/// The builder holds what any way of answering understands: the model, the prompts around
+/// every item, its schema and effort, how many items run at once and how long one may take,
+/// rate limits, retries (all in [`retry_policy`](Self::retry_policy)), the budget, progress,
+/// the prompt cache and the journal. What only the Claude Code CLI understands (its path,
+/// arguments, environment and working folder, tools, sealing, recycling) is set through
+/// [`cli`](Self::cli), on [`CliOptions`].
 ///
 /// The defaults suit batch work: no tools and an empty system prompt, so a request carries
 /// little more than the prompt (about 1.2 KB instead of about 76 KB with the CLI's defaults),
@@ -39,60 +38,40 @@ const DEFAULT_RECYCLE_ABOVE_MEMORY: Option<u64> = Some(512 * 1024 * 1024);
 /// - [`system_prompt`](Self::system_prompt) replaces the CLI's own system prompt. The default
 ///   here is the empty string.
 /// - [`append_system_prompt`](Self::append_system_prompt) is added after it: after the empty
-///   default, it is in effect your whole system prompt; after `cli_system_prompt()` (the CLI's
-///   own, about 6 KB) it extends that.
+///   default, it is in effect your whole system prompt; after
+///   [`cli(|c| c.cli_system_prompt())`](CliOptions::cli_system_prompt) (the CLI's own, about
+///   6 KB) it extends that.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::time::Duration;
-/// use claude_rayon::Session;
+/// use claude_rayon::{RetryPolicy, Session};
 ///
 /// let builder = Session::builder()
 ///     .model("sonnet")
 ///     .append_system_prompt("Answer in one line.")
 ///     .concurrency(4)
 ///     .timeout(Duration::from_secs(120))
-///     .env("ANTHROPIC_API_KEY", "sk-ant-secret");
+///     .retry_policy(RetryPolicy::default().max_retries(5))
+///     .cli(|c| c.env("ANTHROPIC_API_KEY", "sk-ant-secret").max_turns(1));
 /// // The secret never shows:
 /// assert!(!format!("{builder:?}").contains("sk-ant-secret"));
 /// ```
 #[derive(Clone)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct SessionBuilder {
-    pub(crate) config: Config,
+    pub(crate) settings: Settings,
+    pub(crate) cli: CliOptions,
 }
 
-/// The checked settings a session runs with.
+/// The checked settings a session runs with, whatever answers its items.
 #[derive(Clone)]
-pub(crate) struct Config {
-    pub cli_path: Option<PathBuf>,
-    pub model: Option<String>,
-    pub system_prompt: Option<String>,
-    pub append_system_prompt: Option<String>,
-    pub tools: Option<Vec<String>>,
-    pub allowed_tools: Vec<String>,
-    pub disallowed_tools: Vec<String>,
-    pub permission_mode: Option<PermissionMode>,
-    pub max_turns: Option<u32>,
-    pub json_schema: Option<serde_json::Value>,
-    pub effort: Option<Effort>,
-    pub cwd: Option<PathBuf>,
-    pub env: Vec<(String, String)>,
-    pub env_remove: Vec<String>,
+pub(crate) struct Settings {
+    /// What decides an answer besides the item.
+    pub spec: AnswerSpec,
     pub concurrency: usize,
     pub timeout: Duration,
-    pub persist_sessions: bool,
-    pub fresh_process_per_item: bool,
-    /// A process is retired at checkin once it has answered this many items.
-    pub recycle_after_items: Option<u64>,
-    /// A process is retired at checkin once its resident memory is above this (bytes).
-    pub recycle_above_memory: Option<u64>,
-    pub extra_args: Vec<String>,
-    pub load_user_config: bool,
-    pub interpret_item_text: bool,
-    pub max_line_bytes: usize,
-    pub max_starting_processes: usize,
     pub throttle: Option<Arc<Throttle>>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
@@ -101,7 +80,6 @@ pub(crate) struct Config {
     pub retry: RetryPolicy,
     pub max_budget_usd: Option<f64>,
     pub cost_estimate_usd: Option<f64>,
-    pub cli_max_retries: Option<u32>,
     pub progress: bool,
     pub on_progress: Option<crate::progress::Callback>,
     /// Whether a cold shared prefix is warmed by one item before the others go.
@@ -120,34 +98,10 @@ pub(crate) struct Config {
 impl Default for SessionBuilder {
     fn default() -> Self {
         SessionBuilder {
-            config: Config {
-                cli_path: None,
-                model: None,
-                system_prompt: Some(String::new()),
-                append_system_prompt: None,
-                tools: Some(Vec::new()),
-                allowed_tools: Vec::new(),
-                disallowed_tools: Vec::new(),
-                permission_mode: None,
-                max_turns: None,
-                json_schema: None,
-                effort: None,
-                cwd: None,
-                env: Vec::new(),
-                env_remove: Vec::new(),
+            settings: Settings {
+                spec: AnswerSpec::default(),
                 concurrency: 4,
                 timeout: Duration::from_secs(600),
-                persist_sessions: false,
-                fresh_process_per_item: false,
-                recycle_after_items: DEFAULT_RECYCLE_AFTER_ITEMS,
-                recycle_above_memory: DEFAULT_RECYCLE_ABOVE_MEMORY,
-                extra_args: Vec::new(),
-                load_user_config: false,
-                interpret_item_text: false,
-                max_line_bytes: DEFAULT_MAX_LINE_BYTES,
-                max_starting_processes: std::thread::available_parallelism()
-                    .map_or(2, std::num::NonZeroUsize::get)
-                    .max(2),
                 throttle: None,
                 requests_per_minute: None,
                 tokens_per_minute: None,
@@ -156,7 +110,6 @@ impl Default for SessionBuilder {
                 retry: RetryPolicy::default(),
                 max_budget_usd: None,
                 cost_estimate_usd: None,
-                cli_max_retries: Some(2),
                 progress: false,
                 on_progress: None,
                 warm_cache: true,
@@ -167,26 +120,20 @@ impl Default for SessionBuilder {
                 #[cfg(feature = "progress")]
                 progress_draw_target: None,
             },
+            cli: CliOptions::default(),
         }
     }
 }
 
 impl SessionBuilder {
-    /// The `claude` executable to run. Without it: `CLAUDE_CODE_BIN`, then `claude` on `PATH`,
-    /// then the usual install folders.
-    pub fn cli_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config.cli_path = Some(path.into());
-        self
-    }
-
     /// The model (`--model`): an alias such as `"sonnet"` or a full model name.
     pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.config.model = Some(model.into());
+        self.settings.spec.model = Some(model.into());
         self
     }
 
     /// The system prompt (`--system-prompt`). The default is empty (see
-    /// [`cli_system_prompt`](Self::cli_system_prompt) for the CLI's own).
+    /// [`CliOptions::cli_system_prompt`] for the CLI's own, which cannot go with this one).
     ///
     /// # Examples
     ///
@@ -194,14 +141,7 @@ impl SessionBuilder {
     /// let builder = claude_rayon::Session::builder().system_prompt("You are a terse reviewer.");
     /// ```
     pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
-        self.config.system_prompt = Some(prompt.into());
-        self
-    }
-
-    /// Keep the CLI's own system prompt (about 6 KB, billed on every item) instead of an
-    /// empty one or yours.
-    pub fn cli_system_prompt(mut self) -> Self {
-        self.config.system_prompt = None;
+        self.settings.spec.system_prompt = Some(prompt.into());
         self
     }
 
@@ -232,39 +172,7 @@ impl SessionBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn append_system_prompt(mut self, prompt: impl Into<String>) -> Self {
-        self.config.append_system_prompt = Some(prompt.into());
-        self
-    }
-
-    /// The built-in tools offered to the model (`--tools`). The default is none (`--tools ""`):
-    /// tool definitions add about 64 KB to every request. Pass `["default"]` for all of them.
-    pub fn tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.config.tools = Some(tools.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// Tools the model may use without asking (`--allowedTools`), e.g. `"Bash(git *)"`.
-    pub fn allowed_tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.config.allowed_tools = tools.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Tools the model may never use (`--disallowedTools`).
-    pub fn disallowed_tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
-        self.config.disallowed_tools = tools.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// The permission mode (`--permission-mode`).
-    pub fn permission_mode(mut self, mode: PermissionMode) -> Self {
-        self.config.permission_mode = Some(mode);
-        self
-    }
-
-    /// The most model turns per item (`--max-turns`); running out is
-    /// [`CliError::MaxTurns`](crate::CliError::MaxTurns).
-    pub fn max_turns(mut self, turns: u32) -> Self {
-        self.config.max_turns = Some(turns);
+        self.settings.spec.append_system_prompt = Some(prompt.into());
         self
     }
 
@@ -272,162 +180,31 @@ impl SessionBuilder {
     /// [`Response::structured`](crate::Response::structured). An answer without one is
     /// [`Error::StructuredOutputMissing`].
     pub fn json_schema(mut self, schema: serde_json::Value) -> Self {
-        self.config.json_schema = Some(schema);
+        self.settings.spec.json_schema = Some(schema);
         self
     }
 
     /// The effort level (`--effort`).
     pub fn effort(mut self, effort: Effort) -> Self {
-        self.config.effort = Some(effort);
+        self.settings.spec.effort = Some(effort);
         self
     }
 
-    /// The working directory of the CLI processes. Without it, each session runs its
-    /// processes in a private, empty folder of its own (mode 0700, removed at close). Either
-    /// way, the project configuration in that folder (its `CLAUDE.md`, `.mcp.json`,
-    /// `.claude/settings.json`, skills and commands) does not apply.
-    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config.cwd = Some(dir.into());
-        self
-    }
-
-    /// Set an environment variable for the CLI processes (for example `ANTHROPIC_API_KEY`).
-    /// Values are never shown in `Debug` output, logs or errors.
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        let key = key.into();
-        self.config.env.retain(|(k, _)| *k != key);
-        self.config.env.push((key, value.into()));
-        self
-    }
-
-    /// Remove an inherited environment variable from the CLI processes (for example
-    /// `ANTHROPIC_AUTH_TOKEN`, so that an API key given with [`env`](Self::env) is used).
-    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
-        let key = key.into();
-        self.config.env.retain(|(k, _)| *k != key);
-        self.config.env_remove.push(key);
-        self
-    }
-
-    /// How many CLI processes the session keeps, and so how many items run at once
-    /// (default 4). Each process holds about 185 MB once warm and peaks near 300 MB while it
+    /// How many items run at once (default 4): for the CLI, how many processes the session
+    /// keeps. Each process holds about 185 MB once warm and peaks near 300 MB while it
     /// starts and answers, and grows to 380-470 MiB over a long run before it is recycled;
     /// `build()` logs a warning when `concurrency` × 480 MB is more than
     /// the memory available. Past the number of cores, more processes only help when the API
     /// is slow (they wait on the network, not on the CPU).
     pub fn concurrency(mut self, processes: usize) -> Self {
-        self.config.concurrency = processes;
-        self
-    }
-
-    /// How many CLI processes may be starting at once (default: the number of cores, at
-    /// least 2). A start costs about 0.8 s of CPU; starting 32 at once on 2 cores delays
-    /// every first answer by many seconds, while starting them a few at a time gets the first
-    /// answers in about a second and the rest as each process warms up. Set it to
-    /// `concurrency` to start them all at once.
-    pub fn max_starting_processes(mut self, processes: usize) -> Self {
-        self.config.max_starting_processes = processes;
+        self.settings.concurrency = processes;
         self
     }
 
     /// The longest one item may take (default 10 minutes). A process that runs past it is
     /// killed and replaced, and the item fails with [`Error::Timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = timeout;
-        self
-    }
-
-    /// The longest line the CLI may write, in bytes (default 256 MiB; an answer is one line).
-    /// A longer line fails its item with [`CliError::Protocol`](crate::CliError::Protocol) and
-    /// the process is killed, so a CLI that writes without end cannot take the program's memory.
-    pub fn max_line_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_line_bytes = bytes;
-        self
-    }
-
-    /// Keep the CLI's transcripts under `~/.claude/projects` (default: off, so a batch does
-    /// not flood the user's `claude --resume` list).
-    pub fn persist_sessions(mut self, persist: bool) -> Self {
-        self.config.persist_sessions = persist;
-        self
-    }
-
-    /// Start a new CLI process for every item instead of reusing warm ones. Costs about
-    /// 0.8 s of CPU and 300 MB per item; use it only when items must not share a process.
-    pub fn fresh_process_per_item(mut self, fresh: bool) -> Self {
-        self.config.fresh_process_per_item = fresh;
-        self
-    }
-
-    /// Retire a warm process once it has answered `items` items (`None`: never), and start
-    /// a fresh one for the next item. The CLI's memory grows over a long headless session;
-    /// a process is retired only between items (when it goes back to the pool), so no item
-    /// is cut short, lost or asked twice. A [`Conversation`](crate::Conversation) keeps its
-    /// process until it is dropped. Default: `Some(2000)`, the most items a process was
-    /// measured over on both CLI versions; a recycle costs about one start (docs/tuning.md,
-    /// "Recycling").
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// // A fresh process every 200 items; no memory ceiling.
-    /// let builder = claude_rayon::Session::builder()
-    ///     .recycle_after_items(Some(200))
-    ///     .recycle_above_memory(None);
-    /// ```
-    pub fn recycle_after_items(mut self, items: Option<u64>) -> Self {
-        self.config.recycle_after_items = items;
-        self
-    }
-
-    /// Retire a warm process, between items, once its resident memory (Linux `VmRSS`) is
-    /// above `bytes` (`None`: never). Read from `/proc` when the process goes back to the
-    /// pool; elsewhere than Linux only [`recycle_after_items`](Self::recycle_after_items)
-    /// applies. Default: `Some(512 MiB)`, above every reading of a healthy process over
-    /// 2,000 items (at most 475 MiB; 187-190 MiB fresh), so that it retires only a process
-    /// that grows beyond what a healthy one reaches (docs/tuning.md, "Recycling").
-    pub fn recycle_above_memory(mut self, bytes: Option<u64>) -> Self {
-        self.config.recycle_above_memory = bytes;
-        self
-    }
-
-    /// Load your own Claude Code configuration into every process: `~/.claude/CLAUDE.md`,
-    /// your hooks, MCP servers, skills, plugins, agents and output styles (default: off).
-    ///
-    /// Off, the processes are sealed: they read no memory files, run no hooks, start no MCP
-    /// servers and load no customizations, while your login or API key works as usual. The
-    /// project's configuration (in the working directory) stays off either way, and an
-    /// item's text still cannot attach files or run commands; see
-    /// [`interpret_item_text`](Self::interpret_item_text) for that.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// // Items may use the MCP servers and memory configured in ~/.claude.
-    /// let builder = claude_rayon::Session::builder().load_user_config(true);
-    /// ```
-    pub fn load_user_config(mut self, load: bool) -> Self {
-        self.config.load_user_config = load;
-        self
-    }
-
-    /// Let an item's text do what text typed into the CLI does (default: off): `@path`
-    /// attaches that file to the request and a leading `/` runs a CLI command (`/config`
-    /// can rewrite your settings). Turn it on only for prompts you wrote yourself.
-    ///
-    /// Off, an item's text is always sent as text: `@` mentions stay text, and text that
-    /// begins with `/` is sent with one leading space so that the CLI does not run it.
-    pub fn interpret_item_text(mut self, interpret: bool) -> Self {
-        self.config.interpret_item_text = interpret;
-        self
-    }
-
-    /// An extra command-line argument for the CLI, passed as is after the ones this crate sets.
-    /// Flags that would undo the sealing (`--settings`, `--setting-sources`, `--mcp-config`,
-    /// `--plugin-dir`, `--plugin-url`, `--agents`, `--agent`, `--add-dir`) are refused by
-    /// `build()` unless [`load_user_config`](Self::load_user_config) is on.
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.config.extra_args.push(arg.into());
+        self.settings.timeout = timeout;
         self
     }
 
@@ -437,9 +214,9 @@ impl SessionBuilder {
     /// are labelled as simulated; no API is called and nothing is billed.
     ///
     /// `build()` checks that the program serves (it starts it once and asks), and refuses
-    /// with [`CliError::SimulatorNotServed`](crate::CliError::SimulatorNotServed) when it does
-    /// not; a copy started as the simulator never builds a session of its own, so a forgotten
-    /// call cannot make the program start itself again and again.
+    /// with [`CliError::SimulatorNotServed`](crate::CliError::SimulatorNotServed) when it does not; a copy started as the simulator
+    /// never builds a session of its own, so a forgotten call cannot make the program start
+    /// itself again and again.
     ///
     /// # Errors
     ///
@@ -447,61 +224,79 @@ impl SessionBuilder {
     #[cfg(feature = "simulator")]
     pub fn simulated(self) -> Result<Self, Error> {
         let exe = std::env::current_exe().map_err(Error::io)?;
-        Ok(self
-            .cli_path(exe)
-            .env(crate::simulator::SIMULATOR_ENV_VAR, "1")
-            .env("CLAUDE_RAYON_SIM_DEMO", "1"))
+        Ok(self.cli(|c| {
+            c.cli_path(exe)
+                .env(crate::simulator::SIMULATOR_ENV_VAR, "1")
+                .env("CLAUDE_RAYON_SIM_DEMO", "1")
+        }))
+    }
+
+    /// Settings only the Claude Code CLI understands (the CLI is what answers items): its
+    /// path, arguments, environment and working folder, tools, sealing and recycling; see
+    /// [`CliOptions`]. Calls compose: each closure gets the options as the ones before left
+    /// them (a [`simulated`](Self::simulated) session's included).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::Session;
+    ///
+    /// let key = "sk-ant-secret"; // read from your own secret store
+    /// let builder = Session::builder()
+    ///     .model("sonnet")
+    ///     .cli(|c| c.env("ANTHROPIC_API_KEY", key).env_remove("ANTHROPIC_AUTH_TOKEN"))
+    ///     .cli(|c| c.cli_max_retries(Some(0)));
+    /// ```
+    pub fn cli(mut self, configure: impl FnOnce(CliOptions) -> CliOptions) -> Self {
+        self.cli = configure(std::mem::take(&mut self.cli));
+        self
     }
 
     /// Limit requests per minute on a throttle of this session's own.
     pub fn requests_per_minute(mut self, limit: u32) -> Self {
-        self.config.requests_per_minute = Some(limit);
+        self.settings.requests_per_minute = Some(limit);
         self
     }
 
     /// Limit tokens (input plus output, of every kind) per minute on this session's throttle.
     pub fn tokens_per_minute(mut self, limit: u64) -> Self {
-        self.config.tokens_per_minute = Some(limit);
+        self.settings.tokens_per_minute = Some(limit);
         self
     }
 
     /// How many requests may go at once after an idle spell (default: one minute's worth).
     pub fn burst(mut self, requests: u32) -> Self {
-        self.config.burst = Some(requests);
+        self.settings.burst = Some(requests);
         self
     }
 
     /// Output tokens reserved per item on the tokens-per-minute bucket before the real usage
     /// is known (default 1024).
     pub fn output_token_allowance(mut self, tokens: u64) -> Self {
-        self.config.output_token_allowance = tokens;
+        self.settings.output_token_allowance = tokens;
         self
     }
 
     /// Share one throttle between sessions that use one API key. Overrides
     /// `requests_per_minute`, `tokens_per_minute` and `burst`.
     pub fn throttle(mut self, throttle: Arc<Throttle>) -> Self {
-        self.config.throttle = Some(throttle);
+        self.settings.throttle = Some(throttle);
         self
     }
 
-    /// How often an item is tried again after a retryable error (default 3).
-    pub fn max_retries(mut self, retries: u32) -> Self {
-        self.config.retry.max_retries = retries;
-        self
-    }
-
-    /// The whole retry policy: counts, delays and which errors are retried.
+    /// The whole retry policy: how often an item is tried again after a retryable error
+    /// (default 3), the delays, and which errors are retried. The one place retries are set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{RetryPolicy, Session};
+    ///
+    /// let patient = Session::builder().retry_policy(RetryPolicy::default().max_retries(6));
+    /// let once = Session::builder().retry_policy(RetryPolicy::none());
+    /// ```
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.config.retry = policy;
-        self
-    }
-
-    /// How often the CLI itself retries an API call before reporting an error
-    /// (`CLAUDE_CODE_MAX_RETRIES`; default here 2, the CLI's own default is 10). `None` keeps
-    /// the CLI's default. See the crate's retry documentation for how the two share the work.
-    pub fn cli_max_retries(mut self, retries: Option<u32>) -> Self {
-        self.config.cli_max_retries = retries;
+        self.settings.retry = policy;
         self
     }
 
@@ -511,14 +306,14 @@ impl SessionBuilder {
     /// (a huge document) fails alone with [`Error::ItemOverBudget`], without spending the
     /// budget: the other items go on.
     pub fn max_budget_usd(mut self, budget: f64) -> Self {
-        self.config.max_budget_usd = Some(budget);
+        self.settings.max_budget_usd = Some(budget);
         self
     }
 
     /// The cost reserved for an item before it runs, when no item has finished yet to learn
     /// from (default: 0.01 USD). After that, the largest cost seen is reserved.
     pub fn cost_estimate_usd(mut self, estimate: f64) -> Self {
-        self.config.cost_estimate_usd = Some(estimate);
+        self.settings.cost_estimate_usd = Some(estimate);
         self
     }
 
@@ -538,7 +333,7 @@ impl SessionBuilder {
         mut self,
         callback: impl Fn(&crate::Progress) + Send + Sync + 'static,
     ) -> Self {
-        self.config.on_progress = Some(Arc::new(callback));
+        self.settings.on_progress = Some(Arc::new(callback));
         self
     }
 
@@ -547,7 +342,7 @@ impl SessionBuilder {
     /// feature (without it nothing is drawn and `build()` logs a warning saying so). No bar is drawn when stderr is not a terminal,
     /// unless a target is given with `progress_draw_target`.
     pub fn progress(mut self, show: bool) -> Self {
-        self.config.progress = show;
+        self.settings.progress = show;
         self
     }
 
@@ -558,8 +353,8 @@ impl SessionBuilder {
         mut self,
         target: impl Fn() -> indicatif::ProgressDrawTarget + Send + Sync + 'static,
     ) -> Self {
-        self.config.progress = true;
-        self.config.progress_draw_target = Some(Arc::new(target));
+        self.settings.progress = true;
+        self.settings.progress_draw_target = Some(Arc::new(target));
         self
     }
 
@@ -571,7 +366,7 @@ impl SessionBuilder {
     /// more than [`warm_cache_wait`](Self::warm_cache_wait)); without
     /// it, the first `concurrency` items each write their own entry at 1.25× the input price.
     pub fn warm_cache(mut self, warm: bool) -> Self {
-        self.config.warm_cache = warm;
+        self.settings.warm_cache = warm;
         self
     }
 
@@ -588,7 +383,7 @@ impl SessionBuilder {
     /// let builder = claude_rayon::Session::builder().warm_cache_wait(Duration::from_secs(5));
     /// ```
     pub fn warm_cache_wait(mut self, wait: Duration) -> Self {
-        self.config.warm_cache_wait = wait;
+        self.settings.warm_cache_wait = wait;
         self
     }
 
@@ -609,7 +404,7 @@ impl SessionBuilder {
     ///     .max_usage_limit_wait(Duration::from_secs(5 * 3600));
     /// ```
     pub fn max_usage_limit_wait(mut self, wait: Duration) -> Self {
-        self.config.max_usage_limit_wait = wait;
+        self.settings.max_usage_limit_wait = wait;
         self
     }
 
@@ -624,7 +419,7 @@ impl SessionBuilder {
     /// # Ok::<(), claude_rayon::Error>(())
     /// ```
     pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config.journal_path = Some(path.into());
+        self.settings.journal_path = Some(path.into());
         self
     }
 
@@ -632,10 +427,8 @@ impl SessionBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Cli`] with [`CliError::NotFound`](crate::CliError::NotFound) when no CLI is
-    /// found, [`CliError::Unsupported`](crate::CliError::Unsupported) when it is too old to be
-    /// sealed (or does not say its version),
-    /// [`CliError::SimulatorNotServed`](crate::CliError::SimulatorNotServed) for a
+    /// [`CliError::NotFound`](crate::CliError::NotFound) when no CLI is found, [`CliError::Unsupported`](crate::CliError::Unsupported) when it is too
+    /// old to be sealed (or does not say its version), [`CliError::SimulatorNotServed`](crate::CliError::SimulatorNotServed) for a
     /// [`simulated`](Self::simulated) session whose program does not serve the simulator, [`Error::InvalidConfig`] for invalid
     /// or contradictory settings, [`Error::JournalLocked`] or [`Error::Journal`] when the
     /// journal cannot be opened, or cannot tell which model answers (a settings file the CLI
@@ -646,56 +439,52 @@ impl SessionBuilder {
     /// ```
     /// use claude_rayon::{Error, Session};
     ///
-    /// let err = Session::builder().concurrency(0).cli_path("/bin/sh").build().unwrap_err();
+    /// let err = Session::builder()
+    ///     .concurrency(0)
+    ///     .cli(|c| c.cli_path("/bin/sh"))
+    ///     .build()
+    ///     .unwrap_err();
     /// assert!(matches!(err, Error::InvalidConfig(_)));
     /// ```
     pub fn build(self) -> Result<Session, Error> {
-        self.config.validate()?;
+        let SessionBuilder {
+            mut settings,
+            cli: options,
+        } = self;
+        settings.validate()?;
+        options.validate(&settings.spec)?;
         #[cfg(not(feature = "progress"))]
-        if self.config.progress {
+        if settings.progress {
             log::warn!(
                 "progress(true) draws nothing: the progress bar needs the `progress` feature \
                  (claude-rayon = {{ version = \"...\", features = [\"progress\"] }}); \
                  on_progress(..) works without it"
             );
         }
-        // A copy of this program started as the simulator must serve, never start another.
-        #[cfg(feature = "simulator")]
-        super::simulated::refuse_in_the_simulator()?;
-        let cli = crate::backend::cli::locate::find_cli(self.config.cli_path.as_deref())?;
-        #[cfg(feature = "simulator")]
-        let simulated = super::simulated::is_simulated(&self.config.env);
-        #[cfg(not(feature = "simulator"))]
-        let simulated = false;
-        if simulated {
-            // The program itself as the simulator: check that it serves, once, instead of
-            // asking its version (which a program that does not serve answers by running).
-            #[cfg(feature = "simulator")]
-            super::simulated::handshake(&cli, &self.config.cli_env(), &self.config.env_remove)?;
-        } else {
-            crate::backend::cli::seal::check_cli_version(
-                &cli,
-                &self.config.cli_env(),
-                &self.config.env_remove,
-            )?;
-        }
-        let mut config = self.config;
-        // Read now, once: what the processes will read (settings files, the environment).
-        let answer_settings = config.answer_settings();
-        if let Some(path) = &config.journal_path {
-            if let Err(why) = &answer_settings {
+        let id = super::next_session_id();
+        let started = crate::backend::cli::start(
+            id,
+            &settings.spec,
+            settings.concurrency,
+            settings.timeout,
+            &options,
+        )?;
+        if let Some(path) = &settings.journal_path {
+            if let Err(why) = &started.answer_settings {
                 return Err(Error::Journal {
                     path: path.clone(),
                     message: why.clone(),
                 });
             }
-            config.journal = Some(crate::Journal::open(path)?);
+            settings.journal = Some(crate::Journal::open(path)?);
         }
-        Session::from_config(config, cli, answer_settings)
+        Session::start(id, settings, started)
     }
 }
 
-impl Config {
+impl Settings {
+    /// The checks of the settings any backend understands; `CliOptions::validate` has the
+    /// CLI's.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let invalid = |msg: String| Err(Error::InvalidConfig(msg));
         if self.concurrency == 0 {
@@ -707,51 +496,12 @@ impl Config {
                 self.concurrency
             ));
         }
-        if self.recycle_after_items == Some(0) {
-            return invalid("recycle_after_items must be at least 1 (None never recycles)".into());
-        }
-        if self.max_starting_processes == 0 {
-            return invalid("max_starting_processes must be at least 1".into());
-        }
-        if self.max_line_bytes < 64 * 1024 {
-            return invalid(format!(
-                "max_line_bytes {} is too small for the CLI's own lines; use at least 64 KiB",
-                self.max_line_bytes
-            ));
-        }
         if self.timeout.is_zero() {
             return invalid("timeout must be longer than zero".into());
         }
-        if self.max_turns == Some(0) {
-            return invalid("max_turns must be at least 1".into());
-        }
-        if let Some(schema) = &self.json_schema {
+        if let Some(schema) = &self.spec.json_schema {
             if !schema.is_object() {
                 return invalid("json_schema must be a JSON object (a JSON Schema)".into());
-            }
-        }
-        let tools_off = matches!(&self.tools, Some(t) if t.is_empty());
-        if tools_off && !self.allowed_tools.is_empty() {
-            return invalid(format!(
-                "allowed_tools {:?} given but tools are off (the default); enable them with .tools([...])",
-                self.allowed_tools
-            ));
-        }
-        if let Some(both) = self
-            .allowed_tools
-            .iter()
-            .find(|t| self.disallowed_tools.contains(t))
-        {
-            return invalid(format!("tool {both:?} is both allowed and disallowed"));
-        }
-        for (key, _) in &self.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return invalid(format!("environment variable name {key:?} is not valid"));
-            }
-        }
-        if let Some(dir) = &self.cwd {
-            if !dir.is_dir() {
-                return invalid(format!("cwd {} is not a directory", dir.display()));
             }
         }
         if self.requests_per_minute == Some(0) || self.tokens_per_minute == Some(0) {
@@ -783,58 +533,29 @@ impl Config {
                 ));
             }
         }
-        if !self.load_user_config {
-            let flag_name = |arg: &str| arg.split('=').next().unwrap_or("").to_string();
-            if let Some(arg) = self.extra_args.iter().find(|a| {
-                crate::backend::cli::seal::UNSEALING_ARGS.contains(&flag_name(a).as_str())
-            }) {
-                return invalid(format!(
-                    "arg({:?}) would load configuration into sealed processes; turn on \
-                     load_user_config(true) to pass it",
-                    flag_name(arg)
-                ));
-            }
-        }
-        if self.cli_max_retries.is_some_and(|r| r > 15) {
-            return invalid("cli_max_retries is capped at 15 by the CLI".into());
-        }
-        self.retry.validate()?;
-        self.validate_command_line()
+        self.retry.validate()
     }
 }
 
 impl fmt::Debug for SessionBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.config.fmt(f)
+        f.debug_struct("SessionBuilder")
+            .field("settings", &self.settings)
+            .field("cli", &self.cli)
+            .finish()
     }
 }
 
-impl fmt::Debug for Config {
+impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Values of environment variables can be credentials: show names only.
-        let env_names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
-        f.debug_struct("Config")
-            .field("cli_path", &self.cli_path)
-            .field("model", &self.model)
-            .field("system_prompt", &self.system_prompt)
-            .field("append_system_prompt", &self.append_system_prompt)
-            .field("tools", &self.tools)
-            .field("allowed_tools", &self.allowed_tools)
-            .field("disallowed_tools", &self.disallowed_tools)
-            .field("permission_mode", &self.permission_mode)
-            .field("max_turns", &self.max_turns)
-            .field("json_schema", &self.json_schema)
-            .field("effort", &self.effort)
-            .field("cwd", &self.cwd)
-            .field("env (values hidden)", &env_names)
+        f.debug_struct("Settings")
+            .field("model", &self.spec.model)
+            .field("system_prompt", &self.spec.system_prompt)
+            .field("append_system_prompt", &self.spec.append_system_prompt)
+            .field("json_schema", &self.spec.json_schema)
+            .field("effort", &self.spec.effort)
             .field("concurrency", &self.concurrency)
             .field("timeout", &self.timeout)
-            .field("persist_sessions", &self.persist_sessions)
-            .field("load_user_config", &self.load_user_config)
-            .field("interpret_item_text", &self.interpret_item_text)
-            .field("fresh_process_per_item", &self.fresh_process_per_item)
-            .field("recycle_after_items", &self.recycle_after_items)
-            .field("recycle_above_memory", &self.recycle_above_memory)
             .field("throttle", &self.throttle)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("tokens_per_minute", &self.tokens_per_minute)
@@ -848,48 +569,14 @@ impl fmt::Debug for Config {
 mod tests {
     use super::*;
 
-    fn args(b: SessionBuilder) -> Vec<String> {
-        b.config
-            .cli_args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn defaults_turn_tools_and_system_prompt_off() {
-        let a = args(SessionBuilder::default());
-        let joined = a.join(" ");
-        assert!(joined.contains("--tools  ") || a.windows(2).any(|w| w == ["--tools", ""]));
-        assert!(a.windows(2).any(|w| w == ["--system-prompt", ""]));
-        assert!(a.contains(&"--no-session-persistence".to_string()));
-        assert!(a.contains(&"stream-json".to_string()));
-    }
-
     #[test]
     fn contradictions_are_rejected() {
-        let check = |b: SessionBuilder| b.config.validate().unwrap_err().to_string();
-        assert!(check(SessionBuilder::default().allowed_tools(["Bash"])).contains("tools are off"));
-        assert!(check(
-            SessionBuilder::default()
-                .tools(["Bash"])
-                .allowed_tools(["Bash"])
-                .disallowed_tools(["Bash"])
-        )
-        .contains("both allowed and disallowed"));
-        assert!(check(SessionBuilder::default().max_turns(0)).contains("max_turns"));
+        // The CLI's own checks are in `CliOptions::validate`'s tests.
+        let check = |b: SessionBuilder| b.settings.validate().unwrap_err().to_string();
         assert!(
             check(SessionBuilder::default().json_schema(serde_json::json!("x"))).contains("object")
         );
         assert!(check(SessionBuilder::default().timeout(Duration::ZERO)).contains("timeout"));
-        assert!(check(SessionBuilder::default().cwd("/nonexistent/dir")).contains("cwd"));
-        assert!(check(SessionBuilder::default().env("A=B", "c")).contains("not valid"));
-        assert!(check(SessionBuilder::default().system_prompt("a\0b"))
-            .contains("--system-prompt contains a NUL byte"));
-        assert!(
-            check(SessionBuilder::default().append_system_prompt("x".repeat(130 * 1024)))
-                .contains("--append-system-prompt is 133120 bytes")
-        );
         assert!(check(SessionBuilder::default().max_budget_usd(f64::NAN)).contains("budget"));
         assert!(check(
             SessionBuilder::default()
@@ -900,13 +587,42 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted_and_hidden_from_debug() {
+    fn cli_calls_compose() {
         let b = SessionBuilder::default()
-            .env("ANTHROPIC_API_KEY", "sk-ant-very-secret")
-            .env("HOME", "/tmp/home");
-        assert!(!format!("{b:?}").contains("sk-ant-very-secret"));
-        let secrets = b.config.secrets();
-        assert!(secrets.contains(&"sk-ant-very-secret".to_string()));
-        assert!(!secrets.contains(&"/tmp/home".to_string()));
+            .cli(|c| c.env("FIRST", "1").max_turns(2))
+            .model("sonnet")
+            .cli(|c| c.env("SECOND", "2"));
+        let env: Vec<&str> = b.cli.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(env, ["FIRST", "SECOND"]);
+        assert_eq!(b.cli.max_turns, Some(2));
+        assert_eq!(b.settings.spec.model.as_deref(), Some("sonnet"));
+    }
+
+    #[cfg(feature = "simulator")]
+    #[test]
+    fn a_simulated_session_keeps_its_simulator_under_later_cli_calls() {
+        let b = SessionBuilder::default()
+            .simulated()
+            .unwrap()
+            .cli(|c| c.env("MORE", "1"));
+        assert_eq!(b.cli.cli_path, Some(std::env::current_exe().unwrap()));
+        assert!(b
+            .cli
+            .env
+            .iter()
+            .any(|(k, v)| k == crate::simulator::SIMULATOR_ENV_VAR && v == "1"));
+    }
+
+    #[test]
+    fn secrets_are_hidden_from_debug() {
+        let b = SessionBuilder::default()
+            .cli(|c| c.env("ANTHROPIC_API_KEY", "sk-ant-very-secret"))
+            .model("sonnet");
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("sk-ant-very-secret"), "{shown}");
+        assert!(
+            shown.contains("ANTHROPIC_API_KEY") && shown.contains("sonnet"),
+            "{shown}"
+        );
     }
 }

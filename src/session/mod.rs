@@ -5,11 +5,6 @@
 //! - The processes themselves live below, in `crate::backend::cli`.
 
 pub(crate) mod builder;
-mod fingerprint;
-mod launch;
-mod options;
-#[cfg(feature = "simulator")]
-mod simulated;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,49 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use crate::backend::cli::locate::CLI_ENV_VAR;
+pub use crate::backend::cli::{CliOptions, PermissionMode};
+pub use crate::backend::spec::Effort;
 pub use builder::SessionBuilder;
-pub(crate) use fingerprint::AnswerSettings;
-pub use options::{Effort, PermissionMode};
 
 use crate::admission::{Admission, AdmissionSettings, CacheGate, CACHE_MIN_TOKENS};
-use crate::backend::cli::pool::{self, Pool};
-use crate::backend::cli::process::Launch;
-use crate::backend::cli::seal;
-use crate::backend::cli::CliBackend;
+pub(crate) use crate::backend::cli::AnswerSettings;
 use crate::backend::Backend;
 use crate::budget::Budget;
 use crate::stats::Counters;
 use crate::throttle::Throttle;
 use crate::{Cancel, Error, Stats};
-use builder::Config;
-
-/// Peak memory of one CLI process over a long run, before it is recycled (measured: ~300 MB
-/// while it starts, growing to 467-475 MiB by 2,000 items; `benches/process_memory.rs`).
-pub(crate) const CLI_PEAK_BYTES: u64 = 480 * 1024 * 1024;
-
-/// Warn when `concurrency` processes at their peak would not fit in the memory available.
-fn warn_if_memory_is_short(concurrency: usize) {
-    let needed = CLI_PEAK_BYTES.saturating_mul(concurrency as u64);
-    if let Some(available) = memory_available_bytes() {
-        if needed > available {
-            log::warn!(
-                "concurrency {concurrency} needs about {} MB for its claude processes (~480 MB \
-                 each over a long run), more than the {} MB available: expect swapping or the OOM \
-                 killer; lower concurrency",
-                needed / (1024 * 1024),
-                available / (1024 * 1024)
-            );
-        }
-    }
-}
-
-/// `MemAvailable` from `/proc/meminfo` (Linux); `None` elsewhere.
-fn memory_available_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+use builder::Settings;
 
 /// How long `close` waits for the items whose processes it killed to be counted.
 const CLOSE_SETTLE: Duration = Duration::from_secs(5);
@@ -92,7 +56,7 @@ pub struct Session {
 /// What a session holds; the engine (`crate::engine`) drives items through it.
 struct Inner {
     id: u64,
-    config: Config,
+    config: Settings,
     cli: PathBuf,
     /// What answers the turns: the CLI's processes.
     backend: Box<dyn Backend>,
@@ -105,7 +69,13 @@ struct Inner {
     closing: Cancel,
     /// What besides the prompt decides an answer (the journal's key), computed once; `Err`
     /// when it cannot be known (a journal then refuses every item).
-    answer_settings: fingerprint::AnswerSettings,
+    answer_settings: AnswerSettings,
+}
+
+/// A new session's id, unique in this program (it names the session's threads and folder).
+pub(crate) fn next_session_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Session {
@@ -120,17 +90,18 @@ impl Session {
         SessionBuilder::default()
     }
 
-    pub(crate) fn from_config(
-        config: Config,
-        cli: PathBuf,
-        answer_settings: fingerprint::AnswerSettings,
+    /// Session `id` with these settings on the CLI `started` for it.
+    pub(crate) fn start(
+        id: u64,
+        config: Settings,
+        started: crate::backend::cli::Started,
     ) -> Result<Session, Error> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let private_dir = match &config.cwd {
-            Some(_) => None,
-            None => Some(seal::PrivateDir::create(id)?),
-        };
+        let crate::backend::cli::Started {
+            program: cli,
+            backend,
+            answer_settings,
+        } = started;
+        let backend: Box<dyn Backend> = Box::new(backend);
         let throttle = match &config.throttle {
             Some(shared) => Arc::clone(shared),
             None => {
@@ -150,44 +121,6 @@ impl Session {
                 Arc::new(throttle)
             }
         };
-        let launch = Launch {
-            program: cli.clone(),
-            args: config.cli_args(),
-            env: {
-                let mut env = config.cli_env();
-                // Git looks for a repository no higher than the private folder: a temp folder
-                // inside a work tree does not make the CLI's git calls run in that tree.
-                if let Some(parent) = private_dir.as_ref().and_then(|d| d.path().parent()) {
-                    env.push((
-                        "GIT_CEILING_DIRECTORIES".to_string(),
-                        parent.to_string_lossy().into_owned(),
-                    ));
-                }
-                env
-            },
-            env_remove: config.env_remove.clone(),
-            cwd: config
-                .cwd
-                .clone()
-                .or_else(|| private_dir.as_ref().map(|d| d.path().to_path_buf())),
-            secrets: Arc::new(config.secrets()),
-            interpret_item_text: config.interpret_item_text,
-            clear_timeout: config.timeout.min(Duration::from_secs(30)),
-            max_line_bytes: config.max_line_bytes,
-            start_failures: Default::default(),
-        };
-        let pool = Pool::new(
-            launch,
-            config.concurrency,
-            config.max_starting_processes,
-            config.fresh_process_per_item,
-            pool::Recycle {
-                after_prompts: config.recycle_after_items,
-                above_bytes: config.recycle_above_memory,
-            },
-        );
-        let backend = Box::new(CliBackend::new(pool, private_dir));
-        warn_if_memory_is_short(config.concurrency);
         let threads = rayon::ThreadPoolBuilder::new()
             .num_threads(config.concurrency)
             .thread_name(move |i| format!("claude-rayon-s{id}-{i}"))
@@ -198,12 +131,13 @@ impl Session {
                 )))
             })?;
         let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
-        let cache_gate = (config.warm_cache && config.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
+        let cache_gate = (config.warm_cache
+            && config.spec.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
             .then(|| CacheGate::new(config.warm_cache_wait.min(config.timeout)));
         let counters = Arc::new(Counters::default());
         let admission = Admission::new(
             AdmissionSettings {
-                model: config.model.clone(),
+                model: config.spec.model.clone(),
                 output_token_allowance: config.output_token_allowance,
                 request_overhead_tokens: backend.request_overhead_tokens(),
                 retry: config.retry.clone(),
@@ -320,7 +254,7 @@ impl Session {
     }
 
     /// The session's settings, as built.
-    pub(crate) fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Settings {
         &self.inner.config
     }
 

@@ -9,7 +9,7 @@ pub use claude_rayon_mock_api as mock_api;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use claude_rayon::{Session, SessionBuilder};
+use claude_rayon::{RetryPolicy, Session, SessionBuilder};
 use serde_json::Value;
 
 /// The fake `claude` built from this crate (src/bin/claude-rayon-sim.rs).
@@ -38,17 +38,15 @@ impl Fake {
         let state = self.dir.path().join("state");
         std::fs::create_dir_all(&state).unwrap();
         Session::builder()
-            .cli_path(fake_cli())
-            .env(
-                "CLAUDE_RAYON_SIM_RECORD",
-                self.record_path().to_str().unwrap(),
-            )
-            .env("CLAUDE_RAYON_SIM_STATE", state.to_str().unwrap())
-            .retry_policy(
-                claude_rayon::RetryPolicy::default()
-                    .initial_backoff(Duration::from_millis(1))
-                    .max_backoff(Duration::from_millis(5)),
-            )
+            .cli(|c| {
+                c.cli_path(fake_cli())
+                    .env(
+                        "CLAUDE_RAYON_SIM_RECORD",
+                        self.record_path().to_str().unwrap(),
+                    )
+                    .env("CLAUDE_RAYON_SIM_STATE", state.to_str().unwrap())
+            })
+            .retry_policy(quick_retries(3))
             .timeout(Duration::from_secs(30))
     }
 
@@ -95,6 +93,15 @@ impl Fake {
             })
             .collect()
     }
+}
+
+/// A retry policy of `retries` tries again, with the tiny backoffs the fake CLI's builder
+/// uses (1-5 ms), so that a test asking for retries takes no longer for it.
+pub fn quick_retries(retries: u32) -> RetryPolicy {
+    RetryPolicy::default()
+        .max_retries(retries)
+        .initial_backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(5))
 }
 
 pub fn read_events(path: &Path) -> Vec<Value> {
@@ -226,14 +233,16 @@ pub fn real_cli(test: &str) -> Option<PathBuf> {
 /// A builder for `cli` talking to `api`, with `home` as its HOME, and the library's defaults
 /// otherwise (for a child process that starts its own mock).
 pub fn builder_against(cli: &Path, api: &mock_api::MockApi, home: &Path) -> SessionBuilder {
-    let mut builder = Session::builder().cli_path(cli);
-    for key in mock_api::CLI_ENV_REMOVE {
-        builder = builder.env_remove(*key);
-    }
-    for (key, value) in api.cli_env(home) {
-        builder = builder.env(key, value);
-    }
-    builder
+    Session::builder().cli(|mut c| {
+        c = c.cli_path(cli);
+        for key in mock_api::CLI_ENV_REMOVE {
+            c = c.env_remove(*key);
+        }
+        for (key, value) in api.cli_env(home) {
+            c = c.env(key, value);
+        }
+        c
+    })
 }
 
 /// The real tier's setup: the real CLI, a mock Messages API, and temp HOME and cwd.
@@ -259,9 +268,8 @@ impl Real {
     /// A builder for the real CLI against the mock, with tiny backoffs and no CLI retries.
     pub fn builder(&self) -> SessionBuilder {
         self.bare_builder()
-            .cwd(self.cwd.path())
+            .cli(|c| c.cwd(self.cwd.path()).cli_max_retries(Some(0)))
             .model("claude-sonnet-4-5")
-            .cli_max_retries(Some(0))
             .timeout(Duration::from_secs(60))
             .retry_policy(
                 claude_rayon::RetryPolicy::default()
@@ -309,7 +317,11 @@ pub fn one_at_a_time(builder: SessionBuilder) -> Session {
 
 /// As [`one_at_a_time`], asking a failed item up to `retries` more times.
 pub fn one_at_a_time_retrying(builder: SessionBuilder, retries: u32) -> Session {
-    builder.max_retries(retries).concurrency(1).build().unwrap()
+    builder
+        .retry_policy(quick_retries(retries))
+        .concurrency(1)
+        .build()
+        .unwrap()
 }
 
 /// An item text like a user's: a support ticket of about `len` characters (prose, no marker

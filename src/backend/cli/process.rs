@@ -600,7 +600,7 @@ impl CliProcess {
                     self.kill();
                     return Err(Error::Cli(CliError::Protocol {
                         reason: format!(
-                            "the CLI wrote a line longer than {cap} bytes (SessionBuilder::max_line_bytes); its process was killed"
+                            "the CLI wrote a line longer than {cap} bytes (cli(|c| c.max_line_bytes(..))); its process was killed"
                         ),
                         line: String::new(),
                     }));

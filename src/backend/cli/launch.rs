@@ -3,8 +3,9 @@
 
 use std::ffi::OsString;
 
-use super::builder::Config;
+use super::options::CliOptions;
 use crate::backend::cli::secrets::is_secret_key;
+use crate::backend::spec::AnswerSpec;
 use crate::Error;
 
 /// Linux caps one argv string at 128 KiB; stay clear of it.
@@ -13,14 +14,14 @@ const MAX_ARG_BYTES: usize = 120 * 1024;
 /// environment included); stay well clear of it.
 const MAX_COMMAND_LINE_BYTES: usize = 1024 * 1024;
 
-impl Config {
+impl CliOptions {
     /// What the CLI will be started with must be something the OS can start: no NUL byte
     /// anywhere, no single argument or variable over Linux's 128 KiB cap, and all of it well
     /// under the total limit.
-    pub(crate) fn validate_command_line(&self) -> Result<(), Error> {
+    pub(crate) fn validate_command_line(&self, spec: &AnswerSpec) -> Result<(), Error> {
         let invalid = |msg: String| Err(Error::InvalidConfig(msg));
         let mut total = 0;
-        let args = self.cli_args();
+        let args = self.cli_args(spec);
         for (i, arg) in args.iter().enumerate() {
             let text = arg.to_string_lossy();
             // Name the setting by its flag (`--system-prompt`, `--json-schema`, ...).
@@ -65,7 +66,7 @@ impl Config {
     }
 
     /// The CLI's arguments, in the order the CLI documents them. Prompts never go here.
-    pub(crate) fn cli_args(&self) -> Vec<OsString> {
+    pub(crate) fn cli_args(&self, spec: &AnswerSpec) -> Vec<OsString> {
         let mut args: Vec<OsString> = [
             "-p",
             "--input-format",
@@ -84,13 +85,13 @@ impl Config {
             args.push(flag.into());
             args.push(value.into());
         };
-        if let Some(model) = &self.model {
+        if let Some(model) = &spec.model {
             push("--model", model);
         }
-        if let Some(prompt) = &self.system_prompt {
+        if let Some(prompt) = self.system_prompt(spec) {
             push("--system-prompt", prompt);
         }
-        if let Some(prompt) = &self.append_system_prompt {
+        if let Some(prompt) = &spec.append_system_prompt {
             push("--append-system-prompt", prompt);
         }
         if let Some(tools) = &self.tools {
@@ -108,10 +109,10 @@ impl Config {
         if let Some(turns) = self.max_turns {
             push("--max-turns", &turns.to_string());
         }
-        if let Some(schema) = &self.json_schema {
+        if let Some(schema) = &spec.json_schema {
             push("--json-schema", &schema.to_string());
         }
-        if let Some(effort) = self.effort {
+        if let Some(effort) = spec.effort {
             push("--effort", effort.as_str());
         }
         if !self.persist_sessions {
@@ -166,13 +167,5 @@ impl Config {
         // Very short values would redact ordinary words; keys are never that short.
         secrets.retain(|s| s.len() >= 6);
         secrets
-    }
-
-    /// The tokens every item's request shares ahead of the item (system prompts), estimated
-    /// at four bytes a token; the CLI's own request overhead is not counted.
-    pub(crate) fn shared_prefix_tokens(&self) -> u64 {
-        let bytes = self.system_prompt.as_ref().map_or(0, String::len)
-            + self.append_system_prompt.as_ref().map_or(0, String::len);
-        bytes as u64 / 4
     }
 }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::builder::Config;
+use super::options::CliOptions;
+use crate::backend::spec::AnswerSpec;
 
 /// The session's answer-deciding fingerprint (a SHA-256 in hex), or why it cannot be known.
 pub(crate) type AnswerSettings = Result<String, String>;
@@ -66,11 +67,11 @@ fn fingerprint_of(inputs: &Value) -> String {
         .collect()
 }
 
-impl Config {
+impl CliOptions {
     /// What, besides the prompt, decides an answer, hashed: the journal's key is made of this
     /// and the prompt as sent. `Err` says why it cannot be known (a settings file the CLI
     /// would read cannot be read here), and a journal then refuses the session.
-    pub(crate) fn answer_settings(&self) -> AnswerSettings {
+    pub(crate) fn answer_settings(&self, spec: &AnswerSpec) -> AnswerSettings {
         let env = self.child_env();
         let config_dir = config_dir(&env)?;
         let mut files = BTreeMap::new();
@@ -89,29 +90,32 @@ impl Config {
         }
         let answer_env: BTreeMap<String, String> =
             env.into_iter().filter(|(k, _)| decides_answer(k)).collect();
-        Ok(fingerprint_of(
-            &self.fingerprint_inputs(&answer_env, &files),
-        ))
+        Ok(fingerprint_of(&self.fingerprint_inputs(
+            spec,
+            &answer_env,
+            &files,
+        )))
     }
 
     /// Everything the fingerprint holds, from the session's settings and what was read from
     /// the machine (`answer_env`, `files`). Its field names are part of every journal key.
     fn fingerprint_inputs(
         &self,
+        spec: &AnswerSpec,
         answer_env: &BTreeMap<String, String>,
         files: &BTreeMap<String, Value>,
     ) -> Value {
         let tools_off = matches!(&self.tools, Some(t) if t.is_empty());
         json!({
-            "model": self.model,
-            "system_prompt": self.system_prompt,
-            "append_system_prompt": self.append_system_prompt,
-            "json_schema": self.json_schema,
+            "model": spec.model,
+            "system_prompt": self.system_prompt(spec),
+            "append_system_prompt": spec.append_system_prompt,
+            "json_schema": spec.json_schema,
             "tools": self.tools,
             "allowed_tools": self.allowed_tools,
             "disallowed_tools": self.disallowed_tools,
             "permission_mode": self.permission_mode.map(|m| m.as_str()),
-            "effort": self.effort.map(|e| e.as_str()),
+            "effort": spec.effort.map(|e| e.as_str()),
             "max_turns": self.max_turns,
             "load_user_config": self.load_user_config,
             "interpret_item_text": self.interpret_item_text,
@@ -273,12 +277,15 @@ mod tests {
         home
     }
 
+    fn answer_settings(builder: SessionBuilder) -> AnswerSettings {
+        builder.cli.answer_settings(&builder.settings.spec)
+    }
+
     fn settings(home: &Path, builder: SessionBuilder) -> AnswerSettings {
-        builder
-            .env("HOME", home.to_str().unwrap())
-            .env_remove("CLAUDE_CONFIG_DIR")
-            .config
-            .answer_settings()
+        answer_settings(builder.cli(|c| {
+            c.env("HOME", home.to_str().unwrap())
+                .env_remove("CLAUDE_CONFIG_DIR")
+        }))
     }
 
     #[test]
@@ -292,16 +299,16 @@ mod tests {
             assert_ne!(other, base);
         };
         differs(SessionBuilder::default().model("haiku"));
-        differs(SessionBuilder::default().arg("--model=haiku"));
-        differs(SessionBuilder::default().env("ANTHROPIC_MODEL", "haiku"));
-        differs(SessionBuilder::default().env("ANTHROPIC_DEFAULT_SONNET_MODEL", "x"));
-        differs(SessionBuilder::default().env("MAX_THINKING_TOKENS", "1024"));
-        differs(SessionBuilder::default().load_user_config(true));
-        differs(SessionBuilder::default().interpret_item_text(true));
+        differs(SessionBuilder::default().cli(|c| c.arg("--model=haiku")));
+        differs(SessionBuilder::default().cli(|c| c.env("ANTHROPIC_MODEL", "haiku")));
+        differs(SessionBuilder::default().cli(|c| c.env("ANTHROPIC_DEFAULT_SONNET_MODEL", "x")));
+        differs(SessionBuilder::default().cli(|c| c.env("MAX_THINKING_TOKENS", "1024")));
+        differs(SessionBuilder::default().cli(|c| c.load_user_config(true)));
+        differs(SessionBuilder::default().cli(|c| c.interpret_item_text(true)));
         // Neither a credential nor an unrelated variable does.
         let same = |b: SessionBuilder| assert_eq!(settings(h, b).unwrap(), base);
-        same(SessionBuilder::default().env("ANTHROPIC_API_KEY", "sk-ant-other"));
-        same(SessionBuilder::default().env("CLAUDE_RAYON_UNRELATED", "1"));
+        same(SessionBuilder::default().cli(|c| c.env("ANTHROPIC_API_KEY", "sk-ant-other")));
+        same(SessionBuilder::default().cli(|c| c.env("CLAUDE_RAYON_UNRELATED", "1")));
 
         let file = h.join(".claude/settings.json");
         std::fs::write(&file, r#"{"model": "claude-haiku-4-5"}"#).unwrap();
@@ -333,14 +340,12 @@ mod tests {
         )
         .unwrap();
         let with = |b: SessionBuilder| {
-            b.env("HOME", home.path().to_str().unwrap())
-                .config
-                .answer_settings()
-                .unwrap()
+            answer_settings(b.cli(|c| c.env("HOME", home.path().to_str().unwrap()))).unwrap()
         };
-        let in_home = with(SessionBuilder::default().env_remove("CLAUDE_CONFIG_DIR"));
+        let in_home = with(SessionBuilder::default().cli(|c| c.env_remove("CLAUDE_CONFIG_DIR")));
         let moved = with(
-            SessionBuilder::default().env("CLAUDE_CONFIG_DIR", elsewhere.path().to_str().unwrap()),
+            SessionBuilder::default()
+                .cli(|c| c.env("CLAUDE_CONFIG_DIR", elsewhere.path().to_str().unwrap())),
         );
         assert_ne!(in_home, moved);
     }
@@ -353,8 +358,7 @@ mod tests {
         std::fs::write(&prompt, "Answer in French.").unwrap();
         let builder = || {
             SessionBuilder::default()
-                .arg("--system-prompt-file")
-                .arg(prompt.to_str().unwrap())
+                .cli(|c| c.arg("--system-prompt-file").arg(prompt.to_str().unwrap()))
         };
         let french = settings(home.path(), builder()).unwrap();
         std::fs::write(&prompt, "Answer in German.").unwrap();
@@ -371,12 +375,10 @@ mod tests {
             why.contains("settings.json") && why.contains("model"),
             "{why}"
         );
-        let no_home = SessionBuilder::default()
-            .env_remove("HOME")
-            .env_remove("CLAUDE_CONFIG_DIR")
-            .config
-            .answer_settings()
-            .unwrap_err();
+        let no_home = answer_settings(
+            SessionBuilder::default().cli(|c| c.env_remove("HOME").env_remove("CLAUDE_CONFIG_DIR")),
+        )
+        .unwrap_err();
         assert!(no_home.contains("HOME"), "{no_home}");
     }
 
@@ -384,18 +386,21 @@ mod tests {
     /// (a backend seam) must not change a key, or every journal would be asked again.
     #[test]
     fn the_fingerprint_of_fixed_settings_is_pinned() {
-        let config = SessionBuilder::default()
+        let builder = SessionBuilder::default()
             .model("claude-sonnet-4-5")
             .append_system_prompt("Answer in one paragraph.")
-            .max_turns(1)
-            .config;
+            .cli(|c| c.max_turns(1));
         let env = BTreeMap::from([("ANTHROPIC_MODEL".to_string(), "opus".to_string())]);
         let files = BTreeMap::from([(
             "/home/u/.claude/settings.json".to_string(),
             json!({"model": "haiku"}),
         )]);
         assert_eq!(
-            fingerprint_of(&config.fingerprint_inputs(&env, &files)),
+            fingerprint_of(
+                &builder
+                    .cli
+                    .fingerprint_inputs(&builder.settings.spec, &env, &files)
+            ),
             PINNED_FINGERPRINT
         );
     }
