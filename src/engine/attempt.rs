@@ -17,9 +17,9 @@ use crate::stats;
 use crate::{Error, Journal, Response, Session};
 
 /// Where an attempt's connection comes from.
-pub(crate) enum Processes<'a> {
+pub(crate) enum ConnSource<'a> {
     /// The session's backend: a fresh context per attempt.
-    Pool,
+    Backend,
     /// A conversation's own connection (taken from the backend on the first turn and kept).
     Held(&'a RefCell<Option<Box<dyn Conn>>>),
 }
@@ -29,7 +29,7 @@ pub(crate) struct SessionWorld<'a> {
     pub session: &'a Session,
     pub stop: &'a Stop,
     pub progress: Option<&'a RunProgress>,
-    pub processes: Processes<'a>,
+    pub conns: ConnSource<'a>,
     /// Whether failed tries are tried again (a conversation's are not: a new process would
     /// not have its context).
     pub retries: bool,
@@ -77,9 +77,9 @@ impl SessionWorld<'_> {
                 Checkout::Stopped => Ok(None),
             }
         };
-        match self.processes {
-            Processes::Pool => Ok(checkout()?.map(Taken::Pooled)),
-            Processes::Held(slot) => {
+        match self.conns {
+            ConnSource::Backend => Ok(checkout()?.map(Taken::Pooled)),
+            ConnSource::Held(slot) => {
                 let held = slot.borrow_mut().take();
                 let conn = match held {
                     Some(conn) => conn,
@@ -131,7 +131,7 @@ impl World for SessionWorld<'_> {
         };
         // A conversation's turn skips the cache gate: it holds its connection, and waiting
         // there for an item that waits for a connection would wait forever.
-        let gated = matches!(self.processes, Processes::Pool);
+        let gated = matches!(self.conns, ConnSource::Backend);
         let mut ticket = match session
             .admission()
             .admit(prompt, gated, &|| self.should_stop())

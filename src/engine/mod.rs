@@ -27,7 +27,7 @@ pub(crate) use life::{panic_message, Answer, Policy};
 
 use crate::backend::Conn;
 use crate::{Cancel, Error, Failed, Journal, Response, Session};
-use attempt::{Processes, SessionWorld};
+use attempt::{ConnSource, SessionWorld};
 use progress::RunProgress;
 use stop::Stop;
 
@@ -113,15 +113,15 @@ impl Run {
 
     /// Why an item of this run would not start now.
     pub(crate) fn stop_reason(&self) -> Option<Error> {
-        life::World::stop_reason(&self.world(Processes::Pool))
+        life::World::stop_reason(&self.world(ConnSource::Backend))
     }
 
-    fn world<'a>(&'a self, processes: Processes<'a>) -> SessionWorld<'a> {
+    fn world<'a>(&'a self, conns: ConnSource<'a>) -> SessionWorld<'a> {
         SessionWorld {
             session: &self.session,
             stop: &self.stop,
             progress: self.progress.as_ref(),
-            processes,
+            conns,
             retries: true,
             journal: self
                 .journal
@@ -140,12 +140,12 @@ impl Run {
     where
         P: AsRef<str>,
     {
-        life::live(&self.world(Processes::Pool), item, prompt, policy)
+        life::live(&self.world(ConnSource::Backend), item, prompt, policy)
     }
 
     /// An item that will not be sent (stopped, refused), counted as started and failed.
     pub(crate) fn refuse<T>(&self, item: T, error: Error) -> Failed<T> {
-        life::not_started(&self.world(Processes::Pool), item, error)
+        life::not_started(&self.world(ConnSource::Backend), item, error)
     }
 
     /// The run is over: the last progress report.
@@ -167,7 +167,7 @@ pub(crate) fn turn(
     let world = SessionWorld {
         retries: false,
         journal: None,
-        ..run.world(Processes::Held(held))
+        ..run.world(ConnSource::Held(held))
     };
     life::live(&world, (), |_| prompt, &Policy::Plain)
         .map(|((), answer)| answer.response)

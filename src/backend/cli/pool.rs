@@ -27,9 +27,9 @@ pub(crate) struct Pool {
 
 struct State {
     idle: Vec<CliProcess>,
-    /// Processes that exist: idle, leased, or being started.
+    /// ConnSource that exist: idle, leased, or being started.
     live: usize,
-    /// Processes started that have not written their first line yet (the CLI writes nothing
+    /// ConnSource started that have not written their first line yet (the CLI writes nothing
     /// until it has loaded): each flag is set by the process's stdout reader.
     starting: Vec<Arc<AtomicBool>>,
     closed: bool,
@@ -37,7 +37,7 @@ struct State {
     started: u64,
     /// How many healthy processes were retired by [`Recycle`].
     recycled: u64,
-    /// Processes held outside the pool: leased to an item, or kept by a conversation
+    /// ConnSource held outside the pool: leased to an item, or kept by a conversation
     /// (held), so `close` can end them too.
     busy: Vec<(Arc<KillSwitch>, bool)>,
 }
