@@ -72,7 +72,7 @@ use serde_json::{json, Value};
 
 /// The line a strict prompt (`claude_filter`, `claude_group_by`) ends with; demo answers pick
 /// one of the answers it lists. The library's own copy is in the engine: the simulator knows
-/// nothing of the adaptors, and `tests/claude_group_by.rs` fails if the two drift.
+/// nothing of the adaptors, and `tests/fast/claude_group_by.rs` fails if the two drift.
 const ALLOWED_PREFIX: &str = "Allowed answers: ";
 
 /// Set to `1` in a child's environment to make [`serve_if_requested`] run the simulator.

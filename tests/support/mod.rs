@@ -133,6 +133,29 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// The name the test harness knows test `name` by, to re-run only it in a child copy of this
+/// binary (`--exact`): `module` is the test's `module_path!()`, whose first part is the test
+/// binary and the rest the test's module in a binary of several (tests/fast, tests/real).
+pub fn this_test(module: &str, name: &str) -> String {
+    match module.split_once("::") {
+        Some((_binary, path)) => format!("{path}::{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// The line the test harness prints on stdout before it runs exactly one test.
+pub const RAN_ONE_TEST: &str = "running 1 test";
+
+/// Fails unless a child copy of this binary, run with `--exact`, ran one test (`stdout` is
+/// what it printed): a test that was renamed or moved is not found, the child runs nothing
+/// and succeeds, and the parent's checks would pass on nothing.
+pub fn assert_ran_one_test(stdout: &str) {
+    assert!(
+        stdout.lines().any(|line| line == RAN_ONE_TEST),
+        "the child copy of this test binary ran no test (renamed or moved?): {stdout}"
+    );
+}
+
 /// Whether a process exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

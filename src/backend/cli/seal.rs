@@ -2,7 +2,7 @@
 //! machine steers it (README, "Security").
 //!
 //! Measured on the CLI (2.1.197 and 2.1.332), each with a real-tier test in
-//! `tests/real_sealing.rs`:
+//! `tests/real/sealing.rs`:
 //! - `--safe-mode` turns off memory files (CLAUDE.md), hooks, MCP servers, skills, plugins,
 //!   custom commands, agents and output styles, and keeps the user's login.
 //! - `--setting-sources user` drops the project's and the local settings (a project `model`,
