@@ -7,7 +7,7 @@
 //! cargo run --release -p examples --bin analyze_codebase -- --simulate --out /tmp/report src
 //! ```
 //!
-//! Flags: `--simulate` (built-in simulator), `--model NAME`, `--concurrency N`,
+//! Flags: `--backend api|cli` (the Messages API with ANTHROPIC_API_KEY, or the claude CLI: the default), `--simulate` (built-in simulator), `--model NAME`, `--concurrency N`,
 //! `--out DIR` (default `target/analysis`), `--max-files N`, `--budget USD`, `--no-journal`.
 //! Answers are kept in a journal in the output folder (`journal.jsonl`), so a rerun after an
 //! interruption (Ctrl-C, a crash, an expired login) pays only for the analyses not done yet;
@@ -30,7 +30,8 @@ use serde_json::json;
 
 const MAX_FILE_BYTES: u64 = 200 * 1024;
 
-const USAGE: &str = "usage: analyze_codebase [--simulate] [--model M] [--concurrency N] \
+const USAGE: &str =
+    "usage: analyze_codebase [--backend api|cli] [--simulate] [--model M] [--concurrency N] \
     [--out DIR] [--max-files N] [--budget USD] [--no-journal] DIR";
 
 /// One analysis: its name and what to look for.

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Flags: `--categories a,b,c` (default: finance, engineering, personal, other),
-//! `--simulate`, `--model NAME`, `--concurrency N`, `--out DIR` (default
+//! `--backend api|cli` (the Messages API with ANTHROPIC_API_KEY, or the claude CLI: the default), `--simulate`, `--model NAME`, `--concurrency N`, `--out DIR` (default
 //! `target/categorize`), `--no-journal`. Reads `.txt` and `.md` files, never through a
 //! symbolic link (a linked document is skipped: it could point out of the folder). The
 //! categories are kept in a journal in the output folder, so a rerun pays only for documents
@@ -22,7 +22,8 @@ use claude_rayon::Session;
 use rayon::prelude::*;
 
 const DEFAULT_CATEGORIES: &str = "finance,engineering,personal,other";
-const USAGE: &str = "usage: categorize [--categories a,b,c] [--simulate] [--model M] \
+const USAGE: &str =
+    "usage: categorize [--categories a,b,c] [--backend api|cli] [--simulate] [--model M] \
     [--concurrency N] [--out DIR] [--no-journal] DIR";
 /// Long documents are cut: the first part is enough to tell the category.
 const MAX_CHARS: usize = 8_000;

@@ -9,7 +9,7 @@
 //!
 //! Flags: `--window N` lines per window (default 20), `--step N` lines between window starts
 //! (default 10, so windows overlap by half and an anomaly at a window's edge is still seen
-//! with its context), `--simulate`, `--model NAME`, `--concurrency N` (default 4).
+//! with its context), `--backend api|cli`, `--simulate`, `--model NAME`, `--concurrency N` (default 4).
 //!
 //! Because windows overlap, two windows may report the same line: a finding that cites a line
 //! an earlier window already reported is left out.
@@ -27,7 +27,7 @@ use claude_rayon::prelude::*;
 use claude_rayon::Session;
 
 const USAGE: &str =
-    "usage: log_anomalies [--window N] [--step N] [--simulate] [--model M] [--concurrency N] FILE";
+    "usage: log_anomalies [--window N] [--step N] [--backend api|cli] [--simulate] [--model M] [--concurrency N] FILE";
 
 fn main() {
     claude_rayon::simulator::serve_if_requested();

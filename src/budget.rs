@@ -213,6 +213,17 @@ pub(crate) fn list_price(model: Option<&str>) -> (f64, f64) {
     }
 }
 
+/// What `usage` costs at `model`'s list price: cache writes at 1.25 times the input price
+/// (five-minute entries), cache reads at 0.1 times.
+pub(crate) fn usage_cost_usd(model: Option<&str>, usage: &crate::Usage) -> f64 {
+    let (input, output) = list_price(model);
+    (usage.input_tokens as f64 * input
+        + usage.cache_creation_input_tokens as f64 * input * 1.25
+        + usage.cache_read_input_tokens as f64 * input * 0.1
+        + usage.output_tokens as f64 * output)
+        / 1_000_000.0
+}
+
 /// What one item's prompt will cost for certain: `input_tokens` at the model's input price.
 pub(crate) fn prompt_cost_usd(model: Option<&str>, input_tokens: u64) -> f64 {
     input_tokens as f64 * list_price(model).0 / 1_000_000.0
@@ -233,6 +244,15 @@ mod tests {
         assert_eq!(list_price(Some("claude-opus-4-8")), (5.0, 25.0));
         assert_eq!(list_price(Some("some-new-model")), (15.0, 75.0));
         assert_eq!(list_price(None), (5.0, 25.0));
+        let usage = crate::Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            cache_creation_input_tokens: 1_000_000,
+            cache_read_input_tokens: 1_000_000,
+        };
+        // Sonnet: 3 + 15 + 3.75 + 0.30.
+        let cost = usage_cost_usd(Some("claude-sonnet-4-5"), &usage);
+        assert!((cost - 22.05).abs() < 1e-9, "{cost}");
     }
 
     #[test]

@@ -75,7 +75,9 @@ pub use journal::Journal;
 pub use progress::Progress;
 pub use response::{Response, Usage};
 pub use retry::RetryPolicy;
-pub use session::{CliOptions, Effort, PermissionMode, Session, SessionBuilder, CLI_ENV_VAR};
+pub use session::{
+    ApiOptions, Backend, CliOptions, Effort, PermissionMode, Session, SessionBuilder, CLI_ENV_VAR,
+};
 pub use stats::Stats;
 pub use throttle::Throttle;
 

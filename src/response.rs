@@ -37,6 +37,12 @@ impl Usage {
             + self.cache_read_input_tokens
     }
 
+    /// The tokens the API's rate limits count: input outside the cache, cache writes and
+    /// output; cache reads do not count.
+    pub(crate) fn rate_limited_tokens(&self) -> u64 {
+        self.input_tokens + self.cache_creation_input_tokens + self.output_tokens
+    }
+
     pub(crate) fn add(&mut self, other: &Usage) {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;

@@ -9,7 +9,7 @@ use claude_rayon::{CliError, Error, Session, CLI_ENV_VAR};
 fn cli_is_found_through_the_environment_variable() {
     std::env::set_var(CLI_ENV_VAR, support::fake_cli());
     let session = Session::builder().concurrency(1).build().unwrap();
-    assert_eq!(session.cli_path(), support::fake_cli());
+    assert_eq!(session.cli_path(), Some(support::fake_cli().as_path()));
 
     std::env::set_var(CLI_ENV_VAR, "/nonexistent/claude");
     let err = Session::builder().build().unwrap_err();

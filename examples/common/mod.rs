@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use claude_rayon::{CliError, Error, Session, SessionBuilder};
+use claude_rayon::{Backend as Answerer, CliError, Error, Session, SessionBuilder};
 
 /// How the session was made, so output can be labelled.
 pub struct Backend {
@@ -25,24 +25,37 @@ impl Backend {
     }
 }
 
-/// Build on the real CLI, or on the built-in simulator when `simulate` is set or no CLI is
-/// found (saying so plainly). The caller's `main` must call
+/// Build on the Messages API (`api`: an API key in `ANTHROPIC_API_KEY`), or on the real CLI,
+/// or on the built-in simulator when `simulate` is set or no CLI is found (saying so
+/// plainly). The caller's `main` must call
 /// `claude_rayon::simulator::serve_if_requested()` first. With `journal_dir`, answers are
 /// kept in a journal there (one for real answers, one for simulated ones), so a rerun after
 /// an interruption pays only for what is left.
 pub fn connect(
     builder: SessionBuilder,
     simulate: bool,
+    api: bool,
     journal_dir: Option<&Path>,
 ) -> Result<Backend, Error> {
     let journaled = |builder: SessionBuilder, name: &str| match journal_dir {
         Some(dir) => builder.journal(dir.join(name)),
         None => builder,
     };
+    if api && !simulate {
+        let session =
+            journaled(builder.backend(Answerer::MessagesApi), "journal-api.jsonl").build()?;
+        eprintln!("using the Messages API");
+        return Ok(Backend {
+            session,
+            simulated: false,
+        });
+    }
     if !simulate {
         match journaled(builder.clone(), "journal.jsonl").build() {
             Ok(session) => {
-                eprintln!("using the claude CLI at {}", session.cli_path().display());
+                if let Some(cli) = session.cli_path() {
+                    eprintln!("using the claude CLI at {}", cli.display());
+                }
                 return Ok(Backend {
                     session,
                     simulated: false,
@@ -63,7 +76,8 @@ pub fn connect(
     })
 }
 
-/// The flags every example takes (`--model`, `--concurrency`, `--simulate`) applied to
+/// The flags every example takes (`--backend api|cli`, `--model`, `--concurrency`,
+/// `--simulate`) applied to
 /// `builder`, a progress bar asked for, and the session started; `None` after saying why not.
 /// With `journal_dir`, the session keeps a journal there unless `--no-journal` is given.
 pub fn start(
@@ -79,8 +93,21 @@ pub fn start(
     if let Some(n) = flag_value(args, "--concurrency").and_then(|v| v.parse().ok()) {
         builder = builder.concurrency(n);
     }
+    let api = match flag_value(args, "--backend").as_deref() {
+        None | Some("cli") => false,
+        Some("api") => true,
+        Some(other) => {
+            eprintln!("--backend takes `api` (the Messages API, ANTHROPIC_API_KEY) or `cli` (the claude CLI), not {other:?}");
+            return None;
+        }
+    };
     let journal_dir = journal_dir.filter(|_| !args.iter().any(|a| a == "--no-journal"));
-    match connect(builder, args.iter().any(|a| a == "--simulate"), journal_dir) {
+    match connect(
+        builder,
+        args.iter().any(|a| a == "--simulate"),
+        api,
+        journal_dir,
+    ) {
         Ok(backend) => Some(backend),
         Err(err) => {
             eprintln!("cannot start: {err}");

@@ -316,6 +316,9 @@ impl Ticket<'_> {
                     gate.began();
                 }
             }
+            TurnEvent::Limits(limits) => admission.throttle.take_servers_word(&limits),
+            // The API's own word on when to send again: every worker holds off that long.
+            TurnEvent::RetryAfter(wait) => admission.back_off(Instant::now(), wait),
         }
     }
 
@@ -326,7 +329,8 @@ impl Ticket<'_> {
         if let Some(gate) = &admission.cache_gate {
             gate.began();
         }
-        self.permit.settle(response.usage.total(), self.calls);
+        self.permit
+            .settle(response.usage.rate_limited_tokens(), self.calls);
         admission.note_calls(self.calls);
         self.reservation.settle(response.cost_usd);
         admission.cooldown.succeeded(self.sent_at);
@@ -349,9 +353,15 @@ impl Ticket<'_> {
         if !sent {
             admission.counters.requests.fetch_sub(1, Ordering::Relaxed);
             self.permit.give_back();
+            // A call that could not connect went nowhere, yet a few in a row say the API
+            // cannot be reached.
+            if unreachable {
+                return Settled::Unsent(admission.note_unreachable(error));
+            }
             return Settled::Unsent(error);
         }
-        self.permit.settle(billed.usage.total(), self.calls);
+        self.permit
+            .settle(billed.usage.rate_limited_tokens(), self.calls);
         self.reservation.settle(billed.cost_usd);
         admission.record_cost(billed.cost_usd, &billed.usage);
         if let Error::UsageLimitReached {

@@ -13,10 +13,13 @@
 //! many items at once (the Message Batches API) attaches to it. `spec` is what every
 //! backend is told about answers (model, system prompt, schema, effort).
 
+#[cfg_attr(not(feature = "api"), allow(dead_code))]
+pub(crate) mod api;
 pub(crate) mod cli;
 pub(crate) mod spec;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +55,30 @@ pub(crate) enum TurnEvent {
     /// The turn's first answer began: from now on the prompt cache holds the request's
     /// prefix.
     Began,
+    /// The API said how much room its rate limits have left (its response headers).
+    Limits(ServerLimits),
+    /// The API said to send nothing for this long (`retry-after` on a 429 or 529): every
+    /// worker on the throttle holds off.
+    RetryAfter(Duration),
+}
+
+/// What is left of one of the API's rate limits, as a response's headers said.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LimitLeft {
+    pub limit: Option<u64>,
+    pub remaining: u64,
+    /// When the limit is whole again.
+    pub resets_at: Option<SystemTime>,
+}
+
+/// The API's rate limits as one response reported them (`anthropic-ratelimit-*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct ServerLimits {
+    pub requests: Option<LimitLeft>,
+    /// The most restrictive token limit in force.
+    pub tokens: Option<LimitLeft>,
+    pub input_tokens: Option<LimitLeft>,
+    pub output_tokens: Option<LimitLeft>,
 }
 
 /// What a turn that did not answer cost, as the backend learned it (a crash or a timeout
@@ -96,6 +123,20 @@ pub(crate) trait Conn: Send + fmt::Debug {
 
     /// Whether it can take another turn (a conversation is lost when not).
     fn is_reusable(&mut self) -> bool;
+}
+
+/// What, besides the prompt, decides an answer, hashed (the journal's key); `Err` says why
+/// it cannot be known, and a journal then refuses the session.
+pub(crate) type AnswerSettings = Result<String, String>;
+
+/// A session's backend, ready to answer (no connection made yet).
+pub(crate) struct Started {
+    pub backend: Box<dyn Backend>,
+    /// The CLI executable, for the CLI backend.
+    pub program: Option<PathBuf>,
+    pub answer_settings: AnswerSettings,
+    /// The model the backend asks for, as the API names it, when it knows (prices by it).
+    pub model: Option<String>,
 }
 
 /// What [`Backend::checkout`] gives.

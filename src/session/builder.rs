@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::api::ApiOptions;
 use crate::backend::cli::CliOptions;
 use crate::backend::spec::{AnswerSpec, Effort};
 use crate::retry::RetryPolicy;
@@ -62,7 +63,42 @@ pub(crate) const DEFAULT_MAX_USAGE_LIMIT_WAIT: Duration = Duration::from_secs(8 
 #[must_use = "a builder does nothing until build() is called"]
 pub struct SessionBuilder {
     pub(crate) settings: Settings,
+    pub(crate) backend: Backend,
     pub(crate) cli: CliOptions,
+    pub(crate) api: ApiOptions,
+}
+
+/// What answers a session's items.
+///
+/// - [`Backend::Cli`] (the default): a pool of warm Claude Code CLI processes. It works with
+///   whatever login the CLI has, a claude.ai subscription included. Each item in flight holds
+///   a process of 200-320 MB that takes most of a CPU-second to start.
+/// - [`Backend::MessagesApi`] (cargo feature `api`): plain HTTPS requests to the Messages API
+///   with an API key: no process per item, so hundreds of items can be in flight on a small
+///   machine, and cost and usage come exactly from the API.
+///
+/// The adaptors, streams, pipeline, conversations, journal, budget, throttle and statistics
+/// work the same on both.
+///
+/// # Examples
+///
+/// ```
+/// use claude_rayon::{Backend, Session};
+///
+/// assert_eq!(Backend::default(), Backend::Cli);
+/// let builder = Session::builder()
+///     .backend(Backend::MessagesApi)
+///     .api_key("sk-ant-...")
+///     .concurrency(64);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The Claude Code CLI (`claude`), as warm processes.
+    #[default]
+    Cli,
+    /// The Messages API over HTTPS (needs the `api` feature and an API key).
+    MessagesApi,
 }
 
 /// The checked settings a session runs with, whatever answers its items.
@@ -120,7 +156,9 @@ impl Default for SessionBuilder {
                 #[cfg(feature = "progress")]
                 progress_draw_target: None,
             },
+            backend: Backend::default(),
             cli: CliOptions::default(),
+            api: ApiOptions::default(),
         }
     }
 }
@@ -250,6 +288,47 @@ impl SessionBuilder {
     pub fn cli(mut self, configure: impl FnOnce(CliOptions) -> CliOptions) -> Self {
         self.cli = configure(std::mem::take(&mut self.cli));
         self
+    }
+
+    /// What answers the items: the Claude Code CLI (the default) or the Messages API. See
+    /// [`Backend`] for when to choose which.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use claude_rayon::{Backend, Session};
+    ///
+    /// // ANTHROPIC_API_KEY holds the key.
+    /// let session = Session::builder()
+    ///     .backend(Backend::MessagesApi)
+    ///     .model("claude-haiku-4-5")
+    ///     .concurrency(64)
+    ///     .requests_per_minute(1000)
+    ///     .build()?;
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Settings only the Messages API backend understands ([`ApiOptions`]): the most output
+    /// tokens a call writes, how often a cut answer is continued.
+    pub fn api(mut self, configure: impl FnOnce(ApiOptions) -> ApiOptions) -> Self {
+        self.api = configure(self.api);
+        self
+    }
+
+    /// The Messages API backend's key (else `ANTHROPIC_API_KEY`): sent in the `x-api-key`
+    /// header only, never in logs, errors, `Debug` output or the journal.
+    pub fn api_key(self, key: impl Into<String>) -> Self {
+        self.api(|a| a.api_key(key))
+    }
+
+    /// Where the Messages API backend sends its requests (else `ANTHROPIC_BASE_URL`, else
+    /// `https://api.anthropic.com`).
+    pub fn base_url(self, url: impl Into<String>) -> Self {
+        self.api(|a| a.base_url(url))
     }
 
     /// Limit requests per minute on a throttle of this session's own.
@@ -449,10 +528,11 @@ impl SessionBuilder {
     pub fn build(self) -> Result<Session, Error> {
         let SessionBuilder {
             mut settings,
+            backend,
             cli: options,
+            api,
         } = self;
         settings.validate()?;
-        options.validate(&settings.spec)?;
         #[cfg(not(feature = "progress"))]
         if settings.progress {
             log::warn!(
@@ -462,13 +542,22 @@ impl SessionBuilder {
             );
         }
         let id = super::next_session_id();
-        let started = crate::backend::cli::start(
-            id,
-            &settings.spec,
-            settings.concurrency,
-            settings.timeout,
-            &options,
-        )?;
+        let started = match backend {
+            Backend::Cli => {
+                options.validate(&settings.spec)?;
+                crate::backend::cli::start(
+                    id,
+                    &settings.spec,
+                    settings.concurrency,
+                    settings.timeout,
+                    &options,
+                )?
+            }
+            Backend::MessagesApi => {
+                api.validate()?;
+                start_api(&settings, &api)?
+            }
+        };
         if let Some(path) = &settings.journal_path {
             if let Err(why) = &started.answer_settings {
                 return Err(Error::Journal {
@@ -479,6 +568,23 @@ impl SessionBuilder {
             settings.journal = Some(crate::Journal::open(path)?);
         }
         Session::start(id, settings, started)
+    }
+}
+
+/// The Messages API backend, when this build has it.
+fn start_api(settings: &Settings, api: &ApiOptions) -> Result<crate::backend::Started, Error> {
+    #[cfg(feature = "api")]
+    {
+        crate::backend::api::start(&settings.spec, settings.concurrency, api)
+    }
+    #[cfg(not(feature = "api"))]
+    {
+        let _ = (settings, api);
+        Err(Error::InvalidConfig(
+            "Backend::MessagesApi needs the `api` feature: \
+             claude-rayon = { version = \"...\", features = [\"api\"] }"
+                .into(),
+        ))
     }
 }
 
@@ -541,7 +647,9 @@ impl fmt::Debug for SessionBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionBuilder")
             .field("settings", &self.settings)
+            .field("backend", &self.backend)
             .field("cli", &self.cli)
+            .field("api", &self.api)
             .finish()
     }
 }

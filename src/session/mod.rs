@@ -12,14 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::backend::api::ApiOptions;
 pub use crate::backend::cli::locate::CLI_ENV_VAR;
 pub use crate::backend::cli::{CliOptions, PermissionMode};
 pub use crate::backend::spec::Effort;
-pub use builder::SessionBuilder;
+pub use builder::{Backend, SessionBuilder};
 
 use crate::admission::{Admission, AdmissionSettings, CacheGate, CACHE_MIN_TOKENS};
-pub(crate) use crate::backend::cli::AnswerSettings;
-use crate::backend::Backend;
+use crate::backend;
+pub(crate) use crate::backend::AnswerSettings;
 use crate::budget::Budget;
 use crate::stats::Counters;
 use crate::throttle::Throttle;
@@ -57,9 +58,10 @@ pub struct Session {
 struct Inner {
     id: u64,
     config: Settings,
-    cli: PathBuf,
-    /// What answers the turns: the CLI's processes.
-    backend: Box<dyn Backend>,
+    /// The CLI the processes run, for the CLI backend.
+    cli: Option<PathBuf>,
+    /// What answers the turns: the CLI's processes, or connections to the Messages API.
+    backend: Box<dyn backend::Backend>,
     threads: rayon::ThreadPool,
     /// Budget, cache gate and throttle: what a turn must hold before it goes out.
     admission: Admission,
@@ -94,14 +96,14 @@ impl Session {
     pub(crate) fn start(
         id: u64,
         config: Settings,
-        started: crate::backend::cli::Started,
+        started: backend::Started,
     ) -> Result<Session, Error> {
-        let crate::backend::cli::Started {
+        let backend::Started {
             program: cli,
             backend,
             answer_settings,
+            model,
         } = started;
-        let backend: Box<dyn Backend> = Box::new(backend);
         let throttle = match &config.throttle {
             Some(shared) => Arc::clone(shared),
             None => {
@@ -137,7 +139,7 @@ impl Session {
         let counters = Arc::new(Counters::default());
         let admission = Admission::new(
             AdmissionSettings {
-                model: config.spec.model.clone(),
+                model,
                 output_token_allowance: config.output_token_allowance,
                 request_overhead_tokens: backend.request_overhead_tokens(),
                 retry: config.retry.clone(),
@@ -201,9 +203,9 @@ impl Session {
         self.inner.admission.budget().set_limit(None);
     }
 
-    /// The CLI executable this session runs.
-    pub fn cli_path(&self) -> &Path {
-        &self.inner.cli
+    /// The CLI executable this session runs; `None` on the Messages API backend.
+    pub fn cli_path(&self) -> Option<&Path> {
+        self.inner.cli.as_deref()
     }
 
     /// How many items may run at once (the number of processes and of threads).
@@ -259,7 +261,7 @@ impl Session {
     }
 
     /// What answers the turns.
-    pub(crate) fn backend(&self) -> &dyn Backend {
+    pub(crate) fn backend(&self) -> &dyn backend::Backend {
         self.inner.backend.as_ref()
     }
 

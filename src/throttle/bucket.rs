@@ -376,6 +376,18 @@ impl Bucket {
         }
     }
 
+    /// Lowers each limited dimension's level to what the API says is left (whole requests
+    /// and tokens); never raises it: the API counts requests ours has not sent yet.
+    pub(crate) fn at_most(&mut self, now: Instant, requests: Option<u64>, tokens: Option<u64>) {
+        self.refill(now);
+        if let (Some(dim), Some(left)) = (&mut self.requests, requests) {
+            dim.level = dim.level.min(scaled(left));
+        }
+        if let (Some(dim), Some(left)) = (&mut self.tokens, tokens) {
+            dim.level = dim.level.min(scaled(left));
+        }
+    }
+
     /// Admits nobody before `until`; never shortens a pause already in force.
     pub(crate) fn pause_until(&mut self, until: Instant) {
         self.paused_until = Some(

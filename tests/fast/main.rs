@@ -11,6 +11,7 @@
 mod support;
 
 mod answer_integrity;
+mod api_backend;
 mod budget;
 mod cache_gate;
 mod claude_filter;

@@ -19,7 +19,7 @@ use super::options::CliOptions;
 use crate::backend::spec::AnswerSpec;
 
 /// The session's answer-deciding fingerprint (a SHA-256 in hex), or why it cannot be known.
-pub(crate) type AnswerSettings = Result<String, String>;
+pub(crate) use crate::backend::AnswerSettings;
 
 /// Parts of environment variable names that decide which model answers, or how: the model
 /// and its aliases, thinking and effort, output length, the provider, betas, system prompts.

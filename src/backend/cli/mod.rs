@@ -23,16 +23,14 @@ mod simulated;
 pub(crate) mod spawner;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{Backend, BackendStats, Checkout, Conn};
+use super::{Backend, BackendStats, Checkout, Conn, Started};
 use crate::backend::spec::AnswerSpec;
 use crate::Error;
-pub(crate) use fingerprint::AnswerSettings;
 pub use options::{CliOptions, PermissionMode};
 use pool::Pool;
 use process::Launch;
@@ -68,17 +66,6 @@ fn memory_available_bytes() -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// A session's CLI, found, checked and ready to start processes (none has started yet).
-pub(crate) struct Started {
-    /// The CLI executable the processes run.
-    pub program: PathBuf,
-    /// The processes (none started yet) and their private folder.
-    pub backend: CliBackend,
-    /// What besides the prompt decides an answer (the journal's key), read once now: what
-    /// the processes will read (settings files, the environment).
-    pub answer_settings: AnswerSettings,
 }
 
 /// Find and check the CLI for session `session_id`, and make its pool: `spec` is what every
@@ -150,12 +137,13 @@ pub(crate) fn start(
     );
     warn_if_memory_is_short(concurrency);
     Ok(Started {
-        program,
-        backend: CliBackend {
+        program: Some(program),
+        backend: Box::new(CliBackend {
             pool: Arc::new(pool),
             private_dir: Mutex::new(private_dir),
-        },
+        }),
         answer_settings,
+        model: spec.model.clone(),
     })
 }
 

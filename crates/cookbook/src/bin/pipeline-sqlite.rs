@@ -172,13 +172,14 @@ fn run(args: &[String]) -> i32 {
     if let Some(model) = common::flag_value(args, "--model") {
         builder = builder.model(model);
     }
-    let backend = match common::connect(builder, args.iter().any(|a| a == "--simulate"), None) {
-        Ok(backend) => backend,
-        Err(err) => {
-            eprintln!("cannot start: {err}");
-            return 1;
-        }
-    };
+    let backend =
+        match common::connect(builder, args.iter().any(|a| a == "--simulate"), false, None) {
+            Ok(backend) => backend,
+            Err(err) => {
+                eprintln!("cannot start: {err}");
+                return 1;
+            }
+        };
     let label = backend.label();
 
     // The feeder: tickets without end into a bounded channel. It blocks while the pipeline is
