@@ -20,6 +20,7 @@ fn layer_of(relative: &Path) -> Option<String> {
         [lib] if lib == "lib" => None,
         [bin, ..] if bin == "bin" => None,
         [backend, cli, ..] if backend == "backend" && cli == "cli" => Some("cli".into()),
+        [backend, api, ..] if backend == "backend" && api == "api" => Some("api".into()),
         [first, ..] => Some(first.clone()),
         [] => None,
     }
@@ -169,8 +170,10 @@ fn two_segments(path: &str) -> (String, Option<String>) {
 /// `pub use module::{A, B};` in lib.rs: which module a root name comes from.
 fn root_names(lib: &str) -> BTreeMap<String, String> {
     let mut names = BTreeMap::new();
-    for line in code_of(lib).lines() {
-        let Some(rest) = line.trim().strip_prefix("pub use ") else {
+    // One statement at a time: rustfmt spreads a long one over lines.
+    for statement in code_of(lib).split(';') {
+        let statement = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+        let Some(rest) = statement.rsplit_once("pub use ").map(|(_, rest)| rest) else {
             continue;
         };
         let rest = rest.trim_end_matches(';');
@@ -197,6 +200,9 @@ fn layer_named(
     }
     if first == "backend" && second.as_deref() == Some("cli") {
         return "cli".into();
+    }
+    if first == "backend" && second.as_deref() == Some("api") {
+        return "api".into();
     }
     first.clone()
 }

@@ -12,14 +12,14 @@ mod usage;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
 pub(crate) use gate::{CacheGate, CACHE_MIN_TOKENS};
 pub(crate) use usage::UsageWindowsSeen;
 
-use crate::backend::{TurnEvent, TurnFailure};
+use crate::backend::{ServerLimits, TurnEvent, TurnFailure};
 use crate::budget::{Budget, Reservation};
 use crate::retry::{Cooldown, RetryPolicy};
 use crate::stats::{self, Counters};
@@ -257,6 +257,34 @@ impl Admission {
         }
     }
 
+    /// The API's rate-limit headers: the throttle comes down to the room the API says is
+    /// left, and a limit with nothing left pauses every request until it resets.
+    fn take_servers_word(&self, limits: &ServerLimits) {
+        let tokens = limits.tokens.or(limits.input_tokens);
+        self.throttle.at_most(
+            limits.requests.map(|l| l.remaining),
+            tokens.map(|l| l.remaining),
+        );
+        let now = Instant::now();
+        let used_up_for = [
+            limits.requests,
+            limits.tokens,
+            limits.input_tokens,
+            limits.output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|l| l.remaining == 0)
+        .filter_map(|l| l.resets_at)
+        .filter_map(|at| at.duration_since(SystemTime::now()).ok())
+        // A clock far off must not stop the run: at most a limit's whole window.
+        .map(|wait| wait.min(Duration::from_secs(60)))
+        .max();
+        if let Some(wait) = used_up_for {
+            self.back_off(now, wait);
+        }
+    }
+
     /// Pause new requests on the shared throttle (every session using it) for `wait` from
     /// `now`; a pause already in force that ends later is kept.
     fn back_off(&self, now: Instant, wait: Duration) {
@@ -316,7 +344,7 @@ impl Ticket<'_> {
                     gate.began();
                 }
             }
-            TurnEvent::Limits(limits) => admission.throttle.take_servers_word(&limits),
+            TurnEvent::Limits(limits) => admission.take_servers_word(&limits),
             // The API's own word on when to send again: every worker holds off that long.
             TurnEvent::RetryAfter(wait) => admission.back_off(Instant::now(), wait),
         }

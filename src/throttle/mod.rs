@@ -383,38 +383,12 @@ impl Throttle {
         state.bucket.pause_until(until);
     }
 
-    /// Takes the API's word on its rate limits (a response's `anthropic-ratelimit-*`
-    /// headers): where it has less room left than the bucket thinks, the bucket comes down to
-    /// it; a limit with nothing left pauses every request until it resets.
-    pub(crate) fn take_servers_word(&self, limits: &crate::backend::ServerLimits) {
-        let now = Instant::now();
-        let requests = limits.requests.map(|l| l.remaining);
-        let tokens = limits.tokens.or(limits.input_tokens).map(|l| l.remaining);
+    /// Takes the API's word on what its rate limits have left (whole requests and tokens):
+    /// where it has less room than the bucket thinks, the bucket comes down to it (never up:
+    /// the API counts requests ours has not sent yet).
+    pub(crate) fn at_most(&self, requests: Option<u64>, tokens: Option<u64>) {
         let mut state = self.state.lock();
-        state.bucket.at_most(now, requests, tokens);
-        let used_up_until = [
-            limits.requests,
-            limits.tokens,
-            limits.input_tokens,
-            limits.output_tokens,
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|l| l.remaining == 0)
-        .filter_map(|l| l.resets_at)
-        .filter_map(|at| at.duration_since(std::time::SystemTime::now()).ok())
-        // A clock far off must not stop the run: at most a minute, a limit's whole window.
-        .map(|wait| now + wait.min(Duration::from_secs(60)))
-        .max();
-        if let Some(until) = used_up_until {
-            log::info!(
-                "the API says a rate limit is used up: pausing requests for {:?}",
-                until.saturating_duration_since(now)
-            );
-            state.bucket.pause_until(until);
-        }
-        drop(state);
-        self.changed.notify_all();
+        state.bucket.at_most(Instant::now(), requests, tokens);
     }
 
     /// The end of the current pause, or `None` if no pause is in force.
