@@ -46,7 +46,7 @@ pub enum Error {
     #[error("the item timed out after {0:?}; its claude process was killed")]
     Timeout(Duration),
 
-    /// The Messages API returned an error (after the CLI's own retries).
+    /// The Messages API returned an error (on the CLI backend, after the CLI's own retries).
     #[error("API error{}: {message}", .status.map(|s| format!(" (status {s})")).unwrap_or_default())]
     Api {
         /// The HTTP status the API answered with, when the CLI reported one.
@@ -56,12 +56,12 @@ pub enum Error {
     },
 
     /// Calls in a row could not connect to the API at all (no network, connection refused,
-    /// name not found), each after the CLI's own retries. Every item would fail the same
-    /// way, so a run stops.
+    /// name not found; on the CLI backend, each after the CLI's own retries). Every item
+    /// would fail the same way, so a run stops.
     #[error(
-        "the API cannot be reached: {failures} calls in a row could not connect, each after \
-         the CLI's own retries (last: {message}). Check the network, a proxy (HTTPS_PROXY), \
-         ANTHROPIC_BASE_URL if you set one, and a firewall"
+        "the API cannot be reached: {failures} calls in a row could not connect (last: \
+         {message}). Check the network, a proxy (HTTPS_PROXY), ANTHROPIC_BASE_URL or \
+         base_url(..) if you set one, and a firewall"
     )]
     ApiUnreachable {
         /// What the CLI said for the last call.
@@ -162,11 +162,13 @@ pub enum Error {
         message: String,
     },
 
-    /// The subscription's spend cap is reached ("You've hit your monthly spend limit", out of
-    /// usage credits): no reset within the run, so it stops, without retries or a pause.
+    /// The spend limit is reached: a subscription's spend cap ("You've hit your monthly spend
+    /// limit", out of usage credits) or, with an API key, the organisation's spend limit or
+    /// credit balance. No reset within the run, so it stops, without retries or a pause.
     #[error(
-        "the subscription's spending limit is reached: {message}. Raise it at \
-         claude.ai/settings/usage (or ask your organisation's admin), or use an API key"
+        "the spending limit is reached: {message}. Raise it (claude.ai/settings/usage for a \
+         subscription, the Console's limits and billing for an API key) or ask your \
+         organisation's admin"
     )]
     SpendLimitReached {
         /// The CLI's message.
@@ -175,8 +177,9 @@ pub enum Error {
 
     /// The API rejected the credentials (HTTP 401 or an auth failure).
     #[error(
-        "authentication failed: {message}. Log in with `claude` (then /login), or set \
-         ANTHROPIC_API_KEY for the process (SessionBuilder::cli(|c| c.env(..)))"
+        "authentication failed: {message}. On the CLI backend log in with `claude` (then \
+         /login), or set ANTHROPIC_API_KEY for the process (SessionBuilder::cli(|c| c.env(..))); \
+         on the Messages API backend check ANTHROPIC_API_KEY or SessionBuilder::api_key"
     )]
     Authentication {
         /// The CLI's message.
