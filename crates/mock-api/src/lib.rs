@@ -90,6 +90,7 @@
 //! script faults should pass `("CLAUDE_CODE_MAX_RETRIES", "0")` (or "1") to the child; the CLI
 //! honours it and emits one `{"type":"system","subtype":"api_retry",…}` line per retry.
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -137,7 +138,9 @@ pub const AFTER_TOOL_TEXT: &str = "Done.";
 pub enum Reply {
     /// One text content block, `stop_reason: end_turn`.
     Text(String),
-    /// A `tool_use` block calling `StructuredOutput` with this input, `stop_reason: tool_use`.
+    /// A `tool_use` block with this input, `stop_reason: tool_use`, calling the tool the
+    /// request's `tool_choice` forces (`{"type":"tool","name":X}`), else `StructuredOutput`
+    /// (the CLI's `--json-schema` tool).
     StructuredOutput(Value),
     /// A `tool_use` block calling any tool `name` with `input`, `stop_reason: tool_use`.
     ToolUse { name: String, input: Value },
@@ -194,7 +197,10 @@ impl Reply {
 }
 
 /// One `/v1/messages` request as the mock saw it.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows the `x-api-key` and `authorization` headers as `[redacted]`: a failing
+/// test's output must not carry a key (the field itself keeps them, for tests that check them).
+#[derive(Clone)]
 pub struct RecordedRequest {
     /// Last user-text block (see module docs); empty if none.
     pub prompt: String,
@@ -218,6 +224,9 @@ pub struct RecordedRequest {
     pub path: String,
     /// The parsed body (`Value::Null` if it was not JSON).
     pub body: Value,
+    /// The request's headers in the order sent, names lower-cased (HTTP names are
+    /// case-insensitive; lower case lets tests compare with `==`).
+    pub headers: Vec<(String, String)>,
     /// Input tokens this request read from the prompt cache, as the API would bill them
     /// (0 until it is answered).
     pub cache_read: usize,
@@ -226,6 +235,36 @@ pub struct RecordedRequest {
     /// Input tokens billed outside the cache (0 until it is answered): with `cache_read` and
     /// `cache_write`, what the API counts for this request.
     pub input_tokens: usize,
+}
+
+impl fmt::Debug for RecordedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "x-api-key" | "authorization" => (k.as_str(), "[redacted]"),
+                _ => (k.as_str(), v.as_str()),
+            })
+            .collect();
+        f.debug_struct("RecordedRequest")
+            .field("prompt", &self.prompt)
+            .field("user_turns", &self.user_turns)
+            .field("bytes", &self.bytes)
+            .field("tools", &self.tools)
+            .field("model", &self.model)
+            .field("stream", &self.stream)
+            .field("at", &self.at)
+            .field("status", &self.status)
+            .field("tool_result", &self.tool_result)
+            .field("path", &self.path)
+            .field("body", &self.body)
+            .field("headers", &headers)
+            .field("cache_read", &self.cache_read)
+            .field("cache_write", &self.cache_write)
+            .field("input_tokens", &self.input_tokens)
+            .finish()
+    }
 }
 
 /// Input tokens of one request: read from the cache, written to it, and the rest.
@@ -663,7 +702,7 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<O
             break;
         }
         if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
         if headers.len() > 1000 {
             return Err(bad("too many headers"));
@@ -885,6 +924,7 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
         tool_result,
         path: req.path.clone(),
         body,
+        headers: req.headers.clone(),
         cache_read: 0,
         cache_write: 0,
         input_tokens: 0,
@@ -1035,7 +1075,7 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
                 &id,
                 &rec.model,
                 tokens,
-                Block::Tool(STRUCTURED_OUTPUT_TOOL, v),
+                Block::Tool(forced_tool(&rec.body).unwrap_or(STRUCTURED_OUTPUT_TOOL), v),
             )?;
             (200, true)
         }
@@ -1047,6 +1087,16 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
     };
     set_status(code);
     Ok(keep)
+}
+
+/// The tool a request's `tool_choice` forces (`{"type":"tool","name":X}`): a client that asks
+/// for structured output through its own tool gets the call under that tool's name.
+fn forced_tool(body: &Value) -> Option<&str> {
+    let choice = body.get("tool_choice")?;
+    if choice.get("type").and_then(Value::as_str) != Some("tool") {
+        return None;
+    }
+    choice.get("name").and_then(Value::as_str)
 }
 
 fn sleep_unless_shutdown(inner: &Inner, d: Duration) {
@@ -1291,4 +1341,276 @@ fn cut(
     w.flush()?;
     let _ = w.shutdown(Shutdown::Both);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One response as a plain HTTP/1.1 client reads it.
+    struct Response {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Response {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        fn json(&self) -> Value {
+            serde_json::from_slice(&self.body).expect("a JSON body")
+        }
+
+        /// The SSE events of a streamed body: (event name, data).
+        fn events(&self) -> Vec<(String, Value)> {
+            String::from_utf8_lossy(&self.body)
+                .split("\n\n")
+                .filter(|e| !e.trim().is_empty())
+                .map(|e| {
+                    let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+                    let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                    (name.to_string(), serde_json::from_str(data).unwrap())
+                })
+                .collect()
+        }
+    }
+
+    /// A keep-alive client on one connection, the way a blocking HTTP client uses it.
+    struct Client {
+        r: BufReader<TcpStream>,
+        w: TcpStream,
+    }
+
+    impl Client {
+        fn connect(api: &MockApi) -> Client {
+            let w = TcpStream::connect(api.addr()).unwrap();
+            Client {
+                r: BufReader::new(w.try_clone().unwrap()),
+                w,
+            }
+        }
+
+        fn send(&mut self, headers: &[(&str, &str)], body: &Value) {
+            let body = body.to_string();
+            let mut head = format!(
+                "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: {}\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            // One write: head and body in two would wait on Nagle and delayed ACKs (40 ms).
+            head.push_str(&body);
+            self.w.write_all(head.as_bytes()).unwrap();
+        }
+
+        /// The next response; an error if the connection closes before it is whole.
+        fn response(&mut self) -> io::Result<Response> {
+            let status_line = read_line(&mut self.r)?.ok_or_else(|| bad("closed"))?;
+            let status = status_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| bad("status line"))?;
+            let mut headers = Vec::new();
+            loop {
+                let l = read_line(&mut self.r)?.ok_or_else(|| bad("eof in headers"))?;
+                if l.is_empty() {
+                    break;
+                }
+                let (k, v) = l.split_once(':').unwrap();
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+            let mut resp = Response {
+                status,
+                headers,
+                body: Vec::new(),
+            };
+            if resp.header("transfer-encoding") == Some("chunked") {
+                loop {
+                    let l = read_line(&mut self.r)?.ok_or_else(|| bad("eof in chunk"))?;
+                    let size = usize::from_str_radix(l.trim(), 16).map_err(|_| bad("size"))?;
+                    let start = resp.body.len();
+                    resp.body.resize(start + size, 0);
+                    self.r.read_exact(&mut resp.body[start..])?;
+                    read_line(&mut self.r)?;
+                    if size == 0 {
+                        break;
+                    }
+                }
+            } else {
+                let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+                resp.body.resize(len, 0);
+                self.r.read_exact(&mut resp.body)?;
+            }
+            Ok(resp)
+        }
+
+        /// Everything the server sends until it closes the connection.
+        fn rest(&mut self) -> Vec<u8> {
+            let mut out = Vec::new();
+            let _ = self.r.read_to_end(&mut out);
+            out
+        }
+
+        fn call(&mut self, body: &Value) -> Response {
+            self.send(&[], body);
+            self.response().unwrap()
+        }
+    }
+
+    /// A request body the way the HTTP backend sends it, `stream` as given.
+    fn body(prompt: &str, stream: bool) -> Value {
+        json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "stream": stream,
+            "system": [{"type": "text", "text": "You sort support tickets by urgency."}],
+            "messages": [{"role": "user", "content": prompt}],
+        })
+    }
+
+    /// A ticket of the length a user's item has.
+    fn ticket(n: usize) -> String {
+        format!(
+            "Ticket {n}: since this morning's update the invoice export stops at about eighty \
+percent and the browser shows a spinner that never ends; we have a board meeting tomorrow \
+and need last quarter's invoices as a spreadsheet, please advise what we can do meanwhile."
+        )
+    }
+
+    #[test]
+    fn records_headers_lower_cased_in_order_and_redacts_the_key_in_debug() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        c.send(
+            &[
+                ("X-Api-Key", "sk-ant-test-secret"),
+                ("Anthropic-Version", "2023-06-01"),
+                ("Content-Type", "application/json"),
+            ],
+            &body(&ticket(1), false),
+        );
+        assert_eq!(c.response().unwrap().status, 200);
+        let rec = api.last_request().unwrap();
+        let names: Vec<&str> = rec.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["host", "content-length", "x-api-key", "anthropic-version", "content-type"]
+        );
+        assert!(rec
+            .headers
+            .contains(&("x-api-key".into(), "sk-ant-test-secret".into())));
+        assert!(rec
+            .headers
+            .contains(&("anthropic-version".into(), "2023-06-01".into())));
+        let debug = format!("{rec:?}");
+        assert!(!debug.contains("sk-ant-test-secret"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
+    }
+
+    #[test]
+    fn one_keep_alive_connection_serves_300_requests_streaming_and_not() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        for i in 0..300 {
+            let stream = i % 2 == 0;
+            let prompt = ticket(i);
+            let resp = c.call(&body(&prompt, stream));
+            assert_eq!(resp.status, 200, "request {i}");
+            let text = if stream {
+                let events = resp.events();
+                assert_eq!(events.last().unwrap().0, "message_stop", "request {i}");
+                events
+                    .iter()
+                    .filter_map(|(_, d)| d["delta"]["text"].as_str())
+                    .collect::<String>()
+            } else {
+                resp.json()["content"][0]["text"].as_str().unwrap().to_string()
+            };
+            assert_eq!(text, format!("echo: {prompt}"), "request {i}");
+        }
+        assert_eq!(api.request_count(), 300);
+    }
+
+    #[test]
+    fn a_forced_tool_gets_the_structured_output_under_its_own_name() {
+        let api = MockApi::start();
+        api.set_reply(|_| Reply::StructuredOutput(json!({"urgency": "high"})));
+        let mut c = Client::connect(&api);
+        let mut forced = body(&ticket(2), true);
+        forced["tools"] = json!([{"name": "record_answer", "description": "Record the answer.",
+            "input_schema": {"type": "object", "properties": {"urgency": {"type": "string"}}}}]);
+        forced["tool_choice"] = json!({"type": "tool", "name": "record_answer"});
+        let events = c.call(&forced).events();
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let block = &events[1].1["content_block"];
+        assert_eq!(block["type"], "tool_use");
+        assert_eq!(block["name"], "record_answer");
+        assert_eq!(block["input"], json!({}));
+        assert_eq!(events[2].1["delta"]["type"], "input_json_delta");
+        let partial = events[2].1["delta"]["partial_json"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(partial).unwrap(),
+            json!({"urgency": "high"})
+        );
+        assert_eq!(events[4].1["delta"]["stop_reason"], "tool_use");
+
+        // Without a forced tool, the CLI's tool name as before.
+        let mut cli_like = body(&ticket(3), false);
+        cli_like["tools"] = json!([{"name": STRUCTURED_OUTPUT_TOOL, "input_schema": {}}]);
+        let msg = c.call(&cli_like).json();
+        assert_eq!(msg["content"][0]["name"], STRUCTURED_OUTPUT_TOOL);
+    }
+
+    #[test]
+    fn a_cached_system_block_is_written_once_then_read() {
+        let api = MockApi::start();
+        api.set_cache_min_tokens(1024);
+        let rules = "Urgency is HIGH when customers cannot work, MEDIUM when a workaround \
+exists, LOW otherwise; answer with the level and one sentence of reasons. "
+            .repeat(40);
+        assert!((5_500..7_000).contains(&rules.len()), "{}", rules.len());
+        let request = |n: usize| {
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1024,
+                "stream": true,
+                "system": [
+                    {"type": "text", "text": "You sort support tickets."},
+                    {"type": "text", "text": rules, "cache_control": {"type": "ephemeral"}},
+                ],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": ticket(n)}]}],
+            })
+        };
+        let mut c = Client::connect(&api);
+        let first = c.call(&request(1)).events();
+        let second = c.call(&request(2)).events();
+        let usage = |events: &[(String, Value)]| events[0].1["message"]["usage"].clone();
+        let (first, second) = (usage(&first), usage(&second));
+        let write = first["cache_creation_input_tokens"].as_u64().unwrap();
+        assert!(write >= 1024, "{first}");
+        assert_eq!(first["cache_read_input_tokens"], 0, "{first}");
+        assert_eq!(second["cache_read_input_tokens"], write, "{second}");
+        assert_eq!(second["cache_creation_input_tokens"], 0, "{second}");
+        let recs = api.requests();
+        assert_eq!((recs[0].cache_write as u64, recs[1].cache_read as u64), (write, write));
+    }
 }
