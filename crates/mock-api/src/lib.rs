@@ -83,6 +83,40 @@
 //! * Message ids are the mock's own, one per reply, unless [`Reply::WithId`] names one (a
 //!   gateway that reuses ids); the CLIs show them as they come.
 //!
+//! # For a client that speaks HTTP itself (no CLI)
+//! The same routes serve a blocking HTTP client: keep-alive for hundreds of requests on one
+//! connection, streaming or not, and a thread per connection, so 256 connections are answered
+//! at once. What such a client needs on top:
+//! * [`RecordedRequest::headers`] (`x-api-key`, `anthropic-version`, ...), names lower-cased.
+//!   `system` may be a string or text blocks (with `cache_control`, billed by the prompt-cache
+//!   emulation above); `messages` content a string or blocks.
+//! * Structured output through a forced tool: with `tool_choice: {"type":"tool","name":X}`,
+//!   [`Reply::StructuredOutput`] calls tool `X` (the CLI's `StructuredOutput` otherwise). A
+//!   stream is `message_start`, `content_block_start` (`tool_use`, `input: {}`), one
+//!   `input_json_delta` per 256 bytes of the input's JSON, `content_block_stop`,
+//!   `message_delta` (`stop_reason: tool_use`, usage), `message_stop`; no `ping` events, the
+//!   whole stream in one HTTP chunk.
+//! * Rate limits as the API reports them ([`MockApi::set_rate_limit`],
+//!   [`MockApi::set_input_token_limit`]): while a limit is on, every `/v1/messages` response
+//!   (200, 429 and errors alike) carries `anthropic-ratelimit-requests-limit: R`,
+//!   `-remaining: N` (whole requests left) and `-reset: 2026-12-03T10:41:07Z` (RFC 3339 UTC,
+//!   when the bucket is full again, rounded up to the second); the input-token limit adds the
+//!   same three for `input-tokens` and for `tokens` (the most restrictive token limit in force:
+//!   the mock has only the input one). A refused request gets 429 `rate_limit_error` with
+//!   `retry-after` and takes nothing from either limit.
+//! * [`Fault::SpendLimit`]: 429 without `retry-after` ([`SPEND_LIMIT_MESSAGE`]), not to be retried.
+//! * [`MockApi::set_known_models`]: 404 `not_found_error` for any other model.
+//! * [`MockApi::set_latency`]: an API that takes seconds to start answering.
+//! * [`MockApi::set_faults`]: a seeded share of 429s, 529s, 500s, dropped connections and cut
+//!   streams, for soak tests; [`MockApi::injected_faults`] counts them.
+//! * [`MockApi::max_in_flight`]: whether N requests really were answered at once.
+//! * [`MockApi::set_recording`]`(false)`: counts only, for long benches; and the
+//!   `mock-api-server` binary (`src/bin`), the mock in a process of its own so that a bench's
+//!   memory figures leave it out.
+//!
+//! Decisions are taken in this order when the request arrives: unknown model (404), rate
+//! limits (429), injected fault; then the latency, then the reply.
+//!
 //! # Retries
 //! [`MockApi::cli_env`] leaves `CLAUDE_CODE_MAX_RETRIES` at the CLI default: 10 retries for
 //! 401, 429, 5xx and 529 (not 400/403), backoff ~0.5 s doubling to ~32 s (+ up to 25 % jitter),
@@ -223,7 +257,8 @@ pub struct RecordedRequest {
     pub stream: bool,
     /// When the request body had been read.
     pub at: Instant,
-    /// HTTP status the mock answered (200 also for a cut stream; 0 while still in progress).
+    /// HTTP status the mock answered (200 also for a cut stream), set just before the response
+    /// goes out: 0 until then, and for a dropped connection ([`MockApi::set_faults`]).
     pub status: u16,
     /// True if the last user message was a tool_result (a follow-up after a tool call).
     pub tool_result: bool,
