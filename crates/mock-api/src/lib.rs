@@ -83,6 +83,40 @@
 //! * Message ids are the mock's own, one per reply, unless [`Reply::WithId`] names one (a
 //!   gateway that reuses ids); the CLIs show them as they come.
 //!
+//! # For a client that speaks HTTP itself (no CLI)
+//! The same routes serve a blocking HTTP client: keep-alive for hundreds of requests on one
+//! connection, streaming or not, and a thread per connection, so 256 connections are answered
+//! at once. What such a client needs on top:
+//! * [`RecordedRequest::headers`] (`x-api-key`, `anthropic-version`, ...), names lower-cased.
+//!   `system` may be a string or text blocks (with `cache_control`, billed by the prompt-cache
+//!   emulation above); `messages` content a string or blocks.
+//! * Structured output through a forced tool: with `tool_choice: {"type":"tool","name":X}`,
+//!   [`Reply::StructuredOutput`] calls tool `X` (the CLI's `StructuredOutput` otherwise). A
+//!   stream is `message_start`, `content_block_start` (`tool_use`, `input: {}`), one
+//!   `input_json_delta` per 256 bytes of the input's JSON, `content_block_stop`,
+//!   `message_delta` (`stop_reason: tool_use`, usage), `message_stop`; no `ping` events, the
+//!   whole stream in one HTTP chunk.
+//! * Rate limits as the API reports them ([`MockApi::set_rate_limit`],
+//!   [`MockApi::set_input_token_limit`]): while a limit is on, every `/v1/messages` response
+//!   (200, 429 and errors alike) carries `anthropic-ratelimit-requests-limit: R`,
+//!   `-remaining: N` (whole requests left) and `-reset: 2026-12-03T10:41:07Z` (RFC 3339 UTC,
+//!   when the bucket is full again, rounded up to the second); the input-token limit adds the
+//!   same three for `input-tokens` and for `tokens` (the most restrictive token limit in force:
+//!   the mock has only the input one). A refused request gets 429 `rate_limit_error` with
+//!   `retry-after` and takes nothing from either limit.
+//! * [`Fault::SpendLimit`]: 429 without `retry-after` ([`SPEND_LIMIT_MESSAGE`]), not to be retried.
+//! * [`MockApi::set_known_models`]: 404 `not_found_error` for any other model.
+//! * [`MockApi::set_latency`]: an API that takes seconds to start answering.
+//! * [`MockApi::set_faults`]: a seeded share of 429s, 529s, 500s, dropped connections and cut
+//!   streams, for soak tests; [`MockApi::injected_faults`] counts them.
+//! * [`MockApi::max_in_flight`]: whether N requests really were answered at once.
+//! * [`MockApi::set_recording`]`(false)`: counts only, for long benches; and the
+//!   `mock-api-server` binary (`src/bin`), the mock in a process of its own so that a bench's
+//!   memory figures leave it out.
+//!
+//! Decisions are taken in this order when the request arrives: unknown model (404), rate
+//! limits (429), injected fault; then the latency, then the reply.
+//!
 //! # Retries
 //! [`MockApi::cli_env`] leaves `CLAUDE_CODE_MAX_RETRIES` at the CLI default: 10 retries for
 //! 401, 429, 5xx and 529 (not 400/403), backoff ~0.5 s doubling to ~32 s (+ up to 25 % jitter),
@@ -90,13 +124,14 @@
 //! script faults should pass `("CLAUDE_CODE_MAX_RETRIES", "0")` (or "1") to the child; the CLI
 //! honours it and emits one `{"type":"system","subtype":"api_retry",…}` line per retry.
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -137,7 +172,9 @@ pub const AFTER_TOOL_TEXT: &str = "Done.";
 pub enum Reply {
     /// One text content block, `stop_reason: end_turn`.
     Text(String),
-    /// A `tool_use` block calling `StructuredOutput` with this input, `stop_reason: tool_use`.
+    /// A `tool_use` block with this input, `stop_reason: tool_use`, calling the tool the
+    /// request's `tool_choice` forces (`{"type":"tool","name":X}`), else `StructuredOutput`
+    /// (the CLI's `--json-schema` tool).
     StructuredOutput(Value),
     /// A `tool_use` block calling any tool `name` with `input`, `stop_reason: tool_use`.
     ToolUse { name: String, input: Value },
@@ -176,7 +213,14 @@ pub enum Fault {
         /// The `message_delta`'s stop reason, if one is sent.
         stop_reason: Option<String>,
     },
+    /// The spend limit reached: HTTP 429 `rate_limit_error` with [`SPEND_LIMIT_MESSAGE`] and
+    /// no `retry-after`, which a client must not retry (waiting does not help).
+    SpendLimit,
 }
+
+/// The API's message when the organisation's spend limit is reached (with HTTP 429).
+pub const SPEND_LIMIT_MESSAGE: &str = "You have reached your specified API usage limits. \
+You will regain access on 2027-01-01 at 00:00 UTC.";
 
 impl Reply {
     /// `Reply::Text(s.into())`.
@@ -194,7 +238,10 @@ impl Reply {
 }
 
 /// One `/v1/messages` request as the mock saw it.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows the `x-api-key` and `authorization` headers as `[redacted]`: a failing
+/// test's output must not carry a key (the field itself keeps them, for tests that check them).
+#[derive(Clone)]
 pub struct RecordedRequest {
     /// Last user-text block (see module docs); empty if none.
     pub prompt: String,
@@ -210,7 +257,8 @@ pub struct RecordedRequest {
     pub stream: bool,
     /// When the request body had been read.
     pub at: Instant,
-    /// HTTP status the mock answered (200 also for a cut stream; 0 while still in progress).
+    /// HTTP status the mock answered (200 also for a cut stream), set just before the response
+    /// goes out: 0 until then, and for a dropped connection ([`MockApi::set_faults`]).
     pub status: u16,
     /// True if the last user message was a tool_result (a follow-up after a tool call).
     pub tool_result: bool,
@@ -218,6 +266,9 @@ pub struct RecordedRequest {
     pub path: String,
     /// The parsed body (`Value::Null` if it was not JSON).
     pub body: Value,
+    /// The request's headers in the order sent, names lower-cased (HTTP names are
+    /// case-insensitive; lower case lets tests compare with `==`).
+    pub headers: Vec<(String, String)>,
     /// Input tokens this request read from the prompt cache, as the API would bill them
     /// (0 until it is answered).
     pub cache_read: usize,
@@ -226,6 +277,36 @@ pub struct RecordedRequest {
     /// Input tokens billed outside the cache (0 until it is answered): with `cache_read` and
     /// `cache_write`, what the API counts for this request.
     pub input_tokens: usize,
+}
+
+impl fmt::Debug for RecordedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "x-api-key" | "authorization" => (k.as_str(), "[redacted]"),
+                _ => (k.as_str(), v.as_str()),
+            })
+            .collect();
+        f.debug_struct("RecordedRequest")
+            .field("prompt", &self.prompt)
+            .field("user_turns", &self.user_turns)
+            .field("bytes", &self.bytes)
+            .field("tools", &self.tools)
+            .field("model", &self.model)
+            .field("stream", &self.stream)
+            .field("at", &self.at)
+            .field("status", &self.status)
+            .field("tool_result", &self.tool_result)
+            .field("path", &self.path)
+            .field("body", &self.body)
+            .field("headers", &headers)
+            .field("cache_read", &self.cache_read)
+            .field("cache_write", &self.cache_write)
+            .field("input_tokens", &self.input_tokens)
+            .finish()
+    }
 }
 
 /// Input tokens of one request: read from the cache, written to it, and the rest.
@@ -367,6 +448,8 @@ impl PromptCache {
 
 type ReplyFn = dyn Fn(&RecordedRequest) -> Reply + Send + Sync;
 
+/// A per-minute limit as the API keeps it: a bucket of `capacity` that refills continuously
+/// at `capacity` a minute and starts full.
 struct Bucket {
     capacity: f64,
     tokens: f64,
@@ -374,22 +457,158 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// Take a token, or return the seconds until one is available.
-    fn take(&mut self) -> Result<(), u32> {
-        let now = Instant::now();
-        let per_sec = self.capacity / 60.0;
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * per_sec)
-            .min(self.capacity);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else if per_sec <= 0.0 {
-            Err(60)
-        } else {
-            Err((((1.0 - self.tokens) / per_sec).ceil() as u32).max(1))
+    fn full(capacity: f64) -> Bucket {
+        Bucket {
+            capacity,
+            tokens: capacity,
+            last: Instant::now(),
         }
     }
+
+    fn per_sec(&self) -> f64 {
+        self.capacity / 60.0
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let gained = now.saturating_duration_since(self.last).as_secs_f64() * self.per_sec();
+        self.tokens = (self.tokens + gained).min(self.capacity);
+        self.last = self.last.max(now);
+    }
+
+    /// Take `n`, or return the whole seconds until `n` are there (60 when they never will
+    /// be: an empty limit, or `n` above the capacity).
+    fn take(&mut self, n: f64) -> Result<(), u32> {
+        self.refill(Instant::now());
+        let per_sec = self.per_sec();
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(())
+        } else if per_sec <= 0.0 || n > self.capacity {
+            Err(60)
+        } else {
+            Err((((n - self.tokens) / per_sec).ceil() as u32).max(1))
+        }
+    }
+
+    /// Give back (or, negative, take more: a request billed above its estimate leaves the
+    /// bucket in debt, repaid by the refill).
+    fn adjust(&mut self, n: f64) {
+        self.tokens = (self.tokens + n).min(self.capacity);
+    }
+
+    /// Push `anthropic-ratelimit-{kind}-{limit,remaining,reset}`: the limit, what is left
+    /// (whole units), and when the bucket is full again (RFC 3339, UTC, rounded up to a second).
+    fn describe(
+        &mut self,
+        kind: &str,
+        now: Instant,
+        wall: SystemTime,
+        out: &mut Vec<(String, String)>,
+    ) {
+        self.refill(now);
+        let missing = (self.capacity - self.tokens).max(0.0);
+        let full_in = if self.per_sec() > 0.0 {
+            Duration::from_secs_f64(missing / self.per_sec())
+        } else {
+            Duration::ZERO
+        };
+        let name = |field: &str| format!("anthropic-ratelimit-{kind}-{field}");
+        out.push((name("limit"), format!("{}", self.capacity as u64)));
+        out.push((
+            name("remaining"),
+            format!("{}", self.tokens.max(0.0) as u64),
+        ));
+        out.push((name("reset"), rfc3339(wall + full_in)));
+    }
+}
+
+/// `2026-12-03T10:41:07Z` for a time, rounded up to the second.
+fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm; the epoch shifted to 0000-03-01).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+/// A share of `/v1/messages` requests that fail the way the API and the network do, for soak
+/// tests (see [`MockApi::set_faults`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultMix {
+    /// The probability that a request fails, 0.0 to 1.0.
+    pub rate: f64,
+    /// Decides, with a request's arrival index, whether and how it fails: the same seed and
+    /// arrival order give the same failures.
+    pub seed: u64,
+    /// The `retry-after` (seconds) of an injected 429.
+    pub retry_after_secs: u32,
+}
+
+/// The failures a [`FaultMix`] injects, equally likely.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Injected {
+    RateLimited(u32),
+    Overloaded,
+    ServerError,
+    Dropped,
+    CutStream,
+}
+
+/// splitmix64: a tiny, well-mixed PRNG step, so that fault draws need no dependency.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl FaultMix {
+    /// The fault (if any) of the request that arrived `arrival`-th since the mix was set.
+    fn draw(&self, arrival: u64) -> Option<Injected> {
+        let x = splitmix64(self.seed ^ splitmix64(arrival));
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        if unit >= self.rate {
+            return None;
+        }
+        Some(match splitmix64(x) % 5 {
+            0 => Injected::RateLimited(self.retry_after_secs),
+            1 => Injected::Overloaded,
+            2 => Injected::ServerError,
+            3 => Injected::Dropped,
+            _ => Injected::CutStream,
+        })
+    }
+}
+
+/// The recorded requests, and how many arrived (recorded or not) since the last clear.
+#[derive(Default)]
+struct Records {
+    list: Vec<RecordedRequest>,
+    count: usize,
+    /// Bumped by `clear_requests`, so a request answered after a clear does not fill in
+    /// another's record.
+    generation: u64,
+}
+
+/// Where a request's record is kept.
+#[derive(Clone, Copy)]
+struct Slot {
+    generation: u64,
+    index: usize,
 }
 
 struct Inner {
@@ -397,9 +616,21 @@ struct Inner {
     cache: Mutex<PromptCache>,
     shutdown: AtomicBool,
     reply: RwLock<Arc<ReplyFn>>,
+    /// Requests a minute.
     bucket: Mutex<Option<Bucket>>,
+    /// Input tokens a minute.
+    input_bucket: Mutex<Option<Bucket>>,
     rate_limited: AtomicUsize,
-    requests: Mutex<Vec<RecordedRequest>>,
+    latency: Mutex<Duration>,
+    known_models: Mutex<Option<Vec<String>>>,
+    faults: Mutex<Option<FaultMix>>,
+    /// `/v1/messages` arrivals since the fault mix was set: the index its draws use.
+    arrivals: AtomicU64,
+    injected: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    recording: AtomicBool,
+    requests: Mutex<Records>,
     other: Mutex<Vec<String>>,
     conns: Mutex<HashMap<u64, TcpStream>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
@@ -437,8 +668,17 @@ impl MockApi {
                 min_tokens: 1024,
             }),
             bucket: Mutex::new(None),
+            input_bucket: Mutex::new(None),
             rate_limited: AtomicUsize::new(0),
-            requests: Mutex::new(Vec::new()),
+            latency: Mutex::new(Duration::ZERO),
+            known_models: Mutex::new(None),
+            faults: Mutex::new(None),
+            arrivals: AtomicU64::new(0),
+            injected: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            recording: AtomicBool::new(true),
+            requests: Mutex::new(Records::default()),
             other: Mutex::new(Vec::new()),
             conns: Mutex::new(HashMap::new()),
             handles: Mutex::new(Vec::new()),
@@ -476,9 +716,6 @@ impl MockApi {
         *self.inner.reply.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(f);
     }
 
-    /// Token bucket of capacity `r`, refilled continuously at `r` per minute (starts full);
-    /// when empty, answer 429 `rate_limit_error` with `retry-after` (seconds, rounded up).
-    /// `None` removes the limit.
     /// The smallest prefix the prompt cache keeps, in tokens (default 1,024, the API's
     /// minimum for Sonnet and Opus; 2,048 or 4,096 for some other models).
     pub fn set_cache_min_tokens(&self, tokens: usize) {
@@ -490,37 +727,110 @@ impl MockApi {
         lock(&self.inner.cache).ttl = ttl;
     }
 
+    /// A requests-per-minute limit: a bucket of capacity `r`, refilled continuously at `r`
+    /// per minute (starts full); when empty, answer 429 `rate_limit_error` with `retry-after`
+    /// (seconds, rounded up). While it is on, every `/v1/messages` response carries
+    /// `anthropic-ratelimit-requests-{limit,remaining,reset}` (module docs). `None` removes it.
     pub fn set_rate_limit(&self, r: Option<u32>) {
-        *lock(&self.inner.bucket) = r.map(|r| Bucket {
-            capacity: r as f64,
-            tokens: r as f64,
-            last: Instant::now(),
-        });
+        *lock(&self.inner.bucket) = r.map(|r| Bucket::full(f64::from(r)));
     }
 
-    /// How many 429s the rate limiter has answered (scripted `Fault::Status` 429s not included).
+    /// An input-tokens-per-minute limit, shaped like [`set_rate_limit`](Self::set_rate_limit)'s
+    /// and counting what the API counts: uncached input plus cache writes, not cache reads.
+    /// A request is admitted on an estimate (body bytes / 4, never below what it is billed)
+    /// taken from the bucket on arrival, and the bucket gets back the difference once the
+    /// request is billed; one that does not fit gets 429 `rate_limit_error` with
+    /// `retry-after` (60 if it never can: the request alone is above the limit). While it is
+    /// on, responses carry `anthropic-ratelimit-input-tokens-*` and `anthropic-ratelimit-tokens-*`.
+    /// `None` removes it.
+    pub fn set_input_token_limit(&self, tokens_per_minute: Option<u64>) {
+        *lock(&self.inner.input_bucket) = tokens_per_minute.map(|t| Bucket::full(t as f64));
+    }
+
+    /// How many 429s the rate limits (requests and input tokens) have answered; scripted
+    /// `Fault::Status` 429s, [`Fault::SpendLimit`] and injected faults are not included.
     pub fn rate_limited(&self) -> usize {
         self.inner.rate_limited.load(Ordering::SeqCst)
     }
 
-    /// Every `/v1/messages` request so far, in arrival order.
+    /// Wait this long before the first byte of every `/v1/messages` response (errors and
+    /// 429s included), after the request is recorded and its rate limits and fault decided:
+    /// an API that takes seconds to answer, for benches. Default zero.
+    pub fn set_latency(&self, latency: Duration) {
+        *lock(&self.inner.latency) = latency;
+    }
+
+    /// Fail a share of `/v1/messages` requests (see [`FaultMix`]), for soak tests; `None`
+    /// stops. Each request that passes the rate limits fails with probability `rate`, decided
+    /// from the seed and its arrival index (counted from this call), equally often as: 429
+    /// `rate_limit_error` with `retry-after`, 529 `overloaded_error`, 500 `api_error`, a
+    /// dropped connection (the request read, then the socket closed without a byte), or a cut
+    /// stream (200, `message_start` and half the echo text as a delta, then the connection
+    /// closed inside the next delta). The reply function is not called for a failed request;
+    /// it is recorded with its status (0 for a dropped connection) and billed as plain input.
+    pub fn set_faults(&self, mix: Option<FaultMix>) {
+        let mut faults = lock(&self.inner.faults);
+        self.inner.arrivals.store(0, Ordering::SeqCst);
+        *faults = mix;
+    }
+
+    /// How many faults [`set_faults`](Self::set_faults) has injected.
+    pub fn injected_faults(&self) -> usize {
+        self.inner.injected.load(Ordering::SeqCst)
+    }
+
+    /// Answer a request whose `model` is not in the list with 404
+    /// `{"type":"error","error":{"type":"not_found_error","message":"model: <model>"}}`, as
+    /// the API does for a model it does not know. `None` (the default) accepts any model.
+    pub fn set_known_models(&self, models: Option<Vec<String>>) {
+        *lock(&self.inner.known_models) = models;
+    }
+
+    /// The most `/v1/messages` requests answered at the same moment since start or the last
+    /// [`clear_requests`](Self::clear_requests): whether a client really has N in flight.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The `/v1/messages` requests being answered now (from reading their body to their
+    /// response's last byte).
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Keep each request's [`RecordedRequest`] (default), or only count requests: a
+    /// 50,000-request bench must not grow the mock's memory. Counts
+    /// ([`request_count`](Self::request_count), [`rate_limited`](Self::rate_limited), ...)
+    /// stay right either way; requests answered while it is off are not in
+    /// [`requests`](Self::requests).
+    pub fn set_recording(&self, on: bool) {
+        self.inner.recording.store(on, Ordering::SeqCst);
+    }
+
+    /// Every recorded `/v1/messages` request so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.inner.requests).clone()
+        lock(&self.inner.requests).list.clone()
     }
 
-    /// The latest `/v1/messages` request, if any.
+    /// The latest recorded `/v1/messages` request, if any.
     pub fn last_request(&self) -> Option<RecordedRequest> {
-        lock(&self.inner.requests).last().cloned()
+        lock(&self.inner.requests).list.last().cloned()
     }
 
-    /// Number of `/v1/messages` requests so far (cheaper than `requests().len()`).
+    /// Number of `/v1/messages` requests so far, recorded or not (cheaper than
+    /// `requests().len()`).
     pub fn request_count(&self) -> usize {
-        lock(&self.inner.requests).len()
+        lock(&self.inner.requests).count
     }
 
-    /// Forget recorded requests.
+    /// Forget recorded requests, and restart the counts of requests and of the most in flight.
     pub fn clear_requests(&self) {
-        lock(&self.inner.requests).clear();
+        let mut records = lock(&self.inner.requests);
+        records.list.clear();
+        records.count = 0;
+        records.generation += 1;
+        let now = self.inner.in_flight.load(Ordering::SeqCst);
+        self.inner.max_in_flight.store(now, Ordering::SeqCst);
     }
 
     /// `"METHOD PATH"` of every request to another route.
@@ -573,7 +883,11 @@ impl Drop for MockApi {
 }
 
 fn echo(prompt: &str) -> Reply {
-    Reply::Text(format!("echo: {prompt}"))
+    Reply::Text(echo_text(prompt))
+}
+
+fn echo_text(prompt: &str) -> String {
+    format!("echo: {prompt}")
 }
 
 fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
@@ -663,7 +977,7 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<O
             break;
         }
         if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
         if headers.len() > 1000 {
             return Err(bad("too many headers"));
@@ -749,7 +1063,7 @@ fn serve_connection(stream: TcpStream, inner: &Inner) -> io::Result<()> {
 fn write_response(
     w: &mut TcpStream,
     code: u16,
-    extra: &[(&str, String)],
+    extra: &[(String, String)],
     ctype: &str,
     body: &[u8],
     head_only: bool,
@@ -869,8 +1183,92 @@ fn inspect(body: &Value) -> (String, usize, Vec<String>, String, bool, bool, boo
     (prompt, turns, tools, model, stream, tool_result, tool_error)
 }
 
+/// Counts a `/v1/messages` request as being answered for as long as it lives.
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn enter(inner: &'a Inner) -> InFlight<'a> {
+        let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Count the request and, when recording, keep it; returns where it was kept.
+fn record(inner: &Inner, rec: &RecordedRequest) -> Option<Slot> {
+    let mut records = lock(&inner.requests);
+    records.count += 1;
+    if !inner.recording.load(Ordering::SeqCst) {
+        return None;
+    }
+    records.list.push(rec.clone());
+    Some(Slot {
+        generation: records.generation,
+        index: records.list.len() - 1,
+    })
+}
+
+/// Fill in a kept request, unless `clear_requests` has dropped it since.
+fn update(inner: &Inner, slot: Option<Slot>, f: impl FnOnce(&mut RecordedRequest)) {
+    let Some(slot) = slot else { return };
+    let mut records = lock(&inner.requests);
+    if records.generation == slot.generation {
+        if let Some(r) = records.list.get_mut(slot.index) {
+            f(r);
+        }
+    }
+}
+
+const REQUESTS_LIMITED: &str = "Number of requests has exceeded your rate limit (mock).";
+const INPUT_TOKENS_LIMITED: &str =
+    "Number of input tokens has exceeded your per-minute rate limit (mock).";
+
+/// Take a request's share of every limit in force: one request, and `estimate` input tokens
+/// (returned, to be settled once the request is billed). A refused request takes nothing;
+/// the error is (seconds to wait, message).
+fn admit(inner: &Inner, estimate: f64) -> Result<Option<f64>, (u32, &'static str)> {
+    let mut requests = lock(&inner.bucket);
+    let mut input = lock(&inner.input_bucket);
+    if let Some(b) = requests.as_mut() {
+        b.take(1.0).map_err(|secs| (secs, REQUESTS_LIMITED))?;
+    }
+    let Some(b) = input.as_mut() else {
+        return Ok(None);
+    };
+    if let Err(secs) = b.take(estimate) {
+        if let Some(r) = requests.as_mut() {
+            r.adjust(1.0);
+        }
+        return Err((secs, INPUT_TOKENS_LIMITED));
+    }
+    Ok(Some(estimate))
+}
+
+/// The `anthropic-ratelimit-*` headers of the limits in force, as they stand now.
+fn ratelimit_headers(inner: &Inner) -> Vec<(String, String)> {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let mut out = Vec::new();
+    if let Some(b) = lock(&inner.bucket).as_mut() {
+        b.describe("requests", now, wall, &mut out);
+    }
+    if let Some(b) = lock(&inner.input_bucket).as_mut() {
+        b.describe("input-tokens", now, wall, &mut out);
+        // `tokens-*` is the most restrictive token limit in force; the mock has only this one.
+        b.describe("tokens", now, wall, &mut out);
+    }
+    out
+}
+
 /// Answer one `/v1/messages` request. Returns whether the connection may be reused.
 fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Result<bool> {
+    let _in_flight = InFlight::enter(inner);
+    let arrival = inner.arrivals.fetch_add(1, Ordering::SeqCst);
     let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
     let (prompt, user_turns, tools, model, stream, tool_result, tool_error) = inspect(&body);
     let rec = RecordedRequest {
@@ -885,38 +1283,113 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
         tool_result,
         path: req.path.clone(),
         body,
+        headers: req.headers.clone(),
         cache_read: 0,
         cache_write: 0,
         input_tokens: 0,
     };
-    let idx = {
-        let mut reqs = lock(&inner.requests);
-        reqs.push(rec.clone());
-        reqs.len() - 1
-    };
+    let slot = record(inner, &rec);
     // The cache as the request finds it on arrival.
     let found = lock(&inner.cache).look_up(&rec.body, Instant::now());
-    let set_status = |code: u16| {
-        if let Some(r) = lock(&inner.requests).get_mut(idx) {
-            r.status = code;
+    let set_status = |code: u16| update(inner, slot, |r| r.status = code);
+
+    // Decided on arrival, as the API does: the model, then the rate limits, then (soak tests)
+    // an injected failure.
+    let unknown_model = lock(&inner.known_models)
+        .as_ref()
+        .is_some_and(|known| !known.contains(&rec.model));
+    let admitted = if unknown_model {
+        Ok(None)
+    } else {
+        admit(inner, InputTokens::plain(req.body.len()).input as f64)
+    };
+    let injected = match (&admitted, *lock(&inner.faults)) {
+        (Ok(_), Some(mix)) if !unknown_model => mix.draw(arrival),
+        _ => None,
+    };
+    if injected.is_some() {
+        inner.injected.fetch_add(1, Ordering::SeqCst);
+    }
+    let latency = *lock(&inner.latency);
+    sleep_unless_shutdown(inner, latency);
+
+    if unknown_model {
+        set_status(404);
+        let body = error_body("not_found_error", &format!("model: {}", rec.model));
+        send_error_body(w, &ratelimit_headers(inner), 404, None, &body)?;
+        return Ok(true);
+    }
+    let reserved = match admitted {
+        Ok(reserved) => reserved,
+        Err((secs, message)) => {
+            inner.rate_limited.fetch_add(1, Ordering::SeqCst);
+            set_status(429);
+            send_error(w, &ratelimit_headers(inner), 429, Some(secs), message)?;
+            return Ok(true);
+        }
+    };
+    // Bill the request: in its record, and in the input-token limit (which took an estimate).
+    let bill = |tokens: InputTokens| {
+        update(inner, slot, |r| {
+            r.cache_read = tokens.read;
+            r.cache_write = tokens.write;
+            r.input_tokens = tokens.input;
+        });
+        if let (Some(reserved), Some(b)) = (reserved, lock(&inner.input_bucket).as_mut()) {
+            b.adjust(reserved - (tokens.input + tokens.write) as f64);
         }
     };
 
-    // Rate limit first, as the real API does.
-    let limited = lock(&inner.bucket)
-        .as_mut()
-        .map(|b| b.take())
-        .unwrap_or(Ok(()));
-    if let Err(secs) = limited {
-        inner.rate_limited.fetch_add(1, Ordering::SeqCst);
-        set_status(429);
-        send_error(
-            w,
-            429,
-            Some(secs),
-            "Number of requests has exceeded your rate limit (mock).",
-        )?;
-        return Ok(true);
+    if let Some(fault) = injected {
+        bill(InputTokens::plain(req.body.len()));
+        let head = ratelimit_headers(inner);
+        set_status(match fault {
+            Injected::RateLimited(_) => 429,
+            Injected::Overloaded => 529,
+            Injected::ServerError => 500,
+            Injected::Dropped => 0,
+            Injected::CutStream => 200,
+        });
+        let keep = match fault {
+            Injected::RateLimited(secs) => {
+                let message = "Rate limited (mock injected fault).";
+                send_error(w, &head, 429, Some(secs), message)?;
+                true
+            }
+            Injected::Overloaded => {
+                send_error(w, &head, 529, None, "Overloaded (mock injected fault).")?;
+                true
+            }
+            Injected::ServerError => {
+                send_error(
+                    w,
+                    &head,
+                    500,
+                    None,
+                    "Internal server error (mock injected fault).",
+                )?;
+                true
+            }
+            Injected::Dropped => {
+                let _ = w.shutdown(Shutdown::Both);
+                false
+            }
+            Injected::CutStream => {
+                let tokens = InputTokens::plain(req.body.len());
+                let cut_at = Some(echo_text(&rec.prompt));
+                cut(
+                    w,
+                    &head,
+                    stream,
+                    &next_message_id(),
+                    &rec.model,
+                    tokens,
+                    cut_at.as_deref(),
+                )?;
+                false
+            }
+        };
+        return Ok(keep);
     }
 
     let mut reply = if tool_result && !tool_error {
@@ -927,7 +1400,8 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
             Ok(r) => r,
             Err(_) => {
                 set_status(500);
-                send_error(w, 500, None, "mock reply function panicked")?;
+                let head = ratelimit_headers(inner);
+                send_error(w, &head, 500, None, "mock reply function panicked")?;
                 return Ok(true);
             }
         }
@@ -955,98 +1429,95 @@ fn handle_messages(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Resul
     // The response begins now: what it reads from the cache, and what it writes there (readable
     // by requests that arrive from now on).
     let tokens = match &reply {
-        Reply::Fault(Fault::Status { .. }) => InputTokens::plain(req.body.len()),
+        Reply::Fault(Fault::Status { .. } | Fault::SpendLimit) => {
+            InputTokens::plain(req.body.len())
+        }
         _ => lock(&inner.cache).begin(found, req.body.len(), Instant::now()),
     };
-    if let Some(r) = lock(&inner.requests).get_mut(idx) {
-        r.cache_read = tokens.read;
-        r.cache_write = tokens.write;
-        r.input_tokens = tokens.input;
-    }
-    let (code, keep) = match &reply {
+    bill(tokens);
+    let head = ratelimit_headers(inner);
+    let head = head.as_slice();
+    // The status is recorded before the response goes out: a client that has its answer
+    // finds it recorded.
+    set_status(match &reply {
+        Reply::Fault(Fault::Status { code, .. }) => *code,
+        Reply::Fault(Fault::SpendLimit) => 429,
+        _ => 200,
+    });
+    let keep = match &reply {
         Reply::Fault(Fault::Status { code, retry_after }) => {
-            send_error(w, *code, *retry_after, &format!("mock fault {code}"))?;
-            (*code, true)
+            send_error(w, head, *code, *retry_after, &format!("mock fault {code}"))?;
+            true
+        }
+        Reply::Fault(Fault::SpendLimit) => {
+            let body = error_body("rate_limit_error", SPEND_LIMIT_MESSAGE);
+            send_error_body(w, head, 429, None, &body)?;
+            true
         }
         Reply::Fault(Fault::CutStream) => {
-            set_status(200);
-            cut(w, stream, &id, &rec.model, tokens)?;
-            (200, false)
+            cut(w, head, stream, &id, &rec.model, tokens, None)?;
+            false
         }
         Reply::Text(t) => {
-            send_message(
-                w,
-                stream,
-                &id,
-                &rec.model,
-                tokens,
-                Block::Text(t, "end_turn"),
-            )?;
-            (200, true)
+            let block = Block::Text(t, "end_turn");
+            send_message(w, head, stream, &id, &rec.model, tokens, block)?;
+            true
         }
         Reply::Stop { text, stop_reason } => {
-            send_message(
-                w,
-                stream,
-                &id,
-                &rec.model,
-                tokens,
-                Block::Text(text, stop_reason),
-            )?;
-            (200, true)
+            let block = Block::Text(text, stop_reason);
+            send_message(w, head, stream, &id, &rec.model, tokens, block)?;
+            true
         }
         Reply::Fault(Fault::NoStop(partial, whole)) => {
-            set_status(200);
             if stream {
-                send_without_stop(w, &id, &rec.model, tokens, partial, None)?;
+                send_without_stop(w, head, &id, &rec.model, tokens, partial, None)?;
             } else {
-                send_message(
-                    w,
-                    stream,
-                    &id,
-                    &rec.model,
-                    tokens,
-                    Block::Text(whole, "end_turn"),
-                )?;
+                let block = Block::Text(whole, "end_turn");
+                send_message(w, head, stream, &id, &rec.model, tokens, block)?;
             }
-            (200, true)
+            true
         }
         Reply::Fault(Fault::EndsBeforeStop { text, stop_reason }) => {
-            set_status(200);
             if stream {
                 let ending = Some(stop_reason.as_deref());
-                send_without_stop(w, &id, &rec.model, tokens, text, ending)?;
+                send_without_stop(w, head, &id, &rec.model, tokens, text, ending)?;
             } else {
-                send_message(
-                    w,
-                    stream,
-                    &id,
-                    &rec.model,
-                    tokens,
-                    Block::Text(text, "end_turn"),
-                )?;
+                let block = Block::Text(text, "end_turn");
+                send_message(w, head, stream, &id, &rec.model, tokens, block)?;
             }
-            (200, true)
+            true
         }
         Reply::StructuredOutput(v) => {
+            let name = forced_tool(&rec.body).unwrap_or(STRUCTURED_OUTPUT_TOOL);
             send_message(
                 w,
+                head,
                 stream,
                 &id,
                 &rec.model,
                 tokens,
-                Block::Tool(STRUCTURED_OUTPUT_TOOL, v),
+                Block::Tool(name, v),
             )?;
-            (200, true)
+            true
         }
         Reply::ToolUse { name, input } => {
-            send_message(w, stream, &id, &rec.model, tokens, Block::Tool(name, input))?;
-            (200, true)
+            let block = Block::Tool(name, input);
+            send_message(w, head, stream, &id, &rec.model, tokens, block)?;
+            true
         }
         Reply::After(..) | Reply::WithId(..) | Reply::Fault(Fault::Slow(_)) => unreachable!(),
     };
-    set_status(code);
     Ok(keep)
+}
+
+/// The tool a request's `tool_choice` forces (`{"type":"tool","name":X}`): a client that asks
+/// for structured output through its own tool gets the call under that tool's name.
+fn forced_tool(body: &Value) -> Option<&str> {
+    let choice = body.get("tool_choice")?;
+    if choice.get("type").and_then(Value::as_str) != Some("tool") {
+        return None;
+    }
+    choice.get("name").and_then(Value::as_str)
 }
 
 fn sleep_unless_shutdown(inner: &Inner, d: Duration) {
@@ -1060,17 +1531,35 @@ fn sleep_unless_shutdown(inner: &Inner, d: Duration) {
     }
 }
 
-fn send_error(w: &mut TcpStream, code: u16, retry_after: Option<u32>, msg: &str) -> io::Result<()> {
-    let body = json!({
-        "type": "error",
-        "error": {"type": error_type(code), "message": msg},
-        "request_id": "req_mock",
-    })
-    .to_string();
-    let mut extra = vec![("request-id", "req_mock".to_string())];
+fn error_body(kind: &str, message: &str) -> Value {
+    json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
+fn send_error(
+    w: &mut TcpStream,
+    head: &[(String, String)],
+    code: u16,
+    retry_after: Option<u32>,
+    msg: &str,
+) -> io::Result<()> {
+    let mut body = error_body(error_type(code), msg);
+    body["request_id"] = json!("req_mock");
+    send_error_body(w, head, code, retry_after, &body)
+}
+
+fn send_error_body(
+    w: &mut TcpStream,
+    head: &[(String, String)],
+    code: u16,
+    retry_after: Option<u32>,
+    body: &Value,
+) -> io::Result<()> {
+    let mut extra = vec![("request-id".to_string(), "req_mock".to_string())];
+    extra.extend_from_slice(head);
     if let Some(s) = retry_after {
-        extra.push(("retry-after", s.to_string()));
+        extra.push(("retry-after".to_string(), s.to_string()));
     }
+    let body = body.to_string();
     write_response(w, code, &extra, "application/json", body.as_bytes(), false)
 }
 
@@ -1119,11 +1608,16 @@ fn chunk(w: &mut TcpStream, s: &str) -> io::Result<()> {
     w.write_all(format!("{:x}\r\n{s}\r\n", s.len()).as_bytes())
 }
 
-fn sse_head(w: &mut TcpStream) -> io::Result<()> {
-    w.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
-cache-control: no-cache\r\nrequest-id: req_mock\r\ntransfer-encoding: chunked\r\n\r\n",
-    )
+fn sse_head(w: &mut TcpStream, head: &[(String, String)]) -> io::Result<()> {
+    let mut out = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
+cache-control: no-cache\r\nrequest-id: req_mock\r\ntransfer-encoding: chunked\r\n",
+    );
+    for (k, v) in head {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    w.write_all(out.as_bytes())
 }
 
 /// Split on char boundaries into pieces of about `n` bytes.
@@ -1146,6 +1640,7 @@ fn pieces(s: &str, n: usize) -> Vec<&str> {
 
 fn send_message(
     w: &mut TcpStream,
+    head: &[(String, String)],
     stream: bool,
     id: &str,
     model: &str,
@@ -1173,16 +1668,12 @@ fn send_message(
             "id": id, "type": "message", "role": "assistant", "model": model,
             "content": [content], "stop_reason": stop, "stop_sequence": null, "usage": usage,
         });
-        return write_response(
-            w,
-            200,
-            &[("request-id", "req_mock".into())],
-            "application/json",
-            msg.to_string().as_bytes(),
-            false,
-        );
+        let mut extra = vec![("request-id".to_string(), "req_mock".to_string())];
+        extra.extend_from_slice(head);
+        let body = msg.to_string();
+        return write_response(w, 200, &extra, "application/json", body.as_bytes(), false);
     }
-    sse_head(w)?;
+    sse_head(w, head)?;
     let mut out = sse("message_start", &message_start(id, model, tokens));
     let (start_block, deltas): (Value, Vec<Value>) = match &block {
         Block::Text(t, _) => (
@@ -1234,13 +1725,14 @@ fn send_message(
 /// without, the stream stops inside the block.
 fn send_without_stop(
     w: &mut TcpStream,
+    head: &[(String, String)],
     id: &str,
     model: &str,
     tokens: InputTokens,
     text: &str,
     ending: Option<Option<&str>>,
 ) -> io::Result<()> {
-    sse_head(w)?;
+    sse_head(w, head)?;
     let mut out = sse("message_start", &message_start(id, model, tokens));
     out += &sse(
         "content_block_start",
@@ -1268,27 +1760,721 @@ fn send_without_stop(
     w.flush()
 }
 
+/// Start a 200 response and close the connection partway. A stream sends `message_start`
+/// and, given the answer's text, its text block's start, a delta with the first half of the
+/// text and the first half of the next delta's bytes (cut inside an event and inside a
+/// chunk, as a dropped connection does). A non-streaming response sends half its body.
 fn cut(
     w: &mut TcpStream,
+    head: &[(String, String)],
     stream: bool,
     id: &str,
     model: &str,
     tokens: InputTokens,
+    text: Option<&str>,
 ) -> io::Result<()> {
     if stream {
-        sse_head(w)?;
-        chunk(w, &sse("message_start", &message_start(id, model, tokens)))?;
+        sse_head(w, head)?;
+        let mut out = sse("message_start", &message_start(id, model, tokens));
+        if let Some(text) = text {
+            let mut halves = pieces(text, text.len().div_ceil(2).max(1)).into_iter();
+            let (first, second) = (halves.next().unwrap_or(""), halves.next().unwrap_or(""));
+            let delta = |t: &str| {
+                sse(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "text_delta", "text": t}}),
+                )
+            };
+            out += &sse(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}}),
+            );
+            out += &delta(first);
+            chunk(w, &out)?;
+            let next = delta(second);
+            w.write_all(format!("{:x}\r\n", next.len()).as_bytes())?;
+            w.write_all(&next.as_bytes()[..next.len() / 2])?;
+        } else {
+            chunk(w, &out)?;
+        }
     } else {
         let body = message_start(id, model, tokens)["message"].to_string();
         let half = &body.as_bytes()[..body.len() / 2];
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
             body.len()
         );
-        w.write_all(head.as_bytes())?;
+        for (k, v) in head {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        w.write_all(out.as_bytes())?;
         w.write_all(half)?;
     }
     w.flush()?;
     let _ = w.shutdown(Shutdown::Both);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One response as a plain HTTP/1.1 client reads it.
+    struct Response {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Response {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        fn json(&self) -> Value {
+            serde_json::from_slice(&self.body).expect("a JSON body")
+        }
+
+        /// The SSE events of a streamed body: (event name, data).
+        fn events(&self) -> Vec<(String, Value)> {
+            String::from_utf8_lossy(&self.body)
+                .split("\n\n")
+                .filter(|e| !e.trim().is_empty())
+                .map(|e| {
+                    let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+                    let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                    (name.to_string(), serde_json::from_str(data).unwrap())
+                })
+                .collect()
+        }
+    }
+
+    /// A keep-alive client on one connection, the way a blocking HTTP client uses it.
+    struct Client {
+        r: BufReader<TcpStream>,
+        w: TcpStream,
+    }
+
+    impl Client {
+        fn connect(api: &MockApi) -> Client {
+            let w = TcpStream::connect(api.addr()).unwrap();
+            Client {
+                r: BufReader::new(w.try_clone().unwrap()),
+                w,
+            }
+        }
+
+        fn send(&mut self, headers: &[(&str, &str)], body: &Value) {
+            let body = body.to_string();
+            let mut head = format!(
+                "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: {}\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            // One write: head and body in two would wait on Nagle and delayed ACKs (40 ms).
+            head.push_str(&body);
+            self.w.write_all(head.as_bytes()).unwrap();
+        }
+
+        /// The next response; an error if the connection closes before it is whole.
+        fn response(&mut self) -> io::Result<Response> {
+            let status_line = read_line(&mut self.r)?.ok_or_else(|| bad("closed"))?;
+            let status = status_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| bad("status line"))?;
+            let mut headers = Vec::new();
+            loop {
+                let l = read_line(&mut self.r)?.ok_or_else(|| bad("eof in headers"))?;
+                if l.is_empty() {
+                    break;
+                }
+                let (k, v) = l.split_once(':').unwrap();
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+            let mut resp = Response {
+                status,
+                headers,
+                body: Vec::new(),
+            };
+            if resp.header("transfer-encoding") == Some("chunked") {
+                loop {
+                    let l = read_line(&mut self.r)?.ok_or_else(|| bad("eof in chunk"))?;
+                    let size = usize::from_str_radix(l.trim(), 16).map_err(|_| bad("size"))?;
+                    let start = resp.body.len();
+                    resp.body.resize(start + size, 0);
+                    self.r.read_exact(&mut resp.body[start..])?;
+                    read_line(&mut self.r)?;
+                    if size == 0 {
+                        break;
+                    }
+                }
+            } else {
+                let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+                resp.body.resize(len, 0);
+                self.r.read_exact(&mut resp.body)?;
+            }
+            Ok(resp)
+        }
+
+        /// Everything the server sends until it closes the connection.
+        fn rest(&mut self) -> Vec<u8> {
+            let mut out = Vec::new();
+            let _ = self.r.read_to_end(&mut out);
+            out
+        }
+
+        fn call(&mut self, body: &Value) -> Response {
+            self.send(&[], body);
+            self.response().unwrap()
+        }
+    }
+
+    /// A request body the way the HTTP backend sends it, `stream` as given.
+    fn body(prompt: &str, stream: bool) -> Value {
+        json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "stream": stream,
+            "system": [{"type": "text", "text": "You sort support tickets by urgency."}],
+            "messages": [{"role": "user", "content": prompt}],
+        })
+    }
+
+    /// A ticket of the length a user's item has.
+    fn ticket(n: usize) -> String {
+        format!(
+            "Ticket {n}: since this morning's update the invoice export stops at about eighty \
+percent and the browser shows a spinner that never ends; we have a board meeting tomorrow \
+and need last quarter's invoices as a spreadsheet, please advise what we can do meanwhile."
+        )
+    }
+
+    #[test]
+    fn records_headers_lower_cased_in_order_and_redacts_the_key_in_debug() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        c.send(
+            &[
+                ("X-Api-Key", "sk-ant-test-secret"),
+                ("Anthropic-Version", "2023-06-01"),
+                ("Content-Type", "application/json"),
+            ],
+            &body(&ticket(1), false),
+        );
+        assert_eq!(c.response().unwrap().status, 200);
+        let rec = api.last_request().unwrap();
+        let names: Vec<&str> = rec.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "content-length",
+                "x-api-key",
+                "anthropic-version",
+                "content-type"
+            ]
+        );
+        assert!(rec
+            .headers
+            .contains(&("x-api-key".into(), "sk-ant-test-secret".into())));
+        assert!(rec
+            .headers
+            .contains(&("anthropic-version".into(), "2023-06-01".into())));
+        let debug = format!("{rec:?}");
+        assert!(!debug.contains("sk-ant-test-secret"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
+    }
+
+    #[test]
+    fn one_keep_alive_connection_serves_300_requests_streaming_and_not() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        for i in 0..300 {
+            let stream = i % 2 == 0;
+            let prompt = ticket(i);
+            let resp = c.call(&body(&prompt, stream));
+            assert_eq!(resp.status, 200, "request {i}");
+            let text = if stream {
+                let events = resp.events();
+                assert_eq!(events.last().unwrap().0, "message_stop", "request {i}");
+                events
+                    .iter()
+                    .filter_map(|(_, d)| d["delta"]["text"].as_str())
+                    .collect::<String>()
+            } else {
+                resp.json()["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
+            assert_eq!(text, format!("echo: {prompt}"), "request {i}");
+        }
+        assert_eq!(api.request_count(), 300);
+    }
+
+    #[test]
+    fn a_forced_tool_gets_the_structured_output_under_its_own_name() {
+        let api = MockApi::start();
+        api.set_reply(|_| Reply::StructuredOutput(json!({"urgency": "high"})));
+        let mut c = Client::connect(&api);
+        let mut forced = body(&ticket(2), true);
+        forced["tools"] = json!([{"name": "record_answer", "description": "Record the answer.",
+            "input_schema": {"type": "object", "properties": {"urgency": {"type": "string"}}}}]);
+        forced["tool_choice"] = json!({"type": "tool", "name": "record_answer"});
+        let events = c.call(&forced).events();
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let block = &events[1].1["content_block"];
+        assert_eq!(block["type"], "tool_use");
+        assert_eq!(block["name"], "record_answer");
+        assert_eq!(block["input"], json!({}));
+        assert_eq!(events[2].1["delta"]["type"], "input_json_delta");
+        let partial = events[2].1["delta"]["partial_json"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(partial).unwrap(),
+            json!({"urgency": "high"})
+        );
+        assert_eq!(events[4].1["delta"]["stop_reason"], "tool_use");
+
+        // Without a forced tool, the CLI's tool name as before.
+        let mut cli_like = body(&ticket(3), false);
+        cli_like["tools"] = json!([{"name": STRUCTURED_OUTPUT_TOOL, "input_schema": {}}]);
+        let msg = c.call(&cli_like).json();
+        assert_eq!(msg["content"][0]["name"], STRUCTURED_OUTPUT_TOOL);
+    }
+
+    #[test]
+    fn a_cached_system_block_is_written_once_then_read() {
+        let api = MockApi::start();
+        api.set_cache_min_tokens(1024);
+        let rules = "Urgency is HIGH when customers cannot work, MEDIUM when a workaround \
+exists, LOW otherwise; answer with the level and one sentence of reasons. "
+            .repeat(40);
+        assert!((5_500..7_000).contains(&rules.len()), "{}", rules.len());
+        let request = |n: usize| {
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1024,
+                "stream": true,
+                "system": [
+                    {"type": "text", "text": "You sort support tickets."},
+                    {"type": "text", "text": rules, "cache_control": {"type": "ephemeral"}},
+                ],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": ticket(n)}]}],
+            })
+        };
+        let mut c = Client::connect(&api);
+        let first = c.call(&request(1)).events();
+        let second = c.call(&request(2)).events();
+        let usage = |events: &[(String, Value)]| events[0].1["message"]["usage"].clone();
+        let (first, second) = (usage(&first), usage(&second));
+        let write = first["cache_creation_input_tokens"].as_u64().unwrap();
+        assert!(write >= 1024, "{first}");
+        assert_eq!(first["cache_read_input_tokens"], 0, "{first}");
+        assert_eq!(second["cache_read_input_tokens"], write, "{second}");
+        assert_eq!(second["cache_creation_input_tokens"], 0, "{second}");
+        let recs = api.requests();
+        assert_eq!(
+            (recs[0].cache_write as u64, recs[1].cache_read as u64),
+            (write, write)
+        );
+    }
+
+    /// A request's whole raw response on its own connection (`connection: close`), read until
+    /// the server closes it: what a client sees of a dropped or cut response too.
+    fn raw_call(api: &MockApi, body: &Value) -> Vec<u8> {
+        let mut c = Client::connect(api);
+        c.send(&[("connection", "close")], body);
+        c.rest()
+    }
+
+    fn header_of<'a>(resp: &'a Response, name: &str) -> &'a str {
+        resp.header(name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", resp.headers))
+    }
+
+    fn number(resp: &Response, name: &str) -> i64 {
+        header_of(resp, name).parse().unwrap()
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SSZ`, digits where digits go.
+    fn is_rfc3339_utc(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.len() == 20
+            && b.iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b'-',
+                10 => *c == b'T',
+                13 | 16 => *c == b':',
+                19 => *c == b'Z',
+                _ => c.is_ascii_digit(),
+            })
+    }
+
+    #[test]
+    fn rfc3339_dates_round_up_to_the_second() {
+        let at = |secs: u64, nanos: u32| rfc3339(UNIX_EPOCH + Duration::new(secs, nanos));
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(0, 1), "1970-01-01T00:00:01Z");
+        assert_eq!(at(1_000_000_000, 0), "2001-09-09T01:46:40Z");
+        assert_eq!(at(1_709_164_800, 0), "2024-02-29T00:00:00Z");
+        assert_eq!(at(4_102_444_799, 500), "2100-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn the_requests_limit_shows_in_headers_on_200s_and_429s() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let plain = c.call(&body(&ticket(0), false));
+        assert!(plain.header("anthropic-ratelimit-requests-limit").is_none());
+
+        api.set_rate_limit(Some(3));
+        for left in [2, 1, 0] {
+            let resp = c.call(&body(&ticket(left as usize), left % 2 == 0));
+            assert_eq!(resp.status, 200);
+            assert_eq!(number(&resp, "anthropic-ratelimit-requests-limit"), 3);
+            assert_eq!(
+                number(&resp, "anthropic-ratelimit-requests-remaining"),
+                left
+            );
+            let reset = header_of(&resp, "anthropic-ratelimit-requests-reset");
+            assert!(is_rfc3339_utc(reset), "{reset}");
+            assert!(resp.header("anthropic-ratelimit-tokens-limit").is_none());
+        }
+        let refused = c.call(&body(&ticket(9), true));
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
+        assert!(number(&refused, "retry-after") >= 1);
+        assert_eq!(
+            number(&refused, "anthropic-ratelimit-requests-remaining"),
+            0
+        );
+        assert_eq!(number(&refused, "anthropic-ratelimit-requests-limit"), 3);
+        // Full again in about a minute (3 taken at 3 a minute).
+        let reset = header_of(&refused, "anthropic-ratelimit-requests-reset");
+        assert!(reset > rfc3339(SystemTime::now()).as_str(), "{reset}");
+        assert_eq!(api.rate_limited(), 1);
+        assert_eq!(api.requests()[4].status, 429);
+    }
+
+    #[test]
+    fn the_input_token_limit_counts_uncached_input_and_cache_writes_not_reads() {
+        let api = MockApi::start();
+        api.set_cache_min_tokens(1024);
+        api.set_input_token_limit(Some(4_000));
+        let rules = "Urgency is HIGH when customers cannot work, MEDIUM when a workaround \
+exists, LOW otherwise; answer with the level and one sentence of reasons. "
+            .repeat(40);
+        let cached = |n: usize| {
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1024,
+                "system": [{"type": "text", "text": rules, "cache_control": {"type": "ephemeral"}}],
+                "messages": [{"role": "user", "content": ticket(n)}],
+            })
+        };
+        let mut c = Client::connect(&api);
+        let first = c.call(&cached(1));
+        let second = c.call(&cached(2));
+        assert_eq!((first.status, second.status), (200, 200));
+        let recs = api.requests();
+        assert!(recs[0].cache_write >= 1024 && recs[1].cache_read >= 1024);
+        for resp in [&first, &second] {
+            assert_eq!(
+                number(resp, "anthropic-ratelimit-input-tokens-limit"),
+                4_000
+            );
+            for field in ["limit", "remaining", "reset"] {
+                assert_eq!(
+                    header_of(resp, &format!("anthropic-ratelimit-tokens-{field}")),
+                    header_of(resp, &format!("anthropic-ratelimit-input-tokens-{field}")),
+                );
+            }
+            let reset = header_of(resp, "anthropic-ratelimit-input-tokens-reset");
+            assert!(is_rfc3339_utc(reset), "{reset}");
+        }
+        let left = |resp: &Response| number(resp, "anthropic-ratelimit-input-tokens-remaining");
+        // The first paid its input and its cache write; the second only its input (the
+        // bucket refills at ~67 tokens/s, far less than the ~1,500 a counted read would take).
+        let first_cost = (recs[0].input_tokens + recs[0].cache_write) as i64;
+        assert!(left(&first) <= 4_000 - first_cost + 100, "{}", left(&first));
+        let read = recs[1].cache_read as i64;
+        assert!(
+            left(&second) > left(&first) - read,
+            "{} {}",
+            left(&second),
+            left(&first)
+        );
+        assert!(left(&second) <= left(&first) - recs[1].input_tokens as i64 + 100);
+
+        // Uncached and larger than what is left: refused until the bucket has refilled.
+        let big = body(&ticket(3).repeat(45), false);
+        let refused = c.call(&big);
+        assert_eq!(refused.status, 429, "{}", left(&second));
+        assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
+        assert!(number(&refused, "retry-after") >= 1);
+        assert!(refused
+            .header("anthropic-ratelimit-input-tokens-remaining")
+            .is_some());
+        // Larger than the limit itself: it never fits.
+        let huge = c.call(&body(&ticket(4).repeat(80), false));
+        assert_eq!((huge.status, number(&huge, "retry-after")), (429, 60));
+        assert_eq!(api.rate_limited(), 2);
+    }
+
+    #[test]
+    fn latency_holds_the_first_byte_after_the_request_is_recorded() {
+        let api = MockApi::start();
+        let latency = Duration::from_millis(300);
+        api.set_latency(latency);
+        let mut c = Client::connect(&api);
+        for stream in [true, false] {
+            c.send(&[], &body(&ticket(5), stream));
+            // Wait for the first byte without consuming it.
+            assert!(!c.r.fill_buf().unwrap().is_empty());
+            let first_byte = Instant::now();
+            // A lower bound only: the mock sleeps at least that long once it has the request.
+            let recorded = api.last_request().unwrap().at;
+            assert!(
+                first_byte - recorded >= latency,
+                "{:?}",
+                first_byte - recorded
+            );
+            assert_eq!(c.response().unwrap().status, 200);
+        }
+        api.set_latency(Duration::ZERO);
+        assert_eq!(c.call(&body(&ticket(6), true)).status, 200);
+    }
+
+    /// What a client saw of one raw response.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Seen {
+        Ok,
+        Status(u16),
+        Dropped,
+        Cut,
+    }
+
+    fn seen(raw: &[u8]) -> Seen {
+        let text = String::from_utf8_lossy(raw);
+        if raw.is_empty() {
+            return Seen::Dropped;
+        }
+        let code: u16 = text[9..12].parse().unwrap();
+        match code {
+            200 if text.contains("event: message_stop") => Seen::Ok,
+            200 => Seen::Cut,
+            c => Seen::Status(c),
+        }
+    }
+
+    #[test]
+    fn injected_faults_are_deterministic_evenly_mixed_and_skip_the_reply() {
+        let api = MockApi::start();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        api.set_reply_with(move |r| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            echo(&r.prompt)
+        });
+        let mix = FaultMix {
+            rate: 0.5,
+            seed: 42,
+            retry_after_secs: 7,
+        };
+        let run = || -> Vec<Seen> {
+            api.set_faults(Some(mix));
+            (0..200)
+                .map(|i| {
+                    let raw = raw_call(&api, &body(&ticket(i), true));
+                    let text = String::from_utf8_lossy(&raw);
+                    let got = seen(&raw);
+                    match got {
+                        Seen::Status(429) => assert!(text.contains("retry-after: 7\r\n")),
+                        Seen::Status(529) => assert!(text.contains("overloaded_error")),
+                        Seen::Status(500) => assert!(text.contains("\"api_error\"")),
+                        Seen::Cut => {
+                            assert!(text.contains("event: message_start"));
+                            assert!(text.contains("\"text_delta\""));
+                            assert!(!text.contains("message_delta"));
+                            assert!(!text.ends_with("0\r\n\r\n"));
+                        }
+                        Seen::Ok | Seen::Dropped => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                    got
+                })
+                .collect()
+        };
+        let first = run();
+        let faulted = first.iter().filter(|s| **s != Seen::Ok).count();
+        assert!((60..140).contains(&faulted), "{faulted} of 200");
+        assert_eq!(api.injected_faults(), faulted);
+        assert_eq!(calls.load(Ordering::SeqCst), 200 - faulted);
+        for kind in [
+            Seen::Status(429),
+            Seen::Status(529),
+            Seen::Status(500),
+            Seen::Dropped,
+            Seen::Cut,
+        ] {
+            let n = first.iter().filter(|s| **s == kind).count();
+            assert!(n >= 5, "{kind:?}: {n} of {faulted}");
+        }
+        let statuses: Vec<u16> = api.requests().iter().map(|r| r.status).collect();
+        let expected: Vec<u16> = first
+            .iter()
+            .map(|s| match s {
+                Seen::Ok | Seen::Cut => 200,
+                Seen::Status(c) => *c,
+                Seen::Dropped => 0,
+            })
+            .collect();
+        assert_eq!(statuses, expected);
+        // The same seed and arrival order again: the same faults.
+        assert_eq!(run(), first);
+        assert_eq!(
+            api.rate_limited(),
+            0,
+            "injected 429s are not the rate limiter's"
+        );
+
+        api.set_faults(None);
+        assert_eq!(seen(&raw_call(&api, &body(&ticket(1), true))), Seen::Ok);
+    }
+
+    #[test]
+    fn spend_limit_is_a_429_without_retry_after() {
+        let api = MockApi::start();
+        api.set_reply(|_| Reply::Fault(Fault::SpendLimit));
+        let mut c = Client::connect(&api);
+        let resp = c.call(&body(&ticket(6), true));
+        assert_eq!(resp.status, 429);
+        assert!(resp.header("retry-after").is_none());
+        assert_eq!(
+            resp.json(),
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message":
+                "You have reached your specified API usage limits. You will regain access on 2027-01-01 at 00:00 UTC."}})
+        );
+        assert_eq!(api.rate_limited(), 0);
+        assert_eq!(api.last_request().unwrap().status, 429);
+        // The connection stays usable.
+        api.set_reply(|p| Reply::text(format!("ok {}", p.len())));
+        assert_eq!(c.call(&body(&ticket(7), false)).status, 200);
+    }
+
+    #[test]
+    fn an_unknown_model_is_404_not_found() {
+        let api = MockApi::start();
+        api.set_known_models(Some(vec!["claude-sonnet-4-5".into()]));
+        let mut c = Client::connect(&api);
+        assert_eq!(c.call(&body(&ticket(8), true)).status, 200);
+        let mut wrong = body(&ticket(9), true);
+        wrong["model"] = json!("claude-sonet-4-5");
+        let resp = c.call(&wrong);
+        assert_eq!(resp.status, 404);
+        assert_eq!(
+            resp.json(),
+            json!({"type": "error", "error": {"type": "not_found_error",
+                "message": "model: claude-sonet-4-5"}})
+        );
+        assert_eq!(api.last_request().unwrap().status, 404);
+        api.set_known_models(None);
+        assert_eq!(c.call(&wrong).status, 200);
+    }
+
+    #[test]
+    fn serves_256_connections_in_flight_at_once() {
+        const N: usize = 256;
+        let api = MockApi::start();
+        // Each reply waits until all N are being answered: this passes only if the mock
+        // really holds N at once (a deadline turns a failure into an error, not a hang).
+        let arrived = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let gate = Arc::clone(&arrived);
+        api.set_reply_with(move |r| {
+            let (count, cv) = &*gate;
+            let mut n = lock(count);
+            *n += 1;
+            cv.notify_all();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while *n < N && Instant::now() < deadline {
+                n = cv.wait_timeout(n, Duration::from_secs(1)).unwrap().0;
+            }
+            if *n < N {
+                return Reply::status(500, None);
+            }
+            echo(&r.prompt)
+        });
+        let clients: Vec<_> = (0..N)
+            .map(|i| {
+                let addr = api.addr();
+                thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn(move || {
+                        let w = TcpStream::connect(addr).unwrap();
+                        let mut c = Client {
+                            r: BufReader::new(w.try_clone().unwrap()),
+                            w,
+                        };
+                        c.call(&body(&ticket(i), i % 2 == 0)).status
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for c in clients {
+            assert_eq!(c.join().unwrap(), 200);
+        }
+        assert_eq!(api.max_in_flight(), N);
+        assert_eq!(api.request_count(), N);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while api.in_flight() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} still in flight",
+                api.in_flight()
+            );
+            thread::yield_now();
+        }
+        api.clear_requests();
+        assert_eq!((api.max_in_flight(), api.request_count()), (0, 0));
+    }
+
+    #[test]
+    fn without_recording_requests_are_counted_not_kept() {
+        let api = MockApi::start();
+        api.set_recording(false);
+        let mut c = Client::connect(&api);
+        for i in 0..50 {
+            assert_eq!(c.call(&body(&ticket(i), i % 2 == 0)).status, 200);
+        }
+        assert_eq!(api.request_count(), 50);
+        assert!(api.requests().is_empty());
+        assert!(api.last_request().is_none());
+        api.set_recording(true);
+        assert_eq!(c.call(&body(&ticket(50), true)).status, 200);
+        assert_eq!(api.request_count(), 51);
+        let kept = api.requests();
+        assert_eq!((kept.len(), kept[0].status), (1, 200));
+        assert!(kept[0].prompt.starts_with("Ticket 50:"));
+    }
 }
