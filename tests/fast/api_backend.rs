@@ -241,7 +241,6 @@ fn an_api_that_cannot_be_reached_stops_the_run_with_what_to_check() {
 }
 
 #[test]
-#[cfg(any())] // needs the mock's recorded headers
 fn the_key_goes_in_its_header_and_nowhere_else() {
     let api = MockApi::start();
     api.set_reply(|_| Reply::status(401, None));
@@ -343,4 +342,79 @@ fn a_cancelled_conversation_ends_its_turn_in_flight() {
     // Ended by the cancel, not by the answer: the gate is still shut.
     assert!(matches!(in_flight, Err(Error::Cancelled)), "{in_flight:?}");
     gate.open();
+}
+
+/// 1,000 items through an API that fails one request in ten (429, 529, 500, a dropped
+/// connection, a cut stream): every item comes back once, with its own answer, and every
+/// request the API saw is counted.
+#[test]
+fn a_thousand_items_through_a_faulty_api_each_come_back_once_with_their_own_answer() {
+    let api = MockApi::start();
+    api.set_recording(false);
+    api.set_faults(Some(support::mock_api::FaultMix {
+        rate: 0.1,
+        seed: 26,
+        retry_after_secs: 0,
+    }));
+    let session = builder(&api)
+        .retry_policy(support::quick_retries(10))
+        .concurrency(16)
+        .build()
+        .unwrap();
+    let items: Vec<String> = (0..1000).map(|i| support::ticket(i, 300)).collect();
+    let outcome: claude_rayon::Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |t| format!("Triage this ticket:\n{t}"))
+        .collect();
+    assert!(
+        outcome.dead_letter.is_empty(),
+        "{:?}",
+        outcome.dead_letter.first()
+    );
+    assert_eq!(outcome.ok.len(), 1000);
+    let mut seen = std::collections::HashSet::new();
+    for (item, response) in &outcome.ok {
+        assert!(seen.insert(item.as_str()), "an item came back twice");
+        assert_eq!(response.text, format!("echo: Triage this ticket:\n{item}"));
+    }
+    let injected = api.injected_faults();
+    assert!(injected >= 50, "only {injected} faults were injected");
+    let stats = session.stats();
+    assert_eq!(stats.succeeded, 1000);
+    assert_eq!(stats.retried as usize, injected, "one retry per fault");
+    assert_eq!(
+        stats.requests as usize,
+        api.request_count(),
+        "every request counted"
+    );
+}
+
+/// Another program has used most of the minute's requests: the API's headers bring the
+/// session's throttle down to what is left, so the API refuses nothing.
+#[test]
+fn the_api_headers_keep_a_session_under_a_limit_another_program_used() {
+    let api = MockApi::start();
+    api.set_rate_limit(Some(600));
+    // The other program: 580 of the 600 requests of this minute.
+    let other = builder(&api).concurrency(8).build().unwrap();
+    let _: Vec<_> = (0..580)
+        .into_par_iter()
+        .claude_map(&other, |i| {
+            format!("Earlier job, item {i}: summarise the week.")
+        })
+        .collect();
+    assert_eq!(api.rate_limited(), 0);
+    // This session thinks it has the whole minute.
+    let session = builder(&api)
+        .requests_per_minute(600)
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let items: Vec<String> = (0..60).map(|i| support::ticket(i, 300)).collect();
+    let outcome: claude_rayon::Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |t| t.clone())
+        .collect();
+    assert_eq!(outcome.ok.len(), 60);
+    assert_eq!(api.rate_limited(), 0, "the API refused requests");
 }
