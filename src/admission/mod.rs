@@ -258,7 +258,7 @@ impl Admission {
     }
 
     /// The API's rate-limit headers: the throttle comes down to the room the API says is
-    /// left, and a limit with nothing left pauses every request until it resets.
+    /// left, and a limit with nothing left pauses every request until it has room for one.
     fn take_servers_word(&self, limits: &ServerLimits) {
         let tokens = limits.tokens.or(limits.input_tokens);
         self.throttle.at_most(
@@ -275,8 +275,12 @@ impl Admission {
         .into_iter()
         .flatten()
         .filter(|l| l.remaining == 0)
-        .filter_map(|l| l.resets_at)
-        .filter_map(|at| at.duration_since(SystemTime::now()).ok())
+        .filter_map(|l| {
+            // The reset is when the limit is whole again; it refills continuously, so one
+            // more request's worth comes after that time over the limit.
+            let whole = l.resets_at?.duration_since(SystemTime::now()).ok()?;
+            Some(whole / u32::try_from(l.limit.unwrap_or(1).max(1)).unwrap_or(u32::MAX))
+        })
         // A clock far off must not stop the run: at most a limit's whole window.
         .map(|wait| wait.min(Duration::from_secs(60)))
         .max();

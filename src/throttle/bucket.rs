@@ -377,11 +377,15 @@ impl Bucket {
     }
 
     /// Lowers each limited dimension's level to what the API says is left (whole requests
-    /// and tokens); never raises it: the API counts requests ours has not sent yet.
+    /// and tokens), less the other requests in flight; never raises it: the API counts
+    /// requests ours has not sent yet.
     pub(crate) fn at_most(&mut self, now: Instant, requests: Option<u64>, tokens: Option<u64>) {
         self.refill(now);
         if let (Some(dim), Some(left)) = (&mut self.requests, requests) {
-            dim.level = dim.level.min(scaled(left));
+            // The other requests in flight may not have reached the API when it answered:
+            // count them as coming (the one that brought the word has arrived).
+            let coming = (dim.in_flight - scaled(1)).max(0);
+            dim.level = dim.level.min(scaled(left) - coming);
         }
         if let (Some(dim), Some(left)) = (&mut self.tokens, tokens) {
             dim.level = dim.level.min(scaled(left));
@@ -476,6 +480,25 @@ mod tests {
         let late = b.join_calls(0, 1);
         let ready = b.try_acquire(t0, late).unwrap_err();
         assert!(ready >= t0 + secs(12), "{:?}", ready - t0);
+    }
+
+    #[test]
+    fn the_apis_word_lowers_the_level_less_the_requests_still_on_their_way() {
+        let t0 = Instant::now();
+        // One request per second, the whole minute's burst.
+        let mut b = Bucket::new(t0, Some((60, 60)), None);
+        let in_flight: Vec<Grant> = (0..3).map(|_| hold(&mut b, t0, 0)).collect();
+        // The API, answering one of the three, says 5 are left: the two others may still
+        // come, so 3 can go now and the fourth waits a second.
+        b.at_most(t0, Some(5), None);
+        for _ in 0..3 {
+            assert_eq!(try_now(&mut b, t0, 0), grant(0));
+        }
+        assert_eq!(try_now(&mut b, t0, 0), Err(t0 + secs(1)));
+        // More room than the bucket has never raises it.
+        b.at_most(t0, Some(50), None);
+        assert_eq!(try_now(&mut b, t0, 0), Err(t0 + secs(1)));
+        drop(in_flight);
     }
 
     #[test]

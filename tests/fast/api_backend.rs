@@ -418,3 +418,51 @@ fn the_api_headers_keep_a_session_under_a_limit_another_program_used() {
     assert_eq!(outcome.ok.len(), 60);
     assert_eq!(api.rate_limited(), 0, "the API refused requests");
 }
+
+#[test]
+fn a_429_that_says_the_spend_limit_is_reached_stops_the_run_without_retries() {
+    let api = MockApi::start();
+    api.set_reply(|_| Reply::Fault(support::mock_api::Fault::SpendLimit));
+    let session = builder(&api).concurrency(2).build().unwrap();
+    let items: Vec<String> = (0..6).map(|i| support::ticket(i, 300)).collect();
+    let outcome: claude_rayon::Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |t| t.clone())
+        .collect();
+    assert_eq!(outcome.dead_letter.len(), 6);
+    assert!(outcome
+        .dead_letter
+        .iter()
+        .any(|f| matches!(f.error, Error::SpendLimitReached { .. })));
+    assert_eq!(session.stats().retried, 0, "a spend limit is not retried");
+    assert!(
+        api.request_count() <= 2,
+        "the run stopped: {}",
+        api.request_count()
+    );
+}
+
+#[test]
+fn retry_after_holds_every_worker_back_that_long() {
+    let api = MockApi::start();
+    let first = std::sync::atomic::AtomicBool::new(true);
+    api.set_reply(move |p| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(429, Some(1))
+        } else {
+            Reply::text(format!("echo: {p}"))
+        }
+    });
+    let session = builder(&api).concurrency(1).build().unwrap();
+    session.query(support::ticket(1, 300)).unwrap();
+    session.query(support::ticket(2, 300)).unwrap();
+    let requests = api.requests();
+    assert_eq!(requests.len(), 3);
+    // The retry and the next item both waited for the API's second, not the 5 ms backoff.
+    let gap = requests[1].at.duration_since(requests[0].at);
+    assert!(
+        gap >= Duration::from_millis(950),
+        "asked again after {gap:?}"
+    );
+    assert!(session.stats().backoff_pauses >= 1);
+}
