@@ -194,7 +194,7 @@ fn the_shared_instructions_are_cached_once_and_read_by_every_other_item() {
     let items: Vec<String> = (0..12).map(|i| support::ticket(i, 300)).collect();
     let results: Vec<_> = items
         .par_iter()
-        .claude_map(&session, |t| t.clone())
+        .claude_map(&session, |t| t.to_string())
         .collect();
     assert!(results.iter().all(Result::is_ok));
     let requests = api.requests();
@@ -413,7 +413,7 @@ fn the_api_headers_keep_a_session_under_a_limit_another_program_used() {
     let items: Vec<String> = (0..60).map(|i| support::ticket(i, 300)).collect();
     let outcome: claude_rayon::Outcome<_, _> = items
         .par_iter()
-        .claude_map(&session, |t| t.clone())
+        .claude_map(&session, |t| t.to_string())
         .collect();
     assert_eq!(outcome.ok.len(), 60);
     assert_eq!(api.rate_limited(), 0, "the API refused requests");
@@ -427,7 +427,7 @@ fn a_429_that_says_the_spend_limit_is_reached_stops_the_run_without_retries() {
     let items: Vec<String> = (0..6).map(|i| support::ticket(i, 300)).collect();
     let outcome: claude_rayon::Outcome<_, _> = items
         .par_iter()
-        .claude_map(&session, |t| t.clone())
+        .claude_map(&session, |t| t.to_string())
         .collect();
     assert_eq!(outcome.dead_letter.len(), 6);
     assert!(outcome
