@@ -41,6 +41,12 @@ fn items_are_answered_over_http_with_exact_usage() {
     let request = api.last_request().unwrap();
     assert_eq!(request.model, "claude-haiku-4-5");
     assert!(request.stream);
+    // Each worker keeps its connection alive from one item to the next.
+    assert!(
+        api.connections_accepted() <= 4,
+        "{} connections for 20 items on 4 workers",
+        api.connections_accepted()
+    );
 }
 
 #[test]

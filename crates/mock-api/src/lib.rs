@@ -798,6 +798,12 @@ impl MockApi {
         self.inner.in_flight.load(Ordering::SeqCst)
     }
 
+    /// The connections accepted since start (the accept loop's own wake-up at drop aside):
+    /// how well a client keeps its connections alive.
+    pub fn connections_accepted(&self) -> usize {
+        (self.inner.next_id.load(Ordering::SeqCst) - 1) as usize
+    }
+
     /// Keep each request's [`RecordedRequest`] (default), or only count requests: a
     /// 50,000-request bench must not grow the mock's memory. Counts
     /// ([`request_count`](Self::request_count), [`rate_limited`](Self::rate_limited), ...)

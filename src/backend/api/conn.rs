@@ -156,6 +156,10 @@ impl ApiConn {
                 }
             }
         });
+        if matches!(read, Ok(true)) {
+            // Read the body to its end, so the connection goes back to the agent alive.
+            let _ = io::copy(&mut reader.take(MAX_ERROR_BODY), &mut io::sink());
+        }
         if let Some(error) = stream_error {
             return Err(CallFailure {
                 error,
