@@ -503,3 +503,75 @@ fn the_examples_never_read_a_file_through_a_link_out_of_their_tree() {
         );
     }
 }
+
+#[test]
+fn categorize_runs_on_the_messages_api_with_backend_api() {
+    let api = claude_rayon_mock_api::MockApi::start();
+    api.set_reply(|prompt| {
+        let category = if prompt.contains("Invoice") || prompt.contains("revenue") {
+            "money"
+        } else if prompt.contains("build") {
+            "tech"
+        } else {
+            "life"
+        };
+        claude_rayon_mock_api::Reply::text(category)
+    });
+    let docs = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        (
+            "a.txt",
+            "Invoice for March: the customer paid twice and asks for a refund.",
+        ),
+        (
+            "b.md",
+            "Our build broke after the compiler upgrade; the linker cannot find libssl.",
+        ),
+        (
+            "c.txt",
+            "Birthday on Saturday at the lake house, bring a cake and a warm jacket.",
+        ),
+        (
+            "d.txt",
+            "Quarterly revenue grew by eight percent, led by the new annual plans.",
+        ),
+    ] {
+        write(docs.path(), name, text.as_bytes());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let url = api.url();
+    let (code, stdout, stderr) = run_with_env(
+        "categorize",
+        &[
+            "--backend",
+            "api",
+            "--categories",
+            "money,tech,life",
+            "--out",
+            out.path().to_str().unwrap(),
+            docs.path().to_str().unwrap(),
+        ],
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-example-test"),
+            ("ANTHROPIC_BASE_URL", &url),
+        ],
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("using the Messages API"), "{stderr}");
+    assert!(
+        stdout.contains("4 documents, 4 sorted, 0 failed, 4 requests, 0 from the journal"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("[simulated]"), "{stdout}");
+    assert_eq!(api.request_count(), 4);
+    for (category, doc) in [("money", "a.txt"), ("tech", "b.md"), ("life", "c.txt")] {
+        let section = stdout
+            .split(&format!("{category} ("))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{category} missing:\n{stdout}"));
+        assert!(
+            section.contains(doc),
+            "{doc} not under {category}:\n{stdout}"
+        );
+    }
+}

@@ -176,7 +176,11 @@ pub fn flag_value(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-/// The arguments that are neither flags nor flag values.
+/// The flags every example takes that have a value (see [`start`]).
+pub const COMMON_FLAGS_WITH_VALUES: &[&str] = &["--backend", "--model", "--concurrency"];
+
+/// The arguments that are neither flags nor flag values (`flags_with_values` are the
+/// example's own; the common ones are always known).
 pub fn positional(args: &[String], flags_with_values: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     let mut skip = false;
@@ -185,7 +189,9 @@ pub fn positional(args: &[String], flags_with_values: &[&str]) -> Vec<String> {
             skip = false;
             continue;
         }
-        if flags_with_values.contains(&arg.as_str()) {
+        if flags_with_values.contains(&arg.as_str())
+            || COMMON_FLAGS_WITH_VALUES.contains(&arg.as_str())
+        {
             skip = true;
         } else if !arg.starts_with("--") {
             out.push(arg.clone());
