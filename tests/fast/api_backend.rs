@@ -472,3 +472,38 @@ fn retry_after_holds_every_worker_back_that_long() {
     );
     assert!(session.stats().backoff_pauses >= 1);
 }
+
+/// A journal's answers resume on the backend that wrote them, and only there: the CLI adds
+/// context of its own, so the same prompt is not the same request.
+#[test]
+fn a_journal_replays_on_the_backend_that_wrote_it_and_not_on_the_other() {
+    let api = MockApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("answers.jsonl");
+    let items: Vec<String> = (0..3).map(|i| support::ticket(i, 400)).collect();
+    let run = |builder: SessionBuilder| -> claude_rayon::Stats {
+        let session = builder.journal(&journal).concurrency(2).build().unwrap();
+        let outcome: claude_rayon::Outcome<_, _> = items
+            .par_iter()
+            .claude_map(&session, |t| t.to_string())
+            .collect();
+        assert_eq!(outcome.ok.len(), 3);
+        session.close().unwrap()
+    };
+    let first = run(builder(&api));
+    assert_eq!((first.requests, first.replayed), (3, 0));
+    let fake = support::Fake::new();
+    let on_the_cli = run(fake.builder());
+    assert_eq!(
+        (on_the_cli.requests, on_the_cli.replayed),
+        (3, 0),
+        "asked again on the CLI"
+    );
+    let again = run(builder(&api));
+    assert_eq!(
+        (again.requests, again.replayed),
+        (0, 3),
+        "the API's answers resume"
+    );
+    assert_eq!(api.request_count(), 3);
+}
