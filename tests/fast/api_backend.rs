@@ -507,3 +507,29 @@ fn a_journal_replays_on_the_backend_that_wrote_it_and_not_on_the_other() {
     );
     assert_eq!(api.request_count(), 3);
 }
+
+#[test]
+fn an_answer_slower_than_the_timeout_is_a_timeout_and_the_next_item_goes_on() {
+    let api = MockApi::start();
+    let gate = Gate::default();
+    let held = gate.clone();
+    api.set_reply(move |p| {
+        if p.contains("slow") {
+            held.wait();
+        }
+        Reply::text(format!("echo: {p}"))
+    });
+    let session = builder(&api)
+        .timeout(Duration::from_millis(300))
+        .retry_policy(support::quick_retries(0))
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let slow = session.query("A slow one: summarise this very long contract, clause by clause.");
+    assert!(matches!(slow, Err(Error::Timeout(_))), "{slow:?}");
+    let next = session
+        .query("A quick one: what is the capital of France?")
+        .unwrap();
+    assert!(next.text.ends_with("capital of France?"));
+    gate.open();
+}
