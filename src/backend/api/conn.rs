@@ -33,6 +33,9 @@ pub(crate) struct ApiConn {
     /// The conversation so far (user and assistant messages), kept only when asked.
     history: Vec<Value>,
     keep_next: bool,
+    /// A turn was ended from outside (a cancel, a close): a conversation on it is over, as
+    /// on a CLI process that was killed.
+    lost: bool,
 }
 
 /// How one call ended, when it did not answer.
@@ -64,6 +67,7 @@ impl ApiConn {
             aborted: Arc::new(AtomicBool::new(false)),
             history: Vec::new(),
             keep_next: false,
+            lost: false,
         }
     }
 
@@ -278,6 +282,7 @@ impl ApiConn {
         if self.aborted.swap(false, Ordering::SeqCst) {
             // Its sockets are shut: a new agent for the next turn.
             self.agent = None;
+            self.lost = true;
             true
         } else {
             false
@@ -297,6 +302,10 @@ impl Conn for ApiConn {
     ) -> Result<Response, TurnFailure> {
         if !std::mem::take(&mut self.keep_next) {
             self.history.clear();
+        }
+        // An abort that came after the last turn ended shut its agent: start on a new one.
+        if self.aborted.swap(false, Ordering::SeqCst) {
+            self.agent = None;
         }
         if !self.shared.begin_turn() {
             return Err(TurnFailure {
@@ -329,7 +338,7 @@ impl Conn for ApiConn {
     }
 
     fn is_reusable(&mut self) -> bool {
-        !self.shared.is_closed()
+        !self.lost && !self.shared.is_closed()
     }
 }
 
