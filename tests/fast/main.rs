@@ -33,5 +33,6 @@ mod start_failures;
 mod stats;
 mod stream_map;
 mod stream_windows;
+mod test_backends;
 mod throttle_shared;
 mod usage_windows;
