@@ -1,22 +1,24 @@
 //! The session's spending cap: where a run stops, that nothing is sent after the stop, how far
-//! concurrent items overshoot, and that a spent session stays spent until the cap is raised.
+//! concurrent items overshoot, and that a spent session stays spent until the cap is raised;
+//! on both backends.
 
-use crate::support;
+use crate::{on_both_backends, support};
 
 use claude_rayon::prelude::*;
 use claude_rayon::{Error, Outcome, Response, Session};
 use rayon::prelude::*;
-use support::Fake;
+use support::backends::{Kind, TestBackend};
 
-/// Prompts of one length cost the same on the fake (its cost is computed from tokens).
+/// Prompts of one length cost the same on the fake CLI and the mock API (their costs are
+/// computed from tokens).
 fn prompt(i: u32) -> String {
     format!("budget item {i:04}")
 }
 
 /// A session with no cap yet, and the cost of one item learned from a first query (which also
 /// seeds the budget's estimate with the real cost).
-fn session_and_item_cost(fake: &Fake, concurrency: usize) -> (Session, f64) {
-    let session = fake.builder().concurrency(concurrency).build().unwrap();
+fn session_and_item_cost(b: &TestBackend, concurrency: usize) -> (Session, f64) {
+    let session = b.builder().concurrency(concurrency).build().unwrap();
     let cost = session.query(prompt(9999)).unwrap().cost_usd;
     assert!(cost > 0.0);
     (session, cost)
@@ -41,10 +43,8 @@ fn assert_all_refused(outcome: &Outcome<(u32, Response), u32>) {
     }
 }
 
-#[test]
-fn one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out() {
-    let fake = Fake::new();
-    let (session, cost) = session_and_item_cost(&fake, 1);
+fn one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out(b: &TestBackend) {
+    let (session, cost) = session_and_item_cost(b, 1);
     // Room for the first query and five items, with half an item to spare.
     let budget = cost * 6.5;
     session.set_max_budget_usd(budget);
@@ -54,7 +54,7 @@ fn one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out() {
     assert_eq!(done, vec![0, 1, 2, 3, 4]);
     assert_eq!(outcome.dead_letter.len(), 7);
     assert_all_refused(&outcome);
-    assert_eq!(fake.prompts().len(), 1 + 5, "no prompt after the stop");
+    assert_eq!(b.prompts_seen().len(), 1 + 5, "no prompt after the stop");
     let stats = session.stats();
     assert!(stats.budget_exhausted);
     assert!(stats.cost_usd <= budget, "{} > {budget}", stats.cost_usd);
@@ -67,7 +67,7 @@ fn one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out() {
         session.query(prompt(9998)),
         Err(Error::BudgetExceeded { .. })
     ));
-    assert_eq!(fake.prompts().len(), 6);
+    assert_eq!(b.prompts_seen().len(), 6);
 
     // Raised by three items' worth, it goes on for exactly three more.
     session.set_max_budget_usd(budget + cost * 3.0);
@@ -76,18 +76,16 @@ fn one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out() {
     let done: Vec<u32> = resumed.ok.iter().map(|(i, _)| *i).collect();
     assert_eq!(done, vec![5, 6, 7]);
     assert_all_refused(&resumed);
-    assert_eq!(fake.prompts().len(), 9);
+    assert_eq!(b.prompts_seen().len(), 9);
 
     // Lifting the cap lets everything through.
     session.remove_max_budget();
     assert_eq!(run(&session, 8..12).ok.len(), 4);
 }
 
-#[test]
-fn four_at_a_time_the_overshoot_stays_within_the_items_in_flight() {
+fn four_at_a_time_the_overshoot_stays_within_the_items_in_flight(b: &TestBackend) {
     const CONCURRENCY: usize = 4;
-    let fake = Fake::new();
-    let (session, cost) = session_and_item_cost(&fake, CONCURRENCY);
+    let (session, cost) = session_and_item_cost(b, CONCURRENCY);
     let budget = cost * 20.5;
     session.set_max_budget_usd(budget);
 
@@ -96,7 +94,7 @@ fn four_at_a_time_the_overshoot_stays_within_the_items_in_flight() {
     assert_eq!(outcome.ok.len(), 19);
     assert_eq!(outcome.dead_letter.len(), 41);
     assert_all_refused(&outcome);
-    assert_eq!(fake.prompts().len(), 1 + 19, "no prompt after the stop");
+    assert_eq!(b.prompts_seen().len(), 1 + 19, "no prompt after the stop");
     let spent = session.stats().cost_usd;
     let overshoot = spent - budget;
     assert!(
@@ -110,20 +108,20 @@ fn four_at_a_time_the_overshoot_stays_within_the_items_in_flight() {
     );
 }
 
-#[test]
-fn an_estimate_below_the_real_cost_overshoots_by_at_most_the_difference_per_item_in_flight() {
+fn an_estimate_below_the_real_cost_overshoots_by_at_most_the_difference_per_item_in_flight(
+    b: &TestBackend,
+) {
     const CONCURRENCY: usize = 4;
-    let fake = Fake::new();
     // A short first query teaches the budget a low estimate; the items cost far more.
-    let session = fake.builder().concurrency(CONCURRENCY).build().unwrap();
+    let session = b.builder().concurrency(CONCURRENCY).build().unwrap();
     let low = session.query("x").unwrap().cost_usd;
     let long = |i: &u32| format!("{} {i:04}", "long ".repeat(80));
     let high = session.query(long(&9999)).unwrap().cost_usd;
     assert!(high > 10.0 * low, "{low} vs {high}");
     // A fresh session whose first estimate is the low cost, with room for 2.5 real items:
     // the first wave of four all fit on the estimate, then the real costs land.
-    let fake = Fake::new();
-    let session = fake
+    let fresh = TestBackend::new(b.kind());
+    let session = fresh
         .builder()
         .concurrency(CONCURRENCY)
         .cost_estimate_usd(low)
@@ -148,7 +146,7 @@ fn an_estimate_below_the_real_cost_overshoots_by_at_most_the_difference_per_item
         overshoot <= CONCURRENCY as f64 * (high - low) + 1e-12,
         "overshoot {overshoot}"
     );
-    assert_eq!(fake.prompts().len(), outcome.ok.len());
+    assert_eq!(fresh.prompts_seen().len(), outcome.ok.len());
     eprintln!(
         "estimate {low:.6} below real cost {high:.6}, concurrency {CONCURRENCY}: {} items ran, \
          budget {:.6}, spent {spent:.6}, overshoot {overshoot:+.6} USD ({:+.2} items)",
@@ -158,12 +156,10 @@ fn an_estimate_below_the_real_cost_overshoots_by_at_most_the_difference_per_item
     );
 }
 
-#[test]
-fn a_spent_budget_stays_spent_for_later_runs_even_where_an_item_would_now_fit() {
-    let fake = Fake::new();
-    // The default first estimate (0.01 USD) is a hundred times the fake's real cost: with
+fn a_spent_budget_stays_spent_for_later_runs_even_where_an_item_would_now_fit(b: &TestBackend) {
+    // The default first estimate (0.01 USD) is a hundred times the real cost or more: with
     // four items in flight on it, the third reservation does not fit a 0.025 USD cap.
-    let session = fake
+    let session = b
         .builder()
         .concurrency(4)
         .max_budget_usd(0.025)
@@ -182,16 +178,14 @@ fn a_spent_budget_stays_spent_for_later_runs_even_where_an_item_would_now_fit() 
     let later = run(&session, 8..10);
     assert!(later.ok.is_empty());
     assert_all_refused(&later);
-    assert_eq!(fake.prompts().len(), 2);
+    assert_eq!(b.prompts_seen().len(), 2);
     // Changing the cap lets it go on, reserving the cost now known.
     session.set_max_budget_usd(0.025);
     assert_eq!(run(&session, 8..20).ok.len(), 12);
 }
 
-#[test]
-fn an_item_too_big_for_the_budget_is_refused_before_it_is_sent() {
-    let fake = support::Fake::new();
-    let session = fake
+fn an_item_too_big_for_the_budget_is_refused_before_it_is_sent(b: &TestBackend) {
+    let session = b
         .builder()
         .model("sonnet")
         .max_budget_usd(1.0)
@@ -212,18 +206,21 @@ fn an_item_too_big_for_the_budget_is_refused_before_it_is_sent() {
         failed.error
     );
     assert_eq!(failed.attempts, 0);
-    assert!(fake.prompts().is_empty(), "the item was sent");
+    assert!(b.prompts_seen().is_empty(), "the item was sent");
 }
 
-#[test]
-fn items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest() {
+fn items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest(b: &TestBackend) {
     // Three reservations fit, the fourth does not. The throttle lets one request through
     // at a time (60 a minute, burst 1): two items wait on it, holding their reservations,
     // when the fourth is refused and stops the run. They were admitted: they go. Each item
-    // really costs about the estimate (a ticket of 2,400 characters and its echo), so the
-    // fourth is refused even when a busy machine starts it after the first has finished.
-    let fake = Fake::new();
-    let session = fake
+    // really costs about the estimate (a ticket and its echo: 2,400 characters at the fake
+    // CLI's prices, 6,400 at Haiku's on the mock API), so the fourth is refused even when a
+    // busy machine starts it after the first has finished.
+    let ticket_len = match b.kind() {
+        Kind::Cli => 2_400,
+        Kind::Api => 6_400,
+    };
+    let session = b
         .builder()
         .concurrency(4)
         .requests_per_minute(60)
@@ -234,7 +231,7 @@ fn items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest() {
         .unwrap();
     let results: Vec<_> = (0..4u32)
         .into_par_iter()
-        .claude_map(&session, |i| support::ticket(*i as usize, 2_400))
+        .claude_map(&session, |i| support::ticket(*i as usize, ticket_len))
         .collect();
     for (_, response) in results.iter().flatten() {
         assert!(
@@ -256,10 +253,8 @@ fn items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest() {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
 }
 
-#[test]
-fn one_oversize_item_fails_alone_and_the_budget_goes_on() {
-    let fake = Fake::new();
-    let session = fake
+fn one_oversize_item_fails_alone_and_the_budget_goes_on(b: &TestBackend) {
+    let session = b
         .builder()
         .model("sonnet")
         .max_budget_usd(1.0)
@@ -306,7 +301,7 @@ fn one_oversize_item_fails_alone_and_the_budget_goes_on() {
         failed.error
     );
     assert!(
-        !fake.prompts().iter().any(|(p, _)| p.len() > 1_000_000),
+        !b.prompts_seen().iter().any(|p| p.len() > 1_000_000),
         "the oversize item was sent"
     );
     // Refused is not spent: the session goes on, for later runs and queries too.
@@ -315,5 +310,15 @@ fn one_oversize_item_fails_alone_and_the_budget_goes_on() {
     session
         .query("And one more question after the big one.")
         .unwrap();
-    assert_eq!(fake.prompts().len(), 6 + 4 + 1);
+    assert_eq!(b.prompts_seen().len(), 6 + 4 + 1);
 }
+
+on_both_backends!(
+    one_at_a_time_the_run_stops_exactly_where_the_budget_runs_out,
+    four_at_a_time_the_overshoot_stays_within_the_items_in_flight,
+    an_estimate_below_the_real_cost_overshoots_by_at_most_the_difference_per_item_in_flight,
+    a_spent_budget_stays_spent_for_later_runs_even_where_an_item_would_now_fit,
+    an_item_too_big_for_the_budget_is_refused_before_it_is_sent,
+    items_that_hold_a_reservation_are_sent_after_the_budget_stops_the_rest,
+    one_oversize_item_fails_alone_and_the_budget_goes_on,
+);

@@ -1,17 +1,17 @@
-//! `claude_filter`: strict yes/no verdicts, the one re-prompt, and nothing silently dropped.
+//! `claude_filter`: strict yes/no verdicts, the one re-prompt, and nothing silently dropped;
+//! on both backends.
 
-use crate::support;
+use crate::{on_both_backends, support};
 
 use claude_rayon::prelude::*;
 use claude_rayon::{Error, Failed};
 use rayon::prelude::*;
 use serde_json::json;
-use support::{quick_retries, Fake};
+use support::backends::TestBackend;
+use support::quick_retries;
 
-#[test]
-fn accepted_verdict_forms_keep_or_drop() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(3).build().unwrap();
+fn accepted_verdict_forms_keep_or_drop(b: &TestBackend) {
+    let session = b.builder().concurrency(3).build().unwrap();
     let answers = [
         ("Yes.", true),
         ("NO", false),
@@ -38,16 +38,14 @@ fn accepted_verdict_forms_keep_or_drop() {
     let expected: Vec<usize> = items.iter().filter(|i| i.2).map(|i| i.0).collect();
     assert_eq!(kept, expected);
     // One call per item: no re-prompt was needed.
-    assert_eq!(fake.prompts().len(), answers.len());
+    assert_eq!(b.prompts_seen().len(), answers.len());
     // The instruction and the allowed set went with the question.
-    let (first, _) = &fake.prompts()[0];
+    let first = &b.prompts_seen()[0];
     assert!(first.ends_with("Allowed answers: yes | no"), "{first}");
 }
 
-#[test]
-fn refusals_and_ambiguous_answers_fail_after_one_reprompt_quoting_the_answer() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn refusals_and_ambiguous_answers_fail_after_one_reprompt_quoting_the_answer(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let bad = [
         "Yes and no",
         "I cannot determine that from the text.",
@@ -74,7 +72,7 @@ fn refusals_and_ambiguous_answers_fail_after_one_reprompt_quoting_the_answer() {
             other => panic!("{other:?}"),
         }
     }
-    let prompts = fake.prompts();
+    let prompts = b.prompts_with_context();
     assert_eq!(prompts.len(), 8, "one re-prompt per item");
     let reminder = prompts
         .iter()
@@ -86,10 +84,8 @@ fn refusals_and_ambiguous_answers_fail_after_one_reprompt_quoting_the_answer() {
     assert_eq!((stats.started, stats.failed, stats.requests), (4, 4, 8));
 }
 
-#[test]
-fn the_reminder_path_recovers_on_a_good_second_answer() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
+fn the_reminder_path_recovers_on_a_good_second_answer(b: &TestBackend) {
+    let session = b.builder().concurrency(1).build().unwrap();
     let results: Vec<_> = vec!["a", "b"]
         .into_par_iter()
         .claude_filter(&session, |k| {
@@ -106,10 +102,8 @@ fn the_reminder_path_recovers_on_a_good_second_answer() {
     assert!(stats.cost_usd > 0.0);
 }
 
-#[test]
-fn empty_input_and_api_failures_come_back_with_their_items() {
-    let fake = Fake::new();
-    let session = fake
+fn empty_input_and_api_failures_come_back_with_their_items(b: &TestBackend) {
+    let session = b
         .builder()
         .concurrency(2)
         .retry_policy(quick_retries(0))
@@ -138,10 +132,8 @@ fn empty_input_and_api_failures_come_back_with_their_items() {
     assert_eq!(failed, vec![0, 4, 8]);
 }
 
-#[test]
-fn a_session_with_a_json_schema_is_refused_without_a_call() {
-    let fake = Fake::new();
-    let session = fake
+fn a_session_with_a_json_schema_is_refused_without_a_call(b: &TestBackend) {
+    let session = b
         .builder()
         .json_schema(json!({"type": "object"}))
         .build()
@@ -155,13 +147,11 @@ fn a_session_with_a_json_schema_is_refused_without_a_call() {
         let failed = result.unwrap_err();
         assert!(matches!(&failed.error, Error::InvalidConfig(m) if m.contains("json_schema")));
     }
-    assert!(fake.prompts().is_empty());
+    assert!(b.prompts_seen().is_empty());
 }
 
-#[test]
-fn par_claude_filter_borrows_or_consumes() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn par_claude_filter_borrows_or_consumes(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let docs: Vec<String> = vec!["[[sim:reply=yes]] a".into(), "[[sim:reply=no]] b".into()];
     let borrowed: Vec<_> = (&docs)
         .par_claude_filter(&session, |d| d.to_string())
@@ -175,3 +165,12 @@ fn par_claude_filter_borrows_or_consumes() {
         .collect();
     assert_eq!(mapped[1].as_ref().unwrap().1.text, "echo: m2");
 }
+
+on_both_backends!(
+    accepted_verdict_forms_keep_or_drop,
+    refusals_and_ambiguous_answers_fail_after_one_reprompt_quoting_the_answer,
+    the_reminder_path_recovers_on_a_good_second_answer,
+    empty_input_and_api_failures_come_back_with_their_items,
+    a_session_with_a_json_schema_is_refused_without_a_call,
+    par_claude_filter_borrows_or_consumes,
+);

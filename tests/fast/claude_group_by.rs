@@ -1,18 +1,18 @@
-//! `claude_group_by`: strict categories, every category present, failures kept.
+//! `claude_group_by`: strict categories, every category present, failures kept; on both
+//! backends.
 
-use crate::support;
+use crate::{on_both_backends, support};
 
 use claude_rayon::prelude::*;
 use claude_rayon::Error;
 use rayon::prelude::*;
-use support::{quick_retries, Fake};
+use support::backends::TestBackend;
+use support::quick_retries;
 
 const CATEGORIES: [&str; 3] = ["Bug report", "Feature", "Question"];
 
-#[test]
-fn categories_with_odd_case_and_punctuation_are_matched_to_the_given_names() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(3).build().unwrap();
+fn categories_with_odd_case_and_punctuation_are_matched_to_the_given_names(b: &TestBackend) {
+    let session = b.builder().concurrency(3).build().unwrap();
     let answers = [
         "bug report",
         "FEATURE.",
@@ -37,17 +37,15 @@ fn categories_with_odd_case_and_punctuation_are_matched_to_the_given_names() {
     assert_eq!(groups.get("Question").unwrap(), &[&answers[2], &answers[5]]);
     let names: Vec<&str> = groups.iter().map(|(n, _)| n).collect();
     assert_eq!(names, CATEGORIES, "the given names, in the given order");
-    let (prompt, _) = &fake.prompts()[0];
+    let prompt = &b.prompts_seen()[0];
     assert!(
         prompt.ends_with("Allowed answers: Bug report | Feature | Question"),
         "{prompt}"
     );
 }
 
-#[test]
-fn an_unknown_category_is_never_created() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn an_unknown_category_is_never_created(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let groups = vec!["x", "y"]
         .into_par_iter()
         .claude_group_by(&session, CATEGORIES, |k| {
@@ -71,10 +69,8 @@ fn an_unknown_category_is_never_created() {
     assert!(matches!(&failed.error, Error::InvalidAnswer { answer, .. } if answer == "Complaint"));
 }
 
-#[test]
-fn empty_input_keeps_every_category() {
-    let fake = Fake::new();
-    let session = fake.builder().build().unwrap();
+fn empty_input_keeps_every_category(b: &TestBackend) {
+    let session = b.builder().build().unwrap();
     let groups = Vec::<String>::new()
         .into_par_iter()
         .claude_group_by(&session, CATEGORIES, |s| s.clone())
@@ -84,10 +80,8 @@ fn empty_input_keeps_every_category() {
     assert!(groups.iter().all(|(_, items)| items.is_empty()));
 }
 
-#[test]
-fn invalid_categories_fail_every_item_without_a_call() {
-    let fake = Fake::new();
-    let session = fake.builder().build().unwrap();
+fn invalid_categories_fail_every_item_without_a_call(b: &TestBackend) {
+    let session = b.builder().build().unwrap();
     for categories in [vec![], vec!["bug", "Bug."], vec!["a|b"]] {
         let groups = vec![1, 2, 3]
             .into_par_iter()
@@ -99,13 +93,11 @@ fn invalid_categories_fail_every_item_without_a_call() {
             .iter()
             .all(|f| matches!(f.error, Error::InvalidConfig(_))));
     }
-    assert!(fake.prompts().is_empty());
+    assert!(b.prompts_seen().is_empty());
 }
 
-#[test]
-fn every_item_ends_exactly_once() {
-    let fake = Fake::new();
-    let session = fake
+fn every_item_ends_exactly_once(b: &TestBackend) {
+    let session = b
         .builder()
         .concurrency(4)
         .retry_policy(quick_retries(0))
@@ -135,11 +127,9 @@ fn every_item_ends_exactly_once() {
     assert_eq!(groups.get("even").unwrap().len(), 20);
 }
 
-#[test]
-fn a_cancel_stops_a_group_by() {
-    let fake = Fake::new();
+fn a_cancel_stops_a_group_by(b: &TestBackend) {
     let cancel = claude_rayon::Cancel::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+    let session = b.builder().concurrency(2).build().unwrap();
     let groups = std::thread::scope(|s| {
         let (watch, handle) = (session.clone(), cancel.clone());
         s.spawn(move || {
@@ -176,3 +166,12 @@ fn a_cancel_stops_a_group_by() {
         .groups();
     assert_eq!(again.get("a").unwrap().len(), 1);
 }
+
+on_both_backends!(
+    categories_with_odd_case_and_punctuation_are_matched_to_the_given_names,
+    an_unknown_category_is_never_created,
+    empty_input_keeps_every_category,
+    invalid_categories_fail_every_item_without_a_call,
+    every_item_ends_exactly_once,
+    a_cancel_stops_a_group_by,
+);

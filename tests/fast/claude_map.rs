@@ -1,7 +1,7 @@
 //! `claude_map`: order, exactly-once accounting, panics, cancel, fatal stop, nesting, and
-//! where the calls run.
+//! where the calls run. On both backends but for the tests about thread names.
 
-use crate::support;
+use crate::{on_both_backends, support};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,12 +11,11 @@ use std::time::Duration;
 use claude_rayon::prelude::*;
 use claude_rayon::{Cancel, Error, Failed, Outcome, Response};
 use rayon::prelude::*;
+use support::backends::{Kind, TestBackend};
 use support::{quick_retries, wait_until, Fake};
 
-#[test]
-fn results_come_back_in_input_order_under_random_latencies() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(4).build().unwrap();
+fn results_come_back_in_input_order_under_random_latencies(b: &TestBackend) {
+    let session = b.builder().concurrency(4).build().unwrap();
     let items: Vec<u32> = (0..60).collect();
     let results: Vec<_> = items
         .par_iter()
@@ -36,10 +35,8 @@ fn results_come_back_in_input_order_under_random_latencies() {
     }
 }
 
-#[test]
-fn every_item_ends_exactly_once_in_the_outcome() {
-    let fake = Fake::new();
-    let session = fake
+fn every_item_ends_exactly_once_in_the_outcome(b: &TestBackend) {
+    let session = b
         .builder()
         .concurrency(3)
         .retry_policy(quick_retries(0))
@@ -81,10 +78,8 @@ fn every_item_ends_exactly_once_in_the_outcome() {
     assert_eq!(ok_order, sorted);
 }
 
-#[test]
-fn a_panicking_prompt_closure_fails_only_its_item() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_panicking_prompt_closure_fails_only_its_item(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let outcome: Outcome<_, _> = (0..20u32)
         .into_par_iter()
         .claude_map(&session, |i| {
@@ -103,10 +98,8 @@ fn a_panicking_prompt_closure_fails_only_its_item() {
     );
 }
 
-#[test]
-fn cancel_from_another_thread_stops_new_items_and_hands_the_rest_back() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn cancel_from_another_thread_stops_new_items_and_hands_the_rest_back(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let cancel = Cancel::new();
     let outcome: Outcome<_, u32> = std::thread::scope(|s| {
         let watcher_session = session.clone();
@@ -136,13 +129,11 @@ fn cancel_from_another_thread_stops_new_items_and_hands_the_rest_back() {
     // Items in flight finished: every started item succeeded.
     let stats = session.stats();
     assert_eq!(stats.succeeded as usize, outcome.ok.len());
-    assert_eq!(fake.prompts().len(), outcome.ok.len());
+    assert_eq!(b.prompts_seen().len(), outcome.ok.len());
 }
 
-#[test]
-fn an_authentication_failure_stops_the_run_without_another_call() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
+fn an_authentication_failure_stops_the_run_without_another_call(b: &TestBackend) {
+    let session = b.builder().concurrency(1).build().unwrap();
     let results: Vec<Result<(u32, Response), Failed<u32>>> = (0..10u32)
         .into_par_iter()
         .claude_map(&session, |i| {
@@ -153,7 +144,7 @@ fn an_authentication_failure_stops_the_run_without_another_call() {
             }
         })
         .collect();
-    assert_eq!(fake.prompts().len(), 3, "no call after the 401");
+    assert_eq!(b.prompts_seen().len(), 3, "no call after the 401");
     assert!(results[0].is_ok() && results[1].is_ok());
     assert!(matches!(
         results[2].as_ref().unwrap_err().error,
@@ -175,6 +166,7 @@ fn an_authentication_failure_stops_the_run_without_another_call() {
     assert!(again[0].is_ok());
 }
 
+// CLI only, as the other tests about thread names.
 #[test]
 fn calls_run_on_the_sessions_own_threads_whoever_drives() {
     let fake = Fake::new();
@@ -209,6 +201,7 @@ fn calls_run_on_the_sessions_own_threads_whoever_drives() {
     assert!(names.iter().all(|n| n.starts_with(&prefix)), "{names:?}");
 }
 
+// CLI only: thread names.
 #[test]
 fn chained_adaptors_on_two_sessions_each_use_their_own_threads() {
     let fake_a = Fake::new();
@@ -248,10 +241,8 @@ fn chained_adaptors_on_two_sessions_each_use_their_own_threads() {
     assert_eq!(fake_b.prompts().len(), 13);
 }
 
-#[test]
-fn a_prompt_closure_that_uses_claude_itself_does_not_deadlock() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_prompt_closure_that_uses_claude_itself_does_not_deadlock(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let inner_session = session.clone();
     std::thread::spawn(move || {
@@ -275,23 +266,24 @@ fn a_prompt_closure_that_uses_claude_itself_does_not_deadlock() {
         .expect("nested use finished (no deadlock)");
     assert_eq!(results.len(), 6);
     assert!(results.iter().all(Result::is_ok));
-    assert_eq!(fake.prompts().len(), 6 + 18 + 6);
+    assert_eq!(b.prompts_seen().len(), 6 + 18 + 6);
 }
 
-#[test]
-fn empty_input_and_sequential_outcome() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn empty_input_and_sequential_outcome(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let none: Vec<_> = Vec::<u32>::new()
         .into_par_iter()
         .claude_map(&session, |i| format!("{i}"))
         .collect();
     assert!(none.is_empty());
-    assert_eq!(
-        session.stats().processes_started,
-        0,
-        "no process for no work"
-    );
+    assert!(b.prompts_seen().is_empty(), "no call for no work");
+    if b.kind() == Kind::Cli {
+        assert_eq!(
+            session.stats().processes_started,
+            0,
+            "no process for no work"
+        );
+    }
     let outcome: Outcome<u32, u32> = vec![
         Ok(1),
         Err(Failed {
@@ -305,10 +297,8 @@ fn empty_input_and_sequential_outcome() {
     assert_eq!((outcome.ok, outcome.dead_letter.len()), (vec![1], 1));
 }
 
-#[test]
-fn an_unindexed_base_works_too() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn an_unindexed_base_works_too(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let results: Vec<_> = (0..30u32)
         .into_par_iter()
         .filter(|i| i % 3 == 0)
@@ -321,3 +311,14 @@ fn an_unindexed_base_works_too() {
         .collect();
     assert_eq!(texts, expected);
 }
+
+on_both_backends!(
+    results_come_back_in_input_order_under_random_latencies,
+    every_item_ends_exactly_once_in_the_outcome,
+    a_panicking_prompt_closure_fails_only_its_item,
+    cancel_from_another_thread_stops_new_items_and_hands_the_rest_back,
+    an_authentication_failure_stops_the_run_without_another_call,
+    a_prompt_closure_that_uses_claude_itself_does_not_deadlock,
+    empty_input_and_sequential_outcome,
+    an_unindexed_base_works_too,
+);

@@ -1,8 +1,10 @@
 //! The journal: a rerun takes every answer already written without a call, in every adaptor,
 //! streams, the pipeline and `query`; keys follow the prompt and the settings; failures are
-//! asked again; a torn or damaged tail is skipped; a second program is kept off.
+//! asked again; a torn or damaged tail is skipped; a second program is kept off. On both
+//! backends but for the tests of the journal file's lock and links (about the file, not what
+//! answers) and of the CLI's own ways to choose a model (flags, environment, settings file).
 
-use crate::support;
+use crate::{on_both_backends, support};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,10 +13,11 @@ use claude_rayon::pipeline::Pipeline;
 use claude_rayon::prelude::*;
 use claude_rayon::{Error, Journal, Response, Session};
 use rayon::prelude::*;
+use support::backends::TestBackend;
 use support::{quick_retries, Fake};
 
-fn journal_path(fake: &Fake) -> PathBuf {
-    fake.dir.path().join("out/answers.jsonl")
+fn journal_path(dir: &Path) -> PathBuf {
+    dir.join("out/answers.jsonl")
 }
 
 /// `n` items with their answers: (item, text, cost, replayed).
@@ -43,27 +46,25 @@ fn items(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("summarise document {i}")).collect()
 }
 
-#[test]
-fn a_rerun_takes_every_answer_from_the_journal_without_a_call() {
-    let fake = Fake::new();
-    let path = journal_path(&fake);
+fn a_rerun_takes_every_answer_from_the_journal_without_a_call(b: &TestBackend) {
+    let path = journal_path(b.dir());
     let items = items(6);
     let first = {
-        let session = fake.builder().concurrency(3).build().unwrap();
+        let session = b.builder().concurrency(3).build().unwrap();
         let journal = Journal::open(&path).unwrap();
         map_run(&session, &journal, &items)
     };
     assert!(first
         .iter()
         .all(|(_, _, cost, replayed)| *cost > 0.0 && !replayed));
-    assert_eq!(fake.prompts().len(), 6);
+    assert_eq!(b.prompts_seen().len(), 6);
 
     // A new session and a new journal handle, as a rerun of the program would have.
-    let session = fake.builder().concurrency(3).build().unwrap();
+    let session = b.builder().concurrency(3).build().unwrap();
     let journal = Journal::open(&path).unwrap();
     assert_eq!(journal.len(), 6);
     let again = map_run(&session, &journal, &items);
-    assert_eq!(fake.prompts().len(), 6, "no call for an answered item");
+    assert_eq!(b.prompts_seen().len(), 6, "no call for an answered item");
     for (was, is) in first.iter().zip(&again) {
         assert_eq!(
             (&was.0, &was.1, was.2),
@@ -77,53 +78,43 @@ fn a_rerun_takes_every_answer_from_the_journal_without_a_call() {
     assert_eq!(stats.cost_usd, 0.0, "nothing paid this run");
 }
 
-#[test]
-fn a_changed_prompt_is_asked_again_and_only_it() {
-    let fake = Fake::new();
-    let path = journal_path(&fake);
+fn a_changed_prompt_is_asked_again_and_only_it(b: &TestBackend) {
+    let path = journal_path(b.dir());
     let mut items = items(5);
-    let session = fake.builder().concurrency(2).build().unwrap();
+    let session = b.builder().concurrency(2).build().unwrap();
     let journal = Journal::open(&path).unwrap();
     map_run(&session, &journal, &items);
     items[3].push_str(" (revised)");
     let again = map_run(&session, &journal, &items);
-    assert_eq!(fake.prompts().len(), 6);
-    assert_eq!(fake.prompts()[5].0, items[3]);
+    assert_eq!(b.prompts_seen().len(), 6);
+    assert_eq!(b.prompts_seen()[5], items[3]);
     let replayed: Vec<bool> = again.iter().map(|r| r.3).collect();
     assert_eq!(replayed, [true, true, true, false, true]);
 }
 
-#[test]
-fn a_changed_setting_asks_everything_again() {
-    let fake = Fake::new();
-    let path = journal_path(&fake);
+fn a_changed_setting_asks_everything_again(b: &TestBackend) {
+    let path = journal_path(b.dir());
     let items = items(3);
     let journal = Journal::open(&path).unwrap();
-    let sonnet = fake.builder().model("sonnet").build().unwrap();
+    let sonnet = b.builder().model("sonnet").build().unwrap();
     map_run(&sonnet, &journal, &items);
     map_run(&sonnet, &journal, &items);
-    assert_eq!(fake.prompts().len(), 3);
-    let haiku = fake.builder().model("haiku").build().unwrap();
+    assert_eq!(b.prompts_seen().len(), 3);
+    let haiku = b.builder().model("haiku").build().unwrap();
     assert!(map_run(&haiku, &journal, &items).iter().all(|r| !r.3));
-    let appended = fake
+    let appended = b
         .builder()
         .model("sonnet")
         .append_system_prompt("Answer in French.")
         .build()
         .unwrap();
     assert!(map_run(&appended, &journal, &items).iter().all(|r| !r.3));
-    assert_eq!(fake.prompts().len(), 9);
+    assert_eq!(b.prompts_seen().len(), 9);
 }
 
-#[test]
-fn failures_are_recorded_for_inspection_and_asked_again() {
-    let fake = Fake::new();
-    let path = journal_path(&fake);
-    let session = fake
-        .builder()
-        .retry_policy(quick_retries(0))
-        .build()
-        .unwrap();
+fn failures_are_recorded_for_inspection_and_asked_again(b: &TestBackend) {
+    let path = journal_path(b.dir());
+    let session = b.builder().retry_policy(quick_retries(0)).build().unwrap();
     let journal = Journal::open(&path).unwrap();
     let prompts = ["[[sim:fail-times=flaky,1,400]] flaky item", "steady item"];
     let first: Vec<_> = prompts
@@ -149,7 +140,7 @@ fn failures_are_recorded_for_inspection_and_asked_again() {
         "a failure is never replayed: asked again, and answered now"
     );
     assert!(again[1].as_ref().unwrap().1.replayed);
-    assert_eq!(fake.prompts().len(), 3);
+    assert_eq!(b.prompts_seen().len(), 3);
 }
 
 /// Run by the lock tests in a child copy of this test binary: the paths to open, one per
@@ -202,7 +193,7 @@ fn a_second_program_is_kept_off_the_journal() {
         return;
     }
     let fake = Fake::new();
-    let path = journal_path(&fake);
+    let path = journal_path(fake.dir.path());
     let held = Journal::open(&path).unwrap();
     // A second open in this program is refused, and must not weaken the first's lock.
     assert!(matches!(
@@ -232,7 +223,7 @@ fn every_path_to_the_journal_meets_its_lock() {
         return;
     }
     let fake = Fake::new();
-    let path = journal_path(&fake);
+    let path = journal_path(fake.dir.path());
     let hard_link = fake.dir.path().join("hard-link.jsonl");
     let linked_folder = fake.dir.path().join("linked-out");
     let held = Journal::open(&path).unwrap();
@@ -293,12 +284,10 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_torn_or_damaged_tail_is_skipped_and_never_replayed() {
-    let fake = Fake::new();
-    let path = journal_path(&fake);
+fn a_torn_or_damaged_tail_is_skipped_and_never_replayed(b: &TestBackend) {
+    let path = journal_path(b.dir());
     let items = items(4);
-    let session = fake.builder().concurrency(2).build().unwrap();
+    let session = b.builder().concurrency(2).build().unwrap();
     map_run(&session, &Journal::open(&path).unwrap(), &items);
     assert_eq!(lines(&path).len(), 5, "a header and four records");
 
@@ -315,14 +304,14 @@ fn a_torn_or_damaged_tail_is_skipped_and_never_replayed() {
     );
     assert!(map_run(&session, &journal, &items).iter().all(|r| r.3));
     drop(journal);
-    assert_eq!(fake.prompts().len(), 4);
+    assert_eq!(b.prompts_seen().len(), 4);
 
     // A damaged record (one byte of its answer changed): that item is asked again.
     let mut damaged = lines(&path);
     let victim = damaged
         .iter()
         .position(|l| l.contains("summarise document 2"))
-        .expect("the fake echoes the prompt into the answer");
+        .expect("the answer echoes the prompt");
     damaged[victim] = damaged[victim].replace("document 2", "document 9");
     std::fs::write(&path, damaged.join("\n") + "\n").unwrap();
     let journal = Journal::open(&path).unwrap();
@@ -332,18 +321,16 @@ fn a_torn_or_damaged_tail_is_skipped_and_never_replayed() {
         "never the damaged text"
     );
     assert!(!again[2].3);
-    assert_eq!(fake.prompts().len(), 5);
+    assert_eq!(b.prompts_seen().len(), 5);
     // Every line of the file is still plain JSON, for jq and friends.
     for line in lines(&path) {
         serde_json::from_str::<serde_json::Value>(&line).unwrap();
     }
 }
 
-#[test]
-fn filter_and_group_by_replay_their_verdicts_and_categories() {
-    let fake = Fake::new();
-    let journal = Journal::open(journal_path(&fake)).unwrap();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn filter_and_group_by_replay_their_verdicts_and_categories(b: &TestBackend) {
+    let journal = Journal::open(journal_path(b.dir())).unwrap();
+    let session = b.builder().concurrency(2).build().unwrap();
     let tickets = ["[[sim:reply=yes]] crash", "[[sim:reply=no]] question"];
     let filter = || -> Vec<&str> {
         tickets
@@ -368,24 +355,17 @@ fn filter_and_group_by_replay_their_verdicts_and_categories() {
     assert_eq!(first.get("bug"), second.get("bug"));
     assert_eq!(second.get("feature").unwrap(), [&"[[sim:reply=feature]] b"]);
     assert_eq!(
-        fake.prompts().len(),
+        b.prompts_seen().len(),
         4,
         "one call per item, the first time only: {:#?}",
-        fake.prompts()
+        b.prompts_seen()
     );
     assert_eq!(session.stats().replayed, 4);
 }
 
-#[test]
-fn streams_windows_the_pipeline_and_query_replay_too() {
-    let fake = Fake::new();
-    let path = journal_path(&fake);
-    let session = fake
-        .builder()
-        .concurrency(2)
-        .journal(&path)
-        .build()
-        .unwrap();
+fn streams_windows_the_pipeline_and_query_replay_too(b: &TestBackend) {
+    let path = journal_path(b.dir());
+    let session = b.builder().concurrency(2).journal(&path).build().unwrap();
     let lines = || (0..5).map(|i| format!("log line {i}"));
     let stream = || -> Vec<Response> {
         lines()
@@ -419,7 +399,7 @@ fn streams_windows_the_pipeline_and_query_replay_too() {
         pipeline(),
         session.query("one query").unwrap(),
     );
-    let calls = fake.prompts().len();
+    let calls = b.prompts_seen().len();
     assert_eq!(
         calls,
         5 + 2 + 5 + 1,
@@ -431,7 +411,7 @@ fn streams_windows_the_pipeline_and_query_replay_too() {
         pipeline(),
         session.query("one query").unwrap(),
     );
-    assert_eq!(fake.prompts().len(), calls, "nothing asked again");
+    assert_eq!(b.prompts_seen().len(), calls, "nothing asked again");
     assert!(second
         .0
         .iter()
@@ -445,12 +425,10 @@ fn streams_windows_the_pipeline_and_query_replay_too() {
     assert_eq!(second.3.text, first.3.text);
 }
 
-#[test]
-fn a_pipeline_keeps_its_answers_in_its_own_journal() {
-    let fake = Fake::new();
-    let path = journal_path(&fake);
+fn a_pipeline_keeps_its_answers_in_its_own_journal(b: &TestBackend) {
+    let path = journal_path(b.dir());
     // No journal on the session: only the pipeline's own can replay.
-    let session = fake.builder().concurrency(2).build().unwrap();
+    let session = b.builder().concurrency(2).build().unwrap();
     let journal = Journal::open(&path).unwrap();
     let tickets: Vec<String> = (0..4).map(|i| support::ticket(i, 400)).collect();
     let run = || {
@@ -470,14 +448,14 @@ fn a_pipeline_keeps_its_answers_in_its_own_journal() {
         answers
     };
     let first = run();
-    assert_eq!(fake.prompts().len(), 4);
+    assert_eq!(b.prompts_seen().len(), 4);
     assert_eq!(
         journal.len(),
         4,
         "every answer kept in the pipeline's journal"
     );
     let second = run();
-    assert_eq!(fake.prompts().len(), 4, "no call for an answered item");
+    assert_eq!(b.prompts_seen().len(), 4, "no call for an answered item");
     assert!(second.iter().all(|(_, r)| r.replayed));
     let texts = |r: &[(String, Response)]| {
         r.iter()
@@ -487,13 +465,11 @@ fn a_pipeline_keeps_its_answers_in_its_own_journal() {
     assert_eq!(texts(&first), texts(&second));
 }
 
-#[test]
-fn progress_counts_replayed_answers_apart() {
-    let fake = Fake::new();
-    let path = journal_path(&fake);
+fn progress_counts_replayed_answers_apart(b: &TestBackend) {
+    let path = journal_path(b.dir());
     let last = std::sync::Arc::new(parking_lot::Mutex::new(None));
     let seen = std::sync::Arc::clone(&last);
-    let session = fake
+    let session = b
         .builder()
         .journal(&path)
         .on_progress(move |p| {
@@ -560,8 +536,7 @@ mod forged {
     }
 }
 
-#[test]
-fn a_forged_key_collision_is_asked_not_replayed() {
+fn a_forged_key_collision_is_asked_not_replayed(b: &TestBackend) {
     let legit = forged::invoice(forged::LEGIT, forged::LEGIT_REFERENCE);
     let evil = forged::invoice(forged::EVIL, forged::EVIL_REFERENCE);
     assert_ne!(legit, evil);
@@ -570,14 +545,13 @@ fn a_forged_key_collision_is_asked_not_replayed() {
         forged::old_key(&evil),
         "the two invoices collide under the old key"
     );
-    let fake = Fake::new();
-    let session = fake.builder().journal(journal_path(&fake)).build().unwrap();
+    let session = b.builder().journal(journal_path(b.dir())).build().unwrap();
     let approved = session.query(&legit).unwrap();
     assert_eq!(approved.text, format!("echo: {legit}"));
     let answer = session.query(&evil).unwrap();
     assert!(!answer.replayed, "the fraud was answered from the journal");
     assert_eq!(answer.text, format!("echo: {evil}"));
-    assert_eq!(fake.prompts().len(), 2, "both invoices reached the model");
+    assert_eq!(b.prompts_seen().len(), 2, "both invoices reached the model");
 }
 
 /// A session on `fake` with its journal at `path`, `HOME` at `home` (so that the settings
@@ -603,7 +577,7 @@ fn every_way_of_choosing_the_model_asks_again() {
     let fake = Fake::new();
     let home = fake.dir.path().join("home");
     std::fs::create_dir_all(home.join(".claude")).unwrap();
-    let path = journal_path(&fake);
+    let path = journal_path(fake.dir.path());
     let prompt = "Summarise the attached quarterly report in three sentences for the board.";
     // Whether `prompt` was answered from the journal by a session set up by `more`.
     let replayed = |more: &dyn Fn(claude_rayon::SessionBuilder) -> claude_rayon::SessionBuilder| {
@@ -658,7 +632,7 @@ fn a_session_whose_model_cannot_be_known_is_refused_by_the_journal() {
     let home = fake.dir.path().join("home");
     // A settings file that cannot be read (a folder in its place): the CLI's model is unknown.
     std::fs::create_dir_all(home.join(".claude/settings.json")).unwrap();
-    let path = journal_path(&fake);
+    let path = journal_path(fake.dir.path());
     let err = fake
         .builder()
         .cli(|c| {
@@ -717,7 +691,7 @@ fn the_inherited_model_is_in_the_key() {
         return;
     }
     let fake = Fake::new();
-    let path = journal_path(&fake);
+    let path = journal_path(fake.dir.path());
     let run_with = |model: &str| {
         let child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
@@ -744,3 +718,16 @@ fn the_inherited_model_is_in_the_key() {
         "another model's answer replayed"
     );
 }
+
+on_both_backends!(
+    a_rerun_takes_every_answer_from_the_journal_without_a_call,
+    a_changed_prompt_is_asked_again_and_only_it,
+    a_changed_setting_asks_everything_again,
+    failures_are_recorded_for_inspection_and_asked_again,
+    a_torn_or_damaged_tail_is_skipped_and_never_replayed,
+    filter_and_group_by_replay_their_verdicts_and_categories,
+    streams_windows_the_pipeline_and_query_replay_too,
+    a_pipeline_keeps_its_answers_in_its_own_journal,
+    progress_counts_replayed_answers_apart,
+    a_forged_key_collision_is_asked_not_replayed,
+);

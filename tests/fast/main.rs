@@ -1,6 +1,7 @@
-//! The fast tier: every test that runs on the fake CLI (`claude-rayon-sim`) and can share a
-//! process with the others, one module per topic, linked as one binary because linking one
-//! test binary per file was most of `cargo test`'s build time.
+//! The fast tier: every test that runs on the fake CLI (`claude-rayon-sim`) or the mock
+//! Messages API and can share a process with the others, one module per topic, linked as one
+//! binary because linking one test binary per file was most of `cargo test`'s build time. The
+//! adaptor and engine tests run on both backends (`on_both_backends!`, tests/support/backends.rs).
 //!
 //! Tests that change what the whole process sees (environment variables, the working folder)
 //! or need a process of their own stay separate binaries: tests/cli_locate.rs,
@@ -33,5 +34,6 @@ mod start_failures;
 mod stats;
 mod stream_map;
 mod stream_windows;
+mod test_backends;
 mod throttle_shared;
 mod usage_windows;

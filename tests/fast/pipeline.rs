@@ -1,9 +1,9 @@
 //! `Pipeline`: every item ends exactly once (under faults, panics and stops at many points),
 //! batches are cut by size, timeout and the end of the source, batches of one key come in
 //! formation order one at a time, memory stays bounded over a long source, and a fatal error
-//! or a panicking source ends the run by itself.
+//! or a panicking source ends the run by itself; on both backends.
 
-use crate::support;
+use crate::{on_both_backends, support};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use claude_rayon::pipeline::Pipeline;
 use claude_rayon::pipeline::{Batch, Flush, PipelineStats};
 use claude_rayon::{CliError, Error, Failed, Response, Session};
+use support::backends::{Kind, TestBackend};
 use support::{wait_until, Fake};
 
 /// Long enough for 20,000 items on a loaded 2-core machine (12 s alone; it ran out at 60 s
@@ -92,13 +93,15 @@ fn assert_settled(stats: &PipelineStats) {
     assert_eq!((stats.in_flight, stats.buffered), (0, 0), "{stats:#?}");
 }
 
-/// A prompt with faults mixed in: ids ending in 3 get a 400 (not retried), in 6 a crash on
-/// every attempt (retried, then failed), in 8 one 500 then an answer.
-fn faulty_prompt(id: &u64) -> String {
-    match id % 10 {
-        3 => format!("[[sim:error=400]] item {id}"),
-        6 => format!("[[sim:crash]] item {id}"),
-        8 => format!("[[sim:fail-times=f{id},1,500]] item {id}"),
+/// A prompt with faults mixed in: ids ending in 3 get a 400 (not retried), in 6 a broken
+/// connection on every attempt (retried, then failed: the CLI process crashes, the API's
+/// stream is cut), in 8 one 500 then an answer.
+fn faulty_prompt(kind: Kind, id: &u64) -> String {
+    match (id % 10, kind) {
+        (3, _) => format!("[[sim:error=400]] item {id}"),
+        (6, Kind::Cli) => format!("[[sim:crash]] item {id}"),
+        (6, Kind::Api) => format!("[[sim:error=none]] item {id}"),
+        (8, _) => format!("[[sim:fail-times=f{id},1,500]] item {id}"),
         _ => format!("[[sim:delay={}]] item {id}", id % 3),
     }
 }
@@ -119,18 +122,17 @@ impl Rng {
     }
 }
 
-#[test]
-fn every_item_ends_exactly_once_with_errors_and_crashes_mixed_in() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(3).build().unwrap();
+fn every_item_ends_exactly_once_with_errors_and_crashes_mixed_in(b: &TestBackend) {
+    let session = b.builder().concurrency(3).build().unwrap();
     let seen = Seen::default();
     let n = 200u64;
+    let kind = b.kind();
     let stats = {
         let (session, seen) = (session.clone(), seen.clone());
         within("the pipeline over a finite source", move || {
             Pipeline::builder(&session)
                 .source(0..n)
-                .prompt(faulty_prompt)
+                .prompt(move |id: &u64| faulty_prompt(kind, id))
                 .batch_size(7)
                 .batch_timeout(Duration::from_millis(50))
                 .on_batch(seen.on_batch())
@@ -155,9 +157,13 @@ fn every_item_ends_exactly_once_with_errors_and_crashes_mixed_in() {
                     }
                 ) && *attempts == 1
             ),
-            _ => assert!(
-                matches!(error, Error::Cli(CliError::ProcessExited { .. })) && *attempts == 4
-            ),
+            _ => {
+                let broken = match kind {
+                    Kind::Cli => matches!(error, Error::Cli(CliError::ProcessExited { .. })),
+                    Kind::Api => matches!(error, Error::Api { status: None, .. }),
+                };
+                assert!(broken && *attempts == 4, "item {id}: {error:?}");
+            }
         }
     }
     assert_eq!(stats.stopped, 0);
@@ -166,7 +172,7 @@ fn every_item_ends_exactly_once_with_errors_and_crashes_mixed_in() {
 }
 
 /// Stop an endless source once item `k` is being processed, and check the accounting.
-fn stop_after(session: &Session, k: u64, channel: bool, seen: &Seen) -> PipelineStats {
+fn stop_after(kind: Kind, session: &Session, k: u64, channel: bool, seen: &Seen) -> PipelineStats {
     let (trigger_tx, trigger_rx) = crossbeam_channel::bounded(1);
     let builder = Pipeline::builder(session);
     let builder = if channel {
@@ -188,7 +194,7 @@ fn stop_after(session: &Session, k: u64, channel: bool, seen: &Seen) -> Pipeline
             if *id == k {
                 let _ = trigger_tx.try_send(());
             }
-            faulty_prompt(id)
+            faulty_prompt(kind, id)
         })
         .batch_size(5)
         .batch_timeout(Duration::from_millis(20))
@@ -202,10 +208,8 @@ fn stop_after(session: &Session, k: u64, channel: bool, seen: &Seen) -> Pipeline
     within("stop()", move || handle.stop())
 }
 
-#[test]
-fn stopping_at_many_points_ends_every_received_item_exactly_once() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(3).build().unwrap();
+fn stopping_at_many_points_ends_every_received_item_exactly_once(b: &TestBackend) {
+    let session = b.builder().concurrency(3).build().unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut points: Vec<u64> = vec![0, 1, 2];
     points.extend((0..5).map(|_| 3 + rng.below(120)));
@@ -213,7 +217,7 @@ fn stopping_at_many_points_ends_every_received_item_exactly_once() {
     for (i, &k) in points.iter().enumerate() {
         let channel = i % 2 == 1;
         let seen = Seen::default();
-        let stats = stop_after(&session, k, channel, &seen);
+        let stats = stop_after(b.kind(), &session, k, channel, &seen);
         let what = format!("stop after item {k} (channel source: {channel})");
         assert_settled(&stats);
         assert!(stats.received > k, "{what}: {stats:#?}");
@@ -266,10 +270,10 @@ impl Iterator for Stalling {
     }
 }
 
-#[test]
-fn stop_does_not_wait_for_a_source_blocked_in_next_and_its_late_item_still_ends_once() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn stop_does_not_wait_for_a_source_blocked_in_next_and_its_late_item_still_ends_once(
+    b: &TestBackend,
+) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let (stuck, stuck_rx) = crossbeam_channel::unbounded();
     let (go_on, go_on_rx) = crossbeam_channel::bounded(1);
     let seen = Seen::default();
@@ -319,10 +323,8 @@ fn stop_does_not_wait_for_a_source_blocked_in_next_and_its_late_item_still_ends_
     );
 }
 
-#[test]
-fn a_full_batch_goes_at_once_and_a_partial_one_when_its_timeout_expires() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_full_batch_goes_at_once_and_a_partial_one_when_its_timeout_expires(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let timeout = Duration::from_millis(300);
     let (items, source) = crossbeam_channel::unbounded::<u64>();
     let (batches_tx, batches) = crossbeam_channel::unbounded();
@@ -363,10 +365,10 @@ fn a_full_batch_goes_at_once_and_a_partial_one_when_its_timeout_expires() {
     assert_eq!((stats.received, stats.batches), (5, 2));
 }
 
-#[test]
-fn the_end_of_the_source_flushes_the_partial_batches_without_waiting_for_the_timeout() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn the_end_of_the_source_flushes_the_partial_batches_without_waiting_for_the_timeout(
+    b: &TestBackend,
+) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let (batches_tx, batches) = crossbeam_channel::unbounded();
     let stats = within("a run whose last batch is partial", move || {
         Pipeline::builder(&session)
@@ -395,10 +397,8 @@ fn the_end_of_the_source_flushes_the_partial_batches_without_waiting_for_the_tim
 /// One call of the batch handler: the batch's key, sequence number and items.
 type HandlerCall = (u64, u64, Vec<u64>);
 
-#[test]
-fn batches_of_one_key_come_in_formation_order_one_at_a_time() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(4).build().unwrap();
+fn batches_of_one_key_come_in_formation_order_one_at_a_time(b: &TestBackend) {
+    let session = b.builder().concurrency(4).build().unwrap();
     let busy = Arc::new(AtomicBool::new(false));
     let overlaps = Arc::new(AtomicU64::new(0));
     let calls: Arc<Mutex<Vec<HandlerCall>>> = Arc::default();
@@ -449,11 +449,9 @@ fn batches_of_one_key_come_in_formation_order_one_at_a_time() {
     assert_eq!(all, (0..n).collect::<Vec<_>>());
 }
 
-#[test]
-fn memory_stays_bounded_over_a_long_source() {
-    let fake = Fake::new();
+fn memory_stays_bounded_over_a_long_source(b: &TestBackend) {
     let concurrency = 2;
-    let session = fake.builder().concurrency(concurrency).build().unwrap();
+    let session = b.builder().concurrency(concurrency).build().unwrap();
     let (n, batch_size) = (20_000u64, 50usize);
     // The default.
     let max_in_flight = 4 * concurrency as u64;
@@ -508,10 +506,8 @@ fn memory_stays_bounded_over_a_long_source() {
     assert!(stats.max_in_flight >= 1 && stats.max_buffered >= 1);
 }
 
-#[test]
-fn a_panicking_handler_is_counted_and_the_run_goes_on() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_panicking_handler_is_counted_and_the_run_goes_on(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let later: Arc<Mutex<Vec<u64>>> = Arc::default();
     let stats = {
         let later = later.clone();
@@ -545,10 +541,8 @@ fn a_panicking_handler_is_counted_and_the_run_goes_on() {
     assert_eq!(*later.lock().unwrap(), [0, 2, 4, 5, 6, 7]);
 }
 
-#[test]
-fn panics_in_the_prompt_transform_or_key_fail_only_their_item_and_hand_it_back() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn panics_in_the_prompt_transform_or_key_fail_only_their_item_and_hand_it_back(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let failed: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     let batched: Arc<Mutex<Vec<u64>>> = Arc::default();
     let stats = {
@@ -596,10 +590,8 @@ fn panics_in_the_prompt_transform_or_key_fail_only_their_item_and_hand_it_back()
     assert_eq!(batched.lock().unwrap().len(), 17);
 }
 
-#[test]
-fn a_fatal_error_stops_an_endless_pipeline_by_itself() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_fatal_error_stops_an_endless_pipeline_by_itself(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let seen = Seen::default();
     let stats = {
         let seen = seen.clone();
@@ -634,10 +626,8 @@ fn a_fatal_error_stops_an_endless_pipeline_by_itself() {
     assert_eq!(stats.stopped + 1, stats.failed);
 }
 
-#[test]
-fn a_panicking_source_ends_the_run_with_the_panic_as_its_error() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_panicking_source_ends_the_run_with_the_panic_as_its_error(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let source = (0u64..).inspect(|id| assert!(*id < 6, "the queue broke"));
     let stats = within("a run whose source panics", move || {
         Pipeline::builder(&session)
@@ -655,8 +645,7 @@ fn a_panicking_source_ends_the_run_with_the_panic_as_its_error() {
     }
 }
 
-#[test]
-fn dropping_the_handle_stops_the_pipeline() {
+fn dropping_the_handle_stops_the_pipeline(b: &TestBackend) {
     /// A source that says when the pipeline lets go of it.
     struct Watched(std::ops::RangeFrom<u64>, crossbeam_channel::Sender<()>);
     impl Iterator for Watched {
@@ -670,8 +659,7 @@ fn dropping_the_handle_stops_the_pipeline() {
             let _ = self.1.send(());
         }
     }
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+    let session = b.builder().concurrency(2).build().unwrap();
     let (dropped_tx, dropped) = crossbeam_channel::bounded(1);
     let handle = Pipeline::builder(&session)
         .source(Watched(0.., dropped_tx))
@@ -686,10 +674,8 @@ fn dropping_the_handle_stops_the_pipeline() {
         .expect("the source is let go once the handle is dropped");
 }
 
-#[test]
-fn incomplete_or_invalid_settings_are_refused() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn incomplete_or_invalid_settings_are_refused(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let refused = |result: Result<PipelineStats, Error>, what: &str| match result {
         Err(Error::InvalidConfig(message)) => assert!(message.contains(what), "{message}"),
         other => panic!("{what}: {other:?}"),
@@ -726,16 +712,14 @@ fn incomplete_or_invalid_settings_are_refused() {
             .run(),
         "max_in_flight",
     );
-    assert!(fake.prompts().is_empty());
+    assert!(b.prompts_seen().is_empty());
 }
 
-#[test]
-fn progress_reports_cover_a_pipeline_to_its_last_item() {
-    let fake = Fake::new();
+fn progress_reports_cover_a_pipeline_to_its_last_item(b: &TestBackend) {
     let reports: Arc<Mutex<Vec<claude_rayon::Progress>>> = Arc::default();
     let session = {
         let reports = Arc::clone(&reports);
-        fake.builder()
+        b.builder()
             .concurrency(2)
             .on_progress(move |p| reports.lock().unwrap().push(p.clone()))
             .build()
@@ -763,10 +747,8 @@ fn progress_reports_cover_a_pipeline_to_its_last_item() {
     assert_eq!(last.total, None);
 }
 
-#[test]
-fn a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped() {
-    let fake = Fake::new();
-    let session = fake
+fn a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped(b: &TestBackend) {
+    let session = b
         .builder()
         .timeout(Duration::from_secs(600))
         .concurrency(2)
@@ -781,8 +763,8 @@ fn a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped() {
         .on_failed(seen.on_failed())
         .start()
         .unwrap();
-    wait_until("two calls hang", DEADLINE, || fake.prompts().len() == 2);
-    let pids = fake.pids();
+    wait_until("two calls hang", DEADLINE, || b.prompts_seen().len() == 2);
+    let pids = b.fake().map(Fake::pids).unwrap_or_default();
     let started = std::time::Instant::now();
     let stats = within("stop_within with every call hanging", move || {
         handle.stop_within(Duration::from_millis(300))
@@ -805,9 +787,28 @@ fn a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped() {
     assert!(ended_in_flight
         .iter()
         .all(|f| matches!(f.1, Error::Cancelled)));
+    // On the CLI, the hanging processes are ended too.
     for pid in pids {
         wait_until("a hanging process is gone", DEADLINE, || {
             !support::pid_alive(pid)
         });
     }
 }
+
+on_both_backends!(
+    every_item_ends_exactly_once_with_errors_and_crashes_mixed_in,
+    stopping_at_many_points_ends_every_received_item_exactly_once,
+    stop_does_not_wait_for_a_source_blocked_in_next_and_its_late_item_still_ends_once,
+    a_full_batch_goes_at_once_and_a_partial_one_when_its_timeout_expires,
+    the_end_of_the_source_flushes_the_partial_batches_without_waiting_for_the_timeout,
+    batches_of_one_key_come_in_formation_order_one_at_a_time,
+    memory_stays_bounded_over_a_long_source,
+    a_panicking_handler_is_counted_and_the_run_goes_on,
+    panics_in_the_prompt_transform_or_key_fail_only_their_item_and_hand_it_back,
+    a_fatal_error_stops_an_endless_pipeline_by_itself,
+    a_panicking_source_ends_the_run_with_the_panic_as_its_error,
+    dropping_the_handle_stops_the_pipeline,
+    incomplete_or_invalid_settings_are_refused,
+    progress_reports_cover_a_pipeline_to_its_last_item,
+    a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped,
+);

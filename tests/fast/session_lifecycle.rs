@@ -1,12 +1,15 @@
 //! No child outlives its session: drop, close, panic, a killed parent; concurrency limits.
+//! The tests of items, close, cancel and conversations run on both backends (their process
+//! checks on the CLI only); those about processes themselves on the CLI only.
 
-use crate::support;
+use crate::{on_both_backends, on_the_cli_backend, support};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use claude_rayon::Error;
+use support::backends::TestBackend;
 use support::{pid_alive, wait_until, Fake};
 
 const GONE: Duration = Duration::from_secs(10);
@@ -33,14 +36,12 @@ fn every_child_is_gone_after_drop() {
     }
 }
 
-#[test]
-fn close_ends_processes_and_reports_stats() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn close_ends_processes_and_reports_stats(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     session.query("a").unwrap();
     session.query("b").unwrap();
     let other = session.clone();
-    let pids = fake.pids();
+    let pids = b.fake().map(Fake::pids).unwrap_or_default();
     let stats = session.close().unwrap();
     assert_eq!(stats.succeeded, 2);
     assert!(stats.usage.output_tokens > 0 && stats.cost_usd > 0.0);
@@ -179,27 +180,25 @@ fn children_die_with_a_killed_parent() {
     });
 }
 
-#[test]
-fn close_ends_a_conversations_process_too() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
+fn close_ends_a_conversations_process_too(b: &TestBackend) {
+    let session = b.builder().concurrency(1).build().unwrap();
     let mut chat = session.conversation();
     chat.send("hello").unwrap();
-    let pid = fake.pids()[0];
+    let pid = b.fake().map(|fake| fake.pids()[0]);
     session.clone().close().unwrap();
-    wait_until("the conversation's process ends at close", GONE, || {
-        !pid_alive(pid)
-    });
+    if let Some(pid) = pid {
+        wait_until("the conversation's process ends at close", GONE, || {
+            !pid_alive(pid)
+        });
+    }
     assert!(matches!(chat.send("again"), Err(Error::Closed)));
     assert_eq!(session.stats().processes_live as usize, 0);
 }
 
-#[test]
-fn an_item_waiting_for_a_process_is_not_sent_after_a_cancel() {
+fn an_item_waiting_for_a_process_is_not_sent_after_a_cancel(b: &TestBackend) {
     use claude_rayon::prelude::*;
     use rayon::prelude::*;
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
+    let session = b.builder().concurrency(1).build().unwrap();
     let mut chat = session.conversation();
     chat.send("holding the only process").unwrap();
     let cancel = claude_rayon::Cancel::new();
@@ -221,7 +220,7 @@ fn an_item_waiting_for_a_process_is_not_sent_after_a_cancel() {
         .iter()
         .all(|r| matches!(r, Err(f) if matches!(f.error, Error::Cancelled))));
     assert_eq!(
-        fake.prompts().len(),
+        b.prompts_seen().len(),
         1,
         "only the conversation's prompt was sent"
     );
@@ -283,10 +282,8 @@ fn a_host_with_default_sigpipe_survives_a_cli_that_will_not_read() {
     );
 }
 
-#[test]
-fn close_ends_a_busy_process_at_once_and_counts_its_item() {
-    let fake = Fake::new();
-    let session = fake
+fn close_ends_a_busy_process_at_once_and_counts_its_item(b: &TestBackend) {
+    let session = b
         .builder()
         .timeout(Duration::from_secs(600))
         .concurrency(1)
@@ -295,12 +292,14 @@ fn close_ends_a_busy_process_at_once_and_counts_its_item() {
     let busy = session.clone();
     let caller = std::thread::spawn(move || busy.query("[[sim:hang]] forever"));
     wait_until("the call is in flight", GONE, || {
-        fake.prompts().iter().any(|(p, _)| p.contains("forever"))
+        b.prompts_seen().iter().any(|p| p.contains("forever"))
     });
-    let pid = fake.pids()[0];
+    let pid = b.fake().map(|fake| fake.pids()[0]);
     let stats = session.close().unwrap();
     assert_eq!((stats.started, stats.failed), (1, 1), "{stats:?}");
-    wait_until("the busy process is gone", GONE, || !pid_alive(pid));
+    if let Some(pid) = pid {
+        wait_until("the busy process is gone", GONE, || !pid_alive(pid));
+    }
     assert!(caller.join().unwrap().is_err());
 }
 
@@ -386,8 +385,9 @@ type Turn = std::thread::JoinHandle<(
 )>;
 
 /// A conversation's turn that will not end by itself (`hang`) on its own thread; returns
-/// the thread and the pid of the conversation's process once the turn's prompt arrived.
-fn hanging_turn(fake: &Fake, mut chat: claude_rayon::Conversation) -> (Turn, u32) {
+/// the thread and, on the CLI, the pid of the conversation's process once the turn's prompt
+/// arrived.
+fn hanging_turn(b: &TestBackend, mut chat: claude_rayon::Conversation) -> (Turn, Option<u32>) {
     chat.send("Please remember that the quarterly report is due on Friday, not Monday.")
         .unwrap();
     let turn = std::thread::spawn(move || {
@@ -396,44 +396,58 @@ fn hanging_turn(fake: &Fake, mut chat: claude_rayon::Conversation) -> (Turn, u32
         );
         (chat, answer)
     });
-    wait_until("the second turn reached the process", GONE, || {
-        fake.prompts().len() == 2
+    wait_until("the second turn reached the model", GONE, || {
+        b.prompts_seen().len() == 2
     });
-    (turn, fake.pids()[0])
+    // It came with the first turn in its context: the process's own on the CLI, the history
+    // the library keeps on the API.
+    assert_eq!(
+        b.prompts_with_context()[1].1,
+        2,
+        "the second turn's context"
+    );
+    (turn, b.fake().map(|fake| fake.pids()[0]))
 }
 
-#[test]
-fn a_cancel_ends_a_conversations_turn_in_flight_and_refuses_the_next() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
+fn a_cancel_ends_a_conversations_turn_in_flight_and_refuses_the_next(b: &TestBackend) {
+    let session = b.builder().concurrency(1).build().unwrap();
     let cancel = claude_rayon::Cancel::new();
     let chat = session.conversation().with_cancel(&cancel);
-    let (turn, pid) = hanging_turn(&fake, chat);
+    let (turn, pid) = hanging_turn(b, chat);
     cancel.cancel();
     let (mut chat, answer) = turn.join().unwrap();
     assert!(matches!(answer, Err(Error::Cancelled)), "{answer:?}");
-    wait_until("the turn's process is gone", GONE, || !pid_alive(pid));
+    if let Some(pid) = pid {
+        wait_until("the turn's process is gone", GONE, || !pid_alive(pid));
+    }
     let next = chat.send("Is the report still due on Friday?");
     assert!(matches!(next, Err(Error::Cancelled)), "{next:?}");
-    assert_eq!(fake.prompts().len(), 2, "nothing sent after the cancel");
+    assert_eq!(b.prompts_seen().len(), 2, "nothing sent after the cancel");
     let stats = session.stats();
     assert_eq!((stats.started, stats.succeeded, stats.failed), (3, 1, 2));
-    // The session goes on: a query is not the conversation's.
-    assert!(session
-        .query("Summarise: the report moved to Friday.")
-        .is_ok());
+    // The session goes on: a query is not the conversation's. On a thread of its own, so
+    // that a query that never gets a connection fails the test rather than hangs it.
+    let (asker, (answered, answer)) = (session.clone(), std::sync::mpsc::channel());
+    std::thread::spawn(move || {
+        let _ = answered.send(asker.query("Summarise: the report moved to Friday."));
+    });
+    let answer = answer
+        .recv_timeout(GONE * 3)
+        .expect("the query got no connection while the cancelled conversation lives");
+    assert!(answer.is_ok(), "{answer:?}");
 }
 
-#[test]
-fn a_conversation_cancelled_before_a_turn_sends_nothing() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
+fn a_conversation_cancelled_before_a_turn_sends_nothing(b: &TestBackend) {
+    let session = b.builder().concurrency(1).build().unwrap();
     let cancel = claude_rayon::Cancel::new();
     cancel.cancel();
     let mut chat = session.conversation().with_cancel(&cancel);
     let answer = chat.send("Draft a polite reply to a customer whose parcel arrived late.");
     assert!(matches!(answer, Err(Error::Cancelled)), "{answer:?}");
-    assert!(fake.pids().is_empty(), "no process was started");
+    assert!(b.prompts_seen().is_empty(), "nothing was sent");
+    if let Some(fake) = b.fake() {
+        assert!(fake.pids().is_empty(), "no process was started");
+    }
     // Reset, the conversation goes on.
     cancel.reset();
     assert!(chat
@@ -441,15 +455,15 @@ fn a_conversation_cancelled_before_a_turn_sends_nothing() {
         .is_ok());
 }
 
-#[test]
-fn close_during_a_conversations_turn_reports_closed() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
-    let (turn, pid) = hanging_turn(&fake, session.conversation());
+fn close_during_a_conversations_turn_reports_closed(b: &TestBackend) {
+    let session = b.builder().concurrency(1).build().unwrap();
+    let (turn, pid) = hanging_turn(b, session.conversation());
     session.clone().close().unwrap();
     let (_chat, answer) = turn.join().unwrap();
     assert!(matches!(answer, Err(Error::Closed)), "{answer:?}");
-    assert!(!pid_alive(pid));
+    if let Some(pid) = pid {
+        assert!(!pid_alive(pid));
+    }
 }
 
 /// A support ticket of a few hundred characters, one per item.
@@ -562,14 +576,12 @@ fn a_conversation_keeps_its_process_past_the_recycling_limit() {
     assert_eq!(session.stats().processes_recycled, 1);
 }
 
-#[test]
-fn a_cancel_ends_the_wait_for_a_process_a_conversation_holds() {
+fn a_cancel_ends_the_wait_for_a_process_a_conversation_holds(b: &TestBackend) {
     use claude_rayon::prelude::*;
     use claude_rayon::{Cancel, Outcome};
     use rayon::prelude::*;
 
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
+    let session = b.builder().concurrency(1).build().unwrap();
     // The one process is held by a conversation until the end of the test.
     let mut chat = session.conversation();
     chat.send(
@@ -615,6 +627,20 @@ fn a_cancel_ends_the_wait_for_a_process_a_conversation_holds() {
     let stats = session.stats();
     assert_eq!(stats.waiting_for_connection, 0);
     assert_eq!(stats.requests, 1, "only the conversation's turn was sent");
-    assert_eq!(fake.prompts().len(), 1);
+    assert_eq!(b.prompts_seen().len(), 1);
     drop(chat);
 }
+
+on_both_backends!(
+    close_ends_processes_and_reports_stats,
+    close_ends_a_conversations_process_too,
+    an_item_waiting_for_a_process_is_not_sent_after_a_cancel,
+    close_ends_a_busy_process_at_once_and_counts_its_item,
+    a_conversation_cancelled_before_a_turn_sends_nothing,
+    close_during_a_conversations_turn_reports_closed,
+    a_cancel_ends_the_wait_for_a_process_a_conversation_holds,
+);
+
+// TODO(api): finding 2 (api-backend-findings.md): on the API a conversation whose turn was
+// cancelled keeps its connection, so the query at the end waits for it for ever.
+on_the_cli_backend!(a_cancel_ends_a_conversations_turn_in_flight_and_refuses_the_next);

@@ -1,19 +1,18 @@
 //! `Session::stats()`: item counters, tokens and cost summed, latency percentiles, throttle
-//! waits.
+//! waits; on both backends.
 
-use crate::support;
+use crate::{on_both_backends, support};
 
 use std::time::Duration;
 
 use claude_rayon::prelude::*;
 use claude_rayon::{Failed, Response};
 use rayon::prelude::*;
-use support::{quick_retries, Fake};
+use support::backends::TestBackend;
+use support::quick_retries;
 
-#[test]
-fn counters_tokens_cost_and_latency_percentiles_add_up() {
-    let fake = Fake::new();
-    let session = fake
+fn counters_tokens_cost_and_latency_percentiles_add_up(b: &TestBackend) {
+    let session = b
         .builder()
         .concurrency(3)
         .retry_policy(quick_retries(2))
@@ -60,7 +59,7 @@ fn counters_tokens_cost_and_latency_percentiles_add_up() {
     let p99 = stats.latency_p99.expect("p99");
     let max = stats.latency_max.expect("max");
     assert!(p50 <= p90 && p90 <= p99 && p99 <= max, "{stats:?}");
-    // The slowest items waited 36 ms inside the fake.
+    // The slowest items waited 36 ms inside the fake CLI or the mock API.
     assert!(max >= Duration::from_millis(36), "{max:?}");
     let slowest = ok.iter().map(|r| r.duration).max().unwrap();
     assert!(
@@ -71,11 +70,9 @@ fn counters_tokens_cost_and_latency_percentiles_add_up() {
     assert!(stats.backoff_pauses >= 1, "the 529s paused the throttle");
 }
 
-#[test]
-fn throttle_waits_are_counted_with_their_time() {
-    let fake = Fake::new();
+fn throttle_waits_are_counted_with_their_time(b: &TestBackend) {
     // One request every 100 ms and no burst: four workers asking at once queue up.
-    let session = fake
+    let session = b
         .builder()
         .concurrency(4)
         .requests_per_minute(600)
@@ -97,3 +94,8 @@ fn throttle_waits_are_counted_with_their_time() {
     );
     assert_eq!(stats.backoff_pauses, 0);
 }
+
+on_both_backends!(
+    counters_tokens_cost_and_latency_percentiles_add_up,
+    throttle_waits_are_counted_with_their_time,
+);

@@ -1,7 +1,8 @@
 //! `claude_stream_map` over plain iterators: order, laziness, the reorder bound, early drop,
-//! failures in place, panics, cancel, fatal stop, threads, and nesting.
+//! failures in place, panics, cancel, fatal stop, threads, and nesting. On both backends but
+//! for the test about thread names.
 
-use crate::support;
+use crate::{on_both_backends, support};
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use claude_rayon::prelude::*;
 use claude_rayon::{Cancel, Error, Session};
 use rayon::prelude::*;
+use support::backends::{Kind, TestBackend};
 use support::{quick_retries, wait_until, Fake};
 
 /// A source that counts how often it handed out an item.
@@ -49,10 +51,8 @@ fn wait_for_calls_to_settle(session: &Session, n: Option<u64>) {
     });
 }
 
-#[test]
-fn results_come_back_in_source_order_under_random_latencies() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(4).build().unwrap();
+fn results_come_back_in_source_order_under_random_latencies(b: &TestBackend) {
+    let session = b.builder().concurrency(4).build().unwrap();
     let results: Vec<_> = (0..60u32)
         .claude_stream_map(&session, |i| {
             format!("[[sim:delay={}]] item {i}", (i * 37) % 23)
@@ -68,13 +68,11 @@ fn results_come_back_in_source_order_under_random_latencies() {
             response.text
         );
     }
-    assert_eq!(fake.prompts().len(), 60);
+    assert_eq!(b.prompts_seen().len(), 60);
 }
 
-#[test]
-fn the_source_is_pulled_lazily() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn the_source_is_pulled_lazily(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let (source, pulled) = counting(0..1000u32);
     let mut stream = source.claude_stream_map(&session, |i| format!("item {i}"));
     let window = stream.max_outstanding();
@@ -106,9 +104,8 @@ fn the_source_is_pulled_lazily() {
 /// The head item's prompt closure holds it (on a condition, not a clock) until `bound - 1`
 /// items behind it have finished; the source checks, each time it is pulled, how far ahead of
 /// the results it runs.
-fn check_the_reorder_bound(concurrency: usize, max_outstanding: Option<usize>) {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(concurrency).build().unwrap();
+fn check_the_reorder_bound(b: &TestBackend, concurrency: usize, max_outstanding: Option<usize>) {
+    let session = b.builder().concurrency(concurrency).build().unwrap();
     let bound = max_outstanding.unwrap_or(2 * concurrency);
     let yielded = Arc::new(AtomicUsize::new(0));
     let most_ahead = Arc::new(AtomicUsize::new(0));
@@ -149,20 +146,16 @@ fn check_the_reorder_bound(concurrency: usize, max_outstanding: Option<usize>) {
     );
 }
 
-#[test]
-fn a_slow_head_item_holds_back_at_most_the_reorder_bound() {
-    check_the_reorder_bound(2, None);
+fn a_slow_head_item_holds_back_at_most_the_reorder_bound(b: &TestBackend) {
+    check_the_reorder_bound(b, 2, None);
 }
 
-#[test]
-fn a_chosen_reorder_bound_is_enforced_too() {
-    check_the_reorder_bound(3, Some(5));
+fn a_chosen_reorder_bound_is_enforced_too(b: &TestBackend) {
+    check_the_reorder_bound(b, 3, Some(5));
 }
 
-#[test]
-fn dropping_after_take_stops_pulling_the_source() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn dropping_after_take_stops_pulling_the_source(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let (source, pulled) = counting(0..100u32);
     let stream = source.claude_stream_map(&session, |i| format!("item {i}"));
     let window = stream.max_outstanding();
@@ -179,18 +172,16 @@ fn dropping_after_take_stops_pulling_the_source() {
         at_drop,
         "not pulled after the drop"
     );
-    let prompts = fake.prompts().len();
+    let prompts = b.prompts_seen().len();
     assert!(
         (3..=at_drop).contains(&prompts),
         "{prompts} prompts for {at_drop} pulled"
     );
 }
 
-#[test]
-fn dropping_cancels_items_that_have_not_started_their_call() {
-    let fake = Fake::new();
+fn dropping_cancels_items_that_have_not_started_their_call(b: &TestBackend) {
     // One request now, the next in a minute: items after the first wait on the throttle.
-    let session = fake
+    let session = b
         .builder()
         .concurrency(3)
         .requests_per_minute(1)
@@ -225,18 +216,15 @@ fn dropping_cancels_items_that_have_not_started_their_call() {
         3,
         "not pulled after the drop"
     );
-    let prompts: Vec<String> = fake.prompts().into_iter().map(|(p, _)| p).collect();
     assert_eq!(
-        prompts,
+        b.prompts_seen(),
         ["item 0"],
-        "nothing reached the CLI after the drop"
+        "nothing reached the model after the drop"
     );
 }
 
-#[test]
-fn a_failure_in_the_middle_comes_back_in_its_place_with_its_item() {
-    let fake = Fake::new();
-    let session = fake
+fn a_failure_in_the_middle_comes_back_in_its_place_with_its_item(b: &TestBackend) {
+    let session = b
         .builder()
         .concurrency(3)
         .retry_policy(quick_retries(0))
@@ -279,10 +267,8 @@ fn a_failure_in_the_middle_comes_back_in_its_place_with_its_item() {
     }
 }
 
-#[test]
-fn a_panicking_prompt_closure_fails_only_its_item() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_panicking_prompt_closure_fails_only_its_item(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let results: Vec<_> = (0..12u32)
         .claude_stream_map(&session, |i| {
             if *i == 5 {
@@ -303,13 +289,11 @@ fn a_panicking_prompt_closure_fails_only_its_item() {
             assert_eq!(result.as_ref().unwrap().0 as usize, i);
         }
     }
-    assert_eq!(fake.prompts().len(), 11);
+    assert_eq!(b.prompts_seen().len(), 11);
 }
 
-#[test]
-fn an_authentication_failure_stops_the_rest_without_another_call() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(1).build().unwrap();
+fn an_authentication_failure_stops_the_rest_without_another_call(b: &TestBackend) {
+    let session = b.builder().concurrency(1).build().unwrap();
     let results: Vec<_> = (0..10u32)
         .claude_stream_map(&session, |i| {
             if *i == 2 {
@@ -320,7 +304,7 @@ fn an_authentication_failure_stops_the_rest_without_another_call() {
         })
         .collect();
     assert_eq!(results.len(), 10, "every item comes back");
-    assert_eq!(fake.prompts().len(), 3, "no call after the 401");
+    assert_eq!(b.prompts_seen().len(), 3, "no call after the 401");
     assert!(results[0].is_ok() && results[1].is_ok());
     assert!(matches!(
         results[2].as_ref().unwrap_err().error,
@@ -336,10 +320,8 @@ fn an_authentication_failure_stops_the_rest_without_another_call() {
     }
 }
 
-#[test]
-fn cancel_stops_new_items_and_hands_the_rest_back() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn cancel_stops_new_items_and_hands_the_rest_back(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let cancel = Cancel::new();
     let stream = (0..30u32)
         .claude_stream_map(&session, |i| format!("item {i}"))
@@ -371,9 +353,10 @@ fn cancel_stops_new_items_and_hands_the_rest_back() {
     assert_eq!(order, (0..30).collect::<Vec<_>>());
     // Those pulled before the cancel may finish; none pulled after it makes a call.
     assert!((5..=5 + window).contains(&ok), "{ok} succeeded");
-    assert_eq!(fake.prompts().len(), ok);
+    assert_eq!(b.prompts_seen().len(), ok);
 }
 
+// CLI only, as the other tests about thread names.
 #[test]
 fn the_source_is_pulled_on_the_callers_thread_and_calls_run_on_the_sessions() {
     let fake = Fake::new();
@@ -411,10 +394,8 @@ fn the_source_is_pulled_on_the_callers_thread_and_calls_run_on_the_sessions() {
     );
 }
 
-#[test]
-fn a_source_that_is_not_send_works() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_source_that_is_not_send_works(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     // Like `std::io::stdin().lines()`, whose lock cannot leave its thread.
     let local = Rc::new(vec!["alpha", "beta", "gamma"]);
     let source = (0..3).map(move |i| local[i].to_string());
@@ -425,10 +406,8 @@ fn a_source_that_is_not_send_works() {
     assert_eq!(texts, ["echo: alpha", "echo: beta", "echo: gamma"]);
 }
 
-#[test]
-fn a_stream_over_a_send_source_can_be_iterated_on_another_thread() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn a_stream_over_a_send_source_can_be_iterated_on_another_thread(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let words = vec!["one".to_string(), "two".to_string(), "three".to_string()];
     let mut stream = words.into_iter().claude_stream_map(&session, |w| w.clone());
     let (first, _) = stream.next().unwrap().unwrap();
@@ -441,11 +420,9 @@ fn a_stream_over_a_send_source_can_be_iterated_on_another_thread() {
     assert_eq!(rest, ["echo: two", "echo: three"]);
 }
 
-#[test]
-fn a_stream_inside_a_prompt_closure_on_the_same_session_does_not_deadlock() {
-    let fake = Fake::new();
+fn a_stream_inside_a_prompt_closure_on_the_same_session_does_not_deadlock(b: &TestBackend) {
     // One thread and one process: the inner stream must not wait for the thread it is on.
-    let session = fake.builder().concurrency(1).build().unwrap();
+    let session = b.builder().concurrency(1).build().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let outer = session.clone();
     std::thread::spawn(move || {
@@ -470,22 +447,40 @@ fn a_stream_inside_a_prompt_closure_on_the_same_session_does_not_deadlock() {
         results[1].as_ref().unwrap().1.text,
         "echo: outer 1 after echo: inner 1.0, echo: inner 1.1, echo: inner 1.2"
     );
-    assert_eq!(fake.prompts().len(), 3 + 9);
+    assert_eq!(b.prompts_seen().len(), 3 + 9);
 }
 
-#[test]
-fn an_empty_source_yields_nothing_and_starts_no_process() {
-    let fake = Fake::new();
-    let session = fake.builder().concurrency(2).build().unwrap();
+fn an_empty_source_yields_nothing_and_starts_no_process(b: &TestBackend) {
+    let session = b.builder().concurrency(2).build().unwrap();
     let mut stream = std::iter::empty::<u32>().claude_stream_map(&session, |i| format!("{i}"));
     assert!(stream.next().is_none());
     assert!(stream.next().is_none(), "fused");
-    assert_eq!(
-        session.stats().processes_started,
-        0,
-        "no process for no work"
-    );
+    assert!(b.prompts_seen().is_empty(), "no call for no work");
+    if b.kind() == Kind::Cli {
+        assert_eq!(
+            session.stats().processes_started,
+            0,
+            "no process for no work"
+        );
+    }
     let stream = (0..5u32).claude_stream_map(&session, |i| format!("{i}"));
     assert_eq!(stream.size_hint(), (5, Some(5)));
     assert_eq!(stream.count(), 5);
 }
+
+on_both_backends!(
+    results_come_back_in_source_order_under_random_latencies,
+    the_source_is_pulled_lazily,
+    a_slow_head_item_holds_back_at_most_the_reorder_bound,
+    a_chosen_reorder_bound_is_enforced_too,
+    dropping_after_take_stops_pulling_the_source,
+    dropping_cancels_items_that_have_not_started_their_call,
+    a_failure_in_the_middle_comes_back_in_its_place_with_its_item,
+    a_panicking_prompt_closure_fails_only_its_item,
+    an_authentication_failure_stops_the_rest_without_another_call,
+    cancel_stops_new_items_and_hands_the_rest_back,
+    a_source_that_is_not_send_works,
+    a_stream_over_a_send_source_can_be_iterated_on_another_thread,
+    a_stream_inside_a_prompt_closure_on_the_same_session_does_not_deadlock,
+    an_empty_source_yields_nothing_and_starts_no_process,
+);

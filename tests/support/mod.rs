@@ -1,7 +1,8 @@
-//! Shared test support: the fake CLI, a recorder of what it saw, waiting on conditions, and
-//! finding the real CLI.
+//! Shared test support: the fake CLI, a recorder of what it saw, one test on both backends
+//! (`backends`), waiting on conditions, and finding the real CLI.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod hostile;
 /// The mock Messages API, compiled once as its own crate (crates/mock-api).
 pub use claude_rayon_mock_api as mock_api;
