@@ -641,6 +641,4 @@ on_both_backends!(
     a_cancel_ends_the_wait_for_a_process_a_conversation_holds,
 );
 
-// TODO(api): finding 2 (api-backend-findings.md): on the API a conversation whose turn was
-// cancelled keeps its connection, so the query at the end waits for it for ever.
-on_the_cli_backend!(a_cancel_ends_a_conversations_turn_in_flight_and_refuses_the_next);
+on_both_backends!(a_cancel_ends_a_conversations_turn_in_flight_and_refuses_the_next);
