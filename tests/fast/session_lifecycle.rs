@@ -2,7 +2,7 @@
 //! The tests of items, close, cancel and conversations run on both backends (their process
 //! checks on the CLI only); those about processes themselves on the CLI only.
 
-use crate::{on_both_backends, on_the_cli_backend, support};
+use crate::{on_both_backends, support};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
