@@ -568,4 +568,58 @@ mod tests {
         assert!(admission.throttle.paused_until().is_some());
         assert_eq!(admission.counters.backoff_pauses.load(Ordering::Relaxed), 1);
     }
+
+    #[test]
+    fn cache_reads_do_not_count_against_tokens_per_minute() {
+        // 2,000 tokens a minute: an answer that read 100,000 tokens from the cache used 150.
+        let admission = Admission {
+            throttle: Arc::new(Throttle::new(None, Some(2_000)).unwrap()),
+            ..one_request_a_minute()
+        };
+        let mut ticket = admission.admit(PROMPT, true, &|| false).unwrap();
+        ticket.send();
+        let response = Response {
+            usage: Usage {
+                input_tokens: 100,
+                output_tokens: 50,
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: 100_000,
+            },
+            ..Response::default()
+        };
+        ticket.answered(&response);
+        assert!(granted_at_once(&admission), "the cache read was charged");
+    }
+
+    #[test]
+    fn the_apis_word_on_its_limits_pauses_a_limit_with_nothing_left() {
+        let admission = Admission {
+            throttle: Arc::new(Throttle::unlimited()),
+            ..one_request_a_minute()
+        };
+        let mut ticket = admission.admit(PROMPT, true, &|| false).unwrap();
+        ticket.send();
+        let left = |remaining| crate::backend::LimitLeft {
+            limit: Some(60),
+            remaining,
+            resets_at: Some(SystemTime::now() + Duration::from_secs(30)),
+        };
+        ticket.on_event(TurnEvent::Limits(ServerLimits {
+            requests: Some(left(5)),
+            ..ServerLimits::default()
+        }));
+        assert!(admission.throttle.paused_until().is_none(), "room is left");
+        ticket.on_event(TurnEvent::Limits(ServerLimits {
+            requests: Some(left(0)),
+            ..ServerLimits::default()
+        }));
+        // Nothing left: a pause until one request's worth is back (30 s / 60), not the reset.
+        let paused = admission.throttle.paused_until().expect("paused");
+        let wait = paused.saturating_duration_since(Instant::now());
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        ticket.give_back();
+    }
 }
