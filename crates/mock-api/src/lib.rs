@@ -635,6 +635,15 @@ struct Inner {
     conns: Mutex<HashMap<u64, TcpStream>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     next_id: AtomicU64,
+    /// Every batch created, oldest first.
+    batches: Mutex<Vec<Arc<Mutex<Batch>>>>,
+    /// Numbers the batches (their ids).
+    batch_seq: AtomicU64,
+    /// Calls to the batch endpoints (not counted in `requests.count`).
+    batch_calls: AtomicUsize,
+    /// The processing time given to batches created from now on.
+    batch_processing_time: Mutex<Duration>,
+    batch_outcome: RwLock<Arc<OutcomeFn>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -683,6 +692,13 @@ impl MockApi {
             conns: Mutex::new(HashMap::new()),
             handles: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
+            batches: Mutex::new(Vec::new()),
+            batch_seq: AtomicU64::new(1),
+            batch_calls: AtomicUsize::new(0),
+            batch_processing_time: Mutex::new(Duration::ZERO),
+            batch_outcome: RwLock::new(Arc::new(|_: &str, _: &RecordedRequest| {
+                BatchOutcome::Answer
+            })),
         });
         let inner2 = Arc::clone(&inner);
         let accept = thread::Builder::new()
@@ -844,6 +860,101 @@ impl MockApi {
         lock(&self.inner.other).clone()
     }
 
+    /// How long batches created from now on take (default zero): a batch's requests are
+    /// processed evenly over that time from its creation, in submission order, and it ends
+    /// when the last is; one longer than [`BATCH_EXPIRY`] expires then with the rest
+    /// unprocessed. The mock does this lazily, at each look (any batch endpoint or batch
+    /// control), so with zero a batch is `in_progress` in the answer that creates it and
+    /// `ended` at the first look after.
+    pub fn set_batch_processing_time(&self, d: Duration) {
+        *lock(&self.inner.batch_processing_time) = d;
+    }
+
+    /// Choose what each batch request ends as, from its `custom_id` and its record (its
+    /// `params` as `body`), when it is processed: [`BatchOutcome::Answer`] (the default for
+    /// all) answers it as `/v1/messages` would, or make it `errored` or `expired`. Runs on
+    /// the thread that looks at the batch, with the batch locked: it must not call the
+    /// batch controls.
+    pub fn set_batch_request_outcome(
+        &self,
+        f: impl Fn(&str, &RecordedRequest) -> BatchOutcome + Send + Sync + 'static,
+    ) {
+        *self
+            .inner
+            .batch_outcome
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(f);
+    }
+
+    /// Process up to `requests` more requests of batch `id` now, ahead of its processing
+    /// time: a test's way to have a batch part-done without waiting. Returns how many were
+    /// processed (0 for an unknown id or a batch no longer in progress); the batch ends if
+    /// that was the last.
+    pub fn advance_batch(&self, id: &str, requests: usize) -> usize {
+        let now = Instant::now();
+        let all = advance_batches(&self.inner, now);
+        let Ok(batch) = find_batch(&all, id) else {
+            return 0;
+        };
+        let mut b = lock(&batch);
+        if b.status() != BatchStatus::InProgress {
+            return 0;
+        }
+        let todo = requests.min(b.entries.len() - b.next);
+        for _ in 0..todo {
+            b.process_next(&self.inner, now);
+        }
+        if b.next == b.entries.len() {
+            b.ended = Some(now);
+        }
+        todo
+    }
+
+    /// End batch `id` now as if its 24 hours had run out: its requests not processed yet
+    /// become `expired`. Returns false for an unknown id or a batch that had already ended
+    /// (a cancel asked before wins: it ends the batch first).
+    pub fn expire_batch(&self, id: &str) -> bool {
+        let now = Instant::now();
+        let all = advance_batches(&self.inner, now);
+        let Ok(batch) = find_batch(&all, id) else {
+            return false;
+        };
+        let mut b = lock(&batch);
+        if b.ended.is_some() {
+            return false;
+        }
+        b.finish(|| Answer::Expired, now);
+        true
+    }
+
+    /// Every batch created so far, oldest first, brought up to now (see
+    /// [`set_batch_processing_time`](Self::set_batch_processing_time)).
+    pub fn batches(&self) -> Vec<BatchRecord> {
+        advance_batches(&self.inner, Instant::now())
+            .iter()
+            .map(|b| lock(b).record())
+            .collect()
+    }
+
+    /// Batch `id`, brought up to now, if there is one.
+    pub fn batch(&self, id: &str) -> Option<BatchRecord> {
+        let all = advance_batches(&self.inner, Instant::now());
+        find_batch(&all, id).ok().map(|b| lock(&b).record())
+    }
+
+    /// How many batches have been created.
+    pub fn batch_count(&self) -> usize {
+        lock(&self.inner.batches).len()
+    }
+
+    /// Calls to the batch endpoints so far (create, retrieve, list, cancel, results; refused
+    /// ones included). They are not `/v1/messages` requests: [`request_count`](Self::request_count)
+    /// and [`requests`](Self::requests) leave them out, and
+    /// [`clear_requests`](Self::clear_requests) does not touch batches.
+    pub fn batch_api_calls(&self) -> usize {
+        self.inner.batch_calls.load(Ordering::SeqCst)
+    }
+
     /// Environment for a child `claude` pointed at this mock with `HOME=home`.
     /// Also remove `CLAUDECODE` from the child's env (`Command::env_remove`).
     /// Retries are left at the CLI default; add `CLAUDE_CODE_MAX_RETRIES` for fault tests.
@@ -935,6 +1046,9 @@ struct Request {
     path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// A batch-creation body above [`BATCH_MAX_BYTES`]: not read, answered 413, and the
+    /// connection closed.
+    too_large: bool,
 }
 
 impl Request {
@@ -994,6 +1108,15 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<O
         path,
         headers,
         body: Vec::new(),
+        too_large: false,
+    };
+    // A batch may be four times the size of anything else; above that, the API answers 413.
+    let creates_batch =
+        req.method.eq_ignore_ascii_case("POST") && req.path.split('?').next() == Some(BATCHES);
+    let limit = if creates_batch {
+        BATCH_MAX_BYTES
+    } else {
+        MAX_BODY
     };
     if req
         .header("expect")
@@ -1018,7 +1141,12 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<O
                 }
                 break;
             }
-            if req.body.len() + size > MAX_BODY {
+            if req.body.len() + size > limit {
+                if creates_batch {
+                    req.too_large = true;
+                    req.body = Vec::new();
+                    return Ok(Some(req));
+                }
                 return Err(bad("body too large"));
             }
             let start = req.body.len();
@@ -1028,7 +1156,11 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<O
         }
     } else if let Some(len) = req.header("content-length") {
         let len: usize = len.parse().map_err(|_| bad("content-length"))?;
-        if len > MAX_BODY {
+        if len > limit {
+            if creates_batch {
+                req.too_large = true;
+                return Ok(Some(req));
+            }
             return Err(bad("body too large"));
         }
         req.body.resize(len, 0);
@@ -1052,6 +1184,8 @@ fn serve_connection(stream: TcpStream, inner: &Inner) -> io::Result<()> {
         let route = req.path.split('?').next().unwrap_or("");
         let keep = if req.method.eq_ignore_ascii_case("POST") && route == "/v1/messages" {
             handle_messages(&req, inner, &mut w)?
+        } else if route == BATCHES || route.starts_with(BATCHES_SLASH) {
+            handle_batches(&req, inner, &mut w)?
         } else {
             lock(&inner.other).push(format!("{} {}", req.method, req.path));
             let head = req.method.eq_ignore_ascii_case("HEAD");
@@ -1644,6 +1778,37 @@ fn pieces(s: &str, n: usize) -> Vec<&str> {
     out
 }
 
+/// A reply's content block, its stop reason and the characters its output tokens count.
+fn block_content(block: &Block) -> (Value, String, usize) {
+    match block {
+        Block::Text(t, stop) => (
+            json!({"type": "text", "text": t}),
+            stop.to_string(),
+            t.chars().count(),
+        ),
+        Block::Tool(name, input) => {
+            let tid = format!(
+                "toolu_mock_{:06}",
+                MSG_COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let n = input.to_string().chars().count();
+            (
+                json!({"type": "tool_use", "id": tid, "name": name, "input": input}),
+                "tool_use".to_string(),
+                n,
+            )
+        }
+    }
+}
+
+/// The non-streaming `Message` object of a reply.
+fn message_object(id: &str, model: &str, content: Value, stop: &str, usage: Value) -> Value {
+    json!({
+        "id": id, "type": "message", "role": "assistant", "model": model,
+        "content": [content], "stop_reason": stop, "stop_sequence": null, "usage": usage,
+    })
+}
+
 fn send_message(
     w: &mut TcpStream,
     head: &[(String, String)],
@@ -1653,27 +1818,11 @@ fn send_message(
     tokens: InputTokens,
     block: Block,
 ) -> io::Result<()> {
-    let (content, stop, out_chars) = match &block {
-        Block::Text(t, stop) => (json!({"type": "text", "text": t}), *stop, t.chars().count()),
-        Block::Tool(name, input) => {
-            let tid = format!(
-                "toolu_mock_{:06}",
-                MSG_COUNTER.fetch_add(1, Ordering::SeqCst)
-            );
-            let n = input.to_string().chars().count();
-            (
-                json!({"type": "tool_use", "id": tid, "name": name, "input": input}),
-                "tool_use",
-                n,
-            )
-        }
-    };
+    let (content, stop, out_chars) = block_content(&block);
+    let stop = stop.as_str();
     let usage = usage(tokens, out_chars);
     if !stream {
-        let msg = json!({
-            "id": id, "type": "message", "role": "assistant", "model": model,
-            "content": [content], "stop_reason": stop, "stop_sequence": null, "usage": usage,
-        });
+        let msg = message_object(id, model, content, stop, usage);
         let mut extra = vec![("request-id".to_string(), "req_mock".to_string())];
         extra.extend_from_slice(head);
         let body = msg.to_string();
@@ -1822,6 +1971,699 @@ fn cut(
     w.flush()?;
     let _ = w.shutdown(Shutdown::Both);
     Ok(())
+}
+
+// Message Batches.
+
+/// The batch endpoints' path (`POST` creates, `GET` lists).
+const BATCHES: &str = "/v1/messages/batches";
+const BATCHES_SLASH: &str = "/v1/messages/batches/";
+
+/// The most requests one batch may hold, as the API documents.
+pub const BATCH_MAX_REQUESTS: usize = 100_000;
+
+/// The largest batch-creation body, as the API documents (256 MB, read as MiB); a larger one
+/// is answered 413 `request_too_large` without being read.
+pub const BATCH_MAX_BYTES: usize = 256 << 20;
+
+/// How long a batch may run: one that has not ended 24 hours after its creation expires.
+pub const BATCH_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// A batch's `processing_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStatus {
+    /// `in_progress`: requests are being processed.
+    InProgress,
+    /// `canceling`: a cancel was asked; the batch ends at its next look.
+    Canceling,
+    /// `ended`: every request has its result; the results can be read.
+    Ended,
+}
+
+impl BatchStatus {
+    /// The API's name for it (`in_progress`, `canceling`, `ended`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::InProgress => "in_progress",
+            BatchStatus::Canceling => "canceling",
+            BatchStatus::Ended => "ended",
+        }
+    }
+}
+
+/// A batch's `request_counts`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Not processed yet.
+    pub processing: usize,
+    /// Answered with a message.
+    pub succeeded: usize,
+    /// Answered with an error.
+    pub errored: usize,
+    /// Ended by a cancel before they were processed.
+    pub canceled: usize,
+    /// Ended by expiry before they were processed.
+    pub expired: usize,
+}
+
+/// The tokens the mock billed for a batch's succeeded requests, at the same counts as
+/// `/v1/messages` would (the half price is the client's arithmetic): errored, canceled and
+/// expired requests are not billed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchUsage {
+    /// Input tokens outside the prompt cache.
+    pub input_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_write: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+}
+
+/// What one request of a batch ends as, chosen by
+/// [`MockApi::set_batch_request_outcome`] when the request is processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Answered as `/v1/messages` would answer it: the reply function and the prompt cache
+    /// (the default). A [`Fault::Status`] reply makes it `errored` (see module docs).
+    Answer,
+    /// `errored` with this error, not billed. The API's retryable kinds are
+    /// `overloaded_error` and `api_error`; `invalid_request_error` is not.
+    Errored {
+        /// The error's `type`, e.g. `overloaded_error`.
+        error_type: String,
+        /// The error's `message`.
+        message: String,
+    },
+    /// `expired`, not billed.
+    Expired,
+}
+
+impl BatchOutcome {
+    /// `errored` with this error type and a message saying it is the mock's.
+    pub fn errored(error_type: impl Into<String>) -> BatchOutcome {
+        let error_type = error_type.into();
+        let message = format!("{error_type} (mock batch outcome)");
+        BatchOutcome::Errored {
+            error_type,
+            message,
+        }
+    }
+}
+
+/// One batch as the mock holds it (see [`MockApi::batches`]).
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    /// `msgbatch_…`.
+    pub id: String,
+    /// The requests' `custom_id`s, in submission order.
+    pub custom_ids: Vec<String>,
+    /// Its `processing_status` now.
+    pub status: BatchStatus,
+    /// Its `request_counts` now.
+    pub counts: BatchCounts,
+    /// What its succeeded requests were billed.
+    pub billed: BatchUsage,
+    /// When it was created.
+    pub created: Instant,
+    /// When a cancel was asked, if one was.
+    pub cancel_initiated: Option<Instant>,
+    /// When it ended, if it has.
+    pub ended: Option<Instant>,
+    /// Every request, in submission order, as a [`RecordedRequest`] (`body` = its `params`,
+    /// `headers` those of the creating call, `path` [`BATCHES`], `at` when it was processed
+    /// or created, `status` 200 if it succeeded, the error's HTTP status if it errored, 0
+    /// otherwise; tokens billed filled in). Empty when the batch was created with recording
+    /// off ([`MockApi::set_recording`]).
+    pub requests: Vec<RecordedRequest>,
+}
+
+type OutcomeFn = dyn Fn(&str, &RecordedRequest) -> BatchOutcome + Send + Sync;
+
+/// One request's result, once it has one.
+enum Answer {
+    Pending,
+    Succeeded(Value),
+    Errored(String, String),
+    Canceled,
+    Expired,
+}
+
+struct BatchEntry {
+    custom_id: String,
+    /// The request's `params` until it is processed (then `Null`: its record keeps it).
+    params: Value,
+    /// Its record once processed or ended, when the batch keeps records.
+    record: Option<RecordedRequest>,
+    answer: Answer,
+}
+
+struct Batch {
+    id: String,
+    seq: u64,
+    created: Instant,
+    created_wall: SystemTime,
+    processing_time: Duration,
+    /// Keep each request's record (recording was on at creation).
+    keep: bool,
+    /// The creating call's headers, for the records (empty when not kept).
+    headers: Vec<(String, String)>,
+    entries: Vec<BatchEntry>,
+    /// Requests are processed in submission order: the first not processed yet.
+    next: usize,
+    counts: BatchCounts,
+    billed: BatchUsage,
+    cancel_initiated: Option<Instant>,
+    ended: Option<Instant>,
+}
+
+/// A request's record as [`inspect`] reads it, and whether its tool_result is an error.
+fn batch_recorded(
+    body: Value,
+    headers: &[(String, String)],
+    at: Instant,
+) -> (RecordedRequest, bool) {
+    let (prompt, user_turns, tools, model, stream, tool_result, tool_error) = inspect(&body);
+    let rec = RecordedRequest {
+        prompt,
+        user_turns,
+        bytes: body.to_string().len(),
+        tools,
+        model,
+        stream,
+        at,
+        status: 0,
+        tool_result,
+        path: BATCHES.to_string(),
+        body,
+        headers: headers.to_vec(),
+        cache_read: 0,
+        cache_write: 0,
+        input_tokens: 0,
+    };
+    (rec, tool_error)
+}
+
+/// The HTTP status that goes with an error type (the inverse of [`error_type`]).
+fn status_of(kind: &str) -> u16 {
+    match kind {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "overloaded_error" => 529,
+        _ => 500,
+    }
+}
+
+/// Answer one request of a batch the way `/v1/messages` would, without its timing
+/// (`Reply::After` and `Fault::Slow` do not wait: a batch's pace is its processing time).
+/// Returns its answer and, if it succeeded, what it is billed (input tokens, output tokens).
+fn answer_batch_request(
+    inner: &Inner,
+    custom_id: &str,
+    rec: &RecordedRequest,
+    tool_error: bool,
+    now: Instant,
+) -> (Answer, Option<(InputTokens, usize)>) {
+    let errored = |kind: &str, message: String| (Answer::Errored(kind.into(), message), None);
+    let unknown_model = lock(&inner.known_models)
+        .as_ref()
+        .is_some_and(|known| !known.contains(&rec.model));
+    if unknown_model {
+        return errored("not_found_error", format!("model: {}", rec.model));
+    }
+    let outcome = Arc::clone(
+        &*inner
+            .batch_outcome
+            .read()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| outcome(custom_id, rec)));
+    match outcome {
+        Ok(BatchOutcome::Answer) => {}
+        Ok(BatchOutcome::Errored {
+            error_type,
+            message,
+        }) => return errored(&error_type, message),
+        Ok(BatchOutcome::Expired) => return (Answer::Expired, None),
+        Err(_) => return errored("api_error", "mock batch outcome function panicked".into()),
+    }
+    let mut reply = if rec.tool_result && !tool_error {
+        Reply::Text(AFTER_TOOL_TEXT.to_string())
+    } else {
+        let f = Arc::clone(&*inner.reply.read().unwrap_or_else(|e| e.into_inner()));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rec))) {
+            Ok(r) => r,
+            Err(_) => return errored("api_error", "mock reply function panicked".into()),
+        }
+    };
+    let mut id = None;
+    loop {
+        match reply {
+            Reply::After(_, next) => reply = *next,
+            Reply::WithId(named, next) => {
+                id = Some(named);
+                reply = *next;
+            }
+            Reply::Fault(Fault::Slow(_)) => reply = echo(&rec.prompt),
+            _ => break,
+        }
+    }
+    let block = match &reply {
+        Reply::Fault(Fault::Status { code, .. }) => {
+            return errored(error_type(*code), format!("mock fault {code}"))
+        }
+        Reply::Fault(Fault::SpendLimit) => {
+            return errored("rate_limit_error", SPEND_LIMIT_MESSAGE.into())
+        }
+        Reply::Fault(Fault::CutStream) => {
+            return errored("api_error", "mock fault: the answer was cut".into())
+        }
+        Reply::Text(t) => Block::Text(t, "end_turn"),
+        Reply::Stop { text, stop_reason } => Block::Text(text, stop_reason),
+        Reply::Fault(Fault::NoStop(_, text) | Fault::EndsBeforeStop { text, .. }) => {
+            Block::Text(text, "end_turn")
+        }
+        Reply::StructuredOutput(v) => {
+            Block::Tool(forced_tool(&rec.body).unwrap_or(STRUCTURED_OUTPUT_TOOL), v)
+        }
+        Reply::ToolUse { name, input } => Block::Tool(name, input),
+        Reply::After(..) | Reply::WithId(..) | Reply::Fault(Fault::Slow(_)) => unreachable!(),
+    };
+    let tokens = {
+        let mut cache = lock(&inner.cache);
+        let found = cache.look_up(&rec.body, now);
+        cache.begin(found, rec.bytes, now)
+    };
+    let (content, stop, out_chars) = block_content(&block);
+    let usage = usage(tokens, out_chars);
+    let output = (out_chars / 4).max(1);
+    let id = id.unwrap_or_else(next_message_id);
+    let message = message_object(&id, &rec.model, content, &stop, usage);
+    (Answer::Succeeded(message), Some((tokens, output)))
+}
+
+impl Batch {
+    fn status(&self) -> BatchStatus {
+        if self.ended.is_some() {
+            BatchStatus::Ended
+        } else if self.cancel_initiated.is_some() {
+            BatchStatus::Canceling
+        } else {
+            BatchStatus::InProgress
+        }
+    }
+
+    /// The wall-clock time of an instant of this batch's life.
+    fn wall(&self, at: Instant) -> SystemTime {
+        self.created_wall + at.saturating_duration_since(self.created)
+    }
+
+    /// Bring the batch up to `now`: a cancel asked since the last look ends it; otherwise the
+    /// requests due by now (spread evenly over the processing time) are processed, and it
+    /// ends when all are, or expires at [`BATCH_EXPIRY`].
+    fn advance(&mut self, inner: &Inner, now: Instant) {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.cancel_initiated.is_some() {
+            self.finish(|| Answer::Canceled, now);
+            return;
+        }
+        let n = self.entries.len();
+        let horizon = now
+            .saturating_duration_since(self.created)
+            .min(BATCH_EXPIRY);
+        let due = if horizon >= self.processing_time {
+            n
+        } else {
+            (n as u128 * horizon.as_nanos() / self.processing_time.as_nanos()) as usize
+        };
+        while self.next < due {
+            self.process_next(inner, now);
+        }
+        if self.next == n {
+            self.ended = Some((self.created + self.processing_time).min(now));
+        } else if horizon >= BATCH_EXPIRY {
+            self.finish(|| Answer::Expired, self.created + BATCH_EXPIRY);
+        }
+    }
+
+    fn process_next(&mut self, inner: &Inner, now: Instant) {
+        let keep = self.keep;
+        let entry = &mut self.entries[self.next];
+        self.next += 1;
+        let (mut rec, tool_error) =
+            batch_recorded(std::mem::take(&mut entry.params), &self.headers, now);
+        let (answer, billed) = answer_batch_request(inner, &entry.custom_id, &rec, tool_error, now);
+        self.counts.processing -= 1;
+        match &answer {
+            Answer::Succeeded(_) => {
+                self.counts.succeeded += 1;
+                rec.status = 200;
+            }
+            Answer::Errored(kind, _) => {
+                self.counts.errored += 1;
+                rec.status = status_of(kind);
+            }
+            _ => self.counts.expired += 1,
+        }
+        if let Some((tokens, output)) = billed {
+            rec.input_tokens = tokens.input;
+            rec.cache_write = tokens.write;
+            rec.cache_read = tokens.read;
+            self.billed.input_tokens += tokens.input as u64;
+            self.billed.cache_write += tokens.write as u64;
+            self.billed.cache_read += tokens.read as u64;
+            self.billed.output_tokens += output as u64;
+        }
+        entry.answer = answer;
+        if keep {
+            entry.record = Some(rec);
+        }
+    }
+
+    /// End the batch at `at`: every request not processed yet gets `answer` (canceled or
+    /// expired).
+    fn finish(&mut self, answer: impl Fn() -> Answer, at: Instant) {
+        for entry in &mut self.entries[self.next..] {
+            entry.answer = answer();
+            let params = std::mem::take(&mut entry.params);
+            if self.keep {
+                entry.record = Some(batch_recorded(params, &self.headers, at).0);
+            }
+            match entry.answer {
+                Answer::Canceled => self.counts.canceled += 1,
+                _ => self.counts.expired += 1,
+            }
+        }
+        self.counts.processing = 0;
+        self.next = self.entries.len();
+        self.ended = Some(at);
+    }
+
+    /// The API's batch object.
+    fn json(&self, base: &str) -> Value {
+        let at = |t: Option<Instant>| t.map(|t| rfc3339(self.wall(t)));
+        let ended = self.ended.is_some();
+        let c = self.counts;
+        json!({
+            "id": self.id,
+            "type": "message_batch",
+            "processing_status": self.status().as_str(),
+            "request_counts": {
+                "processing": c.processing, "succeeded": c.succeeded, "errored": c.errored,
+                "canceled": c.canceled, "expired": c.expired,
+            },
+            "ended_at": at(self.ended),
+            "created_at": rfc3339(self.created_wall),
+            "expires_at": rfc3339(self.created_wall + BATCH_EXPIRY),
+            "archived_at": null,
+            "cancel_initiated_at": at(self.cancel_initiated),
+            "results_url": ended.then(|| format!("{base}{BATCHES}/{}/results", self.id)),
+        })
+    }
+
+    /// The results as JSON lines, in an order that is not the submission order (the same for
+    /// the same batch every time).
+    fn results(&self) -> String {
+        let n = self.entries.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|i| splitmix64(self.seq ^ splitmix64(*i as u64)));
+        if n > 1 && order.iter().enumerate().all(|(k, i)| k == *i) {
+            order.rotate_left(1);
+        }
+        let mut out = String::new();
+        for i in order {
+            let entry = &self.entries[i];
+            let result = match &entry.answer {
+                Answer::Succeeded(message) => json!({"type": "succeeded", "message": message}),
+                Answer::Errored(kind, message) => json!({"type": "errored",
+                    "error": {"type": "error", "error": {"type": kind, "message": message}}}),
+                Answer::Canceled => json!({"type": "canceled"}),
+                Answer::Expired => json!({"type": "expired"}),
+                Answer::Pending => unreachable!("results are read once the batch has ended"),
+            };
+            out += &json!({"custom_id": entry.custom_id, "result": result}).to_string();
+            out.push('\n');
+        }
+        out
+    }
+
+    fn record(&self) -> BatchRecord {
+        let requests = if self.keep {
+            self.entries
+                .iter()
+                .map(|e| match &e.record {
+                    Some(r) => r.clone(),
+                    None => batch_recorded(e.params.clone(), &self.headers, self.created).0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        BatchRecord {
+            id: self.id.clone(),
+            custom_ids: self.entries.iter().map(|e| e.custom_id.clone()).collect(),
+            status: self.status(),
+            counts: self.counts,
+            billed: self.billed,
+            created: self.created,
+            cancel_initiated: self.cancel_initiated,
+            ended: self.ended,
+            requests,
+        }
+    }
+}
+
+/// An error answer of a batch endpoint: status, error type, message.
+type BatchError = (u16, &'static str, String);
+
+fn invalid(message: String) -> BatchError {
+    (400, "invalid_request_error", message)
+}
+
+fn valid_custom_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Bring every batch up to `now`; returns them, oldest first.
+fn advance_batches(inner: &Inner, now: Instant) -> Vec<Arc<Mutex<Batch>>> {
+    let all = lock(&inner.batches).clone();
+    for b in &all {
+        lock(b).advance(inner, now);
+    }
+    all
+}
+
+fn find_batch(all: &[Arc<Mutex<Batch>>], id: &str) -> Result<Arc<Mutex<Batch>>, BatchError> {
+    all.iter()
+        .find(|b| lock(b).id == id)
+        .cloned()
+        .ok_or_else(|| {
+            (
+                404,
+                "not_found_error",
+                format!("message batch {id} not found"),
+            )
+        })
+}
+
+/// `POST /v1/messages/batches`: validate the whole batch, then create it.
+fn create_batch(inner: &Inner, req: &Request, now: Instant) -> Result<Value, BatchError> {
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let Some(Value::Array(requests)) = body.get("requests") else {
+        return Err(invalid("requests: an array of requests is required".into()));
+    };
+    if requests.is_empty() {
+        return Err(invalid(
+            "requests: a batch needs at least one request".into(),
+        ));
+    }
+    if requests.len() > BATCH_MAX_REQUESTS {
+        return Err(invalid(format!(
+            "requests: a batch holds at most {BATCH_MAX_REQUESTS} requests, this one has {}",
+            requests.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in requests.iter().enumerate() {
+        let Some(id) = r.get("custom_id").and_then(Value::as_str) else {
+            return Err(invalid(format!(
+                "requests.{i}.custom_id: a string is required"
+            )));
+        };
+        if !valid_custom_id(id) {
+            return Err(invalid(format!(
+                "requests.{i}.custom_id: {id:?} does not match ^[a-zA-Z0-9_-]{{1,64}}$"
+            )));
+        }
+        if !seen.insert(id) {
+            return Err(invalid(format!(
+                "requests.{i}.custom_id: {id:?} is used by more than one request of the batch"
+            )));
+        }
+        let Some(params) = r.get("params").filter(|p| p.is_object()) else {
+            return Err(invalid(format!(
+                "requests.{i}.params: an object is required ({id:?})"
+            )));
+        };
+        if params.get("stream").and_then(Value::as_bool) == Some(true) {
+            return Err(invalid(format!(
+                "requests.{i}.params.stream: a batch request cannot stream ({id:?})"
+            )));
+        }
+    }
+    let Value::Object(mut body) = body else {
+        unreachable!("a body with requests is an object")
+    };
+    let Some(Value::Array(requests)) = body.remove("requests") else {
+        unreachable!("checked above")
+    };
+    let entries: Vec<BatchEntry> = requests
+        .into_iter()
+        .map(|mut r| BatchEntry {
+            custom_id: r["custom_id"].as_str().unwrap_or_default().to_string(),
+            params: r["params"].take(),
+            record: None,
+            answer: Answer::Pending,
+        })
+        .collect();
+    let keep = inner.recording.load(Ordering::SeqCst);
+    let seq = inner.batch_seq.fetch_add(1, Ordering::SeqCst);
+    let batch = Batch {
+        id: format!("msgbatch_mock_{seq:06}"),
+        seq,
+        created: now,
+        created_wall: SystemTime::now(),
+        processing_time: *lock(&inner.batch_processing_time),
+        keep,
+        headers: if keep {
+            req.headers.clone()
+        } else {
+            Vec::new()
+        },
+        counts: BatchCounts {
+            processing: entries.len(),
+            ..BatchCounts::default()
+        },
+        entries,
+        next: 0,
+        billed: BatchUsage::default(),
+        cancel_initiated: None,
+        ended: None,
+    };
+    let answer = batch.json(&format!("http://{}", inner.addr));
+    lock(&inner.batches).push(Arc::new(Mutex::new(batch)));
+    Ok(answer)
+}
+
+/// `GET /v1/messages/batches`: newest first, `limit` (1 to 1,000, default 20) from the
+/// `after_id` or `before_id` cursor.
+fn list_batches(inner: &Inner, all: &[Arc<Mutex<Batch>>], query: &str) -> Value {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let limit = param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, 1000);
+    let newest_first: Vec<&Arc<Mutex<Batch>>> = all.iter().rev().collect();
+    let position = |id: &str| newest_first.iter().position(|b| lock(b).id == id);
+    let (page, has_more) = if let Some(before) = param("before_id") {
+        let end = position(&before).unwrap_or(0);
+        let start = end.saturating_sub(limit);
+        (&newest_first[start..end], start > 0)
+    } else {
+        let start = match param("after_id") {
+            Some(after) => position(&after).map_or(newest_first.len(), |p| p + 1),
+            None => 0,
+        };
+        let end = (start + limit).min(newest_first.len());
+        (&newest_first[start..end], end < newest_first.len())
+    };
+    let base = format!("http://{}", inner.addr);
+    let data: Vec<Value> = page.iter().map(|b| lock(b).json(&base)).collect();
+    let id_of = |v: Option<&Value>| v.map_or(Value::Null, |v| v["id"].clone());
+    json!({
+        "data": data,
+        "has_more": has_more,
+        "first_id": id_of(data.first()),
+        "last_id": id_of(data.last()),
+    })
+}
+
+/// Answer one call to a batch endpoint. Returns whether the connection may be reused.
+fn handle_batches(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Result<bool> {
+    inner.batch_calls.fetch_add(1, Ordering::SeqCst);
+    let (route, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let rest = route.strip_prefix(BATCHES).unwrap_or("");
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let method = req.method.to_ascii_uppercase();
+    let now = Instant::now();
+    let base = format!("http://{}", inner.addr);
+    let answer: Result<(&str, String), BatchError> = if req.too_large {
+        Err((
+            413,
+            "request_too_large",
+            format!("a batch is at most {BATCH_MAX_BYTES} bytes"),
+        ))
+    } else {
+        let all = advance_batches(inner, now);
+        let json = |v: Value| ("application/json", v.to_string());
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", []) => create_batch(inner, req, now).map(json),
+            ("GET", []) => Ok(json(list_batches(inner, &all, query))),
+            ("GET", [id]) => find_batch(&all, id).map(|b| json(lock(&b).json(&base))),
+            ("POST", [id, "cancel"]) => find_batch(&all, id).map(|b| {
+                let mut b = lock(&b);
+                if b.status() == BatchStatus::InProgress {
+                    b.cancel_initiated = Some(now);
+                }
+                json(b.json(&base))
+            }),
+            ("GET", [id, "results"]) => find_batch(&all, id).and_then(|b| {
+                let b = lock(&b);
+                if b.ended.is_none() {
+                    return Err((
+                        404,
+                        "not_found_error",
+                        format!("message batch {id} has not ended: no results yet"),
+                    ));
+                }
+                Ok(("application/x-jsonl", b.results()))
+            }),
+            _ => Err((404, "not_found_error", format!("no route {method} {route}"))),
+        }
+    };
+    sleep_unless_shutdown(inner, *lock(&inner.latency));
+    let head = ratelimit_headers(inner);
+    match answer {
+        Ok((ctype, body)) => {
+            let mut extra = vec![("request-id".to_string(), "req_mock".to_string())];
+            extra.extend(head);
+            write_response(w, 200, &extra, ctype, body.as_bytes(), false)?;
+            Ok(true)
+        }
+        Err((code, kind, message)) => {
+            send_error_body(w, &head, code, None, &error_body(kind, &message))?;
+            // An unread body leaves the connection unusable.
+            Ok(!req.too_large)
+        }
+    }
 }
 
 #[cfg(test)]
