@@ -3325,4 +3325,542 @@ exists, LOW otherwise; answer with the level and one sentence of reasons. "
         assert_eq!((kept.len(), kept[0].status), (1, 200));
         assert!(kept[0].prompt.starts_with("Ticket 50:"));
     }
+
+    // Message Batches.
+
+    impl Client {
+        /// Any method and path, with a JSON body or none.
+        fn request(&mut self, method: &str, path: &str, body: Option<&Value>) -> Response {
+            let body = body.map(Value::to_string).unwrap_or_default();
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: sk-ant-test-batch\r\n\
+content-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            self.w.write_all(head.as_bytes()).unwrap();
+            self.response().unwrap()
+        }
+
+        fn create_batch(&mut self, requests: &[(String, Value)]) -> Response {
+            let requests: Vec<Value> = requests
+                .iter()
+                .map(|(id, params)| json!({"custom_id": id, "params": params}))
+                .collect();
+            self.request("POST", BATCHES, Some(&json!({ "requests": requests })))
+        }
+
+        fn retrieve(&mut self, id: &str) -> Value {
+            let resp = self.request("GET", &format!("{BATCHES}/{id}"), None);
+            assert_eq!(resp.status, 200);
+            resp.json()
+        }
+
+        /// The results of an ended batch, as (custom_id, result) in the order served.
+        fn results(&mut self, id: &str) -> Vec<(String, Value)> {
+            let resp = self.request("GET", &format!("{BATCHES}/{id}/results"), None);
+            assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+            String::from_utf8(resp.body)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    (
+                        v["custom_id"].as_str().unwrap().to_string(),
+                        v["result"].clone(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    /// `n` ticket requests with ids `ticket-0`, `ticket-1`, ...
+    fn tickets(n: usize) -> Vec<(String, Value)> {
+        (0..n)
+            .map(|i| {
+                let mut params = body(&ticket(i), false);
+                params.as_object_mut().unwrap().remove("stream");
+                (format!("ticket-{i}"), params)
+            })
+            .collect()
+    }
+
+    fn counts(batch: &Value) -> [i64; 5] {
+        let c = &batch["request_counts"];
+        ["processing", "succeeded", "errored", "canceled", "expired"]
+            .map(|k| c[k].as_i64().unwrap_or_else(|| panic!("{k} in {c}")))
+    }
+
+    fn result_types(results: &[(String, Value)]) -> HashMap<String, String> {
+        results
+            .iter()
+            .map(|(id, r)| (id.clone(), r["type"].as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    /// What the succeeded results' usage adds up to, as the mock bills it.
+    fn usage_sum(results: &[(String, Value)]) -> BatchUsage {
+        let mut sum = BatchUsage::default();
+        for (_, r) in results.iter().filter(|(_, r)| r["type"] == "succeeded") {
+            let u = &r["message"]["usage"];
+            let n = |k: &str| u[k].as_u64().unwrap();
+            sum.input_tokens += n("input_tokens");
+            sum.cache_write += n("cache_creation_input_tokens");
+            sum.cache_read += n("cache_read_input_tokens");
+            sum.output_tokens += n("output_tokens");
+        }
+        sum
+    }
+
+    #[test]
+    fn a_batch_is_created_then_ended_and_its_results_come_back_complete_in_another_order() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let sent = tickets(20);
+        let created = c.create_batch(&sent);
+        assert_eq!(created.status, 200);
+        assert_eq!(created.header("content-type"), Some("application/json"));
+        let batch = created.json();
+        let id = batch["id"].as_str().unwrap().to_string();
+        assert!(id.starts_with("msgbatch_"), "{id}");
+        assert_eq!(batch["type"], "message_batch");
+        assert_eq!(batch["processing_status"], "in_progress");
+        assert_eq!(counts(&batch), [20, 0, 0, 0, 0]);
+        assert_eq!(
+            (
+                &batch["ended_at"],
+                &batch["cancel_initiated_at"],
+                &batch["results_url"]
+            ),
+            (&Value::Null, &Value::Null, &Value::Null)
+        );
+        let created_at = batch["created_at"].as_str().unwrap();
+        let expires_at = batch["expires_at"].as_str().unwrap();
+        assert!(is_rfc3339_utc(created_at) && is_rfc3339_utc(expires_at));
+        // 24 hours later: the same time of day, the next day.
+        assert_eq!(created_at[11..], expires_at[11..]);
+        assert_ne!(created_at[..10], expires_at[..10]);
+
+        // Processing time zero: ended at the first look.
+        let ended = c.retrieve(&id);
+        assert_eq!(ended["processing_status"], "ended");
+        assert_eq!(counts(&ended), [0, 20, 0, 0, 0]);
+        assert!(is_rfc3339_utc(ended["ended_at"].as_str().unwrap()));
+        let url = format!("{}{BATCHES}/{id}/results", api.url());
+        assert_eq!(ended["results_url"], json!(url));
+
+        let results = c.results(&id);
+        let served: Vec<&str> = results.iter().map(|(id, _)| id.as_str()).collect();
+        let submitted: Vec<&str> = sent.iter().map(|(id, _)| id.as_str()).collect();
+        assert_ne!(served, submitted, "results come back in another order");
+        let mut sorted = served.clone();
+        sorted.sort_by_key(|id| id[7..].parse::<usize>().unwrap());
+        assert_eq!(sorted, submitted, "every request exactly once");
+        for (custom_id, result) in &results {
+            let n: usize = custom_id[7..].parse().unwrap();
+            assert_eq!(result["type"], "succeeded");
+            let message = &result["message"];
+            assert_eq!(message["type"], "message");
+            assert_eq!(message["model"], "claude-sonnet-4-5");
+            assert_eq!(message["stop_reason"], "end_turn");
+            assert_eq!(
+                message["content"][0]["text"],
+                json!(format!("echo: {}", ticket(n)))
+            );
+            assert!(message["usage"]["input_tokens"].as_u64().unwrap() > 50);
+        }
+        // The same order every time.
+        assert_eq!(c.results(&id), results);
+
+        let record = api.batch(&id).unwrap();
+        assert_eq!(record.status, BatchStatus::Ended);
+        assert_eq!(record.custom_ids, submitted);
+        assert_eq!(record.billed, usage_sum(&results));
+        assert!(record.ended.unwrap() >= record.created);
+        // Batch calls are not /v1/messages requests.
+        assert_eq!((api.batch_api_calls(), api.request_count()), (4, 0));
+        assert_eq!(api.batch_count(), 1);
+    }
+
+    #[test]
+    fn batch_requests_are_recorded_with_their_params_and_the_creating_calls_headers() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let id = c.create_batch(&tickets(3)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let record = &api.batches()[0];
+        assert_eq!(record.id, id);
+        assert_eq!(record.requests.len(), 3);
+        for (i, rec) in record.requests.iter().enumerate() {
+            assert_eq!(rec.prompt, ticket(i));
+            assert_eq!((rec.user_turns, rec.status, rec.stream), (1, 200, false));
+            assert_eq!(rec.body, tickets(3)[i].1);
+            assert_eq!(rec.path, BATCHES);
+            assert!(rec.input_tokens > 0);
+            assert!(rec
+                .headers
+                .contains(&("x-api-key".into(), "sk-ant-test-batch".into())));
+        }
+        let debug = format!("{record:?}");
+        assert!(!debug.contains("sk-ant-test-batch"), "{debug}");
+        assert!(api.requests().is_empty());
+    }
+
+    #[test]
+    fn one_bad_custom_id_or_params_rejects_the_whole_batch_naming_it() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let long = "x".repeat(65);
+        let bad_ids = ["", "has space", "ümlaut", long.as_str(), "a/b", "ticket-1"];
+        for bad in bad_ids {
+            let mut batch = tickets(4);
+            batch[2].0 = bad.to_string();
+            let resp = c.create_batch(&batch);
+            assert_eq!(resp.status, 400, "{bad:?}");
+            let error = resp.json();
+            assert_eq!(error["type"], "error");
+            assert_eq!(error["error"]["type"], "invalid_request_error");
+            let message = error["error"]["message"].as_str().unwrap();
+            assert!(message.contains(&format!("{bad:?}")), "{message}");
+            assert!(message.starts_with("requests.2.custom_id"), "{message}");
+        }
+        let mut streamed = tickets(3);
+        streamed[1].1["stream"] = json!(true);
+        let resp = c.create_batch(&streamed);
+        assert_eq!(resp.status, 400);
+        let message = resp.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains("stream") && message.contains("ticket-1"),
+            "{message}"
+        );
+        let mut no_params = tickets(3);
+        no_params[0].1 = json!("Ticket 0");
+        assert_eq!(c.create_batch(&no_params).status, 400);
+        assert_eq!(c.create_batch(&[]).status, 400);
+        let not_json = c.request("POST", BATCHES, Some(&json!({"requests": "all of them"})));
+        assert_eq!(not_json.status, 400);
+        // The longest id the pattern allows, and every character class, are fine.
+        let mut good = tickets(2);
+        good[0].0 = "Z".repeat(64);
+        good[1].0 = "a-Z_09".into();
+        assert_eq!(c.create_batch(&good).status, 200);
+        assert_eq!(api.batch_count(), 1);
+    }
+
+    #[test]
+    fn a_batch_above_the_request_or_byte_limits_is_refused() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let tiny = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let requests: Vec<Value> = (0..=BATCH_MAX_REQUESTS)
+            .map(|i| json!({"custom_id": format!("r{i}"), "params": tiny}))
+            .collect();
+        let resp = c.request("POST", BATCHES, Some(&json!({ "requests": requests })));
+        assert_eq!(resp.status, 400);
+        let message = resp.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains("100000"), "{message}");
+        assert_eq!(api.batch_count(), 0);
+
+        // A declared size above 256 MB: refused before the body is read, then the connection
+        // is closed (its body would follow).
+        let head = format!(
+            "POST {BATCHES} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: {}\r\n\r\n",
+            BATCH_MAX_BYTES + 1
+        );
+        c.w.write_all(head.as_bytes()).unwrap();
+        let resp = c.response().unwrap();
+        assert_eq!(resp.status, 413);
+        assert_eq!(resp.json()["error"]["type"], "request_too_large");
+        assert!(c.rest().is_empty());
+        assert_eq!(api.batch_count(), 0);
+    }
+
+    #[test]
+    fn the_list_is_newest_first_and_pages_by_cursor() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let ids: Vec<String> = (0..5)
+            .map(|i| {
+                let resp = c.create_batch(&tickets(i + 1));
+                resp.json()["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        let page = |c: &mut Client, query: &str| {
+            let resp = c.request("GET", &format!("{BATCHES}{query}"), None);
+            assert_eq!(resp.status, 200);
+            let v = resp.json();
+            let data: Vec<String> = v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["id"].as_str().unwrap().to_string())
+                .collect();
+            (data, v["has_more"].as_bool().unwrap(), v)
+        };
+        let newest: Vec<String> = ids.iter().rev().cloned().collect();
+        let (all, more, v) = page(&mut c, "");
+        assert_eq!((all, more), (newest.clone(), false));
+        assert_eq!(
+            (&v["first_id"], &v["last_id"]),
+            (&json!(ids[4]), &json!(ids[0]))
+        );
+        assert_eq!(v["data"][0]["processing_status"], "ended");
+        let (first, more, v) = page(&mut c, "?limit=2");
+        assert_eq!((first, more), (newest[..2].to_vec(), true));
+        let last = v["last_id"].as_str().unwrap().to_string();
+        let (second, more, _) = page(&mut c, &format!("?limit=2&after_id={last}"));
+        assert_eq!((second, more), (newest[2..4].to_vec(), true));
+        let (third, more, _) = page(&mut c, &format!("?limit=2&after_id={}", newest[3]));
+        assert_eq!((third, more), (newest[4..].to_vec(), false));
+        let (back, more, _) = page(&mut c, &format!("?limit=2&before_id={}", newest[3]));
+        assert_eq!((back, more), (newest[1..3].to_vec(), true));
+        let (empty, more, v) = page(&mut c, &format!("?after_id={}", newest[4]));
+        assert_eq!(
+            (empty.len(), more, &v["first_id"]),
+            (0, false, &Value::Null)
+        );
+    }
+
+    #[test]
+    fn an_unknown_batch_and_results_before_the_end_are_404() {
+        let api = MockApi::start();
+        api.set_batch_processing_time(Duration::from_secs(3600));
+        let mut c = Client::connect(&api);
+        for path in [
+            format!("{BATCHES}/msgbatch_nope"),
+            format!("{BATCHES}/msgbatch_nope/results"),
+        ] {
+            let resp = c.request("GET", &path, None);
+            assert_eq!(resp.status, 404);
+            assert_eq!(resp.json()["error"]["type"], "not_found_error");
+        }
+        let resp = c.request("POST", &format!("{BATCHES}/msgbatch_nope/cancel"), None);
+        assert_eq!(resp.status, 404);
+        let id = c.create_batch(&tickets(3)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let resp = c.request("GET", &format!("{BATCHES}/{id}/results"), None);
+        assert_eq!(resp.status, 404);
+        assert_eq!(c.retrieve(&id)["processing_status"], "in_progress");
+        assert_eq!(api.advance_batch(&id, 10), 3);
+        assert_eq!(c.results(&id).len(), 3);
+    }
+
+    #[test]
+    fn a_cancel_mid_processing_keeps_what_succeeded_and_cancels_the_rest() {
+        let api = MockApi::start();
+        api.set_batch_processing_time(Duration::from_secs(3600));
+        let mut c = Client::connect(&api);
+        let id = c.create_batch(&tickets(10)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(api.advance_batch(&id, 4), 4);
+        let part_done = c.retrieve(&id);
+        assert_eq!(part_done["processing_status"], "in_progress");
+        assert_eq!(counts(&part_done), [6, 4, 0, 0, 0]);
+
+        let canceling = c.request("POST", &format!("{BATCHES}/{id}/cancel"), None);
+        assert_eq!(canceling.status, 200);
+        let canceling = canceling.json();
+        assert_eq!(canceling["processing_status"], "canceling");
+        assert!(is_rfc3339_utc(
+            canceling["cancel_initiated_at"].as_str().unwrap()
+        ));
+        assert_eq!(canceling["results_url"], Value::Null);
+        assert_eq!(
+            api.advance_batch(&id, 1),
+            0,
+            "a canceling batch processes no more"
+        );
+
+        let ended = c.retrieve(&id);
+        assert_eq!(ended["processing_status"], "ended");
+        assert_eq!(counts(&ended), [0, 4, 0, 6, 0]);
+        let results = c.results(&id);
+        let types = result_types(&results);
+        for i in 0..10 {
+            let expected = if i < 4 { "succeeded" } else { "canceled" };
+            assert_eq!(types[&format!("ticket-{i}")], expected);
+        }
+        let record = api.batch(&id).unwrap();
+        assert_eq!(record.billed, usage_sum(&results));
+        assert!(record.cancel_initiated.is_some());
+        let billed_inputs: Vec<usize> = record.requests.iter().map(|r| r.input_tokens).collect();
+        assert!(billed_inputs[..4].iter().all(|t| *t > 0));
+        assert!(billed_inputs[4..].iter().all(|t| *t == 0));
+        // A second cancel changes nothing.
+        let again = c.request("POST", &format!("{BATCHES}/{id}/cancel"), None);
+        assert_eq!(counts(&again.json()), [0, 4, 0, 6, 0]);
+    }
+
+    #[test]
+    fn an_expired_batch_keeps_what_was_processed_and_expires_the_rest() {
+        let api = MockApi::start();
+        api.set_batch_processing_time(Duration::from_secs(3600));
+        let mut c = Client::connect(&api);
+        let id = c.create_batch(&tickets(6)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(api.advance_batch(&id, 2), 2);
+        assert!(api.expire_batch(&id));
+        assert!(!api.expire_batch(&id), "already ended");
+        assert!(!api.expire_batch("msgbatch_nope"));
+        let ended = c.retrieve(&id);
+        assert_eq!(ended["processing_status"], "ended");
+        assert_eq!(ended["cancel_initiated_at"], Value::Null);
+        assert_eq!(counts(&ended), [0, 2, 0, 0, 4]);
+        let results = c.results(&id);
+        let types = result_types(&results);
+        assert_eq!(types.values().filter(|t| *t == "expired").count(), 4);
+        assert_eq!(
+            (types["ticket-0"].as_str(), types["ticket-5"].as_str()),
+            ("succeeded", "expired")
+        );
+        assert_eq!(api.batch(&id).unwrap().billed, usage_sum(&results));
+    }
+
+    #[test]
+    fn chosen_requests_error_or_expire_and_only_successes_are_billed() {
+        let api = MockApi::start();
+        api.set_batch_request_outcome(|custom_id, rec| {
+            assert!(rec.prompt.starts_with("Ticket "));
+            match custom_id {
+                "ticket-1" => BatchOutcome::errored("overloaded_error"),
+                "ticket-2" => BatchOutcome::Errored {
+                    error_type: "invalid_request_error".into(),
+                    message: "max_tokens: too large".into(),
+                },
+                "ticket-3" => BatchOutcome::Expired,
+                _ => BatchOutcome::Answer,
+            }
+        });
+        // The reply function's faults become errored results too.
+        api.set_reply(|prompt| {
+            if prompt.starts_with("Ticket 4:") {
+                Reply::status(529, None)
+            } else {
+                Reply::After(Duration::from_secs(3600), Box::new(echo(prompt)))
+            }
+        });
+        let mut c = Client::connect(&api);
+        let id = c.create_batch(&tickets(6)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(counts(&c.retrieve(&id)), [0, 2, 3, 0, 1]);
+        let results: HashMap<String, Value> = c.results(&id).into_iter().collect();
+        let error = |id: &str| results[id]["error"].clone();
+        assert_eq!(results["ticket-1"]["type"], "errored");
+        assert_eq!(error("ticket-1")["type"], "error");
+        assert_eq!(error("ticket-1")["error"]["type"], "overloaded_error");
+        assert_eq!(
+            error("ticket-2")["error"],
+            json!({"type": "invalid_request_error", "message": "max_tokens: too large"})
+        );
+        assert_eq!(results["ticket-3"], json!({"type": "expired"}));
+        assert_eq!(error("ticket-4")["error"]["type"], "overloaded_error");
+        for ok in ["ticket-0", "ticket-5"] {
+            assert_eq!(results[ok]["type"], "succeeded");
+        }
+        let record = api.batch(&id).unwrap();
+        let statuses: Vec<u16> = record.requests.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200, 529, 400, 0, 529, 200]);
+        let billed: Vec<(String, Value)> = results.into_iter().collect();
+        assert_eq!(record.billed, usage_sum(&billed));
+        let one = record.requests[0].input_tokens as u64;
+        assert!(record.billed.input_tokens < 3 * one, "{:?}", record.billed);
+    }
+
+    #[test]
+    fn batch_requests_read_the_prefix_a_messages_request_wrote() {
+        let api = MockApi::start();
+        let rules = "Urgency is HIGH when customers cannot work, MEDIUM when a workaround \
+exists, LOW otherwise; answer with the level and one sentence of reasons. "
+            .repeat(40);
+        let cached = |n: usize| {
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1024,
+                "system": [{"type": "text", "text": rules, "cache_control": {"type": "ephemeral"}}],
+                "messages": [{"role": "user", "content": ticket(n)}],
+            })
+        };
+        let mut c = Client::connect(&api);
+        assert_eq!(c.call(&cached(0)).status, 200);
+        let written = api.last_request().unwrap().cache_write as u64;
+        assert!(written >= 1024);
+        let batch: Vec<(String, Value)> = (1..=8).map(|i| (format!("t{i}"), cached(i))).collect();
+        let id = c.create_batch(&batch).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let results = c.results_after_end(&id);
+        let billed = api.batch(&id).unwrap().billed;
+        assert_eq!(billed, usage_sum(&results));
+        assert_eq!((billed.cache_read, billed.cache_write), (8 * written, 0));
+    }
+
+    impl Client {
+        /// Look once (which ends a batch of zero processing time), then read its results.
+        fn results_after_end(&mut self, id: &str) -> Vec<(String, Value)> {
+            assert_eq!(self.retrieve(id)["processing_status"], "ended");
+            self.results(id)
+        }
+    }
+
+    #[test]
+    fn batch_endpoints_carry_the_rate_limit_headers_and_take_nothing_from_them() {
+        let api = MockApi::start();
+        api.set_rate_limit(Some(5));
+        let mut c = Client::connect(&api);
+        let created = c.create_batch(&tickets(2));
+        let id = created.json()["id"].as_str().unwrap().to_string();
+        let listed = c.request("GET", BATCHES, None);
+        let missing = c.request("GET", &format!("{BATCHES}/msgbatch_nope"), None);
+        for resp in [&created, &listed, &missing] {
+            assert_eq!(number(resp, "anthropic-ratelimit-requests-limit"), 5);
+            assert_eq!(number(resp, "anthropic-ratelimit-requests-remaining"), 5);
+        }
+        assert_eq!(c.results_after_end(&id).len(), 2);
+        assert_eq!((api.batch_api_calls(), api.request_count()), (5, 0));
+    }
+
+    #[test]
+    fn a_ten_thousand_request_batch_round_trips_without_recording() {
+        const N: usize = 10_000;
+        let api = MockApi::start();
+        api.set_recording(false);
+        let mut c = Client::connect(&api);
+        let sent = tickets(N);
+        let created = c.create_batch(&sent);
+        assert_eq!(created.status, 200);
+        let id = created.json()["id"].as_str().unwrap().to_string();
+        let ended = c.retrieve(&id);
+        assert_eq!(counts(&ended), [0, N as i64, 0, 0, 0]);
+        let results = c.results(&id);
+        assert_eq!(results.len(), N);
+        let served: std::collections::HashSet<&str> =
+            results.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(served.len(), N);
+        assert!(sent.iter().all(|(id, _)| served.contains(id.as_str())));
+        assert_ne!(results[0].0, "ticket-0");
+        let record = api.batch(&id).unwrap();
+        assert!(
+            record.requests.is_empty(),
+            "no bodies kept without recording"
+        );
+        assert_eq!(record.custom_ids.len(), N);
+        assert_eq!(record.billed, usage_sum(&results));
+    }
 }
