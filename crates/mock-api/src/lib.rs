@@ -3863,4 +3863,57 @@ exists, LOW otherwise; answer with the level and one sentence of reasons. "
         assert_eq!(record.custom_ids.len(), N);
         assert_eq!(record.billed, usage_sum(&results));
     }
+
+    #[test]
+    fn a_batch_is_processed_evenly_over_its_processing_time_and_expires_after_24_hours() {
+        let api = MockApi::start();
+        let hour = Duration::from_secs(3600);
+        let mut c = Client::connect(&api);
+        // The mock reads the clock at each look; here the looks are at chosen instants.
+        let look = |n: usize, after: Duration| {
+            let batch = Arc::clone(&lock(&api.inner.batches)[n]);
+            let mut b = lock(&batch);
+            let at = b.created + after;
+            b.advance(&api.inner, at);
+            (b.counts, b.status(), b.ended.map(|e| e - b.created))
+        };
+        let part = |processing, succeeded, expired| BatchCounts {
+            processing,
+            succeeded,
+            expired,
+            ..BatchCounts::default()
+        };
+        api.set_batch_processing_time(hour);
+        let id = c.create_batch(&tickets(10)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let half = (part(5, 5, 0), BatchStatus::InProgress, None);
+        assert_eq!(look(0, hour / 2), half);
+        assert_eq!(
+            look(0, hour - Duration::from_secs(1)),
+            (part(1, 9, 0), half.1, None)
+        );
+        assert_eq!(
+            look(0, hour * 2),
+            (part(0, 10, 0), BatchStatus::Ended, Some(hour))
+        );
+        let ended = c.retrieve(&id);
+        assert_eq!(ended["processing_status"], "ended");
+        assert!(ended["ended_at"].as_str().unwrap() > ended["created_at"].as_str().unwrap());
+
+        // Two days to go: half done when the 24 hours run out, the rest expired.
+        api.set_batch_processing_time(hour * 48);
+        let id = c.create_batch(&tickets(10)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(look(1, hour * 12).0, part(8, 2, 0));
+        let expired = (part(0, 5, 5), BatchStatus::Ended, Some(BATCH_EXPIRY));
+        assert_eq!(look(1, hour * 30), expired);
+        let batch = c.retrieve(&id);
+        assert_eq!(batch["ended_at"], batch["expires_at"]);
+        let types = result_types(&c.results(&id));
+        assert_eq!(types.values().filter(|t| *t == "expired").count(), 5);
+    }
 }
