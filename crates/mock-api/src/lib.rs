@@ -33,6 +33,9 @@
 //!   as server-sent events when the body has `"stream": true` (what the CLI sends), else as one
 //!   JSON `Message`. SSE responses use `Transfer-Encoding: chunked` so a keep-alive connection
 //!   stays usable and [`Fault::CutStream`] is a genuinely truncated stream.
+//! * The Message Batches endpoints under `/v1/messages/batches` (create, list, retrieve,
+//!   cancel, results): see [Message Batches](#message-batches). Any other method or path under
+//!   it is 404 `not_found_error`.
 //! * Anything else (any method/path, e.g. `/v1/messages/count_tokens`, `HEAD /`): `200 {}`.
 //!
 //! # What the CLI (2.1.197) sends, and how the mock reads it
@@ -116,6 +119,81 @@
 //!
 //! Decisions are taken in this order when the request arrives: unknown model (404), rate
 //! limits (429), injected fault; then the latency, then the reply.
+//!
+//! # Message Batches
+//! The batch endpoints as the API documents them, each request of a batch answered by the same
+//! reply function and prompt-cache emulation as `/v1/messages` (the prompt read from `params`
+//! the same way):
+//! * `POST /v1/messages/batches` with `{"requests": [{"custom_id": "...", "params": {...}}]}`:
+//!   200 with the batch object (`id` `msgbatch_mock_000001`, `type: message_batch`,
+//!   `processing_status: in_progress`, `request_counts` with every request `processing`,
+//!   `created_at`, `expires_at` = created + 24 h, `ended_at`, `cancel_initiated_at`,
+//!   `archived_at` and `results_url` null; times RFC 3339 UTC to the second). The whole batch
+//!   is checked first and refused whole (nothing created) with 400 `invalid_request_error`
+//!   when it holds no request or more than [`BATCH_MAX_REQUESTS`], when a `custom_id` does not
+//!   match `^[a-zA-Z0-9_-]{1,64}$` or is used twice (the message names the request's index and
+//!   the id: `requests.2.custom_id: "has space" does not match ...`), when `params` is not an
+//!   object, or when `params` has `stream: true`. A body above [`BATCH_MAX_BYTES`] is answered
+//!   413 `request_too_large` unread, and the connection closed. Other faults in `params` (an
+//!   unknown model under [`MockApi::set_known_models`]) make that request `errored`, as the
+//!   API does.
+//! * `GET /v1/messages/batches/{id}`: the object as it stands; `GET /v1/messages/batches`:
+//!   `{"data": [...], "has_more", "first_id", "last_id"}`, newest first, `limit` (default 20,
+//!   1 to 1,000) from `after_id` (older than it) or `before_id` (newer than it); an unknown
+//!   cursor gives an empty page.
+//! * `POST /v1/messages/batches/{id}/cancel`: the object with `processing_status: canceling`
+//!   and `cancel_initiated_at`; it ends at the next look, its requests not processed by then
+//!   `canceled`. A batch already canceling or ended is answered as it stands.
+//! * `GET /v1/messages/batches/{id}/results` (the `results_url`,
+//!   `<base>/v1/messages/batches/{id}/results`, once ended): JSON lines
+//!   (`application/x-jsonl`), one a request, in an order that is not the submission order
+//!   (shuffled by the batch's number: the same for the same batch every time), each
+//!   `{"custom_id": ..., "result": R}` with R `{"type":"succeeded","message":{...}}` (the
+//!   `Message` a non-streaming `/v1/messages` answer gives, usage included),
+//!   `{"type":"errored","error":{"type":"error","error":{"type":...,"message":...}}}`,
+//!   `{"type":"canceled"}` or `{"type":"expired"}`. 404 `not_found_error` before the batch has
+//!   ended, as for an unknown id.
+//!
+//! **Time.** A batch's requests are processed in submission order, evenly over its
+//! processing time ([`MockApi::set_batch_processing_time`], taken at creation, default zero),
+//! and the batch ends when the last one is; one whose processing time is above
+//! [`BATCH_EXPIRY`] ends `expired` for the rest when its 24 hours are up. The mock has no
+//! thread for this: each look (any batch endpoint or control) brings every batch up to that
+//! moment, so with zero a batch is `in_progress` in the answer that creates it and `ended` at
+//! the first look after. Tests step a batch without waiting with [`MockApi::advance_batch`]
+//! (process N more now) and [`MockApi::expire_batch`] (its 24 hours are up now).
+//!
+//! **Outcomes.** [`MockApi::set_batch_request_outcome`] chooses, per `custom_id` and
+//! request, [`BatchOutcome::Answer`] (the default), `Errored` with an error type (the API's
+//! retryable `overloaded_error`, or `invalid_request_error`, ...) or `Expired`. Answered
+//! requests follow the reply function: a [`Fault::Status`] is `errored` with its error type
+//! (529 `overloaded_error`, 500 `api_error`, ...), [`Fault::SpendLimit`] `errored`
+//! `rate_limit_error`, [`Fault::CutStream`] `errored` `api_error`; [`Fault::NoStop`] and
+//! [`Fault::EndsBeforeStop`] their whole text; [`Reply::After`] and [`Fault::Slow`] do not
+//! wait (a batch's pace is its processing time). A panicking reply or outcome function makes
+//! its request `errored` `api_error`.
+//!
+//! **Billing.** A succeeded request is billed as `/v1/messages` bills it (the prompt cache
+//! read and written at the moment it is processed: a prefix written by a `/v1/messages`
+//! request before the batch is read by its requests), in its [`RecordedRequest`] and in the
+//! batch's [`BatchUsage`] ([`BatchRecord::billed`]: full-rate token counts; the half price is
+//! the client's arithmetic); errored, canceled and expired requests are not billed.
+//!
+//! **What it keeps.** [`MockApi::batches`] / [`MockApi::batch`] give each batch's
+//! [`BatchRecord`]: id, `custom_id`s in order, status, counts, billed usage, created, cancel
+//! and end instants, and (when recording was on at creation) every request as a
+//! [`RecordedRequest`] whose `body` is its `params` and `headers` those of the creating call.
+//! With recording off a batch keeps each request's `params` only until it is processed, so a
+//! 10,000-request batch holds its results and little else. [`MockApi::batch_count`] counts
+//! batches created.
+//!
+//! **What else applies.** The mock checks no key on any route (tests read `x-api-key` in the
+//! records). Batch calls are not `/v1/messages` requests: [`MockApi::request_count`],
+//! [`MockApi::requests`], `in_flight`, injected faults ([`MockApi::set_faults`]) and the rate
+//! limits leave them out; [`MockApi::batch_api_calls`] counts them (refused ones included).
+//! While a limit is on, every batch response carries the `anthropic-ratelimit-*` headers as
+//! they stand, without taking from the limit (the API limits batch calls separately).
+//! [`MockApi::set_latency`] delays their answers too (after the call has taken effect).
 //!
 //! # Retries
 //! [`MockApi::cli_env`] leaves `CLAUDE_CODE_MAX_RETRIES` at the CLI default: 10 retries for
@@ -237,7 +315,8 @@ impl Reply {
     }
 }
 
-/// One `/v1/messages` request as the mock saw it.
+/// One `/v1/messages` request as the mock saw it (or one request of a batch: see
+/// [`BatchRecord::requests`]).
 ///
 /// Its `Debug` shows the `x-api-key` and `authorization` headers as `[redacted]`: a failing
 /// test's output must not carry a key (the field itself keeps them, for tests that check them).
@@ -2092,7 +2171,7 @@ pub struct BatchRecord {
     /// When it ended, if it has.
     pub ended: Option<Instant>,
     /// Every request, in submission order, as a [`RecordedRequest`] (`body` = its `params`,
-    /// `headers` those of the creating call, `path` [`BATCHES`], `at` when it was processed
+    /// `headers` those of the creating call, `path` `/v1/messages/batches`, `at` when it was processed
     /// or created, `status` 200 if it succeeded, the error's HTTP status if it errored, 0
     /// otherwise; tokens billed filled in). Empty when the batch was created with recording
     /// off ([`MockApi::set_recording`]).
