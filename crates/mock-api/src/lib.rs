@@ -189,8 +189,11 @@
 //!
 //! **What else applies.** The mock checks no key on any route (tests read `x-api-key` in the
 //! records). Batch calls are not `/v1/messages` requests: [`MockApi::request_count`],
-//! [`MockApi::requests`], `in_flight`, injected faults ([`MockApi::set_faults`]) and the rate
-//! limits leave them out; [`MockApi::batch_api_calls`] counts them (refused ones included).
+//! [`MockApi::requests`], `in_flight`, [`MockApi::set_faults`] and the rate limits leave
+//! them out; [`MockApi::batch_api_calls`] counts them (refused ones included), and
+//! [`MockApi::set_batch_faults`] fails a seeded share of them: 429, 529, 500 and dropped
+//! connections refuse the call, a *cut* answer comes after the call took effect (a batch
+//! created whose id the client never read).
 //! While a limit is on, every batch response carries the `anthropic-ratelimit-*` headers as
 //! they stand, without taking from the limit (the API limits batch calls separately).
 //! [`MockApi::set_latency`] delays their answers too (after the call has taken effect).
@@ -723,6 +726,9 @@ struct Inner {
     /// The processing time given to batches created from now on.
     batch_processing_time: Mutex<Duration>,
     batch_outcome: RwLock<Arc<OutcomeFn>>,
+    batch_faults: Mutex<Option<FaultMix>>,
+    /// Batch calls since the batch fault mix was set: the index its draws use.
+    batch_arrivals: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -778,6 +784,8 @@ impl MockApi {
             batch_outcome: RwLock::new(Arc::new(|_: &str, _: &RecordedRequest| {
                 BatchOutcome::Answer
             })),
+            batch_faults: Mutex::new(None),
+            batch_arrivals: AtomicU64::new(0),
         });
         let inner2 = Arc::clone(&inner);
         let accept = thread::Builder::new()
@@ -869,7 +877,8 @@ impl MockApi {
         *faults = mix;
     }
 
-    /// How many faults [`set_faults`](Self::set_faults) has injected.
+    /// How many faults [`set_faults`](Self::set_faults) and
+    /// [`set_batch_faults`](Self::set_batch_faults) have injected.
     pub fn injected_faults(&self) -> usize {
         self.inner.injected.load(Ordering::SeqCst)
     }
@@ -1019,6 +1028,19 @@ impl MockApi {
     pub fn batch(&self, id: &str) -> Option<BatchRecord> {
         let all = advance_batches(&self.inner, Instant::now());
         find_batch(&all, id).ok().map(|b| lock(&b).record())
+    }
+
+    /// Fail a share of the calls to the batch endpoints, as [`set_faults`](Self::set_faults)
+    /// does for `/v1/messages` (its own draws, from the seed and the batch call's arrival index
+    /// counted from this call); `None` stops. A 429, 529, 500 or dropped connection is decided
+    /// on arrival and the call has no effect (no batch created, no cancel); a *cut* call takes
+    /// effect and its answer is cut: the status line, headers and half the body, then the
+    /// connection closed. A create cut so is a batch that exists but whose id the client never
+    /// read. Counted in [`injected_faults`](Self::injected_faults).
+    pub fn set_batch_faults(&self, mix: Option<FaultMix>) {
+        let mut faults = lock(&self.inner.batch_faults);
+        self.inner.batch_arrivals.store(0, Ordering::SeqCst);
+        *faults = mix;
     }
 
     /// How many batches have been created.
@@ -2694,6 +2716,31 @@ fn handle_batches(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Result
     let method = req.method.to_ascii_uppercase();
     let now = Instant::now();
     let base = format!("http://{}", inner.addr);
+    let injected = match *lock(&inner.batch_faults) {
+        Some(mix) if !req.too_large => {
+            mix.draw(inner.batch_arrivals.fetch_add(1, Ordering::SeqCst))
+        }
+        _ => None,
+    };
+    if injected.is_some() {
+        inner.injected.fetch_add(1, Ordering::SeqCst);
+    }
+    let refused = match injected {
+        Some(Injected::RateLimited(secs)) => Some((429, Some(secs), "Rate limited")),
+        Some(Injected::Overloaded) => Some((529, None, "Overloaded")),
+        Some(Injected::ServerError) => Some((500, None, "Internal server error")),
+        Some(Injected::Dropped) => {
+            let _ = w.shutdown(Shutdown::Both);
+            return Ok(false);
+        }
+        Some(Injected::CutStream) | None => None,
+    };
+    if let Some((code, retry_after, what)) = refused {
+        sleep_unless_shutdown(inner, *lock(&inner.latency));
+        let message = format!("{what} (mock injected fault).");
+        send_error(w, &ratelimit_headers(inner), code, retry_after, &message)?;
+        return Ok(true);
+    }
     let answer: Result<(&str, String), BatchError> = if req.too_large {
         Err((
             413,
@@ -2730,6 +2777,28 @@ fn handle_batches(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Result
     };
     sleep_unless_shutdown(inner, *lock(&inner.latency));
     let head = ratelimit_headers(inner);
+    if injected == Some(Injected::CutStream) {
+        let (code, body) = match answer {
+            Ok((_, body)) => (200, body),
+            Err((code, kind, message)) => (code, error_body(kind, &message).to_string()),
+        };
+        let mut out = format!(
+            "HTTP/1.1 {code} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            reason(code),
+            body.len()
+        );
+        for (k, v) in &head {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        // Bytes, not chars: the cut may fall inside a character, as on the wire.
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body.as_bytes()[..body.len() / 2]);
+        w.write_all(&out)?;
+        w.flush()?;
+        let _ = w.shutdown(Shutdown::Both);
+        return Ok(false);
+    }
     match answer {
         Ok((ctype, body)) => {
             let mut extra = vec![("request-id".to_string(), "req_mock".to_string())];
@@ -3994,5 +4063,69 @@ exists, LOW otherwise; answer with the level and one sentence of reasons. "
         assert_eq!(batch["ended_at"], batch["expires_at"]);
         let types = result_types(&c.results(&id));
         assert_eq!(types.values().filter(|t| *t == "expired").count(), 5);
+    }
+
+    #[test]
+    fn injected_batch_faults_refuse_calls_or_cut_their_answers_after_the_fact() {
+        let api = MockApi::start();
+        let mix = FaultMix {
+            rate: 1.0,
+            seed: 7,
+            retry_after_secs: 3,
+        };
+        let create = |n: usize| {
+            let requests: Vec<Value> = tickets(2)
+                .into_iter()
+                .map(|(id, params)| json!({"custom_id": format!("{id}-{n}"), "params": params}))
+                .collect();
+            let body = json!({ "requests": requests }).to_string();
+            let mut c = Client::connect(&api);
+            let head = format!(
+                "POST {BATCHES} HTTP/1.1\r\nHost: 127.0.0.1\r\nconnection: close\r\n\
+content-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            c.w.write_all(head.as_bytes()).unwrap();
+            let raw = c.rest();
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if raw.is_empty() {
+                return Seen::Dropped;
+            }
+            match text[9..12].parse::<u16>().unwrap() {
+                200 => {
+                    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+                    assert!(serde_json::from_str::<Value>(body).is_err(), "{body}");
+                    Seen::Cut
+                }
+                429 => {
+                    assert!(text.contains("retry-after: 3\r\n"), "{text}");
+                    Seen::Status(429)
+                }
+                code => Seen::Status(code),
+            }
+        };
+        api.set_batch_faults(Some(mix));
+        let seen: Vec<Seen> = (0..60).map(create).collect();
+        for kind in [
+            Seen::Status(429),
+            Seen::Status(529),
+            Seen::Status(500),
+            Seen::Dropped,
+            Seen::Cut,
+        ] {
+            let n = seen.iter().filter(|s| **s == kind).count();
+            assert!(n >= 3, "{kind:?}: {n} of 60");
+        }
+        assert_eq!(api.injected_faults(), 60);
+        // Only the cut calls took effect: their batches exist, unknown to the client.
+        let cut = seen.iter().filter(|s| **s == Seen::Cut).count();
+        assert_eq!(api.batch_count(), cut);
+        // The same seed again: the same faults; and none once the mix is off.
+        api.set_batch_faults(Some(mix));
+        assert_eq!((0..60).map(create).collect::<Vec<_>>(), seen);
+        api.set_batch_faults(None);
+        let mut c = Client::connect(&api);
+        assert_eq!(c.request("GET", BATCHES, None).status, 200);
+        assert_eq!(api.request_count(), 0);
     }
 }
