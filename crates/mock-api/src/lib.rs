@@ -33,6 +33,9 @@
 //!   as server-sent events when the body has `"stream": true` (what the CLI sends), else as one
 //!   JSON `Message`. SSE responses use `Transfer-Encoding: chunked` so a keep-alive connection
 //!   stays usable and [`Fault::CutStream`] is a genuinely truncated stream.
+//! * The Message Batches endpoints under `/v1/messages/batches` (create, list, retrieve,
+//!   cancel, results): see [Message Batches](#message-batches). Any other method or path under
+//!   it is 404 `not_found_error`.
 //! * Anything else (any method/path, e.g. `/v1/messages/count_tokens`, `HEAD /`): `200 {}`.
 //!
 //! # What the CLI (2.1.197) sends, and how the mock reads it
@@ -116,6 +119,84 @@
 //!
 //! Decisions are taken in this order when the request arrives: unknown model (404), rate
 //! limits (429), injected fault; then the latency, then the reply.
+//!
+//! # Message Batches
+//! The batch endpoints as the API documents them, each request of a batch answered by the same
+//! reply function and prompt-cache emulation as `/v1/messages` (the prompt read from `params`
+//! the same way):
+//! * `POST /v1/messages/batches` with `{"requests": [{"custom_id": "...", "params": {...}}]}`:
+//!   200 with the batch object (`id` `msgbatch_mock_000001`, `type: message_batch`,
+//!   `processing_status: in_progress`, `request_counts` with every request `processing`,
+//!   `created_at`, `expires_at` = created + 24 h, `ended_at`, `cancel_initiated_at`,
+//!   `archived_at` and `results_url` null; times RFC 3339 UTC to the second). The whole batch
+//!   is checked first and refused whole (nothing created) with 400 `invalid_request_error`
+//!   when it holds no request or more than [`BATCH_MAX_REQUESTS`], when a `custom_id` does not
+//!   match `^[a-zA-Z0-9_-]{1,64}$` or is used twice (the message names the request's index and
+//!   the id: `requests.2.custom_id: "has space" does not match ...`), when `params` is not an
+//!   object, or when `params` has `stream: true`. A body above [`BATCH_MAX_BYTES`] is answered
+//!   413 `request_too_large` unread, and the connection closed. Other faults in `params` (an
+//!   unknown model under [`MockApi::set_known_models`]) make that request `errored`, as the
+//!   API does.
+//! * `GET /v1/messages/batches/{id}`: the object as it stands; `GET /v1/messages/batches`:
+//!   `{"data": [...], "has_more", "first_id", "last_id"}`, newest first, `limit` (default 20,
+//!   1 to 1,000) from `after_id` (older than it) or `before_id` (newer than it); an unknown
+//!   cursor gives an empty page.
+//! * `POST /v1/messages/batches/{id}/cancel`: the object with `processing_status: canceling`
+//!   and `cancel_initiated_at`; it ends at the next look, its requests not processed by then
+//!   `canceled`. A batch already canceling or ended is answered as it stands.
+//! * `GET /v1/messages/batches/{id}/results` (the `results_url`,
+//!   `<base>/v1/messages/batches/{id}/results`, once ended): JSON lines
+//!   (`application/x-jsonl`), one a request, in an order that is not the submission order
+//!   (shuffled by the batch's number: the same for the same batch every time), each
+//!   `{"custom_id": ..., "result": R}` with R `{"type":"succeeded","message":{...}}` (the
+//!   `Message` a non-streaming `/v1/messages` answer gives, usage included),
+//!   `{"type":"errored","error":{"type":"error","error":{"type":...,"message":...}}}`,
+//!   `{"type":"canceled"}` or `{"type":"expired"}`. 404 `not_found_error` before the batch has
+//!   ended, as for an unknown id.
+//!
+//! **Time.** A batch's requests are processed in submission order, evenly over its
+//! processing time ([`MockApi::set_batch_processing_time`], taken at creation, default zero),
+//! and the batch ends when the last one is; one whose processing time is above
+//! [`BATCH_EXPIRY`] ends `expired` for the rest when its 24 hours are up. The mock has no
+//! thread for this: each look (any batch endpoint or control) brings every batch up to that
+//! moment, so with zero a batch is `in_progress` in the answer that creates it and `ended` at
+//! the first look after. Tests step a batch without waiting with [`MockApi::advance_batch`]
+//! (process N more now) and [`MockApi::expire_batch`] (its 24 hours are up now).
+//!
+//! **Outcomes.** [`MockApi::set_batch_request_outcome`] chooses, per `custom_id` and
+//! request, [`BatchOutcome::Answer`] (the default), `Errored` with an error type (the API's
+//! retryable `overloaded_error`, or `invalid_request_error`, ...) or `Expired`. Answered
+//! requests follow the reply function: a [`Fault::Status`] is `errored` with its error type
+//! (529 `overloaded_error`, 500 `api_error`, ...), [`Fault::SpendLimit`] `errored`
+//! `rate_limit_error`, [`Fault::CutStream`] `errored` `api_error`; [`Fault::NoStop`] and
+//! [`Fault::EndsBeforeStop`] their whole text; [`Reply::After`] and [`Fault::Slow`] do not
+//! wait (a batch's pace is its processing time). A panicking reply or outcome function makes
+//! its request `errored` `api_error`.
+//!
+//! **Billing.** A succeeded request is billed as `/v1/messages` bills it (the prompt cache
+//! read and written at the moment it is processed: a prefix written by a `/v1/messages`
+//! request before the batch is read by its requests), in its [`RecordedRequest`] and in the
+//! batch's [`BatchUsage`] ([`BatchRecord::billed`]: full-rate token counts; the half price is
+//! the client's arithmetic); errored, canceled and expired requests are not billed.
+//!
+//! **What it keeps.** [`MockApi::batches`] / [`MockApi::batch`] give each batch's
+//! [`BatchRecord`]: id, `custom_id`s in order, status, counts, billed usage, created, cancel
+//! and end instants, and (when recording was on at creation) every request as a
+//! [`RecordedRequest`] whose `body` is its `params` and `headers` those of the creating call.
+//! With recording off a batch keeps each request's `params` only until it is processed, so a
+//! 10,000-request batch holds its results and little else. [`MockApi::batch_count`] counts
+//! batches created.
+//!
+//! **What else applies.** The mock checks no key on any route (tests read `x-api-key` in the
+//! records). Batch calls are not `/v1/messages` requests: [`MockApi::request_count`],
+//! [`MockApi::requests`], `in_flight`, [`MockApi::set_faults`] and the rate limits leave
+//! them out; [`MockApi::batch_api_calls`] counts them (refused ones included), and
+//! [`MockApi::set_batch_faults`] fails a seeded share of them: 429, 529, 500 and dropped
+//! connections refuse the call, a *cut* answer comes after the call took effect (a batch
+//! created whose id the client never read).
+//! While a limit is on, every batch response carries the `anthropic-ratelimit-*` headers as
+//! they stand, without taking from the limit (the API limits batch calls separately).
+//! [`MockApi::set_latency`] delays their answers too (after the call has taken effect).
 //!
 //! # Retries
 //! [`MockApi::cli_env`] leaves `CLAUDE_CODE_MAX_RETRIES` at the CLI default: 10 retries for
@@ -237,7 +318,8 @@ impl Reply {
     }
 }
 
-/// One `/v1/messages` request as the mock saw it.
+/// One `/v1/messages` request as the mock saw it (or one request of a batch: see
+/// [`BatchRecord::requests`]).
 ///
 /// Its `Debug` shows the `x-api-key` and `authorization` headers as `[redacted]`: a failing
 /// test's output must not carry a key (the field itself keeps them, for tests that check them).
@@ -635,6 +717,18 @@ struct Inner {
     conns: Mutex<HashMap<u64, TcpStream>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     next_id: AtomicU64,
+    /// Every batch created, oldest first.
+    batches: Mutex<Vec<Arc<Mutex<Batch>>>>,
+    /// Numbers the batches (their ids).
+    batch_seq: AtomicU64,
+    /// Calls to the batch endpoints (not counted in `requests.count`).
+    batch_calls: AtomicUsize,
+    /// The processing time given to batches created from now on.
+    batch_processing_time: Mutex<Duration>,
+    batch_outcome: RwLock<Arc<OutcomeFn>>,
+    batch_faults: Mutex<Option<FaultMix>>,
+    /// Batch calls since the batch fault mix was set: the index its draws use.
+    batch_arrivals: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -683,6 +777,15 @@ impl MockApi {
             conns: Mutex::new(HashMap::new()),
             handles: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
+            batches: Mutex::new(Vec::new()),
+            batch_seq: AtomicU64::new(1),
+            batch_calls: AtomicUsize::new(0),
+            batch_processing_time: Mutex::new(Duration::ZERO),
+            batch_outcome: RwLock::new(Arc::new(|_: &str, _: &RecordedRequest| {
+                BatchOutcome::Answer
+            })),
+            batch_faults: Mutex::new(None),
+            batch_arrivals: AtomicU64::new(0),
         });
         let inner2 = Arc::clone(&inner);
         let accept = thread::Builder::new()
@@ -774,7 +877,8 @@ impl MockApi {
         *faults = mix;
     }
 
-    /// How many faults [`set_faults`](Self::set_faults) has injected.
+    /// How many faults [`set_faults`](Self::set_faults) and
+    /// [`set_batch_faults`](Self::set_batch_faults) have injected.
     pub fn injected_faults(&self) -> usize {
         self.inner.injected.load(Ordering::SeqCst)
     }
@@ -842,6 +946,114 @@ impl MockApi {
     /// `"METHOD PATH"` of every request to another route.
     pub fn other_requests(&self) -> Vec<String> {
         lock(&self.inner.other).clone()
+    }
+
+    /// How long batches created from now on take (default zero): a batch's requests are
+    /// processed evenly over that time from its creation, in submission order, and it ends
+    /// when the last is; one longer than [`BATCH_EXPIRY`] expires then with the rest
+    /// unprocessed. The mock does this lazily, at each look (any batch endpoint or batch
+    /// control), so with zero a batch is `in_progress` in the answer that creates it and
+    /// `ended` at the first look after.
+    pub fn set_batch_processing_time(&self, d: Duration) {
+        *lock(&self.inner.batch_processing_time) = d;
+    }
+
+    /// Choose what each batch request ends as, from its `custom_id` and its record (its
+    /// `params` as `body`), when it is processed: [`BatchOutcome::Answer`] (the default for
+    /// all) answers it as `/v1/messages` would, or make it `errored` or `expired`. Runs on
+    /// the thread that looks at the batch, with the batch locked: it must not call the
+    /// batch controls.
+    pub fn set_batch_request_outcome(
+        &self,
+        f: impl Fn(&str, &RecordedRequest) -> BatchOutcome + Send + Sync + 'static,
+    ) {
+        *self
+            .inner
+            .batch_outcome
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(f);
+    }
+
+    /// Process up to `requests` more requests of batch `id` now, ahead of its processing
+    /// time: a test's way to have a batch part-done without waiting. Returns how many were
+    /// processed (0 for an unknown id or a batch no longer in progress); the batch ends if
+    /// that was the last.
+    pub fn advance_batch(&self, id: &str, requests: usize) -> usize {
+        let now = Instant::now();
+        let all = advance_batches(&self.inner, now);
+        let Ok(batch) = find_batch(&all, id) else {
+            return 0;
+        };
+        let mut b = lock(&batch);
+        if b.status() != BatchStatus::InProgress {
+            return 0;
+        }
+        let todo = requests.min(b.entries.len() - b.next);
+        for _ in 0..todo {
+            b.process_next(&self.inner, now);
+        }
+        if b.next == b.entries.len() {
+            b.ended = Some(now);
+        }
+        todo
+    }
+
+    /// End batch `id` now as if its 24 hours had run out: its requests not processed yet
+    /// become `expired`. Returns false for an unknown id or a batch that had already ended
+    /// (a cancel asked before wins: it ends the batch first).
+    pub fn expire_batch(&self, id: &str) -> bool {
+        let now = Instant::now();
+        let all = advance_batches(&self.inner, now);
+        let Ok(batch) = find_batch(&all, id) else {
+            return false;
+        };
+        let mut b = lock(&batch);
+        if b.ended.is_some() {
+            return false;
+        }
+        b.finish(|| Answer::Expired, now);
+        true
+    }
+
+    /// Every batch created so far, oldest first, brought up to now (see
+    /// [`set_batch_processing_time`](Self::set_batch_processing_time)).
+    pub fn batches(&self) -> Vec<BatchRecord> {
+        advance_batches(&self.inner, Instant::now())
+            .iter()
+            .map(|b| lock(b).record())
+            .collect()
+    }
+
+    /// Batch `id`, brought up to now, if there is one.
+    pub fn batch(&self, id: &str) -> Option<BatchRecord> {
+        let all = advance_batches(&self.inner, Instant::now());
+        find_batch(&all, id).ok().map(|b| lock(&b).record())
+    }
+
+    /// Fail a share of the calls to the batch endpoints, as [`set_faults`](Self::set_faults)
+    /// does for `/v1/messages` (its own draws, from the seed and the batch call's arrival index
+    /// counted from this call); `None` stops. A 429, 529, 500 or dropped connection is decided
+    /// on arrival and the call has no effect (no batch created, no cancel); a *cut* call takes
+    /// effect and its answer is cut: the status line, headers and half the body, then the
+    /// connection closed. A create cut so is a batch that exists but whose id the client never
+    /// read. Counted in [`injected_faults`](Self::injected_faults).
+    pub fn set_batch_faults(&self, mix: Option<FaultMix>) {
+        let mut faults = lock(&self.inner.batch_faults);
+        self.inner.batch_arrivals.store(0, Ordering::SeqCst);
+        *faults = mix;
+    }
+
+    /// How many batches have been created.
+    pub fn batch_count(&self) -> usize {
+        lock(&self.inner.batches).len()
+    }
+
+    /// Calls to the batch endpoints so far (create, retrieve, list, cancel, results; refused
+    /// ones included). They are not `/v1/messages` requests: [`request_count`](Self::request_count)
+    /// and [`requests`](Self::requests) leave them out, and
+    /// [`clear_requests`](Self::clear_requests) does not touch batches.
+    pub fn batch_api_calls(&self) -> usize {
+        self.inner.batch_calls.load(Ordering::SeqCst)
     }
 
     /// Environment for a child `claude` pointed at this mock with `HOME=home`.
@@ -935,6 +1147,9 @@ struct Request {
     path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// A batch-creation body above [`BATCH_MAX_BYTES`]: not read, answered 413, and the
+    /// connection closed.
+    too_large: bool,
 }
 
 impl Request {
@@ -994,6 +1209,15 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<O
         path,
         headers,
         body: Vec::new(),
+        too_large: false,
+    };
+    // A batch may be four times the size of anything else; above that, the API answers 413.
+    let creates_batch =
+        req.method.eq_ignore_ascii_case("POST") && req.path.split('?').next() == Some(BATCHES);
+    let limit = if creates_batch {
+        BATCH_MAX_BYTES
+    } else {
+        MAX_BODY
     };
     if req
         .header("expect")
@@ -1018,7 +1242,12 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<O
                 }
                 break;
             }
-            if req.body.len() + size > MAX_BODY {
+            if req.body.len() + size > limit {
+                if creates_batch {
+                    req.too_large = true;
+                    req.body = Vec::new();
+                    return Ok(Some(req));
+                }
                 return Err(bad("body too large"));
             }
             let start = req.body.len();
@@ -1028,7 +1257,11 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<O
         }
     } else if let Some(len) = req.header("content-length") {
         let len: usize = len.parse().map_err(|_| bad("content-length"))?;
-        if len > MAX_BODY {
+        if len > limit {
+            if creates_batch {
+                req.too_large = true;
+                return Ok(Some(req));
+            }
             return Err(bad("body too large"));
         }
         req.body.resize(len, 0);
@@ -1052,6 +1285,8 @@ fn serve_connection(stream: TcpStream, inner: &Inner) -> io::Result<()> {
         let route = req.path.split('?').next().unwrap_or("");
         let keep = if req.method.eq_ignore_ascii_case("POST") && route == "/v1/messages" {
             handle_messages(&req, inner, &mut w)?
+        } else if route == BATCHES || route.starts_with(BATCHES_SLASH) {
+            handle_batches(&req, inner, &mut w)?
         } else {
             lock(&inner.other).push(format!("{} {}", req.method, req.path));
             let head = req.method.eq_ignore_ascii_case("HEAD");
@@ -1644,6 +1879,37 @@ fn pieces(s: &str, n: usize) -> Vec<&str> {
     out
 }
 
+/// A reply's content block, its stop reason and the characters its output tokens count.
+fn block_content(block: &Block) -> (Value, String, usize) {
+    match block {
+        Block::Text(t, stop) => (
+            json!({"type": "text", "text": t}),
+            stop.to_string(),
+            t.chars().count(),
+        ),
+        Block::Tool(name, input) => {
+            let tid = format!(
+                "toolu_mock_{:06}",
+                MSG_COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let n = input.to_string().chars().count();
+            (
+                json!({"type": "tool_use", "id": tid, "name": name, "input": input}),
+                "tool_use".to_string(),
+                n,
+            )
+        }
+    }
+}
+
+/// The non-streaming `Message` object of a reply.
+fn message_object(id: &str, model: &str, content: Value, stop: &str, usage: Value) -> Value {
+    json!({
+        "id": id, "type": "message", "role": "assistant", "model": model,
+        "content": [content], "stop_reason": stop, "stop_sequence": null, "usage": usage,
+    })
+}
+
 fn send_message(
     w: &mut TcpStream,
     head: &[(String, String)],
@@ -1653,27 +1919,11 @@ fn send_message(
     tokens: InputTokens,
     block: Block,
 ) -> io::Result<()> {
-    let (content, stop, out_chars) = match &block {
-        Block::Text(t, stop) => (json!({"type": "text", "text": t}), *stop, t.chars().count()),
-        Block::Tool(name, input) => {
-            let tid = format!(
-                "toolu_mock_{:06}",
-                MSG_COUNTER.fetch_add(1, Ordering::SeqCst)
-            );
-            let n = input.to_string().chars().count();
-            (
-                json!({"type": "tool_use", "id": tid, "name": name, "input": input}),
-                "tool_use",
-                n,
-            )
-        }
-    };
+    let (content, stop, out_chars) = block_content(&block);
+    let stop = stop.as_str();
     let usage = usage(tokens, out_chars);
     if !stream {
-        let msg = json!({
-            "id": id, "type": "message", "role": "assistant", "model": model,
-            "content": [content], "stop_reason": stop, "stop_sequence": null, "usage": usage,
-        });
+        let msg = message_object(id, model, content, stop, usage);
         let mut extra = vec![("request-id".to_string(), "req_mock".to_string())];
         extra.extend_from_slice(head);
         let body = msg.to_string();
@@ -1822,6 +2072,746 @@ fn cut(
     w.flush()?;
     let _ = w.shutdown(Shutdown::Both);
     Ok(())
+}
+
+// Message Batches.
+
+/// The batch endpoints' path (`POST` creates, `GET` lists).
+const BATCHES: &str = "/v1/messages/batches";
+const BATCHES_SLASH: &str = "/v1/messages/batches/";
+
+/// The most requests one batch may hold, as the API documents.
+pub const BATCH_MAX_REQUESTS: usize = 100_000;
+
+/// The largest batch-creation body, as the API documents (256 MB, read as MiB); a larger one
+/// is answered 413 `request_too_large` without being read.
+pub const BATCH_MAX_BYTES: usize = 256 << 20;
+
+/// How long a batch may run: one that has not ended 24 hours after its creation expires.
+pub const BATCH_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// A batch's `processing_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStatus {
+    /// `in_progress`: requests are being processed.
+    InProgress,
+    /// `canceling`: a cancel was asked; the batch ends at its next look.
+    Canceling,
+    /// `ended`: every request has its result; the results can be read.
+    Ended,
+}
+
+impl BatchStatus {
+    /// The API's name for it (`in_progress`, `canceling`, `ended`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::InProgress => "in_progress",
+            BatchStatus::Canceling => "canceling",
+            BatchStatus::Ended => "ended",
+        }
+    }
+}
+
+/// A batch's `request_counts`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Not processed yet.
+    pub processing: usize,
+    /// Answered with a message.
+    pub succeeded: usize,
+    /// Answered with an error.
+    pub errored: usize,
+    /// Ended by a cancel before they were processed.
+    pub canceled: usize,
+    /// Ended by expiry before they were processed.
+    pub expired: usize,
+}
+
+/// The tokens the mock billed for a batch's succeeded requests, at the same counts as
+/// `/v1/messages` would (the half price is the client's arithmetic): errored, canceled and
+/// expired requests are not billed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchUsage {
+    /// Input tokens outside the prompt cache.
+    pub input_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_write: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+}
+
+/// What one request of a batch ends as, chosen by
+/// [`MockApi::set_batch_request_outcome`] when the request is processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Answered as `/v1/messages` would answer it: the reply function and the prompt cache
+    /// (the default). A [`Fault::Status`] reply makes it `errored` (see module docs).
+    Answer,
+    /// `errored` with this error, not billed. The API's retryable kinds are
+    /// `overloaded_error` and `api_error`; `invalid_request_error` is not.
+    Errored {
+        /// The error's `type`, e.g. `overloaded_error`.
+        error_type: String,
+        /// The error's `message`.
+        message: String,
+    },
+    /// `expired`, not billed.
+    Expired,
+}
+
+impl BatchOutcome {
+    /// `errored` with this error type and a message saying it is the mock's.
+    pub fn errored(error_type: impl Into<String>) -> BatchOutcome {
+        let error_type = error_type.into();
+        let message = format!("{error_type} (mock batch outcome)");
+        BatchOutcome::Errored {
+            error_type,
+            message,
+        }
+    }
+}
+
+/// One batch as the mock holds it (see [`MockApi::batches`]).
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    /// `msgbatch_…`.
+    pub id: String,
+    /// The requests' `custom_id`s, in submission order.
+    pub custom_ids: Vec<String>,
+    /// Its `processing_status` now.
+    pub status: BatchStatus,
+    /// Its `request_counts` now.
+    pub counts: BatchCounts,
+    /// What its succeeded requests were billed.
+    pub billed: BatchUsage,
+    /// When it was created.
+    pub created: Instant,
+    /// When a cancel was asked, if one was.
+    pub cancel_initiated: Option<Instant>,
+    /// When it ended, if it has.
+    pub ended: Option<Instant>,
+    /// Every request, in submission order, as a [`RecordedRequest`] (`body` = its `params`,
+    /// `headers` those of the creating call, `path` `/v1/messages/batches`, `at` when it was processed
+    /// or created, `status` 200 if it succeeded, the error's HTTP status if it errored, 0
+    /// otherwise; tokens billed filled in). Empty when the batch was created with recording
+    /// off ([`MockApi::set_recording`]).
+    pub requests: Vec<RecordedRequest>,
+}
+
+type OutcomeFn = dyn Fn(&str, &RecordedRequest) -> BatchOutcome + Send + Sync;
+
+/// One request's result, once it has one.
+enum Answer {
+    Pending,
+    Succeeded(Value),
+    Errored(String, String),
+    Canceled,
+    Expired,
+}
+
+struct BatchEntry {
+    custom_id: String,
+    /// The request's `params` until it is processed (then `Null`: its record keeps it).
+    params: Value,
+    /// Its record once processed or ended, when the batch keeps records.
+    record: Option<RecordedRequest>,
+    answer: Answer,
+}
+
+struct Batch {
+    id: String,
+    seq: u64,
+    created: Instant,
+    created_wall: SystemTime,
+    processing_time: Duration,
+    /// Keep each request's record (recording was on at creation).
+    keep: bool,
+    /// The creating call's headers, for the records (empty when not kept).
+    headers: Vec<(String, String)>,
+    entries: Vec<BatchEntry>,
+    /// Requests are processed in submission order: the first not processed yet.
+    next: usize,
+    counts: BatchCounts,
+    billed: BatchUsage,
+    cancel_initiated: Option<Instant>,
+    ended: Option<Instant>,
+}
+
+/// A request's record as [`inspect`] reads it, and whether its tool_result is an error.
+fn batch_recorded(
+    body: Value,
+    headers: &[(String, String)],
+    at: Instant,
+) -> (RecordedRequest, bool) {
+    let (prompt, user_turns, tools, model, stream, tool_result, tool_error) = inspect(&body);
+    let rec = RecordedRequest {
+        prompt,
+        user_turns,
+        bytes: body.to_string().len(),
+        tools,
+        model,
+        stream,
+        at,
+        status: 0,
+        tool_result,
+        path: BATCHES.to_string(),
+        body,
+        headers: headers.to_vec(),
+        cache_read: 0,
+        cache_write: 0,
+        input_tokens: 0,
+    };
+    (rec, tool_error)
+}
+
+/// The HTTP status that goes with an error type (the inverse of [`error_type`]).
+fn status_of(kind: &str) -> u16 {
+    match kind {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "overloaded_error" => 529,
+        _ => 500,
+    }
+}
+
+/// Answer one request of a batch the way `/v1/messages` would, without its timing
+/// (`Reply::After` and `Fault::Slow` do not wait: a batch's pace is its processing time).
+/// Returns its answer and, if it succeeded, what it is billed (input tokens, output tokens).
+fn answer_batch_request(
+    inner: &Inner,
+    custom_id: &str,
+    rec: &RecordedRequest,
+    tool_error: bool,
+    now: Instant,
+) -> (Answer, Option<(InputTokens, usize)>) {
+    let errored = |kind: &str, message: String| (Answer::Errored(kind.into(), message), None);
+    let unknown_model = lock(&inner.known_models)
+        .as_ref()
+        .is_some_and(|known| !known.contains(&rec.model));
+    if unknown_model {
+        return errored("not_found_error", format!("model: {}", rec.model));
+    }
+    let outcome = Arc::clone(
+        &*inner
+            .batch_outcome
+            .read()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| outcome(custom_id, rec)));
+    match outcome {
+        Ok(BatchOutcome::Answer) => {}
+        Ok(BatchOutcome::Errored {
+            error_type,
+            message,
+        }) => return errored(&error_type, message),
+        Ok(BatchOutcome::Expired) => return (Answer::Expired, None),
+        Err(_) => return errored("api_error", "mock batch outcome function panicked".into()),
+    }
+    let mut reply = if rec.tool_result && !tool_error {
+        Reply::Text(AFTER_TOOL_TEXT.to_string())
+    } else {
+        let f = Arc::clone(&*inner.reply.read().unwrap_or_else(|e| e.into_inner()));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rec))) {
+            Ok(r) => r,
+            Err(_) => return errored("api_error", "mock reply function panicked".into()),
+        }
+    };
+    let mut id = None;
+    loop {
+        match reply {
+            Reply::After(_, next) => reply = *next,
+            Reply::WithId(named, next) => {
+                id = Some(named);
+                reply = *next;
+            }
+            Reply::Fault(Fault::Slow(_)) => reply = echo(&rec.prompt),
+            _ => break,
+        }
+    }
+    let block = match &reply {
+        Reply::Fault(Fault::Status { code, .. }) => {
+            return errored(error_type(*code), format!("mock fault {code}"))
+        }
+        Reply::Fault(Fault::SpendLimit) => {
+            return errored("rate_limit_error", SPEND_LIMIT_MESSAGE.into())
+        }
+        Reply::Fault(Fault::CutStream) => {
+            return errored("api_error", "mock fault: the answer was cut".into())
+        }
+        Reply::Text(t) => Block::Text(t, "end_turn"),
+        Reply::Stop { text, stop_reason } => Block::Text(text, stop_reason),
+        Reply::Fault(Fault::NoStop(_, text) | Fault::EndsBeforeStop { text, .. }) => {
+            Block::Text(text, "end_turn")
+        }
+        Reply::StructuredOutput(v) => {
+            Block::Tool(forced_tool(&rec.body).unwrap_or(STRUCTURED_OUTPUT_TOOL), v)
+        }
+        Reply::ToolUse { name, input } => Block::Tool(name, input),
+        Reply::After(..) | Reply::WithId(..) | Reply::Fault(Fault::Slow(_)) => unreachable!(),
+    };
+    let tokens = {
+        let mut cache = lock(&inner.cache);
+        let found = cache.look_up(&rec.body, now);
+        cache.begin(found, rec.bytes, now)
+    };
+    let (content, stop, out_chars) = block_content(&block);
+    let usage = usage(tokens, out_chars);
+    let output = (out_chars / 4).max(1);
+    let id = id.unwrap_or_else(next_message_id);
+    let message = message_object(&id, &rec.model, content, &stop, usage);
+    (Answer::Succeeded(message), Some((tokens, output)))
+}
+
+impl Batch {
+    fn status(&self) -> BatchStatus {
+        if self.ended.is_some() {
+            BatchStatus::Ended
+        } else if self.cancel_initiated.is_some() {
+            BatchStatus::Canceling
+        } else {
+            BatchStatus::InProgress
+        }
+    }
+
+    /// The wall-clock time of an instant of this batch's life.
+    fn wall(&self, at: Instant) -> SystemTime {
+        self.created_wall + at.saturating_duration_since(self.created)
+    }
+
+    /// Bring the batch up to `now`: a cancel asked since the last look ends it; otherwise the
+    /// requests due by now (spread evenly over the processing time) are processed, and it
+    /// ends when all are, or expires at [`BATCH_EXPIRY`].
+    fn advance(&mut self, inner: &Inner, now: Instant) {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.cancel_initiated.is_some() {
+            self.finish(|| Answer::Canceled, now);
+            return;
+        }
+        let n = self.entries.len();
+        let horizon = now
+            .saturating_duration_since(self.created)
+            .min(BATCH_EXPIRY);
+        let due = if horizon >= self.processing_time {
+            n
+        } else {
+            (n as u128 * horizon.as_nanos() / self.processing_time.as_nanos()) as usize
+        };
+        while self.next < due {
+            self.process_next(inner, now);
+        }
+        if self.next == n {
+            self.ended = Some((self.created + self.processing_time).min(now));
+        } else if horizon >= BATCH_EXPIRY {
+            self.finish(|| Answer::Expired, self.created + BATCH_EXPIRY);
+        }
+    }
+
+    fn process_next(&mut self, inner: &Inner, now: Instant) {
+        let keep = self.keep;
+        let entry = &mut self.entries[self.next];
+        self.next += 1;
+        let (mut rec, tool_error) =
+            batch_recorded(std::mem::take(&mut entry.params), &self.headers, now);
+        let (answer, billed) = answer_batch_request(inner, &entry.custom_id, &rec, tool_error, now);
+        self.counts.processing -= 1;
+        match &answer {
+            Answer::Succeeded(_) => {
+                self.counts.succeeded += 1;
+                rec.status = 200;
+            }
+            Answer::Errored(kind, _) => {
+                self.counts.errored += 1;
+                rec.status = status_of(kind);
+            }
+            _ => self.counts.expired += 1,
+        }
+        if let Some((tokens, output)) = billed {
+            rec.input_tokens = tokens.input;
+            rec.cache_write = tokens.write;
+            rec.cache_read = tokens.read;
+            self.billed.input_tokens += tokens.input as u64;
+            self.billed.cache_write += tokens.write as u64;
+            self.billed.cache_read += tokens.read as u64;
+            self.billed.output_tokens += output as u64;
+        }
+        entry.answer = answer;
+        if keep {
+            entry.record = Some(rec);
+        }
+    }
+
+    /// End the batch at `at`: every request not processed yet gets `answer` (canceled or
+    /// expired).
+    fn finish(&mut self, answer: impl Fn() -> Answer, at: Instant) {
+        for entry in &mut self.entries[self.next..] {
+            entry.answer = answer();
+            let params = std::mem::take(&mut entry.params);
+            if self.keep {
+                entry.record = Some(batch_recorded(params, &self.headers, at).0);
+            }
+            match entry.answer {
+                Answer::Canceled => self.counts.canceled += 1,
+                _ => self.counts.expired += 1,
+            }
+        }
+        self.counts.processing = 0;
+        self.next = self.entries.len();
+        self.ended = Some(at);
+    }
+
+    /// The API's batch object.
+    fn json(&self, base: &str) -> Value {
+        let at = |t: Option<Instant>| t.map(|t| rfc3339(self.wall(t)));
+        let ended = self.ended.is_some();
+        let c = self.counts;
+        json!({
+            "id": self.id,
+            "type": "message_batch",
+            "processing_status": self.status().as_str(),
+            "request_counts": {
+                "processing": c.processing, "succeeded": c.succeeded, "errored": c.errored,
+                "canceled": c.canceled, "expired": c.expired,
+            },
+            "ended_at": at(self.ended),
+            "created_at": rfc3339(self.created_wall),
+            "expires_at": rfc3339(self.created_wall + BATCH_EXPIRY),
+            "archived_at": null,
+            "cancel_initiated_at": at(self.cancel_initiated),
+            "results_url": ended.then(|| format!("{base}{BATCHES}/{}/results", self.id)),
+        })
+    }
+
+    /// The results as JSON lines, in an order that is not the submission order (the same for
+    /// the same batch every time).
+    fn results(&self) -> String {
+        let n = self.entries.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|i| splitmix64(self.seq ^ splitmix64(*i as u64)));
+        if n > 1 && order.iter().enumerate().all(|(k, i)| k == *i) {
+            order.rotate_left(1);
+        }
+        let mut out = String::new();
+        for i in order {
+            let entry = &self.entries[i];
+            let result = match &entry.answer {
+                Answer::Succeeded(message) => json!({"type": "succeeded", "message": message}),
+                Answer::Errored(kind, message) => json!({"type": "errored",
+                    "error": {"type": "error", "error": {"type": kind, "message": message}}}),
+                Answer::Canceled => json!({"type": "canceled"}),
+                Answer::Expired => json!({"type": "expired"}),
+                Answer::Pending => unreachable!("results are read once the batch has ended"),
+            };
+            out += &json!({"custom_id": entry.custom_id, "result": result}).to_string();
+            out.push('\n');
+        }
+        out
+    }
+
+    fn record(&self) -> BatchRecord {
+        let requests = if self.keep {
+            self.entries
+                .iter()
+                .map(|e| match &e.record {
+                    Some(r) => r.clone(),
+                    None => batch_recorded(e.params.clone(), &self.headers, self.created).0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        BatchRecord {
+            id: self.id.clone(),
+            custom_ids: self.entries.iter().map(|e| e.custom_id.clone()).collect(),
+            status: self.status(),
+            counts: self.counts,
+            billed: self.billed,
+            created: self.created,
+            cancel_initiated: self.cancel_initiated,
+            ended: self.ended,
+            requests,
+        }
+    }
+}
+
+/// An error answer of a batch endpoint: status, error type, message.
+type BatchError = (u16, &'static str, String);
+
+fn invalid(message: String) -> BatchError {
+    (400, "invalid_request_error", message)
+}
+
+fn valid_custom_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Bring every batch up to `now`; returns them, oldest first.
+fn advance_batches(inner: &Inner, now: Instant) -> Vec<Arc<Mutex<Batch>>> {
+    let all = lock(&inner.batches).clone();
+    for b in &all {
+        lock(b).advance(inner, now);
+    }
+    all
+}
+
+fn find_batch(all: &[Arc<Mutex<Batch>>], id: &str) -> Result<Arc<Mutex<Batch>>, BatchError> {
+    all.iter()
+        .find(|b| lock(b).id == id)
+        .cloned()
+        .ok_or_else(|| {
+            (
+                404,
+                "not_found_error",
+                format!("message batch {id} not found"),
+            )
+        })
+}
+
+/// `POST /v1/messages/batches`: validate the whole batch, then create it.
+fn create_batch(inner: &Inner, req: &Request, now: Instant) -> Result<Value, BatchError> {
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let Some(Value::Array(requests)) = body.get("requests") else {
+        return Err(invalid("requests: an array of requests is required".into()));
+    };
+    if requests.is_empty() {
+        return Err(invalid(
+            "requests: a batch needs at least one request".into(),
+        ));
+    }
+    if requests.len() > BATCH_MAX_REQUESTS {
+        return Err(invalid(format!(
+            "requests: a batch holds at most {BATCH_MAX_REQUESTS} requests, this one has {}",
+            requests.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in requests.iter().enumerate() {
+        let Some(id) = r.get("custom_id").and_then(Value::as_str) else {
+            return Err(invalid(format!(
+                "requests.{i}.custom_id: a string is required"
+            )));
+        };
+        if !valid_custom_id(id) {
+            return Err(invalid(format!(
+                "requests.{i}.custom_id: {id:?} does not match ^[a-zA-Z0-9_-]{{1,64}}$"
+            )));
+        }
+        if !seen.insert(id) {
+            return Err(invalid(format!(
+                "requests.{i}.custom_id: {id:?} is used by more than one request of the batch"
+            )));
+        }
+        let Some(params) = r.get("params").filter(|p| p.is_object()) else {
+            return Err(invalid(format!(
+                "requests.{i}.params: an object is required ({id:?})"
+            )));
+        };
+        if params.get("stream").and_then(Value::as_bool) == Some(true) {
+            return Err(invalid(format!(
+                "requests.{i}.params.stream: a batch request cannot stream ({id:?})"
+            )));
+        }
+    }
+    let Value::Object(mut body) = body else {
+        unreachable!("a body with requests is an object")
+    };
+    let Some(Value::Array(requests)) = body.remove("requests") else {
+        unreachable!("checked above")
+    };
+    let entries: Vec<BatchEntry> = requests
+        .into_iter()
+        .map(|mut r| BatchEntry {
+            custom_id: r["custom_id"].as_str().unwrap_or_default().to_string(),
+            params: r["params"].take(),
+            record: None,
+            answer: Answer::Pending,
+        })
+        .collect();
+    let keep = inner.recording.load(Ordering::SeqCst);
+    let seq = inner.batch_seq.fetch_add(1, Ordering::SeqCst);
+    let batch = Batch {
+        id: format!("msgbatch_mock_{seq:06}"),
+        seq,
+        created: now,
+        created_wall: SystemTime::now(),
+        processing_time: *lock(&inner.batch_processing_time),
+        keep,
+        headers: if keep {
+            req.headers.clone()
+        } else {
+            Vec::new()
+        },
+        counts: BatchCounts {
+            processing: entries.len(),
+            ..BatchCounts::default()
+        },
+        entries,
+        next: 0,
+        billed: BatchUsage::default(),
+        cancel_initiated: None,
+        ended: None,
+    };
+    let answer = batch.json(&format!("http://{}", inner.addr));
+    lock(&inner.batches).push(Arc::new(Mutex::new(batch)));
+    Ok(answer)
+}
+
+/// `GET /v1/messages/batches`: newest first, `limit` (1 to 1,000, default 20) from the
+/// `after_id` or `before_id` cursor.
+fn list_batches(inner: &Inner, all: &[Arc<Mutex<Batch>>], query: &str) -> Value {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let limit = param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, 1000);
+    let newest_first: Vec<&Arc<Mutex<Batch>>> = all.iter().rev().collect();
+    let position = |id: &str| newest_first.iter().position(|b| lock(b).id == id);
+    let (page, has_more) = if let Some(before) = param("before_id") {
+        let end = position(&before).unwrap_or(0);
+        let start = end.saturating_sub(limit);
+        (&newest_first[start..end], start > 0)
+    } else {
+        let start = match param("after_id") {
+            Some(after) => position(&after).map_or(newest_first.len(), |p| p + 1),
+            None => 0,
+        };
+        let end = (start + limit).min(newest_first.len());
+        (&newest_first[start..end], end < newest_first.len())
+    };
+    let base = format!("http://{}", inner.addr);
+    let data: Vec<Value> = page.iter().map(|b| lock(b).json(&base)).collect();
+    let id_of = |v: Option<&Value>| v.map_or(Value::Null, |v| v["id"].clone());
+    json!({
+        "data": data,
+        "has_more": has_more,
+        "first_id": id_of(data.first()),
+        "last_id": id_of(data.last()),
+    })
+}
+
+/// Answer one call to a batch endpoint. Returns whether the connection may be reused.
+fn handle_batches(req: &Request, inner: &Inner, w: &mut TcpStream) -> io::Result<bool> {
+    inner.batch_calls.fetch_add(1, Ordering::SeqCst);
+    let (route, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let rest = route.strip_prefix(BATCHES).unwrap_or("");
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let method = req.method.to_ascii_uppercase();
+    let now = Instant::now();
+    let base = format!("http://{}", inner.addr);
+    let injected = match *lock(&inner.batch_faults) {
+        Some(mix) if !req.too_large => {
+            mix.draw(inner.batch_arrivals.fetch_add(1, Ordering::SeqCst))
+        }
+        _ => None,
+    };
+    if injected.is_some() {
+        inner.injected.fetch_add(1, Ordering::SeqCst);
+    }
+    let refused = match injected {
+        Some(Injected::RateLimited(secs)) => Some((429, Some(secs), "Rate limited")),
+        Some(Injected::Overloaded) => Some((529, None, "Overloaded")),
+        Some(Injected::ServerError) => Some((500, None, "Internal server error")),
+        Some(Injected::Dropped) => {
+            let _ = w.shutdown(Shutdown::Both);
+            return Ok(false);
+        }
+        Some(Injected::CutStream) | None => None,
+    };
+    if let Some((code, retry_after, what)) = refused {
+        sleep_unless_shutdown(inner, *lock(&inner.latency));
+        let message = format!("{what} (mock injected fault).");
+        send_error(w, &ratelimit_headers(inner), code, retry_after, &message)?;
+        return Ok(true);
+    }
+    let answer: Result<(&str, String), BatchError> = if req.too_large {
+        Err((
+            413,
+            "request_too_large",
+            format!("a batch is at most {BATCH_MAX_BYTES} bytes"),
+        ))
+    } else {
+        let all = advance_batches(inner, now);
+        let json = |v: Value| ("application/json", v.to_string());
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", []) => create_batch(inner, req, now).map(json),
+            ("GET", []) => Ok(json(list_batches(inner, &all, query))),
+            ("GET", [id]) => find_batch(&all, id).map(|b| json(lock(&b).json(&base))),
+            ("POST", [id, "cancel"]) => find_batch(&all, id).map(|b| {
+                let mut b = lock(&b);
+                if b.status() == BatchStatus::InProgress {
+                    b.cancel_initiated = Some(now);
+                }
+                json(b.json(&base))
+            }),
+            ("GET", [id, "results"]) => find_batch(&all, id).and_then(|b| {
+                let b = lock(&b);
+                if b.ended.is_none() {
+                    return Err((
+                        404,
+                        "not_found_error",
+                        format!("message batch {id} has not ended: no results yet"),
+                    ));
+                }
+                Ok(("application/x-jsonl", b.results()))
+            }),
+            _ => Err((404, "not_found_error", format!("no route {method} {route}"))),
+        }
+    };
+    sleep_unless_shutdown(inner, *lock(&inner.latency));
+    let head = ratelimit_headers(inner);
+    if injected == Some(Injected::CutStream) {
+        let (code, body) = match answer {
+            Ok((_, body)) => (200, body),
+            Err((code, kind, message)) => (code, error_body(kind, &message).to_string()),
+        };
+        let mut out = format!(
+            "HTTP/1.1 {code} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            reason(code),
+            body.len()
+        );
+        for (k, v) in &head {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        // Bytes, not chars: the cut may fall inside a character, as on the wire.
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body.as_bytes()[..body.len() / 2]);
+        w.write_all(&out)?;
+        w.flush()?;
+        let _ = w.shutdown(Shutdown::Both);
+        return Ok(false);
+    }
+    match answer {
+        Ok((ctype, body)) => {
+            let mut extra = vec![("request-id".to_string(), "req_mock".to_string())];
+            extra.extend(head);
+            write_response(w, 200, &extra, ctype, body.as_bytes(), false)?;
+            Ok(true)
+        }
+        Err((code, kind, message)) => {
+            send_error_body(w, &head, code, None, &error_body(kind, &message))?;
+            // An unread body leaves the connection unusable.
+            Ok(!req.too_large)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -2482,5 +3472,660 @@ exists, LOW otherwise; answer with the level and one sentence of reasons. "
         let kept = api.requests();
         assert_eq!((kept.len(), kept[0].status), (1, 200));
         assert!(kept[0].prompt.starts_with("Ticket 50:"));
+    }
+
+    // Message Batches.
+
+    impl Client {
+        /// Any method and path, with a JSON body or none.
+        fn request(&mut self, method: &str, path: &str, body: Option<&Value>) -> Response {
+            let body = body.map(Value::to_string).unwrap_or_default();
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: sk-ant-test-batch\r\n\
+content-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            self.w.write_all(head.as_bytes()).unwrap();
+            self.response().unwrap()
+        }
+
+        fn create_batch(&mut self, requests: &[(String, Value)]) -> Response {
+            let requests: Vec<Value> = requests
+                .iter()
+                .map(|(id, params)| json!({"custom_id": id, "params": params}))
+                .collect();
+            self.request("POST", BATCHES, Some(&json!({ "requests": requests })))
+        }
+
+        fn retrieve(&mut self, id: &str) -> Value {
+            let resp = self.request("GET", &format!("{BATCHES}/{id}"), None);
+            assert_eq!(resp.status, 200);
+            resp.json()
+        }
+
+        /// The results of an ended batch, as (custom_id, result) in the order served.
+        fn results(&mut self, id: &str) -> Vec<(String, Value)> {
+            let resp = self.request("GET", &format!("{BATCHES}/{id}/results"), None);
+            assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+            String::from_utf8(resp.body)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    (
+                        v["custom_id"].as_str().unwrap().to_string(),
+                        v["result"].clone(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    /// `n` ticket requests with ids `ticket-0`, `ticket-1`, ...
+    fn tickets(n: usize) -> Vec<(String, Value)> {
+        (0..n)
+            .map(|i| {
+                let mut params = body(&ticket(i), false);
+                params.as_object_mut().unwrap().remove("stream");
+                (format!("ticket-{i}"), params)
+            })
+            .collect()
+    }
+
+    fn counts(batch: &Value) -> [i64; 5] {
+        let c = &batch["request_counts"];
+        ["processing", "succeeded", "errored", "canceled", "expired"]
+            .map(|k| c[k].as_i64().unwrap_or_else(|| panic!("{k} in {c}")))
+    }
+
+    fn result_types(results: &[(String, Value)]) -> HashMap<String, String> {
+        results
+            .iter()
+            .map(|(id, r)| (id.clone(), r["type"].as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    /// What the succeeded results' usage adds up to, as the mock bills it.
+    fn usage_sum(results: &[(String, Value)]) -> BatchUsage {
+        let mut sum = BatchUsage::default();
+        for (_, r) in results.iter().filter(|(_, r)| r["type"] == "succeeded") {
+            let u = &r["message"]["usage"];
+            let n = |k: &str| u[k].as_u64().unwrap();
+            sum.input_tokens += n("input_tokens");
+            sum.cache_write += n("cache_creation_input_tokens");
+            sum.cache_read += n("cache_read_input_tokens");
+            sum.output_tokens += n("output_tokens");
+        }
+        sum
+    }
+
+    #[test]
+    fn a_batch_is_created_then_ended_and_its_results_come_back_complete_in_another_order() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let sent = tickets(20);
+        let created = c.create_batch(&sent);
+        assert_eq!(created.status, 200);
+        assert_eq!(created.header("content-type"), Some("application/json"));
+        let batch = created.json();
+        let id = batch["id"].as_str().unwrap().to_string();
+        assert!(id.starts_with("msgbatch_"), "{id}");
+        assert_eq!(batch["type"], "message_batch");
+        assert_eq!(batch["processing_status"], "in_progress");
+        assert_eq!(counts(&batch), [20, 0, 0, 0, 0]);
+        assert_eq!(
+            (
+                &batch["ended_at"],
+                &batch["cancel_initiated_at"],
+                &batch["results_url"]
+            ),
+            (&Value::Null, &Value::Null, &Value::Null)
+        );
+        let created_at = batch["created_at"].as_str().unwrap();
+        let expires_at = batch["expires_at"].as_str().unwrap();
+        assert!(is_rfc3339_utc(created_at) && is_rfc3339_utc(expires_at));
+        // 24 hours later: the same time of day, the next day.
+        assert_eq!(created_at[11..], expires_at[11..]);
+        assert_ne!(created_at[..10], expires_at[..10]);
+
+        // Processing time zero: ended at the first look.
+        let ended = c.retrieve(&id);
+        assert_eq!(ended["processing_status"], "ended");
+        assert_eq!(counts(&ended), [0, 20, 0, 0, 0]);
+        assert!(is_rfc3339_utc(ended["ended_at"].as_str().unwrap()));
+        let url = format!("{}{BATCHES}/{id}/results", api.url());
+        assert_eq!(ended["results_url"], json!(url));
+
+        let results = c.results(&id);
+        let served: Vec<&str> = results.iter().map(|(id, _)| id.as_str()).collect();
+        let submitted: Vec<&str> = sent.iter().map(|(id, _)| id.as_str()).collect();
+        assert_ne!(served, submitted, "results come back in another order");
+        let mut sorted = served.clone();
+        sorted.sort_by_key(|id| id[7..].parse::<usize>().unwrap());
+        assert_eq!(sorted, submitted, "every request exactly once");
+        for (custom_id, result) in &results {
+            let n: usize = custom_id[7..].parse().unwrap();
+            assert_eq!(result["type"], "succeeded");
+            let message = &result["message"];
+            assert_eq!(message["type"], "message");
+            assert_eq!(message["model"], "claude-sonnet-4-5");
+            assert_eq!(message["stop_reason"], "end_turn");
+            assert_eq!(
+                message["content"][0]["text"],
+                json!(format!("echo: {}", ticket(n)))
+            );
+            assert!(message["usage"]["input_tokens"].as_u64().unwrap() > 50);
+        }
+        // The same order every time.
+        assert_eq!(c.results(&id), results);
+
+        let record = api.batch(&id).unwrap();
+        assert_eq!(record.status, BatchStatus::Ended);
+        assert_eq!(record.custom_ids, submitted);
+        assert_eq!(record.billed, usage_sum(&results));
+        assert!(record.ended.unwrap() >= record.created);
+        // Batch calls are not /v1/messages requests.
+        assert_eq!((api.batch_api_calls(), api.request_count()), (4, 0));
+        assert_eq!(api.batch_count(), 1);
+    }
+
+    #[test]
+    fn batch_requests_are_recorded_with_their_params_and_the_creating_calls_headers() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let id = c.create_batch(&tickets(3)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let record = &api.batches()[0];
+        assert_eq!(record.id, id);
+        assert_eq!(record.requests.len(), 3);
+        for (i, rec) in record.requests.iter().enumerate() {
+            assert_eq!(rec.prompt, ticket(i));
+            assert_eq!((rec.user_turns, rec.status, rec.stream), (1, 200, false));
+            assert_eq!(rec.body, tickets(3)[i].1);
+            assert_eq!(rec.path, BATCHES);
+            assert!(rec.input_tokens > 0);
+            assert!(rec
+                .headers
+                .contains(&("x-api-key".into(), "sk-ant-test-batch".into())));
+        }
+        let debug = format!("{record:?}");
+        assert!(!debug.contains("sk-ant-test-batch"), "{debug}");
+        assert!(api.requests().is_empty());
+    }
+
+    #[test]
+    fn one_bad_custom_id_or_params_rejects_the_whole_batch_naming_it() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let long = "x".repeat(65);
+        let bad_ids = ["", "has space", "ümlaut", long.as_str(), "a/b", "ticket-1"];
+        for bad in bad_ids {
+            let mut batch = tickets(4);
+            batch[2].0 = bad.to_string();
+            let resp = c.create_batch(&batch);
+            assert_eq!(resp.status, 400, "{bad:?}");
+            let error = resp.json();
+            assert_eq!(error["type"], "error");
+            assert_eq!(error["error"]["type"], "invalid_request_error");
+            let message = error["error"]["message"].as_str().unwrap();
+            assert!(message.contains(&format!("{bad:?}")), "{message}");
+            assert!(message.starts_with("requests.2.custom_id"), "{message}");
+        }
+        let mut streamed = tickets(3);
+        streamed[1].1["stream"] = json!(true);
+        let resp = c.create_batch(&streamed);
+        assert_eq!(resp.status, 400);
+        let message = resp.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains("stream") && message.contains("ticket-1"),
+            "{message}"
+        );
+        let mut no_params = tickets(3);
+        no_params[0].1 = json!("Ticket 0");
+        assert_eq!(c.create_batch(&no_params).status, 400);
+        assert_eq!(c.create_batch(&[]).status, 400);
+        let not_json = c.request("POST", BATCHES, Some(&json!({"requests": "all of them"})));
+        assert_eq!(not_json.status, 400);
+        // The longest id the pattern allows, and every character class, are fine.
+        let mut good = tickets(2);
+        good[0].0 = "Z".repeat(64);
+        good[1].0 = "a-Z_09".into();
+        assert_eq!(c.create_batch(&good).status, 200);
+        assert_eq!(api.batch_count(), 1);
+    }
+
+    #[test]
+    fn a_batch_above_the_request_or_byte_limits_is_refused() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let tiny = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let requests: Vec<Value> = (0..=BATCH_MAX_REQUESTS)
+            .map(|i| json!({"custom_id": format!("r{i}"), "params": tiny}))
+            .collect();
+        let resp = c.request("POST", BATCHES, Some(&json!({ "requests": requests })));
+        assert_eq!(resp.status, 400);
+        let message = resp.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains("100000"), "{message}");
+        assert_eq!(api.batch_count(), 0);
+
+        // A declared size above 256 MB: refused before the body is read, then the connection
+        // is closed (its body would follow).
+        let head = format!(
+            "POST {BATCHES} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: {}\r\n\r\n",
+            BATCH_MAX_BYTES + 1
+        );
+        c.w.write_all(head.as_bytes()).unwrap();
+        let resp = c.response().unwrap();
+        assert_eq!(resp.status, 413);
+        assert_eq!(resp.json()["error"]["type"], "request_too_large");
+        assert!(c.rest().is_empty());
+        assert_eq!(api.batch_count(), 0);
+    }
+
+    #[test]
+    fn the_list_is_newest_first_and_pages_by_cursor() {
+        let api = MockApi::start();
+        let mut c = Client::connect(&api);
+        let ids: Vec<String> = (0..5)
+            .map(|i| {
+                let resp = c.create_batch(&tickets(i + 1));
+                resp.json()["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        let page = |c: &mut Client, query: &str| {
+            let resp = c.request("GET", &format!("{BATCHES}{query}"), None);
+            assert_eq!(resp.status, 200);
+            let v = resp.json();
+            let data: Vec<String> = v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["id"].as_str().unwrap().to_string())
+                .collect();
+            (data, v["has_more"].as_bool().unwrap(), v)
+        };
+        let newest: Vec<String> = ids.iter().rev().cloned().collect();
+        let (all, more, v) = page(&mut c, "");
+        assert_eq!((all, more), (newest.clone(), false));
+        assert_eq!(
+            (&v["first_id"], &v["last_id"]),
+            (&json!(ids[4]), &json!(ids[0]))
+        );
+        assert_eq!(v["data"][0]["processing_status"], "ended");
+        let (first, more, v) = page(&mut c, "?limit=2");
+        assert_eq!((first, more), (newest[..2].to_vec(), true));
+        let last = v["last_id"].as_str().unwrap().to_string();
+        let (second, more, _) = page(&mut c, &format!("?limit=2&after_id={last}"));
+        assert_eq!((second, more), (newest[2..4].to_vec(), true));
+        let (third, more, _) = page(&mut c, &format!("?limit=2&after_id={}", newest[3]));
+        assert_eq!((third, more), (newest[4..].to_vec(), false));
+        let (back, more, _) = page(&mut c, &format!("?limit=2&before_id={}", newest[3]));
+        assert_eq!((back, more), (newest[1..3].to_vec(), true));
+        let (empty, more, v) = page(&mut c, &format!("?after_id={}", newest[4]));
+        assert_eq!(
+            (empty.len(), more, &v["first_id"]),
+            (0, false, &Value::Null)
+        );
+    }
+
+    #[test]
+    fn an_unknown_batch_and_results_before_the_end_are_404() {
+        let api = MockApi::start();
+        api.set_batch_processing_time(Duration::from_secs(3600));
+        let mut c = Client::connect(&api);
+        for path in [
+            format!("{BATCHES}/msgbatch_nope"),
+            format!("{BATCHES}/msgbatch_nope/results"),
+        ] {
+            let resp = c.request("GET", &path, None);
+            assert_eq!(resp.status, 404);
+            assert_eq!(resp.json()["error"]["type"], "not_found_error");
+        }
+        let resp = c.request("POST", &format!("{BATCHES}/msgbatch_nope/cancel"), None);
+        assert_eq!(resp.status, 404);
+        let id = c.create_batch(&tickets(3)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let resp = c.request("GET", &format!("{BATCHES}/{id}/results"), None);
+        assert_eq!(resp.status, 404);
+        assert_eq!(c.retrieve(&id)["processing_status"], "in_progress");
+        assert_eq!(api.advance_batch(&id, 10), 3);
+        assert_eq!(c.results(&id).len(), 3);
+    }
+
+    #[test]
+    fn a_cancel_mid_processing_keeps_what_succeeded_and_cancels_the_rest() {
+        let api = MockApi::start();
+        api.set_batch_processing_time(Duration::from_secs(3600));
+        let mut c = Client::connect(&api);
+        let id = c.create_batch(&tickets(10)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(api.advance_batch(&id, 4), 4);
+        let part_done = c.retrieve(&id);
+        assert_eq!(part_done["processing_status"], "in_progress");
+        assert_eq!(counts(&part_done), [6, 4, 0, 0, 0]);
+
+        let canceling = c.request("POST", &format!("{BATCHES}/{id}/cancel"), None);
+        assert_eq!(canceling.status, 200);
+        let canceling = canceling.json();
+        assert_eq!(canceling["processing_status"], "canceling");
+        assert!(is_rfc3339_utc(
+            canceling["cancel_initiated_at"].as_str().unwrap()
+        ));
+        assert_eq!(canceling["results_url"], Value::Null);
+        assert_eq!(
+            api.advance_batch(&id, 1),
+            0,
+            "a canceling batch processes no more"
+        );
+
+        let ended = c.retrieve(&id);
+        assert_eq!(ended["processing_status"], "ended");
+        assert_eq!(counts(&ended), [0, 4, 0, 6, 0]);
+        let results = c.results(&id);
+        let types = result_types(&results);
+        for i in 0..10 {
+            let expected = if i < 4 { "succeeded" } else { "canceled" };
+            assert_eq!(types[&format!("ticket-{i}")], expected);
+        }
+        let record = api.batch(&id).unwrap();
+        assert_eq!(record.billed, usage_sum(&results));
+        assert!(record.cancel_initiated.is_some());
+        let billed_inputs: Vec<usize> = record.requests.iter().map(|r| r.input_tokens).collect();
+        assert!(billed_inputs[..4].iter().all(|t| *t > 0));
+        assert!(billed_inputs[4..].iter().all(|t| *t == 0));
+        // A second cancel changes nothing.
+        let again = c.request("POST", &format!("{BATCHES}/{id}/cancel"), None);
+        assert_eq!(counts(&again.json()), [0, 4, 0, 6, 0]);
+    }
+
+    #[test]
+    fn an_expired_batch_keeps_what_was_processed_and_expires_the_rest() {
+        let api = MockApi::start();
+        api.set_batch_processing_time(Duration::from_secs(3600));
+        let mut c = Client::connect(&api);
+        let id = c.create_batch(&tickets(6)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(api.advance_batch(&id, 2), 2);
+        assert!(api.expire_batch(&id));
+        assert!(!api.expire_batch(&id), "already ended");
+        assert!(!api.expire_batch("msgbatch_nope"));
+        let ended = c.retrieve(&id);
+        assert_eq!(ended["processing_status"], "ended");
+        assert_eq!(ended["cancel_initiated_at"], Value::Null);
+        assert_eq!(counts(&ended), [0, 2, 0, 0, 4]);
+        let results = c.results(&id);
+        let types = result_types(&results);
+        assert_eq!(types.values().filter(|t| *t == "expired").count(), 4);
+        assert_eq!(
+            (types["ticket-0"].as_str(), types["ticket-5"].as_str()),
+            ("succeeded", "expired")
+        );
+        assert_eq!(api.batch(&id).unwrap().billed, usage_sum(&results));
+    }
+
+    #[test]
+    fn chosen_requests_error_or_expire_and_only_successes_are_billed() {
+        let api = MockApi::start();
+        api.set_batch_request_outcome(|custom_id, rec| {
+            assert!(rec.prompt.starts_with("Ticket "));
+            match custom_id {
+                "ticket-1" => BatchOutcome::errored("overloaded_error"),
+                "ticket-2" => BatchOutcome::Errored {
+                    error_type: "invalid_request_error".into(),
+                    message: "max_tokens: too large".into(),
+                },
+                "ticket-3" => BatchOutcome::Expired,
+                _ => BatchOutcome::Answer,
+            }
+        });
+        // The reply function's faults become errored results too.
+        api.set_reply(|prompt| {
+            if prompt.starts_with("Ticket 4:") {
+                Reply::status(529, None)
+            } else {
+                Reply::After(Duration::from_secs(3600), Box::new(echo(prompt)))
+            }
+        });
+        let mut c = Client::connect(&api);
+        let id = c.create_batch(&tickets(6)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(counts(&c.retrieve(&id)), [0, 2, 3, 0, 1]);
+        let results: HashMap<String, Value> = c.results(&id).into_iter().collect();
+        let error = |id: &str| results[id]["error"].clone();
+        assert_eq!(results["ticket-1"]["type"], "errored");
+        assert_eq!(error("ticket-1")["type"], "error");
+        assert_eq!(error("ticket-1")["error"]["type"], "overloaded_error");
+        assert_eq!(
+            error("ticket-2")["error"],
+            json!({"type": "invalid_request_error", "message": "max_tokens: too large"})
+        );
+        assert_eq!(results["ticket-3"], json!({"type": "expired"}));
+        assert_eq!(error("ticket-4")["error"]["type"], "overloaded_error");
+        for ok in ["ticket-0", "ticket-5"] {
+            assert_eq!(results[ok]["type"], "succeeded");
+        }
+        let record = api.batch(&id).unwrap();
+        let statuses: Vec<u16> = record.requests.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200, 529, 400, 0, 529, 200]);
+        let billed: Vec<(String, Value)> = results.into_iter().collect();
+        assert_eq!(record.billed, usage_sum(&billed));
+        let one = record.requests[0].input_tokens as u64;
+        assert!(record.billed.input_tokens < 3 * one, "{:?}", record.billed);
+    }
+
+    #[test]
+    fn batch_requests_read_the_prefix_a_messages_request_wrote() {
+        let api = MockApi::start();
+        let rules = "Urgency is HIGH when customers cannot work, MEDIUM when a workaround \
+exists, LOW otherwise; answer with the level and one sentence of reasons. "
+            .repeat(40);
+        let cached = |n: usize| {
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1024,
+                "system": [{"type": "text", "text": rules, "cache_control": {"type": "ephemeral"}}],
+                "messages": [{"role": "user", "content": ticket(n)}],
+            })
+        };
+        let mut c = Client::connect(&api);
+        assert_eq!(c.call(&cached(0)).status, 200);
+        let written = api.last_request().unwrap().cache_write as u64;
+        assert!(written >= 1024);
+        let batch: Vec<(String, Value)> = (1..=8).map(|i| (format!("t{i}"), cached(i))).collect();
+        let id = c.create_batch(&batch).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let results = c.results_after_end(&id);
+        let billed = api.batch(&id).unwrap().billed;
+        assert_eq!(billed, usage_sum(&results));
+        assert_eq!((billed.cache_read, billed.cache_write), (8 * written, 0));
+    }
+
+    impl Client {
+        /// Look once (which ends a batch of zero processing time), then read its results.
+        fn results_after_end(&mut self, id: &str) -> Vec<(String, Value)> {
+            assert_eq!(self.retrieve(id)["processing_status"], "ended");
+            self.results(id)
+        }
+    }
+
+    #[test]
+    fn batch_endpoints_carry_the_rate_limit_headers_and_take_nothing_from_them() {
+        let api = MockApi::start();
+        api.set_rate_limit(Some(5));
+        let mut c = Client::connect(&api);
+        let created = c.create_batch(&tickets(2));
+        let id = created.json()["id"].as_str().unwrap().to_string();
+        let listed = c.request("GET", BATCHES, None);
+        let missing = c.request("GET", &format!("{BATCHES}/msgbatch_nope"), None);
+        for resp in [&created, &listed, &missing] {
+            assert_eq!(number(resp, "anthropic-ratelimit-requests-limit"), 5);
+            assert_eq!(number(resp, "anthropic-ratelimit-requests-remaining"), 5);
+        }
+        assert_eq!(c.results_after_end(&id).len(), 2);
+        assert_eq!((api.batch_api_calls(), api.request_count()), (5, 0));
+    }
+
+    #[test]
+    fn a_ten_thousand_request_batch_round_trips_without_recording() {
+        const N: usize = 10_000;
+        let api = MockApi::start();
+        api.set_recording(false);
+        let mut c = Client::connect(&api);
+        let sent = tickets(N);
+        let created = c.create_batch(&sent);
+        assert_eq!(created.status, 200);
+        let id = created.json()["id"].as_str().unwrap().to_string();
+        let ended = c.retrieve(&id);
+        assert_eq!(counts(&ended), [0, N as i64, 0, 0, 0]);
+        let results = c.results(&id);
+        assert_eq!(results.len(), N);
+        let served: std::collections::HashSet<&str> =
+            results.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(served.len(), N);
+        assert!(sent.iter().all(|(id, _)| served.contains(id.as_str())));
+        assert_ne!(results[0].0, "ticket-0");
+        let record = api.batch(&id).unwrap();
+        assert!(
+            record.requests.is_empty(),
+            "no bodies kept without recording"
+        );
+        assert_eq!(record.custom_ids.len(), N);
+        assert_eq!(record.billed, usage_sum(&results));
+    }
+
+    #[test]
+    fn a_batch_is_processed_evenly_over_its_processing_time_and_expires_after_24_hours() {
+        let api = MockApi::start();
+        let hour = Duration::from_secs(3600);
+        let mut c = Client::connect(&api);
+        // The mock reads the clock at each look; here the looks are at chosen instants.
+        let look = |n: usize, after: Duration| {
+            let batch = Arc::clone(&lock(&api.inner.batches)[n]);
+            let mut b = lock(&batch);
+            let at = b.created + after;
+            b.advance(&api.inner, at);
+            (b.counts, b.status(), b.ended.map(|e| e - b.created))
+        };
+        let part = |processing, succeeded, expired| BatchCounts {
+            processing,
+            succeeded,
+            expired,
+            ..BatchCounts::default()
+        };
+        api.set_batch_processing_time(hour);
+        let id = c.create_batch(&tickets(10)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let half = (part(5, 5, 0), BatchStatus::InProgress, None);
+        assert_eq!(look(0, hour / 2), half);
+        assert_eq!(
+            look(0, hour - Duration::from_secs(1)),
+            (part(1, 9, 0), half.1, None)
+        );
+        assert_eq!(
+            look(0, hour * 2),
+            (part(0, 10, 0), BatchStatus::Ended, Some(hour))
+        );
+        let ended = c.retrieve(&id);
+        assert_eq!(ended["processing_status"], "ended");
+        assert!(ended["ended_at"].as_str().unwrap() > ended["created_at"].as_str().unwrap());
+
+        // Two days to go: half done when the 24 hours run out, the rest expired.
+        api.set_batch_processing_time(hour * 48);
+        let id = c.create_batch(&tickets(10)).json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(look(1, hour * 12).0, part(8, 2, 0));
+        let expired = (part(0, 5, 5), BatchStatus::Ended, Some(BATCH_EXPIRY));
+        assert_eq!(look(1, hour * 30), expired);
+        let batch = c.retrieve(&id);
+        assert_eq!(batch["ended_at"], batch["expires_at"]);
+        let types = result_types(&c.results(&id));
+        assert_eq!(types.values().filter(|t| *t == "expired").count(), 5);
+    }
+
+    #[test]
+    fn injected_batch_faults_refuse_calls_or_cut_their_answers_after_the_fact() {
+        let api = MockApi::start();
+        let mix = FaultMix {
+            rate: 1.0,
+            seed: 7,
+            retry_after_secs: 3,
+        };
+        let create = |n: usize| {
+            let requests: Vec<Value> = tickets(2)
+                .into_iter()
+                .map(|(id, params)| json!({"custom_id": format!("{id}-{n}"), "params": params}))
+                .collect();
+            let body = json!({ "requests": requests }).to_string();
+            let mut c = Client::connect(&api);
+            let head = format!(
+                "POST {BATCHES} HTTP/1.1\r\nHost: 127.0.0.1\r\nconnection: close\r\n\
+content-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            c.w.write_all(head.as_bytes()).unwrap();
+            let raw = c.rest();
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if raw.is_empty() {
+                return Seen::Dropped;
+            }
+            match text[9..12].parse::<u16>().unwrap() {
+                200 => {
+                    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+                    assert!(serde_json::from_str::<Value>(body).is_err(), "{body}");
+                    Seen::Cut
+                }
+                429 => {
+                    assert!(text.contains("retry-after: 3\r\n"), "{text}");
+                    Seen::Status(429)
+                }
+                code => Seen::Status(code),
+            }
+        };
+        api.set_batch_faults(Some(mix));
+        let seen: Vec<Seen> = (0..60).map(create).collect();
+        for kind in [
+            Seen::Status(429),
+            Seen::Status(529),
+            Seen::Status(500),
+            Seen::Dropped,
+            Seen::Cut,
+        ] {
+            let n = seen.iter().filter(|s| **s == kind).count();
+            assert!(n >= 3, "{kind:?}: {n} of 60");
+        }
+        assert_eq!(api.injected_faults(), 60);
+        // Only the cut calls took effect: their batches exist, unknown to the client.
+        let cut = seen.iter().filter(|s| **s == Seen::Cut).count();
+        assert_eq!(api.batch_count(), cut);
+        // The same seed again: the same faults; and none once the mix is off.
+        api.set_batch_faults(Some(mix));
+        assert_eq!((0..60).map(create).collect::<Vec<_>>(), seen);
+        api.set_batch_faults(None);
+        let mut c = Client::connect(&api);
+        assert_eq!(c.request("GET", BATCHES, None).status, 200);
+        assert_eq!(api.request_count(), 0);
     }
 }

@@ -6,9 +6,13 @@ use std::time::{Duration, Instant};
 
 /// One request on its own connection (`connection: close`); the raw response.
 fn post(addr: &str, body: &str) -> String {
+    call(addr, "POST", "/v1/messages", body)
+}
+
+fn call(addr: &str, method: &str, path: &str, body: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     let req = format!(
-        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
 content-length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -22,6 +26,7 @@ content-length: {}\r\n\r\n{body}",
 fn serves_with_its_options_until_stdin_ends() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mock-api-server"))
         .args(["--latency-ms", "1", "--rpm", "1000"])
+        .args(["--batch-processing-ms", "3600000"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -46,6 +51,18 @@ fn serves_with_its_options_until_stdin_ends() {
     assert!(
         response.contains("echo: The printer on floor two"),
         "{response}"
+    );
+
+    // A batch of an hour's processing is still in progress when looked at again.
+    let batch = format!(r#"{{"requests":[{{"custom_id":"printer-1","params":{body}}}]}}"#);
+    let created = call(&addr, "POST", "/v1/messages/batches", &batch);
+    assert!(created.starts_with("HTTP/1.1 200 "), "{created}");
+    let id_at = created.find("msgbatch_").unwrap();
+    let id = &created[id_at..id_at + created[id_at..].find('"').unwrap()];
+    let looked = call(&addr, "GET", &format!("/v1/messages/batches/{id}"), "");
+    assert!(
+        looked.contains(r#""processing_status":"in_progress""#),
+        "{looked}"
     );
 
     drop(child.stdin.take());

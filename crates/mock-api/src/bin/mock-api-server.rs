@@ -2,7 +2,7 @@
 //! then does not include the mock's.
 //!
 //! ```text
-//! mock-api-server [--latency-ms N] [--rpm N]
+//! mock-api-server [--latency-ms N] [--rpm N] [--batch-processing-ms N]
 //! ```
 //!
 //! Prints its URL (`http://127.0.0.1:PORT`) as one line on stdout, then serves (echo replies,
@@ -15,17 +15,20 @@ use std::time::Duration;
 
 use claude_rayon_mock_api::MockApi;
 
-const USAGE: &str = "usage: mock-api-server [--latency-ms N] [--rpm N]";
+const USAGE: &str = "usage: mock-api-server [--latency-ms N] [--rpm N] [--batch-processing-ms N]";
 
 struct Options {
     latency: Duration,
     rpm: Option<u32>,
+    /// How long each Message Batch takes (`MockApi::set_batch_processing_time`).
+    batch_processing: Duration,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
         latency: Duration::ZERO,
         rpm: None,
+        batch_processing: Duration::ZERO,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -38,6 +41,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         };
         match flag.as_str() {
             "--latency-ms" => options.latency = Duration::from_millis(value("--latency-ms")?),
+            "--batch-processing-ms" => {
+                options.batch_processing = Duration::from_millis(value("--batch-processing-ms")?)
+            }
             "--rpm" => {
                 let rpm = value("--rpm")?;
                 let rpm = u32::try_from(rpm).map_err(|_| format!("--rpm: {rpm} is too large"))?;
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
     api.set_recording(false);
     api.set_latency(options.latency);
     api.set_rate_limit(options.rpm);
+    api.set_batch_processing_time(options.batch_processing);
     let mut stdout = io::stdout().lock();
     if writeln!(stdout, "{}", api.url())
         .and_then(|()| stdout.flush())
