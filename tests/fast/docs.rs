@@ -477,3 +477,229 @@ fn the_span_check_finds_what_does_not_compile() {
         assert_eq!(wrong_calls(&guide(bad)).0.len(), 1, "{bad} was not found");
     }
 }
+
+/// A dependency as a manifest (or the cookbook's block) gives it.
+#[derive(Debug, Default, PartialEq)]
+struct Dependency {
+    version: Option<String>,
+    path: Option<String>,
+    features: Vec<String>,
+    default_features: bool,
+}
+
+/// The dependencies of a Cargo manifest's dependency tables (normal, dev and build: a
+/// package's doc-tests can use all of them), by name. The inline-table subset Cargo.toml
+/// files here use: `name = "1"` or `name = { version = "1", features = [..], .. }`.
+fn dependencies(toml: &str) -> BTreeMap<String, Dependency> {
+    let mut found = BTreeMap::new();
+    let mut in_dependencies = false;
+    for line in toml.lines() {
+        let line = line.split(" #").next().unwrap().trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') {
+            in_dependencies = matches!(
+                line,
+                "[dependencies]" | "[dev-dependencies]" | "[build-dependencies]"
+            );
+            continue;
+        }
+        if !in_dependencies {
+            continue;
+        }
+        let (name, value) = line.split_once('=').expect("name = value");
+        let unquote = |v: &str| v.trim().trim_matches('"').to_string();
+        let mut dependency = Dependency {
+            default_features: true,
+            ..Dependency::default()
+        };
+        let value = value.trim();
+        if let Some(table) = value.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
+            for field in split_top_level(table) {
+                let (key, v) = field.split_once('=').expect("key = value");
+                match key.trim() {
+                    "version" => dependency.version = Some(unquote(v)),
+                    "path" => dependency.path = Some(unquote(v)),
+                    "features" => {
+                        let list = v.trim().trim_start_matches('[').trim_end_matches(']');
+                        dependency.features =
+                            split_top_level(list).iter().map(|f| unquote(f)).collect();
+                        dependency.features.sort();
+                    }
+                    "default-features" => dependency.default_features = v.trim() == "true",
+                    other => panic!("a dependency field this test does not know: {other}"),
+                }
+            }
+        } else {
+            dependency.version = Some(unquote(value));
+        }
+        found.insert(name.trim().to_string(), dependency);
+    }
+    found
+}
+
+/// A recipe of the cookbook: its heading, the crates its "Needs:" line names (with the
+/// features named after each, `serde` (with `derive`)), and its Rust code.
+struct Recipe {
+    heading: String,
+    needs: BTreeMap<String, Vec<String>>,
+    code: String,
+}
+
+fn recipes(page: &str) -> Vec<Recipe> {
+    page.split("\n## ")
+        .skip(1)
+        .map(|section| {
+            let heading = section.lines().next().unwrap().to_string();
+            let mut needs = BTreeMap::new();
+            if let Some(line) = section.lines().find(|l| l.starts_with("Needs:")) {
+                for part in split_top_level(line.trim_start_matches("Needs:").trim_end_matches('.'))
+                {
+                    let mut spans = part.split('`').skip(1).step_by(2);
+                    let name = spans.next().expect("a crate in backticks").to_string();
+                    let features = spans.map(str::to_string).collect();
+                    needs.insert(name, features);
+                }
+            }
+            let code = section
+                .split("```rust")
+                .skip(1)
+                .map(|block| block.split("```").next().unwrap())
+                .collect::<Vec<_>>()
+                .join("\n");
+            Recipe {
+                heading,
+                needs,
+                code,
+            }
+        })
+        .collect()
+}
+
+/// The crates a piece of Rust code names (`use rusqlite::..`, `tempfile::tempdir()`), as
+/// Cargo spells them (`claude-rayon`), and `serde` when it derives its traits.
+fn crates_used(code: &str) -> std::collections::BTreeSet<String> {
+    const NOT_CRATES: &[&str] = &[
+        "std", "core", "alloc", "crate", "self", "super", "u8", "u16", "u32", "u64", "u128",
+        "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32", "f64", "str", "char", "bool",
+    ];
+    let mut used = std::collections::BTreeSet::new();
+    let bytes = code.as_bytes();
+    for (i, _) in code.match_indices("::") {
+        let start = code[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |p| p + 1);
+        let name = &code[start..i];
+        // The first segment of a path: not after `::` and not a type (`Session::builder`).
+        let first_segment = start < 2 || &code[start - 2..start] != "::";
+        let lowercase = name.starts_with(|c: char| c.is_ascii_lowercase());
+        let turbofish = bytes.get(i + 2) == Some(&b'<');
+        if first_segment && lowercase && !turbofish && !NOT_CRATES.contains(&name) {
+            used.insert(name.replace('_', "-"));
+        }
+    }
+    if code.contains("#[derive(") && (code.contains("Deserialize") || code.contains("Serialize")) {
+        used.insert("serde".to_string());
+    }
+    used
+}
+
+#[test]
+fn the_cookbook_builds_against_exactly_the_dependencies_it_lists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = std::fs::read_to_string(root.join("docs/cookbook.md")).unwrap();
+    let block = page
+        .split("```toml")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the cookbook's dependency block");
+    let listed = dependencies(block);
+    let manifest =
+        dependencies(&std::fs::read_to_string(root.join("crates/cookbook/Cargo.toml")).unwrap());
+
+    // The package that compiles the recipes has exactly the page's dependencies.
+    assert_eq!(
+        listed.keys().collect::<Vec<_>>(),
+        manifest.keys().collect::<Vec<_>>(),
+        "crates/cookbook/Cargo.toml and docs/cookbook.md list different crates"
+    );
+    for (name, on_page) in &listed {
+        let built = &manifest[name];
+        assert_eq!(
+            (&on_page.features, on_page.default_features),
+            (&built.features, built.default_features),
+            "{name}: features differ between the page and crates/cookbook/Cargo.toml"
+        );
+        if name == "claude-rayon" {
+            // Built from this repository; the page gives the published version.
+            let ours = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+            let version = ours
+                .lines()
+                .find_map(|l| l.strip_prefix("version = "))
+                .unwrap()
+                .trim_matches('"');
+            let wanted = on_page.version.as_deref().expect("a version on the page");
+            assert!(
+                version.starts_with(&format!("{wanted}.")),
+                "the page asks for claude-rayon {wanted}, this is {version}"
+            );
+        } else {
+            assert_eq!(
+                on_page.version, built.version,
+                "{name}: versions differ between the page and crates/cookbook/Cargo.toml"
+            );
+        }
+    }
+
+    // Each recipe names what it uses, no more, and all of it is in the block.
+    let recipes = recipes(&page);
+    assert!(recipes.len() >= 13, "{} recipes found", recipes.len());
+    for recipe in &recipes {
+        let heading = &recipe.heading;
+        assert!(!recipe.code.is_empty(), "{heading}: no Rust code");
+        assert!(!recipe.needs.is_empty(), "{heading}: no \"Needs:\" line");
+        let needed: std::collections::BTreeSet<String> = recipe.needs.keys().cloned().collect();
+        assert_eq!(
+            needed,
+            crates_used(&recipe.code),
+            "{heading}: its \"Needs:\" line and its code name different crates"
+        );
+        for (name, features) in &recipe.needs {
+            let dependency = listed
+                .get(name)
+                .unwrap_or_else(|| panic!("{heading} needs {name}, not in the page's block"));
+            for feature in features {
+                assert!(
+                    dependency.features.contains(feature),
+                    "{heading} needs {name} with {feature}, not in the page's block"
+                );
+            }
+        }
+        if recipe.code.contains("#[derive(") {
+            assert!(
+                recipe
+                    .needs
+                    .get("serde")
+                    .is_some_and(|f| f.contains(&"derive".to_string())),
+                "{heading} derives serde's traits: it needs serde with derive"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_dependency_check_sees_a_crate_a_recipe_does_not_list() {
+    let code = "use claude_rayon::Session;\nuse rusqlite::Connection;\nfn main() {\n    let dir = tempfile::tempdir();\n    let n = u64::MAX;\n    let s = Session::builder();\n    let v = x.iter().collect::<Vec<_>>();\n}";
+    let used: Vec<String> = crates_used(code).into_iter().collect();
+    assert_eq!(used, ["claude-rayon", "rusqlite", "tempfile"]);
+    let page = "# Cookbook\n\n## 1. One\n\nNeeds: `claude-rayon`, `serde` (with `derive`).\n\n```rust\n#[derive(Deserialize)]\nstruct A;\n```\n";
+    let recipe = &recipes(page)[0];
+    assert_eq!(recipe.needs["serde"], ["derive"]);
+    assert_eq!(crates_used(&recipe.code).len(), 1);
+    let manifest = dependencies(
+        "[package]\nname = \"x\"\n[dependencies]\nrayon = \"1\" # why\n[dev-dependencies]\nserde = { version = \"1\", features = [\"derive\"] }\n",
+    );
+    assert_eq!(manifest["serde"].features, ["derive"]);
+    assert_eq!(manifest["rayon"].version.as_deref(), Some("1"));
+}

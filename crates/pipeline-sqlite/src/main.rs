@@ -5,9 +5,9 @@
 //! checked against the successes.
 //!
 //! ```sh
-//! cargo run -p cookbook --bin pipeline-sqlite                        # real CLI, else the simulator
-//! cargo run -p cookbook --bin pipeline-sqlite -- --simulate --seconds 3
-//! cargo run -p cookbook --bin pipeline-sqlite -- --simulate --items 200 --db /tmp/tickets.sqlite
+//! cargo run -p pipeline-sqlite                      # real CLI, else the simulator
+//! cargo run -p pipeline-sqlite -- --simulate --seconds 3
+//! cargo run -p pipeline-sqlite -- --simulate --items 200 --db /tmp/tickets.sqlite
 //! ```
 //!
 //! Flags: `--seconds N` how long to run (default 5), or `--items N` to stop once the Nth
@@ -16,7 +16,7 @@
 //! existing database gets its rows added, and only this run's are counted); `--simulate`.
 
 // The examples' shared helpers, from claude-rayon's own examples folder.
-#[path = "../../../../examples/common/mod.rs"]
+#[path = "../../../examples/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
@@ -80,6 +80,7 @@ fn prompt(ticket: &Ticket) -> String {
 
 fn main() {
     claude_rayon::simulator::serve_if_requested();
+    common::install_logger();
     let args: Vec<String> = std::env::args().skip(1).collect();
     std::process::exit(run(&args));
 }
