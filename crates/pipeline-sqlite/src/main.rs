@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claude_rayon::pipeline::Batch;
 use claude_rayon::pipeline::Pipeline;
+use claude_rayon::pipeline::{Batch, Flush};
 use claude_rayon::{Failed, Session};
 use rusqlite::{params, Connection};
 
@@ -207,11 +207,15 @@ fn run(args: &[String]) -> i32 {
                 }
                 last_report = Some(Instant::now());
                 let count = |u: &str| batch.items.iter().filter(|r| r.urgency == u).count();
+                let why = match batch.flush {
+                    Flush::Full => "full",
+                    Flush::Timeout => "after the timeout",
+                    _ => "the last ones",
+                };
                 println!(
-                    "{label}batch {:>3}: {:>3} tickets stored ({:?}): high {}, medium {}, low {}",
+                    "{label}batch {:>3}: {:>3} tickets stored ({why}): high {}, medium {}, low {}",
                     batch.seq,
                     batch.len(),
-                    batch.flush,
                     count("high"),
                     count("medium"),
                     count("low"),
