@@ -229,7 +229,7 @@ fn main() {
     println!("CLI {} ({version})", cli.display());
     let fresh_rounds = env_usize("PROCESS_MEMORY_FRESH_ROUNDS", 3);
     if fresh_rounds > 0 {
-        println!("\nfresh processes, 3 items each; {fresh_rounds} rounds");
+        println!("\nfresh processes, 3 items a process; {fresh_rounds} rounds");
     }
     for _ in 0..fresh_rounds {
         for processes in [1, 4] {
