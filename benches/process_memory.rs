@@ -1,12 +1,14 @@
-//! The resident memory of one warm CLI process over 2,000 items, sampled from
-//! `/proc/PID/status` (VmRSS) every 100 items; then the throughput of the same 2,000 items with
-//! the session's default recycling and with recycling off. Real CLI only (the figures are the
-//! CLI's), against the loopback mock Messages API.
+//! What a CLI process holds: first the resident memory (VmRSS) and its peak (VmHWM) of 1 and
+//! of 4 fresh processes after a few items each (docs/tuning.md, "Memory"); then the resident
+//! memory of one warm process over 2,000 items, sampled from `/proc/PID/status` every 100
+//! items; then the throughput of 1,000 items with a recycle every 100 items and with
+//! recycling off. Real CLI only (the figures are the CLI's), against the loopback mock
+//! Messages API.
 //!
 //! Run: `CLAUDE_CODE_BIN=/path/to/claude cargo bench --bench process_memory`
-//! (`PROCESS_MEMORY_ITEMS=N` for another count in the first part;
-//! `PROCESS_MEMORY_THROUGHPUT_ITEMS=N` items per process and `PROCESS_MEMORY_ROUNDS=N` rounds
-//! in the second, 0 to skip it).
+//! (`PROCESS_MEMORY_FRESH_ROUNDS=N` rounds of the first part, 0 to skip it;
+//! `PROCESS_MEMORY_ITEMS=N` items in the second, 0 to skip it; `PROCESS_MEMORY_ROUNDS=N`
+//! rounds in the third, 0 to skip it).
 
 mod common;
 
@@ -39,10 +41,43 @@ fn ticket(i: usize) -> String {
 
 /// The resident memory of `pid` in bytes (VmRSS of `/proc/PID/status`).
 fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// `processes` fresh processes, `3 × processes` items among them, then each one's resident
+/// memory and its peak so far, in MB (10^6 bytes, as docs/tuning.md gives them).
+fn fresh_processes(make: &dyn Fn() -> SessionBuilder, cli: &Path, processes: usize) {
+    use claude_rayon::prelude::*;
+    use rayon::prelude::*;
+    let session = make().concurrency(processes).build().expect("session");
+    let results: Vec<_> = (0..3 * processes)
+        .into_par_iter()
+        .claude_map(&session, |&i| ticket(i))
+        .collect();
+    assert!(results.iter().all(Result::is_ok), "every item must succeed");
+    let pids = cli_children(cli);
+    let megabytes = |field: &str| -> Vec<String> {
+        pids.iter()
+            .map(|&pid| {
+                let bytes = status_bytes(pid, field).expect("a /proc status field");
+                format!("{:.0}", bytes as f64 / 1e6)
+            })
+            .collect()
+    };
+    println!(
+        "{processes} processes ({} live): resident MB {}; peak (VmHWM) MB {}",
+        pids.len(),
+        megabytes("VmRSS:").join(" "),
+        megabytes("VmHWM:").join(" ")
+    );
 }
 
 /// The live children of this process that run `cli`.
@@ -192,8 +227,20 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("CLI {} ({version})", cli.display());
-    memory_over_items(&make, &cli, items);
-    api.clear_requests();
+    let fresh_rounds = env_usize("PROCESS_MEMORY_FRESH_ROUNDS", 3);
+    if fresh_rounds > 0 {
+        println!("\nfresh processes, 3 items a process; {fresh_rounds} rounds");
+    }
+    for _ in 0..fresh_rounds {
+        for processes in [1, 4] {
+            fresh_processes(&make, &cli, processes);
+            api.clear_requests();
+        }
+    }
+    if items > 0 {
+        memory_over_items(&make, &cli, items);
+        api.clear_requests();
+    }
 
     // What one recycle costs: the same items with a process every `every` items and with
     // one process, in alternating rounds so that the machine's other load falls on both

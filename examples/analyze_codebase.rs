@@ -202,6 +202,7 @@ fn severity_rank(severity: &str) -> u8 {
 
 fn main() {
     claude_rayon::simulator::serve_if_requested();
+    common::install_logger();
     let args: Vec<String> = std::env::args().skip(1).collect();
     std::process::exit(run(&args));
 }

@@ -30,6 +30,7 @@ const MAX_CHARS: usize = 8_000;
 
 fn main() {
     claude_rayon::simulator::serve_if_requested();
+    common::install_logger();
     let args: Vec<String> = std::env::args().skip(1).collect();
     std::process::exit(run(&args));
 }

@@ -139,7 +139,7 @@ fn classify(cli: &str, text: &str, last: &Mutex<Option<Instant>>) -> Result<&'st
             },
             Err(error) if attempt < MAX_ATTEMPTS => {
                 let backoff = Duration::from_millis(500 * 2u64.pow(attempt - 1));
-                eprintln!("retrying in {backoff:?}: {error}");
+                eprintln!("retrying in {:.1} s: {error}", backoff.as_secs_f64());
                 thread::sleep(backoff);
             }
             Err(error) => return Err(error),

@@ -31,6 +31,7 @@ const USAGE: &str =
 
 fn main() {
     claude_rayon::simulator::serve_if_requested();
+    common::install_logger();
     let args: Vec<String> = std::env::args().skip(1).collect();
     std::process::exit(run(&args));
 }

@@ -215,6 +215,7 @@ pub(crate) fn list_price(model: Option<&str>) -> (f64, f64) {
 
 /// What `usage` costs at `model`'s list price: cache writes at 1.25 times the input price
 /// (five-minute entries), cache reads at 0.1 times.
+#[cfg_attr(not(feature = "api"), allow(dead_code))]
 pub(crate) fn usage_cost_usd(model: Option<&str>, usage: &crate::Usage) -> f64 {
     let (input, output) = list_price(model);
     (usage.input_tokens as f64 * input

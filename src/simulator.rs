@@ -53,7 +53,9 @@
 //! (default `five_hour`) is used up: a `rejected` `rate_limit_event` with `resetsAt`
 //! UNIX_S, the CLI's error message and a 429 error result, then exit 1 (the 2.1.197 wording
 //! when `CLAUDE_RAYON_SIM_VERSION` starts with `2.1.197`, else 2.1.332's);
-//! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers; `CLAUDE_RAYON_SIM_VERSION` is what
+//! `CLAUDE_RAYON_SIM_DEMO=1` gives demo answers and ignores the directives (a document may
+//! happen to contain one), unless `CLAUDE_RAYON_SIM_DIRECTIVES=1` too;
+//! `CLAUDE_RAYON_SIM_VERSION` is what
 //! `--version` prints; `CLAUDE_RAYON_SIM_CLEAR` breaks `/clear` on purpose (`as-text`: sent
 //! to the "model" like any prompt; `same-session`: no new session id). Like the CLI, text that starts with `/` is a command: `/clear` resets the
 //! context and starts a new session id, anything else answers `Unknown command` without a
@@ -61,7 +63,11 @@
 //!
 //! To host it in your own program (as the examples do), call [`serve_if_requested`] first
 //! thing in `main` and build the session with
-//! [`SessionBuilder::simulated`](crate::SessionBuilder::simulated).
+//! [`SessionBuilder::simulated`](crate::SessionBuilder::simulated) (demo answers, directives
+//! ignored) or [`SessionBuilder::simulated_scripted`](crate::SessionBuilder::simulated_scripted)
+//! (demo answers, directives followed: to see what a program does with a failure, a slow
+//! item or an answer it did not expect). `fail-times`, `crash-times` and `replies` count
+//! attempts in the folder `CLAUDE_RAYON_SIM_STATE` names, and do nothing without it.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
@@ -77,6 +83,10 @@ const ALLOWED_PREFIX: &str = "Allowed answers: ";
 
 /// Set to `1` in a child's environment to make [`serve_if_requested`] run the simulator.
 pub const SIMULATOR_ENV_VAR: &str = "CLAUDE_RAYON_SIMULATOR";
+
+/// Set to `1` by [`SessionBuilder::simulated_scripted`](crate::SessionBuilder::simulated_scripted):
+/// demo answers, and the directives in prompts followed.
+pub(crate) const DIRECTIVES_ENV_VAR: &str = "CLAUDE_RAYON_SIM_DIRECTIVES";
 
 /// Set by `build()` of a simulated session when it starts the program once to check that it
 /// serves: the simulator answers `--version` with [`handshake_answer`] of its value, which a
@@ -189,6 +199,9 @@ struct Simulator {
     json_schema: Option<Value>,
     model: String,
     demo: bool,
+    /// Whether the directives in a prompt are followed: always outside demo mode, and in demo
+    /// mode when the program asked for it (`SessionBuilder::simulated_scripted`).
+    directives: bool,
     latency: Option<u64>,
     /// `--include-partial-messages`: each streamed call shows its start and its stop reason.
     partial_messages: bool,
@@ -204,6 +217,7 @@ impl Simulator {
         let json_schema = flag("--json-schema").and_then(|s| serde_json::from_str(&s).ok());
         let model = flag("--model").unwrap_or_else(|| "claude-simulated".into());
         let partial_messages = args.iter().any(|a| a == "--include-partial-messages");
+        let demo = std::env::var("CLAUDE_RAYON_SIM_DEMO").is_ok_and(|v| v == "1");
         Simulator {
             partial_messages,
             session_id: new_session_id(),
@@ -213,7 +227,8 @@ impl Simulator {
             started: false,
             json_schema,
             model,
-            demo: std::env::var("CLAUDE_RAYON_SIM_DEMO").is_ok_and(|v| v == "1"),
+            demo,
+            directives: !demo || std::env::var(DIRECTIVES_ENV_VAR).is_ok_and(|v| v == "1"),
             latency: env_u64("CLAUDE_RAYON_SIM_LATENCY_MS"),
         }
     }
@@ -279,9 +294,16 @@ impl Simulator {
             "context_turns": self.context.len(), "t_ms": t_ms}),
         );
         // Demo mode answers any text, including text that happens to contain directives
-        // (the simulator's own source, say); directives are for tests.
+        // (the simulator's own source, say), unless the program asked for them.
         let demo = self.demo;
-        let d = |name: &str| if demo { None } else { directive(prompt, name) };
+        let scripted = self.directives;
+        let d = |name: &str| {
+            if scripted {
+                directive(prompt, name)
+            } else {
+                None
+            }
+        };
         // Unexpected chatter that a client must skip.
         self.emit(json!({"type": "rate_limit_event", "note": "simulated"}));
         if let Some(ms) = d("delay")
@@ -328,7 +350,7 @@ impl Simulator {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        if d("crash").is_some() || (!demo && self.scheduled_crash(prompt)) {
+        if d("crash").is_some() || (scripted && self.scheduled_crash(prompt)) {
             eprintln!("simulated crash");
             return Some(3);
         }
@@ -379,10 +401,10 @@ impl Simulator {
             return None;
         }
         let error = d("error").or_else(|| {
-            if demo {
-                None
-            } else {
+            if scripted {
                 self.scheduled_failure(prompt)
+            } else {
+                None
             }
         });
         if let Some(status) = error {

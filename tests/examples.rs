@@ -24,18 +24,11 @@ fn example(name: &str) -> PathBuf {
 /// The pipeline example, a package of its own (it needs SQLite): built like an example.
 fn sqlite_example() -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "cookbook",
-            "--bin",
-            "pipeline-sqlite",
-        ])
+        .args(["build", "--quiet", "-p", "pipeline-sqlite"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
-    assert!(status.success(), "building the cookbook's pipeline-sqlite");
+    assert!(status.success(), "building pipeline-sqlite");
     let deps = std::env::current_exe().unwrap();
     deps.parent()
         .unwrap()
@@ -574,4 +567,24 @@ fn categorize_runs_on_the_messages_api_with_backend_api() {
             "{doc} not under {category}:\n{stdout}"
         );
     }
+}
+
+#[test]
+fn the_examples_show_the_librarys_warnings() {
+    // More processes than this machine has memory for: `build()` warns through `log`, which
+    // reaches stderr only because the example installs a logger.
+    let (code, stdout, stderr) = run(
+        "log_anomalies",
+        &[
+            "--simulate",
+            "--concurrency",
+            "200",
+            "examples/data/sample.log",
+        ],
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("concurrency 200 needs about"),
+        "the memory warning at build() is not shown:\n{stderr}"
+    );
 }

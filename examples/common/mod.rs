@@ -8,6 +8,14 @@ use std::path::Path;
 
 use claude_rayon::{Backend as Answerer, CliError, Error, Session, SessionBuilder};
 
+/// Show the library's warnings on stderr (a failed item, a pause on a usage window, too
+/// little memory for `concurrency` at `build()`): it reports through `log`, and without a
+/// logger those lines go nowhere. `RUST_LOG` overrides the level (`RUST_LOG=claude_rayon=debug`
+/// also shows every retry).
+pub fn install_logger() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+}
+
 /// How the session was made, so output can be labelled.
 pub struct Backend {
     pub session: Session,

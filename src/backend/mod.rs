@@ -56,9 +56,11 @@ pub(crate) enum TurnEvent {
     /// prefix.
     Began,
     /// The API said how much room its rate limits have left (its response headers).
+    #[cfg_attr(not(feature = "api"), allow(dead_code))]
     Limits(ServerLimits),
     /// The API said to send nothing for this long (`retry-after` on a 429 or 529): every
     /// worker on the throttle holds off.
+    #[cfg_attr(not(feature = "api"), allow(dead_code))]
     RetryAfter(Duration),
 }
 

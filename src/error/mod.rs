@@ -237,7 +237,7 @@ pub enum Error {
     },
 
     /// A strict answer (a yes/no verdict or a category) was not one of the allowed tokens.
-    #[error("answer {answer:?} is not one of the allowed answers {allowed:?}")]
+    #[error("answer {answer:?} is not one of the allowed answers ({})", .allowed.join(", "))]
     InvalidAnswer {
         /// What the model said (shortened).
         answer: String,

@@ -169,9 +169,14 @@ impl<T, O, K, H> PipelineBuilder<T, O, K, H> {
     }
 
     /// What to do with an item that failed: its error and attempts, the item handed back
-    /// (see [`Failed`]). Called one at a time. Without it, failures are logged at warn.
-    /// A panic in it is counted ([`PipelineStats::on_failed_panics`]) and the pipeline goes
-    /// on.
+    /// (see [`Failed`]). Called one at a time. A panic in it is counted
+    /// ([`PipelineStats::on_failed_panics`]) and the pipeline goes on.
+    ///
+    /// Without it, a failed item is lost, but not unseen: each is logged at warn, the first
+    /// that is not a stop is written to stderr at once (its error, and that no handler took
+    /// it), and when the pipeline ends one line on stderr says how many items failed
+    /// (and how many of those were stopped unsent). [`PipelineStats::failed`] counts them
+    /// too. To keep stderr quiet, give a handler, even `.on_failed(|_| {})`.
     pub fn on_failed<F>(mut self, on_failed: F) -> Self
     where
         F: FnMut(Failed<T>) + Send + 'static,

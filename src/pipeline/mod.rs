@@ -18,7 +18,9 @@
 //! [`PipelineStats::in_flight`] and [`PipelineStats::buffered`]).
 //!
 //! **Exactly once**: every item taken from the source ends in exactly one batch handed to
-//! the handler, or in `on_failed`, whatever fails, panics or stops.
+//! the handler, or in `on_failed`, whatever fails, panics or stops. Without an `on_failed`,
+//! failures are told on stderr (the first at once, the count at the end; see
+//! [`PipelineBuilder::on_failed`]).
 //!
 //! **Graceful stop**: [`Pipeline::stop`] stops taking from the source, lets the calls
 //! in flight finish (for [`DEFAULT_STOP_TIMEOUT`] at most, or the bound given to
@@ -49,7 +51,7 @@ use shared::{Phase, Shared};
 use sink::Sink;
 use source::SourceStage;
 
-use crate::{Error, Failed};
+use crate::Error;
 
 /// A batch of values handed to the batch handler.
 ///
@@ -315,6 +317,8 @@ pub(crate) struct Running<T, O, K> {
     results: Sender<ToBatcher<T, O, K>>,
     batcher: JoinHandle<()>,
     sink: JoinHandle<()>,
+    /// Without an `on_failed`, where failures went: it says how many at the end.
+    unhandled: Option<Arc<sink::Unhandled>>,
 }
 
 fn invalid(message: &str) -> Error {
@@ -358,10 +362,14 @@ where
     if max_in_flight == 0 {
         return Err(invalid("max_in_flight must be at least 1"));
     }
-    let on_failed: shared::OnFailed<T> =
-        Arc::new(parking_lot::Mutex::new(common.on_failed.unwrap_or_else(
-            || Box::new(|failed: Failed<T>| log::warn!("a pipeline item failed: {}", failed.error)),
-        )));
+    let (on_failed, unhandled) = match common.on_failed {
+        Some(handler) => (handler, None),
+        None => {
+            let unhandled = Arc::new(sink::Unhandled::default());
+            (unhandled.handler(), Some(unhandled))
+        }
+    };
+    let on_failed: shared::OnFailed<T> = Arc::new(parking_lot::Mutex::new(on_failed));
     let shared = Arc::new(Shared::new(
         &session,
         max_in_flight,
@@ -411,6 +419,7 @@ where
         results: results_tx,
         batcher,
         sink,
+        unhandled,
     })
 }
 
@@ -444,7 +453,13 @@ impl<T, O, K> Running<T, O, K> {
         shared.run.finish();
         // Under the source lock: an item a left-behind source hands over is counted wholly
         // or not at all.
-        let _source = shared.source.lock();
-        shared.snapshot()
+        let stats = {
+            let _source = shared.source.lock();
+            shared.snapshot()
+        };
+        if let Some(unhandled) = &self.unhandled {
+            unhandled.summarise(&stats);
+        }
+        stats
     }
 }

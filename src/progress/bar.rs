@@ -32,26 +32,73 @@ impl Bar {
             // escape codes).
             None => return None,
         };
-        let bar = match total {
-            Some(total) => ProgressBar::with_draw_target(Some(total), target).with_style(
-                ProgressStyle::with_template("{prefix} [{bar:24}] {pos}/{len} {msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            ),
-            None => ProgressBar::with_draw_target(None, target).with_style(
-                ProgressStyle::with_template("{prefix} {pos} done {msg}").expect("valid template"),
-            ),
-        };
-        bar.set_prefix(run);
+        // The whole line is ours ({msg}): the same text is printed as the last line when the
+        // run ends.
+        let bar = ProgressBar::with_draw_target(total, target)
+            .with_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+        bar.set_message(line(&Progress {
+            run,
+            total,
+            ..Progress::default()
+        }));
         Some(Bar { bar })
     }
 
     pub(crate) fn update(&self, progress: &Progress) {
-        self.bar.set_position(progress.done);
-        self.bar.set_message(describe(progress));
-        if progress.finished {
-            self.bar.finish();
+        if self.bar.is_finished() {
+            return;
         }
+        let line = line(progress);
+        if progress.finished {
+            self.end(line);
+        } else {
+            self.bar.set_position(progress.done);
+            self.bar.set_message(line);
+        }
+    }
+
+    /// Leave `last` on screen as a line of its own, ended, and clear the bar: the program's
+    /// next output starts on a line of its own. indicatif's own `finish` leaves the cursor at
+    /// the end of the bar's line, padded to the width the terminal reports, so where that is
+    /// not the real width (a terminal whose size cannot be read, taken for 80 columns) the
+    /// next output lands on the bar's line.
+    fn end(&self, last: String) {
+        self.bar.println(last);
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Drop for Bar {
+    /// A run that ends without its last report (a stream dropped early) ends its line too.
+    fn drop(&mut self) {
+        if !self.bar.is_finished() && !std::thread::panicking() {
+            self.end(self.bar.message());
+        }
+    }
+}
+
+/// Width of the bar itself, in characters.
+const BAR_WIDTH: usize = 24;
+
+/// The bar's line: the run, a bar and `done/total` when the total is known (`done done`
+/// when not), then the fields.
+pub(crate) fn line(p: &Progress) -> String {
+    match p.total {
+        Some(total) => {
+            let fraction = p.fraction().unwrap_or(0.0).clamp(0.0, 1.0);
+            let filled = ((fraction * BAR_WIDTH as f64) as usize).min(BAR_WIDTH);
+            let head = usize::from(filled < BAR_WIDTH && p.done > 0);
+            format!(
+                "{} [{}{}{}] {}/{total} {}",
+                p.run,
+                "=".repeat(filled),
+                ">".repeat(head),
+                " ".repeat(BAR_WIDTH - filled - head),
+                p.done,
+                describe(p)
+            )
+        }
+        None => format!("{} {} done {}", p.run, p.done, describe(p)),
     }
 }
 

@@ -269,6 +269,39 @@ impl SessionBuilder {
         }))
     }
 
+    /// As [`simulated`](Self::simulated), and the simulator follows the directives an item's
+    /// text carries (`[[sim:reply=TEXT]]`, `[[sim:delay=MS]]`, `[[sim:error=STATUS]]`, ...;
+    /// the list is in the [`simulator`](crate::simulator) module): to see what a program does
+    /// with a failed item, a slow one or an answer it did not expect, without a CLI. The
+    /// directive language is for trying and testing, not a stable API, and a directive in a
+    /// document you did not write scripts its item too: keep this for your own test items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// claude_rayon::simulator::serve_if_requested();
+    /// use claude_rayon::{Error, Session};
+    ///
+    /// let ticket = "[[sim:error=400]] Summarise this ticket: the export drops rows.";
+    /// let scripted = Session::builder().simulated_scripted()?.build()?;
+    /// let failed = scripted.query(ticket).unwrap_err();
+    /// assert!(matches!(failed, Error::Api { status: Some(400), .. }));
+    /// // `simulated()` answers any text, directives and all.
+    /// let plain = Session::builder().simulated()?.build()?;
+    /// assert!(plain.query(ticket)?.text.starts_with("[simulated]"));
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`simulated`](Self::simulated).
+    #[cfg(feature = "simulator")]
+    pub fn simulated_scripted(self) -> Result<Self, Error> {
+        Ok(self
+            .simulated()?
+            .cli(|c| c.env(crate::simulator::DIRECTIVES_ENV_VAR, "1")))
+    }
+
     /// Settings only the Claude Code CLI understands (the CLI is what answers items): its
     /// path, arguments, environment and working folder, tools, sealing and recycling; see
     /// [`CliOptions`]. Calls compose: each closure gets the options as the ones before left

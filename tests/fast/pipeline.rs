@@ -812,3 +812,90 @@ on_both_backends!(
     progress_reports_cover_a_pipeline_to_its_last_item,
     a_bounded_stop_ends_hanging_calls_and_fails_their_items_as_stopped,
 );
+
+/// The child of `failures_without_a_handler_are_told_on_stderr`: this test binary re-run with
+/// its stderr on a pipe, running a pipeline without `on_failed` and one with it.
+fn run_child_with_unhandled_failures() -> ! {
+    let fake = Fake::new();
+    let session = fake.builder().concurrency(2).build().unwrap();
+    let tickets: Vec<String> = (0..12)
+        .map(|i| {
+            let fault = if i % 4 == 1 { "[[sim:error=400]] " } else { "" };
+            format!(
+                "{fault}Ticket {i}: since the update the export drops every row after the \
+                 first thousand, and the CSV ends without a newline; finance needs it today."
+            )
+        })
+        .collect();
+    let run = |with_handler: bool| {
+        let builder = Pipeline::builder(&session)
+            .source(tickets.clone().into_iter())
+            .prompt(|t: &String| format!("Urgency of this ticket, one word: {t}"))
+            .batch_size(4);
+        if with_handler {
+            builder
+                .on_failed(|failed| eprintln!("HANDLED {}", failed.error))
+                .on_batch(|_| {})
+                .run()
+        } else {
+            builder.on_batch(|_| {}).run()
+        }
+        .unwrap()
+    };
+    let stats = run(false);
+    assert_eq!((stats.succeeded, stats.failed), (9, 3));
+    eprintln!("FIRST RUN DONE");
+    let stats = run(true);
+    assert_eq!((stats.succeeded, stats.failed), (9, 3));
+    eprintln!("CHILD DONE");
+    std::process::exit(0);
+}
+
+#[test]
+fn failures_without_a_handler_are_told_on_stderr() {
+    if std::env::var("CLAUDE_RAYON_TEST_UNHANDLED_CHILD").is_ok() {
+        run_child_with_unhandled_failures();
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            &support::this_test(
+                module_path!(),
+                "failures_without_a_handler_are_told_on_stderr",
+            ),
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CLAUDE_RAYON_TEST_UNHANDLED_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    support::assert_ran_one_test(&String::from_utf8_lossy(&output.stdout));
+    let (first_run, second_run) = stderr
+        .split_once("FIRST RUN DONE")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(second_run.contains("CHILD DONE"), "{stderr}");
+    // The first failure at once, with its error and what to do; then one line with the count.
+    let told: Vec<&str> = first_run
+        .lines()
+        .filter(|l| l.contains("has no on_failed handler"))
+        .collect();
+    assert_eq!(told.len(), 1, "the first failure, once:\n{stderr}");
+    assert!(
+        told[0].contains("400") && told[0].contains("PipelineBuilder::on_failed"),
+        "{stderr}"
+    );
+    let summary: Vec<&str> = first_run
+        .lines()
+        .filter(|l| l.contains("the pipeline ended with"))
+        .collect();
+    assert_eq!(summary.len(), 1, "one summary:\n{stderr}");
+    assert!(summary[0].contains("3 failed items"), "{stderr}");
+    // With a handler, the handler gets them and the library says nothing.
+    assert_eq!(second_run.matches("HANDLED").count(), 3, "{stderr}");
+    assert!(
+        !second_run.contains("claude-rayon:"),
+        "nothing of its own with a handler:\n{stderr}"
+    );
+}

@@ -124,6 +124,108 @@ fn the_bar_renders_the_expected_fields() {
     }
 }
 
+/// A terminal that reports fewer columns than it has, as one whose size cannot be read does
+/// (taken for 80 columns): what the bar pads its line to is then not the end of the line.
+#[cfg(feature = "progress")]
+#[derive(Debug)]
+struct WiderThanItSays {
+    screen: indicatif::InMemoryTerm,
+    says: u16,
+}
+
+#[cfg(feature = "progress")]
+impl indicatif::TermLike for WiderThanItSays {
+    fn width(&self) -> u16 {
+        self.says
+    }
+    fn height(&self) -> u16 {
+        self.screen.height()
+    }
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        self.screen.move_cursor_up(n)
+    }
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        self.screen.move_cursor_down(n)
+    }
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        self.screen.move_cursor_right(n)
+    }
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        self.screen.move_cursor_left(n)
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.screen.write_line(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.screen.write_str(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        self.screen.clear_line()
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.screen.flush()
+    }
+}
+
+#[cfg(feature = "progress")]
+#[test]
+fn the_bar_ends_its_line_when_the_run_ends() {
+    use indicatif::{InMemoryTerm, ProgressDrawTarget, TermLike};
+    let fake = Fake::new();
+    let screen = InMemoryTerm::new(10, 240);
+    let target_screen = screen.clone();
+    let session = fake
+        .builder()
+        .concurrency(2)
+        .progress_draw_target(move || {
+            ProgressDrawTarget::term_like(Box::new(WiderThanItSays {
+                screen: target_screen.clone(),
+                says: 160,
+            }))
+        })
+        .build()
+        .unwrap();
+    let results: Vec<_> = (0..12u32)
+        .into_par_iter()
+        .claude_map(&session, |i| {
+            format!("Summarise ticket {i}: the export drops rows.")
+        })
+        .collect();
+    assert_eq!(results.len(), 12);
+    // What the program prints next, as `println!` would on the same terminal.
+    screen.write_line("summary: 12 tickets").unwrap();
+    let contents = screen.contents();
+    let lines: Vec<&str> = contents.lines().collect();
+    let bar = lines
+        .iter()
+        .position(|l| l.starts_with("claude_map ["))
+        .unwrap_or_else(|| panic!("the last state stays on screen:\n{contents}"));
+    assert!(lines[bar].contains("12/12"), "{contents}");
+    assert!(
+        !lines[bar].contains("summary"),
+        "the next output landed on the bar's line:\n{contents}"
+    );
+    assert_eq!(
+        lines.get(bar + 1).copied(),
+        Some("summary: 12 tickets"),
+        "the next output starts the next line:\n{contents}"
+    );
+    // A second run draws a bar of its own below, and ends it the same way.
+    let _: Vec<_> = (0..3u32)
+        .into_par_iter()
+        .claude_map(&session, |i| format!("Summarise ticket {i}."))
+        .collect();
+    screen.write_line("done").unwrap();
+    let contents = screen.contents();
+    let lines: Vec<&str> = contents.lines().collect();
+    let n = lines.len();
+    assert!(
+        lines[n - 2].starts_with("claude_map [") && lines[n - 2].contains("3/3"),
+        "{contents}"
+    );
+    assert_eq!(lines[n - 1], "done", "{contents}");
+}
+
 /// The child of `no_bar_when_stderr_is_not_a_terminal`: this test binary re-run with its
 /// stderr on a pipe, running a session with the bar turned on.
 fn run_child_with_progress_on() -> ! {

@@ -5,9 +5,9 @@
 //! checked against the successes.
 //!
 //! ```sh
-//! cargo run -p cookbook --bin pipeline-sqlite                        # real CLI, else the simulator
-//! cargo run -p cookbook --bin pipeline-sqlite -- --simulate --seconds 3
-//! cargo run -p cookbook --bin pipeline-sqlite -- --simulate --items 200 --db /tmp/tickets.sqlite
+//! cargo run -p pipeline-sqlite                      # real CLI, else the simulator
+//! cargo run -p pipeline-sqlite -- --simulate --seconds 3
+//! cargo run -p pipeline-sqlite -- --simulate --items 200 --db /tmp/tickets.sqlite
 //! ```
 //!
 //! Flags: `--seconds N` how long to run (default 5), or `--items N` to stop once the Nth
@@ -16,7 +16,7 @@
 //! existing database gets its rows added, and only this run's are counted); `--simulate`.
 
 // The examples' shared helpers, from claude-rayon's own examples folder.
-#[path = "../../../../examples/common/mod.rs"]
+#[path = "../../../examples/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claude_rayon::pipeline::Batch;
 use claude_rayon::pipeline::Pipeline;
+use claude_rayon::pipeline::{Batch, Flush};
 use claude_rayon::{Failed, Session};
 use rusqlite::{params, Connection};
 
@@ -80,6 +80,7 @@ fn prompt(ticket: &Ticket) -> String {
 
 fn main() {
     claude_rayon::simulator::serve_if_requested();
+    common::install_logger();
     let args: Vec<String> = std::env::args().skip(1).collect();
     std::process::exit(run(&args));
 }
@@ -206,11 +207,15 @@ fn run(args: &[String]) -> i32 {
                 }
                 last_report = Some(Instant::now());
                 let count = |u: &str| batch.items.iter().filter(|r| r.urgency == u).count();
+                let why = match batch.flush {
+                    Flush::Full => "full",
+                    Flush::Timeout => "after the timeout",
+                    _ => "the last ones",
+                };
                 println!(
-                    "{label}batch {:>3}: {:>3} tickets stored ({:?}): high {}, medium {}, low {}",
+                    "{label}batch {:>3}: {:>3} tickets stored ({why}): high {}, medium {}, low {}",
                     batch.seq,
                     batch.len(),
-                    batch.flush,
                     count("high"),
                     count("medium"),
                     count("low"),
