@@ -60,6 +60,8 @@ pub mod prelude;
 mod progress;
 mod response;
 mod retry;
+#[cfg(feature = "schema")]
+mod schema;
 mod session;
 #[cfg(feature = "simulator")]
 pub mod simulator;
@@ -88,6 +90,10 @@ pub use crossbeam_channel;
 /// [`SessionBuilder::progress_draw_target`](SessionBuilder::progress_draw_target).
 #[cfg(feature = "progress")]
 pub use indicatif;
+/// The schema crate of [`SessionBuilder::json_schema_of`]: derive its `JsonSchema` for the
+/// types answers are parsed into.
+#[cfg(feature = "schema")]
+pub use schemars;
 /// The JSON crate of [`Response::structured`] and [`SessionBuilder::json_schema`].
 pub use serde_json;
 

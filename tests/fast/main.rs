@@ -34,4 +34,5 @@ mod stats;
 mod stream_map;
 mod stream_windows;
 mod throttle_shared;
+mod typed_answers;
 mod usage_windows;
