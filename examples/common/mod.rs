@@ -87,6 +87,10 @@ pub fn start(
 ) -> Option<Backend> {
     // A bar on stderr when it is a terminal (built with `--features progress`).
     builder = builder.progress(true);
+    // Ctrl-C: the first stops starting items (answers in flight kept), a second quits.
+    if let Ok(ctrl_c) = claude_rayon::Cancel::on_ctrl_c() {
+        builder = builder.with_cancel(&ctrl_c);
+    }
     if let Some(model) = flag_value(args, "--model") {
         builder = builder.model(model);
     }

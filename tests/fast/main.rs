@@ -25,6 +25,7 @@ mod progress;
 mod properties;
 mod retries;
 mod sealing;
+mod session_cancel;
 mod session_context;
 mod session_failures;
 mod session_flags;
