@@ -72,6 +72,7 @@ pub(crate) enum Policy<'a> {
     },
     /// A structured answer that must pass `check` (it fits the caller's type): one that does
     /// not, or that is missing, gets one more call with the same prompt (fresh context).
+    #[cfg_attr(not(feature = "schema"), allow(dead_code))]
     Typed {
         check: &'a (dyn Fn(&Response) -> Result<(), Error> + Sync),
     },

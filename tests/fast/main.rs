@@ -17,6 +17,7 @@ mod cache_gate;
 mod claude_filter;
 mod claude_group_by;
 mod claude_map;
+mod estimate;
 mod hostile_settings;
 mod journal;
 mod pipeline;
