@@ -122,7 +122,8 @@ impl Session {
     /// answer is in the session's journal are free and counted apart.
     ///
     /// For `claude_filter` and `claude_group_by` add about 40 tokens a prompt: the
-    /// instruction and the allowed answers appended to it.
+    /// instruction and the allowed answers appended to it (their journal keeps the prompt
+    /// with it, so their answers in the journal are not seen here).
     ///
     /// # Examples
     ///
