@@ -275,10 +275,10 @@ impl SessionBuilder {
     ///     .typed::<Triage>()
     ///     .collect();
     /// for result in triaged {
-    ///     let (ticket, triage) = result?;
+    ///     let (ticket, triage) = result.map_err(|failed| failed.error)?;
     ///     println!("{:?} ({} tags): {ticket}", triage.team, triage.tags.len());
     /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # Ok::<(), claude_rayon::Error>(())
     /// ```
     #[cfg(feature = "schema")]
     pub fn json_schema_of<T: schemars::JsonSchema + ?Sized>(mut self) -> Self {
