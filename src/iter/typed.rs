@@ -13,6 +13,9 @@ use crate::engine::typed::Typed;
 use crate::engine::Policy;
 use crate::{Failed, Session};
 
+/// One item's result: the item with its answer as an `O`, or the item back.
+type TypedResult<T, O> = Result<(T, O), Failed<T>>;
+
 /// The adaptor behind [`ClaudeMap::typed`]. Lazy: nothing runs until it is driven.
 ///
 /// Yields `Ok((item, answer))` with the answer as a `T`, or `Err(Failed { item, .. })`, in
@@ -88,7 +91,7 @@ where
     P: AsRef<str>,
     T: schemars::JsonSchema + DeserializeOwned + Send,
 {
-    fn run(self) -> Vec<Result<(I::Item, T), Failed<I::Item>>> {
+    fn run(self) -> Vec<TypedResult<I::Item, T>> {
         let items: Vec<I::Item> = self.base.collect();
         let run = self.options.start(&self.session, "claude_map", items.len());
         let typed = match Typed::<T>::for_session(&self.session, "typed") {
@@ -132,7 +135,7 @@ where
     P: AsRef<str>,
     T: schemars::JsonSchema + DeserializeOwned + Send,
 {
-    type Item = Result<(I::Item, T), Failed<I::Item>>;
+    type Item = TypedResult<I::Item, T>;
 
     fn drive_unindexed<C>(self, consumer: C) -> C::Result
     where
