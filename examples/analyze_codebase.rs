@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Flags: `--backend api|cli` (the Messages API with ANTHROPIC_API_KEY, or the claude CLI: the default), `--simulate` (built-in simulator), `--model NAME`, `--concurrency N`,
-//! `--out DIR` (default `target/analysis`), `--max-files N`, `--budget USD`, `--no-journal`.
+//! `--out DIR` (default `target/analysis`), `--max-files N`, `--budget USD`, `--no-journal`,
+//! `--estimate` (print what the run would cost at list prices, and stop before any call).
 //! Answers are kept in a journal in the output folder (`journal.jsonl`), so a rerun after an
 //! interruption (Ctrl-C, a crash, an expired login) pays only for the analyses not done yet;
 //! `--no-journal` asks everything again.
@@ -32,7 +33,7 @@ const MAX_FILE_BYTES: u64 = 200 * 1024;
 
 const USAGE: &str =
     "usage: analyze_codebase [--backend api|cli] [--simulate] [--model M] [--concurrency N] \
-    [--out DIR] [--max-files N] [--budget USD] [--no-journal] DIR";
+    [--out DIR] [--max-files N] [--budget USD] [--no-journal] [--estimate] DIR";
 
 /// One analysis: its name and what to look for.
 const ANALYSES: [(&str, &str); 3] = [
@@ -273,6 +274,10 @@ fn run(args: &[String]) -> i32 {
         skipped,
         concurrency
     );
+    // A finding list in JSON: a few hundred tokens an analysis.
+    if common::estimate_first(&backend, jobs.len(), jobs.iter().map(prompt_for), 400, args) {
+        return 0;
+    }
     let started = Instant::now();
     let outcome: Outcome<(Job, Response), Job> = jobs
         .par_iter()

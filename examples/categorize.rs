@@ -8,7 +8,8 @@
 //!
 //! Flags: `--categories a,b,c` (default: finance, engineering, personal, other),
 //! `--backend api|cli` (the Messages API with ANTHROPIC_API_KEY, or the claude CLI: the default), `--simulate`, `--model NAME`, `--concurrency N`, `--out DIR` (default
-//! `target/categorize`), `--no-journal`. Reads `.txt` and `.md` files, never through a
+//! `target/categorize`), `--no-journal`, `--estimate` (print what the run would cost at list
+//! prices, and stop before any call). Reads `.txt` and `.md` files, never through a
 //! symbolic link (a linked document is skipped: it could point out of the folder). The
 //! categories are kept in a journal in the output folder, so a rerun pays only for documents
 //! not sorted yet.
@@ -24,7 +25,7 @@ use rayon::prelude::*;
 const DEFAULT_CATEGORIES: &str = "finance,engineering,personal,other";
 const USAGE: &str =
     "usage: categorize [--categories a,b,c] [--backend api|cli] [--simulate] [--model M] \
-    [--concurrency N] [--out DIR] [--no-journal] DIR";
+    [--concurrency N] [--out DIR] [--no-journal] [--estimate] DIR";
 /// Long documents are cut: the first part is enough to tell the category.
 const MAX_CHARS: usize = 8_000;
 
@@ -89,25 +90,32 @@ fn run(args: &[String]) -> i32 {
         return 1;
     };
     let label = backend.label();
+    let prompt = |(path, id): &(PathBuf, (u64, u64))| {
+        let text: String = common::read_walked_file(path, *id)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_CHARS)
+            .collect();
+        format!(
+            "Which category does this document belong to?\n\nDocument `{}`:\n{text}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        )
+    };
+    // An answer is one category: a few tokens.
+    if common::estimate_first(
+        &backend,
+        documents.len(),
+        documents.iter().map(prompt),
+        5,
+        args,
+    ) {
+        return 0;
+    }
 
     let groups = documents
         .par_iter()
-        .claude_group_by(
-            &backend.session,
-            categories.iter().cloned(),
-            |(path, id)| {
-                let text: String = common::read_walked_file(path, *id)
-                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                    .unwrap_or_default()
-                    .chars()
-                    .take(MAX_CHARS)
-                    .collect();
-                format!(
-                    "Which category does this document belong to?\n\nDocument `{}`:\n{text}",
-                    path.file_name().unwrap_or_default().to_string_lossy()
-                )
-            },
-        )
+        .claude_group_by(&backend.session, categories.iter().cloned(), |d| prompt(d))
         .groups();
     if let Some(message) = groups
         .failed

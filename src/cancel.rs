@@ -96,6 +96,105 @@ impl Cancel {
     }
 }
 
+/// The handle the program's Ctrl-C sets, once installed.
+#[cfg(feature = "ctrlc")]
+static CTRL_C: std::sync::Mutex<Option<Cancel>> = std::sync::Mutex::new(None);
+
+#[cfg(feature = "ctrlc")]
+impl Cancel {
+    /// The handle Ctrl-C sets (feature `ctrlc`): the first Ctrl-C cancels it, and a Ctrl-C
+    /// while it is cancelled ends the program at once with exit code 130 (128 + SIGINT, what
+    /// a shell reports for a program Ctrl-C ended). Each press says so on stderr.
+    ///
+    /// Give it to a session ([`SessionBuilder::with_cancel`](crate::SessionBuilder::with_cancel))
+    /// and every run on it obeys, or to one run (`with_cancel` on an adaptor or a stream).
+    /// After the first Ctrl-C no new item starts: the items not started come back as failed
+    /// with [`Error::Cancelled`](crate::Error::Cancelled), the items in flight finish and
+    /// their answers are kept (in the [`Journal`](crate::Journal) too, so a rerun pays only
+    /// for what is left), a pipeline stops as by `request_stop`, and a conversation's turn
+    /// in flight ends. The second Ctrl-C abandons the items in flight: their calls may be
+    /// billed, their answers are lost; the CLI processes end with the program, and the
+    /// journal keeps every answer handed on before it.
+    ///
+    /// A program has one Ctrl-C handler: every call returns the same handle (a
+    /// [`reset`](Self::reset) makes the next Ctrl-C a first one again). A program started
+    /// with Ctrl-C ignored (`nohup`, `cmd &` in a script) keeps ignoring it: the handle is
+    /// then set only by [`cancel`](Self::cancel).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when the program already has a
+    /// handler for SIGINT (set with `ctrlc`, `signal-hook` or `libc`): this would replace it,
+    /// so it refuses; cancel the handle from your handler instead. [`Error::Io`](crate::Error::Io)
+    /// when the handler cannot be set up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # claude_rayon::simulator::serve_if_requested();
+    /// use claude_rayon::{Cancel, Session};
+    ///
+    /// let ctrl_c = Cancel::on_ctrl_c()?;
+    /// let session = Session::builder().simulated()?.with_cancel(&ctrl_c).build()?;
+    /// // ... runs on `session` stop starting items at the first Ctrl-C.
+    /// assert!(!ctrl_c.is_cancelled());
+    /// // A second call is the same handle.
+    /// Cancel::on_ctrl_c()?.cancel();
+    /// assert!(ctrl_c.is_cancelled());
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn on_ctrl_c() -> Result<Cancel, crate::Error> {
+        let mut installed = CTRL_C
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(cancel) = &*installed {
+            return Ok(cancel.clone());
+        }
+        let cancel = Cancel::new();
+        if sigint_ignored() {
+            // Started with Ctrl-C ignored (`nohup`, a background job of a script): the
+            // program is not to be interrupted, so it is not; the handle is only a handle.
+            log::debug!("SIGINT is ignored in this program: Ctrl-C will not cancel");
+            *installed = Some(cancel.clone());
+            return Ok(cancel);
+        }
+        let pressed = cancel.clone();
+        // The handler runs on a thread of ctrlc's, woken through a pipe: ordinary code may
+        // run there, printing and exiting included.
+        ctrlc::try_set_handler(move || {
+            if pressed.is_cancelled() {
+                eprintln!("\nCtrl-C again: quitting now; the items in flight are abandoned.");
+                std::process::exit(130);
+            }
+            pressed.cancel();
+            eprintln!(
+                "\nCtrl-C: no new items start; the ones in flight finish and their answers \
+                 are kept. Press Ctrl-C again to quit at once."
+            );
+        })
+        .map_err(|error| match error {
+            ctrlc::Error::System(error) => crate::Error::io(error),
+            other => crate::Error::InvalidConfig(format!(
+                "Cancel::on_ctrl_c: {other}; this program already handles Ctrl-C, so cancel a \
+                 Cancel from that handler instead"
+            )),
+        })?;
+        *installed = Some(cancel.clone());
+        Ok(cancel)
+    }
+}
+
+/// Whether SIGINT is ignored in this process, as a shell leaves it for a background job.
+#[cfg(feature = "ctrlc")]
+fn sigint_ignored() -> bool {
+    // SAFETY: reads the current action only (no new one is given).
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGINT, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 impl std::fmt::Debug for Cancel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Cancel").field(&self.is_cancelled()).finish()

@@ -52,6 +52,7 @@ mod clock;
 mod conversation;
 mod engine;
 mod error;
+mod estimate;
 mod failed;
 pub mod iter;
 mod journal;
@@ -60,6 +61,8 @@ pub mod prelude;
 mod progress;
 mod response;
 mod retry;
+#[cfg(feature = "schema")]
+mod schema;
 mod session;
 #[cfg(feature = "simulator")]
 pub mod simulator;
@@ -70,6 +73,7 @@ mod throttle;
 pub use cancel::Cancel;
 pub use conversation::Conversation;
 pub use error::{CliError, Error, UsageWindow};
+pub use estimate::{Estimate, OutputBasis};
 pub use failed::{Failed, MapResult, Outcome};
 pub use journal::Journal;
 pub use progress::Progress;
@@ -88,6 +92,10 @@ pub use crossbeam_channel;
 /// [`SessionBuilder::progress_draw_target`](SessionBuilder::progress_draw_target).
 #[cfg(feature = "progress")]
 pub use indicatif;
+/// The schema crate of [`SessionBuilder::json_schema_of`]: derive its `JsonSchema` for the
+/// types answers are parsed into.
+#[cfg(feature = "schema")]
+pub use schemars;
 /// The JSON crate of [`Response::structured`] and [`SessionBuilder::json_schema`].
 pub use serde_json;
 

@@ -736,53 +736,138 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
 }
 
-/// A small value that satisfies a JSON Schema's types, required fields and enums. With a
-/// `seed` (demo mode), enums and array lengths vary with it, so demo output is not uniform.
+/// A small value that satisfies a JSON Schema's types, required fields, enums and bounds,
+/// as schemars writes them too (`const`, `anyOf` / `oneOf`, a list of types, local `$ref`s).
+/// With a `seed` (demo mode), enums, alternatives and array lengths vary with it, so demo
+/// output is not uniform.
 fn instance_of(schema: &Value, seed: Option<u64>) -> Value {
-    instance_named(schema, seed, "value")
+    instance_named(schema, schema, seed, "value", 0)
 }
 
 /// As [`instance_of`], for a value named `name` (a property's name): a demo string says what
 /// it stands for, once, rather than repeating that it is simulated (the caller labels it).
-fn instance_named(schema: &Value, seed: Option<u64>, name: &str) -> Value {
+/// `root` holds what `$ref`s point at; `depth` ends a recursive schema.
+fn instance_named(
+    root: &Value,
+    schema: &Value,
+    seed: Option<u64>,
+    name: &str,
+    depth: u32,
+) -> Value {
     let pick = |len: usize| seed.map_or(0, |s| (s % len as u64) as usize);
+    let next = seed.map(|s| s.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15);
+    if let Some(target) = schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|pointer| root.pointer(pointer))
+    {
+        return instance_named(root, target, seed, name, depth + 1);
+    }
+    if let Some(value) = schema.get("const") {
+        return value.clone();
+    }
     if let Some(options) = schema.get("enum").and_then(Value::as_array) {
         if !options.is_empty() {
             return options[pick(options.len())].clone();
         }
     }
-    let next = seed.map(|s| s.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15);
-    match schema.get("type").and_then(Value::as_str) {
+    for key in ["oneOf", "anyOf"] {
+        if let Some(alternatives) = schema.get(key).and_then(Value::as_array) {
+            // `null` only when nothing else is allowed, or once a recursive schema is deep.
+            let null = |a: &&Value| a.get("type").and_then(Value::as_str) == Some("null");
+            let real: Vec<&Value> = alternatives.iter().filter(|a| !null(a)).collect();
+            if real.is_empty() || (depth > 3 && alternatives.iter().any(|a| null(&a))) {
+                return Value::Null;
+            }
+            return instance_named(root, real[pick(real.len())], next, name, depth + 1);
+        }
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => Some(kind.as_str()),
+        // A list of types (an `Option`: `["string", "null"]`): the first that is not null.
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| *k != "null")
+            .or(Some("null")),
+        _ => None,
+    };
+    let number = |key: &str| schema.get(key).and_then(Value::as_f64);
+    match kind {
         Some("object") | None if schema.get("properties").is_some() => {
             let mut object = serde_json::Map::new();
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                 for (name, sub) in props {
-                    object.insert(name.clone(), instance_named(sub, next, name));
+                    object.insert(
+                        name.clone(),
+                        instance_named(root, sub, next, name, depth + 1),
+                    );
                 }
             }
             Value::Object(object)
         }
         Some("object") => json!({}),
         Some("array") => {
-            let len = seed.map_or(1, |s| (s % 3) as usize);
+            let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(0);
+            let max = schema
+                .get("maxItems")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX);
+            // A recursive schema ends in empty lists.
+            let len = if depth > 3 {
+                0
+            } else {
+                seed.map_or(1, |s| s % 3)
+            }
+            .clamp(min, max);
             match schema.get("items") {
+                Some(Value::Array(positions)) => Value::Array(
+                    positions
+                        .iter()
+                        .map(|p| instance_named(root, p, next, name, depth + 1))
+                        .collect(),
+                ),
                 Some(items) => Value::Array(
-                    (0..len as u64)
+                    (0..len)
                         .map(|i| {
-                            instance_named(items, next.map(|n| n.wrapping_add(i * 7919)), name)
+                            let seed = next.map(|n| n.wrapping_add(i * 7919));
+                            instance_named(root, items, seed, name, depth + 1)
                         })
                         .collect(),
                 ),
                 None => json!([]),
             }
         }
-        Some("string") => json!(if seed.is_some() {
-            format!("stand-in {name}")
-        } else {
-            "simulated".to_string()
-        }),
-        Some("integer") => json!(1 + seed.map_or(0, |s| s % 40) as i64),
-        Some("number") => json!(1.0),
+        Some("string") => {
+            let text = if seed.is_some() {
+                format!("stand-in {name}")
+            } else {
+                "simulated".to_string()
+            };
+            let min = schema.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let max = schema
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .map_or(usize::MAX, |m| m as usize);
+            let mut text: String = text.chars().take(max).collect();
+            while text.chars().count() < min {
+                text.push('x');
+            }
+            json!(text)
+        }
+        Some("integer") => {
+            // From 1 (or the least allowed above it), up to 40 more with a seed.
+            let min = number("minimum").map_or(i64::MIN, |m| m.ceil() as i64);
+            let max = number("maximum").map_or(i64::MAX, |m| m.floor() as i64);
+            let low = 1.clamp(min, max.max(min));
+            let span = max.saturating_sub(low).max(0) as u64;
+            json!(low + seed.map_or(0, |s| s % span.saturating_add(1).min(40)) as i64)
+        }
+        Some("number") => {
+            let low = number("minimum").unwrap_or(1.0);
+            json!(number("maximum").map_or(low, |high| low.min(high)))
+        }
         Some("boolean") => json!(true),
         _ => Value::Null,
     }
@@ -850,5 +935,51 @@ mod tests {
             instance_of(&schema, None),
             json!({"n": 1, "tags": ["simulated"], "level": "low"})
         );
+    }
+
+    /// The schemas schemars derives (an enum field, an `Option`, a `Vec`, bounds, a tagged
+    /// enum, a recursive type) get instances that fit them, in demo mode too.
+    #[cfg(feature = "schema")]
+    #[test]
+    fn instances_of_derived_schemas_fit_them() {
+        #[allow(dead_code)]
+        #[derive(schemars::JsonSchema)]
+        enum Priority {
+            Low,
+            /// Someone looks today.
+            Urgent,
+        }
+        #[allow(dead_code)]
+        #[derive(schemars::JsonSchema)]
+        #[serde(tag = "kind")]
+        enum Action {
+            Reply { text: String },
+            Escalate { team: String, within_hours: u16 },
+        }
+        #[allow(dead_code)]
+        #[derive(schemars::JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        struct Ticket {
+            priority: Priority,
+            assignee: Option<String>,
+            tags: Vec<String>,
+            #[schemars(range(min = 2, max = 4), length(min = 1))]
+            severity: Vec<u8>,
+            #[schemars(range(min = 3, max = 5))]
+            stars: i32,
+            action: Action,
+            pair: (bool, f64),
+            parent: Option<Box<Ticket>>,
+            children: Vec<Ticket>,
+        }
+        let schema = crate::schema::schema_of::<Ticket>();
+        for seed in [None, Some(1), Some(2), Some(3), Some(0xdead_beef)] {
+            let value = instance_of(&schema, seed);
+            assert_eq!(
+                crate::schema::validate(&schema, &value),
+                Ok(()),
+                "{value:#} against {schema:#}"
+            );
+        }
     }
 }

@@ -237,6 +237,90 @@ fn categorize_prints_every_category_and_every_document_once() {
 }
 
 #[test]
+fn categorize_estimate_prints_the_cost_and_asks_nothing() {
+    let docs = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        (
+            "a.txt",
+            "Invoice 2024-113 from Nordlys AS for 1,250.00 EUR, due last Friday.",
+        ),
+        (
+            "b.md",
+            "The nightly build broke after the compiler upgrade; the linker runs out of memory.",
+        ),
+        (
+            "c.txt",
+            "Birthday dinner on Saturday at eight, bring the photos from the lake.",
+        ),
+    ] {
+        write(docs.path(), name, text.as_bytes());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let args = |estimate: bool| {
+        let mut args = vec![
+            "--simulate",
+            "--model",
+            "claude-haiku-4-5",
+            "--out",
+            out.path().to_str().unwrap(),
+            docs.path().to_str().unwrap(),
+        ];
+        if estimate {
+            args.insert(0, "--estimate");
+        }
+        args
+    };
+    let (code, stdout, stderr) = run("categorize", &args(true));
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.starts_with("Estimate for 3 items on claude-haiku-4-5, at $1.00 in / $5.00 out"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(simulated: nothing is billed"), "{stdout}");
+    // Nothing was asked: the real run asks all three.
+    let (code, stdout, _) = run("categorize", &args(false));
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("3 documents, 3 sorted, 0 failed, 3 requests, 0 from the journal"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn analyze_codebase_estimate_counts_what_the_journal_has_as_free() {
+    let tree = tempfile::tempdir().unwrap();
+    write(
+        tree.path(),
+        "src/main.rs",
+        b"fn main() {\n    let v: Vec<u8> = Vec::new();\n    println!(\"{}\", v[0]);\n}\n",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let args = |estimate: bool| {
+        let mut args = vec![
+            "--simulate",
+            "--out",
+            out.path().to_str().unwrap(),
+            tree.path().to_str().unwrap(),
+        ];
+        if estimate {
+            args.insert(0, "--estimate");
+        }
+        args
+    };
+    let (code, before, stderr) = run("analyze_codebase", &args(true));
+    assert_eq!(code, 0, "stdout:\n{before}\nstderr:\n{stderr}");
+    assert!(before.starts_with("Estimate for 3 items on "), "{before}");
+    assert!(!out.path().join("report.md").exists(), "nothing ran");
+    let (code, _, _) = run("analyze_codebase", &args(false));
+    assert_eq!(code, 0);
+    let (_, after, _) = run("analyze_codebase", &args(true));
+    assert!(
+        after.starts_with("Estimate for 3 items (3 already in the journal, free; 0 to ask)"),
+        "{after}"
+    );
+}
+
+#[test]
 fn log_anomalies_reports_windows_in_order_with_line_numbers() {
     let (code, stdout, stderr) = run("log_anomalies", &["--simulate", "examples/data/sample.log"]);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");

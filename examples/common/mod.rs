@@ -95,6 +95,10 @@ pub fn start(
 ) -> Option<Backend> {
     // A bar on stderr when it is a terminal (built with `--features progress`).
     builder = builder.progress(true);
+    // Ctrl-C: the first stops starting items (answers in flight kept), a second quits.
+    if let Ok(ctrl_c) = claude_rayon::Cancel::on_ctrl_c() {
+        builder = builder.with_cancel(&ctrl_c);
+    }
     if let Some(model) = flag_value(args, "--model") {
         builder = builder.model(model);
     }
@@ -122,6 +126,44 @@ pub fn start(
             None
         }
     }
+}
+
+/// A run of more items than this prints its cost estimate before it starts.
+pub const LARGE_RUN: usize = 200;
+
+/// The cost estimate of a run of `items` prompts at list prices, `output_tokens` an answer:
+/// with `--estimate` printed on stdout, and `true` returned (stop: nothing is spent); for a
+/// run of more than [`LARGE_RUN`] items printed on stderr before it starts.
+pub fn estimate_first<P: AsRef<str>>(
+    backend: &Backend,
+    items: usize,
+    prompts: impl IntoIterator<Item = P>,
+    output_tokens: u64,
+    args: &[String],
+) -> bool {
+    let wanted = args.iter().any(|a| a == "--estimate");
+    if !wanted && items <= LARGE_RUN {
+        return false;
+    }
+    let estimate = backend
+        .session
+        .estimate(prompts)
+        .with_output_tokens(output_tokens);
+    let simulated = if backend.simulated {
+        "
+(simulated: nothing is billed; the figures are what a real run would cost)"
+    } else {
+        ""
+    };
+    if wanted {
+        println!("{estimate}{simulated}");
+    } else {
+        eprintln!(
+            "{estimate}{simulated}
+(--estimate prints this and stops before any call)"
+        );
+    }
+    wanted
 }
 
 /// If `error` means no item can succeed (bad credentials, spent budget), say what to do.

@@ -169,6 +169,11 @@ impl Admission {
         }
     }
 
+    /// The model items are priced by, when known.
+    pub(crate) fn model(&self) -> Option<&str> {
+        self.settings.model.as_deref()
+    }
+
     /// The shared throttle.
     pub(crate) fn throttle(&self) -> &Arc<Throttle> {
         &self.throttle

@@ -173,6 +173,12 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// throttle's estimate.
     fn request_overhead_tokens(&self) -> u64;
 
+    /// The most output tokens one call may write, when the backend sets it (for a cost
+    /// estimate's ceiling); `None` when another program decides (the CLI).
+    fn max_output_tokens(&self) -> Option<u64> {
+        None
+    }
+
     /// End every connection and refuse new checkouts: idle ones cleanly, busy ones at once;
     /// turns in flight are waited for up to `settle`.
     fn close(&self, settle: Duration);

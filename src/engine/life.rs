@@ -70,6 +70,12 @@ pub(crate) enum Policy<'a> {
         allowed: &'a [String],
         interpret: &'a (dyn Fn(&str) -> Option<usize> + Sync),
     },
+    /// A structured answer that must pass `check` (it fits the caller's type): one that does
+    /// not, or that is missing, gets one more call with the same prompt (fresh context).
+    #[cfg_attr(not(feature = "schema"), allow(dead_code))]
+    Typed {
+        check: &'a (dyn Fn(&Response) -> Result<(), Error> + Sync),
+    },
 }
 
 /// An answered item.
@@ -152,17 +158,22 @@ fn answer<W: World + ?Sized>(
         return Err((Error::EmptyPrompt, 0));
     }
     let asked: Cow<'_, str> = match policy {
-        Policy::Plain => Cow::Borrowed(prompt),
+        Policy::Plain | Policy::Typed { .. } => Cow::Borrowed(prompt),
         Policy::Strict { allowed, .. } => Cow::Owned(strict::instruction(prompt, allowed)),
     };
     if let Some(response) = world.replay(&asked).map_err(|error| (error, 0))? {
-        let choice = match policy {
-            Policy::Plain => None,
-            Policy::Strict { interpret, .. } => interpret(&response.text),
+        let (choice, fits) = match policy {
+            Policy::Plain => (None, true),
+            Policy::Strict { interpret, .. } => {
+                let choice = interpret(&response.text);
+                (choice, choice.is_some())
+            }
+            Policy::Typed { check } => (None, check(&response).is_ok()),
         };
         // A stored strict answer is always an allowed one; should the list have changed
-        // under the same key (it cannot: the list is in the prompt), it is asked again.
-        if choice.is_some() || matches!(policy, Policy::Plain) {
+        // under the same key (it cannot: the list is in the prompt), it is asked again. A
+        // stored typed answer that no longer fits (the type changed, not its schema) too.
+        if fits {
             world.note(Event::Replayed, None);
             return Ok(Answer {
                 response,
@@ -193,6 +204,42 @@ fn ask<W: World + ?Sized>(
             choice: None,
             attempts,
         }),
+        Policy::Typed { check } => {
+            // The backend's own "no structured answer" or "not the schema" counts as an
+            // answer that does not fit: the model may well get it right when asked again.
+            let unfit = |e: &Error| {
+                matches!(
+                    e,
+                    Error::StructuredOutputMissing { .. } | Error::StructuredOutputInvalid(_)
+                )
+            };
+            let (first, calls) = match attempts(world, asked) {
+                Ok((response, calls)) => match check(&response) {
+                    Ok(()) => {
+                        return Ok(Answer {
+                            response,
+                            choice: None,
+                            attempts: calls,
+                        })
+                    }
+                    Err(error) => (error, calls),
+                },
+                Err((error, calls)) if unfit(&error) => (error, calls),
+                Err(failed) => return Err(failed),
+            };
+            log::debug!("the answer does not fit the type ({first}); asking once more");
+            let (second, more) =
+                self::attempts(world, asked).map_err(|(error, more)| (error, calls + more))?;
+            let calls = calls + more;
+            match check(&second) {
+                Ok(()) => Ok(Answer {
+                    response: second,
+                    choice: None,
+                    attempts: calls,
+                }),
+                Err(error) => Err((error, calls)),
+            }
+        }
         Policy::Strict { allowed, interpret } => {
             let (first, attempts) = attempts(world, asked)?;
             if let Some(choice) = interpret(&first.text) {
@@ -695,5 +742,68 @@ mod tests {
         for text in ["a", " x ", "\u{200b}"] {
             assert!(!is_blank(text), "{text:?}");
         }
+    }
+
+    /// A typed answer that does not fit is asked once more with the same prompt; only one
+    /// that fits goes to the journal, and a stored one that no longer fits is asked again.
+    #[test]
+    fn an_answer_that_does_not_fit_its_type_is_asked_once_more_then_fails() {
+        let fits = |r: &Response| {
+            if r.text.starts_with("fits") {
+                Ok(())
+            } else {
+                Err(Error::StructuredOutputInvalid(format!(
+                    "{:?} does not fit",
+                    r.text
+                )))
+            }
+        };
+        let policy = Policy::Typed { check: &fits };
+        let world = Script::new(0).then(Ok("prose")).then(Ok("fits: 4"));
+        let (_, answer) = run(&world, &policy).unwrap();
+        assert_eq!(
+            (answer.response.text.as_str(), answer.attempts),
+            ("fits: 4", 2)
+        );
+        assert_eq!(*world.prompts.borrow(), ["the prompt", "the prompt"]);
+        assert_eq!(world.journal.borrow()["the prompt"].text, "fits: 4");
+
+        // Twice unfit: the item fails with the check's error, after two calls, unrecorded
+        // as an answer. A backend's own "no structured output" counts as unfit too.
+        let world = Script::new(3)
+            .then(Err(AttemptError::Failed {
+                error: Error::StructuredOutputMissing {
+                    text: "prose".into(),
+                },
+                called: true,
+            }))
+            .then(Ok("still prose"));
+        let failed = run(&world, &policy).unwrap_err();
+        assert!(
+            matches!(failed.error, Error::StructuredOutputInvalid(_)),
+            "{failed:?}"
+        );
+        assert_eq!((failed.item, failed.attempts), ("item", 2));
+        assert!(world.journal.borrow().is_empty());
+        assert!(
+            world.waits.borrow().is_empty(),
+            "asked again at once, not retried"
+        );
+
+        // A stored answer that does not fit is not taken.
+        let world = Script::new(0).then(Ok("fits: 5"));
+        world.journal.borrow_mut().insert(
+            "the prompt".into(),
+            Response {
+                text: "stale".into(),
+                ..Response::default()
+            },
+        );
+        let (_, answer) = run(&world, &policy).unwrap();
+        assert_eq!(
+            (answer.response.text.as_str(), answer.attempts),
+            ("fits: 5", 1)
+        );
+        assert_eq!(world.count(Event::Replayed), 0);
     }
 }

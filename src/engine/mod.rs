@@ -13,6 +13,7 @@
 //! - `stop`: the one stop state of a run.
 //! - `strict`: what makes an answer one of a fixed set.
 //! - `progress`: the run's progress reports.
+//! - `typed`: answers parsed into the caller's type (feature `schema`).
 
 mod attempt;
 mod life;
@@ -20,6 +21,8 @@ mod progress;
 mod schedule;
 pub(crate) mod stop;
 pub(crate) mod strict;
+#[cfg(feature = "schema")]
+pub(crate) mod typed;
 
 use std::cell::RefCell;
 
@@ -78,7 +81,13 @@ impl Run {
     }
 
     fn build(session: &Session, cancel: Option<&Cancel>, progress: Option<RunProgress>) -> Run {
-        let stop = Stop::new(cancel.cloned());
+        // The run's own cancel and the session's (`SessionBuilder::with_cancel`).
+        let cancels = cancel
+            .into_iter()
+            .chain(session.cancel())
+            .cloned()
+            .collect();
+        let stop = Stop::cancelled_by(cancels);
         stop.watch(session.closing());
         // Waits on the throttle, at the cache gate and for a connection end at once on a
         // stop.

@@ -16,7 +16,8 @@ pub(crate) type Abort = Arc<dyn Fn() + Send + Sync>;
 /// Why and whether a run must stop, shared by its items. Every change raises one [`Signal`],
 /// so waits between retries and on the throttle end at once.
 pub(crate) struct Stop {
-    cancel: Option<Cancel>,
+    /// The user's cancels: the run's own and the session's.
+    cancels: Vec<Cancel>,
     /// Set by the run itself: no new item starts, as if cancelled.
     halted: AtomicBool,
     fatal: Mutex<Option<Error>>,
@@ -46,13 +47,19 @@ impl Drop for CallGuard<'_> {
 
 impl Stop {
     /// A run's stop, set by `cancel` when given.
+    #[cfg(test)]
     pub(crate) fn new(cancel: Option<Cancel>) -> Stop {
+        Stop::cancelled_by(cancel.into_iter().collect())
+    }
+
+    /// A run's stop, set by any of `cancels` (the run's own, the session's).
+    pub(crate) fn cancelled_by(cancels: Vec<Cancel>) -> Stop {
         let signal = Arc::new(Signal::default());
-        if let Some(cancel) = &cancel {
+        for cancel in &cancels {
             cancel.watch(&signal);
         }
         Stop {
-            cancel,
+            cancels,
             halted: AtomicBool::new(false),
             fatal: Mutex::new(None),
             has_fatal: AtomicBool::new(false),
@@ -97,7 +104,7 @@ impl Stop {
     }
 
     fn is_cancelled(&self) -> bool {
-        self.halted.load(Ordering::SeqCst) || self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+        self.halted.load(Ordering::SeqCst) || self.cancels.iter().any(Cancel::is_cancelled)
     }
 
     /// Start no new item (the run's own stop, beside the user's cancel).
@@ -133,13 +140,14 @@ impl Stop {
     /// Let the user's cancel end the calls in flight too, not only stop new ones: a
     /// conversation's turn holds its process, and a cancel must not wait for its answer.
     pub(crate) fn end_calls_on_cancel(&self) {
-        let Some(cancel) = self.cancel.clone() else {
+        if self.cancels.is_empty() {
             return;
-        };
+        }
+        let cancels = self.cancels.clone();
         self.cancel_ends_calls.store(true, Ordering::SeqCst);
         let in_flight = Arc::clone(&self.in_flight);
         self.signal.on_raise(Box::new(move || {
-            if cancel.is_cancelled() {
+            if cancels.iter().any(Cancel::is_cancelled) {
                 for (_, abort) in in_flight.lock().iter() {
                     abort();
                 }
@@ -155,7 +163,7 @@ impl Stop {
 
     fn cancel_ended_calls(&self) -> bool {
         self.cancel_ends_calls.load(Ordering::SeqCst)
-            && self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+            && self.cancels.iter().any(Cancel::is_cancelled)
     }
 
     /// A call starts: `abort` ends it if the run is stopped hard meanwhile (at once if it

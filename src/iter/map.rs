@@ -20,10 +20,10 @@ use crate::{MapResult, Session};
 /// [`with_cancel`](Self::with_cancel).
 #[must_use = "parallel adaptors are lazy and do nothing unless consumed"]
 pub struct ClaudeMap<I, F> {
-    base: I,
-    session: Session,
-    prompt_fn: F,
-    options: RunOptions,
+    pub(super) base: I,
+    pub(super) session: Session,
+    pub(super) prompt_fn: F,
+    pub(super) options: RunOptions,
 }
 
 impl<I, F> ClaudeMap<I, F> {

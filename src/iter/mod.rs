@@ -26,10 +26,14 @@ macro_rules! run_options {
 mod filter;
 mod group_by;
 mod map;
+#[cfg(feature = "schema")]
+mod typed;
 
 pub use filter::ClaudeFilter;
 pub use group_by::{ClaudeGroupBy, Groups};
 pub use map::ClaudeMap;
+#[cfg(feature = "schema")]
+pub use typed::ClaudeMapTyped;
 
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 

@@ -205,6 +205,11 @@ impl Journal {
         self.len() == 0
     }
 
+    /// Whether it has an answer for `key`.
+    pub(crate) fn has(&self, key: Key) -> bool {
+        self.inner.answers.lock().contains_key(&key)
+    }
+
     /// The stored answer for `key`, marked as replayed.
     pub(crate) fn replay(&self, key: Key) -> Option<Response> {
         let mut response = self.inner.answers.lock().get(&key)?.clone();

@@ -376,6 +376,7 @@ where
         common.progress,
         common.journal.as_ref(),
     ));
+    shared.stop_on_session_cancel();
     // Never full: one result per slot, plus the end.
     let (results_tx, results_rx) = crossbeam_channel::bounded(max_in_flight + 1);
     // One batch (or failure) waits while the handler works on the one before.

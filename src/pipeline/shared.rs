@@ -11,7 +11,7 @@ use parking_lot::{Condvar, Mutex};
 use super::stats::{Counters, PipelineStats};
 use crate::engine::Run;
 use crate::stats::add;
-use crate::{Error, Failed, Session};
+use crate::{Cancel, Error, Failed, Session};
 
 /// The failure handler, shared by the sink and the source thread (which hands over the
 /// items it holds when the pipeline stops).
@@ -155,6 +155,26 @@ impl Shared {
         drop(self.stop_tx.lock().take());
         self.slots.wake();
         self.source_changed.notify_all();
+    }
+
+    /// Stop as [`request_stop`](Self::request_stop) does once the session's cancel is set
+    /// (`SessionBuilder::with_cancel`). From a thread of its own: the cancel's hook runs
+    /// while the signal's hooks are held, where a stop, which raises the signal, cannot.
+    pub(crate) fn stop_on_session_cancel(self: &Arc<Self>) {
+        if self.session.cancel().is_none() {
+            return;
+        }
+        let shared = Arc::downgrade(self);
+        let once = AtomicBool::new(false);
+        self.run.stop().on_change(Box::new(move || {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let cancelled = shared.session.cancel().is_some_and(Cancel::is_cancelled);
+            if cancelled && !once.swap(true, Ordering::SeqCst) {
+                std::thread::spawn(move || shared.request_stop());
+            }
+        }));
     }
 
     /// No other item can succeed (bad credentials, spent budget, closed session, a source

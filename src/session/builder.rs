@@ -116,6 +116,10 @@ pub(crate) struct Settings {
     pub retry: RetryPolicy,
     pub max_budget_usd: Option<f64>,
     pub cost_estimate_usd: Option<f64>,
+    /// Every run of the session stops starting items once it is set.
+    pub cancel: Option<crate::Cancel>,
+    /// Why the schema `json_schema_of` derived cannot be used, reported by `build()`.
+    pub schema_error: Option<String>,
     pub progress: bool,
     pub on_progress: Option<crate::progress::Callback>,
     /// Whether a cold shared prefix is warmed by one item before the others go.
@@ -146,6 +150,8 @@ impl Default for SessionBuilder {
                 retry: RetryPolicy::default(),
                 max_budget_usd: None,
                 cost_estimate_usd: None,
+                cancel: None,
+                schema_error: None,
                 progress: false,
                 on_progress: None,
                 warm_cache: true,
@@ -218,6 +224,73 @@ impl SessionBuilder {
     /// [`Response::structured`](crate::Response::structured). An answer without one is
     /// [`Error::StructuredOutputMissing`].
     pub fn json_schema(mut self, schema: serde_json::Value) -> Self {
+        self.settings.spec.json_schema = Some(schema);
+        self.settings.schema_error = None;
+        self
+    }
+
+    /// The JSON Schema of `T` as every answer's schema (feature `schema`): derived from the
+    /// type the answers are parsed into, so the two cannot drift. Take the answers as `T`
+    /// with [`ClaudeMap::typed`](crate::iter::ClaudeMap::typed) or
+    /// [`Session::query_typed`], which check each answer against the schema and parse it.
+    ///
+    /// The schema is made to suit both backends: every subschema inlined (only a recursive
+    /// type keeps a reference, into the schema itself), no `$schema` line, and an object at
+    /// its root, which both the CLI's `--json-schema` and the Messages API's tool input
+    /// need. `T` must therefore be a struct, a map, or an enum whose variants are objects
+    /// (internally tagged, or externally tagged with fields); any other `T` makes `build()`
+    /// fail with [`Error::InvalidConfig`]: wrap it in a struct. Doc comments on fields become
+    /// their descriptions, which the model reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::prelude::*;
+    /// use claude_rayon::Session;
+    /// use rayon::prelude::*;
+    /// use schemars::JsonSchema;
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Deserialize, JsonSchema)]
+    /// enum Priority { Low, Normal, Urgent }
+    ///
+    /// #[derive(Deserialize, JsonSchema)]
+    /// struct Triage {
+    ///     /// How soon a person must look at the ticket.
+    ///     priority: Priority,
+    ///     /// Who should take it, if the ticket says.
+    ///     team: Option<String>,
+    ///     tags: Vec<String>,
+    /// }
+    ///
+    /// # claude_rayon::simulator::serve_if_requested();
+    /// let session = Session::builder().simulated()?.json_schema_of::<Triage>().build()?;
+    /// let tickets = vec![
+    ///     "The checkout page times out for every customer since this morning's deploy.",
+    ///     "Could the monthly invoice PDF show the VAT number of the buyer as well?",
+    /// ];
+    /// let triaged: Vec<_> = tickets
+    ///     .par_iter()
+    ///     .claude_map(&session, |t| format!("Triage this support ticket:\n{t}"))
+    ///     .typed::<Triage>()
+    ///     .collect();
+    /// for result in triaged {
+    ///     let (ticket, triage) = result.map_err(|failed| failed.error)?;
+    ///     println!("{:?} ({} tags): {ticket}", triage.team, triage.tags.len());
+    /// }
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    #[cfg(feature = "schema")]
+    pub fn json_schema_of<T: schemars::JsonSchema + ?Sized>(mut self) -> Self {
+        let schema = crate::schema::schema_of::<T>();
+        self.settings.schema_error = (!crate::schema::is_object_schema(&schema)).then(|| {
+            format!(
+                "json_schema_of::<{}>(): its schema is not an object ({}), and both the CLI \
+                 and the Messages API take only an object schema; wrap it in a struct",
+                std::any::type_name::<T>(),
+                crate::error::shorten(&schema.to_string(), 120)
+            )
+        });
         self.settings.spec.json_schema = Some(schema);
         self
     }
@@ -449,6 +522,31 @@ impl SessionBuilder {
         self
     }
 
+    /// Stop every run of this session from starting new items once `cancel` is set, as if
+    /// each had been given it: the adaptors' and streams' `with_cancel`, a pipeline's
+    /// `request_stop`, a query's or a conversation's turn (which is ended at once). Items in
+    /// flight finish; the rest come back as failed with [`Error::Cancelled`]. With
+    /// [`Cancel::on_ctrl_c`](crate::Cancel::on_ctrl_c) (feature `ctrlc`) this is Ctrl-C for
+    /// the whole program in one line.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # claude_rayon::simulator::serve_if_requested();
+    /// use claude_rayon::{Cancel, Error, Session};
+    ///
+    /// let cancel = Cancel::new();
+    /// let session = Session::builder().simulated()?.with_cancel(&cancel).build()?;
+    /// session.query("Is 7 a prime number?")?;
+    /// cancel.cancel();
+    /// assert!(matches!(session.query("Is 9 a prime number?"), Err(Error::Cancelled)));
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn with_cancel(mut self, cancel: &crate::Cancel) -> Self {
+        self.settings.cancel = Some(cancel.clone());
+        self
+    }
+
     /// Draw a progress bar on stderr for this session's runs: items done and total, failures,
     /// retries, throttle waits and pauses, tokens, cost, rate and ETA. Needs the `progress`
     /// feature (without it nothing is drawn and `build()` logs a warning saying so). No bar is drawn when stderr is not a terminal,
@@ -637,6 +735,9 @@ impl Settings {
         }
         if self.timeout.is_zero() {
             return invalid("timeout must be longer than zero".into());
+        }
+        if let Some(why) = &self.schema_error {
+            return invalid(why.clone());
         }
         if let Some(schema) = &self.spec.json_schema {
             if !schema.is_object() {

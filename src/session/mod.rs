@@ -275,6 +275,11 @@ impl Session {
         &self.inner.counters
     }
 
+    /// The cancel every run of the session obeys (`SessionBuilder::with_cancel`).
+    pub(crate) fn cancel(&self) -> Option<&Cancel> {
+        self.inner.config.cancel.as_ref()
+    }
+
     /// Set at close, so that every run's waits end at once.
     pub(crate) fn closing(&self) -> &Cancel {
         &self.inner.closing

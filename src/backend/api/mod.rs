@@ -230,6 +230,10 @@ mod imp {
             self.shared.template.overhead_tokens()
         }
 
+        fn max_output_tokens(&self) -> Option<u64> {
+            Some(u64::from(self.shared.template.max_tokens()))
+        }
+
         fn close(&self, settle: Duration) {
             let shared = &self.shared;
             let mut slots = shared.slots.lock();

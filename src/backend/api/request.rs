@@ -59,6 +59,10 @@ impl RequestTemplate {
         &self.model
     }
 
+    pub(super) fn max_tokens(&self) -> u32 {
+        self.max_tokens
+    }
+
     pub(super) fn is_structured(&self) -> bool {
         self.schema.is_some()
     }
