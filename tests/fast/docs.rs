@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Calls the guides name that are not this crate's (rayon's and std's), so not looked for in
 /// `src/`.
-const NOT_OURS: &[&str] = &["par_iter", "into_par_iter", "next"];
+const NOT_OURS: &[&str] = &["par_iter", "into_par_iter", "next", "iter", "map"];
 
 /// One public function of the crate: the type or trait whose `impl` (or definition) holds it
 /// (`None` for a free function), and its parameters' types, `self` left out.
