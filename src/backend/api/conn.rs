@@ -55,6 +55,29 @@ impl CallFailure {
             unreachable: false,
         }
     }
+
+    /// A call that went out (or may have), having billed `usage`.
+    fn sent(error: Error, usage: Usage) -> CallFailure {
+        CallFailure {
+            error,
+            usage,
+            sent: true,
+            unreachable: false,
+        }
+    }
+
+    /// A call that could not connect at all.
+    fn unreachable(why: impl fmt::Display) -> CallFailure {
+        CallFailure {
+            error: Error::Api {
+                status: None,
+                message: format!("unable to connect to the API: {why}"),
+            },
+            usage: Usage::default(),
+            sent: false,
+            unreachable: true,
+        }
+    }
 }
 
 impl ApiConn {
@@ -132,12 +155,10 @@ impl ApiConn {
                 .into_reader()
                 .take(MAX_ERROR_BODY)
                 .read_to_string(&mut text);
-            return Err(CallFailure {
-                error: reply::error_of(status, &text),
-                usage: Usage::default(),
-                sent: true,
-                unreachable: false,
-            });
+            return Err(CallFailure::sent(
+                reply::error_of(status, &text),
+                Usage::default(),
+            ));
         }
         let mut reader = BufReader::with_capacity(8 << 10, response.into_body().into_reader());
         let mut message = Message::default();
@@ -165,25 +186,18 @@ impl ApiConn {
             let _ = io::copy(&mut reader.take(MAX_ERROR_BODY), &mut io::sink());
         }
         if let Some(error) = stream_error {
-            return Err(CallFailure {
-                error,
-                usage: message.usage,
-                sent: true,
-                unreachable: false,
-            });
+            return Err(CallFailure::sent(error, message.usage));
         }
         match read {
             Ok(_) if message.stopped || message.stop_reason.is_some() => Ok(message),
             // The stream ended before the API said why the answer stopped: cut.
-            Ok(_) => Err(CallFailure {
-                error: Error::IncompleteAnswer {
+            Ok(_) => Err(CallFailure::sent(
+                Error::IncompleteAnswer {
                     stop_reason: None,
                     partial: message.text,
                 },
-                usage: message.usage,
-                sent: true,
-                unreachable: false,
-            }),
+                message.usage,
+            )),
             Err(error) => {
                 let usage = message.usage;
                 Err(self.read_failure(error, timeout, usage))
@@ -199,51 +213,26 @@ impl ApiConn {
         usage: Usage,
     ) -> CallFailure {
         if self.was_aborted() {
-            return CallFailure {
-                error: Error::Cancelled,
-                usage,
-                sent: true,
-                unreachable: false,
-            };
+            return CallFailure::sent(Error::Cancelled, usage);
         }
         match error {
-            ureq::Error::Timeout(_) => CallFailure {
-                error: Error::Timeout(timeout),
-                usage,
-                sent: true,
-                unreachable: false,
-            },
-            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => CallFailure {
-                error: Error::Api {
-                    status: None,
-                    message: format!("unable to connect to the API: {error}"),
-                },
-                usage,
-                sent: false,
-                unreachable: true,
-            },
-            ureq::Error::Io(io) if is_connect_refusal(&io) => CallFailure {
-                error: Error::Api {
-                    status: None,
-                    message: format!("unable to connect to the API: {io}"),
-                },
-                usage,
-                sent: false,
-                unreachable: true,
-            },
+            ureq::Error::Timeout(_) => CallFailure::sent(Error::Timeout(timeout), usage),
+            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+                CallFailure::unreachable(error)
+            }
+            ureq::Error::Io(io) if is_connect_refusal(&io) => CallFailure::unreachable(io),
             other => {
                 // The connection may have been reused after the server closed it: a new one
                 // for the next call.
                 self.agent = None;
-                CallFailure {
-                    error: Error::Api {
+                let message = format!("the connection to the API was lost: {other}");
+                CallFailure::sent(
+                    Error::Api {
                         status: None,
-                        message: format!("the connection to the API was lost: {other}"),
+                        message,
                     },
                     usage,
-                    sent: true,
-                    unreachable: false,
-                }
+                )
             }
         }
     }
@@ -252,30 +241,21 @@ impl ApiConn {
     fn read_failure(&mut self, error: io::Error, timeout: Duration, usage: Usage) -> CallFailure {
         self.agent = None;
         if self.was_aborted() {
-            return CallFailure {
-                error: Error::Cancelled,
-                usage,
-                sent: true,
-                unreachable: false,
-            };
+            return CallFailure::sent(Error::Cancelled, usage);
         }
         let timed_out = matches!(
             error.kind(),
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
         ) || error.to_string().to_ascii_lowercase().contains("timeout");
-        CallFailure {
-            error: if timed_out {
-                Error::Timeout(timeout)
-            } else {
-                Error::Api {
-                    status: None,
-                    message: format!("the connection to the API was lost mid-answer: {error}"),
-                }
-            },
-            usage,
-            sent: true,
-            unreachable: false,
-        }
+        let error = if timed_out {
+            Error::Timeout(timeout)
+        } else {
+            Error::Api {
+                status: None,
+                message: format!("the connection to the API was lost mid-answer: {error}"),
+            }
+        };
+        CallFailure::sent(error, usage)
     }
 
     fn was_aborted(&mut self) -> bool {
@@ -392,24 +372,25 @@ impl ApiConn {
             }
             text.push_str(&message.text);
             let stop_reason = message.stop_reason.clone();
-            let billed = |usage: &Usage| Billed {
-                cost_usd: self.cost(usage),
-                usage: *usage,
+            // The turn answered, but not with an answer: what it billed goes with the error.
+            let failed = |error: Error| TurnFailure {
+                error,
+                billed: Billed {
+                    cost_usd: self.cost(&usage),
+                    usage,
+                },
+                sent: true,
+                unreachable: false,
             };
             match stop_reason.as_deref() {
                 Some("refusal") => {
-                    return Err(TurnFailure {
-                        error: Error::Refused {
-                            message: if text.trim().is_empty() {
-                                "the API stopped the answer (stop_reason: refusal)".into()
-                            } else {
-                                crate::error::shorten(&text, 300)
-                            },
+                    return Err(failed(Error::Refused {
+                        message: if text.trim().is_empty() {
+                            "the API stopped the answer (stop_reason: refusal)".into()
+                        } else {
+                            crate::error::shorten(&text, 300)
                         },
-                        billed: billed(&usage),
-                        sent: true,
-                        unreachable: false,
-                    });
+                    }));
                 }
                 Some("max_tokens")
                     if !structured && continuations < self.shared.max_continuations =>
@@ -426,26 +407,16 @@ impl ApiConn {
                     continue;
                 }
                 Some(reason @ ("max_tokens" | "model_context_window_exceeded")) => {
-                    return Err(TurnFailure {
-                        error: Error::Truncated {
-                            stop_reason: reason.to_string(),
-                            partial: message.tool_input.filter(|_| structured).unwrap_or(text),
-                        },
-                        billed: billed(&usage),
-                        sent: true,
-                        unreachable: false,
-                    });
+                    return Err(failed(Error::Truncated {
+                        stop_reason: reason.to_string(),
+                        partial: message.tool_input.filter(|_| structured).unwrap_or(text),
+                    }));
                 }
                 Some("pause_turn") => {
-                    return Err(TurnFailure {
-                        error: Error::IncompleteAnswer {
-                            stop_reason: Some("pause_turn".into()),
-                            partial: text,
-                        },
-                        billed: billed(&usage),
-                        sent: true,
-                        unreachable: false,
-                    });
+                    return Err(failed(Error::IncompleteAnswer {
+                        stop_reason: Some("pause_turn".into()),
+                        partial: text,
+                    }));
                 }
                 _ => {}
             }
@@ -460,24 +431,14 @@ impl ApiConn {
                 match parsed {
                     Some(Ok(value)) => Some(value),
                     Some(Err(error)) => {
-                        return Err(TurnFailure {
-                            error: Error::StructuredOutputInvalid(format!(
-                                "the {STRUCTURED_TOOL} input is not JSON: {error}"
-                            )),
-                            billed: billed(&usage),
-                            sent: true,
-                            unreachable: false,
-                        })
+                        return Err(failed(Error::StructuredOutputInvalid(format!(
+                            "the {STRUCTURED_TOOL} input is not JSON: {error}"
+                        ))))
                     }
                     None => {
-                        return Err(TurnFailure {
-                            error: Error::StructuredOutputMissing {
-                                text: crate::error::shorten(&text, 200),
-                            },
-                            billed: billed(&usage),
-                            sent: true,
-                            unreachable: false,
-                        })
+                        return Err(failed(Error::StructuredOutputMissing {
+                            text: crate::error::shorten(&text, 200),
+                        }))
                     }
                 }
             } else {
