@@ -702,8 +702,19 @@ fn next_attempt(key: &str) -> Option<u32> {
     Some(attempt)
 }
 
-/// The value of `[[sim:NAME=VALUE]]` (or `Some("")` for `[[sim:NAME]]`) in a prompt.
-fn directive(prompt: &str, name: &str) -> Option<String> {
+/// The value of the test directive `[[sim:NAME=VALUE]]` (or `Some("")` for `[[sim:NAME]]`)
+/// in a prompt, as the simulator reads it; public so that a stand-in for another backend (the
+/// tests' mock API) reads the same language the same way. Not part of the stable API.
+///
+/// ```
+/// use claude_rayon::simulator::directive;
+///
+/// assert_eq!(directive("[[sim:delay=40]] a ticket", "delay").as_deref(), Some("40"));
+/// assert_eq!(directive("[[sim:hang]] a ticket", "hang").as_deref(), Some(""));
+/// assert_eq!(directive("a ticket", "delay"), None);
+/// ```
+#[doc(hidden)]
+pub fn directive(prompt: &str, name: &str) -> Option<String> {
     let open = format!("[[sim:{name}");
     let start = prompt.find(&open)? + open.len();
     let rest = &prompt[start..];

@@ -28,6 +28,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use claude_rayon::simulator::directive;
 use claude_rayon::{Backend, Session, SessionBuilder};
 use serde_json::{json, Value};
 
@@ -400,21 +401,6 @@ fn echo(prompt: &str) -> Reply {
 /// The schema of a request that asks for structured output: its one tool's input schema.
 fn schema_of(request: &RecordedRequest) -> Option<&Value> {
     request.body.get("tools")?.get(0)?.get("input_schema")
-}
-
-/// The value of `[[sim:NAME=VALUE]]` (or `Some("")` for `[[sim:NAME]]`) in a prompt, as the
-/// simulator reads it.
-pub fn directive(prompt: &str, name: &str) -> Option<String> {
-    let open = format!("[[sim:{name}");
-    let start = prompt.find(&open)? + open.len();
-    let rest = &prompt[start..];
-    let end = rest.find("]]")?;
-    let body = &rest[..end];
-    match body.strip_prefix('=') {
-        Some(value) => Some(value.to_string()),
-        None if body.is_empty() => Some(String::new()),
-        None => None,
-    }
 }
 
 /// A small value of a JSON Schema's shape, as the simulator makes one (not in demo mode):
