@@ -15,6 +15,7 @@
 
 #[cfg_attr(not(feature = "api"), allow(dead_code))]
 pub(crate) mod api;
+pub(crate) mod batch;
 pub(crate) mod cli;
 pub(crate) mod spec;
 
@@ -188,6 +189,13 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn release(&self);
 
     fn stats(&self) -> BackendStats;
+
+    /// The backend's batch submission, when it answers items in batches (the Message
+    /// Batches API); `checkout` then still answers what cannot wait for a batch (the one
+    /// request that warms the prompt cache first).
+    fn batches(&self) -> Option<&dyn batch::BatchApi> {
+        None
+    }
 }
 
 /// How a usage window stands (`status`, `overageStatus`).

@@ -273,6 +273,35 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+
+    /// The Message Batches API did not process this item's request before its batch's 24
+    /// hours ran out (not billed). Retryable: a follow-up batch asks again.
+    ///
+    /// ```
+    /// use claude_rayon::Error;
+    /// assert!(Error::BatchExpired { batch_id: "msgbatch_01".into() }.is_retryable());
+    /// ```
+    #[error("the batch {batch_id} expired (24 hours) before this request was processed")]
+    BatchExpired {
+        /// The batch the request was in.
+        batch_id: String,
+    },
+
+    /// The Message Batches API refused a whole batch as invalid (HTTP 400 on its creation):
+    /// nothing in it was created. Every later batch of the run would be built the same way,
+    /// so the run stops.
+    ///
+    /// ```
+    /// use claude_rayon::Error;
+    /// let e = Error::BatchRejected { message: "requests.0.params.max_tokens: too large".into() };
+    /// assert!(e.is_fatal() && !e.is_retryable());
+    /// assert!(e.to_string().contains("max_tokens"));
+    /// ```
+    #[error("the Message Batches API refused the batch: {message}")]
+    BatchRejected {
+        /// The API's reason.
+        message: String,
+    },
 }
 
 impl Error {
@@ -296,7 +325,10 @@ impl Error {
                 Some(s) => *s == 408 || *s == 409 || *s == 429 || *s >= 500,
             },
             Error::Cli(cli) => cli.is_retryable(),
-            Error::Timeout(_) | Error::Io(_) | Error::IncompleteAnswer { .. } => true,
+            Error::Timeout(_)
+            | Error::Io(_)
+            | Error::IncompleteAnswer { .. }
+            | Error::BatchExpired { .. } => true,
             _ => false,
         }
     }
@@ -322,6 +354,7 @@ impl Error {
             | Error::UsageLimitReached { .. }
             | Error::SpendLimitReached { .. }
             | Error::InvalidConfig(_)
+            | Error::BatchRejected { .. }
             | Error::Closed => true,
             _ => false,
         }
@@ -390,6 +423,8 @@ impl Error {
             Error::Closed => "Closed",
             Error::JournalLocked { .. } => "JournalLocked",
             Error::Journal { .. } => "Journal",
+            Error::BatchExpired { .. } => "BatchExpired",
+            Error::BatchRejected { .. } => "BatchRejected",
         }
     }
 }
@@ -725,6 +760,8 @@ mod tests {
                 path: path(),
                 message: text(),
             },
+            Error::BatchExpired { batch_id: text() },
+            Error::BatchRejected { message: text() },
         ]
     }
 
@@ -784,5 +821,7 @@ mod tests {
     Closed retryable=false fatal=true status=None
     JournalLocked retryable=false fatal=false status=None
     Journal retryable=false fatal=false status=None
+    BatchExpired retryable=true fatal=false status=None
+    BatchRejected retryable=false fatal=true status=None
 ";
 }
