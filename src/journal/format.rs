@@ -65,13 +65,43 @@ impl Key {
 
 /// One item's record: its answer, or the error it ended with (kept for inspection, never
 /// replayed).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// A batch submission's record has no key but a `batch` (see [`BatchNote`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Record {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<StoredAnswer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchNote>,
+}
+
+/// One step of a batch submission's life, as written: the intent (`since` and the
+/// `custom_ids`, written before the batch is created), the batch's id once the API gave it,
+/// and `done` once every result was read and recorded. All three share `submission`, this
+/// program's name for it.
+///
+/// ```text
+/// {"crc":"…","r":{"batch":{"submission":"s18f…","since":1764770000,"custom_ids":["9f…",…]}}}
+/// {"crc":"…","r":{"batch":{"submission":"s18f…","id":"msgbatch_01…"}}}
+/// {"crc":"…","r":{"batch":{"submission":"s18f…","done":true}}}
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BatchNote {
+    pub submission: String,
+    /// Seconds since the UNIX epoch a little before the creation was asked: the batch, if it
+    /// was created, is among those the API lists as created since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
 /// An answer as the journal keeps it: a type of its own, so that [`Response`] can grow or
@@ -246,7 +276,7 @@ mod tests {
                 cost_usd: 0.25,
                 ..Response::default()
             })),
-            error: None,
+            ..Record::default()
         };
         let line = encode(&record);
         assert!(line.ends_with(b"\n"));

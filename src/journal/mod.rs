@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::{Error, Response};
 use commit::GroupCommit;
-use format::{Key, Record, HEADER, HEADER_V1};
+use format::{BatchNote, Key, Record, HEADER, HEADER_V1};
 
 /// A file of answered items: a rerun of the same program over the same inputs takes every
 /// answer already in it without a call, and calls Claude only for the rest.
@@ -82,6 +82,8 @@ pub struct Journal {
 struct Inner {
     path: PathBuf,
     answers: Mutex<HashMap<Key, Response>>,
+    /// Batch submissions whose results are not all read yet, oldest first.
+    batches: Mutex<Vec<JournaledBatch>>,
     /// Owns the locked file: the lock goes when it is closed.
     writer: GroupCommit,
     /// Records skipped at open because their checksum failed (a damaged line).
@@ -183,6 +185,7 @@ impl Journal {
             inner: Arc::new(Inner {
                 writer: GroupCommit::new(file),
                 answers: Mutex::new(loaded.answers),
+                batches: Mutex::new(loaded.batches),
                 damaged: loaded.damaged,
                 path,
                 _open_here: open_here,
@@ -224,12 +227,12 @@ impl Journal {
             Ok(response) => Record {
                 key: key.to_hex(),
                 answer: Some(format::StoredAnswer::from(response)),
-                error: None,
+                ..Record::default()
             },
             Err(error) => Record {
                 key: key.to_hex(),
-                answer: None,
                 error: Some(error.to_string()),
+                ..Record::default()
             },
         };
         if let Err(error) = self.inner.writer.append(&format::encode(&record)) {
@@ -241,6 +244,98 @@ impl Journal {
         if let Ok(response) = outcome {
             self.inner.answers.lock().insert(key, response.clone());
         }
+    }
+}
+
+/// A batch submission the journal knows of whose results are not all read yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JournaledBatch {
+    /// This program's name for the submission.
+    pub submission: String,
+    /// Seconds since the UNIX epoch a little before its creation was asked.
+    pub since: u64,
+    /// What it holds.
+    pub custom_ids: Vec<String>,
+    /// The API's id, once it was read; `None`: the creation may or may not have happened.
+    pub id: Option<String>,
+}
+
+impl Journal {
+    /// Batch submissions whose results are not all read yet, oldest first.
+    pub(crate) fn open_batches(&self) -> Vec<JournaledBatch> {
+        self.inner.batches.lock().clone()
+    }
+
+    /// Write, durably, that the batch named `submission` holding `custom_ids` is about to be
+    /// created: written before the creation is asked, so that a program killed at any point
+    /// after finds it again. `since`: seconds since the UNIX epoch a little before now.
+    pub(crate) fn batch_intent(
+        &self,
+        submission: &str,
+        since: u64,
+        custom_ids: &[String],
+    ) -> Result<(), Error> {
+        self.write_batch_note(BatchNote {
+            submission: submission.into(),
+            since: Some(since),
+            custom_ids: custom_ids.to_vec(),
+            ..BatchNote::default()
+        })?;
+        self.inner.batches.lock().push(JournaledBatch {
+            submission: submission.into(),
+            since,
+            custom_ids: custom_ids.to_vec(),
+            id: None,
+        });
+        Ok(())
+    }
+
+    /// Write, durably, the API's id of the batch named `submission`.
+    pub(crate) fn batch_created(&self, submission: &str, id: &str) -> Result<(), Error> {
+        self.write_batch_note(BatchNote {
+            submission: submission.into(),
+            id: Some(id.into()),
+            ..BatchNote::default()
+        })?;
+        if let Some(batch) = self
+            .inner
+            .batches
+            .lock()
+            .iter_mut()
+            .find(|b| b.submission == submission)
+        {
+            batch.id = Some(id.into());
+        }
+        Ok(())
+    }
+
+    /// Write that every result of the batch named `submission` was read and recorded (or
+    /// that it was never created): a rerun no longer looks at it.
+    pub(crate) fn batch_done(&self, submission: &str) -> Result<(), Error> {
+        self.write_batch_note(BatchNote {
+            submission: submission.into(),
+            done: true,
+            ..BatchNote::default()
+        })?;
+        self.inner
+            .batches
+            .lock()
+            .retain(|b| b.submission != submission);
+        Ok(())
+    }
+
+    fn write_batch_note(&self, note: BatchNote) -> Result<(), Error> {
+        let record = Record {
+            batch: Some(note),
+            ..Record::default()
+        };
+        self.inner
+            .writer
+            .append(&format::encode(&record))
+            .map_err(|message| Error::Journal {
+                path: self.inner.path.clone(),
+                message: format!("a batch submission could not be recorded: {message}"),
+            })
     }
 }
 
@@ -257,6 +352,7 @@ impl fmt::Debug for Journal {
 /// What a journal file holds.
 struct Loaded {
     answers: HashMap<Key, Response>,
+    batches: Vec<JournaledBatch>,
     /// How many bytes to keep: everything up to the end of the last whole line.
     keep: usize,
     damaged: usize,
@@ -289,8 +385,14 @@ fn load(bytes: &[u8]) -> Result<Loaded, String> {
             return Err(not_a_journal());
         }
     }
+    let mut batches: Vec<JournaledBatch> = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
-        match format::decode(line).and_then(|r| Some((Key::from_hex(&r.key)?, r))) {
+        let record = format::decode(line);
+        if let Some(note) = record.as_ref().and_then(|r| r.batch.as_ref()) {
+            take_batch_note(&mut batches, note);
+            continue;
+        }
+        match record.and_then(|r| Some((Key::from_hex(&r.key)?, r))) {
             // A failure recorded after an answer of the same item does not undo the answer.
             Some((key, record)) => {
                 if let Some(answer) = record.answer {
@@ -302,9 +404,28 @@ fn load(bytes: &[u8]) -> Result<Loaded, String> {
     }
     Ok(Loaded {
         answers,
+        batches,
         keep,
         damaged,
     })
+}
+
+/// Fold one step of a batch submission's life into the open ones.
+fn take_batch_note(batches: &mut Vec<JournaledBatch>, note: &BatchNote) {
+    if note.done {
+        batches.retain(|b| b.submission != note.submission);
+    } else if let Some(since) = note.since {
+        batches.push(JournaledBatch {
+            submission: note.submission.clone(),
+            since,
+            custom_ids: note.custom_ids.clone(),
+            id: note.id.clone(),
+        });
+    } else if let Some(id) = &note.id {
+        if let Some(batch) = batches.iter_mut().find(|b| b.submission == note.submission) {
+            batch.id = Some(id.clone());
+        }
+    }
 }
 
 /// Journals open in this program, by device and inode: a second `Journal::open` of one file
@@ -427,6 +548,33 @@ mod tests {
         assert_eq!(replayed.cost_usd, 0.5, "the cost it had when it was paid");
         assert!(journal.replay(key(2)).is_none());
         assert_eq!(journal.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_submission_is_open_from_its_intent_until_it_is_done_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let ids = |n: std::ops::Range<usize>| n.map(|i| key(i).to_hex()).collect::<Vec<_>>();
+        let journal = Journal::open(&path).unwrap();
+        journal.batch_intent("s1", 1_764_770_000, &ids(0..3)).unwrap();
+        journal.batch_created("s1", "msgbatch_a").unwrap();
+        journal.batch_intent("s2", 1_764_770_100, &ids(3..5)).unwrap();
+        journal.record(key(0), Ok(&answer("zero")));
+        drop(journal);
+        let journal = Journal::open(&path).unwrap();
+        let open = journal.open_batches();
+        assert_eq!(open.len(), 2);
+        assert_eq!(open[0].id.as_deref(), Some("msgbatch_a"));
+        assert_eq!(open[0].custom_ids, ids(0..3));
+        assert_eq!((open[1].id.as_deref(), open[1].since), (None, 1_764_770_100));
+        assert_eq!(journal.len(), 1, "a batch record is not an answer");
+        journal.batch_done("s1").unwrap();
+        drop(journal);
+        let journal = Journal::open(&path).unwrap();
+        let open = journal.open_batches();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].submission, "s2");
+        assert!(journal.replay(key(0)).is_some());
     }
 
     #[test]
