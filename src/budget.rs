@@ -90,13 +90,27 @@ impl Budget {
     /// Reserve for an item whose own estimate (from its size, see [`item_estimate_usd`]) is
     /// `own_estimate`: the larger of that and the largest cost seen so far.
     pub(crate) fn reserve(&self, own_estimate: f64) -> Result<Reservation<'_>, Error> {
+        self.reserve_with(own_estimate, false)
+    }
+
+    /// Reserve `estimate` for an item whose whole cost it bounds (a batch request: its
+    /// prompt and the most output it is allowed), without raising it to the largest cost
+    /// seen: a batch reserves all its items at once, before any cost is known, and the
+    /// first estimate would refuse most of them.
+    pub(crate) fn reserve_bounded(&self, estimate: f64) -> Result<Reservation<'_>, Error> {
+        self.reserve_with(estimate, true)
+    }
+
+    fn reserve_with(&self, own_estimate: f64, bounded: bool) -> Result<Reservation<'_>, Error> {
         let mut s = self.state.lock();
         let Some(limit) = s.limit else {
             // Counted all the same: the cap may be set while this item is in flight.
             s.in_flight += 1;
             return Ok(self.reservation(0.0));
         };
-        let ordinary = if s.largest_seen > 0.0 {
+        let ordinary = if bounded {
+            own_estimate
+        } else if s.largest_seen > 0.0 {
             s.largest_seen
         } else {
             s.first_estimate

@@ -76,11 +76,11 @@ pub use error::{CliError, Error, UsageWindow};
 pub use estimate::{Estimate, OutputBasis};
 pub use failed::{Failed, MapResult, Outcome};
 pub use journal::Journal;
-pub use progress::Progress;
+pub use progress::{BatchProgress, Progress};
 pub use response::{Response, Usage};
 pub use retry::RetryPolicy;
 pub use session::{
-    ApiOptions, Backend, CliOptions, Effort, PermissionMode, Session, SessionBuilder, CLI_ENV_VAR,
+    ApiOptions, Backend, BatchCancel, CliOptions, Effort, PermissionMode, Session, SessionBuilder, CLI_ENV_VAR,
 };
 pub use stats::Stats;
 pub use throttle::Throttle;

@@ -50,6 +50,13 @@ pub struct Stats {
     pub usage: Usage,
     /// What the session has cost, in US dollars.
     pub cost_usd: f64,
+    /// What the same calls would have cost on the Messages API, in US dollars: `cost_usd`
+    /// itself except on a [`Backend::Batches`](crate::Backend::Batches) session, whose
+    /// requests are billed at half price.
+    pub cost_usd_at_messages_price: f64,
+    /// Batches submitted to the Message Batches API (follow-up batches of retries and
+    /// re-prompts included).
+    pub batches: u64,
     /// Whether the session's `max_budget_usd` is spent (no further calls are made).
     pub budget_exhausted: bool,
     /// CLI processes started.
@@ -127,6 +134,8 @@ pub(crate) struct Counters {
     /// Items inside a wait for a connection now.
     pub connection_waiting: Gauge,
     pub replayed: AtomicU64,
+    /// Batches submitted (Message Batches API).
+    pub batches: AtomicU64,
     pub backoff_pauses: AtomicU64,
     pub usage_limit_pauses: AtomicU64,
     /// The usage-limit pauses, as time.
@@ -142,6 +151,7 @@ pub(crate) struct Counters {
 pub(crate) struct Totals {
     pub usage: Usage,
     pub cost_usd: f64,
+    pub cost_at_messages_price_usd: f64,
 }
 
 impl Counters {
@@ -164,6 +174,8 @@ impl Counters {
             usage_limit_wait: self.usage_limit_clock.lock().held(Instant::now()),
             usage: totals.usage,
             cost_usd: totals.cost_usd,
+            cost_usd_at_messages_price: totals.cost_at_messages_price_usd,
+            batches: load(&self.batches),
             budget_exhausted: false,
             // Counted by the pool; `Session::stats` fills it in.
             processes_started: 0,

@@ -161,6 +161,46 @@ impl Admission {
         })
     }
 
+    /// Reserve the budget for a request that goes out in a batch, at the batch price: its
+    /// prompt and the most output it may write (`max_output_tokens`, else the throttle's
+    /// allowance). Nothing else: a batch is not throttled per request (the Message Batches
+    /// API has limits of its own) and the engine warms the prompt cache before it submits.
+    pub(crate) fn reserve_batched(
+        &self,
+        prompt: &str,
+        max_output_tokens: Option<u64>,
+    ) -> Result<Reservation<'_>, Error> {
+        let (input_price, output_price) = crate::budget::list_price(self.model());
+        let input = estimate_tokens(prompt).saturating_add(self.settings.request_overhead_tokens);
+        let output = max_output_tokens.unwrap_or(self.settings.output_token_allowance);
+        let estimate = (input as f64 * input_price + output as f64 * output_price) / 1_000_000.0
+            * crate::backend::batch::BATCH_PRICE_FACTOR;
+        self.budget.reserve_bounded(estimate)
+    }
+
+    /// A batch's request went out: one request.
+    pub(crate) fn count_batched_request(&self) {
+        stats::add(&self.counters.requests, 1);
+    }
+
+    /// A batch request ended with what it `billed` (an answer's usage and cost at the batch
+    /// price, or nothing): its reservation is settled with it, and the totals, the Messages
+    /// API's price of the same usage beside them, learn it.
+    pub(crate) fn settle_batched(
+        &self,
+        reservation: Reservation<'_>,
+        billed: &crate::backend::Billed,
+        answer: Option<&Response>,
+    ) {
+        reservation.settle(billed.cost_usd);
+        let at_messages_price = crate::budget::usage_cost_usd(self.model(), &billed.usage);
+        self.record_cost_priced(billed.cost_usd, &billed.usage, at_messages_price);
+        if let Some(response) = answer {
+            self.counters.latency.lock().record(response.duration);
+            self.note_first_result();
+        }
+    }
+
     /// Make every wait here ask its `should_stop` again (a run's stop changed).
     pub(crate) fn wake(&self) {
         self.throttle.wake_all();
@@ -213,16 +253,26 @@ impl Admission {
 
     /// Add what a call cost to the totals.
     fn record_cost(&self, cost: f64, usage: &Usage) {
+        self.record_cost_priced(cost, usage, cost);
+    }
+
+    /// Add a call's cost, and what the same call costs on the Messages API.
+    fn record_cost_priced(&self, cost: f64, usage: &Usage, at_messages_price: f64) {
         if cost > 0.0 || usage.total() > 0 {
             let mut totals = self.counters.totals.lock();
             totals.usage.add(usage);
             totals.cost_usd += cost;
+            totals.cost_at_messages_price_usd += at_messages_price;
         }
     }
 
     fn record_success(&self, response: &Response) {
         self.record_cost(response.cost_usd, &response.usage);
         self.counters.latency.lock().record(response.duration);
+        self.note_first_result();
+    }
+
+    fn note_first_result(&self) {
         let since_start = self.created.elapsed().as_nanos().max(1) as u64;
         let _ = self.counters.first_result_nanos.compare_exchange(
             0,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::progress::{Callback, Progress};
+use crate::progress::{BatchProgress, Callback, Progress};
 use crate::{Session, Stats};
 
 /// The longest a callback waits between two snapshots while items finish.
@@ -27,6 +27,7 @@ pub(crate) struct RunProgress {
     replayed: AtomicU64,
     failed: AtomicU64,
     last_report: Mutex<Instant>,
+    batches: Mutex<Option<BatchProgress>>,
 }
 
 impl RunProgress {
@@ -70,6 +71,7 @@ impl RunProgress {
             replayed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_report: Mutex::new(now),
+            batches: Mutex::new(None),
         })
     }
 
@@ -99,6 +101,13 @@ impl RunProgress {
     /// One item's answer came from the journal (it is also reported done).
     pub(crate) fn item_replayed(&self) {
         self.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The run's batches as the API last reported them: a report now.
+    pub(crate) fn batches(&self, batches: BatchProgress) {
+        *self.batches.lock() = Some(batches);
+        *self.last_report.lock() = Instant::now();
+        self.report(false);
     }
 
     /// The run ended: one last report.
@@ -145,6 +154,7 @@ impl RunProgress {
                 now.retried > self.base.retried
                     || Some(reason) != self.base.last_retry_reason.as_ref()
             }),
+            batches: *self.batches.lock(),
         }
     }
 

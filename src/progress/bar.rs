@@ -115,8 +115,23 @@ pub(crate) fn describe(p: &Progress) -> String {
         .filter(|_| !p.finished)
         .map(|reason| format!(" · retrying: {reason}"))
         .unwrap_or_default();
+    let batches = p
+        .batches
+        .map(|b| {
+            format!(
+                " · {} batches ({} running): {} processing, {} succeeded, {} errored, {} expired, {}s",
+                b.submitted,
+                b.running,
+                b.processing,
+                b.succeeded,
+                b.errored,
+                b.expired,
+                p.elapsed.as_secs()
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "· {} failed · {} retries · {} throttle waits · {} pauses · {} tokens · ${:.4} · {:.1}/s{eta}{why}",
+        "· {} failed · {} retries · {} throttle waits · {} pauses · {} tokens · ${:.4} · {:.1}/s{batches}{eta}{why}",
         p.failed, p.retried, p.throttle_waits, p.backoff_pauses, p.tokens, p.cost_usd, p.items_per_second
     )
 }

@@ -67,6 +67,42 @@ pub struct Progress {
     /// Why items are being retried, when this run has retried or failed to connect: the
     /// last such error, shortened.
     pub retry_reason: Option<String>,
+    /// On a [`Backend::Batches`](crate::Backend::Batches) session, the run's batches: how
+    /// many were submitted, how many still run, and their requests' counts as the API last
+    /// reported them (`None` on other sessions).
+    pub batches: Option<BatchProgress>,
+}
+
+/// The batches of one run, as the Message Batches API last reported them (see
+/// [`Progress::batches`]). Request counts are summed over the run's batches.
+///
+/// # Examples
+///
+/// ```
+/// let builder = claude_rayon::Session::builder().on_progress(|p| {
+///     if let Some(b) = p.batches {
+///         eprintln!("{} batches, {} requests processing, {} done", b.submitted, b.processing,
+///             b.succeeded + b.errored + b.expired + b.canceled);
+///     }
+/// });
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchProgress {
+    /// Batches this run submitted or picked up from its journal.
+    pub submitted: u64,
+    /// Of those, batches that have not ended.
+    pub running: u64,
+    /// Requests not processed yet.
+    pub processing: u64,
+    /// Requests answered.
+    pub succeeded: u64,
+    /// Requests that ended with an error (not billed).
+    pub errored: u64,
+    /// Requests a cancel ended before they were processed.
+    pub canceled: u64,
+    /// Requests the batch's 24 hours ended before they were processed (not billed).
+    pub expired: u64,
 }
 
 impl Progress {

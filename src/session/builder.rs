@@ -99,6 +99,57 @@ pub enum Backend {
     Cli,
     /// The Messages API over HTTPS (needs the `api` feature and an API key).
     MessagesApi,
+    /// The Message Batches API (needs the `api` feature and an API key): every token at half
+    /// the Messages API's price, answers within 24 hours (most within one). The adaptors
+    /// (`claude_map`, `claude_filter`, `claude_group_by`, `.typed()`) and
+    /// [`Session::query`] submit their items as batches and give the results back in input
+    /// order as usual; streams, the pipeline and conversations, which need each answer as
+    /// it comes, refuse a batch session with [`Error::InvalidConfig`]. Give the session a
+    /// [`journal`](SessionBuilder::journal): it records each batch before it is created,
+    /// so a rerun after a crash or a cancel picks up the batches already paid for instead of
+    /// submitting their items again. See [`max_batch_requests`](SessionBuilder::max_batch_requests),
+    /// [`batch_poll_interval`](SessionBuilder::batch_poll_interval) and
+    /// [`on_cancel_batches`](SessionBuilder::on_cancel_batches).
+    Batches,
+}
+
+/// What a run's [`Cancel`](crate::Cancel) (or Ctrl-C) does to the batches it has submitted
+/// ([`SessionBuilder::on_cancel_batches`]). Either way the run returns promptly, its items
+/// not answered coming back failed with [`Error::Cancelled`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BatchCancel {
+    /// Cancel them at the API and keep what they answered before the cancel took hold (the
+    /// default): those answers are handed back and journaled; the rest is not billed.
+    #[default]
+    CancelAndKeepResults,
+    /// Leave them running: nothing more is read now, and a rerun with the same journal
+    /// reads their results (paid once) instead of submitting those items again.
+    LeaveRunning,
+}
+
+/// How a batch session submits and waits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BatchSettings {
+    /// The most requests one batch holds.
+    pub max_requests: usize,
+    /// The first wait between two looks at a batch; later ones grow by half up to
+    /// `MAX_BATCH_POLL_INTERVAL` (or this, if longer).
+    pub poll_interval: Duration,
+    pub on_cancel: BatchCancel,
+}
+
+/// The longest wait between two looks at a batch, once the waits have grown.
+pub(crate) const MAX_BATCH_POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_requests: crate::backend::batch::MAX_BATCH_REQUESTS,
+            poll_interval: Duration::from_secs(5),
+            on_cancel: BatchCancel::default(),
+        }
+    }
 }
 
 /// The checked settings a session runs with, whatever answers its items.
@@ -131,6 +182,8 @@ pub(crate) struct Settings {
     /// Where the session's journal is, opened by `build()`.
     pub journal_path: Option<PathBuf>,
     pub journal: Option<crate::Journal>,
+    /// How a batch session submits and waits ([`Backend::Batches`]).
+    pub batches: BatchSettings,
     #[cfg(feature = "progress")]
     pub progress_draw_target: Option<crate::progress::bar::DrawTargetFactory>,
 }
@@ -159,6 +212,7 @@ impl Default for SessionBuilder {
                 max_usage_limit_wait: DEFAULT_MAX_USAGE_LIMIT_WAIT,
                 journal_path: None,
                 journal: None,
+                batches: BatchSettings::default(),
                 #[cfg(feature = "progress")]
                 progress_draw_target: None,
             },
@@ -633,6 +687,58 @@ impl SessionBuilder {
         self
     }
 
+    /// The most requests one batch holds on a [`Backend::Batches`] session (default and
+    /// most: 100,000, the API's limit; a batch is also cut before its body reaches 256 MB).
+    /// Smaller batches end sooner and a cancel loses less; the API's rate limits count
+    /// requests waiting in batches, so a large run may need several.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Backend, Session};
+    /// let builder = Session::builder().backend(Backend::Batches).max_batch_requests(10_000);
+    /// ```
+    pub fn max_batch_requests(mut self, requests: usize) -> Self {
+        self.settings.batches.max_requests = requests;
+        self
+    }
+
+    /// The first wait between two looks at a submitted batch (default 5 s); the waits then
+    /// grow by half each time up to a minute (or up to `interval`, if longer). A cancel
+    /// ends a wait at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use claude_rayon::{Backend, Session};
+    /// let builder = Session::builder()
+    ///     .backend(Backend::Batches)
+    ///     .batch_poll_interval(Duration::from_secs(30));
+    /// ```
+    pub fn batch_poll_interval(mut self, interval: Duration) -> Self {
+        self.settings.batches.poll_interval = interval;
+        self
+    }
+
+    /// What a cancel does to the batches a run has submitted: cancel them and keep their
+    /// partial results (the default), or leave them running for a rerun to read. See
+    /// [`BatchCancel`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use claude_rayon::{Backend, BatchCancel, Session};
+    /// let builder = Session::builder()
+    ///     .backend(Backend::Batches)
+    ///     .journal("answers.jsonl")
+    ///     .on_cancel_batches(BatchCancel::LeaveRunning);
+    /// ```
+    pub fn on_cancel_batches(mut self, on_cancel: BatchCancel) -> Self {
+        self.settings.batches.on_cancel = on_cancel;
+        self
+    }
+
     /// Check the settings and create the session. No process starts until the first item.
     ///
     /// # Errors
@@ -686,7 +792,16 @@ impl SessionBuilder {
             }
             Backend::MessagesApi => {
                 api.validate()?;
-                start_api(&settings, &api)?
+                start_api(&settings, &api, false)?
+            }
+            Backend::Batches => {
+                api.validate()?;
+                if settings.journal_path.is_none() && settings.journal.is_none() {
+                    log::warn!(
+                        "a batch session without a journal: if this program stops (a crash,                          kill -9) while its batches run, their answers are paid for but                          cannot be found by a rerun, which submits those items again; give                          it SessionBuilder::journal(..)"
+                    );
+                }
+                start_api(&settings, &api, true)?
             }
         };
         if let Some(path) = &settings.journal_path {
@@ -703,19 +818,28 @@ impl SessionBuilder {
 }
 
 /// The Messages API backend, when this build has it.
-fn start_api(settings: &Settings, api: &ApiOptions) -> Result<crate::backend::Started, Error> {
+fn start_api(
+    settings: &Settings,
+    api: &ApiOptions,
+    batches: bool,
+) -> Result<crate::backend::Started, Error> {
     #[cfg(feature = "api")]
     {
+        let _ = batches; // wired when the batch client lands
         crate::backend::api::start(&settings.spec, settings.concurrency, api)
     }
     #[cfg(not(feature = "api"))]
     {
         let _ = (settings, api);
-        Err(Error::InvalidConfig(
-            "Backend::MessagesApi needs the `api` feature: \
-             claude-rayon = { version = \"...\", features = [\"api\"] }"
-                .into(),
-        ))
+        let backend = if batches {
+            "Backend::Batches"
+        } else {
+            "Backend::MessagesApi"
+        };
+        Err(Error::InvalidConfig(format!(
+            "{backend} needs the `api` feature: \
+             claude-rayon = {{ version = \"...\", features = [\"api\"] }}"
+        )))
     }
 }
 
@@ -746,6 +870,16 @@ impl Settings {
         }
         if self.requests_per_minute == Some(0) || self.tokens_per_minute == Some(0) {
             return invalid("a rate limit of 0 per minute would never admit a request".into());
+        }
+        if !(1..=crate::backend::batch::MAX_BATCH_REQUESTS).contains(&self.batches.max_requests) {
+            return invalid(format!(
+                "max_batch_requests must be from 1 to {} (the API's limit), not {}",
+                crate::backend::batch::MAX_BATCH_REQUESTS,
+                self.batches.max_requests
+            ));
+        }
+        if self.batches.poll_interval.is_zero() {
+            return invalid("batch_poll_interval must be longer than zero".into());
         }
         if self.burst == Some(0) {
             return invalid("burst must be at least 1".into());

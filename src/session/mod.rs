@@ -16,7 +16,7 @@ pub use crate::backend::api::ApiOptions;
 pub use crate::backend::cli::locate::CLI_ENV_VAR;
 pub use crate::backend::cli::{CliOptions, PermissionMode};
 pub use crate::backend::spec::Effort;
-pub use builder::{Backend, SessionBuilder};
+pub use builder::{Backend, BatchCancel, SessionBuilder};
 
 use crate::admission::{Admission, AdmissionSettings, CacheGate, CACHE_MIN_TOKENS};
 use crate::backend;
