@@ -178,6 +178,12 @@ impl Admission {
         self.budget.reserve_bounded(estimate)
     }
 
+    /// Whether a cold shared prefix is warmed by one request before the others go (the
+    /// session's prompt is long enough to cache, and warming is on).
+    pub(crate) fn warms_cache(&self) -> bool {
+        self.cache_gate.is_some()
+    }
+
     /// A batch's request went out: one request.
     pub(crate) fn count_batched_request(&self) {
         stats::add(&self.counters.requests, 1);
@@ -188,11 +194,13 @@ impl Admission {
     /// API's price of the same usage beside them, learn it.
     pub(crate) fn settle_batched(
         &self,
-        reservation: Reservation<'_>,
+        reservation: Option<Reservation<'_>>,
         billed: &crate::backend::Billed,
         answer: Option<&Response>,
     ) {
-        reservation.settle(billed.cost_usd);
+        if let Some(reservation) = reservation {
+            reservation.settle(billed.cost_usd);
+        }
         let at_messages_price = crate::budget::usage_cost_usd(self.model(), &billed.usage);
         self.record_cost_priced(billed.cost_usd, &billed.usage, at_messages_price);
         if let Some(response) = answer {

@@ -157,19 +157,9 @@ fn answer<W: World + ?Sized>(
     if is_blank(prompt) {
         return Err((Error::EmptyPrompt, 0));
     }
-    let asked: Cow<'_, str> = match policy {
-        Policy::Plain | Policy::Typed { .. } => Cow::Borrowed(prompt),
-        Policy::Strict { allowed, .. } => Cow::Owned(strict::instruction(prompt, allowed)),
-    };
+    let asked = first_ask(policy, prompt);
     if let Some(response) = world.replay(&asked).map_err(|error| (error, 0))? {
-        let (choice, fits) = match policy {
-            Policy::Plain => (None, true),
-            Policy::Strict { interpret, .. } => {
-                let choice = interpret(&response.text);
-                (choice, choice.is_some())
-            }
-            Policy::Typed { check } => (None, check(&response).is_ok()),
-        };
+        let (choice, fits) = replay_fits(policy, &response);
         // A stored strict answer is always an allowed one; should the list have changed
         // under the same key (it cannot: the list is in the prompt), it is asked again. A
         // stored typed answer that no longer fits (the type changed, not its schema) too.
@@ -198,12 +188,81 @@ fn ask<W: World + ?Sized>(
     asked: &str,
     policy: &Policy<'_>,
 ) -> Result<Answer, (Error, u32)> {
-    match policy {
-        Policy::Plain => attempts(world, asked).map(|(response, attempts)| Answer {
+    let (first, calls) = split(attempts(world, asked));
+    let again = match judge(policy, prompt, asked, first, Ask::First) {
+        Judged::Answer { response, choice } => {
+            return Ok(Answer {
+                response,
+                choice,
+                attempts: calls,
+            })
+        }
+        Judged::Fails(error) | Judged::TryFailed(error) => return Err((error, calls)),
+        Judged::AskAgain(again) => again,
+    };
+    log::debug!("the answer does not fit the policy; asking once more");
+    let (second, more) = split(self::attempts(world, &again));
+    let calls = calls + more;
+    match judge(policy, prompt, asked, second, Ask::Second) {
+        Judged::Answer { response, choice } => Ok(Answer {
             response,
-            choice: None,
-            attempts,
+            choice,
+            attempts: calls,
         }),
+        Judged::Fails(error) | Judged::TryFailed(error) => Err((error, calls)),
+        Judged::AskAgain(_) => unreachable!("a second ask is never asked again"),
+    }
+}
+
+fn split(outcome: Result<(Response, u32), (Error, u32)>) -> (Result<Response, Error>, u32) {
+    match outcome {
+        Ok((response, calls)) => (Ok(response), calls),
+        Err((error, calls)) => (Err(error), calls),
+    }
+}
+
+/// Which of an item's (at most two) asks an outcome answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ask {
+    First,
+    /// The policy's one re-prompt.
+    Second,
+}
+
+/// What a policy makes of one ask's outcome (after its retries).
+#[derive(Debug)]
+pub(crate) enum Judged {
+    /// The item's answer.
+    Answer {
+        response: Response,
+        choice: Option<usize>,
+    },
+    /// Ask once more, with fresh context, with this prompt (only after the first ask).
+    AskAgain(String),
+    /// The answer came but the policy rejects it for good.
+    Fails(Error),
+    /// The ask itself failed (its retries are over, or are the caller's to make).
+    TryFailed(Error),
+}
+
+/// The policy's judgement of an ask's outcome: the one place it is made, for items answered
+/// one call at a time and for items answered in batches (`batched.rs`). `prompt` is the
+/// item's own, `asked` what its first ask sent.
+pub(crate) fn judge(
+    policy: &Policy<'_>,
+    prompt: &str,
+    asked: &str,
+    outcome: Result<Response, Error>,
+    ask: Ask,
+) -> Judged {
+    match policy {
+        Policy::Plain => match outcome {
+            Ok(response) => Judged::Answer {
+                response,
+                choice: None,
+            },
+            Err(error) => Judged::TryFailed(error),
+        },
         Policy::Typed { check } => {
             // The backend's own "no structured answer" or "not the schema" counts as an
             // answer that does not fit: the model may well get it right when asked again.
@@ -213,56 +272,53 @@ fn ask<W: World + ?Sized>(
                     Error::StructuredOutputMissing { .. } | Error::StructuredOutputInvalid(_)
                 )
             };
-            let (first, calls) = match attempts(world, asked) {
-                Ok((response, calls)) => match check(&response) {
-                    Ok(()) => {
-                        return Ok(Answer {
-                            response,
-                            choice: None,
-                            attempts: calls,
-                        })
-                    }
-                    Err(error) => (error, calls),
+            match (outcome, ask) {
+                (Ok(response), _) => match check(&response) {
+                    Ok(()) => Judged::Answer {
+                        response,
+                        choice: None,
+                    },
+                    Err(_) if ask == Ask::First => Judged::AskAgain(asked.to_owned()),
+                    Err(error) => Judged::Fails(error),
                 },
-                Err((error, calls)) if unfit(&error) => (error, calls),
-                Err(failed) => return Err(failed),
-            };
-            log::debug!("the answer does not fit the type ({first}); asking once more");
-            let (second, more) =
-                self::attempts(world, asked).map_err(|(error, more)| (error, calls + more))?;
-            let calls = calls + more;
-            match check(&second) {
-                Ok(()) => Ok(Answer {
-                    response: second,
-                    choice: None,
-                    attempts: calls,
-                }),
-                Err(error) => Err((error, calls)),
+                (Err(error), Ask::First) if unfit(&error) => Judged::AskAgain(asked.to_owned()),
+                (Err(error), _) => Judged::TryFailed(error),
             }
         }
-        Policy::Strict { allowed, interpret } => {
-            let (first, attempts) = attempts(world, asked)?;
-            if let Some(choice) = interpret(&first.text) {
-                return Ok(Answer {
-                    response: first,
+        Policy::Strict { allowed, interpret } => match outcome {
+            Ok(response) => match (interpret(&response.text), ask) {
+                (Some(choice), _) => Judged::Answer {
+                    response,
                     choice: Some(choice),
-                    attempts,
-                });
-            }
-            log::debug!("answer {:?} is not allowed; asking once more", first.text);
-            let again = strict::reminder(prompt, &first.text, allowed);
-            let (second, more) =
-                self::attempts(world, &again).map_err(|(error, more)| (error, attempts + more))?;
-            let attempts = attempts + more;
-            match interpret(&second.text) {
-                Some(choice) => Ok(Answer {
-                    response: second,
-                    choice: Some(choice),
-                    attempts,
-                }),
-                None => Err((strict::invalid(&second.text, allowed), attempts)),
-            }
+                },
+                (None, Ask::First) => {
+                    log::debug!("answer {:?} is not allowed; asking once more", response.text);
+                    Judged::AskAgain(strict::reminder(prompt, &response.text, allowed))
+                }
+                (None, Ask::Second) => Judged::Fails(strict::invalid(&response.text, allowed)),
+            },
+            Err(error) => Judged::TryFailed(error),
+        },
+    }
+}
+
+/// The prompt an item's first ask sends: its own, with a strict policy's instruction.
+pub(crate) fn first_ask<'p>(policy: &Policy<'_>, prompt: &'p str) -> Cow<'p, str> {
+    match policy {
+        Policy::Plain | Policy::Typed { .. } => Cow::Borrowed(prompt),
+        Policy::Strict { allowed, .. } => Cow::Owned(strict::instruction(prompt, allowed)),
+    }
+}
+
+/// Whether a journaled answer still fits the policy (and which allowed answer it is).
+pub(crate) fn replay_fits(policy: &Policy<'_>, response: &Response) -> (Option<usize>, bool) {
+    match policy {
+        Policy::Plain => (None, true),
+        Policy::Strict { interpret, .. } => {
+            let choice = interpret(&response.text);
+            (choice, choice.is_some())
         }
+        Policy::Typed { check } => (None, check(response).is_ok()),
     }
 }
 
@@ -340,7 +396,7 @@ pub(crate) fn attempts<W: World + ?Sized>(
 
 /// The error an item stopped between tries ends with: its last call's, unless the stop is
 /// one that lasts (a spent budget, a closed session) or there was no call.
-fn keep_last(last: Option<Error>, stop: Error) -> Error {
+pub(crate) fn keep_last(last: Option<Error>, stop: Error) -> Error {
     match (last, &stop) {
         (Some(previous), Error::Cancelled | Error::Stopped(_)) => previous,
         _ => stop,
@@ -359,7 +415,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Whether the CLI would drop this prompt: empty, or only white space (a byte-order mark
 /// counts, as the CLI trims it too).
-fn is_blank(prompt: &str) -> bool {
+pub(crate) fn is_blank(prompt: &str) -> bool {
     prompt.chars().all(|c| c.is_whitespace() || c == '\u{feff}')
 }
 

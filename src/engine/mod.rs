@@ -16,6 +16,7 @@
 //! - `typed`: answers parsed into the caller's type (feature `schema`).
 
 mod attempt;
+mod batched;
 mod life;
 mod progress;
 mod schedule;
@@ -140,6 +141,8 @@ impl Run {
     }
 
     /// One item's whole life; see the [module](self).
+    /// A batch session answers known sets of items only (`answer_items`): an item that
+    /// comes here (a stream's, a pipeline's) is refused.
     pub(crate) fn item<T, P>(
         &self,
         item: T,
@@ -149,6 +152,10 @@ impl Run {
     where
         P: AsRef<str>,
     {
+        if self.is_batched() {
+            let why = crate::session::refused_by_batches("a stream");
+            return Err(self.refuse(item, Error::InvalidConfig(why)));
+        }
         life::live(&self.world(ConnSource::Backend), item, prompt, policy)
     }
 
@@ -172,6 +179,10 @@ pub(crate) fn turn(
     held: &RefCell<Option<Box<dyn Conn>>>,
     prompt: &str,
 ) -> Result<Response, Error> {
+    if run.is_batched() {
+        let why = crate::session::refused_by_batches("a conversation");
+        return Err(Error::InvalidConfig(why));
+    }
     // No journal: a turn's answer depends on the turns before it.
     let world = SessionWorld {
         retries: false,
@@ -202,8 +213,8 @@ impl Session {
     /// ```
     pub fn query(&self, prompt: impl AsRef<str>) -> Result<Response, Error> {
         let run = Run::untracked(self);
-        run.item((), |_| prompt.as_ref(), &Policy::Plain)
-            .map(|((), answer)| answer.response)
+        run.answer_one(prompt.as_ref(), &Policy::Plain)
+            .map(|answer| answer.response)
             .map_err(|failed| failed.error)
     }
 }

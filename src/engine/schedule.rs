@@ -15,9 +15,54 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use super::Run;
+use super::{Answer, Policy, Run};
+use crate::Failed;
 
 impl Run {
+    /// Answer every item under `policy` and hand each outcome to `then`; results come
+    /// back in input order. On a batch session ([`Backend::Batches`](crate::Backend::Batches))
+    /// the items' requests go out in batches (`batched.rs`); otherwise each item's life runs
+    /// on the session's threads ([`answer_all`](Self::answer_all)).
+    pub(crate) fn answer_items<T, F, P, R, Then>(
+        &self,
+        items: Vec<T>,
+        prompt_fn: &F,
+        policy: &Policy<'_>,
+        then: Then,
+    ) -> Vec<R>
+    where
+        T: Send,
+        R: Send,
+        F: Fn(&T) -> P + Sync,
+        P: AsRef<str>,
+        Then: Fn(Result<(T, Answer), Failed<T>>) -> R + Sync,
+    {
+        if let Some(api) = self.session().backend().batches() {
+            let outcomes = super::batched::answer(self, api, items, prompt_fn, policy);
+            self.finish();
+            return outcomes.into_iter().map(then).collect();
+        }
+        self.answer_all(items, |item| then(self.item(item, prompt_fn, policy)))
+    }
+
+    /// One prompt's life, in a batch of its own on a batch session.
+    pub(crate) fn answer_one(&self, prompt: &str, policy: &Policy<'_>) -> Result<Answer, Failed<()>> {
+        if self.is_batched() {
+            let mut outcomes = self.answer_items(vec![()], &|_: &()| prompt, policy, |o| o);
+            return outcomes
+                .pop()
+                .expect("one item, one outcome")
+                .map(|((), answer)| answer);
+        }
+        self.item((), |_| prompt, policy).map(|((), answer)| answer)
+    }
+
+    /// Whether this run's items go out in batches, so that paths that need each answer as
+    /// it comes (streams, the pipeline, conversations) can refuse it.
+    pub(crate) fn is_batched(&self) -> bool {
+        self.session().backend().batches().is_some()
+    }
+
     /// Run `work` on every item on the session's threads; results come back in input
     /// order. The run's last progress report follows the last item.
     pub(crate) fn answer_all<T, R, W>(&self, items: Vec<T>, work: W) -> Vec<R>

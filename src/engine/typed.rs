@@ -99,8 +99,8 @@ impl Session {
         let typed = Typed::<T>::for_session(self, "query_typed")?;
         let check = |response: &Response| typed.check(response);
         let run = Run::untracked(self);
-        let ((), answer) = run
-            .item((), |_| prompt.as_ref(), &Policy::Typed { check: &check })
+        let answer = run
+            .answer_one(prompt.as_ref(), &Policy::Typed { check: &check })
             .map_err(|failed| failed.error)?;
         typed.parse(&answer.response)
     }

@@ -70,7 +70,7 @@ where
             allowed: &allowed,
             interpret: &interpret_verdict,
         };
-        let verdicts = run.answer_all(items, |item| match run.item(item, question_fn, &policy) {
+        let verdicts = run.answer_items(items, question_fn, &policy, |outcome| match outcome {
             Ok((item, answer)) => (answer.choice == Some(0)).then_some(Ok(item)),
             Err(failed) => Some(Err(failed)),
         });

@@ -167,8 +167,8 @@ where
                     interpret: &interpret,
                 };
                 let prompt_fn = &self.prompt_fn;
-                run.answer_all(items, |item| {
-                    let (item, answer) = run.item(item, prompt_fn, &policy)?;
+                run.answer_items(items, prompt_fn, &policy, |outcome| {
+                    let (item, answer) = outcome?;
                     Ok((answer.choice.expect("a strict answer has a choice"), item))
                 })
             }

@@ -49,9 +49,8 @@ where
         let items: Vec<I::Item> = self.base.collect();
         let run = self.options.start(&self.session, "claude_map", items.len());
         let prompt_fn = &self.prompt_fn;
-        run.answer_all(items, |item| {
-            run.item(item, prompt_fn, &Policy::Plain)
-                .map(|(item, answer)| (item, answer.response))
+        run.answer_items(items, prompt_fn, &Policy::Plain, |outcome| {
+            outcome.map(|(item, answer)| (item, answer.response))
         })
     }
 }

@@ -102,8 +102,8 @@ where
             check: &|response| typed.check(response),
         };
         let prompt_fn = &self.prompt_fn;
-        run.answer_all(items, |item| {
-            let (item, answer) = run.item(item, prompt_fn, &policy)?;
+        run.answer_items(items, prompt_fn, &policy, |outcome| {
+            let (item, answer) = outcome?;
             // Checked already: the parse is the same one again.
             match typed.parse(&answer.response) {
                 Ok(value) => Ok((item, value)),

@@ -220,6 +220,46 @@ impl Journal {
         Some(response)
     }
 
+    /// Write many items' outcomes durably with one write and one sync (the results of a
+    /// batch, read together), as [`record`](Self::record) does each.
+    pub(crate) fn record_all(&self, outcomes: &[(Key, Result<&Response, &Error>)]) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let mut lines = Vec::new();
+        for (key, outcome) in outcomes {
+            lines.extend(format::encode(&Self::record_of(*key, *outcome)));
+        }
+        if let Err(error) = self.inner.writer.append(&lines) {
+            log::error!(
+                "journal {}: {} answers could not be written ({error}); a rerun will ask for them again",
+                self.inner.path.display(),
+                outcomes.len()
+            );
+        }
+        let mut answers = self.inner.answers.lock();
+        for (key, outcome) in outcomes {
+            if let Ok(response) = outcome {
+                answers.insert(*key, (*response).clone());
+            }
+        }
+    }
+
+    fn record_of(key: Key, outcome: Result<&Response, &Error>) -> Record {
+        match outcome {
+            Ok(response) => Record {
+                key: key.to_hex(),
+                answer: Some(format::StoredAnswer::from(response)),
+                ..Record::default()
+            },
+            Err(error) => Record {
+                key: key.to_hex(),
+                error: Some(error.to_string()),
+                ..Record::default()
+            },
+        }
+    }
+
     /// Write an item's outcome durably (an answer is also kept for replay). A write that
     /// fails is logged: the answer still goes to the caller, who paid for it.
     pub(crate) fn record(&self, key: Key, outcome: Result<&Response, &Error>) {

@@ -349,6 +349,11 @@ where
         handler,
     } = builder;
     let session = common.session;
+    if session.answers_in_batches() {
+        return Err(Error::InvalidConfig(crate::session::refused_by_batches(
+            "a pipeline",
+        )));
+    }
     let source = common.source.ok_or_else(|| {
         invalid("a pipeline needs a source: .source(iterator) or .source_channel(receiver)")
     })?;

@@ -256,6 +256,11 @@ impl Session {
     }
 
     /// The session's settings, as built.
+    /// Whether the session answers in batches ([`Backend::Batches`]).
+    pub(crate) fn answers_in_batches(&self) -> bool {
+        self.backend().batches().is_some()
+    }
+
     pub(crate) fn config(&self) -> &Settings {
         &self.inner.config
     }
@@ -325,4 +330,13 @@ impl Drop for Inner {
         // session too, so none is in use here.
         log::debug!("session {} dropped", self.id);
     }
+}
+
+/// Why `what` (a stream, a pipeline, a conversation) refuses a batch session.
+pub(crate) fn refused_by_batches(what: &str) -> String {
+    format!(
+        "{what} needs each answer as it comes, and a Backend::Batches session answers within \
+         hours: use a Backend::MessagesApi session for it (same key), or the adaptors \
+         (claude_map, claude_filter, claude_group_by) and query, which submit batches"
+    )
 }
