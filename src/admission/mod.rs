@@ -20,7 +20,9 @@ pub(crate) use gate::{CacheGate, CACHE_MIN_TOKENS};
 pub(crate) use usage::UsageWindowsSeen;
 
 use crate::backend::{ServerLimits, TurnEvent, TurnFailure};
-use crate::budget::{Budget, Reservation};
+pub(crate) use crate::budget::Reservation;
+
+use crate::budget::Budget;
 use crate::retry::{Cooldown, RetryPolicy};
 use crate::stats::{self, Counters};
 use crate::throttle::{estimate_tokens, Permit, Throttle};

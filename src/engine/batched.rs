@@ -26,7 +26,7 @@ use crate::backend::batch::{
     BatchApi, BatchItemResult, BatchRequest, BatchState, BatchStatus, MAX_BATCH_BYTES,
 };
 use crate::backend::Billed;
-use crate::budget::Reservation;
+use crate::admission::Reservation;
 use crate::journal::format::Key;
 use crate::progress::BatchProgress;
 use crate::session::builder::MAX_BATCH_POLL_INTERVAL;
@@ -139,7 +139,7 @@ where
     // The prompts, built on the session's threads (a prompt closure may read a file); a
     // panic in one fails its item only.
     let (items, prompts): (Vec<T>, Vec<Result<String, Error>>) =
-        run.session().threads().install(|| {
+        run.on_threads(|| {
             items
                 .into_par_iter()
                 .map(|item| {
@@ -492,7 +492,7 @@ impl<'r> Batched<'r> {
         let api = self.api;
         let requests: Vec<BatchRequest> = {
             let jobs = &self.jobs;
-            session.threads().install(|| {
+            self.run.on_threads(|| {
                 due.par_iter()
                     .map(|&index| BatchRequest {
                         custom_id: jobs[index].custom_id.clone(),
@@ -565,16 +565,33 @@ impl<'r> Batched<'r> {
                 self.report_progress();
             }
             Err(error) => {
-                if let Some(journal) = self.journal {
-                    let _ = journal.batch_done(&submission);
-                }
+                // An answer with a status says the batch was not created; without one (a
+                // connection cut after the request went out) it may have been: its intent
+                // stays open for a rerun to look for, and its items are not asked again in
+                // this run, which could pay for them twice.
+                let not_created = error.api_status().is_some()
+                    || matches!(error, Error::BatchRejected { .. });
                 if error.is_fatal() {
                     self.world.fail_fatally(&error);
                 }
-                for index in indices {
-                    let job = &mut self.jobs[index];
-                    job.reservation = None;
-                    self.try_failed(index, error.clone());
+                if not_created {
+                    if let Some(journal) = self.journal {
+                        let _ = journal.batch_done(&submission);
+                    }
+                    for index in indices {
+                        self.jobs[index].reservation = None;
+                        self.try_failed(index, error.clone());
+                    }
+                } else {
+                    log::warn!(
+                        "a batch of {} requests may or may not have been created ({error}); \
+                         its items fail now, and a rerun with the same journal finds the \
+                         batch if it exists",
+                        indices.len()
+                    );
+                    for index in indices {
+                        self.end(index, Err(error.clone()));
+                    }
                 }
             }
         }

@@ -45,6 +45,12 @@ impl Run {
         self.answer_all(items, |item| then(self.item(item, prompt_fn, policy)))
     }
 
+    /// Run `work` (a run's data-parallel step: a batch's prompts and bodies) on the
+    /// session's threads.
+    pub(crate) fn on_threads<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.session().threads().install(work)
+    }
+
     /// One prompt's life, in a batch of its own on a batch session.
     pub(crate) fn answer_one(&self, prompt: &str, policy: &Policy<'_>) -> Result<Answer, Failed<()>> {
         if self.is_batched() {

@@ -13,6 +13,7 @@ mod support;
 
 mod answer_integrity;
 mod api_backend;
+mod batches;
 mod budget;
 mod cache_gate;
 mod claude_filter;
