@@ -305,7 +305,10 @@ mod tests {
         };
         let sonnet = Some("claude-sonnet-4-5");
         let list = call_cost_usd(sonnet, &usage, 0, Rate::List);
-        assert!((list - usage_cost_usd(sonnet, &usage)).abs() < 1e-12, "{list}");
+        assert!(
+            (list - usage_cost_usd(sonnet, &usage)).abs() < 1e-12,
+            "{list}"
+        );
         // Sonnet, every write an hour's: 3 + 15 + 6 + 0.30.
         let one_hour = call_cost_usd(sonnet, &usage, 1_000_000, Rate::List);
         assert!((one_hour - 24.30).abs() < 1e-9, "{one_hour}");

@@ -65,11 +65,7 @@ pub(super) fn outcome(
     }
     let structured_value = if structured {
         let parsed = message.tool_input.as_deref().map(|input| {
-            serde_json::from_str::<Value>(if input.trim().is_empty() {
-                "{}"
-            } else {
-                input
-            })
+            serde_json::from_str::<Value>(if input.trim().is_empty() { "{}" } else { input })
         });
         match parsed {
             Some(Ok(value)) => Some(value),

@@ -156,7 +156,12 @@ impl BatchClient {
             usage: message.usage,
         };
         // No continuation: a batch's request cannot be asked to go on.
-        match answer::outcome(message.text.clone(), &message, template.is_structured(), false) {
+        match answer::outcome(
+            message.text.clone(),
+            &message,
+            template.is_structured(),
+            false,
+        ) {
             Outcome::Answer { text, structured } => Ok(Response {
                 text,
                 structured,
@@ -202,7 +207,10 @@ impl BatchClient {
                 .take(MAX_RESULT_LINE)
                 .read_until(b'\n', &mut line)
                 .map_err(|error| {
-                    lost(&format!("reading batch {id}'s results at line {number}"), &error)
+                    lost(
+                        &format!("reading batch {id}'s results at line {number}"),
+                        &error,
+                    )
                 })?;
             if read == 0 {
                 return Ok(());
@@ -287,9 +295,9 @@ impl BatchApi for BatchClient {
     /// Batches without a `created_at` are kept (their age is not known); `since` is taken
     /// to the whole second before it, as the API writes its times.
     fn list_since(&self, since: SystemTime) -> Result<Vec<BatchState>, Error> {
-        let since = since
-            .duration_since(UNIX_EPOCH)
-            .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + Duration::from_secs(d.as_secs()));
+        let since = since.duration_since(UNIX_EPOCH).map_or(UNIX_EPOCH, |d| {
+            UNIX_EPOCH + Duration::from_secs(d.as_secs())
+        });
         let mut found = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -310,10 +318,11 @@ impl BatchApi for BatchClient {
                 }
                 found.push(state);
             }
-            let last = page
-                .get("last_id")
-                .and_then(Value::as_str)
-                .or_else(|| data.last().and_then(|b| b.get("id")).and_then(Value::as_str));
+            let last = page.get("last_id").and_then(Value::as_str).or_else(|| {
+                data.last()
+                    .and_then(|b| b.get("id"))
+                    .and_then(Value::as_str)
+            });
             match last {
                 Some(last) if page.get("has_more").and_then(Value::as_bool) == Some(true) => {
                     after = Some(last.to_string());
@@ -398,7 +407,11 @@ fn errored(error: &Value) -> Error {
 /// `id`, when it has the shape of the API's batch ids: ids come from the API's answers (and
 /// the journal), and one of another shape must not change a call's path or query.
 fn checked_id(id: &str) -> Result<&str, Error> {
-    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
+    if !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+    {
         return Ok(id);
     }
     Err(Error::Api {
@@ -420,7 +433,12 @@ fn state_of(value: &Value) -> Result<BatchState, Error> {
         Some("in_progress") => BatchStatus::InProgress,
         Some("canceling") => BatchStatus::Canceling,
         Some("ended") => BatchStatus::Ended,
-        _ => return Err(unreadable("a batch whose processing_status is not known", value)),
+        _ => {
+            return Err(unreadable(
+                "a batch whose processing_status is not known",
+                value,
+            ))
+        }
     };
     let counts = &value["request_counts"];
     let count = |key: &str| counts.get(key).and_then(Value::as_u64).unwrap_or(0);
@@ -476,5 +494,455 @@ fn bad_line(id: &str, number: u64, why: &str) -> Error {
             "batch {id}'s results, line {number}, is not a result: {}",
             crate::error::shorten(why, 200)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Cursor;
+
+    use claude_rayon_mock_api::{BatchOutcome, FaultMix, MockApi, Reply};
+    use serde_json::json;
+
+    use super::*;
+    use crate::backend::api::options::ApiOptions;
+    use crate::backend::api::{start_lane, Lane};
+    use crate::backend::spec::AnswerSpec;
+    use crate::budget::CacheTtl;
+
+    const KEY: &str = "sk-ant-batch-test-4f9e2c71d8";
+    const MODEL: &str = "claude-sonnet-4-5";
+
+    /// A system prompt long enough for the mock to cache (with its minimum lowered).
+    fn rules() -> String {
+        "You review supplier correspondence for the accounts-payable team. For each letter, \
+         say whether it disputes an invoice, which invoice, and what the supplier asks for. \
+         Quote amounts exactly as written and never guess at a missing invoice number. "
+            .repeat(3)
+    }
+
+    fn spec(schema: Option<Value>) -> AnswerSpec {
+        AnswerSpec {
+            model: Some(MODEL.into()),
+            system_prompt: Some(rules()),
+            append_system_prompt: None,
+            json_schema: schema,
+            effort: None,
+        }
+    }
+
+    /// Letters like a user's: hundreds of characters of prose each.
+    fn letters(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "Letter {i}: Dear accounts team, we write about invoice INV-{} dated the \
+                     fourth of November, which your reminder says is overdue by thirty days. \
+                     Our records show the goods were delivered late because of the strike at \
+                     the port, and we agreed by telephone that payment would fall due only \
+                     on delivery. We therefore ask you to withdraw the late fee of {} euros \
+                     and to confirm the new due date in writing. Kind regards, the supplier.",
+                    4400 + i,
+                    25 + i
+                )
+            })
+            .collect()
+    }
+
+    fn options(api: &MockApi) -> ApiOptions {
+        ApiOptions::default().api_key(KEY).base_url(api.url())
+    }
+
+    fn client(api: &MockApi, schema: Option<Value>) -> BatchClient {
+        let template =
+            RequestTemplate::new(&spec(schema), &options(api)).with_cache_ttl(CacheTtl::OneHour);
+        BatchClient::new(&api.url(), ApiKey(KEY.into()), Arc::new(template))
+    }
+
+    fn requests(client: &BatchClient, prompts: &[String]) -> Vec<BatchRequest> {
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| BatchRequest {
+                custom_id: format!("item-{i}"),
+                params: client.params(prompt),
+            })
+            .collect()
+    }
+
+    fn results(client: &dyn BatchApi, id: &str) -> HashMap<String, BatchItemResult> {
+        let mut seen = HashMap::new();
+        let mut order = Vec::new();
+        client
+            .results(id, &mut |custom_id, result| {
+                order.push(custom_id.to_string());
+                assert!(
+                    seen.insert(custom_id.to_string(), result).is_none(),
+                    "{custom_id} came twice"
+                );
+            })
+            .unwrap();
+        seen
+    }
+
+    fn answer(result: &BatchItemResult) -> &Response {
+        match result {
+            BatchItemResult::Succeeded(Ok(response)) => response,
+            other => panic!("not an answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_in_and_its_results_come_back_by_custom_id_at_half_price() {
+        let api = MockApi::start();
+        api.set_cache_min_tokens(64);
+        api.set_reply(|prompt| Reply::text(format!("Reviewed. {}", &prompt[..9])));
+        let started = start_lane(&spec(None), 2, &options(&api), Lane::Batches).unwrap();
+        let batches = started
+            .backend
+            .batches()
+            .expect("the batch lane has batches");
+        let prompts = letters(12);
+        let requests: Vec<BatchRequest> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| BatchRequest {
+                custom_id: format!("item-{i}"),
+                params: batches.params(prompt),
+            })
+            .collect();
+
+        let created = batches.create(&requests).unwrap();
+        assert_eq!(created.status, BatchStatus::InProgress);
+        assert_eq!(created.total(), 12);
+        assert!(created.created_at.is_some());
+        let ended = batches.retrieve(&created.id).unwrap();
+        assert_eq!(ended.status, BatchStatus::Ended);
+        assert_eq!(ended.counts.succeeded, 12);
+
+        let mut order = Vec::new();
+        let mut seen = HashMap::new();
+        batches
+            .results(&created.id, &mut |custom_id, result| {
+                order.push(custom_id.to_string());
+                seen.insert(custom_id.to_string(), result);
+            })
+            .unwrap();
+        let submitted: Vec<String> = requests.iter().map(|r| r.custom_id.clone()).collect();
+        assert_ne!(order, submitted, "the mock answers out of order");
+        assert_eq!(seen.len(), 12);
+        let mut wrote_cache = false;
+        for (i, prompt) in prompts.iter().enumerate() {
+            let response = answer(&seen[&format!("item-{i}")]);
+            assert_eq!(response.text, format!("Reviewed. {}", &prompt[..9]));
+            assert!(response.session_id.starts_with("msg_"), "{response:?}");
+            assert_eq!((response.api_calls, response.continuations), (1, 0));
+            assert_eq!(response.stop_reason.as_deref(), Some("end_turn"));
+            let usage = response.usage;
+            assert!(usage.input_tokens + usage.cache_read_input_tokens > 100);
+            wrote_cache |= usage.cache_creation_input_tokens > 0;
+            // Half the list price, cache writes at the one-hour multiplier (2x, not 1.25x).
+            let (input, _) = crate::budget::list_price(Some(MODEL));
+            let one_hour_extra =
+                usage.cache_creation_input_tokens as f64 * input * 0.75 / 1_000_000.0;
+            let expected =
+                (crate::budget::usage_cost_usd(Some(MODEL), &usage) + one_hour_extra) / 2.0;
+            assert!(
+                (response.cost_usd - expected).abs() < 1e-12,
+                "{} vs {expected}",
+                response.cost_usd
+            );
+        }
+        assert!(
+            wrote_cache,
+            "one request wrote the system block to the cache"
+        );
+
+        // What went out: the key and version, each request's params as built, not streamed,
+        // the system block cached for an hour.
+        let record = api.batch(&created.id).unwrap();
+        let sent = &record.requests[0];
+        let header = |name: &str| {
+            sent.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header("x-api-key").as_deref(), Some(KEY));
+        assert_eq!(header("anthropic-version").as_deref(), Some("2023-06-01"));
+        assert!(!sent.stream && sent.body.get("stream").is_none());
+        assert_eq!(sent.body["system"][0]["cache_control"]["ttl"], "1h");
+        assert_eq!(
+            sent.body,
+            serde_json::from_str::<Value>(&requests[0].params).unwrap()
+        );
+        // The streamed path stays open on a batch session (the cache-warming request).
+        assert!(matches!(
+            started.backend.checkout(&|| false),
+            Ok(crate::backend::Checkout::Ready(_))
+        ));
+    }
+
+    #[test]
+    fn a_messages_session_has_no_batches() {
+        let api = MockApi::start();
+        let started = start_lane(&spec(None), 1, &options(&api), Lane::Messages).unwrap();
+        assert!(started.backend.batches().is_none());
+    }
+
+    #[test]
+    fn a_structured_session_takes_the_tool_input_or_says_it_is_missing() {
+        let api = MockApi::start();
+        api.set_reply(|prompt| {
+            if prompt.starts_with("Letter 1:") {
+                Reply::text("I would rather describe the letter in prose.")
+            } else {
+                Reply::StructuredOutput(json!({"disputes": true, "length": prompt.len()}))
+            }
+        });
+        let schema = json!({"type": "object", "properties": {"disputes": {"type": "boolean"}}});
+        let client = client(&api, Some(schema));
+        let prompts = letters(3);
+        let created = client.create(&requests(&client, &prompts)).unwrap();
+        let seen = results(&client, &created.id);
+        let response = answer(&seen["item-0"]);
+        assert_eq!(
+            response.structured,
+            Some(json!({"disputes": true, "length": prompts[0].len()}))
+        );
+        match &seen["item-1"] {
+            BatchItemResult::Succeeded(Err((Error::StructuredOutputMissing { text }, billed))) => {
+                assert!(text.contains("in prose"), "{text}");
+                assert!(billed.cost_usd > 0.0 && billed.usage.output_tokens > 0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_cuts_and_errors_are_mapped_as_the_messages_backend_maps_them() {
+        let api = MockApi::start();
+        api.set_reply(|prompt| match &prompt[..9] {
+            "Letter 0:" => Reply::Stop {
+                text: String::new(),
+                stop_reason: "refusal".into(),
+            },
+            "Letter 1:" => Reply::Stop {
+                text: "The supplier asks for the late fee".into(),
+                stop_reason: "max_tokens".into(),
+            },
+            _ => Reply::text("Reviewed."),
+        });
+        api.set_batch_request_outcome(|custom_id, _| match custom_id {
+            "item-2" => BatchOutcome::errored("overloaded_error"),
+            "item-3" => BatchOutcome::errored("invalid_request_error"),
+            "item-4" => BatchOutcome::errored("authentication_error"),
+            "item-5" => BatchOutcome::Errored {
+                error_type: "not_found_error".into(),
+                message: "model: claude-sonnet-9".into(),
+            },
+            "item-6" => BatchOutcome::errored("rate_limit_error"),
+            "item-7" => BatchOutcome::Expired,
+            _ => BatchOutcome::Answer,
+        });
+        let client = client(&api, None);
+        let created = client.create(&requests(&client, &letters(9))).unwrap();
+        let seen = results(&client, &created.id);
+        match &seen["item-0"] {
+            BatchItemResult::Succeeded(Err((Error::Refused { .. }, billed))) => {
+                assert!(billed.cost_usd > 0.0)
+            }
+            other => panic!("{other:?}"),
+        }
+        match &seen["item-1"] {
+            BatchItemResult::Succeeded(Err((
+                Error::Truncated {
+                    partial,
+                    stop_reason,
+                },
+                _,
+            ))) => {
+                assert_eq!(stop_reason, "max_tokens");
+                assert_eq!(partial, "The supplier asks for the late fee");
+            }
+            other => panic!("{other:?}"),
+        }
+        let errored = |id: &str| match &seen[id] {
+            BatchItemResult::Errored(error) => error,
+            other => panic!("{id}: {other:?}"),
+        };
+        assert_eq!(errored("item-2").api_status(), Some(529));
+        assert!(errored("item-2").is_retryable());
+        assert_eq!(errored("item-3").api_status(), Some(400));
+        assert!(!errored("item-3").is_retryable());
+        assert!(matches!(errored("item-4"), Error::Authentication { .. }));
+        assert!(matches!(errored("item-5"), Error::ModelNotFound { .. }));
+        assert_eq!(errored("item-6").api_status(), Some(429));
+        assert!(matches!(seen["item-7"], BatchItemResult::Expired));
+        assert_eq!(answer(&seen["item-8"]).text, "Reviewed.");
+    }
+
+    #[test]
+    fn a_canceled_batch_ends_with_what_it_had_done() {
+        let api = MockApi::start();
+        api.set_batch_processing_time(Duration::from_secs(3600));
+        let client = client(&api, None);
+        let created = client.create(&requests(&client, &letters(4))).unwrap();
+        assert_eq!(api.advance_batch(&created.id, 1), 1);
+        let canceling = client.cancel(&created.id).unwrap();
+        assert_eq!(canceling.status, BatchStatus::Canceling);
+        let ended = client.retrieve(&created.id).unwrap();
+        assert_eq!(ended.status, BatchStatus::Ended);
+        assert_eq!((ended.counts.succeeded, ended.counts.canceled), (1, 3));
+        let seen = results(&client, &created.id);
+        answer(&seen["item-0"]);
+        for id in ["item-1", "item-2", "item-3"] {
+            assert!(matches!(seen[id], BatchItemResult::Canceled), "{id}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_batch_is_rejected_with_the_apis_reason() {
+        let api = MockApi::start();
+        let client = client(&api, None);
+        let mut requests = requests(&client, &letters(3));
+        requests[2].custom_id = "item-0".into();
+        let error = client.create(&requests).unwrap_err();
+        match &error {
+            Error::BatchRejected { message } => {
+                assert!(message.contains("requests.2"), "{message}");
+                assert!(message.contains("item-0"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(error.is_fatal());
+        assert_eq!(api.batch_count(), 0);
+    }
+
+    #[test]
+    fn list_since_pages_back_to_the_time_asked() {
+        let api = MockApi::start();
+        let mut client = client(&api, None);
+        client.page_size = 2;
+        let since = SystemTime::now();
+        let mut ids = Vec::new();
+        for prompts in [letters(1), letters(2), letters(3)] {
+            ids.push(client.create(&requests(&client, &prompts)).unwrap().id);
+        }
+        let calls = api.batch_api_calls();
+        let listed = client.list_since(since).unwrap();
+        assert_eq!(api.batch_api_calls() - calls, 2, "two pages of two");
+        let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+        assert_eq!(
+            listed.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
+            newest_first
+        );
+        assert_eq!(listed[0].total(), 3);
+        // Nothing is that new: the first page's newest ends the search.
+        let calls = api.batch_api_calls();
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        assert!(client.list_since(later).unwrap().is_empty());
+        assert_eq!(api.batch_api_calls() - calls, 1);
+    }
+
+    #[test]
+    fn a_failed_create_is_retryable_and_a_cut_one_is_found_by_listing() {
+        let api = MockApi::start();
+        let client = client(&api, None);
+        let since = SystemTime::now();
+        let mut created_unseen = 0;
+        for seed in 0..24 {
+            api.set_batch_faults(Some(FaultMix {
+                rate: 1.0,
+                seed,
+                retry_after_secs: 1,
+            }));
+            let before = api.batch_count();
+            let error = client.create(&requests(&client, &letters(2))).unwrap_err();
+            assert!(error.is_retryable() && !error.is_fatal(), "{error:?}");
+            created_unseen += api.batch_count() - before;
+        }
+        api.set_batch_faults(None);
+        assert!(created_unseen > 0, "some seed cut a create");
+        assert_eq!(client.list_since(since).unwrap().len(), created_unseen);
+    }
+
+    #[test]
+    fn the_key_never_shows_in_an_error_or_debug_output() {
+        let api = MockApi::start();
+        let client = client(&api, None);
+        let mut requests = requests(&client, &letters(2));
+        requests[1].custom_id = "has space".into();
+        let rejected = client.create(&requests).unwrap_err();
+        let unknown = client.retrieve("msgbatch_nope").unwrap_err();
+        assert_eq!(unknown.api_status(), Some(404));
+        assert!(!matches!(unknown, Error::ModelNotFound { .. }));
+        let odd_id = client.retrieve("../messages").unwrap_err();
+        // Nothing listens on port 1 (tcpmux): the connection is refused.
+        let template = RequestTemplate::new(&spec(None), &options(&api));
+        let unreachable =
+            BatchClient::new("http://127.0.0.1:1", ApiKey(KEY.into()), Arc::new(template))
+                .retrieve("msgbatch_01")
+                .unwrap_err();
+        assert!(
+            matches!(unreachable, Error::Api { status: None, .. }) && unreachable.is_retryable(),
+            "{unreachable:?}"
+        );
+        let started = start_lane(&spec(None), 1, &options(&api), Lane::Batches).unwrap();
+        for shown in [
+            format!("{rejected} {rejected:?}"),
+            format!("{unknown} {unknown:?}"),
+            format!("{odd_id} {odd_id:?}"),
+            format!("{unreachable} {unreachable:?}"),
+            format!("{client:?}"),
+            format!("{:?}", started.backend),
+        ] {
+            assert!(!shown.contains(KEY), "{shown}");
+        }
+    }
+
+    #[test]
+    fn results_lines_are_read_one_at_a_time_and_a_bad_one_is_named() {
+        let api = MockApi::start();
+        let client = client(&api, None);
+        // One-hour writes as the API reported them, not all the writes.
+        let message = json!({
+            "id": "msg_01", "type": "message", "role": "assistant", "model": MODEL,
+            "content": [{"type": "text", "text": "The letter disputes invoice 4411."}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {
+                "input_tokens": 300, "output_tokens": 12,
+                "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 0,
+                "cache_creation": {"ephemeral_1h_input_tokens": 100, "ephemeral_5m_input_tokens": 900},
+            },
+        });
+        let body = format!(
+            "{}\n\n{}\nnot a result\n{}\n",
+            json!({"custom_id": "item-0", "result": {"type": "succeeded", "message": message}}),
+            json!({"custom_id": "item-1", "result": {"type": "canceled"}}),
+            json!({"custom_id": "item-2", "result": {"type": "expired"}}),
+        );
+        let mut seen = Vec::new();
+        let error = client
+            .read_results("msgbatch_01", Cursor::new(body), &mut |id, result| {
+                seen.push((id.to_string(), result))
+            })
+            .unwrap_err();
+        assert!(error.to_string().contains("line 4"), "{error}");
+        assert_eq!(
+            seen.len(),
+            2,
+            "the results before the bad line were handed over"
+        );
+        let response = answer(&seen[0].1);
+        let expected = crate::budget::call_cost_usd(
+            Some(MODEL),
+            &response.usage,
+            100,
+            crate::budget::Rate::Batch,
+        );
+        assert!((response.cost_usd - expected).abs() < 1e-12);
+        assert!(matches!(seen[1].1, BatchItemResult::Canceled));
     }
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::answer::{self, Outcome};
 use super::imp::Shared;
 use super::reply;
-use super::answer::{self, Outcome};
 use super::stream::{read_events, Message, Step};
 use crate::backend::{Abort, Billed, Conn, TurnEvent, TurnFailure, TurnRequest};
 use crate::budget::Rate;
@@ -65,7 +65,6 @@ impl CallFailure {
             unreachable: false,
         }
     }
-
 }
 
 impl ApiConn {
@@ -251,7 +250,6 @@ impl ApiConn {
             false
         }
     }
-
 }
 
 impl Conn for ApiConn {

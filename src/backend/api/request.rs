@@ -211,10 +211,9 @@ mod tests {
         let prompt = "Summarise the attached supplier letter, which disputes the late fee on \
                       invoice 4411 and asks for the penalty to be waived given the bank holiday.";
         let params: Value = serde_json::from_str(&template.params(prompt)).unwrap();
-        let streamed: Value = serde_json::from_slice(
-            &template.body(&[json!({"role": "user", "content": prompt})]),
-        )
-        .unwrap();
+        let streamed: Value =
+            serde_json::from_slice(&template.body(&[json!({"role": "user", "content": prompt})]))
+                .unwrap();
         assert!(params.get("stream").is_none());
         let mut without_stream = streamed.clone();
         without_stream.as_object_mut().unwrap().remove("stream");

@@ -70,7 +70,10 @@ impl Message {
                 Some("tool_use") => {
                     // As a stream would have given it: the input's JSON text.
                     let input = block.get("input").map(Value::to_string).unwrap_or_default();
-                    folded.tool_input.get_or_insert_with(String::new).push_str(&input);
+                    folded
+                        .tool_input
+                        .get_or_insert_with(String::new)
+                        .push_str(&input);
                 }
                 _ => {}
             }
