@@ -685,6 +685,35 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_warming_call_writes_an_hour_long_entry_and_is_billed_for_one() {
+        let api = MockApi::start();
+        api.set_cache_min_tokens(64);
+        api.set_reply(|_| Reply::text("Reviewed."));
+        let started = start_lane(&spec(None), 1, &options(&api), Lane::Batches).unwrap();
+        let crate::backend::Checkout::Ready(mut conn) =
+            started.backend.checkout(&|| false).unwrap()
+        else {
+            panic!("no connection");
+        };
+        let prompt = &letters(1)[0];
+        let request = crate::backend::TurnRequest {
+            prompt,
+            timeout: Duration::from_secs(60),
+            structured: false,
+        };
+        let response = conn.turn(&request, &mut |_| {}).unwrap();
+        let sent = api.last_request().unwrap();
+        assert!(sent.stream);
+        assert_eq!(sent.body["system"][0]["cache_control"]["ttl"], "1h");
+        let usage = response.usage;
+        assert!(usage.cache_creation_input_tokens > 0, "{usage:?}");
+        let (input, _) = crate::budget::list_price(Some(MODEL));
+        let expected = crate::budget::usage_cost_usd(Some(MODEL), &usage)
+            + usage.cache_creation_input_tokens as f64 * input * 0.75 / 1_000_000.0;
+        assert!((response.cost_usd - expected).abs() < 1e-12);
+    }
+
+    #[test]
     fn a_messages_session_has_no_batches() {
         let api = MockApi::start();
         let started = start_lane(&spec(None), 1, &options(&api), Lane::Messages).unwrap();
