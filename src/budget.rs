@@ -239,6 +239,45 @@ pub(crate) fn usage_cost_usd(model: Option<&str>, usage: &crate::Usage) -> f64 {
         / 1_000_000.0
 }
 
+/// How long a prompt-cache entry a request writes lives (its `cache_control.ttl`), which
+/// sets what writing it costs: 1.25 times the input price for five minutes, 2 times for an
+/// hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(not(feature = "api"), allow(dead_code))]
+pub(crate) enum CacheTtl {
+    #[default]
+    FiveMinutes,
+    OneHour,
+}
+
+/// What a call is billed at: the list price, or the Message Batches API's, half of it on
+/// every token (the cache multipliers apply on top, as the API bills them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "api"), allow(dead_code))]
+pub(crate) enum Rate {
+    List,
+    Batch,
+}
+
+/// What `usage` costs at `model`'s price and `rate`, `one_hour_writes` of its cache writes
+/// being one-hour entries (2 times the input price, not 1.25; more than it wrote counts as
+/// all of them).
+#[cfg_attr(not(feature = "api"), allow(dead_code))]
+pub(crate) fn call_cost_usd(
+    model: Option<&str>,
+    usage: &crate::Usage,
+    one_hour_writes: u64,
+    rate: Rate,
+) -> f64 {
+    let one_hour = one_hour_writes.min(usage.cache_creation_input_tokens);
+    let surcharge = one_hour as f64 * list_price(model).0 * (2.0 - 1.25) / 1_000_000.0;
+    let list = usage_cost_usd(model, usage) + surcharge;
+    match rate {
+        Rate::List => list,
+        Rate::Batch => list * 0.5,
+    }
+}
+
 /// What one item's prompt will cost for certain: `input_tokens` at the model's input price.
 pub(crate) fn prompt_cost_usd(model: Option<&str>, input_tokens: u64) -> f64 {
     input_tokens as f64 * list_price(model).0 / 1_000_000.0
@@ -268,6 +307,30 @@ mod tests {
         // Sonnet: 3 + 15 + 3.75 + 0.30.
         let cost = usage_cost_usd(Some("claude-sonnet-4-5"), &usage);
         assert!((cost - 22.05).abs() < 1e-9, "{cost}");
+    }
+
+    #[test]
+    fn batches_bill_half_and_one_hour_cache_writes_bill_double_input() {
+        let usage = crate::Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            cache_creation_input_tokens: 1_000_000,
+            cache_read_input_tokens: 1_000_000,
+        };
+        let sonnet = Some("claude-sonnet-4-5");
+        let list = call_cost_usd(sonnet, &usage, 0, Rate::List);
+        assert!(
+            (list - usage_cost_usd(sonnet, &usage)).abs() < 1e-12,
+            "{list}"
+        );
+        // Sonnet, every write an hour's: 3 + 15 + 6 + 0.30.
+        let one_hour = call_cost_usd(sonnet, &usage, 1_000_000, Rate::List);
+        assert!((one_hour - 24.30).abs() < 1e-9, "{one_hour}");
+        // Half of either in a batch; a count above the writes is all of them.
+        let batch = call_cost_usd(sonnet, &usage, 5_000_000, Rate::Batch);
+        assert!((batch - 12.15).abs() < 1e-9, "{batch}");
+        let half = call_cost_usd(sonnet, &usage, 0, Rate::Batch);
+        assert!((half - 22.05 / 2.0).abs() < 1e-9, "{half}");
     }
 
     #[test]

@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::answer::{self, Outcome};
 use super::imp::Shared;
-use super::options::ANTHROPIC_VERSION;
 use super::reply;
-use super::request::STRUCTURED_TOOL;
 use super::stream::{read_events, Message, Step};
 use crate::backend::{Abort, Billed, Conn, TurnEvent, TurnFailure, TurnRequest};
+use crate::budget::Rate;
 use crate::{Error, Response, Usage};
 
 /// The most of an error reply's body that is read.
-const MAX_ERROR_BODY: u64 = 64 << 10;
+pub(super) const MAX_ERROR_BODY: u64 = 64 << 10;
 
 /// A connection checked out of the backend; it goes back when dropped.
 pub(crate) struct ApiConn {
@@ -65,19 +65,6 @@ impl CallFailure {
             unreachable: false,
         }
     }
-
-    /// A call that could not connect at all.
-    fn unreachable(why: impl fmt::Display) -> CallFailure {
-        CallFailure {
-            error: Error::Api {
-                status: None,
-                message: format!("unable to connect to the API: {why}"),
-            },
-            usage: Usage::default(),
-            sent: false,
-            unreachable: true,
-        }
-    }
 }
 
 impl ApiConn {
@@ -119,10 +106,10 @@ impl ApiConn {
         }
         let agent = self.agent();
         let body = self.shared.template.body(messages);
-        let sent = agent
-            .post(&self.shared.endpoint)
-            .header("x-api-key", &self.shared.key.0)
-            .header("anthropic-version", ANTHROPIC_VERSION)
+        let sent = self
+            .shared
+            .key
+            .sign(agent.post(&self.shared.endpoint))
             .header("content-type", "application/json")
             .header("accept", "text/event-stream")
             .config()
@@ -215,24 +202,19 @@ impl ApiConn {
         if self.was_aborted() {
             return CallFailure::sent(Error::Cancelled, usage);
         }
-        match error {
-            ureq::Error::Timeout(_) => CallFailure::sent(Error::Timeout(timeout), usage),
-            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
-                CallFailure::unreachable(error)
-            }
-            ureq::Error::Io(io) if is_connect_refusal(&io) => CallFailure::unreachable(io),
-            other => {
+        match transport_error(error, timeout) {
+            Transport::Unreachable(error) => CallFailure {
+                error,
+                usage: Usage::default(),
+                sent: false,
+                unreachable: true,
+            },
+            Transport::TimedOut(error) => CallFailure::sent(error, usage),
+            Transport::Lost(error) => {
                 // The connection may have been reused after the server closed it: a new one
                 // for the next call.
                 self.agent = None;
-                let message = format!("the connection to the API was lost: {other}");
-                CallFailure::sent(
-                    Error::Api {
-                        status: None,
-                        message,
-                    },
-                    usage,
-                )
+                CallFailure::sent(error, usage)
             }
         }
     }
@@ -267,10 +249,6 @@ impl ApiConn {
         } else {
             false
         }
-    }
-
-    fn cost(&self, usage: &Usage) -> f64 {
-        crate::budget::usage_cost_usd(Some(self.shared.template.model()), usage)
     }
 }
 
@@ -330,19 +308,24 @@ impl ApiConn {
     ) -> Result<Response, TurnFailure> {
         let started = Instant::now();
         let deadline = crate::clock::saturating_add(started, request.timeout);
-        let structured = self.shared.template.is_structured();
+        let template = Arc::clone(&self.shared.template);
+        let structured = template.is_structured();
         let mut messages = self.history.clone();
         messages.push(json!({"role": "user", "content": request.prompt}));
         let mut usage = Usage::default();
+        // Of the cache writes in `usage`, those at the one-hour price.
+        let mut one_hour_writes = 0u64;
         let mut text = String::new();
         let mut calls = 0u32;
         let mut continuations = 0u32;
         let mut id = String::new();
-        let fail = |this: &Self, failure: CallFailure, usage: &mut Usage, calls: u32| {
+        let fail = |failure: CallFailure, usage: &mut Usage, one_hour_writes: u64, calls: u32| {
             usage.add(&failure.usage);
+            let one_hour_writes = one_hour_writes
+                + template.one_hour_writes(None, failure.usage.cache_creation_input_tokens);
             TurnFailure {
                 billed: Billed {
-                    cost_usd: this.cost(usage),
+                    cost_usd: template.cost_usd(usage, one_hour_writes, Rate::List),
                     usage: *usage,
                 },
                 error: failure.error,
@@ -359,7 +342,7 @@ impl ApiConn {
             let message = match self.call(&messages, deadline, request.timeout, events) {
                 Ok(message) => message,
                 Err(failure) => {
-                    let mut failure = fail(self, failure, &mut usage, calls);
+                    let mut failure = fail(failure, &mut usage, one_hour_writes, calls);
                     if let Error::IncompleteAnswer { partial, .. } = &mut failure.error {
                         *partial = format!("{text}{partial}");
                     }
@@ -367,106 +350,95 @@ impl ApiConn {
                 }
             };
             usage.add(&message.usage);
+            one_hour_writes += template.one_hour_writes(
+                message.one_hour_writes,
+                message.usage.cache_creation_input_tokens,
+            );
             if id.is_empty() {
                 id = message.id.clone();
             }
             text.push_str(&message.text);
-            let stop_reason = message.stop_reason.clone();
-            // The turn answered, but not with an answer: what it billed goes with the error.
-            let failed = |error: Error| TurnFailure {
-                error,
-                billed: Billed {
-                    cost_usd: self.cost(&usage),
-                    usage,
-                },
-                sent: true,
-                unreachable: false,
-            };
-            match stop_reason.as_deref() {
-                Some("refusal") => {
-                    return Err(failed(Error::Refused {
-                        message: if text.trim().is_empty() {
-                            "the API stopped the answer (stop_reason: refusal)".into()
-                        } else {
-                            crate::error::shorten(&text, 300)
-                        },
-                    }));
-                }
-                Some("max_tokens")
-                    if !structured && continuations < self.shared.max_continuations =>
-                {
+            let may_continue = !structured && continuations < self.shared.max_continuations;
+            match answer::outcome(text, &message, structured, may_continue) {
+                Outcome::Cut(so_far) => {
                     // Go on from where it stopped: the part so far as the start of the
                     // assistant's answer (the API refuses one that ends in white space).
                     continuations += 1;
+                    text = so_far;
                     let kept = text.trim_end().len();
                     text.truncate(kept);
                     let mut next = self.history.clone();
                     next.push(json!({"role": "user", "content": request.prompt}));
                     next.push(json!({"role": "assistant", "content": text}));
                     messages = next;
-                    continue;
                 }
-                Some(reason @ ("max_tokens" | "model_context_window_exceeded")) => {
-                    return Err(failed(Error::Truncated {
-                        stop_reason: reason.to_string(),
-                        partial: message.tool_input.filter(|_| structured).unwrap_or(text),
-                    }));
+                // The turn answered, but not with an answer: what it billed goes with the
+                // error.
+                Outcome::Failed(error) => {
+                    return Err(TurnFailure {
+                        error,
+                        billed: Billed {
+                            cost_usd: template.cost_usd(&usage, one_hour_writes, Rate::List),
+                            usage,
+                        },
+                        sent: true,
+                        unreachable: false,
+                    });
                 }
-                Some("pause_turn") => {
-                    return Err(failed(Error::IncompleteAnswer {
-                        stop_reason: Some("pause_turn".into()),
-                        partial: text,
-                    }));
+                Outcome::Answer {
+                    text: answer_text,
+                    structured: structured_value,
+                } => {
+                    self.history
+                        .push(json!({"role": "user", "content": request.prompt}));
+                    self.history
+                        .push(json!({"role": "assistant", "content": answer_text}));
+                    return Ok(Response {
+                        text: answer_text,
+                        structured: structured_value,
+                        usage,
+                        cost_usd: template.cost_usd(&usage, one_hour_writes, Rate::List),
+                        duration: started.elapsed(),
+                        num_turns: 1,
+                        session_id: id,
+                        api_retries: 0,
+                        stop_reason: message.stop_reason,
+                        continuations,
+                        api_calls: calls,
+                        replayed: false,
+                    });
                 }
-                _ => {}
             }
-            let structured_value = if structured {
-                let parsed = message.tool_input.as_deref().map(|input| {
-                    serde_json::from_str::<Value>(if input.trim().is_empty() {
-                        "{}"
-                    } else {
-                        input
-                    })
-                });
-                match parsed {
-                    Some(Ok(value)) => Some(value),
-                    Some(Err(error)) => {
-                        return Err(failed(Error::StructuredOutputInvalid(format!(
-                            "the {STRUCTURED_TOOL} input is not JSON: {error}"
-                        ))))
-                    }
-                    None => {
-                        return Err(failed(Error::StructuredOutputMissing {
-                            text: crate::error::shorten(&text, 200),
-                        }))
-                    }
-                }
-            } else {
-                None
-            };
-            let answer_text = match &structured_value {
-                Some(value) if text.is_empty() => value.to_string(),
-                _ => text,
-            };
-            self.history
-                .push(json!({"role": "user", "content": request.prompt}));
-            self.history
-                .push(json!({"role": "assistant", "content": answer_text}));
-            return Ok(Response {
-                text: answer_text,
-                structured: structured_value,
-                usage,
-                cost_usd: self.cost(&usage),
-                duration: started.elapsed(),
-                num_turns: 1,
-                session_id: id,
-                api_retries: 0,
-                stop_reason,
-                continuations,
-                api_calls: calls,
-                replayed: false,
-            });
         }
+    }
+}
+
+/// What a call that failed in ureq (before a reply's head came) stands for.
+pub(super) enum Transport {
+    /// It could not connect at all: nothing went out.
+    Unreachable(Error),
+    /// A timeout: it may have gone out.
+    TimedOut(Error),
+    /// The connection failed after it was made: it may have gone out.
+    Lost(Error),
+}
+
+/// Sort a ureq failure; `timeout` is the limit a timeout reports.
+pub(super) fn transport_error(error: ureq::Error, timeout: Duration) -> Transport {
+    let unreachable = |why: &dyn fmt::Display| {
+        Transport::Unreachable(Error::Api {
+            status: None,
+            message: format!("unable to connect to the API: {why}"),
+        })
+    };
+    match error {
+        ureq::Error::Timeout(_) => Transport::TimedOut(Error::Timeout(timeout)),
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => unreachable(&error),
+        ureq::Error::Io(io) if is_connect_refusal(&io) => unreachable(&io),
+        other => Transport::Lost(Error::Api {
+            status: None,
+            message: format!("the connection to the API was lost: {other}"),
+        }),
     }
 }
 

@@ -5,12 +5,17 @@
 //!
 //! `options` holds what only this backend understands (always compiled, so a builder names
 //! it without the feature); `request` builds a call's body, `stream` folds its events into
-//! an answer, `reply` reads a reply's head and error body, `conn` runs a turn. [`start`]
-//! makes a session's backend of them.
+//! an answer, `answer` judges a whole message (streamed or a batch's), `reply` reads a
+//! reply's head and error body, `conn` runs a turn, `batch` speaks the Message Batches API.
+//! [`start`] makes a session's backend of them.
 
 mod options;
 pub use options::ApiOptions;
 
+#[cfg(feature = "api")]
+mod answer;
+#[cfg(feature = "api")]
+mod batch;
 #[cfg(feature = "api")]
 mod conn;
 #[cfg(feature = "api")]
@@ -22,6 +27,23 @@ mod stream;
 
 #[cfg(feature = "api")]
 pub(crate) use imp::start;
+// Until the session builder makes `Backend::Batches` sessions (issue 27, engine half).
+#[cfg(feature = "api")]
+#[allow(unused_imports)]
+pub(crate) use imp::start_lane;
+
+/// How a session's items reach the API.
+#[cfg_attr(not(feature = "api"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// One `/v1/messages` call per turn, from the worker that runs the item.
+    Messages,
+    /// The Message Batches API (half price, answers within 24 hours):
+    /// [`Backend::batches`](crate::backend::Backend::batches) gives its client, and
+    /// `checkout` still answers through `/v1/messages` (the request that warms the prompt
+    /// cache before a batch, conversations). The system block is cached for an hour.
+    Batches,
+}
 
 #[cfg(feature = "api")]
 mod imp {
@@ -33,11 +55,15 @@ mod imp {
 
     use parking_lot::{Condvar, Mutex};
 
+    use super::batch::BatchClient;
     use super::conn::ApiConn;
-    use super::options::{ApiOptions, DEFAULT_BASE_URL};
+    use super::options::{ApiOptions, ANTHROPIC_VERSION, DEFAULT_BASE_URL};
     use super::request::RequestTemplate;
+    use super::Lane;
+    use crate::backend::batch::BatchApi;
     use crate::backend::spec::AnswerSpec;
     use crate::backend::{Backend, BackendStats, Checkout, Conn, Started};
+    use crate::budget::CacheTtl;
     use crate::Error;
 
     /// How often a checkout waiting for a free connection asks its `should_stop` again,
@@ -54,12 +80,37 @@ mod imp {
         }
     }
 
-    /// Find the key and the address, and make the session's backend. `options` were
-    /// validated.
+    impl ApiKey {
+        /// `request` with what every call to the API carries: the key and the version.
+        pub(super) fn sign<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+            request
+                .header("x-api-key", &self.0)
+                .header("anthropic-version", ANTHROPIC_VERSION)
+        }
+    }
+
+    /// [`start_lane`] for the Messages lane.
     pub(crate) fn start(
         spec: &AnswerSpec,
         concurrency: usize,
         options: &ApiOptions,
+    ) -> Result<Started, Error> {
+        start_lane(spec, concurrency, options, Lane::Messages)
+    }
+
+    /// Find the key and the address, and make the session's backend for `lane`: with
+    /// [`Lane::Batches`], [`Backend::batches`] gives a [`BatchClient`] on the same key,
+    /// address and request settings (its system block cached for an hour, on the
+    /// streamed calls too), and `checkout` still answers as on the Messages lane.
+    /// `options` were validated.
+    // Until the session builder makes `Backend::Batches` sessions (issue 27, engine half):
+    // the only caller outside the tests.
+    #[allow(dead_code)]
+    pub(crate) fn start_lane(
+        spec: &AnswerSpec,
+        concurrency: usize,
+        options: &ApiOptions,
+        lane: Lane,
     ) -> Result<Started, Error> {
         let key = options
             .api_key
@@ -89,12 +140,20 @@ mod imp {
                 crate::error::shorten(&base_url, 80)
             )));
         }
-        let template = RequestTemplate::new(spec, options);
+        let cache_ttl = match lane {
+            Lane::Messages => CacheTtl::FiveMinutes,
+            Lane::Batches => CacheTtl::OneHour,
+        };
+        let template = Arc::new(RequestTemplate::new(spec, options).with_cache_ttl(cache_ttl));
         let answer_settings = Ok(template.fingerprint());
         let model = Some(template.model().to_string());
+        let base_url = base_url.trim_end_matches('/');
+        let key = ApiKey(key);
+        let batches = (lane == Lane::Batches)
+            .then(|| BatchClient::new(base_url, key.clone(), Arc::clone(&template)));
         let shared = Arc::new(Shared {
-            endpoint: format!("{}/v1/messages", base_url.trim_end_matches('/')),
-            key: ApiKey(key),
+            endpoint: format!("{base_url}/v1/messages"),
+            key,
             template,
             max_continuations: options.max_continuations,
             concurrency,
@@ -103,7 +162,7 @@ mod imp {
             agents_made: AtomicU64::new(0),
         });
         Ok(Started {
-            backend: Box::new(ApiBackend { shared }),
+            backend: Box::new(ApiBackend { shared, batches }),
             program: None,
             answer_settings,
             model,
@@ -114,7 +173,7 @@ mod imp {
     pub(super) struct Shared {
         pub(super) endpoint: String,
         pub(super) key: ApiKey,
-        pub(super) template: RequestTemplate,
+        pub(super) template: Arc<RequestTemplate>,
         pub(super) max_continuations: u32,
         concurrency: usize,
         slots: Mutex<Slots>,
@@ -191,6 +250,8 @@ mod imp {
     /// A session's connections to the Messages API.
     pub(crate) struct ApiBackend {
         shared: Arc<Shared>,
+        /// On the batch lane.
+        batches: Option<BatchClient>,
     }
 
     impl Backend for ApiBackend {
@@ -257,6 +318,10 @@ mod imp {
         fn stats(&self) -> BackendStats {
             BackendStats::default()
         }
+
+        fn batches(&self) -> Option<&dyn BatchApi> {
+            self.batches.as_ref().map(|client| client as &dyn BatchApi)
+        }
     }
 
     impl fmt::Debug for ApiBackend {
@@ -267,6 +332,7 @@ mod imp {
                 .field("model", &self.shared.template.model())
                 .field("connections_busy", &slots.busy.len())
                 .field("connections_idle", &slots.idle.len())
+                .field("batches", &self.batches)
                 .finish()
         }
     }

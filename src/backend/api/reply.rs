@@ -78,14 +78,16 @@ pub(super) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     (secs >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
 
-/// The error a reply with status `status` and body `body` stands for.
-pub(super) fn error_of(status: u16, body: &str) -> Error {
+/// An error body's `error.type` (empty when it has none) and `error.message` (else the
+/// body itself, shortened, else `HTTP <status>`).
+pub(super) fn error_parts(status: u16, body: &str) -> (String, String) {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let error = parsed.as_ref().map(|v| &v["error"]);
     let kind = error
         .and_then(|e| e.get("type"))
         .and_then(Value::as_str)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_string();
     let message = error
         .and_then(|e| e.get("message"))
         .and_then(Value::as_str)
@@ -96,6 +98,12 @@ pub(super) fn error_of(status: u16, body: &str) -> Error {
     } else {
         message
     };
+    (kind, message)
+}
+
+/// The error a reply with status `status` and body `body` stands for.
+pub(super) fn error_of(status: u16, body: &str) -> Error {
+    let (kind, message) = error_parts(status, body);
     let lower = message.to_ascii_lowercase();
     let spend_limit = [
         "usage limit",
@@ -126,15 +134,31 @@ pub(super) fn error_of(status: u16, body: &str) -> Error {
 /// headers, an internal error).
 pub(super) fn stream_error_of(kind: &str, message: &str) -> Error {
     let status = match kind {
-        "overloaded_error" => Some(529),
-        "rate_limit_error" => Some(429),
-        "api_error" => Some(500),
+        "overloaded_error" | "rate_limit_error" | "api_error" => status_of_error_type(kind),
         _ => None,
     };
     Error::Api {
         status,
         message: format!("{kind} in the answer's stream: {message}"),
     }
+}
+
+/// The HTTP status the API answers an error of type `kind` with (its documented pairs), for
+/// an error that came without one (in a stream, in a batch's results).
+pub(super) fn status_of_error_type(kind: &str) -> Option<u16> {
+    Some(match kind {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "billing_error" => 402,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "api_error" => 500,
+        "timeout_error" => 504,
+        "overloaded_error" => 529,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

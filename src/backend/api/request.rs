@@ -6,6 +6,8 @@ use sha2::{Digest, Sha256};
 
 use super::options::{ApiOptions, ANTHROPIC_VERSION};
 use crate::backend::spec::AnswerSpec;
+use crate::budget::{CacheTtl, Rate};
+use crate::Usage;
 
 /// The tool a structured answer is given through: the only one offered, and forced.
 pub(super) const STRUCTURED_TOOL: &str = "structured_output";
@@ -33,6 +35,9 @@ pub(super) struct RequestTemplate {
     system: Option<String>,
     schema: Option<Value>,
     effort: Option<&'static str>,
+    /// How long the system block's cache entry lives: an hour for a batch session, whose
+    /// requests are processed over up to an hour after one request wrote it.
+    cache_ttl: CacheTtl,
 }
 
 impl RequestTemplate {
@@ -52,7 +57,15 @@ impl RequestTemplate {
             system: (!parts.is_empty()).then(|| parts.join("\n\n")),
             schema: spec.json_schema.clone(),
             effort: spec.effort.map(|e| e.as_str()),
+            cache_ttl: CacheTtl::FiveMinutes,
         }
+    }
+
+    /// The same, its system block cached for `ttl` (the answer does not change: the
+    /// fingerprint leaves it out).
+    pub(super) fn with_cache_ttl(mut self, ttl: CacheTtl) -> RequestTemplate {
+        self.cache_ttl = ttl;
+        self
     }
 
     pub(super) fn model(&self) -> &str {
@@ -69,19 +82,36 @@ impl RequestTemplate {
 
     /// The body of a call with these messages, streamed.
     pub(super) fn body(&self, messages: &[Value]) -> Vec<u8> {
+        let mut body = self.request(messages);
+        body["stream"] = json!(true);
+        serde_json::to_vec(&body).expect("a JSON value serialises")
+    }
+
+    /// A batch request's `params` answering `prompt`: a streamed call's body for one user
+    /// message, without `stream` (the API refuses a batch request that streams).
+    pub(super) fn params(&self, prompt: &str) -> String {
+        let messages = [json!({"role": "user", "content": prompt})];
+        serde_json::to_string(&self.request(&messages)).expect("a JSON value serialises")
+    }
+
+    /// What a call with these messages asks, streamed or not.
+    fn request(&self, messages: &[Value]) -> Value {
         let mut body = json!({
             "model": self.model,
             "max_tokens": self.max_tokens,
-            "stream": true,
             "messages": messages,
         });
         if let Some(system) = &self.system {
             // One block, marked: every item shares it, so the API caches it once (the
             // warm-up gate makes one item write it before the others read it).
+            let cache_control = match self.cache_ttl {
+                CacheTtl::FiveMinutes => json!({"type": "ephemeral"}),
+                CacheTtl::OneHour => json!({"type": "ephemeral", "ttl": "1h"}),
+            };
             body["system"] = json!([{
                 "type": "text",
                 "text": system,
-                "cache_control": {"type": "ephemeral"},
+                "cache_control": cache_control,
             }]);
         }
         if let Some(schema) = &self.schema {
@@ -95,7 +125,23 @@ impl RequestTemplate {
         if let Some(effort) = self.effort {
             body["output_config"] = json!({ "effort": effort });
         }
-        serde_json::to_vec(&body).expect("a JSON value serialises")
+        body
+    }
+
+    /// Of a call's `writes` cache-write tokens, those billed as one-hour entries: what the
+    /// API `reported` (`cache_creation.ephemeral_1h_input_tokens`) when it did, else all
+    /// or none by the session's TTL.
+    pub(super) fn one_hour_writes(&self, reported: Option<u64>, writes: u64) -> u64 {
+        reported.unwrap_or(match self.cache_ttl {
+            CacheTtl::FiveMinutes => 0,
+            CacheTtl::OneHour => writes,
+        })
+    }
+
+    /// What `usage` costs on this session's model at `rate`, `one_hour_writes` of its cache
+    /// writes being one-hour entries.
+    pub(super) fn cost_usd(&self, usage: &Usage, one_hour_writes: u64, rate: Rate) -> f64 {
+        crate::budget::call_cost_usd(Some(&self.model), usage, one_hour_writes, rate)
     }
 
     /// Tokens a call carries besides the prompt and the system prompt (its framing and the
@@ -156,6 +202,48 @@ mod tests {
         assert_eq!(body["output_config"]["effort"], "low");
         assert_eq!(body["messages"][0]["content"], "Is invoice 4411 overdue?");
         assert!(body.get("tools").is_none());
+    }
+
+    #[test]
+    fn a_batch_request_is_the_streamed_body_without_stream_and_an_hour_long_cache() {
+        let template = RequestTemplate::new(&spec(), &ApiOptions::default().max_tokens(512))
+            .with_cache_ttl(CacheTtl::OneHour);
+        let prompt = "Summarise the attached supplier letter, which disputes the late fee on \
+                      invoice 4411 and asks for the penalty to be waived given the bank holiday.";
+        let params: Value = serde_json::from_str(&template.params(prompt)).unwrap();
+        let streamed: Value =
+            serde_json::from_slice(&template.body(&[json!({"role": "user", "content": prompt})]))
+                .unwrap();
+        assert!(params.get("stream").is_none());
+        let mut without_stream = streamed.clone();
+        without_stream.as_object_mut().unwrap().remove("stream");
+        assert_eq!(params, without_stream);
+        // The cache-warming call (streamed) writes what the batch's requests read.
+        assert_eq!(streamed["system"][0]["cache_control"]["ttl"], "1h");
+        assert_eq!(params["messages"][0]["content"], prompt);
+        // A Messages session keeps the default five minutes.
+        let messages = RequestTemplate::new(&spec(), &ApiOptions::default());
+        let body: Value = serde_json::from_slice(&messages.body(&[])).unwrap();
+        assert_eq!(
+            body["system"][0]["cache_control"],
+            json!({"type": "ephemeral"})
+        );
+        // The TTL does not change an answer.
+        assert_eq!(
+            RequestTemplate::new(&spec(), &ApiOptions::default().max_tokens(512)).fingerprint(),
+            template.fingerprint()
+        );
+    }
+
+    #[test]
+    fn cache_writes_are_priced_by_what_the_api_said_else_by_the_session_ttl() {
+        let options = ApiOptions::default();
+        let five = RequestTemplate::new(&spec(), &options);
+        let hour = RequestTemplate::new(&spec(), &options).with_cache_ttl(CacheTtl::OneHour);
+        assert_eq!(five.one_hour_writes(None, 1500), 0);
+        assert_eq!(hour.one_hour_writes(None, 1500), 1500);
+        assert_eq!(hour.one_hour_writes(Some(200), 1500), 200);
+        assert_eq!(five.one_hour_writes(Some(200), 1500), 200);
     }
 
     #[test]

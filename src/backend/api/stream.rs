@@ -21,6 +21,9 @@ pub(super) struct Message {
     pub tool_input: Option<String>,
     pub stop_reason: Option<String>,
     pub usage: Usage,
+    /// Of the cache writes, those the API said were one-hour entries
+    /// (`usage.cache_creation.ephemeral_1h_input_tokens`), when it said.
+    pub one_hour_writes: Option<u64>,
     /// `message_stop` came: the call is whole.
     pub stopped: bool,
 }
@@ -43,6 +46,42 @@ pub(super) struct StreamError {
 }
 
 impl Message {
+    /// A whole message as a call without streaming gives it (a batch's result): the same
+    /// fields a stream's events fold into, so both are judged by one `answer::outcome`.
+    pub(super) fn from_object(message: &Value) -> Message {
+        let mut folded = Message {
+            id: message
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            stop_reason: message
+                .get("stop_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            stopped: true,
+            ..Message::default()
+        };
+        for block in message["content"].as_array().into_iter().flatten() {
+            match block.get("type").and_then(Value::as_str) {
+                Some("text") => folded
+                    .text
+                    .push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+                Some("tool_use") => {
+                    // As a stream would have given it: the input's JSON text.
+                    let input = block.get("input").map(Value::to_string).unwrap_or_default();
+                    folded
+                        .tool_input
+                        .get_or_insert_with(String::new)
+                        .push_str(&input);
+                }
+                _ => {}
+            }
+        }
+        folded.take_usage(&message["usage"]);
+        folded
+    }
+
     /// Fold one event's data into the answer.
     pub(super) fn apply(&mut self, data: &Value) -> Result<Step, StreamError> {
         let kind = data.get("type").and_then(Value::as_str).unwrap_or_default();
@@ -131,6 +170,13 @@ impl Message {
         }
         if let Some(n) = count("output_tokens") {
             self.usage.output_tokens = n;
+        }
+        if let Some(n) = usage
+            .get("cache_creation")
+            .and_then(|c| c.get("ephemeral_1h_input_tokens"))
+            .and_then(Value::as_u64)
+        {
+            self.one_hour_writes = Some(n);
         }
     }
 }
