@@ -80,7 +80,8 @@ pub use progress::{BatchProgress, Progress};
 pub use response::{Response, Usage};
 pub use retry::RetryPolicy;
 pub use session::{
-    ApiOptions, Backend, BatchCancel, CliOptions, Effort, PermissionMode, Session, SessionBuilder, CLI_ENV_VAR,
+    ApiOptions, Backend, BatchCancel, CliOptions, Effort, PermissionMode, Session, SessionBuilder,
+    CLI_ENV_VAR,
 };
 pub use stats::Stats;
 pub use throttle::Throttle;

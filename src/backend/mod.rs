@@ -15,8 +15,6 @@
 
 #[cfg_attr(not(feature = "api"), allow(dead_code))]
 pub(crate) mod api;
-// Until the engine's batched path (issue 27) uses it.
-#[allow(dead_code)]
 pub(crate) mod batch;
 pub(crate) mod cli;
 pub(crate) mod spec;
@@ -195,8 +193,6 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// The backend's batch submission, when it answers items in batches (the Message
     /// Batches API); `checkout` then still answers what cannot wait for a batch (the one
     /// request that warms the prompt cache first).
-    // Until the engine's batched path (issue 27) calls it.
-    #[allow(dead_code)]
     fn batches(&self) -> Option<&dyn batch::BatchApi> {
         None
     }

@@ -22,11 +22,11 @@ use rayon::prelude::*;
 use super::attempt::{ConnSource, SessionWorld};
 use super::life::{self, Answer, Ask, Event, Judged, Policy, World};
 use super::Run;
+use crate::admission::Reservation;
 use crate::backend::batch::{
     BatchApi, BatchItemResult, BatchRequest, BatchState, BatchStatus, MAX_BATCH_BYTES,
 };
 use crate::backend::Billed;
-use crate::admission::Reservation;
 use crate::journal::format::Key;
 use crate::progress::BatchProgress;
 use crate::session::builder::MAX_BATCH_POLL_INTERVAL;
@@ -138,20 +138,17 @@ where
     };
     // The prompts, built on the session's threads (a prompt closure may read a file); a
     // panic in one fails its item only.
-    let (items, prompts): (Vec<T>, Vec<Result<String, Error>>) =
-        run.on_threads(|| {
-            items
-                .into_par_iter()
-                .map(|item| {
-                    let prompt =
-                        catch_unwind(AssertUnwindSafe(|| prompt_fn(&item).as_ref().to_owned()))
-                            .map_err(|panic| {
-                                Error::Panicked(life::panic_message(panic.as_ref()))
-                            });
-                    (item, prompt)
-                })
-                .unzip()
-        });
+    let (items, prompts): (Vec<T>, Vec<Result<String, Error>>) = run.on_threads(|| {
+        items
+            .into_par_iter()
+            .map(|item| {
+                let prompt =
+                    catch_unwind(AssertUnwindSafe(|| prompt_fn(&item).as_ref().to_owned()))
+                        .map_err(|panic| Error::Panicked(life::panic_message(panic.as_ref())));
+                (item, prompt)
+            })
+            .unzip()
+    });
     let mut batched = Batched {
         run,
         api,
@@ -549,7 +546,11 @@ impl<'r> Batched<'r> {
                 for _ in &requests {
                     self.run.session().admission().count_batched_request();
                 }
-                log::info!("submitted batch {} of {} requests", state.id, requests.len());
+                log::info!(
+                    "submitted batch {} of {} requests",
+                    state.id,
+                    requests.len()
+                );
                 let batch = self.batches.len();
                 let mut jobs = HashMap::with_capacity(indices.len());
                 for (index, request) in indices.into_iter().zip(requests) {
@@ -569,8 +570,8 @@ impl<'r> Batched<'r> {
                 // connection cut after the request went out) it may have been: its intent
                 // stays open for a rerun to look for, and its items are not asked again in
                 // this run, which could pay for them twice.
-                let not_created = error.api_status().is_some()
-                    || matches!(error, Error::BatchRejected { .. });
+                let not_created =
+                    error.api_status().is_some() || matches!(error, Error::BatchRejected { .. });
                 if error.is_fatal() {
                     self.world.fail_fatally(&error);
                 }
@@ -671,11 +672,12 @@ impl<'r> Batched<'r> {
         let mut unknown = 0usize;
         {
             let jobs = &self.batches[batch].jobs;
-            self.api.results(&id, &mut |custom_id, result| match jobs.get(custom_id) {
-                Some(&job) => results.push((job, result)),
-                // Another run's request in an adopted batch, or a stray line.
-                None => unknown += 1,
-            })?;
+            self.api
+                .results(&id, &mut |custom_id, result| match jobs.get(custom_id) {
+                    Some(&job) => results.push((job, result)),
+                    // Another run's request in an adopted batch, or a stray line.
+                    None => unknown += 1,
+                })?;
         }
         if unknown > 0 {
             log::debug!("batch {id}: {unknown} results are not this run's");
@@ -783,10 +785,7 @@ impl<'r> Batched<'r> {
                 job.last = None;
                 return None;
             }
-            Judged::AskAgain(_) => Err(job
-                .last
-                .clone()
-                .unwrap_or(Error::Cancelled)),
+            Judged::AskAgain(_) => Err(job.last.clone().unwrap_or(Error::Cancelled)),
             Judged::TryFailed(error) => {
                 if settling {
                     Err(life::keep_last(job.last.take(), error))

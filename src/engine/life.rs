@@ -292,7 +292,10 @@ pub(crate) fn judge(
                     choice: Some(choice),
                 },
                 (None, Ask::First) => {
-                    log::debug!("answer {:?} is not allowed; asking once more", response.text);
+                    log::debug!(
+                        "answer {:?} is not allowed; asking once more",
+                        response.text
+                    );
                     Judged::AskAgain(strict::reminder(prompt, &response.text, allowed))
                 }
                 (None, Ask::Second) => Judged::Fails(strict::invalid(&response.text, allowed)),

@@ -52,7 +52,11 @@ impl Run {
     }
 
     /// One prompt's life, in a batch of its own on a batch session.
-    pub(crate) fn answer_one(&self, prompt: &str, policy: &Policy<'_>) -> Result<Answer, Failed<()>> {
+    pub(crate) fn answer_one(
+        &self,
+        prompt: &str,
+        policy: &Policy<'_>,
+    ) -> Result<Answer, Failed<()>> {
         if self.is_batched() {
             let mut outcomes = self.answer_items(vec![()], &|_: &()| prompt, policy, |o| o);
             return outcomes

@@ -596,9 +596,13 @@ mod tests {
         let path = dir.path().join("j.jsonl");
         let ids = |n: std::ops::Range<usize>| n.map(|i| key(i).to_hex()).collect::<Vec<_>>();
         let journal = Journal::open(&path).unwrap();
-        journal.batch_intent("s1", 1_764_770_000, &ids(0..3)).unwrap();
+        journal
+            .batch_intent("s1", 1_764_770_000, &ids(0..3))
+            .unwrap();
         journal.batch_created("s1", "msgbatch_a").unwrap();
-        journal.batch_intent("s2", 1_764_770_100, &ids(3..5)).unwrap();
+        journal
+            .batch_intent("s2", 1_764_770_100, &ids(3..5))
+            .unwrap();
         journal.record(key(0), Ok(&answer("zero")));
         drop(journal);
         let journal = Journal::open(&path).unwrap();
@@ -606,7 +610,10 @@ mod tests {
         assert_eq!(open.len(), 2);
         assert_eq!(open[0].id.as_deref(), Some("msgbatch_a"));
         assert_eq!(open[0].custom_ids, ids(0..3));
-        assert_eq!((open[1].id.as_deref(), open[1].since), (None, 1_764_770_100));
+        assert_eq!(
+            (open[1].id.as_deref(), open[1].since),
+            (None, 1_764_770_100)
+        );
         assert_eq!(journal.len(), 1, "a batch record is not an answer");
         journal.batch_done("s1").unwrap();
         drop(journal);

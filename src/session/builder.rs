@@ -825,8 +825,12 @@ fn start_api(
 ) -> Result<crate::backend::Started, Error> {
     #[cfg(feature = "api")]
     {
-        let _ = batches; // wired when the batch client lands
-        crate::backend::api::start(&settings.spec, settings.concurrency, api)
+        let lane = if batches {
+            crate::backend::api::Lane::Batches
+        } else {
+            crate::backend::api::Lane::Messages
+        };
+        crate::backend::api::start_lane(&settings.spec, settings.concurrency, api, lane)
     }
     #[cfg(not(feature = "api"))]
     {

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use claude_rayon::prelude::*;
-use claude_rayon::{Backend, BatchCancel, Cancel, Error, Journal, Outcome, Session, SessionBuilder};
+use claude_rayon::{
+    Backend, BatchCancel, Cancel, Error, Journal, Outcome, Session, SessionBuilder,
+};
 use rayon::prelude::*;
 use support::mock_api::{BatchOutcome, BatchStatus, MockApi};
 
@@ -37,7 +39,10 @@ fn prompt(ticket: &str) -> String {
 
 /// Every request the mock's batches hold, by `custom_id`, over all batches.
 fn submitted_ids(api: &MockApi) -> Vec<String> {
-    api.batches().into_iter().flat_map(|b| b.custom_ids).collect()
+    api.batches()
+        .into_iter()
+        .flat_map(|b| b.custom_ids)
+        .collect()
 }
 
 fn is_valid_custom_id(id: &str) -> bool {
@@ -68,12 +73,18 @@ fn ten_thousand_items_go_out_in_two_batches_and_come_back_in_order_at_half_price
     assert_eq!(batches[0].custom_ids.len(), 6_000);
     assert_eq!(batches[1].custom_ids.len(), 4_000);
     let stats = session.stats();
-    assert_eq!((stats.succeeded, stats.failed, stats.batches), (10_000, 0, 2));
+    assert_eq!(
+        (stats.succeeded, stats.failed, stats.batches),
+        (10_000, 0, 2)
+    );
     assert_eq!(stats.requests, 10_000);
     // Half the Messages API's price for the same tokens.
     assert!(stats.cost_usd > 0.0);
     let ratio = stats.cost_usd / stats.cost_usd_at_messages_price;
-    assert!((ratio - 0.5).abs() < 1e-9, "batch/messages cost ratio {ratio}");
+    assert!(
+        (ratio - 0.5).abs() < 1e-9,
+        "batch/messages cost ratio {ratio}"
+    );
     // Nothing went through /v1/messages.
     assert_eq!(api.request_count(), 0);
 }
@@ -95,7 +106,11 @@ fn the_same_prompt_twice_is_one_request_and_every_id_is_one_the_api_accepts() {
         .collect();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let ids = submitted_ids(&api);
-    assert_eq!(ids.len(), items.len() - 2, "a duplicated prompt is asked once");
+    assert_eq!(
+        ids.len(),
+        items.len() - 2,
+        "a duplicated prompt is asked once"
+    );
     assert!(ids.iter().all(|id| is_valid_custom_id(id)), "{ids:?}");
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
     // Both copies of a duplicated item get its answer.
@@ -181,7 +196,11 @@ fn a_cancel_cancels_the_batch_and_keeps_the_answers_it_had() {
         cancel.cancel();
         run.join().unwrap()
     });
-    assert_eq!(outcome.ok.len(), 15, "the answers from before the cancel are kept");
+    assert_eq!(
+        outcome.ok.len(),
+        15,
+        "the answers from before the cancel are kept"
+    );
     assert_eq!(outcome.dead_letter.len(), 25);
     assert!(outcome
         .dead_letter
@@ -233,7 +252,11 @@ fn a_cancel_can_leave_the_batch_running_for_a_rerun_to_read() {
         .claude_map(&session, |t| prompt(t))
         .collect();
     assert_eq!(outcome.ok.len(), 30, "{:?}", outcome.dead_letter);
-    assert_eq!(api.batch_count(), 1, "the rerun read the batch left running");
+    assert_eq!(
+        api.batch_count(),
+        1,
+        "the rerun read the batch left running"
+    );
     assert_eq!(session.stats().batches, 0);
 }
 
@@ -286,12 +309,16 @@ fn a_run_killed_after_submission_is_finished_by_a_rerun_without_a_new_batch() {
         .spawn()
         .unwrap();
     // 400 items at 150 a batch: three batches, each journaled with its id.
-    support::wait_until("three batches submitted and journaled", Duration::from_secs(60), || {
-        let journaled = std::fs::read_to_string(&path)
-            .map(|j| j.matches("\"id\":\"msgbatch").count())
-            .unwrap_or(0);
-        api.batch_count() == 3 && journaled == 3
-    });
+    support::wait_until(
+        "three batches submitted and journaled",
+        Duration::from_secs(60),
+        || {
+            let journaled = std::fs::read_to_string(&path)
+                .map(|j| j.matches("\"id\":\"msgbatch").count())
+                .unwrap_or(0);
+            api.batch_count() == 3 && journaled == 3
+        },
+    );
     // Part of one batch is answered before the kill, so some results may be read already.
     let first = api.batches()[0].id.clone();
     api.advance_batch(&first, 150);
@@ -366,17 +393,18 @@ fn a_long_shared_prompt_is_cached_by_one_messages_call_before_the_batch() {
     let rubric = "Rate the ticket's urgency from the customer's words and the business \
         impact they describe; quote the phrase that decided it. "
         .repeat(60);
-    let session = builder(&api)
-        .append_system_prompt(&rubric)
-        .build()
-        .unwrap();
+    let session = builder(&api).append_system_prompt(&rubric).build().unwrap();
     let items = tickets(30);
     let outcome: Outcome<_, _> = items
         .par_iter()
         .claude_map(&session, |t| prompt(t))
         .collect();
     assert_eq!(outcome.ok.len(), 30);
-    assert_eq!(api.request_count(), 1, "one /v1/messages call warms the cache");
+    assert_eq!(
+        api.request_count(),
+        1,
+        "one /v1/messages call warms the cache"
+    );
     let warm = api.requests()[0].clone();
     assert_eq!(
         warm.body["system"][0]["cache_control"]["ttl"], "1h",
@@ -384,7 +412,10 @@ fn a_long_shared_prompt_is_cached_by_one_messages_call_before_the_batch() {
     );
     let batch = &api.batches()[0];
     assert_eq!(batch.custom_ids.len(), 29);
-    assert_eq!(batch.billed.cache_write, 0, "the batch reads what the call wrote");
+    assert_eq!(
+        batch.billed.cache_write, 0,
+        "the batch reads what the call wrote"
+    );
     assert!(batch.billed.cache_read > 0);
 }
 
@@ -394,7 +425,7 @@ fn a_strict_answer_outside_the_set_is_asked_again_in_a_follow_up_batch() {
     api.set_reply(|p| {
         let verdict = if p.contains("earlier reply") {
             "no"
-        } else if p.contains("invoice") {
+        } else if p.contains("our ledger") {
             "yes"
         } else {
             "Well, it depends on the customer."
@@ -403,7 +434,8 @@ fn a_strict_answer_outside_the_set_is_asked_again_in_a_follow_up_batch() {
     });
     let session = builder(&api).build().unwrap();
     let mut items = tickets(6);
-    items[0].push_str(" The invoice was paid twice.");
+    assert!(items.iter().all(|t| !t.contains("our ledger")));
+    items[0].push_str(" Our bank statement and our ledger show the payment twice.");
     let kept: Vec<_> = items
         .par_iter()
         .claude_filter(&session, |t| format!("Is this ticket about money?\n{t}"))
@@ -437,7 +469,10 @@ fn streams_pipelines_and_conversations_refuse_a_batch_session() {
         .prompt(|t: &String| prompt(t))
         .on_batch(|_| {})
         .run();
-    assert!(matches!(pipeline, Err(Error::InvalidConfig(_))), "{pipeline:?}");
+    assert!(
+        matches!(pipeline, Err(Error::InvalidConfig(_))),
+        "{pipeline:?}"
+    );
     let mut conversation = session.conversation();
     let turn = conversation.send("Hello there, a question about my order follows.");
     assert!(matches!(turn, Err(Error::InvalidConfig(_))), "{turn:?}");
@@ -453,7 +488,10 @@ fn the_key_is_in_no_error_and_a_missing_feature_or_bad_setting_is_named() {
     let api = MockApi::start();
     let error = builder(&api).max_batch_requests(0).build().unwrap_err();
     assert!(error.to_string().contains("max_batch_requests"), "{error}");
-    let error = builder(&api).max_batch_requests(100_001).build().unwrap_err();
+    let error = builder(&api)
+        .max_batch_requests(100_001)
+        .build()
+        .unwrap_err();
     assert!(error.to_string().contains("100000"), "{error}");
     let session = builder(&api).build().unwrap();
     assert!(!format!("{session:?}").contains(KEY));

@@ -245,8 +245,6 @@ impl BatchClient {
     }
 }
 
-// Until the engine's batched path (issue 27) calls it through `Backend::batches`.
-#[allow(dead_code)]
 impl BatchApi for BatchClient {
     fn params(&self, prompt: &str) -> String {
         self.template.params(prompt)

@@ -26,10 +26,6 @@ mod request;
 mod stream;
 
 #[cfg(feature = "api")]
-pub(crate) use imp::start;
-// Until the session builder makes `Backend::Batches` sessions (issue 27, engine half).
-#[cfg(feature = "api")]
-#[allow(unused_imports)]
 pub(crate) use imp::start_lane;
 
 /// How a session's items reach the API.
@@ -89,23 +85,11 @@ mod imp {
         }
     }
 
-    /// [`start_lane`] for the Messages lane.
-    pub(crate) fn start(
-        spec: &AnswerSpec,
-        concurrency: usize,
-        options: &ApiOptions,
-    ) -> Result<Started, Error> {
-        start_lane(spec, concurrency, options, Lane::Messages)
-    }
-
     /// Find the key and the address, and make the session's backend for `lane`: with
     /// [`Lane::Batches`], [`Backend::batches`] gives a [`BatchClient`] on the same key,
     /// address and request settings (its system block cached for an hour, on the
     /// streamed calls too), and `checkout` still answers as on the Messages lane.
     /// `options` were validated.
-    // Until the session builder makes `Backend::Batches` sessions (issue 27, engine half):
-    // the only caller outside the tests.
-    #[allow(dead_code)]
     pub(crate) fn start_lane(
         spec: &AnswerSpec,
         concurrency: usize,
