@@ -273,6 +273,17 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+
+    /// A store shared between programs (Redis, feature `redis`) could not be reached or
+    /// refused a command, where waiting for it was not an option (opening it, reading a
+    /// stream). The address carries no password.
+    #[error("the shared store at {address}: {message}")]
+    SharedStore {
+        /// Where the store is, without credentials.
+        address: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl Error {
@@ -390,6 +401,7 @@ impl Error {
             Error::Closed => "Closed",
             Error::JournalLocked { .. } => "JournalLocked",
             Error::Journal { .. } => "Journal",
+            Error::SharedStore { .. } => "SharedStore",
         }
     }
 }
