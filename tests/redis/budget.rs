@@ -59,7 +59,10 @@ fn two_programs_on_one_shared_budget_stop_at_the_cap_together() {
     let alone: f64 = spent[0].max(spent[1]);
     let together: f64 = spent.iter().sum();
     // Each would have spent the cap alone: 30 such items cost more than it.
-    assert!(alone > 0.0 && refused.iter().all(|&r| r > 0), "{spent:?} {refused:?}");
+    assert!(
+        alone > 0.0 && refused.iter().all(|&r| r > 0),
+        "{spent:?} {refused:?}"
+    );
     // An item may cost more than the estimate it reserved (the largest cost seen), as with a
     // session's own cap: at most one item's cost over it per item in flight (2 × 2).
     assert!(
@@ -69,5 +72,8 @@ fn two_programs_on_one_shared_budget_stop_at_the_cap_together() {
     assert!(together > CAP / 2.0, "spent only {together} of {CAP}");
     let shared = SharedBudget::redis(&redis.url(), "nightly", CAP).unwrap();
     let recorded = shared.spent_usd().unwrap();
-    assert!((recorded - together).abs() < 1e-9, "{recorded} vs {together}");
+    assert!(
+        (recorded - together).abs() < 1e-9,
+        "{recorded} vs {together}"
+    );
 }

@@ -67,7 +67,13 @@ fn results(connection: &mut redis::Connection) -> Vec<(String, String, String)> 
     reply
         .ids
         .iter()
-        .map(|e| (field(&e.map, "id"), field(&e.map, "consumer"), field(&e.map, "text")))
+        .map(|e| {
+            (
+                field(&e.map, "id"),
+                field(&e.map, "consumer"),
+                field(&e.map, "text"),
+            )
+        })
         .collect()
 }
 
@@ -110,19 +116,33 @@ fn a_consumer_killed_mid_run_leaves_nothing_unanswered() {
         child(
             module_path!(),
             "a_consumer_killed_mid_run_leaves_nothing_unanswered",
-            &[(CONSUMER_ENV, format!("{} {} {name}", redis.url(), api.url()))],
+            &[(
+                CONSUMER_ENV,
+                format!("{} {} {name}", redis.url(), api.url()),
+            )],
         )
     };
     let mut victim = spawn("victim");
     let survivors = [spawn("host-a-1"), spawn("host-b-1")];
-    wait_until("the victim has answered a few", Duration::from_secs(30), || {
-        results(&mut connection).iter().filter(|r| r.1 == "victim").count() >= 3
-    });
+    wait_until(
+        "the victim has answered a few",
+        Duration::from_secs(30),
+        || {
+            results(&mut connection)
+                .iter()
+                .filter(|r| r.1 == "victim")
+                .count()
+                >= 3
+        },
+    );
     victim.kill().unwrap(); // SIGKILL
     let killed_at = Instant::now();
     victim.wait().unwrap();
     let left_by_victim = pending_of(&mut connection, "victim");
-    assert!(!left_by_victim.is_empty(), "the victim died holding nothing");
+    assert!(
+        !left_by_victim.is_empty(),
+        "the victim died holding nothing"
+    );
     // Claimed once they have been idle for CLAIM_AFTER (plus a claim check's period).
     wait_until(
         "the others claim the victim's entries",

@@ -80,18 +80,22 @@ fn three_programs_on_one_shared_throttle_keep_to_the_limit_together() {
             child(
                 module_path!(),
                 "three_programs_on_one_shared_throttle_keep_to_the_limit_together",
-                &[(
-                    PROGRAM_ENV,
-                    format!("{} {} {seed}", redis.url(), api.url()),
-                )],
+                &[(PROGRAM_ENV, format!("{} {} {seed}", redis.url(), api.url()))],
             )
         })
         .collect();
     for (i, program) in programs.into_iter().enumerate() {
         let out = finished(program, &format!("program {i}"));
-        assert!(out.contains(&format!("PROGRAM_DONE {PER_PROGRAM}")), "{out}");
+        assert!(
+            out.contains(&format!("PROGRAM_DONE {PER_PROGRAM}")),
+            "{out}"
+        );
     }
-    assert_eq!(api.rate_limited(), 0, "a program went past the shared limit");
+    assert_eq!(
+        api.rate_limited(),
+        0,
+        "a program went past the shared limit"
+    );
     // The rate after the burst: requests past the first BURST over the time they took.
     let mut arrivals: Vec<Instant> = api.requests().iter().map(|r| r.at).collect();
     arrivals.sort();
@@ -137,9 +141,11 @@ fn redis_stopped_mid_run_holds_requests_says_why_and_resumes() {
         api.request_count() >= 10
     });
     redis.stop();
-    wait_until("the throttle says Redis is away", Duration::from_secs(20), || {
-        captured_log::contains("cannot be reached")
-    });
+    wait_until(
+        "the throttle says Redis is away",
+        Duration::from_secs(20),
+        || captured_log::contains("cannot be reached"),
+    );
     let warning = captured_log::lines_with("cannot be reached").remove(0);
     assert!(
         warning.contains(&redis.url()) && warning.contains("no request is sent"),
@@ -147,15 +153,24 @@ fn redis_stopped_mid_run_holds_requests_says_why_and_resumes() {
     );
     // Permits granted before Redis went away may still land: at most one per worker.
     let at_warning = api.request_count();
-    wait_until("the throttle has asked again", Duration::from_secs(20), || {
-        captured_log::lines_with("cannot be reached").len() == 1 && !redis.answers()
-    });
+    wait_until(
+        "the throttle has asked again",
+        Duration::from_secs(20),
+        || captured_log::lines_with("cannot be reached").len() == 1 && !redis.answers(),
+    );
     let sent_while_down = api.request_count() - at_warning;
-    assert!(sent_while_down <= 4, "{sent_while_down} requests went out while Redis was away");
+    assert!(
+        sent_while_down <= 4,
+        "{sent_while_down} requests went out while Redis was away"
+    );
     redis.restart();
     let answered = run.join().unwrap();
     assert_eq!(answered, 40);
     assert!(captured_log::contains("answers again"));
     assert!(captured_log::contains("state was lost"));
-    assert_eq!(api.rate_limited(), 0, "the limit was exceeded around the restart");
+    assert_eq!(
+        api.rate_limited(),
+        0,
+        "the limit was exceeded around the restart"
+    );
 }

@@ -78,7 +78,9 @@ impl RedisServer {
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut reply = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
     }
 
     /// Kills it (SIGKILL) and reaps it: its data is gone (no persistence).
