@@ -120,4 +120,8 @@ struct TuningSnippets;
 #[doc = include_str!("../docs/why.md")]
 struct WhySnippets;
 
+#[cfg(doctest)]
+#[doc = include_str!("../docs/scaling-out.md")]
+struct ScalingOutSnippets;
+
 // docs/cookbook.md is compiled by the `cookbook` package, which has SQLite for one recipe.
