@@ -44,13 +44,12 @@ pub(crate) fn every_tick<T: Send + Sync + 'static>(owner: &Arc<T>, tick: fn(&T))
     let weak: Weak<T> = Arc::downgrade(owner);
     let spawned = std::thread::Builder::new()
         .name("claude-rayon-lease".into())
-        .spawn(move || loop {
-            match stopped.recv_timeout(TICK) {
-                Err(RecvTimeoutError::Timeout) => match weak.upgrade() {
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+                match weak.upgrade() {
                     Some(owner) => tick(&owner),
                     None => break,
-                },
-                _ => break,
+                }
             }
         });
     if let Err(e) = spawned {
