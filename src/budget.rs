@@ -19,6 +19,9 @@
 //! ([`Error::ItemOverBudget`]); nothing was spent, so the budget is not marked spent and the
 //! other items go on.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use parking_lot::Mutex;
 
 use crate::Error;
@@ -28,6 +31,57 @@ pub(crate) const DEFAULT_FIRST_ESTIMATE_USD: f64 = 0.01;
 
 pub(crate) struct Budget {
     state: Mutex<State>,
+    /// One cap shared with other programs (`SharedBudget`), checked after this session's own.
+    shared: Option<SharedBudget>,
+    /// The shared cap could not be reached at the last try (said once, until it answers).
+    shared_down: std::sync::atomic::AtomicBool,
+}
+
+/// A spending cap held outside this process, for every program on it (src/scale/).
+pub(crate) trait SharedSpend: Send + Sync + std::fmt::Debug {
+    /// Reserves `amount` USD if spent plus reserved stays within the cap: `Ok(Ok(id))`;
+    /// `Ok(Err(committed))` when it would not (what is spent and reserved in all);
+    /// `Err(reason)` when the store cannot be reached.
+    fn reserve(&self, amount: f64) -> Result<Result<u64, f64>, String>;
+    /// Ends reservation `id`: `actual` USD was spent (kept and sent again if unreachable).
+    fn settle(&self, id: u64, actual: f64);
+    /// The cap, USD.
+    fn limit(&self) -> f64;
+    /// What all programs have spent so far (settled), if the store answers.
+    fn spent(&self) -> Result<f64, String>;
+    /// Where the store is, for messages (no password).
+    fn address(&self) -> String;
+}
+
+/// One spending cap for every program that names it (feature `redis`:
+/// [`SharedBudget::redis`]), given to a session with
+/// [`SessionBuilder::shared_budget`](crate::SessionBuilder::shared_budget).
+///
+/// Each item reserves its estimate from the shared cap before it goes out and settles the
+/// real cost after, as with [`max_budget_usd`](crate::SessionBuilder::max_budget_usd),
+/// which still applies to the session alone. Clone it to share it between sessions.
+#[derive(Debug, Clone)]
+pub struct SharedBudget {
+    pub(crate) store: Arc<dyn SharedSpend>,
+}
+
+impl SharedBudget {
+    /// The cap, USD.
+    pub fn limit_usd(&self) -> f64 {
+        self.store.limit()
+    }
+
+    /// What every program on the cap has spent so far (settled items), USD.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SharedStore`] if the store cannot be reached.
+    pub fn spent_usd(&self) -> Result<f64, Error> {
+        self.store.spent().map_err(|message| Error::SharedStore {
+            address: self.store.address(),
+            message,
+        })
+    }
 }
 
 struct State {
@@ -50,6 +104,8 @@ pub(crate) struct Reservation<'a> {
     budget: &'a Budget,
     amount: f64,
     settled: bool,
+    /// Its reservation on the shared cap.
+    shared: Option<u64>,
 }
 
 impl Reservation<'_> {
@@ -57,6 +113,13 @@ impl Reservation<'_> {
     pub(crate) fn settle(mut self, actual: f64) {
         self.settled = true;
         self.budget.settle(self.amount, actual);
+        self.settle_shared(actual);
+    }
+
+    fn settle_shared(&mut self, actual: f64) {
+        if let (Some(id), Some(shared)) = (self.shared.take(), &self.budget.shared) {
+            shared.store.settle(id, actual);
+        }
     }
 }
 
@@ -64,6 +127,7 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.settled {
             self.budget.settle(self.amount, 0.0);
+            self.settle_shared(0.0);
         }
     }
 }
@@ -84,6 +148,86 @@ impl Budget {
                 first_estimate: first_estimate.unwrap_or(DEFAULT_FIRST_ESTIMATE_USD),
                 exhausted: false,
             }),
+            shared: None,
+            shared_down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// This budget, checked against `shared` too after its own cap.
+    pub(crate) fn with_shared(self, shared: Option<SharedBudget>) -> Budget {
+        Budget { shared, ..self }
+    }
+
+    /// [`reserve`](Self::reserve), then a reservation on the shared cap, if any. While the
+    /// shared cap cannot be reached nothing goes out: this waits (a warning once, a growing
+    /// backoff) until it answers or `should_stop` ([`Error::Cancelled`]).
+    pub(crate) fn reserve_waiting(
+        &self,
+        own_estimate: f64,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Reservation<'_>, Error> {
+        let mut reservation = self.reserve(own_estimate)?;
+        let Some(shared) = &self.shared else {
+            return Ok(reservation);
+        };
+        let amount = {
+            let s = self.state.lock();
+            let ordinary = if s.largest_seen > 0.0 {
+                s.largest_seen
+            } else {
+                s.first_estimate
+            };
+            ordinary.max(own_estimate).max(reservation.amount)
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match shared.store.reserve(amount) {
+                Ok(Ok(id)) => {
+                    if self
+                        .shared_down
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        log::warn!("shared budget at {} answers again", shared.store.address());
+                    }
+                    reservation.shared = Some(id);
+                    return Ok(reservation);
+                }
+                Ok(Err(committed)) => {
+                    let limit = shared.store.limit();
+                    let mut s = self.state.lock();
+                    if !s.exhausted {
+                        log::warn!(
+                            "shared budget spent: {committed:.4} USD spent or reserved of \
+                             {limit:.4} USD by every program on it; no further calls"
+                        );
+                    }
+                    s.exhausted = true;
+                    return Err(Error::BudgetExceeded {
+                        budget_usd: limit,
+                        spent_usd: committed,
+                    });
+                }
+                Err(reason) => {
+                    if !self
+                        .shared_down
+                        .swap(true, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        log::warn!(
+                            "shared budget at {} cannot be reached ({reason}); no call goes \
+                             out until it answers",
+                            shared.store.address()
+                        );
+                    }
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until {
+                        if should_stop() {
+                            return Err(Error::Cancelled);
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
         }
     }
 
@@ -162,6 +306,7 @@ impl Budget {
             budget: self,
             amount,
             settled: false,
+            shared: None,
         }
     }
 

@@ -61,6 +61,8 @@ pub mod prelude;
 mod progress;
 mod response;
 mod retry;
+#[cfg(feature = "redis")]
+pub mod scale;
 #[cfg(feature = "schema")]
 mod schema;
 mod session;
@@ -70,6 +72,7 @@ mod stats;
 pub mod stream;
 mod throttle;
 
+pub use budget::SharedBudget;
 pub use cancel::Cancel;
 pub use conversation::Conversation;
 pub use error::{CliError, Error, UsageWindow};
@@ -117,5 +120,9 @@ struct TuningSnippets;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/why.md")]
 struct WhySnippets;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/scaling-out.md")]
+struct ScalingOutSnippets;
 
 // docs/cookbook.md is compiled by the `cookbook` package, which has SQLite for one recipe.

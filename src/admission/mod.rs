@@ -126,7 +126,13 @@ impl Admission {
         let prompt_tokens = estimate_tokens(prompt);
         let estimate_usd =
             crate::budget::prompt_cost_usd(self.settings.model.as_deref(), prompt_tokens);
-        let reservation = self.budget.reserve(estimate_usd).map_err(Refused::Budget)?;
+        let reservation = self
+            .budget
+            .reserve_waiting(estimate_usd, should_stop)
+            .map_err(|e| match e {
+                Error::Cancelled => Refused::Stopped,
+                e => Refused::Budget(e),
+            })?;
         let estimate = prompt_tokens
             .saturating_add(self.settings.request_overhead_tokens)
             .saturating_add(self.settings.output_token_allowance);

@@ -302,6 +302,17 @@ pub enum Error {
         /// The API's reason.
         message: String,
     },
+
+    /// A store shared between programs (Redis, feature `redis`) could not be reached or
+    /// refused a command, where waiting for it was not an option (opening it, reading a
+    /// stream). The address carries no password.
+    #[error("the shared store at {address}: {message}")]
+    SharedStore {
+        /// Where the store is, without credentials.
+        address: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl Error {
@@ -425,6 +436,7 @@ impl Error {
             Error::Journal { .. } => "Journal",
             Error::BatchExpired { .. } => "BatchExpired",
             Error::BatchRejected { .. } => "BatchRejected",
+            Error::SharedStore { .. } => "SharedStore",
         }
     }
 }
@@ -762,6 +774,10 @@ mod tests {
             },
             Error::BatchExpired { batch_id: text() },
             Error::BatchRejected { message: text() },
+            Error::SharedStore {
+                address: text(),
+                message: text(),
+            },
         ]
     }
 
@@ -823,5 +839,6 @@ mod tests {
     Journal retryable=false fatal=false status=None
     BatchExpired retryable=true fatal=false status=None
     BatchRejected retryable=false fatal=true status=None
+    SharedStore retryable=false fatal=false status=None
 ";
 }

@@ -166,6 +166,8 @@ pub(crate) struct Settings {
     pub output_token_allowance: u64,
     pub retry: RetryPolicy,
     pub max_budget_usd: Option<f64>,
+    /// One cap shared with other programs, besides `max_budget_usd`.
+    pub shared_budget: Option<crate::budget::SharedBudget>,
     pub cost_estimate_usd: Option<f64>,
     /// Every run of the session stops starting items once it is set.
     pub cancel: Option<crate::Cancel>,
@@ -202,6 +204,7 @@ impl Default for SessionBuilder {
                 output_token_allowance: 1024,
                 retry: RetryPolicy::default(),
                 max_budget_usd: None,
+                shared_budget: None,
                 cost_estimate_usd: None,
                 cancel: None,
                 schema_error: None,
@@ -546,6 +549,15 @@ impl SessionBuilder {
     /// budget: the other items go on.
     pub fn max_budget_usd(mut self, budget: f64) -> Self {
         self.settings.max_budget_usd = Some(budget);
+        self
+    }
+
+    /// A spending cap shared with every program that names it ([`SharedBudget::redis`](crate::SharedBudget::redis),
+    /// feature `redis`), checked after this session's own [`max_budget_usd`](Self::max_budget_usd):
+    /// once the programs together have spent or reserved it, items fail with
+    /// [`Error::BudgetExceeded`].
+    pub fn shared_budget(mut self, budget: crate::budget::SharedBudget) -> Self {
+        self.settings.shared_budget = Some(budget);
         self
     }
 

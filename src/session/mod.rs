@@ -132,7 +132,8 @@ impl Session {
                     "cannot start the session's threads: {e}"
                 )))
             })?;
-        let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd);
+        let budget = Budget::new(config.max_budget_usd, config.cost_estimate_usd)
+            .with_shared(config.shared_budget.clone());
         let cache_gate = (config.warm_cache
             && config.spec.shared_prefix_tokens() >= CACHE_MIN_TOKENS)
             .then(|| CacheGate::new(config.warm_cache_wait.min(config.timeout)));

@@ -145,6 +145,16 @@ impl PartialEq for Grant {
 }
 
 impl Grant {
+    /// A grant of a remote bucket: no refund room is kept here (the remote bucket caps
+    /// refunds at its own ceiling).
+    pub(crate) fn remote(tokens: u64, requests: u64) -> Grant {
+        Grant {
+            tokens,
+            requests,
+            id: u64::MAX,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn new(tokens: u64, requests: u64) -> Grant {
         // No grant of the bucket's: a refund for it is worth nothing.

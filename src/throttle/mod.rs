@@ -82,9 +82,48 @@ pub(crate) fn estimate_tokens(prompt: &str) -> u64 {
 pub struct Throttle {
     requests_per_minute: Option<u32>,
     tokens_per_minute: Option<u64>,
+    /// The limits with their bursts, as a remote bucket is told them on every call.
+    limits: Limits,
     /// Shared with the permits, so that a dropped permit can settle itself.
     state: Arc<Mutex<State>>,
     changed: Arc<Condvar>,
+    /// Where the bucket lives when other programs share it (`Throttle::redis`); `None`: in
+    /// `state`, this process only.
+    remote: Option<Arc<dyn RemoteBucket>>,
+}
+
+/// `(per_minute, burst)` of each limited dimension, as the bucket and a remote one take them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) requests: Option<(u64, u64)>,
+    pub(crate) tokens: Option<(u64, u64)>,
+}
+
+/// A bucket held outside this process and shared by every program on it (src/scale/): the
+/// same arithmetic as `Bucket`, done atomically where it lives, on that place's clock.
+/// Arrival order among this process's waiters is kept here, by the shell; across programs
+/// whoever asks first when there is room goes first.
+pub(crate) trait RemoteBucket: Send + Sync + fmt::Debug {
+    /// Takes `requests` requests and `tokens` tokens if both fit now. `Ok(None)`: granted;
+    /// `Ok(Some(wait))`: not before `wait` (a refill or a pause); `Err(reason)`: the store
+    /// cannot be reached, nothing was taken.
+    fn try_take(
+        &self,
+        limits: Limits,
+        tokens: u64,
+        requests: u64,
+    ) -> Result<Option<Duration>, String>;
+    /// Ends a grant of `granted` (tokens, requests) with what really happened; kept and sent
+    /// again later when the store cannot be reached.
+    fn settle(&self, limits: Limits, granted: (u64, u64), actual_tokens: u64, actual_requests: u64);
+    /// Charges `n` requests made without a grant.
+    fn note_extra_requests(&self, limits: Limits, n: u32);
+    /// The API's word on what is left (see `Bucket::at_most`).
+    fn at_most(&self, limits: Limits, requests: Option<u64>, tokens: Option<u64>);
+    /// Holds every program off for `wait` from now.
+    fn pause_for(&self, limits: Limits, wait: Duration);
+    /// Where the store is, for messages (no password).
+    fn address(&self) -> String;
 }
 
 #[derive(Debug)]
@@ -93,6 +132,50 @@ struct State {
     /// Bumped by `wake_all`, so a waiter that was checking `should_stop` (unlocked) when
     /// the notification went out still notices it.
     wake_epoch: u64,
+    /// A remote bucket's waiters in this process, in arrival order: only the head asks it.
+    remote_queue: RemoteQueue,
+    /// The remote bucket could not be reached at the last try (said once, until it answers).
+    remote_down: bool,
+    /// The end of the last pause this process asked a remote bucket for.
+    remote_paused_until: Option<Instant>,
+}
+
+/// Tickets for a remote bucket's waiters: `serving` is the head; abandoned tickets are
+/// skipped when the head moves on.
+#[derive(Debug, Default)]
+struct RemoteQueue {
+    next: u64,
+    serving: u64,
+    abandoned: std::collections::BTreeSet<u64>,
+}
+
+impl RemoteQueue {
+    fn advance(&mut self) {
+        self.serving += 1;
+        while self.abandoned.remove(&self.serving) {
+            self.serving += 1;
+        }
+    }
+
+    fn leave(&mut self, ticket: u64) {
+        if ticket == self.serving {
+            self.advance();
+        } else {
+            self.abandoned.insert(ticket);
+        }
+    }
+}
+
+impl State {
+    fn new(bucket: Bucket) -> State {
+        State {
+            bucket,
+            wake_epoch: 0,
+            remote_queue: RemoteQueue::default(),
+            remote_down: false,
+            remote_paused_until: None,
+        }
+    }
 }
 
 /// Permission to send one request, from [`Throttle::acquire`].
@@ -107,7 +190,13 @@ pub(crate) struct Permit {
     grant: Grant,
     waited: Duration,
     /// The throttle's state, until settled.
-    release: Option<(Arc<Mutex<State>>, Arc<Condvar>)>,
+    release: Option<Release>,
+}
+
+/// Where a permit goes back to.
+enum Release {
+    Local(Arc<Mutex<State>>, Arc<Condvar>),
+    Remote(Arc<dyn RemoteBucket>, Limits),
 }
 
 impl fmt::Debug for Permit {
@@ -128,13 +217,24 @@ impl Drop for Permit {
 impl Permit {
     /// Ends the grant on its throttle, once; waiters may fit now that it has landed.
     fn settle_with(&mut self, actual_tokens: u64, actual_requests: u64) {
-        if let Some((state, changed)) = self.release.take() {
-            let grant = self.grant;
-            state
-                .lock()
-                .bucket
-                .settle_calls(Instant::now(), grant, actual_tokens, actual_requests);
-            changed.notify_all();
+        let grant = self.grant;
+        match self.release.take() {
+            Some(Release::Local(state, changed)) => {
+                state.lock().bucket.settle_calls(
+                    Instant::now(),
+                    grant,
+                    actual_tokens,
+                    actual_requests,
+                );
+                changed.notify_all();
+            }
+            Some(Release::Remote(remote, limits)) => remote.settle(
+                limits,
+                (grant.tokens, grant.requests),
+                actual_tokens,
+                actual_requests,
+            ),
+            None => {}
         }
     }
 
@@ -198,11 +298,14 @@ impl Throttle {
         Ok(Throttle {
             requests_per_minute,
             tokens_per_minute,
-            state: Arc::new(Mutex::new(State {
-                bucket: Bucket::new(Instant::now(), requests, tokens),
-                wake_epoch: 0,
-            })),
+            limits: Limits { requests, tokens },
+            state: Arc::new(Mutex::new(State::new(Bucket::new(
+                Instant::now(),
+                requests,
+                tokens,
+            )))),
             changed: Arc::new(Condvar::new()),
+            remote: None,
         })
     }
 
@@ -254,10 +357,12 @@ impl Throttle {
         let tokens = self.tokens_per_minute.map(|t| (t, tokens.unwrap_or(t)));
         // A new state: permits granted before this (there should be none) keep the old one.
         Ok(Throttle {
-            state: Arc::new(Mutex::new(State {
-                bucket: Bucket::new(Instant::now(), requests, tokens),
-                wake_epoch: 0,
-            })),
+            limits: Limits { requests, tokens },
+            state: Arc::new(Mutex::new(State::new(Bucket::new(
+                Instant::now(),
+                requests,
+                tokens,
+            )))),
             ..self
         })
     }
@@ -293,6 +398,9 @@ impl Throttle {
         requests: u64,
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Permit, WaitAbandoned> {
+        if let Some(remote) = &self.remote {
+            return self.acquire_remote(remote, estimated_tokens, requests.max(1), should_stop);
+        }
         let start = Instant::now();
         let mut state = self.state.lock();
         let ticket = state.bucket.join_calls(estimated_tokens, requests);
@@ -315,7 +423,10 @@ impl Throttle {
                         } else {
                             Duration::ZERO
                         },
-                        release: Some((Arc::clone(&self.state), Arc::clone(&self.changed))),
+                        release: Some(Release::Local(
+                            Arc::clone(&self.state),
+                            Arc::clone(&self.changed),
+                        )),
                     });
                 }
                 Err(ready_at) => ready_at,
@@ -351,6 +462,114 @@ impl Throttle {
         }
     }
 
+    /// A throttle whose bucket is `remote`, shared with other programs, at these limits.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_remote(self, remote: Arc<dyn RemoteBucket>) -> Throttle {
+        Throttle {
+            remote: Some(remote),
+            ..self
+        }
+    }
+
+    /// `acquire_calls` on a remote bucket: this process's waiters queue here, and the head
+    /// asks the remote bucket until it grants, waiting as long as it says. While it cannot be
+    /// reached nothing is admitted: the head says so once (a warning naming the address and
+    /// the reason) and asks again with a growing backoff, until it answers or `should_stop`.
+    fn acquire_remote(
+        &self,
+        remote: &Arc<dyn RemoteBucket>,
+        estimated_tokens: u64,
+        requests: u64,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Permit, WaitAbandoned> {
+        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+        const MAX_BACKOFF: Duration = Duration::from_secs(2);
+        // A refund by another program wakes nobody here: ask again at least this often.
+        const LONGEST_WAIT: Duration = Duration::from_millis(500);
+        let start = Instant::now();
+        let mut state = self.state.lock();
+        let ticket = state.remote_queue.next;
+        state.remote_queue.next += 1;
+        let mut backoff = FIRST_BACKOFF;
+        let mut asked = false;
+        loop {
+            let mut sleep = POLL_INTERVAL;
+            if state.remote_queue.serving == ticket {
+                let limits = self.limits;
+                let taken = MutexGuard::unlocked(&mut state, || {
+                    remote.try_take(limits, estimated_tokens, requests)
+                });
+                match taken {
+                    Ok(None) => {
+                        if std::mem::replace(&mut state.remote_down, false) {
+                            log::warn!(
+                                "shared throttle at {} answers again; admitting requests",
+                                remote.address()
+                            );
+                        }
+                        state.remote_queue.advance();
+                        self.changed.notify_all();
+                        return Ok(Permit {
+                            grant: Grant::remote(estimated_tokens, requests),
+                            waited: if asked {
+                                start.elapsed()
+                            } else {
+                                Duration::ZERO
+                            },
+                            release: Some(Release::Remote(Arc::clone(remote), limits)),
+                        });
+                    }
+                    Ok(Some(wait)) => {
+                        if std::mem::replace(&mut state.remote_down, false) {
+                            log::warn!(
+                                "shared throttle at {} answers again; admitting requests",
+                                remote.address()
+                            );
+                        }
+                        backoff = FIRST_BACKOFF;
+                        sleep = wait.min(LONGEST_WAIT);
+                    }
+                    Err(reason) => {
+                        if !std::mem::replace(&mut state.remote_down, true) {
+                            log::warn!(
+                                "shared throttle at {} cannot be reached ({reason}); no request \
+                                 is sent until it answers, asking again every {MAX_BACKOFF:?} at most",
+                                remote.address()
+                            );
+                        }
+                        sleep = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+                asked = true;
+            }
+            let stop = MutexGuard::unlocked(&mut state, || {
+                panic::catch_unwind(AssertUnwindSafe(should_stop))
+            });
+            match stop {
+                Ok(false) => {}
+                Ok(true) => {
+                    state.remote_queue.leave(ticket);
+                    self.changed.notify_all();
+                    return Err(WaitAbandoned);
+                }
+                Err(payload) => {
+                    state.remote_queue.leave(ticket);
+                    self.changed.notify_all();
+                    drop(state);
+                    panic::resume_unwind(payload);
+                }
+            }
+            let epoch = state.wake_epoch;
+            let until = Instant::now() + sleep;
+            // Woken early by a new head, a `wake_all` (then `should_stop` is checked again).
+            while state.wake_epoch == epoch
+                && !self.changed.wait_until(&mut state, until).timed_out()
+                && state.remote_queue.serving != ticket
+            {}
+        }
+    }
+
     fn leave(&self, state: &mut State, ticket: Ticket) {
         state.bucket.cancel(Instant::now(), ticket);
         // The queue head may have changed, or a grant been given back.
@@ -360,6 +579,12 @@ impl Throttle {
     /// Charges `n` requests made without a permit, such as the CLI's own internal retries.
     /// Never waits; the bucket may go into debt.
     pub(crate) fn note_extra_requests(&self, n: u32) {
+        if let Some(remote) = &self.remote {
+            if n > 0 {
+                remote.note_extra_requests(self.limits, n);
+            }
+            return;
+        }
         if n > 0 {
             self.state
                 .lock()
@@ -373,6 +598,14 @@ impl Throttle {
     /// earlier one does not shorten it.
     pub(crate) fn pause_until(&self, until: Instant) {
         let mut state = self.state.lock();
+        if let Some(remote) = &self.remote {
+            if state.remote_paused_until.is_none_or(|p| p < until) {
+                state.remote_paused_until = Some(until);
+                drop(state);
+                remote.pause_for(self.limits, until.saturating_duration_since(Instant::now()));
+            }
+            return;
+        }
         // Log only when this pause outlasts the one in force, to keep repeats quiet.
         if state.bucket.paused_until(until).is_none() {
             log::debug!(
@@ -387,13 +620,23 @@ impl Throttle {
     /// where it has less room than the bucket thinks, the bucket comes down to it (never up:
     /// the API counts requests ours has not sent yet).
     pub(crate) fn at_most(&self, requests: Option<u64>, tokens: Option<u64>) {
+        if let Some(remote) = &self.remote {
+            remote.at_most(self.limits, requests, tokens);
+            return;
+        }
         let mut state = self.state.lock();
         state.bucket.at_most(Instant::now(), requests, tokens);
     }
 
     /// The end of the current pause, or `None` if no pause is in force.
+    ///
+    /// On a shared throttle ([`Throttle::redis`]), the pauses this program asked for.
     pub fn paused_until(&self) -> Option<Instant> {
-        self.state.lock().bucket.paused_until(Instant::now())
+        let state = self.state.lock();
+        if self.remote.is_some() {
+            return state.remote_paused_until.filter(|p| *p > Instant::now());
+        }
+        state.bucket.paused_until(Instant::now())
     }
 
     /// How many callers are currently blocked in [`acquire`](Throttle::acquire).

@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod hostile;
+pub mod redis;
 /// The mock Messages API, compiled once as its own crate (crates/mock-api).
 pub use claude_rayon_mock_api as mock_api;
 

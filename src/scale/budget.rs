@@ -1,0 +1,221 @@
+//! The spending cap in Redis: [`SharedBudget::redis`].
+//!
+//! One key holds what every program has spent (settled), one hash the reservations in
+//! flight (`program|n` → USD), and each program with reservations keeps a lease key with a
+//! time-to-live. The Lua script reserves only if spent plus the live reservations plus the
+//! new one stays within the cap, and forgets the reservations of a program whose lease ended
+//! (it died holding them), so they do not keep the cap spent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use super::{every_tick, program_id, Store, LEASE};
+use crate::budget::{SharedBudget, SharedSpend};
+use crate::Error;
+
+/// KEYS: spent, reservations hash, lease-key prefix. ARGV: op, program, lease ms, then the
+/// op's numbers. Replies {done, a number as a string}.
+const SCRIPT: &str = r#"
+local op, program, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if op == 'reserve' then -- ARGV[4] id, ARGV[5] amount, ARGV[6] cap
+  local amount, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local committed = tonumber(redis.call('GET', KEYS[1]) or '0')
+  local held = redis.call('HGETALL', KEYS[2])
+  for i = 1, #held, 2 do
+    local owner = string.match(held[i], '^(.*)|')
+    if redis.call('EXISTS', KEYS[3] .. owner) == 0 then
+      redis.call('HDEL', KEYS[2], held[i])
+    else
+      committed = committed + tonumber(held[i + 1])
+    end
+  end
+  if committed + amount > cap then return {0, string.format('%.17g', committed)} end
+  redis.call('HSET', KEYS[2], program .. '|' .. ARGV[4], string.format('%.17g', amount))
+  redis.call('SET', KEYS[3] .. program, '1', 'PX', lease_ms)
+  return {1, string.format('%.17g', committed + amount)}
+elseif op == 'settle' then -- ARGV[4] id, ARGV[5] spent
+  redis.call('HDEL', KEYS[2], program .. '|' .. ARGV[4])
+  local spent = redis.call('INCRBYFLOAT', KEYS[1], ARGV[5])
+  return {1, spent}
+end
+return {1, redis.call('GET', KEYS[1]) or '0'}
+"#;
+
+impl SharedBudget {
+    /// One spending cap of `limit_usd` US dollars for every program that names the same
+    /// `name` on the Redis server at `url` (feature `redis`). Give it to each session with
+    /// [`SessionBuilder::shared_budget`](crate::SessionBuilder::shared_budget).
+    ///
+    /// Each item reserves its estimate before it goes out and settles its real cost after,
+    /// atomically (a Lua script); a program that dies holding reservations gives them back
+    /// 10 s after its last sign of life. While Redis cannot be reached no call goes out:
+    /// items wait (a stop ends the wait) and one warning names the address and the reason.
+    /// What was spent stays in Redis: a new cap starts from zero under a new name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a cap that is negative or not finite, an empty name or
+    /// an address that is not Redis's; [`Error::SharedStore`] if the server does not answer.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use claude_rayon::{Session, SharedBudget};
+    ///
+    /// // 20 USD for the whole nightly job, however many machines run it.
+    /// let budget = SharedBudget::redis("redis://127.0.0.1:6379/", "nightly-2026-12-04", 20.0)?;
+    /// let session = Session::builder().shared_budget(budget.clone()).build()?;
+    /// println!("spent so far: {:.2} USD", budget.spent_usd()?);
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn redis(url: &str, name: &str, limit_usd: f64) -> Result<SharedBudget, Error> {
+        if !(limit_usd.is_finite() && limit_usd >= 0.0) {
+            return Err(Error::InvalidConfig(format!(
+                "a shared budget must be a finite, non-negative amount, not {limit_usd}"
+            )));
+        }
+        if name.is_empty() {
+            return Err(Error::InvalidConfig(
+                "a shared budget needs a name (the same in every program sharing it)".into(),
+            ));
+        }
+        let store = Store::open(url)?;
+        let prefix = format!("claude-rayon:{{{name}}}:budget");
+        let inner = Arc::new(Inner {
+            store,
+            spent_key: format!("{prefix}:spent"),
+            held_key: format!("{prefix}:held"),
+            lease_prefix: format!("{prefix}:lease:"),
+            program: program_id(),
+            script: redis::Script::new(SCRIPT),
+            limit: limit_usd,
+            next_id: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            unsent: Mutex::new(Vec::new()),
+        });
+        let stop = every_tick(&inner, Inner::tick);
+        Ok(SharedBudget {
+            store: Arc::new(RedisSpend { inner, _stop: stop }),
+        })
+    }
+}
+
+struct Inner {
+    store: Store,
+    spent_key: String,
+    held_key: String,
+    lease_prefix: String,
+    program: String,
+    script: redis::Script,
+    limit: f64,
+    next_id: AtomicU64,
+    /// Reservations not yet settled: while any, the lease is renewed.
+    in_flight: AtomicU64,
+    /// Settles that could not be sent, sent again in order.
+    unsent: Mutex<Vec<(u64, f64)>>,
+}
+
+impl Inner {
+    fn call(&self, op: &str, numbers: &[String]) -> Result<(i64, String), String> {
+        self.store.run(|c| {
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(&self.spent_key)
+                .key(&self.held_key)
+                .key(&self.lease_prefix)
+                .arg(op)
+                .arg(&self.program)
+                .arg(LEASE.as_millis() as u64)
+                .arg(numbers);
+            invocation.invoke(c)
+        })
+    }
+
+    fn send_unsent(&self) {
+        let mut unsent = self.unsent.lock();
+        while let Some(&(id, actual)) = unsent.first() {
+            if self
+                .call("settle", &[id.to_string(), format!("{actual:.17e}")])
+                .is_err()
+            {
+                break;
+            }
+            unsent.remove(0);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn tick(&self) {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            let lease = format!("{}{}", self.lease_prefix, self.program);
+            let _ = self.store.run(|c| {
+                redis::cmd("SET")
+                    .arg(&lease)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(LEASE.as_millis() as u64)
+                    .query::<()>(c)
+            });
+        }
+        self.send_unsent();
+    }
+}
+
+/// [`SharedSpend`] on Redis; a thread of its own renews the lease while it lives.
+struct RedisSpend {
+    inner: Arc<Inner>,
+    _stop: Sender<()>,
+}
+
+impl std::fmt::Debug for RedisSpend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSpend")
+            .field("address", &self.inner.store.address())
+            .field("spent", &self.inner.spent_key)
+            .field("limit", &self.inner.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedSpend for RedisSpend {
+    fn reserve(&self, amount: f64) -> Result<Result<u64, f64>, String> {
+        let inner = &self.inner;
+        inner.send_unsent();
+        let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
+        let (done, committed) = inner.call(
+            "reserve",
+            &[
+                id.to_string(),
+                format!("{amount:.17e}"),
+                format!("{:.17e}", inner.limit),
+            ],
+        )?;
+        if done == 1 {
+            inner.in_flight.fetch_add(1, Ordering::SeqCst);
+            Ok(Ok(id))
+        } else {
+            Ok(Err(committed.parse().unwrap_or(inner.limit)))
+        }
+    }
+
+    fn settle(&self, id: u64, actual: f64) {
+        self.inner.unsent.lock().push((id, actual.max(0.0)));
+        self.inner.send_unsent();
+    }
+
+    fn limit(&self) -> f64 {
+        self.inner.limit
+    }
+
+    fn spent(&self) -> Result<f64, String> {
+        let (_, spent) = self.inner.call("spent", &[])?;
+        Ok(spent.parse().unwrap_or(0.0))
+    }
+
+    fn address(&self) -> String {
+        self.inner.store.address().to_string()
+    }
+}

@@ -1,0 +1,390 @@
+//! The throttle's bucket in Redis: [`Throttle::redis`].
+//!
+//! One hash holds the two levels, when they were last refilled and the shared pause; a second
+//! hash what each program has in flight; and each program with something in flight keeps a
+//! lease key with a time-to-live, refreshed while it runs. The Lua script below does the
+//! arithmetic of `throttle::bucket` atomically on the server's clock (`TIME`), so programs on
+//! machines whose clocks differ agree, and drops the in-flight share of a program whose
+//! lease ended (it died holding grants): the ceiling `limit − in flight` comes back up.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use super::{every_tick, program_id, Store, LEASE};
+use crate::throttle::{Limits, RemoteBucket};
+use crate::{Error, Throttle};
+
+/// KEYS: state hash, in-flight hash, lease-key prefix. ARGV: op, program, lease ms, the level
+/// of a bucket made now (1 full, 0 empty), requests rate and burst, tokens rate and burst
+/// (0 = unlimited), then the op's four numbers. Replies {granted or done, wait µs, made now}.
+const SCRIPT: &str = r#"
+local op, program = ARGV[1], ARGV[2]
+local lease_ms, fresh = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rr, rb, tr, tb = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local a, b, c, d = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local s = redis.call('HMGET', KEYS[1], 'r', 't', 'at', 'pause')
+local lr, lt, at, pause = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4]) or 0
+local made = 0
+if at == nil then lr = rb * fresh; lt = tb * fresh; at = now; made = 1 end
+-- What is in flight, forgetting the programs whose lease ended.
+local fr, ft = 0, 0
+local flights = redis.call('HGETALL', KEYS[2])
+for i = 1, #flights, 2 do
+  if redis.call('EXISTS', KEYS[3] .. flights[i]) == 0 then
+    redis.call('HDEL', KEYS[2], flights[i])
+  else
+    local r, k = string.match(flights[i + 1], '(%S+) (%S+)')
+    fr = fr + tonumber(r); ft = ft + tonumber(k)
+  end
+end
+local function flight(dr, dt)
+  local mine = redis.call('HGET', KEYS[2], program)
+  local r, k = 0, 0
+  if mine then r, k = string.match(mine, '(%S+) (%S+)'); r = tonumber(r); k = tonumber(k) end
+  local nr, nk = math.max(0, r + dr), math.max(0, k + dt)
+  fr = math.max(0, fr + nr - r); ft = math.max(0, ft + nk - k)
+  if nr == 0 and nk == 0 then redis.call('HDEL', KEYS[2], program)
+  else redis.call('HSET', KEYS[2], program, string.format('%.0f %.0f', nr, nk)) end
+end
+-- The level refills up to the burst, and never past a minute's worth less what is in flight.
+local function ceiling(rate, burst, inflight) return math.min(burst, rate - inflight) end
+local function raise(level, added, rate, burst, inflight)
+  local top = ceiling(rate, burst, inflight)
+  if level < top then return math.min(top, level + added) end
+  return level
+end
+local elapsed = math.max(0, now - at)
+if rr > 0 then lr = raise(lr, rr * elapsed / 60e6, rr, rb, fr) end
+if tr > 0 then lt = raise(lt, tr * elapsed / 60e6, tr, tb, ft) end
+at = math.max(at, now)
+local reply = {1, 0, made}
+if op == 'take' then -- a tokens, b requests
+  if pause > now then
+    reply = {0, pause - now, made}
+  else
+    local wait = 0
+    local function need(amount, level, rate, burst, inflight)
+      local n = math.min(amount, burst)
+      if n <= level then return 0 end
+      if n > ceiling(rate, burst, inflight) then return 50000 end
+      return math.ceil((n - level) * 60e6 / rate)
+    end
+    if rr > 0 then wait = math.max(wait, need(b, lr, rr, rb, fr)) end
+    if tr > 0 then wait = math.max(wait, need(a, lt, tr, tb, ft)) end
+    if wait == 0 then
+      lr = lr - b; lt = lt - a
+      flight(b, a)
+      redis.call('SET', KEYS[3] .. program, '1', 'PX', lease_ms)
+    else
+      reply = {0, wait, made}
+    end
+  end
+elseif op == 'settle' then -- a, b granted tokens and requests; c, d what was used
+  flight(-b, -a)
+  if rr > 0 then
+    if d < b then lr = raise(lr, b - d, rr, rb, fr) else lr = lr - (d - b) end
+  end
+  if tr > 0 then
+    if c < a then lt = raise(lt, a - c, tr, tb, ft) else lt = lt - (c - a) end
+  end
+elseif op == 'extra' then -- a requests made without a grant
+  lr = lr - a
+elseif op == 'at_most' then -- a requests left, b tokens left (-1: not said)
+  if rr > 0 and a >= 0 then lr = math.min(lr, a - math.max(0, fr - 1)) end
+  if tr > 0 and b >= 0 then lt = math.min(lt, b) end
+elseif op == 'pause' then -- a µs from now
+  pause = math.max(pause, now + a)
+end
+redis.call('HSET', KEYS[1], 'r', lr, 't', lt, 'at', at, 'pause', pause)
+-- Idle for two minutes, the API's own bucket is full again: so may ours be.
+redis.call('PEXPIRE', KEYS[1], 120000)
+redis.call('PEXPIRE', KEYS[2], 120000)
+return reply
+"#;
+
+impl Throttle {
+    /// A throttle shared by every program that names the same `name` on the Redis server at
+    /// `url` (feature `redis`): the same bucket as [`Throttle::new`] (requests and tokens per
+    /// minute, the burst of [`with_burst`](Throttle::with_burst), debt, refunds, the pause
+    /// after a 429), held in Redis and updated atomically by a Lua script on the server's
+    /// clock. Give it to each session with
+    /// [`SessionBuilder::throttle`](crate::SessionBuilder::throttle), on any backend.
+    ///
+    /// - A program that dies holding grants does not shrink the limit: its share of what is
+    ///   in flight is forgotten 10 s after its last sign of life.
+    /// - If Redis cannot be reached, no request is admitted: waiting items wait (a stop ends
+    ///   the wait) and the throttle logs one warning naming the address and the reason, asks
+    ///   again with a growing backoff (at most every 2 s), and says when it answers again. A
+    ///   Redis that comes back empty (restarted without persistence) starts the bucket empty,
+    ///   not full, so the limit holds across the restart.
+    /// - Within a program, waiters go in arrival order; across programs, whoever asks when
+    ///   there is room goes first.
+    ///
+    /// Every program on a name must give the same limits. What it costs: one round trip to
+    /// Redis per permit and one per settle (docs/scaling-out.md has the figures).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a zero limit, an empty name or an address that is not
+    /// Redis's; [`Error::SharedStore`] if the server does not answer now.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use claude_rayon::{Backend, Session, Throttle};
+    ///
+    /// // Every program of the organisation's key: 50 requests a minute in all.
+    /// let throttle = Throttle::redis("redis://127.0.0.1:6379/", "org-key-haiku", Some(50), None)?
+    ///     .with_burst(Some(5), None)?;
+    /// let session = Session::builder()
+    ///     .backend(Backend::MessagesApi)
+    ///     .throttle(Arc::new(throttle))
+    ///     .build()?;
+    /// # Ok::<(), claude_rayon::Error>(())
+    /// ```
+    pub fn redis(
+        url: &str,
+        name: &str,
+        requests_per_minute: Option<u32>,
+        tokens_per_minute: Option<u64>,
+    ) -> Result<Throttle, Error> {
+        let local = Throttle::new(requests_per_minute, tokens_per_minute)?;
+        if name.is_empty() {
+            return Err(Error::InvalidConfig(
+                "a shared throttle needs a name (the same in every program sharing it)".into(),
+            ));
+        }
+        let bucket = RedisBucket::open(Store::open(url)?, name);
+        Ok(local.with_remote(Arc::new(bucket)))
+    }
+}
+
+/// A bucket's keys on the server; `{name}` is a hash tag, so they stay on one node.
+struct Keys {
+    state: String,
+    flight: String,
+    lease: String,
+}
+
+struct Inner {
+    store: Store,
+    keys: Keys,
+    program: String,
+    script: redis::Script,
+    /// This program has seen the bucket: if it is gone now, Redis lost it, and a new one
+    /// starts empty.
+    seen: AtomicBool,
+    /// Grants of this program not yet settled: while any, the lease is renewed.
+    in_flight: AtomicU64,
+    /// Changes that could not be sent (settles, extra requests, pauses), sent again in order.
+    unsent: Mutex<Vec<(&'static str, [i64; 4])>>,
+    /// The bucket was found made anew after this program had seen it (said once per loss).
+    said_lost: AtomicBool,
+    /// The limits of the last call, for the changes the lease thread sends again.
+    limits_for_tick: Mutex<Option<Limits>>,
+}
+
+/// [`RemoteBucket`] on Redis; a thread of its own renews the lease while it lives.
+pub(crate) struct RedisBucket {
+    inner: Arc<Inner>,
+    /// Dropped with the bucket: the renewing thread ends.
+    _stop: Sender<()>,
+}
+
+impl std::fmt::Debug for RedisBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBucket")
+            .field("address", &self.inner.store.address())
+            .field("state", &self.inner.keys.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBucket {
+    fn open(store: Store, name: &str) -> RedisBucket {
+        let prefix = format!("claude-rayon:{{{name}}}:throttle");
+        let inner = Arc::new(Inner {
+            store,
+            keys: Keys {
+                state: prefix.clone(),
+                flight: format!("{prefix}:flight"),
+                lease: format!("{prefix}:lease:"),
+            },
+            program: program_id(),
+            script: redis::Script::new(SCRIPT),
+            seen: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            unsent: Mutex::new(Vec::new()),
+            said_lost: AtomicBool::new(false),
+            limits_for_tick: Mutex::new(None),
+        });
+        let stop = every_tick(&inner, Inner::tick);
+        RedisBucket { inner, _stop: stop }
+    }
+}
+
+impl Drop for RedisBucket {
+    fn drop(&mut self) {
+        // Nothing of this program is in flight any more (each permit held the bucket).
+        let inner = &self.inner;
+        let _ = inner.store.run(|c| {
+            redis::pipe()
+                .hdel(&inner.keys.flight, &inner.program)
+                .del(format!("{}{}", inner.keys.lease, inner.program))
+                .query::<()>(c)
+        });
+    }
+}
+
+impl Inner {
+    fn call(&self, limits: Limits, op: &str, numbers: [i64; 4]) -> Result<Vec<i64>, String> {
+        let (rr, rb) = limits.requests.unwrap_or((0, 0));
+        let (tr, tb) = limits.tokens.unwrap_or((0, 0));
+        let seen = self.seen.load(Ordering::SeqCst);
+        *self.limits_for_tick.lock() = Some(limits);
+        let reply: Vec<i64> = self.store.run(|c| {
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(&self.keys.state)
+                .key(&self.keys.flight)
+                .key(&self.keys.lease)
+                .arg(op)
+                .arg(&self.program)
+                .arg(LEASE.as_millis() as u64)
+                .arg(if seen { 0 } else { 1 })
+                .arg(rr)
+                .arg(rb)
+                .arg(tr)
+                .arg(tb)
+                .arg(&numbers[..]);
+            invocation.invoke(c)
+        })?;
+        if reply.get(2) == Some(&1) && seen {
+            if !self.said_lost.swap(true, Ordering::SeqCst) {
+                log::warn!(
+                    "shared throttle at {}: its state was lost (Redis restarted?); it starts \
+                     again from an empty bucket so the limit holds",
+                    self.store.address()
+                );
+            }
+        } else {
+            self.said_lost.store(false, Ordering::SeqCst);
+        }
+        self.seen.store(true, Ordering::SeqCst);
+        Ok(reply)
+    }
+
+    /// Sends the changes kept while Redis was away, in order, then `op`; keeps what fails.
+    fn send_or_keep(&self, limits: Limits, op: &'static str, numbers: [i64; 4]) {
+        let mut unsent = self.unsent.lock();
+        unsent.push((op, numbers));
+        while let Some(&(op, numbers)) = unsent.first() {
+            match self.call(limits, op, numbers) {
+                Ok(_) => {
+                    unsent.remove(0);
+                }
+                Err(reason) => {
+                    log::debug!("shared throttle: kept a change to send later ({reason})");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn tick(&self) {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            let lease = format!("{}{}", self.keys.lease, self.program);
+            let _ = self.store.run(|c| {
+                redis::cmd("SET")
+                    .arg(&lease)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(LEASE.as_millis() as u64)
+                    .query::<()>(c)
+            });
+        }
+        let limits = *self.limits_for_tick.lock();
+        if let Some(limits) = limits {
+            let mut unsent = self.unsent.lock();
+            while let Some(&(op, numbers)) = unsent.first() {
+                if self.call(limits, op, numbers).is_err() {
+                    break;
+                }
+                unsent.remove(0);
+            }
+        }
+    }
+}
+
+fn number(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl RemoteBucket for RedisBucket {
+    fn try_take(
+        &self,
+        limits: Limits,
+        tokens: u64,
+        requests: u64,
+    ) -> Result<Option<Duration>, String> {
+        let reply = self
+            .inner
+            .call(limits, "take", [number(tokens), number(requests), 0, 0])?;
+        if reply.first() == Some(&1) {
+            self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        } else {
+            let micros = reply.get(1).copied().unwrap_or(0).max(1);
+            Ok(Some(Duration::from_micros(micros as u64)))
+        }
+    }
+
+    fn settle(
+        &self,
+        limits: Limits,
+        granted: (u64, u64),
+        actual_tokens: u64,
+        actual_requests: u64,
+    ) {
+        self.inner.send_or_keep(
+            limits,
+            "settle",
+            [
+                number(granted.0),
+                number(granted.1),
+                number(actual_tokens),
+                number(actual_requests),
+            ],
+        );
+        self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn note_extra_requests(&self, limits: Limits, n: u32) {
+        self.inner
+            .send_or_keep(limits, "extra", [i64::from(n), 0, 0, 0]);
+    }
+
+    fn at_most(&self, limits: Limits, requests: Option<u64>, tokens: Option<u64>) {
+        // Only worth saying now: a word kept for later would be stale.
+        let said = |n: Option<u64>| n.map_or(-1, number);
+        let _ = self
+            .inner
+            .call(limits, "at_most", [said(requests), said(tokens), 0, 0]);
+    }
+
+    fn pause_for(&self, limits: Limits, wait: Duration) {
+        let micros = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX);
+        self.inner.send_or_keep(limits, "pause", [micros, 0, 0, 0]);
+    }
+
+    fn address(&self) -> String {
+        self.inner.store.address().to_string()
+    }
+}

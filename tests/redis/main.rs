@@ -1,0 +1,103 @@
+//! Programs sharing one throttle, one budget and one stream through Redis (feature `redis`).
+//! Each test starts its own `redis-server` (tests/support/redis.rs) and skips with a notice
+//! when there is none, unless CLAUDE_RAYON_REQUIRE_REDIS=1 (CI). "Programs" are separate
+//! processes where the issue says so: the test runs a copy of this binary in a child role.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod budget;
+mod stream;
+mod throttle;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use claude_rayon::{Backend, Session, SessionBuilder};
+
+/// A Messages API session on the mock at `api_url`.
+fn builder(api_url: &str) -> SessionBuilder {
+    Session::builder()
+        .backend(Backend::MessagesApi)
+        .api_key("sk-ant-test-key-that-must-not-leak")
+        .base_url(api_url)
+        .model("claude-haiku-4-5")
+        .retry_policy(support::quick_retries(3))
+        .timeout(Duration::from_secs(30))
+}
+
+/// A copy of this binary running only `test` (its child role, chosen by `env`).
+fn child(module: &str, test: &str, env: &[(&str, String)]) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            &support::this_test(module, test),
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().unwrap()
+}
+
+/// Waits for a child and returns what it printed; fails the test if it failed.
+fn finished(child: Child, what: &str) -> String {
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{what} failed: {stdout}");
+    support::assert_ran_one_test(&stdout);
+    stdout
+}
+
+/// Log lines at warning level and above, from every test in this process.
+mod captured_log {
+    use std::sync::{Mutex, OnceLock};
+
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, metadata: &log::Metadata) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record) {
+            if self.enabled(record.metadata()) {
+                let line = record.args().to_string();
+                eprintln!("log: {line}");
+                LINES.lock().unwrap().push(line);
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    /// Starts capturing (once per process).
+    pub fn install() {
+        static ONCE: OnceLock<()> = OnceLock::new();
+        ONCE.get_or_init(|| {
+            log::set_boxed_logger(Box::new(Capture)).unwrap();
+            log::set_max_level(log::LevelFilter::Warn);
+        });
+    }
+
+    /// Whether a captured line contains `text`.
+    pub fn contains(text: &str) -> bool {
+        LINES.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    /// The captured lines containing `text`.
+    pub fn lines_with(text: &str) -> Vec<String> {
+        LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
+    }
+}
