@@ -7,6 +7,8 @@
 //!   same handle, and the program goes on to its end (exit code 0).
 //! - A second Ctrl-C ends the program at once, with exit code 130, items still in flight.
 //! - A program that already handles SIGINT is refused, its handler kept.
+//! - On a batch session, Ctrl-C cancels the submitted batch and keeps (and journals) the
+//!   answers it had.
 //!
 //! A test binary of its own (`harness = false`): the Ctrl-C handler is one per process, and
 //! the signal goes to a whole process. Every wait is on a condition (a line from the child,
@@ -45,11 +47,12 @@ fn main() {
             "twice" => child(Path::new(&dir), true),
             "taken" => child_with_a_handler_of_its_own(),
             "ignored" => child_started_with_ctrl_c_ignored(),
+            "batch" => child_with_a_batch(Path::new(&dir)),
             other => panic!("no scenario {other}"),
         }
         return;
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
         (
             "the_first_ctrl_c_stops_new_items_and_keeps_the_answers_in_flight",
             the_first_ctrl_c_stops_new_items_and_keeps_the_answers_in_flight,
@@ -65,6 +68,10 @@ fn main() {
         (
             "a_program_started_with_ctrl_c_ignored_keeps_ignoring_it",
             a_program_started_with_ctrl_c_ignored_keeps_ignoring_it,
+        ),
+        (
+            "ctrl_c_cancels_a_batch_and_keeps_its_partial_results",
+            ctrl_c_cancels_a_batch_and_keeps_its_partial_results,
         ),
     ];
     for (name, test) in tests {
@@ -236,6 +243,68 @@ fn a_program_started_with_ctrl_c_ignored_keeps_ignoring_it() {
     copy.expect_line("cancelled: false");
     let (code, stderr) = copy.end();
     assert_eq!(code, Some(0), "stderr: {stderr}");
+}
+
+fn ctrl_c_cancels_a_batch_and_keeps_its_partial_results() {
+    let mut copy = Copy::start("batch");
+    copy.expect_line("submitted, 4 answered");
+    copy.ctrl_c();
+    let summary = copy.next_line().expect("a summary");
+    let (code, stderr) = copy.end();
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(
+        summary,
+        format!(
+            "answered 4, cancelled {}, batch ended with {} canceled",
+            ITEMS - 4,
+            ITEMS - 4
+        )
+    );
+    assert_eq!(
+        Journal::open(&copy.journal).unwrap().len(),
+        4,
+        "the answers the batch had are journaled"
+    );
+}
+
+/// The child: ten tickets in one batch on a batch session that Ctrl-C cancels; four are
+/// answered before the Ctrl-C, the batch never ends by itself.
+fn child_with_a_batch(dir: &Path) {
+    let ctrl_c = Cancel::on_ctrl_c().unwrap();
+    let api = MockApi::start();
+    api.set_batch_processing_time(Duration::from_secs(24 * 3600));
+    let session = Session::builder()
+        .backend(Backend::Batches)
+        .api_key("sk-ant-test-key")
+        .base_url(api.url())
+        .model("claude-haiku-4-5")
+        .batch_poll_interval(Duration::from_millis(5))
+        .journal(dir.join("journal.jsonl"))
+        .with_cancel(&ctrl_c)
+        .build()
+        .unwrap();
+    let tickets: Vec<String> = (0..ITEMS).map(|i| support::ticket(i, 400)).collect();
+    let run = std::thread::spawn(move || {
+        tickets
+            .par_iter()
+            .claude_map(&session, |t| format!("Summarise this ticket:\n{t}"))
+            .map(|result| result.map(drop).map_err(|failed| failed.error))
+            .collect::<Vec<Result<(), Error>>>()
+    });
+    support::wait_until("the batch", PATIENCE, || api.batch_count() == 1);
+    let id = api.batches()[0].id.clone();
+    assert_eq!(api.advance_batch(&id, 4), 4);
+    say("submitted, 4 answered");
+    let results = run.join().unwrap();
+    let answered = results.iter().filter(|r| r.is_ok()).count();
+    let cancelled = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Cancelled)))
+        .count();
+    let canceled = api.batches()[0].counts.canceled;
+    say(&format!(
+        "answered {answered}, cancelled {cancelled}, batch ended with {canceled} canceled"
+    ));
 }
 
 /// The child: ten tickets on a session that Ctrl-C cancels, answers held until then (or,
