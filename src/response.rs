@@ -79,9 +79,11 @@ pub struct Response {
     pub structured: Option<serde_json::Value>,
     /// Tokens this item used.
     pub usage: Usage,
-    /// What this item cost, in US dollars, as the CLI computed it.
+    /// What this item cost, in US dollars, as the backend computed it (on a
+    /// [`Backend::Batches`](crate::Backend::Batches) session, at the batch price: half).
     pub cost_usd: f64,
-    /// Wall time from sending the prompt to reading its result.
+    /// Wall time from sending the prompt to reading its result (on a batch session, from
+    /// the batch's submission to its results).
     pub duration: Duration,
     /// Model turns the CLI took (1 for a plain answer).
     pub num_turns: u32,

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
@@ -98,6 +98,8 @@ struct RunBatch {
     jobs: HashMap<String, usize>,
     /// Every result read and recorded.
     read: bool,
+    /// When this run submitted it or took it up: an answer's latency is counted from here.
+    since: Instant,
 }
 
 /// Items on their way through batches.
@@ -403,6 +405,7 @@ impl<'r> Batched<'r> {
                 },
                 jobs: mine,
                 read: false,
+                since: Instant::now(),
             });
         }
     }
@@ -562,6 +565,7 @@ impl<'r> Batched<'r> {
                     state,
                     jobs,
                     read: false,
+                    since: Instant::now(),
                 });
                 self.report_progress();
             }
@@ -692,7 +696,12 @@ impl<'r> Batched<'r> {
             let reservation = self.jobs[job].reservation.take();
             let admission = self.run.session().admission();
             let outcome = match result {
-                BatchItemResult::Succeeded(Ok(response)) => {
+                BatchItemResult::Succeeded(Ok(mut response)) => {
+                    // The API does not say how long a request took: its latency here is
+                    // the batch's, from submission to its results.
+                    if response.duration.is_zero() {
+                        response.duration = self.batches[batch].since.elapsed();
+                    }
                     let billed = Billed {
                         cost_usd: response.cost_usd,
                         usage: response.usage,

@@ -67,6 +67,7 @@ fn ten_thousand_items_go_out_in_two_batches_and_come_back_in_order_at_half_price
         let (item, response) = result.as_ref().unwrap();
         assert_eq!(*item, &items[i]);
         assert!(response.text.contains(&items[i][..60]), "{}", response.text);
+        assert!(!response.duration.is_zero(), "the batch's latency");
     }
     let batches = api.batches();
     assert_eq!(batches.len(), 2, "6,000 requests at most per batch");
