@@ -170,17 +170,15 @@ impl Admission {
     }
 
     /// Reserve the budget for a request that goes out in a batch, at the batch price: its
-    /// prompt and the most output it may write (`max_output_tokens`, else the throttle's
-    /// allowance). Nothing else: a batch is not throttled per request (the Message Batches
-    /// API has limits of its own) and the engine warms the prompt cache before it submits.
-    pub(crate) fn reserve_batched(
-        &self,
-        prompt: &str,
-        max_output_tokens: Option<u64>,
-    ) -> Result<Reservation<'_>, Error> {
+    /// prompt and the output the session expects of an answer (`output_token_allowance`;
+    /// the most it may write, `max_tokens`, would reserve several times what most answers
+    /// cost, and a batch reserves all its items at once). Nothing else: a batch is not
+    /// throttled per request (the Message Batches API has limits of its own) and the engine
+    /// warms the prompt cache before it submits.
+    pub(crate) fn reserve_batched(&self, prompt: &str) -> Result<Reservation<'_>, Error> {
         let (input_price, output_price) = crate::budget::list_price(self.model());
         let input = estimate_tokens(prompt).saturating_add(self.settings.request_overhead_tokens);
-        let output = max_output_tokens.unwrap_or(self.settings.output_token_allowance);
+        let output = self.settings.output_token_allowance;
         let estimate = (input as f64 * input_price + output as f64 * output_price) / 1_000_000.0
             * crate::backend::batch::BATCH_PRICE_FACTOR;
         self.budget.reserve_bounded(estimate)

@@ -392,7 +392,7 @@ impl<'r> Batched<'r> {
                     .run
                     .session()
                     .admission()
-                    .reserve_batched(&job.asked, self.run.session().backend().max_output_tokens())
+                    .reserve_batched(&job.asked)
                     .ok();
             }
             self.batches.push(RunBatch {
@@ -459,7 +459,6 @@ impl<'r> Batched<'r> {
     /// `max_batch_requests` and the API's 256 MB.
     fn submit_due(&mut self) {
         let session = self.run.session();
-        let max_output = session.backend().max_output_tokens();
         let mut due = Vec::new();
         for index in 0..self.jobs.len() {
             if !self.jobs[index].is_due() {
@@ -469,10 +468,7 @@ impl<'r> Batched<'r> {
             if job.tries > 0 {
                 self.world.note(Event::Retried, None);
             }
-            match session
-                .admission()
-                .reserve_batched(job.sending(), max_output)
-            {
+            match session.admission().reserve_batched(job.sending()) {
                 Ok(reservation) => {
                     self.jobs[index].reservation = Some(reservation);
                     due.push(index);

@@ -500,3 +500,30 @@ fn the_key_is_in_no_error_and_a_missing_feature_or_bad_setting_is_named() {
     let session = builder(&api).build().unwrap();
     assert!(!format!("{session:?}").contains(KEY));
 }
+
+#[test]
+fn a_budget_reserves_each_request_at_the_batch_price_and_refuses_the_rest_unsent() {
+    let api = MockApi::start();
+    // Each request reserves its prompt and 1,024 output tokens at half of Haiku's price
+    // (about 0.0026 USD): a cap of 0.026 USD admits about ten of thirty.
+    let session = builder(&api).max_budget_usd(0.026).build().unwrap();
+    let items = tickets(30);
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |t| prompt(t))
+        .collect();
+    let answered = outcome.ok.len();
+    assert!((5..=12).contains(&answered), "{answered} answered");
+    assert!(outcome
+        .dead_letter
+        .iter()
+        .all(|f| matches!(f.error, Error::BudgetExceeded { .. })));
+    assert_eq!(
+        submitted_ids(&api).len(),
+        answered,
+        "a refused item is not submitted"
+    );
+    let stats = session.stats();
+    assert!(stats.cost_usd <= 0.026, "{}", stats.cost_usd);
+    assert!(stats.budget_exhausted);
+}
