@@ -1,12 +1,15 @@
 //! Programs sharing one throttle, one budget and one stream through Redis (feature `redis`).
 //! Each test starts its own `redis-server` (tests/support/redis.rs) and skips with a notice
-//! when there is none, unless CLAUDE_RAYON_REQUIRE_REDIS=1 (CI). "Programs" are separate
-//! processes where the issue says so: the test runs a copy of this binary in a child role.
+//! when there is none, unless CLAUDE_RAYON_REQUIRE_REDIS=1 (CI). `REDIS_SERVER` names the
+//! server to run; set, it is the only one looked for (a path that is not a file: none).
+//! "Programs" are separate processes where the issue says so: the test runs a copy of this
+//! binary in a child role.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod budget;
+mod skip;
 mod stream;
 mod throttle;
 
