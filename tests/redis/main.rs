@@ -48,6 +48,30 @@ fn child(module: &str, test: &str, env: &[(&str, String)]) -> Child {
     command.spawn().unwrap()
 }
 
+/// A child program that is killed (SIGKILL) and reaped when dropped, so a test that fails
+/// before it kills the child leaves nothing running.
+struct Program(Child);
+
+impl Program {
+    /// `kill -9`, and reaped.
+    fn kill_9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The program ids (host-pid-start) that a process with `pid` uses on a shared store.
+fn is_program_of(program: &str, pid: u32) -> bool {
+    program.contains(&format!("-{pid}-"))
+}
+
 /// Waits for a child and returns what it printed; fails the test if it failed.
 fn finished(child: Child, what: &str) -> String {
     let output = child.wait_with_output().unwrap();
