@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Name of the variable that turns a skipped Redis test into a failure.
@@ -110,6 +112,64 @@ impl RedisServer {
         super::wait_until("redis-server answers", Duration::from_secs(20), || {
             self.answers()
         });
+    }
+}
+
+/// While a [`RedisServer`] is stopped: a listener on its port that takes each connection and
+/// closes it unanswered, counting them, so a test can wait until a client has tried again
+/// several times. Dropped (it borrows the server) before the server starts again.
+pub struct StandIn<'a> {
+    _server: &'a RedisServer,
+    port: u16,
+    tries: Arc<AtomicUsize>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RedisServer {
+    /// A [`StandIn`] on this (stopped) server's port.
+    pub fn stand_in(&self) -> StandIn<'_> {
+        assert!(self.child.is_none(), "the server is running");
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        let tries = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (tries, done) = (Arc::clone(&tries), Arc::clone(&done));
+            std::thread::spawn(move || {
+                for connection in listener.incoming() {
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    drop(connection);
+                    tries.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        StandIn {
+            _server: self,
+            port: self.port,
+            tries,
+            done,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl StandIn<'_> {
+    /// How many connections it has taken (and closed).
+    pub fn tries(&self) -> usize {
+        self.tries.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for StandIn<'_> {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees `done` and closes the port.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
