@@ -157,7 +157,8 @@ fn redis_stopped_mid_run_holds_requests_says_why_and_resumes() {
     // Permits granted before Redis went away may still land: at most one per worker.
     let at_warning = api.request_count();
     {
-        // Redis's port takes connections and closes them: each is the throttle asking again.
+        // Redis's port takes connections and closes them: each is the throttle trying Redis
+        // again (the waiting item at the head, or the lease thread with settles to send).
         let stand_in = redis.stand_in();
         wait_until(
             "the throttle has asked Redis again several times",
