@@ -1,13 +1,17 @@
-//! One spending cap for two programs: together they stop at it.
+//! One spending cap for two programs: together they stop at it, and a dead one's
+//! reservations come back.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use claude_rayon::prelude::*;
 use claude_rayon::{Error, SharedBudget};
 use rayon::prelude::*;
 
-use crate::builder;
-use crate::support;
 use crate::support::mock_api::MockApi;
 use crate::support::redis::RedisServer;
+use crate::support::{self, wait_until};
+use crate::{builder, child, is_program_of, Program};
 
 #[test]
 fn two_programs_on_one_shared_budget_stop_at_the_cap_together() {
@@ -76,4 +80,126 @@ fn two_programs_on_one_shared_budget_stop_at_the_cap_together() {
         (recorded - together).abs() < 1e-9,
         "{recorded} vs {together}"
     );
+}
+
+/// The lease test's cap: the dying program's reservations leave less than one item's.
+const LEASE_CAP: f64 = 0.009;
+/// What every item reserves.
+const ESTIMATE: f64 = 0.002;
+const HELD: usize = 4;
+const HOLDER_ENV: &str = "CLAUDE_RAYON_TEST_BUDGET_HOLDER";
+
+/// The holding program: `HELD` items reserve on the shared cap and go out to an API that
+/// never answers, so their reservations stay until the parent kills this process.
+fn hold_reservations(spec: &str) {
+    let (redis_url, api_url) = spec.split_once(' ').unwrap();
+    let budget = SharedBudget::redis(redis_url, "lease", LEASE_CAP).unwrap();
+    let session = builder(api_url)
+        .concurrency(HELD)
+        .cost_estimate_usd(ESTIMATE)
+        .timeout(Duration::from_secs(600))
+        .shared_budget(budget)
+        .build()
+        .unwrap();
+    let items: Vec<String> = (0..HELD).map(|i| support::ticket(900 + i, 400)).collect();
+    let _ = items
+        .par_iter()
+        .claude_map(&session, |t| format!("Summarise this support ticket:\n{t}"))
+        .collect::<Vec<_>>();
+    panic!("the holding program's calls ended: it was to be killed holding them");
+}
+
+/// `(program, USD)` of each reservation on the shared cap `name`, as Redis holds them (the
+/// hash src/scale/budget.rs keeps, `program|n` → USD).
+fn reservations(connection: &mut redis::Connection, name: &str) -> Vec<(String, f64)> {
+    let held: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("claude-rayon:{{{name}}}:budget:held"))
+        .query(connection)
+        .unwrap();
+    held.into_iter()
+        .map(|(key, usd)| {
+            let (program, _) = key.rsplit_once('|').unwrap();
+            (program.to_string(), usd.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A program killed with `kill -9` while its reservations are out does not keep the cap
+/// spent: once its lease ends, another program's item, which did not fit beside them, is
+/// answered, and the reservations are gone from Redis.
+#[test]
+fn a_program_killed_holding_reservations_gives_them_back_after_the_lease() {
+    if let Ok(spec) = std::env::var(HOLDER_ENV) {
+        return hold_reservations(&spec);
+    }
+    let Some(redis) = RedisServer::start("a_program_killed_holding_reservations") else {
+        return;
+    };
+    let silent = MockApi::start();
+    silent.set_latency(Duration::from_secs(3600));
+    let api = MockApi::start();
+    let mut holder = Program(child(
+        module_path!(),
+        "a_program_killed_holding_reservations_gives_them_back_after_the_lease",
+        &[(HOLDER_ENV, format!("{} {}", redis.url(), silent.url()))],
+    ));
+    let pid = holder.0.id();
+    wait_until(
+        "the holding program has its calls out",
+        Duration::from_secs(30),
+        || silent.in_flight() == HELD,
+    );
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let held: Vec<f64> = reservations(&mut connection, "lease")
+        .into_iter()
+        .filter(|(program, _)| is_program_of(program, pid))
+        .map(|(_, usd)| usd)
+        .collect();
+    assert_eq!(held.len(), HELD, "{held:?}");
+    let held_usd: f64 = held.iter().sum();
+    assert!(
+        held_usd + ESTIMATE > LEASE_CAP,
+        "an item would fit beside the dead program's {held_usd} USD"
+    );
+    holder.kill_9();
+
+    let budget = SharedBudget::redis(&redis.url(), "lease", LEASE_CAP).unwrap();
+    let session = builder(&api.url())
+        .cost_estimate_usd(ESTIMATE)
+        .shared_budget(budget.clone())
+        .build()
+        .unwrap();
+    let prompt = format!(
+        "Summarise this support ticket:\n{}",
+        support::ticket(950, 400)
+    );
+    // Refused (over the cap, nothing sent) while the dead reservations count; answered once
+    // their lease ended, 10 s after the holder's last renewal.
+    let mut refused = 0;
+    wait_until(
+        "the dead program's reservations are given back",
+        Duration::from_secs(40),
+        || match session.query(&prompt) {
+            Ok(_) => true,
+            Err(Error::BudgetExceeded { .. }) => {
+                refused += 1;
+                false
+            }
+            Err(e) => panic!("{e}"),
+        },
+    );
+    assert!(
+        refused > 0,
+        "the first item fitted beside the dead reservations"
+    );
+    assert_eq!(api.request_count(), 1, "a refused item went out");
+    let left: Vec<_> = reservations(&mut connection, "lease")
+        .into_iter()
+        .filter(|(program, _)| is_program_of(program, pid))
+        .collect();
+    assert!(left.is_empty(), "the dead program still holds {left:?}");
+    assert!(budget.spent_usd().unwrap() > 0.0);
 }

@@ -1,12 +1,15 @@
 //! Programs sharing one throttle, one budget and one stream through Redis (feature `redis`).
 //! Each test starts its own `redis-server` (tests/support/redis.rs) and skips with a notice
-//! when there is none, unless CLAUDE_RAYON_REQUIRE_REDIS=1 (CI). "Programs" are separate
-//! processes where the issue says so: the test runs a copy of this binary in a child role.
+//! when there is none, unless CLAUDE_RAYON_REQUIRE_REDIS=1 (CI). `REDIS_SERVER` names the
+//! server to run; set, it is the only one looked for (a path that is not a file: none).
+//! "Programs" are separate processes where the issue says so: the test runs a copy of this
+//! binary in a child role.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod budget;
+mod skip;
 mod stream;
 mod throttle;
 
@@ -43,6 +46,30 @@ fn child(module: &str, test: &str, env: &[(&str, String)]) -> Child {
         command.env(k, v);
     }
     command.spawn().unwrap()
+}
+
+/// A child program that is killed (SIGKILL) and reaped when dropped, so a test that fails
+/// before it kills the child leaves nothing running.
+struct Program(Child);
+
+impl Program {
+    /// `kill -9`, and reaped.
+    fn kill_9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The program ids (host-pid-start) that a process with `pid` uses on a shared store.
+fn is_program_of(program: &str, pid: u32) -> bool {
+    program.contains(&format!("-{pid}-"))
 }
 
 /// Waits for a child and returns what it printed; fails the test if it failed.

@@ -1,7 +1,8 @@
 //! Three consumers on one stream, one killed with `kill -9` mid-run: every item is answered
-//! at least once and at most twice, and the dead one's items are claimed by the others.
+//! at least once and at most twice, and the dead one's items are claimed by the others; and
+//! what cannot be answered goes to the dead letters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use claude_rayon::pipeline::Pipeline;
@@ -9,7 +10,7 @@ use claude_rayon::scale::{RedisStream, StreamItem};
 use redis::streams::StreamRangeReply;
 use redis::Value;
 
-use crate::support::mock_api::MockApi;
+use crate::support::mock_api::{MockApi, Reply};
 use crate::support::redis::RedisServer;
 use crate::support::{self, wait_until};
 use crate::{builder, child, finished};
@@ -186,4 +187,165 @@ fn a_consumer_killed_mid_run_leaves_nothing_unanswered() {
         .unwrap();
     assert_eq!(dead, 0);
     assert!(pending_of(&mut connection, "host-a-1").is_empty());
+}
+
+/// Every field of every entry of `key` (a stream), by entry id.
+fn entries(connection: &mut redis::Connection, key: &str) -> Vec<HashMap<String, String>> {
+    let reply: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(connection)
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            e.map
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::BulkString(b) => (k.clone(), String::from_utf8_lossy(b).into_owned()),
+                    other => panic!("{k}: {other:?}"),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// What goes to `<stream>:dead`, with its reason, acknowledged: an entry without a `text`
+/// field, at once; an item the API refuses for good (400), at once, asked once; an item that
+/// keeps failing with a retryable error (529), left pending and claimed again until it has
+/// been delivered more than `max_deliveries` times. The rest is answered as usual.
+#[test]
+fn entries_that_cannot_be_answered_go_to_the_dead_letters_acknowledged() {
+    const LETTERS: &str = "letters";
+    const MAX_DELIVERIES: u64 = 2;
+    let Some(redis) = RedisServer::start("entries_that_cannot_be_answered") else {
+        return;
+    };
+    let (fine, refused, flaky) = (
+        support::ticket(1000, 400),
+        support::ticket(1001, 400),
+        support::ticket(1002, 400),
+    );
+    let api = MockApi::start();
+    {
+        let (refused, flaky) = (refused.clone(), flaky.clone());
+        api.set_reply(move |prompt| {
+            if prompt.contains(&refused) {
+                Reply::status(400, None)
+            } else if prompt.contains(&flaky) {
+                Reply::status(529, None)
+            } else {
+                Reply::text(format!("Summary: {}", &prompt[..prompt.len().min(200)]))
+            }
+        });
+    }
+    let stream = RedisStream::consumer(&redis.url(), LETTERS, GROUP, "host-a-1")
+        .unwrap()
+        // Long enough that an entry being answered is not claimed under it on a busy machine.
+        .claim_after(Duration::from_secs(1))
+        .max_deliveries(MAX_DELIVERIES)
+        .until_drained();
+    let fine_id = stream.add(&fine).unwrap();
+    let refused_id = stream.add(&refused).unwrap();
+    let flaky_id = stream.add(&flaky).unwrap();
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // A producer that named the field otherwise.
+    let no_text_id: String = redis::cmd("XADD")
+        .arg(LETTERS)
+        .arg("*")
+        .arg("body")
+        .arg(support::ticket(1003, 400))
+        .query(&mut connection)
+        .unwrap();
+
+    let session = builder(&api.url())
+        .retry_policy(support::quick_retries(0))
+        .concurrency(2)
+        .build()
+        .unwrap();
+    let run = std::thread::spawn(move || {
+        let mut acker = stream.acker();
+        let mut failures = stream.acker();
+        Pipeline::builder(&session)
+            .source(stream.items())
+            .prompt(|t: &StreamItem| format!("Summarise this support ticket:\n{}", t.text))
+            .batch_size(1)
+            .on_batch(move |batch| {
+                let answered = batch.into_items();
+                acker
+                    .ack_with_answers(answered.iter().map(|(t, r)| (t, r.text.as_str())))
+                    .unwrap();
+            })
+            .on_failed(move |failed| failures.on_failed(&failed))
+            .run()
+            .unwrap()
+    });
+    // It ends once nothing is pending: every entry answered or dead-lettered, acknowledged.
+    wait_until(
+        "the consumer has drained the stream",
+        Duration::from_secs(30),
+        || run.is_finished(),
+    );
+    let stats = run.join().unwrap();
+    assert_eq!(stats.succeeded, 1);
+
+    let dead: BTreeMap<String, HashMap<String, String>> =
+        entries(&mut connection, &format!("{LETTERS}:dead"))
+            .into_iter()
+            .map(|fields| (fields["id"].clone(), fields))
+            .collect();
+    let ids: Vec<&String> = dead.keys().collect();
+    let mut expected = vec![&no_text_id, &refused_id, &flaky_id];
+    expected.sort();
+    assert_eq!(ids, expected, "{dead:#?}");
+    let reason = |id: &str| dead[id]["reason"].as_str();
+    assert!(
+        reason(&no_text_id).contains("no `text` field"),
+        "{}",
+        reason(&no_text_id)
+    );
+    assert!(
+        reason(&refused_id).contains("400") && !reason(&refused_id).contains("delivered"),
+        "{}",
+        reason(&refused_id)
+    );
+    assert_eq!(
+        reason(&flaky_id),
+        format!("delivered 3 times, more than max_deliveries ({MAX_DELIVERIES})")
+    );
+    assert_eq!(dead[&refused_id]["text"], refused);
+    assert_eq!(dead[&flaky_id]["text"], flaky);
+    assert_eq!(dead[&flaky_id]["consumer"], "host-a-1");
+
+    // Dead letters are acknowledged: nothing is pending in the group.
+    let pending: Vec<Value> = redis::cmd("XPENDING")
+        .arg(LETTERS)
+        .arg(GROUP)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(pending.first(), Some(&Value::Int(0)), "{pending:?}");
+    let results: Vec<String> = entries(&mut connection, &format!("{LETTERS}:results"))
+        .into_iter()
+        .map(|fields| fields["id"].clone())
+        .collect();
+    assert_eq!(results, [fine_id]);
+
+    // The refusal was asked once; the retryable failure once per delivery it was allowed.
+    let asked = |text: &str| {
+        api.requests()
+            .iter()
+            .filter(|r| r.prompt.contains(text))
+            .count()
+    };
+    assert_eq!(asked(&refused), 1, "a refused item was asked again");
+    assert_eq!(
+        asked(&flaky),
+        MAX_DELIVERIES as usize,
+        "a retryable failure was not left pending and claimed again"
+    );
 }

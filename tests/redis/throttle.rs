@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::support::mock_api::MockApi;
 use crate::support::redis::RedisServer;
 use crate::support::{self, wait_until};
-use crate::{builder, captured_log, child, finished};
+use crate::{builder, captured_log, child, finished, is_program_of, Program};
 
 /// The API's limit and ours, requests per minute: 10 a second.
 const RPM: u32 = 600;
@@ -141,36 +141,182 @@ fn redis_stopped_mid_run_holds_requests_says_why_and_resumes() {
         api.request_count() >= 10
     });
     redis.stop();
+    // The address (other tests of this process log too), and that items wait: nothing goes
+    // out until Redis answers.
+    let away = format!("shared throttle at {} cannot be reached", redis.url());
     wait_until(
         "the throttle says Redis is away",
         Duration::from_secs(20),
-        || captured_log::contains("cannot be reached"),
+        || captured_log::contains(&away),
     );
-    let warning = captured_log::lines_with("cannot be reached").remove(0);
+    let warning = captured_log::lines_with(&away).remove(0);
     assert!(
-        warning.contains(&redis.url()) && warning.contains("no request is sent"),
+        warning.contains("no request is sent until it answers"),
         "{warning}"
     );
     // Permits granted before Redis went away may still land: at most one per worker.
     let at_warning = api.request_count();
-    wait_until(
-        "the throttle has asked again",
-        Duration::from_secs(20),
-        || captured_log::lines_with("cannot be reached").len() == 1 && !redis.answers(),
-    );
-    let sent_while_down = api.request_count() - at_warning;
-    assert!(
-        sent_while_down <= 4,
-        "{sent_while_down} requests went out while Redis was away"
-    );
+    {
+        // Redis's port takes connections and closes them: each is the throttle trying Redis
+        // again (the waiting item at the head, or the lease thread with settles to send).
+        let stand_in = redis.stand_in();
+        wait_until(
+            "the throttle has asked Redis again several times",
+            Duration::from_secs(20),
+            || stand_in.tries() >= 8,
+        );
+        let sent_while_down = api.request_count() - at_warning;
+        assert!(
+            sent_while_down <= 4,
+            "{sent_while_down} requests went out while Redis was away"
+        );
+        assert_eq!(
+            captured_log::lines_with(&away).len(),
+            1,
+            "said more than once"
+        );
+    }
     redis.restart();
+    wait_until(
+        "the run resumes and ends once Redis is back",
+        Duration::from_secs(30),
+        || run.is_finished(),
+    );
     let answered = run.join().unwrap();
     assert_eq!(answered, 40);
-    assert!(captured_log::contains("answers again"));
-    assert!(captured_log::contains("state was lost"));
+    assert!(
+        captured_log::contains(&format!("shared throttle at {} answers again", redis.url())),
+        "no word that Redis answers again"
+    );
+    assert!(captured_log::contains(&format!(
+        "shared throttle at {}: its state was lost",
+        redis.url()
+    )));
+    // The mock's limit is the throttle's, and it was left near empty by `drain`: any
+    // request past the limit, over the whole run, would have been answered 429.
     assert_eq!(
         api.rate_limited(),
         0,
-        "the limit was exceeded around the restart"
+        "the limit was exceeded around the stop or the restart"
     );
+}
+
+/// The lease test's tokens-per-minute limit (requests unlimited).
+const LEASE_TPM: u64 = 60_000;
+/// What each of the dying program's items reserves on top of its prompt: together its
+/// grants hold nearly the whole minute.
+const HOLDER_ALLOWANCE: u64 = 14_000;
+const HELD: usize = 4;
+/// What the surviving program's item reserves on top of its prompt: more than the limit
+/// leaves while the dead program's grants count.
+const SURVIVOR_ALLOWANCE: u64 = 5_000;
+const HOLDER_ENV: &str = "CLAUDE_RAYON_TEST_THROTTLE_HOLDER";
+
+/// The holding program: `HELD` items go out on the shared throttle to an API that never
+/// answers, so their grants stay in flight until the parent kills this process.
+fn hold_grants(spec: &str) {
+    let (redis_url, api_url) = spec.split_once(' ').unwrap();
+    let throttle = Throttle::redis(redis_url, "lease", None, Some(LEASE_TPM)).unwrap();
+    let session = builder(api_url)
+        .concurrency(HELD)
+        .output_token_allowance(HOLDER_ALLOWANCE)
+        .timeout(Duration::from_secs(600))
+        .throttle(Arc::new(throttle))
+        .build()
+        .unwrap();
+    let items: Vec<String> = (0..HELD).map(|i| support::ticket(700 + i, 400)).collect();
+    let _ = items
+        .par_iter()
+        .claude_map(&session, |t| format!("Summarise this support ticket:\n{t}"))
+        .collect::<Vec<_>>();
+    panic!("the holding program's calls ended: it was to be killed holding them");
+}
+
+/// `program → (requests, tokens)` in flight on the shared throttle `name`, as Redis holds
+/// them (the hash src/scale/throttle.rs keeps).
+fn in_flight(connection: &mut redis::Connection, name: &str) -> Vec<(String, u64, u64)> {
+    let flights: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("claude-rayon:{{{name}}}:throttle:flight"))
+        .query(connection)
+        .unwrap();
+    flights
+        .into_iter()
+        .map(|(program, held)| {
+            let (requests, tokens) = held.split_once(' ').unwrap();
+            (program, requests.parse().unwrap(), tokens.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A program killed with `kill -9` while its grants are in flight does not shrink the
+/// shared limit for good: once its lease ends, another program is admitted an item that
+/// did not fit beside the dead one's share, and the share is gone from Redis.
+#[test]
+fn a_program_killed_holding_grants_gives_its_share_back_after_the_lease() {
+    if let Ok(spec) = std::env::var(HOLDER_ENV) {
+        return hold_grants(&spec);
+    }
+    let Some(redis) = RedisServer::start("a_program_killed_holding_grants") else {
+        return;
+    };
+    let silent = MockApi::start();
+    silent.set_latency(Duration::from_secs(3600));
+    let api = MockApi::start();
+    let mut holder = Program(child(
+        module_path!(),
+        "a_program_killed_holding_grants_gives_its_share_back_after_the_lease",
+        &[(HOLDER_ENV, format!("{} {}", redis.url(), silent.url()))],
+    ));
+    let pid = holder.0.id();
+    wait_until(
+        "the holding program has its calls out",
+        Duration::from_secs(30),
+        || silent.in_flight() == HELD,
+    );
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let held: Vec<_> = in_flight(&mut connection, "lease")
+        .into_iter()
+        .filter(|(program, ..)| is_program_of(program, pid))
+        .collect();
+    assert!(
+        matches!(held[..], [(_, requests, tokens)]
+            if requests == HELD as u64 && tokens >= HELD as u64 * HOLDER_ALLOWANCE),
+        "the holding program's grants are not in flight in Redis: {held:?}"
+    );
+    let held_tokens = held[0].2;
+    assert!(
+        held_tokens + SURVIVOR_ALLOWANCE > LEASE_TPM,
+        "an item of the survivor's would fit beside the dead share"
+    );
+    holder.kill_9();
+
+    let throttle = Throttle::redis(&redis.url(), "lease", None, Some(LEASE_TPM)).unwrap();
+    let session = builder(&api.url())
+        .output_token_allowance(SURVIVOR_ALLOWANCE)
+        .throttle(Arc::new(throttle))
+        .build()
+        .unwrap();
+    let run = std::thread::spawn(move || {
+        session.query(format!(
+            "Summarise this support ticket:\n{}",
+            support::ticket(800, 400)
+        ))
+    });
+    // While the dead share counted, the item could never be admitted: it waits for the lease
+    // to end (10 s after the holder's last renewal), then for the bucket to refill.
+    wait_until(
+        "the dead program's share is given back",
+        Duration::from_secs(40),
+        || run.is_finished(),
+    );
+    let answer = run.join().unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    let left: Vec<_> = in_flight(&mut connection, "lease")
+        .into_iter()
+        .filter(|(program, ..)| is_program_of(program, pid))
+        .collect();
+    assert!(left.is_empty(), "the dead program still holds {left:?}");
 }

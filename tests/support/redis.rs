@@ -6,25 +6,30 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Name of the variable that turns a skipped Redis test into a failure.
 pub const REQUIRE_REDIS: &str = "CLAUDE_RAYON_REQUIRE_REDIS";
 
-/// `REDIS_SERVER`, else `redis-server` on PATH (or in /usr/sbin, /usr/bin).
+/// Names the `redis-server` to run. When set, it is the only one looked for: a path that
+/// is not a file means none (`REDIS_SERVER=/nonexistent` takes the skip path on a machine
+/// that has one, which is how tests/redis/skip.rs checks it).
+pub const REDIS_SERVER: &str = "REDIS_SERVER";
+
+/// `REDIS_SERVER` if set, else `redis-server` on PATH (or in /usr/sbin, /usr/bin).
 fn binary() -> Option<PathBuf> {
-    std::env::var_os("REDIS_SERVER")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .or_else(|| {
-            let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).collect())
-                .unwrap_or_default();
-            dirs.extend(["/usr/bin".into(), "/usr/sbin".into()]);
-            dirs.into_iter()
-                .map(|d| d.join("redis-server"))
-                .find(|p| p.is_file())
-        })
+    if let Some(named) = std::env::var_os(REDIS_SERVER) {
+        return Some(PathBuf::from(named)).filter(|p| p.is_file());
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/bin".into(), "/usr/sbin".into()]);
+    dirs.into_iter()
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
 }
 
 /// A running `redis-server` of this test's own.
@@ -40,13 +45,13 @@ impl RedisServer {
     pub fn start(test: &str) -> Option<RedisServer> {
         let Some(binary) = binary() else {
             if std::env::var(REQUIRE_REDIS).is_ok_and(|v| v == "1") {
-                panic!("{REQUIRE_REDIS}=1 but no redis-server was found (set REDIS_SERVER or put it on PATH)");
+                panic!("{REQUIRE_REDIS}=1 but no redis-server was found (set {REDIS_SERVER} to one, or put it on PATH)");
             }
             // Written to the stderr handle itself: the test harness captures print macros only.
             let _ = writeln!(
                 std::io::stderr(),
                 "\nNOTICE: Redis test `{test}` SKIPPED: no redis-server found. Install it with \
-                 `apt-get install redis-server` or set REDIS_SERVER \
+                 `apt-get install redis-server` or set {REDIS_SERVER} to one \
                  (CI sets {REQUIRE_REDIS}=1 to make this a failure).\n"
             );
             return None;
@@ -107,6 +112,64 @@ impl RedisServer {
         super::wait_until("redis-server answers", Duration::from_secs(20), || {
             self.answers()
         });
+    }
+}
+
+/// While a [`RedisServer`] is stopped: a listener on its port that takes each connection and
+/// closes it unanswered, counting them, so a test can wait until a client has tried again
+/// several times. Dropped (it borrows the server) before the server starts again.
+pub struct StandIn<'a> {
+    _server: &'a RedisServer,
+    port: u16,
+    tries: Arc<AtomicUsize>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RedisServer {
+    /// A [`StandIn`] on this (stopped) server's port.
+    pub fn stand_in(&self) -> StandIn<'_> {
+        assert!(self.child.is_none(), "the server is running");
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        let tries = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (tries, done) = (Arc::clone(&tries), Arc::clone(&done));
+            std::thread::spawn(move || {
+                for connection in listener.incoming() {
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    drop(connection);
+                    tries.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        StandIn {
+            _server: self,
+            port: self.port,
+            tries,
+            done,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl StandIn<'_> {
+    /// How many connections it has taken (and closed).
+    pub fn tries(&self) -> usize {
+        self.tries.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for StandIn<'_> {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees `done` and closes the port.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
