@@ -452,7 +452,9 @@ impl<'r> Batched<'r> {
         let job = &mut self.jobs[first];
         job.calls += calls;
         job.tries = 0;
-        self.judge(first, outcome, false);
+        if let Some(ended) = self.judge(first, outcome, false) {
+            self.record(&[ended]);
+        }
     }
 
     /// Submit every due job's next request, in batches of at most the session's
@@ -460,6 +462,7 @@ impl<'r> Batched<'r> {
     fn submit_due(&mut self) {
         let session = self.run.session();
         let mut due = Vec::new();
+        let mut refused = Vec::new();
         for index in 0..self.jobs.len() {
             if !self.jobs[index].is_due() {
                 continue;
@@ -478,9 +481,11 @@ impl<'r> Batched<'r> {
                         self.world.fail_fatally(&error);
                     }
                     self.end(index, Err(error));
+                    refused.push(index);
                 }
             }
         }
+        self.record(&refused);
         if due.is_empty() {
             return;
         }
@@ -579,10 +584,12 @@ impl<'r> Batched<'r> {
                     if let Some(journal) = self.journal {
                         let _ = journal.batch_done(&submission);
                     }
+                    let mut ended = Vec::new();
                     for index in indices {
                         self.jobs[index].reservation = None;
-                        self.try_failed(index, error.clone());
+                        ended.extend(self.try_failed(index, error.clone()));
                     }
+                    self.record(&ended);
                 } else {
                     log::warn!(
                         "a batch of {} requests may or may not have been created ({error}); \
@@ -590,9 +597,10 @@ impl<'r> Batched<'r> {
                          batch if it exists",
                         indices.len()
                     );
-                    for index in indices {
+                    for &index in &indices {
                         self.end(index, Err(error.clone()));
                     }
+                    self.record(&indices);
                 }
             }
         }

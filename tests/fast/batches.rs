@@ -397,7 +397,13 @@ fn a_long_shared_prompt_is_cached_by_one_messages_call_before_the_batch() {
     let rubric = "Rate the ticket's urgency from the customer's words and the business \
         impact they describe; quote the phrase that decided it. "
         .repeat(60);
-    let session = builder(&api).append_system_prompt(&rubric).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("answers.jsonl");
+    let session = builder(&api)
+        .append_system_prompt(&rubric)
+        .journal(&path)
+        .build()
+        .unwrap();
     let items = tickets(30);
     let outcome: Outcome<_, _> = items
         .par_iter()
@@ -421,6 +427,13 @@ fn a_long_shared_prompt_is_cached_by_one_messages_call_before_the_batch() {
         "the batch reads what the call wrote"
     );
     assert!(batch.billed.cache_read > 0);
+    // Every answer, the warming one's too, is in the journal: a rerun asks nothing.
+    let again: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |t| prompt(t))
+        .collect();
+    assert!(again.ok.iter().all(|(_, r)| r.replayed));
+    assert_eq!((api.request_count(), api.batch_count()), (1, 1));
 }
 
 #[test]
