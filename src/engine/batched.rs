@@ -13,6 +13,7 @@
 //! prompt (items with the same prompt share one request: a duplicate id would reject the
 //! whole batch).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,8 +53,10 @@ const RECORD_CHUNK: usize = 1_000;
 struct Job<'r> {
     /// The item's own prompt (the strict policy's re-prompt quotes it).
     prompt: String,
-    /// What the first ask sends: the journal's key.
-    asked: String,
+    /// What the first ask sends (the journal's key), when the policy makes it other than
+    /// the prompt (the strict policy's instruction); else the prompt is. One copy of each
+    /// prompt, not two: a run holds 100,000 of them until their batch is created.
+    first_ask: Option<String>,
     /// The re-prompt, once the policy asked for one.
     again: Option<String>,
     /// The `custom_id` of the request now due or in flight.
@@ -73,8 +76,13 @@ struct Job<'r> {
 }
 
 impl Job<'_> {
+    /// What the first ask sends: the journal's key.
+    fn asked(&self) -> &str {
+        self.first_ask.as_deref().unwrap_or(&self.prompt)
+    }
+
     fn sending(&self) -> &str {
-        self.again.as_deref().unwrap_or(&self.asked)
+        self.again.as_deref().unwrap_or(self.asked())
     }
 
     fn ask(&self) -> Ask {
@@ -162,11 +170,13 @@ where
         batches: Vec::new(),
     };
     let mut done: Vec<Option<Result<Answer, (Error, u32)>>> = Vec::with_capacity(items.len());
-    let mut by_asked: HashMap<String, usize> = HashMap::new();
+    // By the first ask's key, which is its `custom_id`: the one thing that must not repeat
+    // in a batch, and 32 bytes where the ask itself may be kilobytes.
+    let mut by_key: HashMap<Key, usize> = HashMap::new();
     for (index, prompt) in prompts.into_iter().enumerate() {
-        done.push(batched.take_item(index, prompt, &mut by_asked));
+        done.push(batched.take_item(index, prompt, &mut by_key));
     }
-    drop(by_asked);
+    drop(by_key);
     batched.run_rounds();
     // Every job has its outcome now: hand it to each of its items.
     let Batched { jobs, world, .. } = batched;
@@ -232,7 +242,7 @@ impl<'r> Batched<'r> {
         &mut self,
         index: usize,
         prompt: Result<String, Error>,
-        by_asked: &mut HashMap<String, usize>,
+        by_key: &mut HashMap<Key, usize>,
     ) -> Option<Result<Answer, (Error, u32)>> {
         let world = &self.world;
         // As `life::live`: a spent budget still lets an answer come from the journal.
@@ -247,8 +257,9 @@ impl<'r> Batched<'r> {
         if life::is_blank(&prompt) {
             return Some(Err((Error::EmptyPrompt, 0)));
         }
-        let asked = life::first_ask(self.policy, &prompt).into_owned();
-        if let Some(&job) = by_asked.get(&asked) {
+        let asked = life::first_ask(self.policy, &prompt);
+        let key = Key::of(&self.settings, &asked);
+        if let Some(&job) = by_key.get(&key) {
             self.jobs[job].items.push(index);
             return None;
         }
@@ -267,13 +278,16 @@ impl<'r> Batched<'r> {
             }
             Ok(None) => {}
         }
-        let custom_id = Key::of(&self.settings, &asked).to_hex();
-        by_asked.insert(asked.clone(), self.jobs.len());
+        let first_ask = match asked {
+            Cow::Owned(asked) => Some(asked),
+            Cow::Borrowed(_) => None,
+        };
+        by_key.insert(key, self.jobs.len());
         self.jobs.push(Job {
             prompt,
-            asked,
+            first_ask,
             again: None,
-            custom_id,
+            custom_id: key.to_hex(),
             tries: 0,
             calls: 0,
             last: None,
@@ -392,7 +406,7 @@ impl<'r> Batched<'r> {
                     .run
                     .session()
                     .admission()
-                    .reserve_batched(&job.asked)
+                    .reserve_batched(job.asked())
                     .ok();
             }
             self.batches.push(RunBatch {
@@ -782,7 +796,7 @@ impl<'r> Batched<'r> {
         settling: bool,
     ) -> Option<usize> {
         let job = &self.jobs[index];
-        let judged = life::judge(self.policy, &job.prompt, &job.asked, outcome, job.ask());
+        let judged = life::judge(self.policy, &job.prompt, job.asked(), outcome, job.ask());
         let job = &mut self.jobs[index];
         let end = match judged {
             Judged::Answer { response, choice } => Ok(Answer {
@@ -849,7 +863,7 @@ impl<'r> Batched<'r> {
         let mut outcomes = Vec::with_capacity(ended.len());
         for &index in ended {
             let job = &self.jobs[index];
-            let key = Key::of(&self.settings, &job.asked);
+            let key = Key::of(&self.settings, job.asked());
             match &job.outcome {
                 Some(Ok(answer)) => outcomes.push((key, Ok(&answer.response))),
                 Some(Err((Error::Cancelled | Error::Stopped(_) | Error::Closed, _))) | None => {}
