@@ -17,8 +17,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use common::MockProcess;
+
+use std::io::Write;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,40 +32,6 @@ use rayon::prelude::*;
 
 const SERVE: &str = "--serve-mock-api";
 const PROBE: &str = "--probe-memory";
-
-/// The mock API in a child process (this program again), answering after `latency`.
-struct MockProcess {
-    child: Child,
-    url: String,
-}
-
-impl MockProcess {
-    fn start(latency: Duration) -> MockProcess {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg(SERVE)
-            .arg(latency.as_millis().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the mock API process");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        MockProcess {
-            child,
-            url: line.trim().to_string(),
-        }
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        // Its stdin closes: it stops.
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
 
 /// Serve the mock until stdin ends (the parent closed it, or died).
 fn serve(latency_ms: u64) {
@@ -177,7 +145,7 @@ fn main() {
     let cli64 = std::env::var_os("API_VS_CLI_CLI64").is_some();
 
     println!("1. instant mock API (its own process), items/s and CPU per item (this program and its children), 3 rounds, medians");
-    let instant = MockProcess::start(Duration::ZERO);
+    let instant = MockProcess::start(SERVE, &["0".to_string()]);
     let home = tempfile::tempdir().unwrap();
     let cli_env = cli.as_ref().map(|_| {
         // The CLI's environment for the mock: the in-process helper gives it for an address.
@@ -256,7 +224,7 @@ fn main() {
     drop(instant);
 
     println!("\n2. the whole program's resident memory with 256 requests in flight (API backend, 3 s API, concurrency 256, a fresh process)");
-    let slow = MockProcess::start(Duration::from_secs(3));
+    let slow = MockProcess::start(SERVE, &["3000".to_string()]);
     let probe = Command::new(std::env::current_exe().unwrap())
         .arg(PROBE)
         .arg(&slow.url)

@@ -18,8 +18,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use common::MockProcess;
+
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use claude_rayon::prelude::*;
@@ -30,39 +32,6 @@ use rayon::prelude::*;
 const SERVE: &str = "--serve-mock-api";
 const PROBE: &str = "--probe-library";
 const MODEL: &str = "claude-sonnet-4-5";
-
-/// The mock API in a child process (this program again), batches processed at once.
-struct MockProcess {
-    child: Child,
-    url: String,
-}
-
-impl MockProcess {
-    fn start() -> MockProcess {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg(SERVE)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the mock API process");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        MockProcess {
-            child,
-            url: line.trim().to_string(),
-        }
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        // Its stdin closes: it stops.
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
 
 /// Serve the mock until stdin ends (the parent closed it, or died).
 fn serve() {
@@ -142,7 +111,7 @@ fn map_all(session: &Session, items: &[String]) {
 
 /// One cost run on a fresh mock: the session's stats.
 fn cost_run(backend: Backend, shared: Option<&str>, items: &[String]) -> Stats {
-    let mock = MockProcess::start();
+    let mock = MockProcess::start(SERVE, &[]);
     let mut builder = builder(backend, &mock.url);
     if let Some(shared) = shared {
         builder = builder.append_system_prompt(shared);
@@ -212,7 +181,7 @@ struct Probe {
 }
 
 fn run_probe(n: usize, max_batch: usize, journal: bool) -> Probe {
-    let mock = MockProcess::start();
+    let mock = MockProcess::start(SERVE, &[]);
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             PROBE,

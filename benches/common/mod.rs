@@ -257,3 +257,40 @@ pub fn bare_driver(
     });
     started.elapsed()
 }
+
+/// The mock API in a child process (this program again, started with `serve_flag` and
+/// `args`, which prints the mock's URL and serves until its stdin closes): this program's
+/// CPU and memory are then the library's alone.
+pub struct MockProcess {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl MockProcess {
+    pub fn start(serve_flag: &str, args: &[String]) -> MockProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg(serve_flag)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the mock API process");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        MockProcess {
+            child,
+            url: line.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        // Its stdin closes: it stops.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}

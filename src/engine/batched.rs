@@ -190,21 +190,7 @@ where
         .into_iter()
         .zip(done)
         .map(|(item, outcome)| {
-            let outcome = outcome.expect("every item has an outcome");
-            world.note(
-                Event::Finished {
-                    succeeded: outcome.is_ok(),
-                },
-                None,
-            );
-            match outcome {
-                Ok(answer) => Ok((item, answer)),
-                Err((error, attempts)) => Err(Failed {
-                    item,
-                    error,
-                    attempts,
-                }),
-            }
+            life::finished(&world, item, outcome.expect("every item has an outcome"))
         })
         .collect()
 }

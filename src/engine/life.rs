@@ -116,6 +116,15 @@ where
     };
     world.note(Event::Started, None);
     let outcome = answer(world, &prompt, policy);
+    finished(world, item, outcome)
+}
+
+/// An item's life ends with `outcome`: counted as finished once, handed back with it.
+pub(crate) fn finished<T, W: World + ?Sized>(
+    world: &W,
+    item: T,
+    outcome: Result<Answer, (Error, u32)>,
+) -> Result<(T, Answer), Failed<T>> {
     world.note(
         Event::Finished {
             succeeded: outcome.is_ok(),

@@ -263,18 +263,7 @@ impl Journal {
     /// Write an item's outcome durably (an answer is also kept for replay). A write that
     /// fails is logged: the answer still goes to the caller, who paid for it.
     pub(crate) fn record(&self, key: Key, outcome: Result<&Response, &Error>) {
-        let record = match outcome {
-            Ok(response) => Record {
-                key: key.to_hex(),
-                answer: Some(format::StoredAnswer::from(response)),
-                ..Record::default()
-            },
-            Err(error) => Record {
-                key: key.to_hex(),
-                error: Some(error.to_string()),
-                ..Record::default()
-            },
-        };
+        let record = Self::record_of(key, outcome);
         if let Err(error) = self.inner.writer.append(&format::encode(&record)) {
             log::error!(
                 "journal {}: an answer could not be written ({error}); a rerun will ask for it again",
