@@ -59,7 +59,8 @@ pub struct Estimate {
     pub max_tokens_per_call: Option<u64>,
     /// The model priced (`None`: the CLI's default, priced as the current Opus).
     pub model: Option<String>,
-    /// The list prices used, in US dollars per million tokens: input, output.
+    /// The prices used, in US dollars per million tokens: input, output (the list prices,
+    /// halved on a [`Backend::Batches`](crate::Backend::Batches) session).
     pub price_per_million: (f64, f64),
     /// What the input costs, in US dollars.
     pub input_cost_usd: f64,
@@ -187,7 +188,11 @@ impl Session {
         } else {
             (config.output_token_allowance, OutputBasis::Allowance)
         };
-        let price = list_price(model.as_deref());
+        let mut price = list_price(model.as_deref());
+        if self.answers_in_batches() {
+            // The Message Batches API bills every token at half the list price.
+            price = (price.0 / 2.0, price.1 / 2.0);
+        }
         Estimate {
             items,
             already_answered: answered,

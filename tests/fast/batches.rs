@@ -540,3 +540,23 @@ fn a_budget_reserves_each_request_at_the_batch_price_and_refuses_the_rest_unsent
     assert!(stats.cost_usd <= 0.026, "{}", stats.cost_usd);
     assert!(stats.budget_exhausted);
 }
+
+#[test]
+fn an_estimate_on_a_batch_session_is_at_half_price() {
+    let api = MockApi::start();
+    let items = tickets(50);
+    let prompts = || items.iter().map(|t| prompt(t));
+    let batches = builder(&api).build().unwrap().estimate(prompts());
+    let messages = builder(&api)
+        .backend(Backend::MessagesApi)
+        .build()
+        .unwrap()
+        .estimate(prompts());
+    assert!(messages.cost_usd > 0.0);
+    assert!((batches.cost_usd / messages.cost_usd - 0.5).abs() < 1e-9);
+    assert_eq!(
+        api.batch_count() + api.request_count(),
+        0,
+        "an estimate asks nothing"
+    );
+}
