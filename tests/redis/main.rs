@@ -67,6 +67,35 @@ impl Drop for Program {
     }
 }
 
+/// A child copy running `test` as the holding program (its role chosen by `holder_env`, given
+/// the Redis address and an API that never answers), once it has `held` calls out: the
+/// program, its pid, and a connection to Redis to look at what it holds.
+fn holder_with_calls_out(
+    module: &str,
+    test: &str,
+    holder_env: &str,
+    redis: &support::redis::RedisServer,
+    silent: &support::mock_api::MockApi,
+    held: usize,
+) -> (Program, u32, redis::Connection) {
+    let holder = Program(child(
+        module,
+        test,
+        &[(holder_env, format!("{} {}", redis.url(), silent.url()))],
+    ));
+    let pid = holder.0.id();
+    support::wait_until(
+        "the holding program has its calls out",
+        Duration::from_secs(30),
+        || silent.in_flight() == held,
+    );
+    let connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    (holder, pid, connection)
+}
+
 /// The program ids (host-pid-start) that a process with `pid` uses on a shared store.
 fn is_program_of(program: &str, pid: u32) -> bool {
     program.contains(&format!("-{pid}-"))

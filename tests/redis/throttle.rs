@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::support::mock_api::MockApi;
 use crate::support::redis::RedisServer;
 use crate::support::{self, wait_until};
-use crate::{builder, captured_log, child, finished, is_program_of, Program};
+use crate::{builder, captured_log, child, finished, holder_with_calls_out, is_program_of};
 
 /// The API's limit and ours, requests per minute: 10 a second.
 const RPM: u32 = 600;
@@ -262,21 +262,14 @@ fn a_program_killed_holding_grants_gives_its_share_back_after_the_lease() {
     let silent = MockApi::start();
     silent.set_latency(Duration::from_secs(3600));
     let api = MockApi::start();
-    let mut holder = Program(child(
+    let (mut holder, pid, mut connection) = holder_with_calls_out(
         module_path!(),
         "a_program_killed_holding_grants_gives_its_share_back_after_the_lease",
-        &[(HOLDER_ENV, format!("{} {}", redis.url(), silent.url()))],
-    ));
-    let pid = holder.0.id();
-    wait_until(
-        "the holding program has its calls out",
-        Duration::from_secs(30),
-        || silent.in_flight() == HELD,
+        HOLDER_ENV,
+        &redis,
+        &silent,
+        HELD,
     );
-    let mut connection = redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
     let held: Vec<_> = in_flight(&mut connection, "lease")
         .into_iter()
         .filter(|(program, ..)| is_program_of(program, pid))

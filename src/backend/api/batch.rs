@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::answer::{self, Outcome};
-use super::conn::{transport_error, Transport, MAX_ERROR_BODY};
+use super::conn::{error_body, transport_error, Transport};
 use super::imp::ApiKey;
 use super::reply;
 use super::request::RequestTemplate;
@@ -93,13 +93,7 @@ impl BatchClient {
         if status == 200 {
             return Ok(response);
         }
-        let mut text = String::new();
-        let _ = response
-            .into_body()
-            .into_reader()
-            .take(MAX_ERROR_BODY)
-            .read_to_string(&mut text);
-        Err(batch_error_of(status, &text))
+        Err(batch_error_of(status, &error_body(response)))
     }
 
     /// A small call's JSON answer.

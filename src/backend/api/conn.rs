@@ -20,6 +20,17 @@ use crate::{Error, Response, Usage};
 /// The most of an error reply's body that is read.
 pub(super) const MAX_ERROR_BODY: u64 = 64 << 10;
 
+/// An error reply's body, as text, at most [`MAX_ERROR_BODY`] of it.
+pub(super) fn error_body(response: ureq::http::Response<ureq::Body>) -> String {
+    let mut text = String::new();
+    let _ = response
+        .into_body()
+        .into_reader()
+        .take(MAX_ERROR_BODY)
+        .read_to_string(&mut text);
+    text
+}
+
 /// A connection checked out of the backend; it goes back when dropped.
 pub(crate) struct ApiConn {
     shared: Arc<Shared>,
@@ -136,14 +147,8 @@ impl ApiConn {
             if let Some(wait) = reply::retry_after(&header) {
                 events(TurnEvent::RetryAfter(wait));
             }
-            let mut text = String::new();
-            let _ = response
-                .into_body()
-                .into_reader()
-                .take(MAX_ERROR_BODY)
-                .read_to_string(&mut text);
             return Err(CallFailure::sent(
-                reply::error_of(status, &text),
+                reply::error_of(status, &error_body(response)),
                 Usage::default(),
             ));
         }
