@@ -116,6 +116,13 @@ impl Reservation<'_> {
         self.settle_shared(actual);
     }
 
+    /// The item may have cost what was reserved, and nobody will learn what (a batch left
+    /// running, a creation whose answer was lost): count it spent.
+    pub(crate) fn keep(self) {
+        let amount = self.amount;
+        self.settle(amount);
+    }
+
     fn settle_shared(&mut self, actual: f64) {
         if let (Some(id), Some(shared)) = (self.shared.take(), &self.budget.shared) {
             shared.store.settle(id, actual);

@@ -108,6 +108,8 @@ struct RunBatch {
     read: bool,
     /// When this run submitted it or took it up: an answer's latency is counted from here.
     since: Instant,
+    /// An earlier run submitted it.
+    adopted: bool,
 }
 
 /// Items on their way through batches.
@@ -120,6 +122,19 @@ struct Batched<'r> {
     journal: Option<&'r Journal>,
     jobs: Vec<Job<'r>>,
     batches: Vec<RunBatch>,
+    /// The journal's submissions this run holds (so another run of the program does not
+    /// take them up), given back when it ends.
+    owned: Vec<String>,
+    /// Every batch id known to be some submission's, never one found by its size.
+    known_ids: HashSet<String>,
+}
+
+impl Drop for Batched<'_> {
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal {
+            journal.release_batches(&self.owned);
+        }
+    }
 }
 
 /// Answer `items` in batches; results in input order, as [`Run::item`] gives each.
@@ -168,6 +183,12 @@ where
         journal: run.journal.as_ref(),
         jobs: Vec::new(),
         batches: Vec::new(),
+        owned: Vec::new(),
+        known_ids: run
+            .journal
+            .as_ref()
+            .map(Journal::batch_ids)
+            .unwrap_or_default(),
     };
     let mut done: Vec<Option<Result<Answer, (Error, u32)>>> = Vec::with_capacity(items.len());
     // By the first ask's key, which is its `custom_id`: the one thing that must not repeat
@@ -179,8 +200,8 @@ where
     drop(by_key);
     batched.run_rounds();
     // Every job has its outcome now: hand it to each of its items.
-    let Batched { jobs, world, .. } = batched;
-    for job in jobs {
+    let world = run.world(ConnSource::Backend);
+    for job in std::mem::take(&mut batched.jobs) {
         let outcome = job.outcome.expect("every job ends with an outcome");
         for &index in &job.items {
             done[index] = Some(outcome.as_ref().map(clone_answer).map_err(Clone::clone));
@@ -201,6 +222,24 @@ fn clone_answer(answer: &Answer) -> Answer {
         choice: answer.choice,
         attempts: answer.attempts,
     }
+}
+
+/// Whether a failed creation certainly created nothing: the API answered with a client
+/// error (a 4xx, a rejected batch). Without an answer, or with a server's (a gateway's 502
+/// may follow a creation that went through), it may have.
+fn create_failed_for_sure(error: &Error) -> bool {
+    matches!(error, Error::BatchRejected { .. })
+        || error
+            .api_status()
+            .is_some_and(|status| (400..500).contains(&status))
+}
+
+/// Whether a look at a batch failed because the batch cannot be read at all, now or later:
+/// a client error other than a timeout, a conflict or a rate limit.
+fn is_gone(error: &Error) -> bool {
+    error
+        .api_status()
+        .is_some_and(|status| (400..500).contains(&status) && ![408, 409, 429].contains(&status))
 }
 
 fn unix_seconds(at: SystemTime) -> u64 {
@@ -339,7 +378,6 @@ impl<'r> Batched<'r> {
             .enumerate()
             .map(|(i, job)| (job.custom_id.clone(), i))
             .collect();
-        let mut claimed: HashSet<String> = open.iter().filter_map(|b| b.id.clone()).collect();
         for batch in open {
             let mine: HashMap<String, usize> = batch
                 .custom_ids
@@ -347,12 +385,13 @@ impl<'r> Batched<'r> {
                 .filter_map(|id| due.get(id).map(|&job| (id.clone(), job)))
                 .filter(|(_, job)| self.jobs[*job].in_batch.is_none())
                 .collect();
-            if mine.is_empty() {
+            if mine.is_empty() || !journal.claim_batch(&batch.submission) {
                 continue;
             }
+            self.owned.push(batch.submission.clone());
             let id = match batch.id {
                 Some(id) => id,
-                None => match self.find_created(batch.since, batch.custom_ids.len(), &claimed) {
+                None => match self.find_created(batch.since, batch.custom_ids.len()) {
                     Ok(Some(id)) => {
                         let _ = journal.batch_created(&batch.submission, &id);
                         id
@@ -368,16 +407,23 @@ impl<'r> Batched<'r> {
                         continue;
                     }
                     Err(error) => {
+                        // Submitting them again could pay for them twice: they fail now,
+                        // and the next rerun looks again.
                         log::warn!(
                             "cannot tell whether batch submission {} of an earlier run was \
-                             created ({error}); its items are submitted again",
+                             created ({error}); its items fail now, a rerun looks again",
                             batch.submission
                         );
+                        let ended: Vec<usize> = mine.values().copied().collect();
+                        for &job in &ended {
+                            self.end(job, Err(error.clone()));
+                        }
+                        self.record(&ended);
                         continue;
                     }
                 },
             };
-            claimed.insert(id.clone());
+            self.known_ids.insert(id.clone());
             log::info!(
                 "picking up batch {id} of an earlier run ({} of its {} requests are this run's)",
                 mine.len(),
@@ -406,26 +452,22 @@ impl<'r> Batched<'r> {
                 jobs: mine,
                 read: false,
                 since: Instant::now(),
+                adopted: true,
             });
         }
     }
 
     /// The batch an intent created, if the API lists one: created since the intent, of its
-    /// size, not claimed by another intent. `Ok(None)` when there is none (it was not
-    /// created).
-    fn find_created(
-        &self,
-        since: u64,
-        requests: usize,
-        claimed: &HashSet<String>,
-    ) -> Result<Option<String>, Error> {
+    /// size, and no batch the journal or this run knows as another submission's. `Ok(None)`
+    /// when there is none (it was not created).
+    fn find_created(&self, since: u64, requests: usize) -> Result<Option<String>, Error> {
         let since = UNIX_EPOCH + Duration::from_secs(since);
         let listed = self.api.list_since(since)?;
         // Oldest first: intents are written in order.
         Ok(listed
             .into_iter()
             .rev()
-            .find(|b| b.total() == requests as u64 && !claimed.contains(&b.id))
+            .find(|b| b.total() == requests as u64 && !self.known_ids.contains(&b.id))
             .map(|b| b.id))
     }
 
@@ -451,7 +493,8 @@ impl<'r> Batched<'r> {
         };
         let job = &mut self.jobs[first];
         job.calls += calls;
-        job.tries = 0;
+        // Its tries count: a failure the retry policy has given up on is not sent again.
+        job.tries = calls;
         if let Some(ended) = self.judge(first, outcome, false) {
             self.record(&[ended]);
         }
@@ -468,11 +511,11 @@ impl<'r> Batched<'r> {
                 continue;
             }
             let job = &self.jobs[index];
-            if job.tries > 0 {
-                self.world.note(Event::Retried, None);
-            }
             match session.admission().reserve_batched(job.sending()) {
                 Ok(reservation) => {
+                    if job.tries > 0 {
+                        self.world.note(Event::Retried, None);
+                    }
                     self.jobs[index].reservation = Some(reservation);
                     due.push(index);
                 }
@@ -503,19 +546,26 @@ impl<'r> Batched<'r> {
             })
         };
         let max_requests = session.config().batches.max_requests;
+        let mut chunks = Vec::new();
         let mut chunk: Vec<(usize, BatchRequest)> = Vec::new();
         let mut bytes = 0;
         for (index, request) in due.into_iter().zip(requests) {
             let size = request.params.len() + request.custom_id.len() + 40;
             if !chunk.is_empty() && (chunk.len() == max_requests || bytes + size > MAX_BATCH_BYTES)
             {
-                self.submit(std::mem::take(&mut chunk));
+                chunks.push(std::mem::take(&mut chunk));
                 bytes = 0;
             }
             bytes += size;
             chunk.push((index, request));
         }
-        if !chunk.is_empty() {
+        chunks.push(chunk);
+        for chunk in chunks {
+            // A stop (a cancel, a fatal error) while earlier batches were created: no more
+            // are; their items stay due, and the stop ends them.
+            if self.stop_reason().is_some() {
+                break;
+            }
             self.submit(chunk);
         }
     }
@@ -534,12 +584,14 @@ impl<'r> Batched<'r> {
                 }
                 return;
             }
+            self.owned.push(submission.clone());
         }
         for &index in &indices {
             self.jobs[index].tries += 1;
         }
         match self.create(&requests, since) {
             Ok(state) => {
+                self.known_ids.insert(state.id.clone());
                 if let Some(journal) = self.journal {
                     if let Err(error) = journal.batch_created(&submission, &state.id) {
                         log::error!("{error}; a rerun looks for batch {} by its size", state.id);
@@ -567,29 +619,23 @@ impl<'r> Batched<'r> {
                     jobs,
                     read: false,
                     since: Instant::now(),
+                    adopted: false,
                 });
                 self.report_progress();
             }
             Err(error) => {
-                // An answer with a status says the batch was not created; without one (a
-                // connection cut after the request went out) it may have been: its intent
-                // stays open for a rerun to look for, and its items are not asked again in
-                // this run, which could pay for them twice.
-                let not_created =
-                    error.api_status().is_some() || matches!(error, Error::BatchRejected { .. });
+                // `create` has tried again under the retry policy already: the items end
+                // here. A client error says the batch was not created; otherwise it may have
+                // been: its intent stays open for a rerun to look for, and what was reserved
+                // counts as spent, since it may be billed.
                 if error.is_fatal() {
                     self.world.fail_fatally(&error);
                 }
+                let not_created = create_failed_for_sure(&error);
                 if not_created {
                     if let Some(journal) = self.journal {
                         let _ = journal.batch_done(&submission);
                     }
-                    let mut ended = Vec::new();
-                    for index in indices {
-                        self.jobs[index].reservation = None;
-                        ended.extend(self.try_failed(index, error.clone()));
-                    }
-                    self.record(&ended);
                 } else {
                     log::warn!(
                         "a batch of {} requests may or may not have been created ({error}); \
@@ -598,10 +644,15 @@ impl<'r> Batched<'r> {
                         indices.len()
                     );
                     for &index in &indices {
-                        self.end(index, Err(error.clone()));
+                        if let Some(reservation) = self.jobs[index].reservation.take() {
+                            reservation.keep();
+                        }
                     }
-                    self.record(&indices);
                 }
+                for &index in &indices {
+                    self.end(index, Err(error.clone()));
+                }
+                self.record(&indices);
             }
         }
     }
@@ -625,10 +676,17 @@ impl<'r> Batched<'r> {
             if !self.world.wait(policy.backoff(tries)) {
                 return Err(error);
             }
-            let known: HashSet<String> = self.batches.iter().map(|b| b.state.id.clone()).collect();
-            if let Ok(Some(id)) = self.find_created(since, requests.len(), &known) {
-                log::info!("batch {id} was created although its answer was lost");
-                return self.api.retrieve(&id);
+            // A failure with no answer, or a server's, may have created the batch: it is
+            // looked for before another is made, and if the look fails, none is made.
+            if !create_failed_for_sure(&error) {
+                match self.find_created(since, requests.len()) {
+                    Ok(Some(id)) => {
+                        log::info!("batch {id} was created although its answer was lost");
+                        return self.api.retrieve(&id);
+                    }
+                    Ok(None) => {}
+                    Err(_) => return Err(error),
+                }
             }
         }
     }
@@ -642,53 +700,100 @@ impl<'r> Batched<'r> {
             if self.batches[index].read {
                 continue;
             }
-            match self.api.retrieve(&self.batches[index].state.id) {
-                Ok(state) => self.batches[index].state = state,
-                Err(error) => {
-                    if error.is_fatal() {
-                        self.world.fail_fatally(&error);
-                    }
-                    log::warn!(
-                        "cannot look at batch {} ({error}); trying again later",
-                        self.batches[index].state.id
-                    );
-                    continue;
-                }
+            // A stop ends the looks at once (the stop's own looks go on while they settle).
+            if !settling && self.stop_reason().is_some() {
+                break;
             }
-            if self.batches[index].state.status == BatchStatus::Ended {
-                match self.read_results(index, settling) {
-                    Ok(()) => read_any = true,
-                    Err(error) => {
-                        if error.is_fatal() {
-                            self.world.fail_fatally(&error);
-                        }
-                        log::warn!(
-                            "cannot read the results of batch {} ({error}); trying again later",
-                            self.batches[index].state.id
-                        );
+            let outcome = match self.api.retrieve(&self.batches[index].state.id) {
+                Ok(state) => {
+                    self.batches[index].state = state;
+                    if self.batches[index].state.status != BatchStatus::Ended {
+                        continue;
                     }
+                    self.read_results(index, settling).map(|()| read_any = true)
                 }
+                Err(error) => Err(error),
+            };
+            let Err(error) = outcome else {
+                continue;
+            };
+            if error.is_fatal() {
+                self.world.fail_fatally(&error);
+            }
+            if is_gone(&error) {
+                self.give_up_batch(index, error);
+                read_any = true;
+            } else {
+                log::warn!(
+                    "cannot look at batch {} or read its results ({error}); trying again later",
+                    self.batches[index].state.id
+                );
             }
         }
         self.report_progress();
         read_any
     }
 
+    /// The API says batch `index` cannot be read (not found, its results gone after 29
+    /// days, another workspace's): it is closed in the journal, and its requests are asked
+    /// again: at once for an earlier run's batch (no fault of this run's tries), under the
+    /// retry policy for this run's own.
+    fn give_up_batch(&mut self, index: usize, error: Error) {
+        let id = self.batches[index].state.id.clone();
+        log::warn!("batch {id} cannot be read ({error}); its requests are asked again");
+        if let Some(journal) = self.journal {
+            let _ = journal.batch_done(&self.batches[index].submission);
+        }
+        self.batches[index].read = true;
+        let jobs: Vec<usize> = self.batches[index]
+            .jobs
+            .values()
+            .copied()
+            .filter(|&job| self.jobs[job].in_batch == Some(index))
+            .collect();
+        let adopted = self.batches[index].adopted;
+        let mut ended = Vec::new();
+        for job in jobs {
+            self.jobs[job].in_batch = None;
+            self.jobs[job].reservation = None;
+            if adopted {
+                self.jobs[job].last = Some(error.clone());
+            } else {
+                ended.extend(self.try_failed(job, error.clone()));
+            }
+        }
+        self.record(&ended);
+    }
+
     fn read_results(&mut self, batch: usize, settling: bool) -> Result<(), Error> {
         let id = self.batches[batch].state.id.clone();
         let mut results: Vec<(usize, BatchItemResult)> = Vec::new();
-        let mut unknown = 0usize;
+        // Answers to requests of an adopted batch that this run has no item for: paid for
+        // by the run that submitted them, so kept in the journal for the run that has.
+        let mut others: Vec<(Key, Response)> = Vec::new();
         {
             let jobs = &self.batches[batch].jobs;
             self.api
                 .results(&id, &mut |custom_id, result| match jobs.get(custom_id) {
                     Some(&job) => results.push((job, result)),
-                    // Another run's request in an adopted batch, or a stray line.
-                    None => unknown += 1,
+                    None => {
+                        if let (Some(key), BatchItemResult::Succeeded(Ok(response))) =
+                            (Key::from_hex(custom_id), result)
+                        {
+                            others.push((key, response));
+                        }
+                    }
                 })?;
         }
-        if unknown > 0 {
-            log::debug!("batch {id}: {unknown} results are not this run's");
+        if let (Some(journal), false) = (self.journal, others.is_empty()) {
+            log::debug!(
+                "batch {id}: {} answers for items not in this run kept",
+                others.len()
+            );
+            for chunk in others.chunks(RECORD_CHUNK) {
+                let outcomes: Vec<_> = chunk.iter().map(|(key, r)| (*key, Ok(r))).collect();
+                journal.record_all(&outcomes);
+            }
         }
         let mut seen = HashSet::with_capacity(results.len());
         let mut to_record: Vec<(usize, Result<Response, Error>)> = Vec::new();
@@ -865,14 +970,22 @@ impl<'r> Batched<'r> {
         let running: Vec<usize> = (0..self.batches.len())
             .filter(|&b| !self.batches[b].read)
             .collect();
+        let mut cancelled = 0;
         if !running.is_empty() && on_cancel == BatchCancel::CancelAndKeepResults {
             for &b in &running {
                 let id = self.batches[b].state.id.clone();
                 match self.api.cancel(&id) {
-                    Ok(state) => self.batches[b].state = state,
+                    Ok(state) => {
+                        self.batches[b].state = state;
+                        cancelled += 1;
+                    }
                     Err(error) => log::warn!("cannot cancel batch {id}: {error}"),
                 }
             }
+        }
+        // Their answers so far are waited for only if a cancel reached the API (a fatal
+        // error, the API unreachable, would make every look fail too).
+        if cancelled > 0 {
             let deadline = std::time::Instant::now() + CANCEL_SETTLE;
             while self.batches.iter().any(|b| !b.read) && std::time::Instant::now() < deadline {
                 if !self.look(true) && self.batches.iter().any(|b| !b.read) {
@@ -898,6 +1011,13 @@ impl<'r> Batched<'r> {
         }
         for index in 0..self.jobs.len() {
             if self.jobs[index].outcome.is_none() {
+                // A request in a batch left running may still be billed: what was reserved
+                // for it counts as spent.
+                if self.jobs[index].in_batch.is_some() {
+                    if let Some(reservation) = self.jobs[index].reservation.take() {
+                        reservation.keep();
+                    }
+                }
                 let last = self.jobs[index].last.take();
                 self.end(index, Err(life::keep_last(last, reason.clone())));
             }

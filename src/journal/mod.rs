@@ -12,7 +12,7 @@
 mod commit;
 pub(crate) mod format;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -84,6 +84,12 @@ struct Inner {
     answers: Mutex<HashMap<Key, Response>>,
     /// Batch submissions whose results are not all read yet, oldest first.
     batches: Mutex<Vec<JournaledBatch>>,
+    /// Every batch id the journal has recorded, done or not: a batch found by its size is
+    /// never one of these.
+    batch_ids: Mutex<HashSet<String>>,
+    /// Submissions a run of this program is submitting or reading now: another run does not
+    /// take them up.
+    claimed: Mutex<HashSet<String>>,
     /// Owns the locked file: the lock goes when it is closed.
     writer: GroupCommit,
     /// Records skipped at open because their checksum failed (a damaged line).
@@ -186,6 +192,8 @@ impl Journal {
                 writer: GroupCommit::new(file),
                 answers: Mutex::new(loaded.answers),
                 batches: Mutex::new(loaded.batches),
+                batch_ids: Mutex::new(loaded.batch_ids),
+                claimed: Mutex::new(HashSet::new()),
                 damaged: loaded.damaged,
                 path,
                 _open_here: open_here,
@@ -290,9 +298,36 @@ pub(crate) struct JournaledBatch {
 }
 
 impl Journal {
-    /// Batch submissions whose results are not all read yet, oldest first.
+    /// Batch submissions whose results are not all read yet and that no run of this
+    /// program holds, oldest first.
     pub(crate) fn open_batches(&self) -> Vec<JournaledBatch> {
-        self.inner.batches.lock().clone()
+        let claimed = self.inner.claimed.lock();
+        self.inner
+            .batches
+            .lock()
+            .iter()
+            .filter(|b| !claimed.contains(&b.submission))
+            .cloned()
+            .collect()
+    }
+
+    /// Take up the submission for a run: false if another run of this program holds it.
+    pub(crate) fn claim_batch(&self, submission: &str) -> bool {
+        self.inner.claimed.lock().insert(submission.to_owned())
+    }
+
+    /// The run that held these submissions has ended: a later run may take up what is left
+    /// of them.
+    pub(crate) fn release_batches(&self, submissions: &[String]) {
+        let mut claimed = self.inner.claimed.lock();
+        for submission in submissions {
+            claimed.remove(submission);
+        }
+    }
+
+    /// Every batch id the journal has recorded.
+    pub(crate) fn batch_ids(&self) -> HashSet<String> {
+        self.inner.batch_ids.lock().clone()
     }
 
     /// Write, durably, that the batch named `submission` holding `custom_ids` is about to be
@@ -310,6 +345,7 @@ impl Journal {
             custom_ids: custom_ids.to_vec(),
             ..BatchNote::default()
         })?;
+        self.inner.claimed.lock().insert(submission.into());
         self.inner.batches.lock().push(JournaledBatch {
             submission: submission.into(),
             since,
@@ -326,6 +362,7 @@ impl Journal {
             id: Some(id.into()),
             ..BatchNote::default()
         })?;
+        self.inner.batch_ids.lock().insert(id.into());
         if let Some(batch) = self
             .inner
             .batches
@@ -382,6 +419,7 @@ impl fmt::Debug for Journal {
 struct Loaded {
     answers: HashMap<Key, Response>,
     batches: Vec<JournaledBatch>,
+    batch_ids: HashSet<String>,
     /// How many bytes to keep: everything up to the end of the last whole line.
     keep: usize,
     damaged: usize,
@@ -415,9 +453,11 @@ fn load(bytes: &[u8]) -> Result<Loaded, String> {
         }
     }
     let mut batches: Vec<JournaledBatch> = Vec::new();
+    let mut batch_ids = HashSet::new();
     for line in lines.filter(|l| !l.is_empty()) {
         let record = format::decode(line);
         if let Some(note) = record.as_ref().and_then(|r| r.batch.as_ref()) {
+            batch_ids.extend(note.id.clone());
             take_batch_note(&mut batches, note);
             continue;
         }
@@ -434,6 +474,7 @@ fn load(bytes: &[u8]) -> Result<Loaded, String> {
     Ok(Loaded {
         answers,
         batches,
+        batch_ids,
         keep,
         damaged,
     })

@@ -560,3 +560,107 @@ fn an_estimate_on_a_batch_session_is_at_half_price() {
         "an estimate asks nothing"
     );
 }
+
+/// Run `items` on a batch session with `journal`, cancelled (batches left running) once its
+/// first batch is submitted; the mock's batches take an hour.
+fn submit_and_leave(api: &MockApi, journal: &Path, items: &[String]) {
+    api.set_batch_processing_time(Duration::from_secs(3600));
+    let cancel = Cancel::new();
+    let on_submitted = cancel.clone();
+    let session = builder(api)
+        .journal(journal)
+        .on_cancel_batches(BatchCancel::LeaveRunning)
+        .on_progress(move |p| {
+            if p.batches.is_some_and(|b| b.submitted > 0) {
+                on_submitted.cancel();
+            }
+        })
+        .build()
+        .unwrap();
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |t| prompt(t))
+        .with_cancel(&cancel)
+        .collect();
+    assert_eq!(outcome.dead_letter.len(), items.len());
+    api.set_batch_processing_time(Duration::ZERO);
+}
+
+#[test]
+fn a_rerun_over_some_of_the_items_keeps_the_others_answers_from_the_batch() {
+    let api = MockApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("answers.jsonl");
+    let items = tickets(12);
+    submit_and_leave(&api, &path, &items);
+    let id = api.batches()[0].id.clone();
+    api.advance_batch(&id, 12);
+    // A rerun over the first four reads the batch: the other eight answers, paid for, are
+    // kept too, so the run over all twelve asks nothing.
+    for (n, expect_replayed) in [(4, 0), (12, 12)] {
+        let session = builder(&api).journal(&path).build().unwrap();
+        let outcome: Outcome<_, _> = items[..n]
+            .par_iter()
+            .claude_map(&session, |t| prompt(t))
+            .collect();
+        assert_eq!(outcome.ok.len(), n, "{:?}", outcome.dead_letter);
+        assert_eq!(session.stats().replayed, expect_replayed);
+    }
+    assert_eq!(api.batch_count(), 1);
+}
+
+#[test]
+fn a_cancel_while_batches_are_created_creates_no_more() {
+    let api = MockApi::start();
+    api.set_batch_processing_time(Duration::from_secs(3600));
+    let cancel = Cancel::new();
+    let on_submitted = cancel.clone();
+    let session = builder(&api)
+        .max_batch_requests(10)
+        .on_progress(move |p| {
+            if p.batches.is_some_and(|b| b.submitted > 0) {
+                on_submitted.cancel();
+            }
+        })
+        .build()
+        .unwrap();
+    let items = tickets(40);
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |t| prompt(t))
+        .with_cancel(&cancel)
+        .collect();
+    assert_eq!(api.batch_count(), 1, "no batch after the cancel");
+    assert_eq!(outcome.dead_letter.len(), 40);
+    assert!(outcome
+        .dead_letter
+        .iter()
+        .all(|f| matches!(f.error, Error::Cancelled)));
+    assert_eq!(api.batches()[0].counts.canceled, 10);
+}
+
+#[test]
+fn a_journaled_batch_the_api_no_longer_knows_is_given_up_and_its_items_asked_again() {
+    let first = MockApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("answers.jsonl");
+    let items = tickets(6);
+    submit_and_leave(&first, &path, &items);
+    // Another API (another workspace, or results past their 29 days) has no such batch.
+    let other = MockApi::start();
+    let session = builder(&other).journal(&path).build().unwrap();
+    let outcome: Outcome<_, _> = items
+        .par_iter()
+        .claude_map(&session, |t| prompt(t))
+        .collect();
+    assert_eq!(outcome.ok.len(), 6, "{:?}", outcome.dead_letter);
+    assert_eq!(other.batch_count(), 1);
+    // The journal no longer holds the lost batch: the next run asks nothing.
+    drop(session);
+    let session = builder(&other).journal(&path).build().unwrap();
+    let _: Vec<_> = items
+        .par_iter()
+        .claude_map(&session, |t| prompt(t))
+        .collect();
+    assert_eq!((session.stats().replayed, other.batch_count()), (6, 1));
+}

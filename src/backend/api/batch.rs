@@ -215,10 +215,19 @@ impl BatchClient {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let value: Value = serde_json::from_slice(&line)
-                .map_err(|error| bad_line(id, number, &error.to_string()))?;
+            // A line this crate cannot read is skipped, said once in the log: failing the
+            // whole read would fail it the same way every time, and its request, left out
+            // of what was read, is asked again by the engine.
+            let value: Value = match serde_json::from_slice(&line) {
+                Ok(value) => value,
+                Err(error) => {
+                    log::warn!("{}", bad_line(id, number, &error.to_string()));
+                    continue;
+                }
+            };
             let Some(custom_id) = value.get("custom_id").and_then(Value::as_str) else {
-                return Err(bad_line(id, number, "no custom_id"));
+                log::warn!("{}", bad_line(id, number, "no custom_id"));
+                continue;
             };
             let result = &value["result"];
             let item = match result.get("type").and_then(Value::as_str) {
@@ -226,13 +235,11 @@ impl BatchClient {
                 Some("errored") => BatchItemResult::Errored(errored(&result["error"])),
                 Some("canceled") => BatchItemResult::Canceled,
                 Some("expired") => BatchItemResult::Expired,
-                other => {
-                    return Err(bad_line(
-                        id,
-                        number,
-                        &format!("a result of type {other:?}, which this crate does not know"),
-                    ))
-                }
+                other => BatchItemResult::Errored(bad_line(
+                    id,
+                    number,
+                    &format!("a result of type {other:?}, which this crate does not know"),
+                )),
             };
             each(custom_id, item);
         }
@@ -924,7 +931,7 @@ mod tests {
     }
 
     #[test]
-    fn results_lines_are_read_one_at_a_time_and_a_bad_one_is_named() {
+    fn results_lines_are_read_one_at_a_time_and_a_bad_one_is_skipped() {
         let api = MockApi::start();
         let client = client(&api, None);
         // One-hour writes as the API reported them, not all the writes.
@@ -939,23 +946,31 @@ mod tests {
             },
         });
         let body = format!(
-            "{}\n\n{}\nnot a result\n{}\n",
+            "{}\n\n{}\nnot a result\n{}\n{}\n",
             json!({"custom_id": "item-0", "result": {"type": "succeeded", "message": message}}),
             json!({"custom_id": "item-1", "result": {"type": "canceled"}}),
             json!({"custom_id": "item-2", "result": {"type": "expired"}}),
+            json!({"custom_id": "item-3", "result": {"type": "postponed"}}),
         );
         let mut seen = Vec::new();
-        let error = client
+        client
             .read_results("msgbatch_01", Cursor::new(body), &mut |id, result| {
                 seen.push((id.to_string(), result))
             })
-            .unwrap_err();
-        assert!(error.to_string().contains("line 4"), "{error}");
-        assert_eq!(
-            seen.len(),
-            2,
-            "the results before the bad line were handed over"
-        );
+            .unwrap();
+        // The unreadable line is skipped; the others are all handed over, in order.
+        let ids: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["item-0", "item-1", "item-2", "item-3"]);
+        // A result type this crate does not know is an error naming it (retryable).
+        match &seen[3].1 {
+            BatchItemResult::Errored(error) => {
+                assert!(
+                    error.to_string().contains("postponed") && error.is_retryable(),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         let response = answer(&seen[0].1);
         let expected = crate::budget::call_cost_usd(
             Some(MODEL),
