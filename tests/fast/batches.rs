@@ -694,7 +694,7 @@ fn item_text_goes_verbatim_as_the_user_message_and_nothing_else_rides_along() {
     ];
     let outcome: Outcome<_, _> = items
         .par_iter()
-        .claude_map(&session, |t| t.clone())
+        .claude_map(&session, |t| t.as_str())
         .collect();
     assert_eq!(outcome.ok.len(), 3);
     let requests = &api.batches()[0].requests;
