@@ -186,7 +186,10 @@ fn a_consumer_killed_mid_run_leaves_nothing_unanswered() {
         .query(&mut connection)
         .unwrap();
     assert_eq!(dead, 0);
-    assert!(pending_of(&mut connection, "host-a-1").is_empty());
+    for consumer in ["victim", "host-a-1", "host-b-1"] {
+        let pending = pending_of(&mut connection, consumer);
+        assert!(pending.is_empty(), "{consumer} left {pending:?} pending");
+    }
 }
 
 /// Every field of every entry of `key` (a stream), by entry id.
