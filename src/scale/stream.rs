@@ -351,31 +351,12 @@ impl StreamItems {
         if reply.claimed.is_empty() {
             return Ok(());
         }
-        // The claim counted a delivery; XPENDING says how many in all.
-        let first = reply
-            .claimed
-            .first()
-            .map(|e| e.id.clone())
-            .unwrap_or_default();
-        let last = reply
-            .claimed
-            .last()
-            .map(|e| e.id.clone())
-            .unwrap_or_default();
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(&s.stream)
-            .arg(&s.group)
-            .arg(&first)
-            .arg(&last)
-            .arg(READ_COUNT * 4)
-            .arg(&s.consumer)
-            .query(self.connection()?)
+        // The claim counted a delivery; XPENDING says how many in all, asked id by id: a
+        // range of ids would also list this consumer's other pending entries and could miss
+        // some of the claimed ones past its count.
+        let counts = delivery_counts(&s, self.connection()?, &reply.claimed)
             .map_err(|e| super::reason(&e))?;
-        for entry in reply.claimed {
-            let deliveries = pending
-                .iter()
-                .find(|(id, ..)| *id == entry.id)
-                .map_or(2, |p| p.3);
+        for (entry, deliveries) in reply.claimed.into_iter().zip(counts) {
             log::info!(
                 "stream {}: {} took over entry {} (delivery {deliveries})",
                 s.stream,
@@ -425,6 +406,30 @@ impl StreamItems {
             (None, None) => unreachable!("an entry without text has a reason"),
         }
     }
+}
+
+/// How many times each of `entries` has been delivered, from the group's pending list, one
+/// `XPENDING <stream> <group> <id> <id> 1` each (in one round trip). An entry no longer
+/// pending (acknowledged meanwhile) counts as delivered once more than the first time.
+fn delivery_counts(
+    s: &RedisStream,
+    connection: &mut redis::Connection,
+    entries: &[StreamId],
+) -> redis::RedisResult<Vec<u64>> {
+    let mut pipe = redis::pipe();
+    for entry in entries {
+        pipe.cmd("XPENDING")
+            .arg(&s.stream)
+            .arg(&s.group)
+            .arg(&entry.id)
+            .arg(&entry.id)
+            .arg(1);
+    }
+    let found: Vec<Vec<(String, String, u64, u64)>> = pipe.query(connection)?;
+    Ok(found
+        .into_iter()
+        .map(|one| one.first().map_or(2, |p| p.3))
+        .collect())
 }
 
 /// `<stream>:dead` gets the entry and why, and the group lets it go, in one transaction.

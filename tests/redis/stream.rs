@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use claude_rayon::pipeline::Pipeline;
 use claude_rayon::scale::{RedisStream, StreamItem};
-use redis::streams::StreamRangeReply;
+use redis::streams::{StreamRangeReply, StreamReadReply};
 use redis::Value;
 
 use crate::support::mock_api::{MockApi, Reply};
@@ -350,5 +350,100 @@ fn entries_that_cannot_be_answered_go_to_the_dead_letters_acknowledged() {
         asked(&flaky),
         MAX_DELIVERIES as usize,
         "a retryable failure was not left pending and claimed again"
+    );
+}
+
+/// The ids `consumer` reads from `stream` (up to `count` new entries), as `XREADGROUP` does.
+fn read_as(
+    connection: &mut redis::Connection,
+    stream: &str,
+    consumer: &str,
+    count: usize,
+) -> Vec<String> {
+    let reply: StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query(connection)
+        .unwrap();
+    reply
+        .keys
+        .into_iter()
+        .flat_map(|k| k.ids)
+        .map(|e| e.id)
+        .collect()
+}
+
+/// A claimed entry's delivery count is its own even when this consumer holds more than 64
+/// other entries between the claimed ones: one delivered more than `max_deliveries` times
+/// goes to the dead letters instead of back to the pipeline as if delivered twice.
+#[test]
+fn a_claimed_entry_past_max_deliveries_is_dead_lettered_among_many_pending() {
+    const POISON: &str = "poison";
+    const HELD: usize = 100;
+    let Some(redis) = RedisServer::start("claimed_entry_past_max_deliveries") else {
+        return;
+    };
+    let stream = RedisStream::consumer(&redis.url(), POISON, GROUP, "host-a-1")
+        .unwrap()
+        .claim_after(Duration::from_secs(60))
+        .max_deliveries(4);
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // A consumer that died holds the first and the last entry; this one holds the rest, in
+    // flight (read just now, so not idle).
+    let first = stream.add(&support::ticket(2000, 400)).unwrap();
+    assert_eq!(
+        read_as(&mut connection, POISON, "host-gone", 1),
+        [first.clone()]
+    );
+    for i in 0..HELD {
+        stream.add(&support::ticket(2001 + i, 400)).unwrap();
+    }
+    assert_eq!(
+        read_as(&mut connection, POISON, "host-a-1", HELD).len(),
+        HELD
+    );
+    let poison = stream.add(&support::ticket(3000, 400)).unwrap();
+    assert_eq!(
+        read_as(&mut connection, POISON, "host-gone", 1),
+        [poison.clone()]
+    );
+    // host-gone died an hour ago; the poison entry had been delivered 9 times by then.
+    let mut idle_for_an_hour = |id: &str, retries: Option<u64>| {
+        let mut claim = redis::cmd("XCLAIM");
+        claim
+            .arg(POISON)
+            .arg(GROUP)
+            .arg("host-gone")
+            .arg(0)
+            .arg(id)
+            .arg("IDLE")
+            .arg(3_600_000);
+        if let Some(retries) = retries {
+            claim.arg("RETRYCOUNT").arg(retries);
+        }
+        let claimed: Vec<String> = claim.arg("JUSTID").query(&mut connection).unwrap();
+        assert_eq!(claimed, [id]);
+    };
+    idle_for_an_hour(&first, None);
+    idle_for_an_hour(&poison, Some(9));
+
+    let mut items = stream.items();
+    let taken = items.next().unwrap();
+    assert_eq!((taken.id.as_str(), taken.deliveries), (first.as_str(), 2));
+    let dead = entries(&mut connection, &format!("{POISON}:dead"));
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["id"], poison);
+    assert_eq!(
+        dead[0]["reason"],
+        "delivered 10 times, more than max_deliveries (4)"
     );
 }
