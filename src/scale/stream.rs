@@ -5,19 +5,47 @@
 //! acknowledges them, after their answer was handed on; a consumer that died leaves them
 //! pending, and after `claim_after` of idleness the others take them over (`XAUTOCLAIM`).
 //! An item delivered more than `max_deliveries` times goes to `<stream>:dead` instead.
+//! While this program holds an entry (read and not yet acknowledged or given up) it keeps
+//! the entry's idle time short, so no consumer, this one included, claims it meanwhile.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
 
 use super::Store;
 use crate::{Error, Failed};
 
-/// How many entries one read or claim takes.
-const READ_COUNT: usize = 16;
+/// How many new entries one read takes: the pipeline pulls only as many items as it has
+/// room for, so whatever the read buffer holds beyond is kept from the other consumers.
+const READ_COUNT: usize = 4;
+/// How many entries one claim takes at most. Redis looks at no more than ten times this
+/// many pending entries per claim, so a smaller count finds a dead consumer's entries in a
+/// long pending list only after more claim checks.
+const CLAIM_COUNT: usize = 16;
+/// The most ids one idle-time refresh sends (a Lua script unpacks them on its stack).
+const REFRESH_CHUNK: usize = 200;
+
+/// Resets the idle time of the entries still pending for this consumer, without counting a
+/// delivery (`XCLAIM ... JUSTID` leaves the count alone), and returns those that are not
+/// (acknowledged meanwhile, or taken over by another consumer after a late refresh).
+/// KEYS[1] the stream; ARGV[1] the group, ARGV[2] the consumer, ARGV[3..] the ids.
+const REFRESH_SCRIPT: &str = r"
+local claim, lost = {KEYS[1], ARGV[1], ARGV[2], 0}, {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then claim[#claim + 1] = ARGV[i] else lost[#lost + 1] = ARGV[i] end
+end
+if #claim > 4 then
+  claim[#claim + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(claim))
+end
+return lost
+";
 
 /// Work shared by programs on many machines through a Redis Stream and a consumer group
 /// (feature `redis`).
@@ -40,8 +68,14 @@ const READ_COUNT: usize = 16;
 ///   is acknowledged. A retryable failure stays pending and is claimed again after
 ///   `claim_after`.
 ///
-/// What it costs: a read per 16 items, a claim check every quarter of `claim_after`, one
-/// transaction per batch acknowledged (docs/scaling-out.md).
+/// - **Held entries are not claimed.** Every entry this program has read and not yet
+///   acknowledged or given up (buffered, queued in the pipeline, or in flight) has its idle
+///   time reset every quarter of `claim_after`, without counting a delivery, so a slow item
+///   is neither claimed by another consumer nor handed back to this one. A program that
+///   dies stops doing so, and its entries are claimed after `claim_after`.
+///
+/// What it costs: a read per 4 items, a claim check and a refresh of the held entries every
+/// quarter of `claim_after`, one transaction per batch acknowledged (docs/scaling-out.md).
 ///
 /// # Examples
 ///
@@ -74,6 +108,8 @@ pub struct RedisStream {
     stream: String,
     group: String,
     consumer: String,
+    /// What this program holds, shared by every clone: the source and the ackers.
+    holding: Arc<Holding>,
     claim_after: Duration,
     max_deliveries: u64,
     until_drained: bool,
@@ -125,8 +161,18 @@ impl RedisStream {
             Err(message) if message.contains("BUSYGROUP") => {}
             Err(message) => return Err(store.error(message)),
         }
+        let store = Arc::new(store);
         Ok(RedisStream {
-            store: Arc::new(store),
+            holding: Arc::new(Holding {
+                store: Arc::clone(&store),
+                stream: stream.into(),
+                group: group.into(),
+                consumer: consumer.into(),
+                ids: Mutex::new(HashSet::new()),
+                refresher: OnceLock::new(),
+                script: redis::Script::new(REFRESH_SCRIPT),
+            }),
+            store,
             stream: stream.into(),
             group: group.into(),
             consumer: consumer.into(),
@@ -137,8 +183,10 @@ impl RedisStream {
     }
 
     /// How long an entry must have been pending, untouched, before another consumer takes
-    /// it over (default 60 s): longer than the slowest item takes, or items in flight are
-    /// asked twice.
+    /// it over (default 60 s). A live program touches the entries it holds every quarter of
+    /// this, however long their items take, so this is how long a dead program's entries
+    /// wait; a pause of the whole program (or of Redis) longer than three quarters of it can
+    /// still let an entry in flight be claimed and asked twice.
     pub fn claim_after(mut self, idle: Duration) -> Self {
         self.claim_after = idle.max(Duration::from_millis(10));
         self
@@ -207,6 +255,111 @@ impl RedisStream {
     }
 }
 
+impl RedisStream {
+    /// This program holds `id` from now until it is acknowledged or given up; its idle
+    /// time is reset every quarter of `claim_after` meanwhile.
+    fn hold(&self, id: &str) {
+        self.holding.ids.lock().insert(id.to_string());
+        self.holding.refresher.get_or_init(|| {
+            spawn_refresher(
+                &self.holding,
+                (self.claim_after / 4).max(Duration::from_millis(2)),
+            )
+        });
+    }
+}
+
+/// The entries this program holds: read and not yet acknowledged, dead-lettered or given up
+/// (in the read buffer, queued in the pipeline, or in flight). Redis hands a consumer its own
+/// idle entries back as readily as a dead one's, so without the refresh an item slower than
+/// `claim_after` would be claimed and asked again while its first answer is being made.
+struct Holding {
+    store: Arc<Store>,
+    stream: String,
+    group: String,
+    consumer: String,
+    ids: Mutex<HashSet<String>>,
+    /// Dropped with the last clone of the stream: the refreshing thread ends.
+    refresher: OnceLock<Sender<()>>,
+    script: redis::Script,
+}
+
+impl std::fmt::Debug for Holding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holding")
+            .field("held", &self.ids.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Holding {
+    /// No longer held: acknowledged, dead-lettered, or left pending for another try.
+    fn release<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut held = self.ids.lock();
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    /// Resets the idle time of every entry held; forgets those no longer this consumer's.
+    fn refresh(&self) {
+        let ids: Vec<String> = self.ids.lock().iter().cloned().collect();
+        for chunk in ids.chunks(REFRESH_CHUNK) {
+            let lost: Result<Vec<String>, String> = self.store.run(|c| {
+                let mut invocation = self.script.prepare_invoke();
+                invocation
+                    .key(&self.stream)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg(chunk);
+                invocation.invoke(c)
+            });
+            match lost {
+                Ok(lost) => {
+                    for id in &lost {
+                        log::debug!(
+                            "stream {}: entry {id} is no longer pending for {}",
+                            self.stream,
+                            self.consumer
+                        );
+                    }
+                    self.release(lost.iter().map(String::as_str));
+                }
+                Err(reason) => {
+                    // Tried again next period; meanwhile the entries age, and may be claimed
+                    // by another consumer (asked twice, never lost).
+                    log::debug!(
+                        "stream {}: cannot reset the idle time of held entries ({reason})",
+                        self.stream
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A thread that refreshes `holding` every `period` until `holding` is dropped.
+fn spawn_refresher(holding: &Arc<Holding>, period: Duration) -> Sender<()> {
+    let (stop, stopped) = bounded::<()>(0);
+    let weak: Weak<Holding> = Arc::downgrade(holding);
+    let spawned = std::thread::Builder::new()
+        .name("claude-rayon-stream-hold".into())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                match weak.upgrade() {
+                    Some(holding) => holding.refresh(),
+                    None => break,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without it an item slower than claim_after may be claimed and asked twice.
+        log::warn!("stream: cannot start the thread that keeps held entries ({e})");
+    }
+    stop
+}
+
 /// The iterator of [`RedisStream::items`].
 pub struct StreamItems {
     stream: RedisStream,
@@ -226,6 +379,14 @@ impl std::fmt::Debug for StreamItems {
             .field("buffered", &self.buffer.len())
             .field("ended", &self.ended)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for StreamItems {
+    fn drop(&mut self) {
+        // Read but never handed to the pipeline: left pending, for whoever claims them.
+        let ids: Vec<String> = self.buffer.drain(..).map(|i| i.id).collect();
+        self.stream.holding.release(ids.iter().map(String::as_str));
     }
 }
 
@@ -344,19 +505,29 @@ impl StreamItems {
             .arg(s.claim_after.as_millis() as u64)
             .arg(&cursor)
             .arg("COUNT")
-            .arg(READ_COUNT)
+            .arg(CLAIM_COUNT)
             .query(self.connection()?)
             .map_err(|e| super::reason(&e))?;
         self.claim_cursor = reply.next_stream_id.clone();
-        if reply.claimed.is_empty() {
+        // One of our own still being answered, whose idle time was not reset in time (the
+        // program or Redis was paused): it is in hand already, so not queued twice.
+        let claimed: Vec<StreamId> = {
+            let held = s.holding.ids.lock();
+            reply
+                .claimed
+                .into_iter()
+                .filter(|e| !held.contains(&e.id))
+                .collect()
+        };
+        if claimed.is_empty() {
             return Ok(());
         }
         // The claim counted a delivery; XPENDING says how many in all, asked id by id: a
         // range of ids would also list this consumer's other pending entries and could miss
         // some of the claimed ones past its count.
-        let counts = delivery_counts(&s, self.connection()?, &reply.claimed)
-            .map_err(|e| super::reason(&e))?;
-        for (entry, deliveries) in reply.claimed.into_iter().zip(counts) {
+        let counts =
+            delivery_counts(&s, self.connection()?, &claimed).map_err(|e| super::reason(&e))?;
+        for (entry, deliveries) in claimed.into_iter().zip(counts) {
             log::info!(
                 "stream {}: {} took over entry {} (delivery {deliveries})",
                 s.stream,
@@ -396,6 +567,7 @@ impl StreamItems {
                     .map_err(|e| super::reason(&e))
             }
             (None, Some(text)) => {
+                self.stream.hold(&entry.id);
                 self.buffer.push_back(StreamItem {
                     id: entry.id,
                     text,
@@ -518,13 +690,16 @@ impl Acker {
             return Ok(());
         }
         let s = &self.stream;
-        self.retry(|c| {
+        let acked = self.retry(|c| {
             redis::cmd("XACK")
                 .arg(&s.stream)
                 .arg(&s.group)
                 .arg(&ids)
                 .query::<()>(c)
-        })
+        });
+        // Acknowledged, or left pending for another try: out of this program's hands.
+        s.holding.release(ids.iter().copied());
+        acked
     }
 
     /// Writes each answer to `<stream>:results` (fields `id`, the entry's; `consumer`;
@@ -544,7 +719,7 @@ impl Acker {
         }
         let s = &self.stream;
         let results = format!("{}:results", s.stream);
-        self.retry(|c| {
+        let acked = self.retry(|c| {
             let mut pipe = redis::pipe();
             pipe.atomic();
             for (item, answer) in &answered {
@@ -570,7 +745,10 @@ impl Acker {
                 )
                 .ignore();
             pipe.query::<()>(c)
-        })
+        });
+        s.holding
+            .release(answered.iter().map(|(item, _)| item.id.as_str()));
+        acked
     }
 
     /// For the pipeline's `on_failed`: an item whose error retrying cannot fix (a refusal, a
@@ -586,6 +764,7 @@ impl Acker {
                 failed.item.id,
                 failed.error
             );
+            self.stream.holding.release([failed.item.id.as_str()]);
             return;
         }
         let reason = failed.error.to_string();
@@ -594,5 +773,6 @@ impl Acker {
         if let Err(e) = self.retry(|c| dead_letter(s, c, &item.id, Some(&item.text), &reason)) {
             log::warn!("stream {}: entry {} stays pending: {e}", s.stream, item.id);
         }
+        s.holding.release([item.id.as_str()]);
     }
 }

@@ -447,3 +447,68 @@ fn a_claimed_entry_past_max_deliveries_is_dead_lettered_among_many_pending() {
         "delivered 10 times, more than max_deliveries (4)"
     );
 }
+
+/// An item that takes longer than `claim_after` is asked once: the consumer keeps the entry
+/// it holds from being claimed, by itself (Redis hands a consumer its own idle entries back)
+/// or by anyone, so it is not asked twice, written twice, nor dead-lettered while its first
+/// answer is being made.
+#[test]
+fn an_item_slower_than_claim_after_is_asked_once() {
+    const SLOW: &str = "slow";
+    const CLAIM_AFTER: Duration = Duration::from_secs(1);
+    let Some(redis) = RedisServer::start("an_item_slower_than_claim_after") else {
+        return;
+    };
+    let api = MockApi::start();
+    // Long enough for three claim checks past claim_after.
+    api.set_latency(CLAIM_AFTER * 7 / 2);
+    let stream = RedisStream::consumer(&redis.url(), SLOW, GROUP, "host-a-1")
+        .unwrap()
+        .claim_after(CLAIM_AFTER)
+        .max_deliveries(2)
+        .until_drained();
+    let text = support::ticket(4000, 400);
+    let id = stream.add(&text).unwrap();
+    let session = builder(&api.url()).concurrency(2).build().unwrap();
+    let run = std::thread::spawn(move || {
+        let mut acker = stream.acker();
+        let mut failures = stream.acker();
+        Pipeline::builder(&session)
+            .source(stream.items())
+            .prompt(|t: &StreamItem| format!("Summarise this support ticket:\n{}", t.text))
+            .batch_size(1)
+            .on_batch(move |batch| {
+                let answered = batch.into_items();
+                acker
+                    .ack_with_answers(answered.iter().map(|(t, r)| (t, r.text.as_str())))
+                    .unwrap();
+            })
+            .on_failed(move |failed| failures.on_failed(&failed))
+            .run()
+            .unwrap()
+    });
+    wait_until(
+        "the consumer has drained the stream",
+        Duration::from_secs(60),
+        || run.is_finished(),
+    );
+    let stats = run.join().unwrap();
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let asked = api
+        .requests()
+        .iter()
+        .filter(|r| r.prompt.contains(&text))
+        .count();
+    assert_eq!(asked, 1, "the slow item was asked again while in flight");
+    assert_eq!(stats.succeeded, 1);
+    let results: Vec<String> = entries(&mut connection, &format!("{SLOW}:results"))
+        .into_iter()
+        .map(|fields| fields["id"].clone())
+        .collect();
+    assert_eq!(results, [id]);
+    let dead = entries(&mut connection, &format!("{SLOW}:dead"));
+    assert!(dead.is_empty(), "{dead:#?}");
+}
