@@ -18,7 +18,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
 
 use super::Store;
-use crate::{Error, Failed};
+use crate::{CliError, Error, Failed};
 
 /// How many new entries one read takes: the pipeline pulls only as many items as it has
 /// room for, so whatever the read buffer holds beyond is kept from the other consumers.
@@ -47,6 +47,20 @@ end
 return lost
 ";
 
+/// Gives back the delivery of entries this program was handed but never asked for, or could
+/// not ask for through no fault of theirs: sets each one's delivery count (`XCLAIM ...
+/// RETRYCOUNT n JUSTID`), if it is still pending for this consumer.
+/// KEYS[1] the stream; ARGV[1] the group, ARGV[2] the consumer, then id and count pairs.
+const GIVE_BACK_SCRIPT: &str = r"
+for i = 3, #ARGV, 2 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
+  end
+end
+return 0
+";
+
 /// Work shared by programs on many machines through a Redis Stream and a consumer group
 /// (feature `redis`).
 ///
@@ -63,10 +77,12 @@ return lost
 ///   [`Journal`](crate::Journal) per program (`PipelineBuilder::with_journal`) only keeps one
 ///   program from paying twice for the same item.
 /// - **Dead letters.** An entry delivered more than [`max_deliveries`](Self::max_deliveries)
-///   times (default 4), one without a `text` field, or one that failed with an error that
-///   retrying cannot fix ([`Acker::on_failed`]) goes to `<stream>:dead` with the reason, and
-///   is acknowledged. A retryable failure stays pending and is claimed again after
-///   `claim_after`.
+///   times (default 4), one without a `text` field, or one that failed for a reason of its
+///   own (a refusal, a request rejected as invalid: [`Acker::on_failed`]) goes to
+///   `<stream>:dead` with the reason, and is acknowledged. A failure of the program or its
+///   account (bad credentials, a spent budget) leaves the entry pending without counting the
+///   delivery, for a healthy consumer or a later run; a retryable failure leaves it pending,
+///   counted, and it is claimed again after `claim_after`.
 ///
 /// - **Held entries are not claimed.** Every entry this program has read and not yet
 ///   acknowledged or given up (buffered, queued in the pipeline, or in flight) has its idle
@@ -171,6 +187,7 @@ impl RedisStream {
                 ids: Mutex::new(HashSet::new()),
                 refresher: OnceLock::new(),
                 script: redis::Script::new(REFRESH_SCRIPT),
+                give_back_script: redis::Script::new(GIVE_BACK_SCRIPT),
             }),
             store,
             stream: stream.into(),
@@ -282,6 +299,7 @@ struct Holding {
     /// Dropped with the last clone of the stream: the refreshing thread ends.
     refresher: OnceLock<Sender<()>>,
     script: redis::Script,
+    give_back_script: redis::Script,
 }
 
 impl std::fmt::Debug for Holding {
@@ -299,6 +317,35 @@ impl Holding {
         for id in ids {
             held.remove(id);
         }
+    }
+
+    /// Releases `items` with the delivery that brought them here not counted (set back to
+    /// the count before it): they were not asked, or failed for a reason of this program's.
+    /// If Redis cannot be reached the delivery stays counted.
+    fn give_back(&self, items: &[&StreamItem]) {
+        if items.is_empty() {
+            return;
+        }
+        let given = self.store.run(|c| {
+            let mut invocation = self.give_back_script.prepare_invoke();
+            invocation
+                .key(&self.stream)
+                .arg(&self.group)
+                .arg(&self.consumer);
+            for item in items {
+                invocation
+                    .arg(&item.id)
+                    .arg(item.deliveries.saturating_sub(1));
+            }
+            invocation.invoke::<i64>(c)
+        });
+        if let Err(reason) = given {
+            log::debug!(
+                "stream {}: cannot give back deliveries ({reason}); they stay counted",
+                self.stream
+            );
+        }
+        self.release(items.iter().map(|i| i.id.as_str()));
     }
 
     /// Resets the idle time of every entry held; forgets those no longer this consumer's.
@@ -384,9 +431,12 @@ impl std::fmt::Debug for StreamItems {
 
 impl Drop for StreamItems {
     fn drop(&mut self) {
-        // Read but never handed to the pipeline: left pending, for whoever claims them.
-        let ids: Vec<String> = self.buffer.drain(..).map(|i| i.id).collect();
-        self.stream.holding.release(ids.iter().map(String::as_str));
+        // Read but never handed to the pipeline: left pending, for whoever claims them, and
+        // not counted as delivered since nobody asked for them.
+        let unasked: Vec<StreamItem> = self.buffer.drain(..).collect();
+        self.stream
+            .holding
+            .give_back(&unasked.iter().collect::<Vec<_>>());
     }
 }
 
@@ -580,6 +630,28 @@ impl StreamItems {
     }
 }
 
+/// Whether `error` is about the item itself, so that asking again, by this consumer or any
+/// other, fails the same way: what [`Acker::on_failed`] sends to the dead letters at once.
+/// A failure of the program or its account (`is_fatal`), a retryable one, a stop, a panic
+/// and anything not listed here is not.
+fn is_about_the_item(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Refused { .. }
+            | Error::Api {
+                status: Some(400 | 413 | 422),
+                ..
+            }
+            | Error::ItemOverBudget { .. }
+            | Error::EmptyPrompt
+            | Error::Truncated { .. }
+            | Error::InvalidAnswer { .. }
+            | Error::StructuredOutputMissing { .. }
+            | Error::StructuredOutputInvalid(_)
+            | Error::Cli(CliError::MaxTurns { .. })
+    )
+}
+
 /// How many times each of `entries` has been delivered, from the group's pending list, one
 /// `XPENDING <stream> <group> <id> <id> 1` each (in one round trip). An entry no longer
 /// pending (acknowledged meanwhile) counts as delivered once more than the first time.
@@ -641,6 +713,10 @@ fn dead_letter(
 /// consumer claims it. Each call is one transaction; when Redis cannot be reached it tries
 /// for 30 s, then gives up with [`Error::SharedStore`] and the entries stay pending (they
 /// are asked again after `claim_after`, by this program or another).
+///
+/// A failed item goes to `<stream>:dead` only when the failure is the item's own (a refusal,
+/// a request rejected as invalid); one of the program's or its account's (bad credentials, a
+/// spent budget) leaves it pending, not counted as a delivery: see [`on_failed`](Self::on_failed).
 #[derive(Debug)]
 pub struct Acker {
     stream: RedisStream,
@@ -751,20 +827,41 @@ impl Acker {
         acked
     }
 
-    /// For the pipeline's `on_failed`: an item whose error retrying cannot fix (a refusal, a
-    /// bad request, an item over budget) goes to `<stream>:dead` with the error and is
-    /// acknowledged; a retryable one (or one cut short by a stop) stays pending, to be
-    /// claimed again after `claim_after` (counted against `max_deliveries`).
+    /// For the pipeline's `on_failed`; what happens depends on whose the failure is:
+    ///
+    /// - **The item's**: a refusal, a request the API rejects as invalid (400, 413, 422), an
+    ///   item over the budget on its own, an empty prompt, an answer cut at a limit, not one
+    ///   of the allowed answers or without the structured output asked for, `max_turns` used
+    ///   up. Asking again, here or anywhere, fails the
+    ///   same way: the entry goes to `<stream>:dead` with the error, and is acknowledged.
+    /// - **This program's or its account's** ([`Error::is_fatal`]: bad credentials, a spent
+    ///   budget, an unknown model, the API unreachable, a usage or spend limit), or the item
+    ///   was cut short by a stop ([`Error::Cancelled`], [`Error::Stopped`]): the entry stays
+    ///   pending, and this delivery is not counted against `max_deliveries`, so a healthy
+    ///   consumer or a later run takes it after `claim_after`, however many runs fail so.
+    /// - **Anything else** (a retryable error, a timeout, a panic, another API error): the
+    ///   entry stays pending and is claimed again after `claim_after`, and this delivery
+    ///   counts; past `max_deliveries` it goes to `<stream>:dead`.
     pub fn on_failed(&mut self, failed: &Failed<StreamItem>) {
-        let cut_short = matches!(failed.error, Error::Cancelled | Error::Stopped(_));
-        if failed.error.is_retryable() || cut_short {
+        let error = &failed.error;
+        if !is_about_the_item(error) {
+            let the_programs =
+                error.is_fatal() || matches!(error, Error::Cancelled | Error::Stopped(_));
             log::info!(
-                "stream {}: entry {} failed ({}); left pending for another try",
+                "stream {}: entry {} failed ({error}); left pending for another try{}",
                 self.stream.stream,
                 failed.item.id,
-                failed.error
+                if the_programs {
+                    ", this delivery not counted"
+                } else {
+                    ""
+                }
             );
-            self.stream.holding.release([failed.item.id.as_str()]);
+            if the_programs {
+                self.stream.holding.give_back(&[&failed.item]);
+            } else {
+                self.stream.holding.release([failed.item.id.as_str()]);
+            }
             return;
         }
         let reason = failed.error.to_string();
@@ -774,5 +871,64 @@ impl Acker {
             log::warn!("stream {}: entry {} stays pending: {e}", s.stream, item.id);
         }
         s.holding.release([item.id.as_str()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_of_the_item_itself_are_dead_lettered() {
+        let message = || "message".to_string();
+        let the_items = [
+            Error::Refused { message: message() },
+            Error::Api {
+                status: Some(400),
+                message: message(),
+            },
+            Error::Api {
+                status: Some(413),
+                message: message(),
+            },
+            Error::ItemOverBudget {
+                estimate_usd: 2.0,
+                left_usd: 1.0,
+                budget_usd: 5.0,
+            },
+            Error::EmptyPrompt,
+            Error::Cli(CliError::MaxTurns { turns: 3 }),
+        ];
+        for error in &the_items {
+            assert!(is_about_the_item(error), "{error:?}");
+        }
+        let not_the_items = [
+            Error::Authentication { message: message() },
+            Error::BudgetExceeded {
+                budget_usd: 5.0,
+                spent_usd: 5.0,
+            },
+            Error::ModelNotFound { message: message() },
+            Error::ApiUnreachable {
+                message: message(),
+                failures: 5,
+            },
+            Error::SpendLimitReached { message: message() },
+            Error::Api {
+                status: Some(529),
+                message: message(),
+            },
+            Error::Api {
+                status: Some(403),
+                message: message(),
+            },
+            Error::Timeout(Duration::from_secs(60)),
+            Error::Panicked(message()),
+            Error::Cancelled,
+            Error::Stopped(Box::new(Error::Closed)),
+        ];
+        for error in &not_the_items {
+            assert!(!is_about_the_item(error), "{error:?}");
+        }
     }
 }

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use claude_rayon::pipeline::Pipeline;
+use claude_rayon::pipeline::{Pipeline, PipelineStats};
 use claude_rayon::scale::{RedisStream, StreamItem};
+use claude_rayon::Session;
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use redis::Value;
 
@@ -511,4 +512,102 @@ fn an_item_slower_than_claim_after_is_asked_once() {
     assert_eq!(results, [id]);
     let dead = entries(&mut connection, &format!("{SLOW}:dead"));
     assert!(dead.is_empty(), "{dead:#?}");
+}
+
+/// Runs a pipeline over `stream` on `session` on a thread of its own, answers written to
+/// `<stream>:results` and failures handed to `Acker::on_failed`, until it ends.
+fn drain(stream: RedisStream, session: Session) -> PipelineStats {
+    let run = std::thread::spawn(move || {
+        let mut acker = stream.acker();
+        let mut failures = stream.acker();
+        Pipeline::builder(&session)
+            .source(stream.items())
+            .prompt(|t: &StreamItem| format!("Summarise this support ticket:\n{}", t.text))
+            .batch_size(1)
+            .on_batch(move |batch| {
+                let answered = batch.into_items();
+                acker
+                    .ack_with_answers(answered.iter().map(|(t, r)| (t, r.text.as_str())))
+                    .unwrap();
+            })
+            .on_failed(move |failed| failures.on_failed(&failed))
+            .run()
+            .unwrap()
+    });
+    wait_until("the consumer has ended", Duration::from_secs(60), || {
+        run.is_finished()
+    });
+    run.join().unwrap()
+}
+
+/// A failure of the program's, not the item's (here the API rejects the key, 401), sends
+/// nothing to the dead letters: every entry stays pending for a healthy consumer or a later
+/// run, and the delivery is not counted, so runs failing so one after another (here two,
+/// with `max_deliveries` 1) never drain the stream into the dead letters.
+#[test]
+fn a_rejected_key_leaves_every_entry_pending_and_nothing_dead() {
+    const KEYLESS: &str = "keyless";
+    const CLAIM_AFTER: Duration = Duration::from_millis(500);
+    // One read's worth: the first run reads them all before it stops.
+    const ITEMS: usize = 4;
+    let Some(redis) = RedisServer::start("a_rejected_key_leaves_every_entry_pending") else {
+        return;
+    };
+    let api = MockApi::start();
+    api.set_reply(|_| Reply::status(401, None));
+    let consumer = |name: &str| {
+        RedisStream::consumer(&redis.url(), KEYLESS, GROUP, name)
+            .unwrap()
+            .claim_after(CLAIM_AFTER)
+            .max_deliveries(1)
+            .until_drained()
+    };
+    let mut texts = Vec::new();
+    for i in 0..ITEMS {
+        let text = support::ticket(5000 + i, 400);
+        consumer("producer").add(&text).unwrap();
+        texts.push(text);
+    }
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let pending = |connection: &mut redis::Connection, min_idle: Duration| -> usize {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(KEYLESS)
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(min_idle.as_millis() as u64)
+            .arg("-")
+            .arg("+")
+            .arg(100)
+            .query(connection)
+            .unwrap();
+        pending.len()
+    };
+    let session = || builder(&api.url()).concurrency(2).build().unwrap();
+
+    for (run, name) in ["host-a-1", "host-b-1"].into_iter().enumerate() {
+        let asked_before = api.requests().len();
+        let stats = drain(consumer(name), session());
+        assert_eq!(stats.succeeded, 0);
+        assert!(
+            api.requests().len() > asked_before,
+            "run {run} asked for nothing"
+        );
+        let dead = entries(&mut connection, &format!("{KEYLESS}:dead"));
+        assert!(dead.is_empty(), "run {run}: {dead:#?}");
+        assert!(entries(&mut connection, &format!("{KEYLESS}:results")).is_empty());
+        assert_eq!(pending(&mut connection, Duration::ZERO), ITEMS, "run {run}");
+        // The next run takes them over once they have been idle for claim_after.
+        wait_until(
+            "every entry is idle for claim_after",
+            Duration::from_secs(10),
+            || pending(&mut connection, CLAIM_AFTER) == ITEMS,
+        );
+    }
+    assert!(api
+        .requests()
+        .iter()
+        .all(|r| texts.iter().any(|t| r.prompt.contains(t))));
 }
