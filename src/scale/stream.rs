@@ -280,7 +280,7 @@ impl StreamItems {
             let connection = self.stream.store.connect()?;
             connection
                 .set_read_timeout(Some(self.block() + Duration::from_secs(2)))
-                .map_err(|e| super::reason(&e))?;
+                .map_err(|e| self.stream.store.reason(&e))?;
             self.connection = Some(connection);
         }
         Ok(self.connection.as_mut().expect("connected just above"))
@@ -309,7 +309,7 @@ impl StreamItems {
             .arg(&s.stream)
             .arg(">")
             .query(self.connection()?)
-            .map_err(|e| super::reason(&e))?;
+            .map_err(|e| s.store.reason(&e))?;
         let entries: Vec<StreamId> = reply
             .into_iter()
             .flat_map(|r| r.keys)
@@ -323,7 +323,7 @@ impl StreamItems {
                 .arg(&s.stream)
                 .arg(&s.group)
                 .query(self.connection()?)
-                .map_err(|e| super::reason(&e))?;
+                .map_err(|e| s.store.reason(&e))?;
             let none_pending = matches!(pending.first(), Some(Value::Int(0)));
             if none_pending {
                 self.ended = true;
@@ -346,7 +346,7 @@ impl StreamItems {
             .arg("COUNT")
             .arg(READ_COUNT)
             .query(self.connection()?)
-            .map_err(|e| super::reason(&e))?;
+            .map_err(|e| s.store.reason(&e))?;
         self.claim_cursor = reply.next_stream_id.clone();
         if reply.claimed.is_empty() {
             return Ok(());
@@ -370,7 +370,7 @@ impl StreamItems {
             .arg(READ_COUNT * 4)
             .arg(&s.consumer)
             .query(self.connection()?)
-            .map_err(|e| super::reason(&e))?;
+            .map_err(|e| s.store.reason(&e))?;
         for entry in reply.claimed {
             let deliveries = pending
                 .iter()
@@ -412,7 +412,7 @@ impl StreamItems {
                     s.stream
                 );
                 dead_letter(&s, self.connection()?, &entry.id, text.as_deref(), &reason)
-                    .map_err(|e| super::reason(&e))
+                    .map_err(|e| s.store.reason(&e))
             }
             (None, Some(text)) => {
                 self.buffer.push_back(StreamItem {

@@ -9,6 +9,7 @@
 mod support;
 
 mod budget;
+mod secrets;
 mod skip;
 mod stream;
 mod throttle;
