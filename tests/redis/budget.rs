@@ -196,3 +196,71 @@ fn a_program_killed_holding_reservations_gives_them_back_after_the_lease() {
     assert!(left.is_empty(), "the dead program still holds {left:?}");
     assert!(budget.spent_usd().unwrap() > 0.0);
 }
+
+/// Redis loses the cap's keys mid-run (FLUSHALL: what a restart without persistence or an
+/// eviction leaves): the program that had seen the cap does not count again from zero. Every
+/// further item comes back failed with its item and an error naming the cap and the
+/// address; nothing more goes out.
+#[test]
+fn a_budget_whose_state_redis_lost_refuses_further_items() {
+    let Some(redis) = RedisServer::start("a_budget_whose_state_redis_lost") else {
+        return;
+    };
+    crate::captured_log::install();
+    let api = MockApi::start();
+    const CAP: f64 = 0.003;
+    let budget = SharedBudget::redis(&redis.url(), "flushed", CAP).unwrap();
+    let session = builder(&api.url())
+        .cost_estimate_usd(0.001)
+        .shared_budget(budget.clone())
+        .build()
+        .unwrap();
+    // Items until the cap is nearly spent, one at a time.
+    let mut seed = 1200;
+    while budget.spent_usd().unwrap() < CAP / 2.0 {
+        session
+            .query(format!(
+                "Summarise this support ticket:\n{}",
+                support::ticket(seed, 600)
+            ))
+            .unwrap();
+        seed += 1;
+    }
+    let sent = api.request_count();
+
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut connection).unwrap();
+
+    let items: Vec<String> = (0..6).map(|i| support::ticket(1300 + i, 600)).collect();
+    let results: Vec<_> = items
+        .par_iter()
+        .claude_map(&session, |t| format!("Summarise this support ticket:\n{t}"))
+        .collect();
+    for (result, item) in results.iter().zip(&items) {
+        let failed = result.as_ref().expect_err("an item went out on a lost cap");
+        assert_eq!(failed.item, item, "the failed item is not the one given");
+        let lost = match &failed.error {
+            Error::Stopped(cause) => cause.as_ref(),
+            other => other,
+        };
+        match lost {
+            Error::SharedBudgetLost { name, address } => {
+                assert_eq!(name, "flushed");
+                assert_eq!(*address, redis.url());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(api.request_count(), sent, "an item went out after the loss");
+    assert!(
+        budget.spent_usd().is_err(),
+        "a lost cap reads as zero spent"
+    );
+    assert!(crate::captured_log::contains(&format!(
+        "shared budget `flushed` at {}: its state was lost",
+        redis.url()
+    )));
+}
