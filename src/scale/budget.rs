@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use super::{every_tick, program_id, Store, LEASE};
+use super::{every_tick, flush_before_drop, program_id, Store, LEASE};
 use crate::budget::{Refusal, SharedBudget, SharedSpend};
 use crate::Error;
 
@@ -62,6 +62,8 @@ impl SharedBudget {
     /// atomically (a Lua script); a program that dies holding reservations gives them back
     /// 10 s after its last sign of life. While Redis cannot be reached no call goes out:
     /// items wait (a stop ends the wait) and one warning names the address and the reason.
+    /// Costs settled while it is away are sent when it answers; a budget dropped before then
+    /// waits up to 5 s for it, then logs an error with the USD the cap did not count.
     /// What was spent stays in Redis: a new cap starts from zero under a new name.
     ///
     /// The store must keep what it holds (`appendonly yes`): a Redis that restarts without
@@ -219,6 +221,28 @@ impl Inner {
 struct RedisSpend {
     inner: Arc<Inner>,
     _stop: Sender<()>,
+}
+
+impl Drop for RedisSpend {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        let flushed = flush_before_drop(|| {
+            inner.send_unsent();
+            inner.unsent.lock().is_empty()
+        });
+        if !flushed {
+            let unsent = inner.unsent.lock();
+            let usd: f64 = unsent.iter().map(|&(_, actual)| actual).sum();
+            log::error!(
+                "shared budget `{}` at {}: {usd:.6} USD spent by {} item(s) was not recorded \
+                 (Redis could not be reached before the budget was dropped); the other \
+                 programs on the cap do not count it",
+                inner.name,
+                inner.store.address(),
+                unsent.len()
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisSpend {

@@ -37,6 +37,28 @@ pub(crate) const LEASE: Duration = Duration::from_secs(10);
 /// How often leases are renewed and changes that could not be sent are sent again.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long dropping a shared throttle or budget may wait to send what it could not send yet
+/// (settles): dropped unsent, they would be forgotten and the cap or limit passed.
+const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
+
+/// Calls `flush` (true: nothing is left to send) until it succeeds or [`FLUSH_ON_DROP`] has
+/// passed, asking again with a growing backoff; whether it succeeded.
+pub(crate) fn flush_before_drop(mut flush: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + FLUSH_ON_DROP;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if flush() {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(backoff.min(deadline - now));
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
 /// Calls `tick` on `owner` every [`TICK`] on a thread of its own, until `owner` is dropped
 /// or the returned sender is (keep it beside `owner`).
 pub(crate) fn every_tick<T: Send + Sync + 'static>(owner: &Arc<T>, tick: fn(&T)) -> Sender<()> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use super::{every_tick, program_id, Store, LEASE};
+use super::{every_tick, flush_before_drop, program_id, Store, LEASE};
 use crate::throttle::{Limits, RemoteBucket};
 use crate::{Error, Throttle};
 
@@ -122,7 +122,9 @@ impl Throttle {
     ///   the wait) and the throttle logs one warning naming the address and the reason, asks
     ///   again with a growing backoff (at most every 2 s), and says when it answers again. A
     ///   Redis that comes back empty (restarted without persistence) starts the bucket empty,
-    ///   not full, so the limit holds across the restart.
+    ///   not full, so the limit holds across the restart. Settles made while it was away are
+    ///   sent when it answers; a throttle dropped before then waits up to 5 s for it, then
+    ///   logs an error with the tokens and requests the other programs will not count.
     /// - Within a program, waiters go in arrival order; across programs, whoever asks when
     ///   there is room goes first.
     ///
@@ -232,8 +234,22 @@ impl RedisBucket {
 
 impl Drop for RedisBucket {
     fn drop(&mut self) {
-        // Nothing of this program is in flight any more (each permit held the bucket).
         let inner = &self.inner;
+        // Settles kept while Redis was away say what was used beyond the grants: dropped,
+        // the other programs would not count it.
+        if !flush_before_drop(|| inner.send_unsent()) {
+            let unsent = inner.unsent.lock();
+            let settles = unsent.iter().filter(|(op, _)| *op == "settle");
+            let (tokens, requests) = settles.fold((0, 0), |(t, r), (_, n)| (t + n[2], r + n[3]));
+            log::error!(
+                "shared throttle at {}: {tokens} tokens and {requests} requests used were not \
+                 recorded ({} change(s) kept while Redis could not be reached, before the \
+                 throttle was dropped); the other programs on it do not count them",
+                inner.store.address(),
+                unsent.len()
+            );
+        }
+        // Nothing of this program is in flight any more (each permit held the bucket).
         let _ = inner.store.run(|c| {
             redis::pipe()
                 .hdel(&inner.keys.flight, &inner.program)
@@ -310,16 +326,23 @@ impl Inner {
                     .query::<()>(c)
             });
         }
+        self.send_unsent();
+    }
+
+    /// Sends the changes kept while Redis was away, in order; whether none is left.
+    fn send_unsent(&self) -> bool {
         let limits = *self.limits_for_tick.lock();
-        if let Some(limits) = limits {
-            let mut unsent = self.unsent.lock();
-            while let Some(&(op, numbers)) = unsent.first() {
-                if self.call(limits, op, numbers).is_err() {
-                    break;
-                }
-                unsent.remove(0);
+        let mut unsent = self.unsent.lock();
+        let Some(limits) = limits else {
+            return unsent.is_empty();
+        };
+        while let Some(&(op, numbers)) = unsent.first() {
+            if self.call(limits, op, numbers).is_err() {
+                return false;
             }
+            unsent.remove(0);
         }
+        true
     }
 }
 
