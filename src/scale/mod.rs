@@ -271,6 +271,97 @@ pub(crate) fn program_id() -> String {
     format!("{host}-{}-{nanos:x}", std::process::id())
 }
 
+/// A `redis-server` of a unit test's own, on a free loopback port, without persistence:
+/// killed and reaped on drop. None (with a notice) when there is none, unless
+/// CLAUDE_RAYON_REQUIRE_REDIS=1 (CI), as in tests/support/redis.rs.
+#[cfg(test)]
+pub(crate) struct TestServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestServer {
+    pub(crate) fn start() -> Option<TestServer> {
+        let binary = match std::env::var_os("REDIS_SERVER") {
+            Some(named) => Some(std::path::PathBuf::from(named)),
+            None => ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.is_file()),
+        }
+        .filter(|p| p.is_file());
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var("CLAUDE_RAYON_REQUIRE_REDIS").map_or(true, |v| v != "1"),
+                "CLAUDE_RAYON_REQUIRE_REDIS=1 but no redis-server was found"
+            );
+            eprintln!("NOTICE: Redis unit test SKIPPED: no redis-server found");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = TestServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while Store::open(&server.url()).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server does not answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub(crate) fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `condition` holds, polling, or panics after `timeout` naming `what`.
+#[cfg(test)]
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
