@@ -286,9 +286,12 @@ impl TestServer {
     pub(crate) fn start() -> Option<TestServer> {
         let binary = match std::env::var_os("REDIS_SERVER") {
             Some(named) => Some(std::path::PathBuf::from(named)),
-            None => ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
-                .iter()
-                .map(std::path::PathBuf::from)
+            None => std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(["/usr/bin".into(), "/usr/sbin".into()])
+                .map(|d| d.join("redis-server"))
                 .find(|p| p.is_file()),
         }
         .filter(|p| p.is_file());
