@@ -40,9 +40,8 @@ pub(crate) struct Budget {
 /// A spending cap held outside this process, for every program on it (src/scale/).
 pub(crate) trait SharedSpend: Send + Sync + std::fmt::Debug {
     /// Reserves `amount` USD if spent plus reserved stays within the cap: `Ok(Ok(id))`;
-    /// `Ok(Err(committed))` when it would not (what is spent and reserved in all);
-    /// `Err(reason)` when the store cannot be reached.
-    fn reserve(&self, amount: f64) -> Result<Result<u64, f64>, String>;
+    /// `Ok(Err(refusal))` when it may not; `Err(reason)` when the store cannot be reached.
+    fn reserve(&self, amount: f64) -> Result<Result<u64, Refusal>, String>;
     /// Ends reservation `id`: `actual` USD was spent (kept and sent again if unreachable).
     fn settle(&self, id: u64, actual: f64);
     /// The cap, USD.
@@ -51,6 +50,19 @@ pub(crate) trait SharedSpend: Send + Sync + std::fmt::Debug {
     fn spent(&self) -> Result<f64, String>;
     /// Where the store is, for messages (no password).
     fn address(&self) -> String;
+}
+
+/// Why a shared cap refused a reservation.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Spent plus reserved would pass the cap: what is spent and reserved in all, USD.
+    OverCap(f64),
+    /// The store lost the cap's state after this program had seen it: what was spent is
+    /// unknown.
+    StateLost {
+        /// The cap's name.
+        name: String,
+    },
 }
 
 /// One spending cap for every program that names it (feature `redis`:
@@ -199,7 +211,13 @@ impl Budget {
                     reservation.shared = Some(id);
                     return Ok(reservation);
                 }
-                Ok(Err(committed)) => {
+                Ok(Err(Refusal::StateLost { name })) => {
+                    return Err(Error::SharedBudgetLost {
+                        name,
+                        address: shared.store.address(),
+                    });
+                }
+                Ok(Err(Refusal::OverCap(committed))) => {
                     let limit = shared.store.limit();
                     let mut s = self.state.lock();
                     if !s.exhausted {

@@ -313,6 +313,23 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+
+    /// The shared budget's state in Redis (feature `redis`) is gone after this program had
+    /// seen it: the server restarted without persistence, or evicted or flushed its keys.
+    /// What every program spent is unknown, so no further call is made rather than counting
+    /// again from zero past the cap. The store must persist (docs/scaling-out.md); a new cap
+    /// starts under a new name. The address carries no password.
+    #[error(
+        "the shared budget `{name}` at {address} lost its state (Redis restarted without \
+         persistence, or its keys were evicted or flushed): what was spent is unknown, so no \
+         further calls are made"
+    )]
+    SharedBudgetLost {
+        /// The budget's name, as given to `SharedBudget::redis`.
+        name: String,
+        /// Where the store is, without credentials.
+        address: String,
+    },
 }
 
 impl Error {
@@ -366,6 +383,7 @@ impl Error {
             | Error::SpendLimitReached { .. }
             | Error::InvalidConfig(_)
             | Error::BatchRejected { .. }
+            | Error::SharedBudgetLost { .. }
             | Error::Closed => true,
             _ => false,
         }
@@ -437,6 +455,7 @@ impl Error {
             Error::BatchExpired { .. } => "BatchExpired",
             Error::BatchRejected { .. } => "BatchRejected",
             Error::SharedStore { .. } => "SharedStore",
+            Error::SharedBudgetLost { .. } => "SharedBudgetLost",
         }
     }
 }
@@ -778,6 +797,10 @@ mod tests {
                 address: text(),
                 message: text(),
             },
+            Error::SharedBudgetLost {
+                name: text(),
+                address: text(),
+            },
         ]
     }
 
@@ -840,5 +863,6 @@ mod tests {
     BatchExpired retryable=true fatal=false status=None
     BatchRejected retryable=false fatal=true status=None
     SharedStore retryable=false fatal=false status=None
+    SharedBudgetLost retryable=false fatal=true status=None
 ";
 }

@@ -6,23 +6,32 @@
 //! new one stays within the cap, and forgets the reservations of a program whose lease ended
 //! (it died holding them), so they do not keep the cap spent.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use super::{every_tick, program_id, Store, LEASE};
-use crate::budget::{SharedBudget, SharedSpend};
+use super::{every_tick, flush_before_drop, program_id, Store, LEASE};
+use crate::budget::{Refusal, SharedBudget, SharedSpend};
 use crate::Error;
 
-/// KEYS: spent, reservations hash, lease-key prefix. ARGV: op, program, lease ms, then the
-/// op's numbers. Replies {done, a number as a string}.
+/// KEYS: spent, reservations hash, lease-key prefix. ARGV: op, program, lease ms, whether
+/// this program has seen the cap's state (1 or 0), then the op's numbers. Replies {done (1),
+/// refused (0) or state lost (-1), a number as a string}.
 const SCRIPT: &str = r#"
-local op, program, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if op == 'reserve' then -- ARGV[4] id, ARGV[5] amount, ARGV[6] cap
-  local amount, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
-  local committed = tonumber(redis.call('GET', KEYS[1]) or '0')
+local op, program, lease_ms, seen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+-- The spent key is made with the cap and never expires: gone once a program has seen it,
+-- Redis lost it (a restart without persistence, an eviction, a flush), and what every
+-- program spent is unknown. Counting again from zero would pass the cap: refuse instead.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if seen or op == 'settle' then return {-1, '0'} end
+  if op ~= 'reserve' then return {1, '0'} end
+  redis.call('SET', KEYS[1], '0')
+end
+if op == 'reserve' then -- ARGV[5] id, ARGV[6] amount, ARGV[7] cap
+  local amount, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local committed = tonumber(redis.call('GET', KEYS[1]))
   local held = redis.call('HGETALL', KEYS[2])
   for i = 1, #held, 2 do
     local owner = string.match(held[i], '^(.*)|')
@@ -33,15 +42,15 @@ if op == 'reserve' then -- ARGV[4] id, ARGV[5] amount, ARGV[6] cap
     end
   end
   if committed + amount > cap then return {0, string.format('%.17g', committed)} end
-  redis.call('HSET', KEYS[2], program .. '|' .. ARGV[4], string.format('%.17g', amount))
+  redis.call('HSET', KEYS[2], program .. '|' .. ARGV[5], string.format('%.17g', amount))
   redis.call('SET', KEYS[3] .. program, '1', 'PX', lease_ms)
   return {1, string.format('%.17g', committed + amount)}
-elseif op == 'settle' then -- ARGV[4] id, ARGV[5] spent
-  redis.call('HDEL', KEYS[2], program .. '|' .. ARGV[4])
-  local spent = redis.call('INCRBYFLOAT', KEYS[1], ARGV[5])
+elseif op == 'settle' then -- ARGV[5] id, ARGV[6] spent
+  redis.call('HDEL', KEYS[2], program .. '|' .. ARGV[5])
+  local spent = redis.call('INCRBYFLOAT', KEYS[1], ARGV[6])
   return {1, spent}
 end
-return {1, redis.call('GET', KEYS[1]) or '0'}
+return {1, redis.call('GET', KEYS[1])}
 "#;
 
 impl SharedBudget {
@@ -53,7 +62,15 @@ impl SharedBudget {
     /// atomically (a Lua script); a program that dies holding reservations gives them back
     /// 10 s after its last sign of life. While Redis cannot be reached no call goes out:
     /// items wait (a stop ends the wait) and one warning names the address and the reason.
+    /// Costs settled while it is away are sent when it answers; a budget dropped before then
+    /// waits up to 5 s for it, then logs an error with the USD the cap did not count.
     /// What was spent stays in Redis: a new cap starts from zero under a new name.
+    ///
+    /// The store must keep what it holds (`appendonly yes`): a Redis that restarts without
+    /// persistence, evicts or flushes the cap's keys has forgotten what was spent. A program
+    /// that had seen the cap then refuses every further item with
+    /// [`Error::SharedBudgetLost`] rather than count again from zero past the cap; a program
+    /// started after the loss cannot tell it from a new cap.
     ///
     /// # Errors
     ///
@@ -86,6 +103,9 @@ impl SharedBudget {
         let prefix = format!("claude-rayon:{{{name}}}:budget");
         let inner = Arc::new(Inner {
             store,
+            name: name.to_string(),
+            seen: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
             spent_key: format!("{prefix}:spent"),
             held_key: format!("{prefix}:held"),
             lease_prefix: format!("{prefix}:lease:"),
@@ -105,6 +125,11 @@ impl SharedBudget {
 
 struct Inner {
     store: Store,
+    name: String,
+    /// This program has seen the cap's state in Redis: if it is gone now, Redis lost it.
+    seen: AtomicBool,
+    /// Redis lost the cap's state: nothing more is reserved (said once, when found).
+    lost: AtomicBool,
     spent_key: String,
     held_key: String,
     lease_prefix: String,
@@ -119,8 +144,10 @@ struct Inner {
 }
 
 impl Inner {
+    /// Runs the script's `op`; a reply of -1 (the state was lost) is said once here.
     fn call(&self, op: &str, numbers: &[String]) -> Result<(i64, String), String> {
-        self.store.run(|c| {
+        let seen = self.seen.load(Ordering::SeqCst);
+        let (done, number): (i64, String) = self.store.run(|c| {
             let mut invocation = self.script.prepare_invoke();
             invocation
                 .key(&self.spent_key)
@@ -129,19 +156,45 @@ impl Inner {
                 .arg(op)
                 .arg(&self.program)
                 .arg(LEASE.as_millis() as u64)
+                .arg(if seen { 1 } else { 0 })
                 .arg(numbers);
             invocation.invoke(c)
-        })
+        })?;
+        if done < 0 {
+            if !self.lost.swap(true, Ordering::SeqCst) {
+                log::error!(
+                    "shared budget `{}` at {}: its state was lost (Redis restarted without \
+                     persistence, or its keys were evicted or flushed); what was spent is \
+                     unknown, so no further calls are made on it",
+                    self.name,
+                    self.store.address()
+                );
+            }
+        } else if op != "spent" {
+            self.seen.store(true, Ordering::SeqCst);
+        }
+        Ok((done, number))
+    }
+
+    /// A settle the store could not record: its cost is not counted anywhere.
+    fn not_recorded(&self, actual: f64) {
+        if actual > 0.0 {
+            log::error!(
+                "shared budget `{}` at {}: {actual:.6} USD spent was not recorded (its state \
+                 was lost)",
+                self.name,
+                self.store.address()
+            );
+        }
     }
 
     fn send_unsent(&self) {
         let mut unsent = self.unsent.lock();
         while let Some(&(id, actual)) = unsent.first() {
-            if self
-                .call("settle", &[id.to_string(), format!("{actual:.17e}")])
-                .is_err()
-            {
-                break;
+            match self.call("settle", &[id.to_string(), format!("{actual:.17e}")]) {
+                Err(_) => break,
+                Ok((done, _)) if done < 0 => self.not_recorded(actual),
+                Ok(_) => {}
             }
             unsent.remove(0);
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -170,6 +223,28 @@ struct RedisSpend {
     _stop: Sender<()>,
 }
 
+impl Drop for RedisSpend {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        let flushed = flush_before_drop(|| {
+            inner.send_unsent();
+            inner.unsent.lock().is_empty()
+        });
+        if !flushed {
+            let unsent = inner.unsent.lock();
+            let usd: f64 = unsent.iter().map(|&(_, actual)| actual).sum();
+            log::error!(
+                "shared budget `{}` at {}: {usd:.6} USD spent by {} item(s) was not recorded \
+                 (Redis could not be reached before the budget was dropped); the other \
+                 programs on the cap do not count it",
+                inner.name,
+                inner.store.address(),
+                unsent.len()
+            );
+        }
+    }
+}
+
 impl std::fmt::Debug for RedisSpend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSpend")
@@ -181,8 +256,14 @@ impl std::fmt::Debug for RedisSpend {
 }
 
 impl SharedSpend for RedisSpend {
-    fn reserve(&self, amount: f64) -> Result<Result<u64, f64>, String> {
+    fn reserve(&self, amount: f64) -> Result<Result<u64, Refusal>, String> {
         let inner = &self.inner;
+        let lost = || Refusal::StateLost {
+            name: inner.name.clone(),
+        };
+        if inner.lost.load(Ordering::SeqCst) {
+            return Ok(Err(lost()));
+        }
         inner.send_unsent();
         let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
         let (done, committed) = inner.call(
@@ -193,11 +274,15 @@ impl SharedSpend for RedisSpend {
                 format!("{:.17e}", inner.limit),
             ],
         )?;
-        if done == 1 {
-            inner.in_flight.fetch_add(1, Ordering::SeqCst);
-            Ok(Ok(id))
-        } else {
-            Ok(Err(committed.parse().unwrap_or(inner.limit)))
+        match done {
+            1 => {
+                inner.in_flight.fetch_add(1, Ordering::SeqCst);
+                Ok(Ok(id))
+            }
+            0 => Ok(Err(Refusal::OverCap(
+                committed.parse().unwrap_or(inner.limit),
+            ))),
+            _ => Ok(Err(lost())),
         }
     }
 
@@ -211,7 +296,14 @@ impl SharedSpend for RedisSpend {
     }
 
     fn spent(&self) -> Result<f64, String> {
-        let (_, spent) = self.inner.call("spent", &[])?;
+        let (done, spent) = self.inner.call("spent", &[])?;
+        if done < 0 {
+            return Err(format!(
+                "the shared budget `{}` lost its state (Redis restarted without persistence, \
+                 or its keys were evicted or flushed): what was spent is unknown",
+                self.inner.name
+            ));
+        }
         Ok(spent.parse().unwrap_or(0.0))
     }
 

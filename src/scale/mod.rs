@@ -37,6 +37,28 @@ pub(crate) const LEASE: Duration = Duration::from_secs(10);
 /// How often leases are renewed and changes that could not be sent are sent again.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long dropping a shared throttle or budget may wait to send what it could not send yet
+/// (settles): dropped unsent, they would be forgotten and the cap or limit passed.
+const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
+
+/// Calls `flush` (true: nothing is left to send) until it succeeds or [`FLUSH_ON_DROP`] has
+/// passed, asking again with a growing backoff; whether it succeeded.
+pub(crate) fn flush_before_drop(mut flush: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + FLUSH_ON_DROP;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if flush() {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(backoff.min(deadline - now));
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
 /// Calls `tick` on `owner` every [`TICK`] on a thread of its own, until `owner` is dropped
 /// or the returned sender is (keep it beside `owner`).
 pub(crate) fn every_tick<T: Send + Sync + 'static>(owner: &Arc<T>, tick: fn(&T)) -> Sender<()> {
@@ -64,6 +86,8 @@ pub(crate) fn every_tick<T: Send + Sync + 'static>(owner: &Arc<T>, tick: fn(&T))
 pub(crate) struct Store {
     client: redis::Client,
     address: String,
+    /// The password the address carries, cut from any message that might quote it.
+    password: Option<String>,
     connection: Mutex<Option<redis::Connection>>,
 }
 
@@ -76,19 +100,35 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens `url` (`redis://host:port/db`, a password allowed) and checks that it answers,
-    /// so a wrong address fails at once rather than at the first item.
+    /// Opens `url` (`redis://host:port/db`, `rediss://…` or `redis+unix:///path?db=N`, a
+    /// password allowed) and checks that it answers, so a wrong address fails at once rather
+    /// than at the first item.
     pub(crate) fn open(url: &str) -> Result<Store, Error> {
-        let address = without_credentials(url);
         let client = redis::Client::open(url).map_err(|e| {
+            // The text did not parse, so where its password is cannot be known: none of it
+            // is shown but the scheme, and only redis's own fixed description of the fault.
+            let description = e.to_string();
+            let description = description
+                .split_once(" - ")
+                .map_or(e.category(), |(fixed, _)| fixed);
             Error::InvalidConfig(format!(
-                "not a Redis address: {address} ({})",
-                without_credentials(&e.to_string())
+                "not a Redis address: {}://… ({description}); expected \
+                 redis://[user[:password]@]host[:port][/db], rediss://… or \
+                 redis+unix:///path/to/socket[?db=N]",
+                scheme_of(url)
             ))
         })?;
+        let info = client.get_connection_info();
+        let address = shown_address(url, info);
+        let password = info
+            .redis_settings()
+            .password()
+            .filter(|p| !p.is_empty())
+            .map(str::to_string);
         let store = Store {
             client,
             address,
+            password,
             connection: Mutex::new(None),
         };
         store
@@ -108,16 +148,25 @@ impl Store {
         }
     }
 
+    /// What went wrong, in a line and without the password.
+    pub(crate) fn reason(&self, error: &redis::RedisError) -> String {
+        let text = error.to_string();
+        match &self.password {
+            Some(password) => text.replace(password.as_str(), "***"),
+            None => text,
+        }
+    }
+
     /// A connection of its own (for a blocking read that must not hold up the others).
     pub(crate) fn connect(&self) -> Result<redis::Connection, String> {
         let connection = self
             .client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .map_err(|e| reason(&e))?;
+            .map_err(|e| self.reason(&e))?;
         connection
             .set_read_timeout(Some(COMMAND_TIMEOUT))
             .and_then(|()| connection.set_write_timeout(Some(COMMAND_TIMEOUT)))
-            .map_err(|e| reason(&e))?;
+            .map_err(|e| self.reason(&e))?;
         Ok(connection)
     }
 
@@ -138,38 +187,73 @@ impl Store {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     *slot = None;
                 }
-                Err(reason(&e))
+                Err(self.reason(&e))
             }
         }
     }
 }
 
-/// What went wrong, in a line and without a password.
-pub(crate) fn reason(error: &redis::RedisError) -> String {
-    without_credentials(&error.to_string())
+/// The address to show in logs, errors and Debug output, built from what the redis crate
+/// parsed (host and port, or the socket's path, and the database), never by editing `url`:
+/// a password can sit in the user part or in `?pass=`, and hold any character.
+fn shown_address(url: &str, info: &redis::ConnectionInfo) -> String {
+    let db = info.redis_settings().db();
+    match info.addr() {
+        redis::ConnectionAddr::Unix(path) => {
+            let scheme = if url.starts_with("unix:") {
+                "unix"
+            } else {
+                "redis+unix"
+            };
+            let db = if db == 0 {
+                String::new()
+            } else {
+                format!("?db={db}")
+            };
+            format!("{scheme}://{}{db}", path.display())
+        }
+        redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("rediss://{}/{}", host_port(host, *port), nonzero(db))
+        }
+        redis::ConnectionAddr::Tcp(host, port) => {
+            format!("redis://{}/{}", host_port(host, *port), nonzero(db))
+        }
+        // A kind of address this crate does not know: where it is cannot be shown safely.
+        _ => format!("{}://…", scheme_of(url)),
+    }
 }
 
-/// `redis://user:secret@host:6379/0` → `redis://host:6379/0`: addresses appear in logs and
-/// errors, passwords never.
-pub(crate) fn without_credentials(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == ')' || c == '"')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        out.push_str(
-            authority
-                .rsplit_once('@')
-                .map_or(authority, |(_, host)| host),
-        );
-        rest = &tail[end..];
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
-    out.push_str(rest);
-    out
+}
+
+/// The database in an address's path: nothing for the default, 0.
+fn nonzero(db: i64) -> String {
+    if db == 0 {
+        String::new()
+    } else {
+        db.to_string()
+    }
+}
+
+/// The scheme of `url` if it looks like one (letters, digits, `+`, `-`, `.`), else `?`.
+fn scheme_of(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme.len() <= 16
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            scheme
+        }
+        _ => "?",
+    }
 }
 
 /// This program's name among the others on a shared store: host, pid and a start time, so a
@@ -187,21 +271,152 @@ pub(crate) fn program_id() -> String {
     format!("{host}-{}-{nanos:x}", std::process::id())
 }
 
+/// A `redis-server` of a unit test's own, on a free loopback port, without persistence:
+/// killed and reaped on drop. None (with a notice) when there is none, unless
+/// CLAUDE_RAYON_REQUIRE_REDIS=1 (CI), as in tests/support/redis.rs.
+#[cfg(test)]
+pub(crate) struct TestServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestServer {
+    pub(crate) fn start() -> Option<TestServer> {
+        let binary = match std::env::var_os("REDIS_SERVER") {
+            Some(named) => Some(std::path::PathBuf::from(named)),
+            None => std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(["/usr/bin".into(), "/usr/sbin".into()])
+                .map(|d| d.join("redis-server"))
+                .find(|p| p.is_file()),
+        }
+        .filter(|p| p.is_file());
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var("CLAUDE_RAYON_REQUIRE_REDIS").map_or(true, |v| v != "1"),
+                "CLAUDE_RAYON_REQUIRE_REDIS=1 but no redis-server was found"
+            );
+            eprintln!("NOTICE: Redis unit test SKIPPED: no redis-server found");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = TestServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while Store::open(&server.url()).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server does not answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub(crate) fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `condition` holds, polling, or panics after `timeout` naming `what`.
+#[cfg(test)]
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The address shown for `url`, as [`Store::open`] builds it.
+    fn shown(url: &str) -> String {
+        let client = redis::Client::open(url).unwrap();
+        shown_address(url, client.get_connection_info())
+    }
+
     #[test]
-    fn passwords_are_cut_from_addresses_and_messages() {
+    fn the_shown_address_is_built_from_the_parsed_one_without_credentials() {
         assert_eq!(
-            without_credentials("redis://user:s3cret@db.example:6379/0"),
-            "redis://db.example:6379/0"
+            shown("redis://user:s3cret@db.example:6379/2"),
+            "redis://db.example:6379/2"
+        );
+        assert_eq!(shown("redis://:pw@h:1"), "redis://h:1/");
+        assert_eq!(
+            shown("redis+unix:///run/redis.sock?pass=hunter2&user=bob&db=3"),
+            "redis+unix:///run/redis.sock?db=3"
         );
         assert_eq!(
-            without_credentials("failed (redis://:pw@h:1) and redis://h2:2"),
-            "failed (redis://h:1) and redis://h2:2"
+            shown("unix:///run/redis.sock?pass=hunter2"),
+            "unix:///run/redis.sock"
         );
-        assert_eq!(without_credentials("no address"), "no address");
+        // Characters that ended the old cut early: `)`, `"`, whitespace, encoded or not.
+        assert_eq!(shown("redis://u:a)b%22c%20d@h:7/"), "redis://h:7/");
+        assert_eq!(shown("redis://u:a)b\"c d@h:7/"), "redis://h:7/");
+    }
+
+    #[test]
+    fn an_address_that_does_not_parse_shows_only_its_scheme() {
+        // rediss:// too: this crate is built without redis's TLS, so it does not parse.
+        for url in [
+            "rediss://u:hunter2@nowhere:6380/",
+            "http://u:hunter2@nowhere",
+            "redis://u:hunter2@h:notaport/",
+            "redis://u:hunter2@h:1/notadb",
+            "u:hunter2@h",
+        ] {
+            match Store::open(url) {
+                Err(e @ Error::InvalidConfig(_)) => {
+                    let shown = format!("{e} {e:?}");
+                    assert!(!shown.contains("hunter2"), "{shown}");
+                    assert!(
+                        !shown.contains("nowhere") && !shown.contains("@h"),
+                        "{shown}"
+                    );
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -210,13 +425,25 @@ mod tests {
             Store::open("http://nowhere"),
             Err(Error::InvalidConfig(_))
         ));
-        // Nothing listens on port 1.
-        match Store::open("redis://:pw@127.0.0.1:1/") {
-            Err(Error::SharedStore { address, message }) => {
-                assert_eq!(address, "redis://127.0.0.1:1/");
-                assert!(!message.contains("pw"), "{message}");
+        // Nothing listens on port 1, nor at the socket's path.
+        for (url, address) in [
+            ("redis://:pw@127.0.0.1:1/", "redis://127.0.0.1:1/"),
+            (
+                "redis+unix:///nonexistent/redis.sock?pass=hunter2",
+                "redis+unix:///nonexistent/redis.sock",
+            ),
+        ] {
+            match Store::open(url) {
+                Err(e @ Error::SharedStore { .. }) => {
+                    let shown = format!("{e} {e:?}");
+                    assert!(shown.contains(address), "{shown}");
+                    assert!(
+                        !shown.contains("pw@") && !shown.contains("hunter2"),
+                        "{shown}"
+                    );
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
     }
 }

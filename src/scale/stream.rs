@@ -491,7 +491,7 @@ impl StreamItems {
             let connection = self.stream.store.connect()?;
             connection
                 .set_read_timeout(Some(self.block() + Duration::from_secs(2)))
-                .map_err(|e| super::reason(&e))?;
+                .map_err(|e| self.stream.store.reason(&e))?;
             self.connection = Some(connection);
         }
         Ok(self.connection.as_mut().expect("connected just above"))
@@ -520,7 +520,7 @@ impl StreamItems {
             .arg(&s.stream)
             .arg(">")
             .query(self.connection()?)
-            .map_err(|e| super::reason(&e))?;
+            .map_err(|e| s.store.reason(&e))?;
         let entries: Vec<StreamId> = reply
             .into_iter()
             .flat_map(|r| r.keys)
@@ -534,7 +534,7 @@ impl StreamItems {
                 .arg(&s.stream)
                 .arg(&s.group)
                 .query(self.connection()?)
-                .map_err(|e| super::reason(&e))?;
+                .map_err(|e| s.store.reason(&e))?;
             let none_pending = matches!(pending.first(), Some(Value::Int(0)));
             if none_pending {
                 self.ended = true;
@@ -557,7 +557,7 @@ impl StreamItems {
             .arg("COUNT")
             .arg(CLAIM_COUNT)
             .query(self.connection()?)
-            .map_err(|e| super::reason(&e))?;
+            .map_err(|e| s.store.reason(&e))?;
         self.claim_cursor = reply.next_stream_id.clone();
         // One of our own still being answered, whose idle time was not reset in time (the
         // program or Redis was paused): it is in hand already, so not queued twice.
@@ -576,7 +576,7 @@ impl StreamItems {
         // range of ids would also list this consumer's other pending entries and could miss
         // some of the claimed ones past its count.
         let counts =
-            delivery_counts(&s, self.connection()?, &claimed).map_err(|e| super::reason(&e))?;
+            delivery_counts(&s, self.connection()?, &claimed).map_err(|e| s.store.reason(&e))?;
         for (entry, deliveries) in claimed.into_iter().zip(counts) {
             log::info!(
                 "stream {}: {} took over entry {} (delivery {deliveries})",
@@ -614,7 +614,7 @@ impl StreamItems {
                     s.stream
                 );
                 dead_letter(&s, self.connection()?, &entry.id, text.as_deref(), &reason)
-                    .map_err(|e| super::reason(&e))
+                    .map_err(|e| s.store.reason(&e))
             }
             (None, Some(text)) => {
                 self.stream.hold(&entry.id);

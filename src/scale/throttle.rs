@@ -14,24 +14,33 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use super::{every_tick, program_id, Store, LEASE};
+use super::{every_tick, flush_before_drop, program_id, Store, LEASE};
 use crate::throttle::{Limits, RemoteBucket};
 use crate::{Error, Throttle};
 
-/// KEYS: state hash, in-flight hash, lease-key prefix. ARGV: op, program, lease ms, the level
-/// of a bucket made now (1 full, 0 empty), requests rate and burst, tokens rate and burst
-/// (0 = unlimited), then the op's four numbers. Replies {granted or done, wait µs, made now}.
+/// KEYS: state hash, in-flight hash, lease-key prefix, the bucket's birth mark. ARGV: op,
+/// program, lease ms, the level of a bucket made now (1 full, 0 empty), requests rate and
+/// burst, tokens rate and burst (0 = unlimited), the op's four numbers, then how long the
+/// hashes outlive the last call (ms). Replies {granted or done, wait µs, made now: 0 no,
+/// 1 new or lost, 2 after it expired idle}.
 const SCRIPT: &str = r#"
 local op, program = ARGV[1], ARGV[2]
 local lease_ms, fresh = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rr, rb, tr, tb = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local a, b, c, d = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local idle_ms = tonumber(ARGV[13])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local s = redis.call('HMGET', KEYS[1], 'r', 't', 'at', 'pause')
 local lr, lt, at, pause = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4]) or 0
 local made = 0
-if at == nil then lr = rb * fresh; lt = tb * fresh; at = now; made = 1 end
+if at == nil then
+  -- The birth mark never expires: with it, the bucket expired idle (full again, as the
+  -- API's own); without it, it is new, or Redis lost everything (`fresh` says which).
+  if redis.call('EXISTS', KEYS[4]) == 1 then fresh = 1; made = 2 else made = 1 end
+  lr = rb * fresh; lt = tb * fresh; at = now
+  redis.call('SET', KEYS[4], '1')
+end
 -- What is in flight, forgetting the programs whose lease ended.
 local fr, ft = 0, 0
 local flights = redis.call('HGETALL', KEYS[2])
@@ -102,9 +111,10 @@ elseif op == 'pause' then -- a µs from now
   pause = math.max(pause, now + a)
 end
 redis.call('HSET', KEYS[1], 'r', lr, 't', lt, 'at', at, 'pause', pause)
--- Idle for two minutes, the API's own bucket is full again: so may ours be.
-redis.call('PEXPIRE', KEYS[1], 120000)
-redis.call('PEXPIRE', KEYS[2], 120000)
+-- Idle for two minutes, the API's own bucket is full again: so may ours be. (While grants
+-- are in flight the programs holding them renew this.)
+redis.call('PEXPIRE', KEYS[1], idle_ms)
+redis.call('PEXPIRE', KEYS[2], idle_ms)
 return reply
 "#;
 
@@ -122,7 +132,9 @@ impl Throttle {
     ///   the wait) and the throttle logs one warning naming the address and the reason, asks
     ///   again with a growing backoff (at most every 2 s), and says when it answers again. A
     ///   Redis that comes back empty (restarted without persistence) starts the bucket empty,
-    ///   not full, so the limit holds across the restart.
+    ///   not full, so the limit holds across the restart. Settles made while it was away are
+    ///   sent when it answers; a throttle dropped before then waits up to 5 s for it, then
+    ///   logs an error with the tokens and requests the other programs will not count.
     /// - Within a program, waiters go in arrival order; across programs, whoever asks when
     ///   there is room goes first.
     ///
@@ -171,11 +183,19 @@ struct Keys {
     state: String,
     flight: String,
     lease: String,
+    /// Set when the bucket is first made, never expired: tells an idle expiry from a loss.
+    born: String,
 }
+
+/// How long the bucket outlives the last word of any program: idle that long, the API's own
+/// bucket is full again.
+const IDLE_EXPIRY: Duration = Duration::from_secs(120);
 
 struct Inner {
     store: Store,
     keys: Keys,
+    /// [`IDLE_EXPIRY`], shorter in tests.
+    idle_expiry: Duration,
     program: String,
     script: redis::Script,
     /// This program has seen the bucket: if it is gone now, Redis lost it, and a new one
@@ -209,6 +229,10 @@ impl std::fmt::Debug for RedisBucket {
 
 impl RedisBucket {
     fn open(store: Store, name: &str) -> RedisBucket {
+        RedisBucket::open_with(store, name, IDLE_EXPIRY)
+    }
+
+    fn open_with(store: Store, name: &str, idle_expiry: Duration) -> RedisBucket {
         let prefix = format!("claude-rayon:{{{name}}}:throttle");
         let inner = Arc::new(Inner {
             store,
@@ -216,7 +240,9 @@ impl RedisBucket {
                 state: prefix.clone(),
                 flight: format!("{prefix}:flight"),
                 lease: format!("{prefix}:lease:"),
+                born: format!("{prefix}:born"),
             },
+            idle_expiry,
             program: program_id(),
             script: redis::Script::new(SCRIPT),
             seen: AtomicBool::new(false),
@@ -232,8 +258,22 @@ impl RedisBucket {
 
 impl Drop for RedisBucket {
     fn drop(&mut self) {
-        // Nothing of this program is in flight any more (each permit held the bucket).
         let inner = &self.inner;
+        // Settles kept while Redis was away say what was used beyond the grants: dropped,
+        // the other programs would not count it.
+        if !flush_before_drop(|| inner.send_unsent()) {
+            let unsent = inner.unsent.lock();
+            let settles = unsent.iter().filter(|(op, _)| *op == "settle");
+            let (tokens, requests) = settles.fold((0, 0), |(t, r), (_, n)| (t + n[2], r + n[3]));
+            log::error!(
+                "shared throttle at {}: {tokens} tokens and {requests} requests used were not \
+                 recorded ({} change(s) kept while Redis could not be reached, before the \
+                 throttle was dropped); the other programs on it do not count them",
+                inner.store.address(),
+                unsent.len()
+            );
+        }
+        // Nothing of this program is in flight any more (each permit held the bucket).
         let _ = inner.store.run(|c| {
             redis::pipe()
                 .hdel(&inner.keys.flight, &inner.program)
@@ -255,6 +295,7 @@ impl Inner {
                 .key(&self.keys.state)
                 .key(&self.keys.flight)
                 .key(&self.keys.lease)
+                .key(&self.keys.born)
                 .arg(op)
                 .arg(&self.program)
                 .arg(LEASE.as_millis() as u64)
@@ -263,7 +304,8 @@ impl Inner {
                 .arg(rb)
                 .arg(tr)
                 .arg(tb)
-                .arg(&numbers[..]);
+                .arg(&numbers[..])
+                .arg(self.idle_expiry.as_millis() as u64);
             invocation.invoke(c)
         })?;
         if reply.get(2) == Some(&1) && seen {
@@ -300,26 +342,42 @@ impl Inner {
 
     fn tick(&self) {
         if self.in_flight.load(Ordering::SeqCst) > 0 {
+            // The lease, and the bucket itself: a grant that outlasts the idle expiry (a long
+            // answer, nobody else asking) must not find it gone, as if Redis had lost it.
             let lease = format!("{}{}", self.keys.lease, self.program);
+            let idle = self.idle_expiry.as_millis() as u64;
             let _ = self.store.run(|c| {
-                redis::cmd("SET")
+                redis::pipe()
+                    .cmd("SET")
                     .arg(&lease)
                     .arg(1)
                     .arg("PX")
                     .arg(LEASE.as_millis() as u64)
+                    .ignore()
+                    .pexpire(&self.keys.state, idle as i64)
+                    .ignore()
+                    .pexpire(&self.keys.flight, idle as i64)
+                    .ignore()
                     .query::<()>(c)
             });
         }
+        self.send_unsent();
+    }
+
+    /// Sends the changes kept while Redis was away, in order; whether none is left.
+    fn send_unsent(&self) -> bool {
         let limits = *self.limits_for_tick.lock();
-        if let Some(limits) = limits {
-            let mut unsent = self.unsent.lock();
-            while let Some(&(op, numbers)) = unsent.first() {
-                if self.call(limits, op, numbers).is_err() {
-                    break;
-                }
-                unsent.remove(0);
+        let mut unsent = self.unsent.lock();
+        let Some(limits) = limits else {
+            return unsent.is_empty();
+        };
+        while let Some(&(op, numbers)) = unsent.first() {
+            if self.call(limits, op, numbers).is_err() {
+                return false;
             }
+            unsent.remove(0);
         }
+        true
     }
 }
 
@@ -386,5 +444,68 @@ impl RemoteBucket for RedisBucket {
 
     fn address(&self) -> String {
         self.inner.store.address().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{wait_for, TestServer};
+    use super::*;
+
+    /// The bucket's expiry in these tests: shorter than a grant is held.
+    const IDLE: Duration = Duration::from_millis(1500);
+
+    fn ttl(connection: &mut redis::Connection, key: &str) -> i64 {
+        redis::cmd("PTTL").arg(key).query(connection).unwrap()
+    }
+
+    #[test]
+    fn a_grant_held_past_the_idle_expiry_keeps_the_bucket_and_an_idle_one_comes_back_full() {
+        let Some(server) = TestServer::start() else {
+            return;
+        };
+        let bucket = RedisBucket::open_with(Store::open(&server.url()).unwrap(), "idle", IDLE);
+        let limits = Limits {
+            requests: Some((60, 3)),
+            tokens: None,
+        };
+        for _ in 0..3 {
+            assert_eq!(bucket.try_take(limits, 0, 1).unwrap(), None);
+        }
+        let state = bucket.inner.keys.state.clone();
+        let mut connection = server.connection();
+        // Held for several renewals (each a time-to-live going up), longer than the expiry.
+        let (mut renewals, mut last) = (0, ttl(&mut connection, &state));
+        wait_for(
+            "the grants are held past the expiry",
+            Duration::from_secs(30),
+            || {
+                let now = ttl(&mut connection, &state);
+                if now > last {
+                    renewals += 1;
+                }
+                last = now;
+                now < 0 || renewals >= 3
+            },
+        );
+        assert!(
+            last > 0,
+            "the bucket expired while its grants were in flight"
+        );
+
+        for _ in 0..3 {
+            bucket.settle(limits, (0, 1), 0, 1);
+        }
+        wait_for("the idle bucket expires", Duration::from_secs(30), || {
+            ttl(&mut connection, &state) < 0
+        });
+        // Expired idle, not lost: full again (the whole burst at once), and nothing said.
+        assert_eq!(bucket.try_take(limits, 0, 3).unwrap(), None);
+        assert!(!bucket.inner.said_lost.load(Ordering::SeqCst));
+
+        // Lost (as after a restart without persistence): made empty, and said.
+        let _: () = redis::cmd("FLUSHALL").query(&mut connection).unwrap();
+        assert!(bucket.try_take(limits, 0, 1).unwrap().is_some());
+        assert!(bucket.inner.said_lost.load(Ordering::SeqCst));
     }
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::support::mock_api::MockApi;
 use crate::support::redis::RedisServer;
 use crate::support::{self, wait_until};
-use crate::{builder, holder_with_calls_out, is_program_of};
+use crate::{builder, gated, holder_with_calls_out, is_program_of};
 
 #[test]
 fn two_programs_on_one_shared_budget_stop_at_the_cap_together() {
@@ -195,4 +195,146 @@ fn a_program_killed_holding_reservations_gives_them_back_after_the_lease() {
         .collect();
     assert!(left.is_empty(), "the dead program still holds {left:?}");
     assert!(budget.spent_usd().unwrap() > 0.0);
+}
+
+/// Redis loses the cap's keys mid-run (FLUSHALL: what a restart without persistence or an
+/// eviction leaves): the program that had seen the cap does not count again from zero. Every
+/// further item comes back failed with its item and an error naming the cap and the
+/// address; nothing more goes out.
+#[test]
+fn a_budget_whose_state_redis_lost_refuses_further_items() {
+    let Some(redis) = RedisServer::start("a_budget_whose_state_redis_lost") else {
+        return;
+    };
+    crate::captured_log::install();
+    let api = MockApi::start();
+    const CAP: f64 = 0.003;
+    let budget = SharedBudget::redis(&redis.url(), "flushed", CAP).unwrap();
+    let session = builder(&api.url())
+        .cost_estimate_usd(0.001)
+        .shared_budget(budget.clone())
+        .build()
+        .unwrap();
+    // Items until the cap is nearly spent, one at a time.
+    let mut seed = 1200;
+    while budget.spent_usd().unwrap() < CAP / 2.0 {
+        session
+            .query(format!(
+                "Summarise this support ticket:\n{}",
+                support::ticket(seed, 600)
+            ))
+            .unwrap();
+        seed += 1;
+    }
+    let sent = api.request_count();
+
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut connection).unwrap();
+
+    let items: Vec<String> = (0..6).map(|i| support::ticket(1300 + i, 600)).collect();
+    let results: Vec<_> = items
+        .par_iter()
+        .claude_map(&session, |t| format!("Summarise this support ticket:\n{t}"))
+        .collect();
+    for (result, item) in results.iter().zip(&items) {
+        let failed = result.as_ref().expect_err("an item went out on a lost cap");
+        assert_eq!(failed.item, item, "the failed item is not the one given");
+        let lost = match &failed.error {
+            Error::Stopped(cause) => cause.as_ref(),
+            other => other,
+        };
+        match lost {
+            Error::SharedBudgetLost { name, address } => {
+                assert_eq!(name, "flushed");
+                assert_eq!(*address, redis.url());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(api.request_count(), sent, "an item went out after the loss");
+    assert!(
+        budget.spent_usd().is_err(),
+        "a lost cap reads as zero spent"
+    );
+    assert!(crate::captured_log::contains(&format!(
+        "shared budget `flushed` at {}: its state was lost",
+        redis.url()
+    )));
+}
+
+/// What Redis holds as spent on the cap `name`.
+fn recorded_spent(redis: &RedisServer, name: &str) -> Option<f64> {
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let spent: Option<String> = redis::cmd("GET")
+        .arg(format!("claude-rayon:{{{name}}}:budget:spent"))
+        .query(&mut connection)
+        .unwrap();
+    spent.map(|s| s.parse().unwrap())
+}
+
+/// An item answered while Redis is away keeps its settle to send later; a program that then
+/// drops its budget (it ends) waits for Redis a few seconds and sends it, so the cap counts
+/// what the item cost.
+#[test]
+fn a_dropped_budget_sends_the_settles_it_kept_while_redis_was_away() {
+    let Some(mut redis) = RedisServer::start("a_dropped_budget_sends_the_settles") else {
+        return;
+    };
+    let api = MockApi::start();
+    let (arrivals, release) = gated(&api);
+    let budget = SharedBudget::redis(&redis.url(), "kept", 1.0).unwrap();
+    let session = builder(&api.url())
+        .cost_estimate_usd(0.001)
+        .shared_budget(budget.clone())
+        .build()
+        .unwrap();
+    let asked = std::thread::spawn(move || {
+        let answer = session.query(format!(
+            "Summarise this support ticket:\n{}",
+            support::ticket(1400, 600)
+        ));
+        (answer, session)
+    });
+    arrivals
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the item went out");
+    // Redis goes away keeping what it holds (saved, then loaded again on restart).
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut connection).unwrap();
+    redis.stop();
+    release.send(()).unwrap();
+    let (answer, session) = asked.join().unwrap();
+    let cost = answer.unwrap().cost_usd;
+    assert!(cost > 0.0);
+
+    // The program ends while Redis is away: dropping the budget waits for it. Redis comes
+    // back only once the drop has asked for it several times (or has ended without waiting).
+    let stand_in = redis.stand_in();
+    let before = stand_in.tries();
+    let ending = std::thread::spawn(move || {
+        drop(session);
+        drop(budget);
+    });
+    wait_until(
+        "the dropped budget asks for Redis again, or ends",
+        Duration::from_secs(20),
+        || ending.is_finished() || stand_in.tries() >= before + 3,
+    );
+    drop(stand_in);
+    redis.restart();
+    ending.join().unwrap();
+    let spent = recorded_spent(&redis, "kept").expect("the cap's state was saved");
+    assert!(
+        (spent - cost).abs() < 1e-9,
+        "Redis counts {spent} USD spent, the item cost {cost}"
+    );
 }

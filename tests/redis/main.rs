@@ -9,6 +9,7 @@
 mod support;
 
 mod budget;
+mod secrets;
 mod skip;
 mod stream;
 mod throttle;
@@ -27,6 +28,24 @@ fn builder(api_url: &str) -> SessionBuilder {
         .model("claude-haiku-4-5")
         .retry_policy(support::quick_retries(3))
         .timeout(Duration::from_secs(30))
+}
+
+/// An API whose answers wait until the test lets them go: the receiver hears of each request
+/// as it arrives, the sender releases one answer per message.
+fn gated(
+    api: &support::mock_api::MockApi,
+) -> (
+    crossbeam_channel::Receiver<()>,
+    crossbeam_channel::Sender<()>,
+) {
+    let (arrived, arrivals) = crossbeam_channel::unbounded::<()>();
+    let (release, released) = crossbeam_channel::unbounded::<()>();
+    api.set_reply(move |prompt| {
+        arrived.send(()).unwrap();
+        released.recv().unwrap();
+        support::mock_api::Reply::text(format!("Summary: {}", &prompt[..80]))
+    });
+    (arrivals, release)
 }
 
 /// A copy of this binary running only `test` (its child role, chosen by `env`).

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::support::mock_api::MockApi;
 use crate::support::redis::RedisServer;
 use crate::support::{self, wait_until};
-use crate::{builder, captured_log, child, finished, holder_with_calls_out, is_program_of};
+use crate::{builder, captured_log, child, finished, gated, holder_with_calls_out, is_program_of};
 
 /// The API's limit and ours, requests per minute: 10 a second.
 const RPM: u32 = 600;
@@ -312,4 +312,45 @@ fn a_program_killed_holding_grants_gives_its_share_back_after_the_lease() {
         .filter(|(program, ..)| is_program_of(program, pid))
         .collect();
     assert!(left.is_empty(), "the dead program still holds {left:?}");
+}
+
+/// An item answered while Redis is away keeps its settle to send later; a throttle dropped
+/// (its program ends) while Redis stays away waits a few seconds for it, then says in an
+/// error what the other programs will not count.
+#[test]
+fn a_throttle_dropped_with_settles_unsent_says_what_was_not_recorded() {
+    let Some(mut redis) = RedisServer::start("a_throttle_dropped_with_settles_unsent") else {
+        return;
+    };
+    captured_log::install();
+    let api = MockApi::start();
+    let (arrivals, release) = gated(&api);
+    let throttle =
+        Arc::new(Throttle::redis(&redis.url(), "unsent", None, Some(LEASE_TPM)).unwrap());
+    let session = builder(&api.url())
+        .throttle(Arc::clone(&throttle))
+        .build()
+        .unwrap();
+    let asked = std::thread::spawn(move || {
+        let answer = session.query(format!(
+            "Summarise this support ticket:\n{}",
+            support::ticket(1500, 400)
+        ));
+        (answer, session)
+    });
+    arrivals
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the item went out");
+    redis.stop();
+    release.send(()).unwrap();
+    let (answer, session) = asked.join().unwrap();
+    let used = answer.unwrap().usage;
+    drop(session);
+    drop(throttle);
+    let lost = captured_log::lines_with(&format!(
+        "shared throttle at {}: {} tokens and 1 requests used were not recorded",
+        redis.url(),
+        used.input_tokens + used.output_tokens
+    ));
+    assert_eq!(lost.len(), 1, "{lost:?}");
 }
