@@ -18,13 +18,24 @@ use super::{every_tick, flush_before_drop, program_id, Store, LEASE};
 use crate::throttle::{Limits, RemoteBucket};
 use crate::{Error, Throttle};
 
-/// KEYS: state hash, in-flight hash, lease-key prefix, the bucket's birth mark. ARGV: op,
-/// program, lease ms, the level of a bucket made now (1 full, 0 empty), requests rate and
-/// burst, tokens rate and burst (0 = unlimited), the op's four numbers, then how long the
-/// hashes outlive the last call (ms). Replies {granted or done, wait µs, made now: 0 no,
-/// 1 new or lost, 2 after it expired idle}.
+/// KEYS: state hash, in-flight hash, lease-key prefix, the bucket's birth mark, the prefix of
+/// each program's last change applied. ARGV: op, program, lease ms, the level of a bucket
+/// made now (1 full, 0 empty), requests rate and burst, tokens rate and burst (0 =
+/// unlimited), the op's four numbers, how long the hashes outlive the last call (ms), then
+/// the change's sequence number (0: an op never sent twice). Replies {granted or done, wait
+/// µs, made now: 0 no, 1 new or lost, 2 after it expired idle}.
 const SCRIPT: &str = r#"
 local op, program = ARGV[1], ARGV[2]
+-- A change (settle, extra requests, pause) whose answer was lost to a timeout is sent again,
+-- though the server may have applied it: applied twice, a settle's refund would pass the
+-- limit. A program sends its changes one at a time in order, so the number of the last one
+-- applied tells a repeat.
+local sequence = tonumber(ARGV[14])
+if sequence > 0 then
+  local applied = KEYS[5] .. program
+  if sequence <= tonumber(redis.call('GET', applied) or '0') then return {1, 0, 0} end
+  redis.call('SET', applied, sequence, 'PX', 86400000)
+end
 local lease_ms, fresh = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rr, rb, tr, tb = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local a, b, c, d = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
@@ -185,6 +196,8 @@ struct Keys {
     lease: String,
     /// Set when the bucket is first made, never expired: tells an idle expiry from a loss.
     born: String,
+    /// Prefix of each program's key holding the number of its last change applied.
+    applied: String,
 }
 
 /// How long the bucket outlives the last word of any program: idle that long, the API's own
@@ -203,8 +216,11 @@ struct Inner {
     seen: AtomicBool,
     /// Grants of this program not yet settled: while any, the lease is renewed.
     in_flight: AtomicU64,
-    /// Changes that could not be sent (settles, extra requests, pauses), sent again in order.
-    unsent: Mutex<Vec<(&'static str, [i64; 4])>>,
+    /// Changes not yet applied (settles, extra requests, pauses), sent in order, each with
+    /// its sequence number; kept while Redis cannot be reached.
+    unsent: Mutex<Vec<(&'static str, [i64; 4], u64)>>,
+    /// The last change's sequence number.
+    changes: AtomicU64,
     /// The bucket was found made anew after this program had seen it (said once per loss).
     said_lost: AtomicBool,
     /// The limits of the last call, for the changes the lease thread sends again.
@@ -241,6 +257,7 @@ impl RedisBucket {
                 flight: format!("{prefix}:flight"),
                 lease: format!("{prefix}:lease:"),
                 born: format!("{prefix}:born"),
+                applied: format!("{prefix}:applied:"),
             },
             idle_expiry,
             program: program_id(),
@@ -248,6 +265,7 @@ impl RedisBucket {
             seen: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             unsent: Mutex::new(Vec::new()),
+            changes: AtomicU64::new(0),
             said_lost: AtomicBool::new(false),
             limits_for_tick: Mutex::new(None),
         });
@@ -263,8 +281,8 @@ impl Drop for RedisBucket {
         // the other programs would not count it.
         if !flush_before_drop(|| inner.send_unsent()) {
             let unsent = inner.unsent.lock();
-            let settles = unsent.iter().filter(|(op, _)| *op == "settle");
-            let (tokens, requests) = settles.fold((0, 0), |(t, r), (_, n)| (t + n[2], r + n[3]));
+            let settles = unsent.iter().filter(|(op, ..)| *op == "settle");
+            let (tokens, requests) = settles.fold((0, 0), |(t, r), (_, n, _)| (t + n[2], r + n[3]));
             log::error!(
                 "shared throttle at {}: {tokens} tokens and {requests} requests used were not \
                  recorded ({} change(s) kept while Redis could not be reached, before the \
@@ -284,7 +302,14 @@ impl Drop for RedisBucket {
 }
 
 impl Inner {
-    fn call(&self, limits: Limits, op: &str, numbers: [i64; 4]) -> Result<Vec<i64>, String> {
+    /// Runs the script's `op`; `sequence` numbers a change sent until applied (0: not one).
+    fn call(
+        &self,
+        limits: Limits,
+        op: &str,
+        numbers: [i64; 4],
+        sequence: u64,
+    ) -> Result<Vec<i64>, String> {
         let (rr, rb) = limits.requests.unwrap_or((0, 0));
         let (tr, tb) = limits.tokens.unwrap_or((0, 0));
         let seen = self.seen.load(Ordering::SeqCst);
@@ -296,6 +321,7 @@ impl Inner {
                 .key(&self.keys.flight)
                 .key(&self.keys.lease)
                 .key(&self.keys.born)
+                .key(&self.keys.applied)
                 .arg(op)
                 .arg(&self.program)
                 .arg(LEASE.as_millis() as u64)
@@ -305,7 +331,8 @@ impl Inner {
                 .arg(tr)
                 .arg(tb)
                 .arg(&numbers[..])
-                .arg(self.idle_expiry.as_millis() as u64);
+                .arg(self.idle_expiry.as_millis() as u64)
+                .arg(sequence);
             invocation.invoke(c)
         })?;
         if reply.get(2) == Some(&1) && seen {
@@ -326,9 +353,10 @@ impl Inner {
     /// Sends the changes kept while Redis was away, in order, then `op`; keeps what fails.
     fn send_or_keep(&self, limits: Limits, op: &'static str, numbers: [i64; 4]) {
         let mut unsent = self.unsent.lock();
-        unsent.push((op, numbers));
-        while let Some(&(op, numbers)) = unsent.first() {
-            match self.call(limits, op, numbers) {
+        let sequence = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
+        unsent.push((op, numbers, sequence));
+        while let Some(&(op, numbers, sequence)) = unsent.first() {
+            match self.call(limits, op, numbers, sequence) {
                 Ok(_) => {
                     unsent.remove(0);
                 }
@@ -371,8 +399,8 @@ impl Inner {
         let Some(limits) = limits else {
             return unsent.is_empty();
         };
-        while let Some(&(op, numbers)) = unsent.first() {
-            if self.call(limits, op, numbers).is_err() {
+        while let Some(&(op, numbers, sequence)) = unsent.first() {
+            if self.call(limits, op, numbers, sequence).is_err() {
                 return false;
             }
             unsent.remove(0);
@@ -394,7 +422,7 @@ impl RemoteBucket for RedisBucket {
     ) -> Result<Option<Duration>, String> {
         let reply = self
             .inner
-            .call(limits, "take", [number(tokens), number(requests), 0, 0])?;
+            .call(limits, "take", [number(tokens), number(requests), 0, 0], 0)?;
         if reply.first() == Some(&1) {
             self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
             Ok(None)
@@ -434,7 +462,7 @@ impl RemoteBucket for RedisBucket {
         let said = |n: Option<u64>| n.map_or(-1, number);
         let _ = self
             .inner
-            .call(limits, "at_most", [said(requests), said(tokens), 0, 0]);
+            .call(limits, "at_most", [said(requests), said(tokens), 0, 0], 0);
     }
 
     fn pause_for(&self, limits: Limits, wait: Duration) {
@@ -507,5 +535,50 @@ mod tests {
         let _: () = redis::cmd("FLUSHALL").query(&mut connection).unwrap();
         assert!(bucket.try_take(limits, 0, 1).unwrap().is_some());
         assert!(bucket.inner.said_lost.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_change_sent_again_after_a_lost_answer_is_applied_once() {
+        let Some(server) = TestServer::start() else {
+            return;
+        };
+        let bucket = RedisBucket::open(Store::open(&server.url()).unwrap(), "repeat");
+        // Slow to refill (one request every 10 s), so the level moves only by what is done.
+        let limits = Limits {
+            requests: Some((6, 3)),
+            tokens: None,
+        };
+        for _ in 0..3 {
+            assert_eq!(bucket.try_take(limits, 0, 1).unwrap(), None);
+        }
+        let level = |connection: &mut redis::Connection| -> f64 {
+            redis::cmd("HGET")
+                .arg(&bucket.inner.keys.state)
+                .arg("r")
+                .query(connection)
+                .unwrap()
+        };
+        let mut connection = server.connection();
+        assert!(level(&mut connection) < 0.5);
+        // A settle giving one unused request back, sent twice as after a timeout whose
+        // answer was lost though the server had applied it.
+        let settle = [0, 1, 0, 0];
+        let sequence = bucket.inner.changes.fetch_add(1, Ordering::SeqCst) + 1;
+        bucket
+            .inner
+            .call(limits, "settle", settle, sequence)
+            .unwrap();
+        bucket
+            .inner
+            .call(limits, "settle", settle, sequence)
+            .unwrap();
+        let after = level(&mut connection);
+        assert!(
+            (1.0..1.5).contains(&after),
+            "one request given back, not two: the level is {after}"
+        );
+        // The next change is applied as usual.
+        bucket.inner.send_or_keep(limits, "settle", settle);
+        assert!(level(&mut connection) >= 1.9);
     }
 }
