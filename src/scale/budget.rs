@@ -16,17 +16,20 @@ use super::{every_tick, flush_before_drop, program_id, Store, LEASE};
 use crate::budget::{Refusal, SharedBudget, SharedSpend};
 use crate::Error;
 
-/// KEYS: spent, reservations hash, lease-key prefix. ARGV: op, program, lease ms, whether
-/// this program has seen the cap's state (1 or 0), then the op's numbers. Replies {done (1),
-/// refused (0) or state lost (-1), a number as a string}.
+/// KEYS: spent, reservations hash, lease-key prefix, the prefix of each program's last settle
+/// applied. ARGV: op, program, lease ms, whether this program has seen the cap's state (1 or
+/// 0), then the op's numbers. Replies {done (1), done on a cap not made yet (2), refused (0)
+/// or state lost (-1), a number as a string}.
 const SCRIPT: &str = r#"
 local op, program, lease_ms, seen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 -- The spent key is made with the cap and never expires: gone once a program has seen it,
 -- Redis lost it (a restart without persistence, an eviction, a flush), and what every
 -- program spent is unknown. Counting again from zero would pass the cap: refuse instead.
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if seen or op == 'settle' then return {-1, '0'} end
-  if op ~= 'reserve' then return {1, '0'} end
+  -- (A settle of nothing releases a reservation whose answer was lost: it may come before
+  -- the cap was ever made.)
+  if seen or (op == 'settle' and tonumber(ARGV[6]) > 0) then return {-1, '0'} end
+  if op ~= 'reserve' then return {2, '0'} end
   redis.call('SET', KEYS[1], '0')
 end
 if op == 'reserve' then -- ARGV[5] id, ARGV[6] amount, ARGV[7] cap
@@ -45,7 +48,15 @@ if op == 'reserve' then -- ARGV[5] id, ARGV[6] amount, ARGV[7] cap
   redis.call('HSET', KEYS[2], program .. '|' .. ARGV[5], string.format('%.17g', amount))
   redis.call('SET', KEYS[3] .. program, '1', 'PX', lease_ms)
   return {1, string.format('%.17g', committed + amount)}
-elseif op == 'settle' then -- ARGV[5] id, ARGV[6] spent
+elseif op == 'settle' then -- ARGV[5] id, ARGV[6] spent, ARGV[7] sequence number
+  -- A settle whose answer was lost to a timeout is sent again, though the server may have
+  -- applied it; a program sends its settles one at a time in order, so the number of the
+  -- last one applied tells a repeat, which must not count the cost twice.
+  local applied = KEYS[4] .. program
+  if tonumber(ARGV[7]) <= tonumber(redis.call('GET', applied) or '0') then
+    return {1, redis.call('GET', KEYS[1])}
+  end
+  redis.call('SET', applied, ARGV[7], 'PX', 86400000)
   redis.call('HDEL', KEYS[2], program .. '|' .. ARGV[5])
   local spent = redis.call('INCRBYFLOAT', KEYS[1], ARGV[6])
   return {1, spent}
@@ -99,6 +110,14 @@ impl SharedBudget {
                 "a shared budget needs a name (the same in every program sharing it)".into(),
             ));
         }
+        Ok(SharedBudget {
+            store: Arc::new(RedisSpend::open(url, name, limit_usd)?),
+        })
+    }
+}
+
+impl RedisSpend {
+    fn open(url: &str, name: &str, limit_usd: f64) -> Result<RedisSpend, Error> {
         let store = Store::open(url)?;
         let prefix = format!("claude-rayon:{{{name}}}:budget");
         let inner = Arc::new(Inner {
@@ -109,17 +128,17 @@ impl SharedBudget {
             spent_key: format!("{prefix}:spent"),
             held_key: format!("{prefix}:held"),
             lease_prefix: format!("{prefix}:lease:"),
+            applied_prefix: format!("{prefix}:applied:"),
             program: program_id(),
             script: redis::Script::new(SCRIPT),
             limit: limit_usd,
             next_id: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             unsent: Mutex::new(Vec::new()),
+            settles: AtomicU64::new(0),
         });
         let stop = every_tick(&inner, Inner::tick);
-        Ok(SharedBudget {
-            store: Arc::new(RedisSpend { inner, _stop: stop }),
-        })
+        Ok(RedisSpend { inner, _stop: stop })
     }
 }
 
@@ -133,14 +152,18 @@ struct Inner {
     spent_key: String,
     held_key: String,
     lease_prefix: String,
+    applied_prefix: String,
     program: String,
     script: redis::Script,
     limit: f64,
     next_id: AtomicU64,
     /// Reservations not yet settled: while any, the lease is renewed.
     in_flight: AtomicU64,
-    /// Settles that could not be sent, sent again in order.
-    unsent: Mutex<Vec<(u64, f64)>>,
+    /// Settles not yet applied (reservation id, USD, sequence number), sent in order; kept
+    /// while Redis cannot be reached.
+    unsent: Mutex<Vec<(u64, f64, u64)>>,
+    /// The last settle's sequence number.
+    settles: AtomicU64,
 }
 
 impl Inner {
@@ -153,6 +176,7 @@ impl Inner {
                 .key(&self.spent_key)
                 .key(&self.held_key)
                 .key(&self.lease_prefix)
+                .key(&self.applied_prefix)
                 .arg(op)
                 .arg(&self.program)
                 .arg(LEASE.as_millis() as u64)
@@ -170,7 +194,7 @@ impl Inner {
                     self.store.address()
                 );
             }
-        } else if op != "spent" {
+        } else if op != "spent" && done != 2 {
             self.seen.store(true, Ordering::SeqCst);
         }
         Ok((done, number))
@@ -188,10 +212,23 @@ impl Inner {
         }
     }
 
+    /// Queues the settle of reservation `id` with its sequence number (taken under the
+    /// queue's lock, so numbers go out in order).
+    fn keep_settle(&self, id: u64, actual: f64) {
+        let mut unsent = self.unsent.lock();
+        let sequence = self.settles.fetch_add(1, Ordering::SeqCst) + 1;
+        unsent.push((id, actual.max(0.0), sequence));
+    }
+
     fn send_unsent(&self) {
         let mut unsent = self.unsent.lock();
-        while let Some(&(id, actual)) = unsent.first() {
-            match self.call("settle", &[id.to_string(), format!("{actual:.17e}")]) {
+        while let Some(&(id, actual, sequence)) = unsent.first() {
+            let numbers = [
+                id.to_string(),
+                format!("{actual:.17e}"),
+                sequence.to_string(),
+            ];
+            match self.call("settle", &numbers) {
                 Err(_) => break,
                 Ok((done, _)) if done < 0 => self.not_recorded(actual),
                 Ok(_) => {}
@@ -232,7 +269,7 @@ impl Drop for RedisSpend {
         });
         if !flushed {
             let unsent = inner.unsent.lock();
-            let usd: f64 = unsent.iter().map(|&(_, actual)| actual).sum();
+            let usd: f64 = unsent.iter().map(|&(_, actual, _)| actual).sum();
             log::error!(
                 "shared budget `{}` at {}: {usd:.6} USD spent by {} item(s) was not recorded \
                  (Redis could not be reached before the budget was dropped); the other \
@@ -266,14 +303,25 @@ impl SharedSpend for RedisSpend {
         }
         inner.send_unsent();
         let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
-        let (done, committed) = inner.call(
+        let reserved = inner.call(
             "reserve",
             &[
                 id.to_string(),
                 format!("{amount:.17e}"),
                 format!("{:.17e}", inner.limit),
             ],
-        )?;
+        );
+        let (done, committed) = match reserved {
+            Ok(reply) => reply,
+            Err(reason) => {
+                // The server may have made the reservation though its answer was lost (a
+                // timeout): released by a settle of nothing, or it would hold part of the
+                // cap for as long as this program renews its lease.
+                inner.in_flight.fetch_add(1, Ordering::SeqCst);
+                inner.keep_settle(id, 0.0);
+                return Err(reason);
+            }
+        };
         match done {
             1 => {
                 inner.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -287,7 +335,7 @@ impl SharedSpend for RedisSpend {
     }
 
     fn settle(&self, id: u64, actual: f64) {
-        self.inner.unsent.lock().push((id, actual.max(0.0)));
+        self.inner.keep_settle(id, actual);
         self.inner.send_unsent();
     }
 
@@ -309,5 +357,68 @@ impl SharedSpend for RedisSpend {
 
     fn address(&self) -> String {
         self.inner.store.address().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::TestServer;
+    use super::*;
+
+    fn held(server: &TestServer, budget: &RedisSpend) -> usize {
+        let mut connection = server.connection();
+        redis::cmd("HLEN")
+            .arg(&budget.inner.held_key)
+            .query(&mut connection)
+            .unwrap()
+    }
+
+    fn open(server: &TestServer, name: &str, limit: f64) -> RedisSpend {
+        RedisSpend::open(&server.url(), name, limit).unwrap()
+    }
+
+    #[test]
+    fn a_settle_sent_again_after_a_lost_answer_counts_once() {
+        let Some(server) = TestServer::start() else {
+            return;
+        };
+        let store = &open(&server, "repeat", 1.0);
+        let id = store.reserve(0.25).unwrap().unwrap();
+        // Sent twice, as after a timeout whose answer was lost though the server applied it.
+        let sequence = store.inner.settles.fetch_add(1, Ordering::SeqCst) + 1;
+        let numbers = [
+            id.to_string(),
+            format!("{:.17e}", 0.25),
+            sequence.to_string(),
+        ];
+        store.inner.call("settle", &numbers).unwrap();
+        store.inner.call("settle", &numbers).unwrap();
+        assert_eq!(store.spent().unwrap(), 0.25);
+        // The next settle counts as usual.
+        let id = store.reserve(0.25).unwrap().unwrap();
+        store.settle(id, 0.25);
+        assert_eq!(store.spent().unwrap(), 0.5);
+        assert_eq!(held(&server, store), 0);
+    }
+
+    #[test]
+    fn a_settle_of_nothing_releases_a_reservation_and_never_loses_a_new_cap() {
+        let Some(server) = TestServer::start() else {
+            return;
+        };
+        // Before the cap exists (the first reservation's answer lost): not taken for a loss.
+        let store = &open(&server, "orphan", 1.0);
+        store.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        store.inner.keep_settle(u64::MAX, 0.0);
+        store.inner.send_unsent();
+        assert!(!store.inner.lost.load(Ordering::SeqCst));
+        assert_eq!(store.inner.in_flight.load(Ordering::SeqCst), 0);
+        // A reservation the server made, released by a settle of nothing: the cap is whole.
+        let id = store.reserve(0.75).unwrap().unwrap();
+        assert_eq!(held(&server, store), 1);
+        store.settle(id, 0.0);
+        assert_eq!(held(&server, store), 0);
+        assert_eq!(store.spent().unwrap(), 0.0);
+        assert!(store.reserve(1.0).unwrap().is_ok());
     }
 }
