@@ -88,7 +88,9 @@ return 0
 ///   acknowledged or given up (buffered, queued in the pipeline, or in flight) has its idle
 ///   time reset every quarter of `claim_after`, without counting a delivery, so a slow item
 ///   is neither claimed by another consumer nor handed back to this one. A program that
-///   dies stops doing so, and its entries are claimed after `claim_after`.
+///   dies stops doing so, and its entries are claimed after `claim_after`. So hand every
+///   item to an [`Acker`], answered (`ack*`) or failed (`on_failed`, as in the example): one
+///   that gets neither stays held until the stream, its source and its ackers are dropped.
 ///
 /// What it costs: a read per 4 items, a claim check and a refresh of the held entries every
 /// quarter of `claim_after`, one transaction per batch acknowledged (docs/scaling-out.md).
