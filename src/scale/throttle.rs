@@ -143,7 +143,8 @@ impl Throttle {
     ///   the wait) and the throttle logs one warning naming the address and the reason, asks
     ///   again with a growing backoff (at most every 2 s), and says when it answers again. A
     ///   Redis that comes back empty (restarted without persistence) starts the bucket empty,
-    ///   not full, so the limit holds across the restart. Settles made while it was away are
+    ///   not full, so the limit holds across the restart (unless the first to ask is a
+    ///   program started after it, which cannot tell a loss from a new name). Settles made while it was away are
     ///   sent when it answers; a throttle dropped before then waits up to 5 s for it, then
     ///   logs an error with the tokens and requests the other programs will not count.
     /// - Within a program, waiters go in arrival order; across programs, whoever asks when
