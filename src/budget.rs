@@ -53,6 +53,8 @@ pub(crate) trait SharedSpend: Send + Sync + std::fmt::Debug {
 }
 
 /// Why a shared cap refused a reservation.
+// Only a store behind a feature (Redis) makes one.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[derive(Debug)]
 pub(crate) enum Refusal {
     /// Spent plus reserved would pass the cap: what is spent and reserved in all, USD.
