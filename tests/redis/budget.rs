@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::support::mock_api::MockApi;
 use crate::support::redis::RedisServer;
 use crate::support::{self, wait_until};
-use crate::{builder, gated, holder_with_calls_out, is_program_of};
+use crate::{ask_in_background, builder, gated, holder_with_calls_out, is_program_of};
 
 #[test]
 fn two_programs_on_one_shared_budget_stop_at_the_cap_together() {
@@ -294,13 +294,7 @@ fn a_dropped_budget_sends_the_settles_it_kept_while_redis_was_away() {
         .shared_budget(budget.clone())
         .build()
         .unwrap();
-    let asked = std::thread::spawn(move || {
-        let answer = session.query(format!(
-            "Summarise this support ticket:\n{}",
-            support::ticket(1400, 600)
-        ));
-        (answer, session)
-    });
+    let asked = ask_in_background(session, 1400, 600);
     arrivals
         .recv_timeout(Duration::from_secs(30))
         .expect("the item went out");

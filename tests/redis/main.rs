@@ -48,6 +48,22 @@ fn gated(
     (arrivals, release)
 }
 
+/// Asks one support ticket (`number`, of `length` characters) on a thread of its own, which
+/// gives back the answer and the session (to drop when the test says).
+fn ask_in_background(
+    session: Session,
+    number: usize,
+    length: usize,
+) -> std::thread::JoinHandle<(Result<claude_rayon::Response, claude_rayon::Error>, Session)> {
+    std::thread::spawn(move || {
+        let answer = session.query(format!(
+            "Summarise this support ticket:\n{}",
+            support::ticket(number, length)
+        ));
+        (answer, session)
+    })
+}
+
 /// A copy of this binary running only `test` (its child role, chosen by `env`).
 fn child(module: &str, test: &str, env: &[(&str, String)]) -> Child {
     let mut command = Command::new(std::env::current_exe().unwrap());

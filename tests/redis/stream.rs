@@ -272,30 +272,8 @@ fn entries_that_cannot_be_answered_go_to_the_dead_letters_acknowledged() {
         .concurrency(2)
         .build()
         .unwrap();
-    let run = std::thread::spawn(move || {
-        let mut acker = stream.acker();
-        let mut failures = stream.acker();
-        Pipeline::builder(&session)
-            .source(stream.items())
-            .prompt(|t: &StreamItem| format!("Summarise this support ticket:\n{}", t.text))
-            .batch_size(1)
-            .on_batch(move |batch| {
-                let answered = batch.into_items();
-                acker
-                    .ack_with_answers(answered.iter().map(|(t, r)| (t, r.text.as_str())))
-                    .unwrap();
-            })
-            .on_failed(move |failed| failures.on_failed(&failed))
-            .run()
-            .unwrap()
-    });
     // It ends once nothing is pending: every entry answered or dead-lettered, acknowledged.
-    wait_until(
-        "the consumer has drained the stream",
-        Duration::from_secs(30),
-        || run.is_finished(),
-    );
-    let stats = run.join().unwrap();
+    let stats = drain(stream, session);
     assert_eq!(stats.succeeded, 1);
 
     let dead: BTreeMap<String, HashMap<String, String>> =
@@ -471,29 +449,7 @@ fn an_item_slower_than_claim_after_is_asked_once() {
     let text = support::ticket(4000, 400);
     let id = stream.add(&text).unwrap();
     let session = builder(&api.url()).concurrency(2).build().unwrap();
-    let run = std::thread::spawn(move || {
-        let mut acker = stream.acker();
-        let mut failures = stream.acker();
-        Pipeline::builder(&session)
-            .source(stream.items())
-            .prompt(|t: &StreamItem| format!("Summarise this support ticket:\n{}", t.text))
-            .batch_size(1)
-            .on_batch(move |batch| {
-                let answered = batch.into_items();
-                acker
-                    .ack_with_answers(answered.iter().map(|(t, r)| (t, r.text.as_str())))
-                    .unwrap();
-            })
-            .on_failed(move |failed| failures.on_failed(&failed))
-            .run()
-            .unwrap()
-    });
-    wait_until(
-        "the consumer has drained the stream",
-        Duration::from_secs(60),
-        || run.is_finished(),
-    );
-    let stats = run.join().unwrap();
+    let stats = drain(stream, session);
     let mut connection = redis::Client::open(redis.url())
         .unwrap()
         .get_connection()

@@ -10,7 +10,10 @@ use rayon::prelude::*;
 use crate::support::mock_api::MockApi;
 use crate::support::redis::RedisServer;
 use crate::support::{self, wait_until};
-use crate::{builder, captured_log, child, finished, gated, holder_with_calls_out, is_program_of};
+use crate::{
+    ask_in_background, builder, captured_log, child, finished, gated, holder_with_calls_out,
+    is_program_of,
+};
 
 /// The API's limit and ours, requests per minute: 10 a second.
 const RPM: u32 = 600;
@@ -331,13 +334,7 @@ fn a_throttle_dropped_with_settles_unsent_says_what_was_not_recorded() {
         .throttle(Arc::clone(&throttle))
         .build()
         .unwrap();
-    let asked = std::thread::spawn(move || {
-        let answer = session.query(format!(
-            "Summarise this support ticket:\n{}",
-            support::ticket(1500, 400)
-        ));
-        (answer, session)
-    });
+    let asked = ask_in_background(session, 1500, 400);
     arrivals
         .recv_timeout(Duration::from_secs(30))
         .expect("the item went out");
