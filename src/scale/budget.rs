@@ -257,7 +257,7 @@ impl Inner {
 /// [`SharedSpend`] on Redis; a thread of its own renews the lease while it lives.
 struct RedisSpend {
     inner: Arc<Inner>,
-    _stop: Sender<()>,
+    _stop: Option<Sender<()>>,
 }
 
 impl Drop for RedisSpend {

@@ -41,45 +41,75 @@ const TICK: Duration = Duration::from_secs(1);
 /// (settles): dropped unsent, they would be forgotten and the cap or limit passed.
 const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
 
-/// Calls `flush` (true: nothing is left to send) until it succeeds or [`FLUSH_ON_DROP`] has
-/// passed, asking again with a growing backoff; whether it succeeded.
-pub(crate) fn flush_before_drop(mut flush: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + FLUSH_ON_DROP;
+/// Calls `attempt` until it succeeds or `within` has passed (one last try at the end), asking
+/// again with a growing backoff (at most every second); its last error if it never did.
+pub(crate) fn again_within<T>(
+    within: Duration,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + within;
     let mut backoff = Duration::from_millis(50);
     loop {
-        if flush() {
-            return true;
-        }
+        let error = match attempt() {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
         let now = std::time::Instant::now();
         if now >= deadline {
-            return false;
+            return Err(error);
         }
         std::thread::sleep(backoff.min(deadline - now));
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
-/// Calls `tick` on `owner` every [`TICK`] on a thread of its own, until `owner` is dropped
-/// or the returned sender is (keep it beside `owner`).
-pub(crate) fn every_tick<T: Send + Sync + 'static>(owner: &Arc<T>, tick: fn(&T)) -> Sender<()> {
+/// Calls `flush` (true: nothing is left to send) until it succeeds or [`FLUSH_ON_DROP`] has
+/// passed; whether it succeeded.
+pub(crate) fn flush_before_drop(mut flush: impl FnMut() -> bool) -> bool {
+    again_within(FLUSH_ON_DROP, || {
+        flush().then_some(()).ok_or_else(String::new)
+    })
+    .is_ok()
+}
+
+/// Calls `tick` on `owner` every `period` on a thread of its own named `name`, until `owner`
+/// is dropped or the returned sender is (keep it beside `owner`). `None` if the thread could
+/// not start (said in the log).
+pub(crate) fn every<T: Send + Sync + 'static>(
+    owner: &Arc<T>,
+    period: Duration,
+    name: &str,
+    tick: fn(&T),
+) -> Option<Sender<()>> {
     let (stop, stopped) = bounded::<()>(0);
     let weak: Weak<T> = Arc::downgrade(owner);
     let spawned = std::thread::Builder::new()
-        .name("claude-rayon-lease".into())
+        .name(name.into())
         .spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
                 match weak.upgrade() {
                     Some(owner) => tick(&owner),
                     None => break,
                 }
             }
         });
-    if let Err(e) = spawned {
-        // Without it a long turn's lease may lapse: its share is then forgotten early, which
-        // errs towards the API's own 429s or the cap's overshoot, not a stall.
-        log::warn!("shared store: cannot start the lease thread ({e})");
+    match spawned {
+        Ok(_) => Some(stop),
+        Err(e) => {
+            log::warn!("shared store: cannot start the thread {name} ({e})");
+            None
+        }
     }
-    stop
+}
+
+/// [`every`] [`TICK`]: renews `owner`'s lease and sends what it could not send yet. Without
+/// it a long turn's lease may lapse: its share is then forgotten early, which errs towards
+/// the API's own 429s or the cap's overshoot, not a stall.
+pub(crate) fn every_tick<T: Send + Sync + 'static>(
+    owner: &Arc<T>,
+    tick: fn(&T),
+) -> Option<Sender<()>> {
+    every(owner, TICK, "claude-rayon-lease", tick)
 }
 
 /// One Redis server, with one connection made on first use and made again after a failure.

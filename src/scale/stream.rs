@@ -9,10 +9,10 @@
 //! the entry's idle time short, so no consumer, this one included, claims it meanwhile.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
@@ -279,10 +279,14 @@ impl RedisStream {
     /// time is reset every quarter of `claim_after` meanwhile.
     fn hold(&self, id: &str) {
         self.holding.ids.lock().insert(id.to_string());
+        // Without the thread an item slower than claim_after may be claimed and asked twice.
         self.holding.refresher.get_or_init(|| {
-            spawn_refresher(
+            let period = (self.claim_after / 4).max(Duration::from_millis(2));
+            super::every(
                 &self.holding,
-                (self.claim_after / 4).max(Duration::from_millis(2)),
+                period,
+                "claude-rayon-stream-hold",
+                Holding::refresh,
             )
         });
     }
@@ -299,7 +303,7 @@ struct Holding {
     consumer: String,
     ids: Mutex<HashSet<String>>,
     /// Dropped with the last clone of the stream: the refreshing thread ends.
-    refresher: OnceLock<Sender<()>>,
+    refresher: OnceLock<Option<Sender<()>>>,
     script: redis::Script,
     give_back_script: redis::Script,
 }
@@ -386,27 +390,6 @@ impl Holding {
             }
         }
     }
-}
-
-/// A thread that refreshes `holding` every `period` until `holding` is dropped.
-fn spawn_refresher(holding: &Arc<Holding>, period: Duration) -> Sender<()> {
-    let (stop, stopped) = bounded::<()>(0);
-    let weak: Weak<Holding> = Arc::downgrade(holding);
-    let spawned = std::thread::Builder::new()
-        .name("claude-rayon-stream-hold".into())
-        .spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
-                match weak.upgrade() {
-                    Some(holding) => holding.refresh(),
-                    None => break,
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        // Without it an item slower than claim_after may be claimed and asked twice.
-        log::warn!("stream: cannot start the thread that keeps held entries ({e})");
-    }
-    stop
 }
 
 /// The iterator of [`RedisStream::items`].
@@ -708,6 +691,9 @@ fn dead_letter(
         .query(connection)
 }
 
+/// How long an acknowledgement waits for Redis before it gives up (the entries stay pending).
+const ACK_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Acknowledges a [`RedisStream`]'s entries once their answers are handed on, from the
 /// pipeline's batch handler or `on_failed`.
 ///
@@ -730,28 +716,20 @@ impl Acker {
         &self,
         mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<()>,
     ) -> Result<(), Error> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut backoff = Duration::from_millis(100);
+        let s = &self.stream;
         let mut said = false;
-        loop {
-            match self.stream.store.run(&mut f) {
-                Ok(()) => return Ok(()),
-                Err(message) if Instant::now() + backoff > deadline => {
-                    return Err(self.stream.store.error(message))
+        super::again_within(ACK_PATIENCE, || {
+            s.store.run(&mut f).inspect_err(|message| {
+                if !std::mem::replace(&mut said, true) {
+                    log::warn!(
+                        "stream {} at {}: cannot acknowledge ({message}); trying again",
+                        s.stream,
+                        s.store.address()
+                    );
                 }
-                Err(message) => {
-                    if !std::mem::replace(&mut said, true) {
-                        log::warn!(
-                            "stream {} at {}: cannot acknowledge ({message}); trying again",
-                            self.stream.stream,
-                            self.stream.store.address()
-                        );
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+            })
+        })
+        .map_err(|message| s.store.error(message))
     }
 
     /// Acknowledges `items`: their answers are safe elsewhere (the user's store).

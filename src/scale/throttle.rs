@@ -232,7 +232,7 @@ struct Inner {
 pub(crate) struct RedisBucket {
     inner: Arc<Inner>,
     /// Dropped with the bucket: the renewing thread ends.
-    _stop: Sender<()>,
+    _stop: Option<Sender<()>>,
 }
 
 impl std::fmt::Debug for RedisBucket {
