@@ -267,6 +267,18 @@ fn ctrl_c_cancels_a_batch_and_keeps_its_partial_results() {
     );
 }
 
+/// `claude_map` over ten support tickets on a thread of its own: each item's outcome.
+fn map_tickets_in_background(session: Session) -> std::thread::JoinHandle<Vec<Result<(), Error>>> {
+    let tickets: Vec<String> = (0..ITEMS).map(|i| support::ticket(i, 400)).collect();
+    std::thread::spawn(move || {
+        tickets
+            .par_iter()
+            .claude_map(&session, |t| format!("Summarise this ticket:\n{t}"))
+            .map(|result| result.map(drop).map_err(|failed| failed.error))
+            .collect()
+    })
+}
+
 /// The child: ten tickets in one batch on a batch session that Ctrl-C cancels; four are
 /// answered before the Ctrl-C, the batch never ends by itself.
 fn child_with_a_batch(dir: &Path) {
@@ -283,14 +295,7 @@ fn child_with_a_batch(dir: &Path) {
         .with_cancel(&ctrl_c)
         .build()
         .unwrap();
-    let tickets: Vec<String> = (0..ITEMS).map(|i| support::ticket(i, 400)).collect();
-    let run = std::thread::spawn(move || {
-        tickets
-            .par_iter()
-            .claude_map(&session, |t| format!("Summarise this ticket:\n{t}"))
-            .map(|result| result.map(drop).map_err(|failed| failed.error))
-            .collect::<Vec<Result<(), Error>>>()
-    });
+    let run = map_tickets_in_background(session);
     support::wait_until("the batch", PATIENCE, || api.batch_count() == 1);
     let id = api.batches()[0].id.clone();
     assert_eq!(api.advance_batch(&id, 4), 4);
@@ -335,14 +340,7 @@ fn child(dir: &Path, forever: bool) {
         .with_cancel(&ctrl_c)
         .build()
         .unwrap();
-    let tickets: Vec<String> = (0..ITEMS).map(|i| support::ticket(i, 400)).collect();
-    let run = std::thread::spawn(move || {
-        tickets
-            .par_iter()
-            .claude_map(&session, |t| format!("Summarise this ticket:\n{t}"))
-            .map(|result| result.map(drop).map_err(|failed| failed.error))
-            .collect::<Vec<Result<(), Error>>>()
-    });
+    let run = map_tickets_in_background(session);
     for _ in 0..CONCURRENCY {
         arrived
             .recv_timeout(PATIENCE)
