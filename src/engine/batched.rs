@@ -235,11 +235,12 @@ fn create_failed_for_sure(error: &Error) -> bool {
 }
 
 /// Whether a look at a batch failed because the batch cannot be read at all, now or later:
-/// a client error other than a timeout, a conflict or a rate limit.
+/// a client error that asking again cannot mend (not a timeout, a conflict or a rate limit).
 fn is_gone(error: &Error) -> bool {
     error
         .api_status()
-        .is_some_and(|status| (400..500).contains(&status) && ![408, 409, 429].contains(&status))
+        .is_some_and(|status| (400..500).contains(&status))
+        && !error.is_retryable()
 }
 
 fn unix_seconds(at: SystemTime) -> u64 {
